@@ -1,0 +1,93 @@
+"""Atomic file output: a writer either leaves a complete file or nothing at all.
+
+Every writer in the library goes through :func:`atomic_write`: it writes into a temporary
+file in the target's own folder (so the final ``os.replace`` is a same-filesystem rename)
+whose name keeps the target's extension (VTK and SimpleITK choose the format by it), and
+only renames it over the target once the write has finished without an exception.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from imagetomesh.errors import InputError
+
+#: Extensions that only mean "compressed"; the one before them names the format.
+_COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zst", ".zip"}
+
+
+def format_suffix(path: str | os.PathLike) -> str:
+    """The lower-case extension that names a file's format: ``.stl``, ``.nii.gz``, ``.json``."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if not suffixes:
+        return ""
+    if suffixes[-1] in _COMPRESSION_SUFFIXES and len(suffixes) >= 2:
+        return suffixes[-2] + suffixes[-1]
+    return suffixes[-1]
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Check that ``path`` can be written; return it as a :class:`Path`.
+
+    Raises:
+        InputError: the parent folder does not exist, is not a folder or is not writable,
+            or ``path`` itself is an existing folder.
+    """
+    target = Path(path).expanduser()
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise InputError(f"output path {target} is a folder; give a file name such as {target / 'output'}{format_suffix(target) or '.ext'}")
+    if not parent.exists():
+        raise InputError(f"output folder {parent} does not exist; create it first")
+    if not parent.is_dir():
+        raise InputError(f"output folder {parent} is not a folder; choose an output path inside an existing folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"output folder {parent} is not writable; choose another folder or fix its permissions")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise InputError(f"output file {target} exists and is read-only; remove it or choose another name")
+    return target
+
+
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Context manager yielding a temporary path to write instead of ``path``.
+
+    The temporary file lies next to ``path`` and keeps its format extension
+    (``case.nii.gz`` -> ``case.tmp-XXXX.nii.gz``). When the block ends normally it is renamed
+    over ``path`` with :func:`os.replace`; when the block raises, or leaves an empty file,
+    it is removed and ``path`` is left untouched.
+
+    Raises:
+        InputError: from :func:`check_output_path`.
+        OSError: the block ended without writing anything to the temporary path.
+    """
+    target = check_output_path(path)
+    suffix = format_suffix(target)
+    name = target.name
+    stem = name[: len(name) - len(suffix)] if suffix and name.lower().endswith(suffix) else name
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{stem}.tmp-", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if not tmp.exists() or tmp.stat().st_size == 0:
+            raise OSError(f"writing {target} produced no data")
+        if target.exists():
+            mode = target.stat().st_mode & 0o7777
+        else:
+            mode = _default_file_mode()
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

@@ -1,0 +1,312 @@
+"""Image and labelmap files <-> :class:`~imagetomesh.core.volume.Volume`, through SimpleITK.
+
+Reads NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``, ``.mhd``),
+single files of any other format SimpleITK knows, and DICOM series (give the folder). Writes
+NIfTI, NRRD and MHA, atomically. Geometry is kept in LPS millimetres exactly as ITK reports it.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from imagetomesh.core.volume import Volume
+from imagetomesh.errors import InputError
+from imagetomesh.io.atomic import atomic_write, check_output_path, format_suffix
+
+#: Extensions :func:`write_image` accepts (one-file formats only, so the write can be atomic).
+WRITE_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+_IMAGE_HINT = "give a NIfTI, NRRD, MHA/MHD file or a folder holding a DICOM series"
+
+
+def _short_itk_message(err: BaseException) -> str:
+    """The informative line of a SimpleITK/ITK exception, on one line."""
+    text = str(err)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    pick = None
+    for ln in lines:
+        if "ERROR" in ln:
+            pick = ln
+            break
+    if pick is None:
+        pick = lines[-1] if lines else type(err).__name__
+    pick = re.sub(r"^.*?ERROR:\s*", "", pick)
+    pick = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", pick)
+    if pick.endswith(":") and lines and lines[-1] not in pick:
+        pick = f"{pick} {lines[-1]}"  # NRRD: the last "[nrrd] ..." line says what went wrong
+    pick = pick.replace("[nrrd] ", "")
+    return pick[:240]
+
+
+# --- sitk <-> Volume ---------------------------------------------------------------------
+def volume_from_sitk(image: sitk.Image) -> Volume:
+    """A :class:`Volume` from a 3D scalar ``sitk.Image`` (array copied, ``(D, H, W)``).
+
+    Raises:
+        InputError: the image is not 3D or has more than one component per voxel.
+    """
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            "4D or multi-component images are not supported; extract one 3D volume "
+            f"(this one has {image.GetNumberOfComponentsPerPixel()} components per voxel)"
+        )
+    if image.GetDimension() != 3:
+        raise InputError(f"expected a 3D image but got a {image.GetDimension()}D one; give a single 3D volume")
+    array = sitk.GetArrayFromImage(image)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    return Volume(array, spacing=image.GetSpacing(), origin=image.GetOrigin(), direction=direction)
+
+
+def volume_to_sitk(volume: Volume) -> sitk.Image:
+    """A scalar 3D ``sitk.Image`` with the volume's array and LPS geometry.
+
+    ``bool`` arrays become ``uint8`` and ``float16`` becomes ``float32`` (ITK has neither).
+    """
+    array = volume.array
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    elif array.dtype == np.float16:
+        array = array.astype(np.float32)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False)
+    image.SetSpacing(tuple(float(s) for s in volume.spacing))
+    image.SetOrigin(tuple(float(o) for o in volume.origin))
+    image.SetDirection(tuple(float(d) for d in volume.direction.reshape(-1)))
+    return image
+
+
+# --- NIfTI completeness (ITK zero-fills truncated NIfTI data silently) --------------------
+def _nifti_expected_size(header: bytes) -> int | None:
+    """Bytes of header + voxel data a single-file NIfTI-1/2 needs, or None if not NIfTI."""
+    if len(header) < 348:
+        return None
+    for endian in "<>":
+        sizeof_hdr = struct.unpack(endian + "i", header[:4])[0]
+        if sizeof_hdr == 348:
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            vox_offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            break
+        if sizeof_hdr == 540 and len(header) >= 540:
+            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            dims = struct.unpack(endian + "8q", header[16:80])
+            vox_offset = struct.unpack(endian + "q", header[168:176])[0]
+            break
+    else:
+        return None
+    ndim = dims[0]
+    if not 1 <= ndim <= 7 or bitpix <= 0:
+        return None
+    nvox = int(np.prod([max(int(d), 1) for d in dims[1 : ndim + 1]], dtype=np.int64))
+    return max(vox_offset, 348) + nvox * bitpix // 8
+
+
+def _gzip_stream_complete(path: Path, expected: int) -> bool:
+    """Decompress the whole file; True when the stream is intact and long enough."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while True:
+                chunk = handle.read(1 << 22)
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        return False
+    return total >= expected
+
+
+def _check_nifti_complete(path: Path) -> None:
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return
+    compressed = name.endswith(".gz")
+    try:
+        opener = gzip.open if compressed else open
+        with opener(path, "rb") as handle:
+            header = handle.read(544)
+    except (EOFError, OSError, zlib.error) as err:
+        raise InputError(f"could not read {path} as an image: {err}; re-export or re-download it") from None
+    expected = _nifti_expected_size(header)
+    if expected is None:
+        return
+    if not compressed:
+        actual = path.stat().st_size
+        if actual < expected:
+            raise InputError(
+                f"image {path} is truncated ({actual} of {expected} bytes); re-export or re-download it"
+            )
+        return
+    # gzip trailer holds the uncompressed size mod 2**32; verify the full stream only on mismatch
+    with open(path, "rb") as handle:
+        handle.seek(-4, os.SEEK_END)
+        isize = struct.unpack("<I", handle.read(4))[0]
+    if isize == expected % (1 << 32):
+        return
+    if not _gzip_stream_complete(path, expected):
+        raise InputError(f"image {path} is truncated or its compressed data is corrupt; re-export or re-download it")
+
+
+# --- reading -------------------------------------------------------------------------------
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    try:
+        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError as err:
+        raise InputError(f"could not scan folder {folder} for DICOM: {_short_itk_message(err)}") from None
+    if not series_ids:
+        raise InputError(f"folder {folder} holds no DICOM series; {_IMAGE_HINT}")
+    best: tuple[str, ...] = ()
+    for series_id in series_ids:
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id)
+        if len(files) > len(best):
+            best = tuple(files)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(best)
+    try:
+        return reader.Execute()
+    except RuntimeError as err:
+        raise InputError(f"could not read the DICOM series in {folder}: {_short_itk_message(err)}") from None
+
+
+def _check_header(path: Path, dimension: int, size: tuple[int, ...], components: int, pixel: str) -> None:
+    if components != 1:
+        raise InputError(
+            f"image {path} has {components} components per voxel: 4D or multi-component images are not "
+            "supported; extract one 3D volume"
+        )
+    if "complex" in pixel.lower():
+        raise InputError(f"image {path} has complex voxels; give a real-valued 3D volume")
+    if dimension == 2:
+        raise InputError(f"image {path} is 2D (size {list(size)}); give a 3D volume, or the folder of a DICOM series")
+    if dimension >= 3 and min(size[:3]) == 1:
+        raise InputError(
+            f"image {path} holds a single slice (size {list(size[:3])}); give a 3D volume, "
+            "or the folder of the whole DICOM series"
+        )
+    if dimension >= 4 and any(s > 1 for s in size[3:]):
+        raise InputError(
+            f"image {path} is {dimension}D (size {list(size)}): 4D or multi-component images are not "
+            "supported; extract one 3D volume"
+        )
+    if dimension < 2:
+        raise InputError(f"image {path} is {dimension}D; give a 3D volume")
+
+
+def read_image(path: str | os.PathLike) -> Volume:
+    """Read a 3D image file, or the largest DICOM series in a folder, as a :class:`Volume`.
+
+    Returns:
+        Volume with ``array`` ``(D, H, W)`` in the file's pixel type and LPS geometry.
+
+    Raises:
+        InputError: missing path, folder without DICOM, unreadable/truncated/non-image file,
+            2D, 4D or multi-component image, or NaN/Inf voxels.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"image {path} does not exist; check the path")
+    if path.is_dir():
+        image = _read_dicom_folder(path)
+        _check_header(path, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(),
+                      image.GetPixelIDTypeAsString())
+    else:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as err:
+            raise InputError(
+                f"could not read {path} as an image (corrupt, truncated or not an image): "
+                f"{_short_itk_message(err)}; {_IMAGE_HINT}"
+            ) from None
+        _check_header(path, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(),
+                      sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+        _check_nifti_complete(path)
+        try:
+            image = reader.Execute()
+        except RuntimeError as err:
+            raise InputError(
+                f"could not read {path} as an image (corrupt, truncated or not an image): "
+                f"{_short_itk_message(err)}; {_IMAGE_HINT}"
+            ) from None
+    if image.GetDimension() > 3:
+        size = list(image.GetSize())
+        image = sitk.Extract(image, size[:3] + [0] * (len(size) - 3), [0] * len(size))
+    volume = volume_from_sitk(image)
+    array = volume.array
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise InputError(f"image {path} contains NaN/Inf voxels; replace them (e.g. with 0) before meshing")
+    return volume
+
+
+def _labels_present(array: np.ndarray) -> list:
+    if np.issubdtype(array.dtype, np.integer) and array.size and array.min() >= 0 and array.max() < 1 << 20:
+        return np.flatnonzero(np.bincount(array.ravel())).tolist()
+    return np.unique(array).tolist()
+
+
+def read_labelmap(path: str | os.PathLike, label: int | None = None) -> Volume:
+    """Read a labelmap and return a binary mask of one label (or of every nonzero label).
+
+    Args:
+        path: any image :func:`read_image` accepts.
+        label: the label value to keep; ``None`` keeps every nonzero voxel.
+
+    Returns:
+        Volume with a ``uint8`` ``(D, H, W)`` array of 0/1 and the labelmap's geometry.
+
+    Raises:
+        InputError: everything :func:`read_image` raises; non-integer values; empty labelmap;
+            ``label`` not present (the message lists the labels that are).
+    """
+    volume = read_image(path)
+    array = volume.array
+    if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
+        raise InputError(
+            f"{path} holds non-integer values, so it is not a labelmap; threshold it into integer labels first"
+        )
+    if label is None:
+        mask = array != 0
+        if not mask.any():
+            raise InputError(f"labelmap {path} is empty (every voxel is 0); give a segmentation with a labelled region")
+    else:
+        mask = array == label
+        if not mask.any():
+            present = [v for v in _labels_present(array) if v != 0]
+            if not present:
+                raise InputError(f"labelmap {path} is empty (every voxel is 0); give a segmentation with a labelled region")
+            shown = ", ".join(str(int(v)) if float(v).is_integer() else str(v) for v in present[:20])
+            more = f" and {len(present) - 20} more" if len(present) > 20 else ""
+            raise InputError(f"label {label} is not in labelmap {path}; labels present: {shown}{more}; choose one of them")
+    return volume.with_array(mask.astype(np.uint8))
+
+
+# --- writing -------------------------------------------------------------------------------
+def write_image(volume: Volume, path: str | os.PathLike) -> Path:
+    """Write ``volume`` to ``path`` (``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha``) atomically.
+
+    Returns:
+        The written path.
+
+    Raises:
+        InputError: unsupported extension, missing/unwritable output folder, or a failed write.
+    """
+    target = check_output_path(path)
+    suffix = format_suffix(target)
+    if suffix not in WRITE_IMAGE_SUFFIXES:
+        raise InputError(
+            f"cannot write images as '{suffix or target.name}'; use one of {', '.join(WRITE_IMAGE_SUFFIXES)}"
+        )
+    image = volume_to_sitk(volume)
+    with atomic_write(target) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=suffix != ".nii")
+        except RuntimeError as err:
+            raise InputError(f"could not write {target}: {_short_itk_message(err)}") from None
+    return target
