@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 from vtkmodules.util.misc import calldata_type
-from vtkmodules.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray, vtk_to_numpy
+from vtkmodules.util.numpy_support import vtk_to_numpy
 from vtkmodules.util.vtkConstants import VTK_STRING
-from vtkmodules.vtkCommonCore import vtkCommand, vtkObject, vtkPoints, vtkStringArray
-from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
-from vtkmodules.vtkFiltersCore import vtkTriangleFilter
+from vtkmodules.vtkCommonCore import vtkCommand, vtkObject, vtkStringArray
+from vtkmodules.vtkCommonDataModel import vtkPolyData
 from vtkmodules.vtkIOGeometry import vtkOBJReader, vtkSTLReader, vtkSTLWriter
 from vtkmodules.vtkIOLegacy import vtkPolyDataReader, vtkPolyDataWriter
 from vtkmodules.vtkIOPLY import vtkPLYWriter
@@ -34,6 +33,7 @@ from vtkmodules.vtkIOXML import vtkXMLPolyDataReader, vtkXMLPolyDataWriter
 from imagetomesh.core.mesh import Mesh
 from imagetomesh.core.transforms import lps_to_ras, ras_to_lps
 from imagetomesh.errors import InputError
+from imagetomesh.geometry.vtk_convert import mesh_to_polydata, polydata_from_arrays, polydata_to_mesh
 from imagetomesh.io.atomic import atomic_write, check_output_path, format_suffix
 
 #: Mesh file extensions read and written.
@@ -119,68 +119,6 @@ def _quiet_vtk():
         vtkObject.SetGlobalWarningDisplay(previous)
 
 
-# --- Mesh <-> vtkPolyData -------------------------------------------------------------------
-def mesh_to_polydata(mesh: Mesh) -> vtkPolyData:
-    """A ``vtkPolyData`` holding ``mesh``'s vertices (float32 points) and triangles (deep copies)."""
-    offsets = np.arange(0, 3 * mesh.num_faces + 1, 3, dtype=np.int64)
-    return _polydata_from_arrays(mesh.vertices, offsets, mesh.faces.reshape(-1))
-
-
-def _polydata_from_arrays(points: np.ndarray, offsets: np.ndarray, connectivity: np.ndarray) -> vtkPolyData:
-    """A ``vtkPolyData`` of ``(N, 3)`` points (dtype kept) and polygons as offsets + connectivity."""
-    vtk_points = vtkPoints()
-    vtk_points.SetData(numpy_to_vtk(np.ascontiguousarray(points).reshape(-1, 3), deep=True))
-    cells = vtkCellArray()
-    cells.SetData(
-        numpy_to_vtkIdTypeArray(np.ascontiguousarray(offsets, dtype=np.int64), deep=True),
-        numpy_to_vtkIdTypeArray(np.ascontiguousarray(connectivity, dtype=np.int64), deep=True),
-    )
-    polydata = vtkPolyData()
-    polydata.SetPoints(vtk_points)
-    polydata.SetPolys(cells)
-    return polydata
-
-
-def polydata_to_mesh(polydata: vtkPolyData) -> Mesh:
-    """A :class:`Mesh` from a ``vtkPolyData``: every point, polygons and strips as triangles.
-
-    Polygons with more than three corners and triangle strips are split by
-    ``vtkTriangleFilter``; vertex and line cells are dropped. All points are kept (also ones no
-    triangle uses), so point indices match the polydata's. Vertices become float32 ``(N, 3)``,
-    faces int64 ``(F, 3)``; a polydata without triangles gives ``F = 0``.
-
-    Raises:
-        ValueError: a polygon or strip refers to a point the polydata does not have.
-    """
-    if polydata is None or polydata.GetPoints() is None or polydata.GetNumberOfPoints() == 0:
-        return Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64))
-    n_points = polydata.GetNumberOfPoints()
-    for cells in (polydata.GetPolys(), polydata.GetStrips()):
-        if cells is not None and cells.GetNumberOfCells() > 0:
-            ids = vtk_to_numpy(cells.GetConnectivityArray())
-            if ids.size and (ids.min() < 0 or ids.max() >= n_points):
-                raise ValueError(f"polydata cells refer to points outside 0..{n_points - 1}")
-    polys = polydata.GetPolys()
-    n_polys = polys.GetNumberOfCells() if polys is not None else 0
-    needs_split = polydata.GetNumberOfStrips() > 0 or (n_polys > 0 and polys.IsHomogeneous() != 3)
-    if needs_split:
-        triangulate = vtkTriangleFilter()
-        triangulate.SetInputData(polydata)
-        triangulate.PassVertsOff()
-        triangulate.PassLinesOff()
-        triangulate.Update()
-        polydata = triangulate.GetOutput()
-        polys = polydata.GetPolys()
-        n_polys = polys.GetNumberOfCells()
-    vertices = np.array(vtk_to_numpy(polydata.GetPoints().GetData()), dtype=np.float32).reshape(-1, 3)
-    if n_polys == 0:
-        faces = np.zeros((0, 3), np.int64)
-    else:
-        faces = np.array(vtk_to_numpy(polys.GetConnectivityArray()), dtype=np.int64).reshape(-1, 3)
-    return Mesh(vertices, faces)
-
-
-# --- checks VTK's readers need (they crash on some corrupt files) ---------------------------
 class _Corrupt(Exception):
     """A file's structure contradicts itself; the message says where."""
 
@@ -525,7 +463,7 @@ def _read_ply(data: bytes) -> tuple[vtkPolyData, str | None]:
             keep = np.repeat(sizes >= 3, sizes)
             connectivity = connectivity[keep]
             offsets = np.concatenate([[0], np.cumsum(sizes[sizes >= 3])]).astype(np.int64)
-    return _polydata_from_arrays(points, offsets, connectivity), space
+    return polydata_from_arrays(points, offsets, connectivity), space
 
 
 # --- reading --------------------------------------------------------------------------------

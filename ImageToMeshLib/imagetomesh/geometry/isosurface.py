@@ -1,0 +1,208 @@
+"""Labelmap -> watertight surface mesh in LPS mm.
+
+:func:`labelmap_to_mesh` is the library's one way of turning voxels into a surface (the
+reference surface of every metric, the ``unet_mc`` baseline, labelmap export). Pipeline:
+
+1. binarise (every nonzero voxel is inside), crop to the bounding box plus a margin of zeros so
+   the surface closes at the image border;
+2. flying edges at 0.5 in continuous voxel-index space (vertices at edge midpoints between an
+   inside and an outside voxel centre — a closed 2-manifold for any binary mask);
+3. optional windowed-sinc smoothing (non-shrinking, the same mapping of a 0..1 factor to the
+   pass band as 3D Slicer: ``pass_band = 10 ** (-4 * smoothing)``). The filter is linear in the
+   vertex positions with topology-only weights, so smoothing in index space equals smoothing in
+   millimetres even for anisotropic voxels;
+4. optional quadric decimation with volume preservation (after smoothing: the smooth surface
+   decimates far better than the staircase; on hippocampus labels it keeps Dice higher than
+   ``vtkDecimatePro`` and stays manifold), checked to stay a closed 2-manifold and retried
+   less aggressively (finally skipped, with a warning) when it does not;
+5. optional largest connected component, clean-up, every component oriented outward;
+6. map index -> LPS with the mask's affine (faces flipped for mirroring directions).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from vtkmodules.util import numpy_support
+from vtkmodules.vtkCommonDataModel import vtkImageData
+from vtkmodules.vtkFiltersCore import (
+    vtkCleanPolyData,
+    vtkFlyingEdges3D,
+    vtkPolyDataConnectivityFilter,
+    vtkQuadricDecimation,
+    vtkWindowedSincPolyDataFilter,
+)
+
+from imagetomesh.core.mesh import Mesh
+from imagetomesh.core.volume import Volume
+from imagetomesh.errors import InputError
+from imagetomesh.geometry.quality import check_mesh
+from imagetomesh.geometry.vtk_convert import polydata_to_mesh
+
+__all__ = ["labelmap_to_mesh", "DEFAULT_SMOOTHING"]
+
+#: Default smoothing factor. Testing/benchmarks/mesh_from_label_sweep.py (all 208 hippocampus
+#: cases x labels 1, 2, 1+2; KiTS19 kidneys): min Dice 0.964 at 0.4 against 0.952 at Slicer's 0.5,
+#: which leaves too little margin for small structures; the staircase is gone either way (the
+#: area of a voxelised ellipsoid is 8.9 % too large unsmoothed, 0.5 % at 0.4, 0.3 % at 0.5).
+DEFAULT_SMOOTHING = 0.4
+
+_MARGIN = 2  # zero voxels around the cropped mask
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """Tight ``(k, j, i)`` slices around the nonzero voxels, or None when there are none."""
+    k_any = mask.reshape(mask.shape[0], -1).any(1)
+    if not k_any.any():
+        return None
+    k = np.flatnonzero(k_any)
+    sub = mask[k[0] : k[-1] + 1]
+    j = np.flatnonzero(sub.any(axis=(0, 2)))
+    i = np.flatnonzero(sub.any(axis=(0, 1)))
+    return slice(k[0], k[-1] + 1), slice(j[0], j[-1] + 1), slice(i[0], i[-1] + 1)
+
+
+def _image_data(array: np.ndarray, origin_ijk: np.ndarray) -> vtkImageData:
+    """A ``vtkImageData`` of the ``(D, H, W)`` uint8 ``array`` placed at ``origin_ijk`` with spacing 1."""
+    depth, height, width = array.shape
+    image = vtkImageData()
+    image.SetDimensions(width, height, depth)
+    image.SetOrigin(*(float(x) for x in origin_ijk))
+    image.SetSpacing(1.0, 1.0, 1.0)
+    scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(array).reshape(-1), deep=True)
+    image.GetPointData().SetScalars(scalars)
+    return image
+
+
+def _decimate(polydata, reduction: float):
+    decimate = vtkQuadricDecimation()
+    decimate.SetInputData(polydata)
+    decimate.SetTargetReduction(float(reduction))
+    decimate.VolumePreservationOn()
+    decimate.Update()
+    return _clean(decimate.GetOutput())
+
+
+def _decimate_checked(polydata, reduction: float):
+    """Decimate by ``reduction``, or less (0.75x, 0.5x) when the result is not a closed
+    2-manifold; the input unchanged, with a warning, when every try fails."""
+    for factor in (1.0, 0.75, 0.5):
+        decimated = _decimate(polydata, reduction * factor)
+        check = check_mesh(polydata_to_mesh(decimated), self_intersections=False)
+        if check.watertight and check.manifold:
+            if factor < 1.0:
+                warnings.warn(
+                    f"decimation of {reduction:g} broke the closed surface; used {reduction * factor:g} instead",
+                    stacklevel=3,
+                )
+            return decimated
+    warnings.warn(
+        f"decimation of {reduction:g} broke the closed surface and was skipped; the mesh is returned undecimated",
+        stacklevel=3,
+    )
+    return polydata
+
+
+def _smooth(polydata, smoothing: float, iterations: int):
+    smoother = vtkWindowedSincPolyDataFilter()
+    smoother.SetInputData(polydata)
+    smoother.SetNumberOfIterations(int(iterations))
+    smoother.SetPassBand(10.0 ** (-4.0 * smoothing))
+    smoother.NormalizeCoordinatesOn()
+    smoother.BoundarySmoothingOff()
+    smoother.FeatureEdgeSmoothingOff()
+    smoother.NonManifoldSmoothingOn()
+    smoother.Update()
+    return smoother.GetOutput()
+
+
+def _largest_component(polydata):
+    connectivity = vtkPolyDataConnectivityFilter()
+    connectivity.SetInputData(polydata)
+    connectivity.SetExtractionModeToLargestRegion()
+    connectivity.Update()
+    return connectivity.GetOutput()
+
+
+def _clean(polydata):
+    clean = vtkCleanPolyData()
+    clean.SetInputData(polydata)
+    clean.PointMergingOn()
+    clean.SetTolerance(0.0)
+    clean.ConvertLinesToPointsOff()
+    clean.ConvertPolysToLinesOff()
+    clean.ConvertStripsToPolysOff()
+    clean.Update()
+    return clean.GetOutput()
+
+
+def labelmap_to_mesh(
+    mask: Volume,
+    smoothing: float = DEFAULT_SMOOTHING,
+    decimation: float = 0.0,
+    largest_component: bool = False,
+    smoothing_iterations: int = 20,
+) -> Mesh:
+    """The closed surface around a labelmap's nonzero voxels, in LPS mm.
+
+    Args:
+        mask: labelmap; every nonzero voxel counts as inside (select a label first, e.g.
+            ``mask.with_array(mask.array == 2)``, to mesh a single structure).
+        smoothing: 0 (staircase marching-cubes surface, vertices halfway between voxel
+            centres) .. 1 (strongest). Windowed sinc with pass band ``10 ** (-4 * smoothing)``.
+        decimation: fraction of triangles to remove, 0 .. 0.95 (quadric, volume preserving;
+            tiny components may vanish at high rates).
+        largest_component: keep only the connected surface with the most triangles;
+            by default every component is kept.
+        smoothing_iterations: windowed-sinc iterations (filter order).
+
+    Returns:
+        A watertight, outward-facing :class:`Mesh` in LPS mm.
+
+    Raises:
+        InputError: for an empty labelmap or parameters out of range.
+    """
+    if not isinstance(mask, Volume):
+        raise InputError("labelmap_to_mesh needs a Volume; load the labelmap with imagetomesh.io first")
+    if not 0.0 <= float(smoothing) <= 1.0:
+        raise InputError(
+            f"smoothing must be between 0 and 1, got {smoothing}; use 0 for none and 0.4 (the default) for moderate"
+        )
+    if not 0.0 <= float(decimation) <= 0.95:
+        raise InputError(
+            f"decimation must be between 0 and 0.95 (fraction of triangles removed), got {decimation}"
+        )
+    if int(smoothing_iterations) < 1:
+        raise InputError(f"smoothing_iterations must be at least 1, got {smoothing_iterations}")
+    array = np.asarray(mask.array)
+    box = _bounding_box(array != 0) if array.dtype != bool else _bounding_box(array)
+    if box is None:
+        raise InputError(
+            "the labelmap is empty (no nonzero voxels); choose the right label or segment the structure first"
+        )
+    cropped = np.pad((array[box] != 0).astype(np.uint8), _MARGIN)
+    origin_ijk = np.array([box[2].start, box[1].start, box[0].start], dtype=np.float64) - _MARGIN
+
+    surface = vtkFlyingEdges3D()
+    surface.SetInputData(_image_data(cropped, origin_ijk))
+    surface.SetValue(0, 0.5)
+    surface.ComputeNormalsOff()
+    surface.ComputeGradientsOff()
+    surface.ComputeScalarsOff()
+    surface.Update()
+    polydata = surface.GetOutput()
+
+    if smoothing > 0:
+        polydata = _smooth(polydata, float(smoothing), smoothing_iterations)
+    if decimation > 0:
+        polydata = _decimate_checked(polydata, float(decimation))
+    if largest_component:
+        polydata = _largest_component(polydata)
+    polydata = _clean(polydata)
+
+    mesh = polydata_to_mesh(polydata)
+    # flying edges orients every triangle the same way relative to the scalar gradient, so the
+    # whole surface (cavity walls included) is outward or inward together: one sign decides.
+    if mesh.signed_volume() < 0:
+        mesh = mesh.flipped()
+    return mesh.transformed(mask.index_to_lps)
