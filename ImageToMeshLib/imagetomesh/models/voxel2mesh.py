@@ -1,0 +1,175 @@
+"""Voxel2Mesh (Wickramasinghe et al., MICCAI 2020): a U-Net plus a mesh decoder that deforms
+an icosphere stage by stage, one stage per decoder level.
+
+At stage l each vertex gathers image features (point sampling, fixed hypothesis sampling or
+learned neighbourhood sampling, LNS), then
+``z_l = h_l(x_l, z_{l-1}, v_{l-1})`` and ``v_l = v_{l-1} + Delta_l(z_l)``, where h_l and
+Delta_l are four distance-weighted graph convolutions each. Between stages the mesh is
+unpooled uniformly (UMU) or adaptively (AMU: new vertices that stay close to their parent
+edge are dropped and connectivity is rebuilt from the template sphere).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from imagetomesh.models.mesh_state import DecoderMesh
+from imagetomesh.nn.feature_sampling import neighbourhood_offsets, sample_features
+from imagetomesh.nn.graph import DistanceWeightedGraphConv
+from imagetomesh.nn.unet import UNet3D, UNetConfig
+
+SAMPLING_MODES = ("lns", "hs", "ps")
+UNPOOLING_MODES = ("adaptive", "uniform")
+
+
+@dataclass
+class Voxel2MeshConfig:
+    """Architecture of :class:`Voxel2Mesh`.
+
+    ``stages`` mesh stages use the finest ``stages`` decoder levels (coarsest first);
+    ``template_level`` 2 is the 162-vertex icosphere; ``template_radius`` is in isotropic
+    grid units (see :func:`isotropic_scale`); ``amu_threshold`` likewise.
+    """
+
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    stages: int = 3
+    hidden: int = 64
+    template_level: int = 2
+    template_radius: float = 0.35
+    sampling: str = "lns"
+    unpooling: str = "adaptive"
+    num_offsets: int = 27
+    amu_threshold: float = 0.003
+    graph_layers: int = 4
+
+    def __post_init__(self) -> None:
+        if isinstance(self.unet, dict):
+            self.unet = UNetConfig(**self.unet)
+        if self.sampling not in SAMPLING_MODES:
+            raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
+        if self.unpooling not in UNPOOLING_MODES:
+            raise ValueError(f"unpooling must be one of {UNPOOLING_MODES}, got {self.unpooling!r}")
+        if not 1 <= self.stages <= self.unet.depth:
+            raise ValueError(f"stages must be between 1 and the U-Net depth {self.unet.depth}, got {self.stages}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def isotropic_scale(grid_shape) -> torch.Tensor:
+    """``(3,)`` factors taking grid (x, y, z) to a frame where one grid unit is the same length on
+    every axis (the longest axis keeps [-1, 1]); for an isotropic-spacing grid of (D, H, W)."""
+    half = torch.tensor([grid_shape[2] - 1, grid_shape[1] - 1, grid_shape[0] - 1], dtype=torch.float32) / 2
+    return half / half.max()
+
+
+class FeatureGather(nn.Module):
+    """Gathers image features at vertices: point (PS), fixed 27-neighbourhood (HS) or learned (LNS).
+
+    Returns ``(N, hidden)``.
+    """
+
+    def __init__(self, channels: int, hidden: int, mode: str, num_offsets: int) -> None:
+        super().__init__()
+        self.mode = mode
+        self.num_offsets = num_offsets if mode == "lns" else 27
+        if mode == "lns":
+            self.offset_net = nn.Linear(channels + 3, 3 * num_offsets)
+            nn.init.zeros_(self.offset_net.weight)
+            nn.init.zeros_(self.offset_net.bias)
+        if mode in ("lns", "hs"):
+            self.per_offset = nn.Sequential(nn.Linear(channels + 3, hidden), nn.ReLU(inplace=True))
+            self.combine = nn.Linear(hidden + channels + 3, hidden)
+        else:
+            self.combine = nn.Linear(channels + 3, hidden)
+
+    def forward(self, features: torch.Tensor, verts: torch.Tensor) -> torch.Tensor:
+        """``features`` ``(1, C, D, H, W)``; ``verts`` ``(N, 3)`` grid coordinates."""
+        y = sample_features(features, verts[None])[0]
+        if self.mode == "ps":
+            return self.combine(torch.cat([y, verts], dim=1))
+        if self.mode == "lns":
+            offsets = self.offset_net(torch.cat([y, verts], dim=1)).view(-1, self.num_offsets, 3)
+            # zero-initialised predictions start at the fixed neighbourhood, then learn to move
+            size = torch.tensor(features.shape[2:][::-1], device=verts.device)
+            offsets = offsets + neighbourhood_offsets(1.0, size).to(verts)[None, : self.num_offsets]
+        else:
+            size = torch.tensor(features.shape[2:][::-1], device=verts.device)
+            offsets = neighbourhood_offsets(1.0, size).to(verts)[None].expand(len(verts), -1, -1)
+        points = (verts[:, None, :] + offsets).reshape(1, -1, 3)
+        samples = sample_features(features, points)[0].view(len(verts), offsets.shape[1], -1)
+        pooled = self.per_offset(torch.cat([samples, offsets], dim=2)).mean(dim=1)
+        return self.combine(torch.cat([pooled, y, verts], dim=1))
+
+
+class GraphStack(nn.Module):
+    """``n`` distance-weighted graph convolutions with ReLU between them."""
+
+    def __init__(self, cin: int, hidden: int, cout: int, n: int) -> None:
+        super().__init__()
+        dims = [cin] + [hidden] * (n - 1) + [cout]
+        self.layers = nn.ModuleList(DistanceWeightedGraphConv(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x, edge_index, positions)
+            if i < len(self.layers) - 1:
+                x = torch.relu(x)
+        return x
+
+
+class MeshStage(nn.Module):
+    """One Voxel2Mesh stage: gather features, update latent ``z``, move vertices."""
+
+    def __init__(self, channels: int, config: Voxel2MeshConfig, first: bool) -> None:
+        super().__init__()
+        h = config.hidden
+        self.gather = FeatureGather(channels, h, config.sampling, config.num_offsets)
+        self.h = GraphStack(h + (0 if first else h) + 3, h, h, config.graph_layers)
+        self.delta = GraphStack(h, h, 3, config.graph_layers)
+        last = self.delta.layers[-1]
+        nn.init.normal_(last.self_weight.weight, std=1e-3)
+        nn.init.zeros_(last.self_weight.bias)
+        nn.init.normal_(last.neighbour_weight.weight, std=1e-3)
+
+    def forward(self, mesh: DecoderMesh, features: torch.Tensor) -> DecoderMesh:
+        edge_index = mesh.edge_index
+        x = self.gather(features, mesh.verts)
+        inputs = [x] + ([mesh.features] if mesh.features is not None else []) + [mesh.verts]
+        z = torch.relu(self.h(torch.cat(inputs, dim=1), edge_index, mesh.verts))
+        verts = mesh.verts + self.delta(z, edge_index, mesh.verts)
+        return DecoderMesh(verts, mesh.faces, mesh.sphere, z, mesh.parent_edges)
+
+
+class Voxel2Mesh(nn.Module):
+    """U-Net + mesh decoder. ``forward(image (B, 1, D, H, W))`` -> (logits, per-case list of stage meshes)."""
+
+    def __init__(self, config: Voxel2MeshConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.unet = UNet3D(config.unet)
+        channels = self.unet.decoder_channels[-config.stages :]
+        self.stages = nn.ModuleList(MeshStage(c, config, first=(i == 0)) for i, c in enumerate(channels))
+
+    def decode_mesh(self, decoder_features: list[torch.Tensor], grid_shape) -> list[DecoderMesh]:
+        """Run the mesh stages for one case; ``decoder_features`` each ``(1, C, d, h, w)``. Returns every stage's mesh."""
+        c = self.config
+        scale = isotropic_scale(grid_shape).to(decoder_features[0].device)
+        mesh = DecoderMesh.template(c.template_level, c.template_radius / scale, device=scale.device)
+        meshes = []
+        for i, (stage, features) in enumerate(zip(self.stages, decoder_features[-c.stages :])):
+            if i > 0:
+                mesh = mesh.subdivided()
+            mesh = stage(mesh, features)
+            if i > 0 and c.unpooling == "adaptive" and not self.training:
+                mesh = mesh.adaptively_pruned(c.amu_threshold, scale)
+            meshes.append(mesh)
+        return meshes
+
+    def forward(self, image: torch.Tensor):
+        logits, decoder = self.unet(image)
+        grid_shape = image.shape[2:]
+        meshes = [self.decode_mesh([f[b : b + 1] for f in decoder], grid_shape) for b in range(image.shape[0])]
+        return logits, meshes

@@ -1,0 +1,98 @@
+"""A configurable 3D U-Net shared by every model that needs image features.
+
+Encoder level l has ``base * 2**l`` channels: two 3x3x3 conv + norm + ReLU blocks, then
+max-pool. The decoder mirrors it with transposed-conv upsampling and skip concatenation,
+and a 1x1x1 head gives voxel logits. ``forward`` also returns every decoder level's
+features (coarsest first) for mesh decoders to sample.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class UNetConfig:
+    """``in_channels`` image channels; ``num_classes`` logit channels; ``base`` channels at full
+    resolution; ``depth`` resolution levels (depth - 1 poolings); ``norm`` "batch" | "instance" | "group"."""
+
+    in_channels: int = 1
+    num_classes: int = 2
+    base: int = 16
+    depth: int = 4
+    norm: str = "batch"
+
+    def __post_init__(self) -> None:
+        if self.depth < 2:
+            raise ValueError(f"UNet depth must be >= 2, got {self.depth}")
+        if self.base < 1 or self.in_channels < 1 or self.num_classes < 1:
+            raise ValueError("UNet base, in_channels and num_classes must be positive")
+        if self.norm not in ("batch", "instance", "group"):
+            raise ValueError(f"UNet norm must be batch, instance or group, got {self.norm!r}")
+
+    def channels(self, level: int) -> int:
+        return self.base * 2**level
+
+
+def norm3d(kind: str, channels: int) -> nn.Module:
+    """A 3D normalisation layer by name."""
+    if kind == "batch":
+        return nn.BatchNorm3d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm3d(channels, affine=True)
+    return nn.GroupNorm(min(8, channels), channels)
+
+
+class DoubleConv(nn.Sequential):
+    """(3x3x3 conv -> norm -> ReLU) x 2."""
+
+    def __init__(self, cin: int, cout: int, norm: str) -> None:
+        super().__init__(
+            nn.Conv3d(cin, cout, 3, padding=1, bias=False), norm3d(norm, cout), nn.ReLU(inplace=True),
+            nn.Conv3d(cout, cout, 3, padding=1, bias=False), norm3d(norm, cout), nn.ReLU(inplace=True),
+        )
+
+
+class UNet3D(nn.Module):
+    """3D U-Net. Input ``(B, in_channels, D, H, W)`` with D, H, W divisible by ``2**(depth-1)``."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.down = nn.ModuleList(
+            DoubleConv(c.in_channels if l == 0 else c.channels(l - 1), c.channels(l), c.norm) for l in range(c.depth)
+        )
+        self.pool = nn.MaxPool3d(2)
+        self.upsample = nn.ModuleList(
+            nn.ConvTranspose3d(c.channels(l + 1), c.channels(l), 2, stride=2) for l in reversed(range(c.depth - 1))
+        )
+        self.up = nn.ModuleList(DoubleConv(2 * c.channels(l), c.channels(l), c.norm) for l in reversed(range(c.depth - 1)))
+        self.head = nn.Conv3d(c.base, c.num_classes, 1)
+
+    @property
+    def decoder_channels(self) -> list[int]:
+        """Channels of the features ``forward`` returns, coarsest (bottleneck) first."""
+        return [self.config.channels(l) for l in reversed(range(self.config.depth))]
+
+    @property
+    def encoder_channels(self) -> list[int]:
+        """Channels of the encoder features, finest first."""
+        return [self.config.channels(l) for l in range(self.config.depth)]
+
+    def forward(self, x: torch.Tensor, return_encoder: bool = False):
+        """Returns ``(logits (B, num_classes, D, H, W), decoder features coarsest-first [, encoder features finest-first])``."""
+        factor = 2 ** (self.config.depth - 1)
+        if any(s % factor for s in x.shape[2:]):
+            raise ValueError(f"UNet input size {tuple(x.shape[2:])} must be divisible by {factor}")
+        skips = []
+        for level, block in enumerate(self.down):
+            x = block(x if level == 0 else self.pool(x))
+            skips.append(x)
+        decoder = [x]
+        for upsample, block, skip in zip(self.upsample, self.up, reversed(skips[:-1])):
+            x = block(torch.cat([upsample(x), skip], dim=1))
+            decoder.append(x)
+        logits = self.head(x)
+        return (logits, decoder, skips) if return_encoder else (logits, decoder)

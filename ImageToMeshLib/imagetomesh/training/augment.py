@@ -1,0 +1,55 @@
+"""Augmentation on the model grid: flips, small rotations and scalings, intensity changes."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentConfig:
+    """Probabilities and ranges; angles in degrees, scale as a relative change."""
+
+    flip: float = 0.5
+    rotate_deg: float = 10.0
+    scale: float = 0.1
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+    noise: float = 0.05
+
+
+def _rotation(angles: torch.Tensor) -> torch.Tensor:
+    cx, cy, cz = torch.cos(angles)
+    sx, sy, sz = torch.sin(angles)
+    rx = torch.tensor([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = torch.tensor([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = torch.tensor([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def augment(image: torch.Tensor, label: torch.Tensor, config: AugmentConfig, generator: torch.Generator):
+    """Augment one case: ``image`` float ``(D, H, W)``, ``label`` uint8 ``(D, H, W)`` -> same shapes.
+
+    The spatial transform acts in an isotropic frame (millimetres on an isotropic grid) so
+    rotations do not shear; labels are resampled by nearest neighbour.
+    """
+    def uniform(lo, hi, n=1):
+        return lo + (hi - lo) * torch.rand(n, generator=generator)
+
+    d, h, w = image.shape
+    half = torch.tensor([w - 1, h - 1, d - 1], dtype=torch.float32) / 2
+    iso = torch.diag(half / half.max())
+    angles = uniform(-1, 1, 3) * math.radians(config.rotate_deg)
+    scale = 1.0 + uniform(-config.scale, config.scale)
+    flips = torch.where(torch.rand(3, generator=generator) < config.flip, -1.0, 1.0)
+    linear = torch.linalg.inv(iso) @ (_rotation(angles) / scale) @ torch.diag(flips) @ iso
+    theta = torch.cat([linear, torch.zeros(3, 1)], dim=1)[None]
+    grid = F.affine_grid(theta, [1, 1, d, h, w], align_corners=True)
+    fill = float(image.min())
+    img = F.grid_sample((image - fill)[None, None], grid, mode="bilinear", align_corners=True)[0, 0] + fill
+    lab = F.grid_sample(label[None, None].float(), grid, mode="nearest", align_corners=True)[0, 0]
+    img = img * (1 + uniform(-config.intensity_scale, config.intensity_scale)) + uniform(-config.intensity_shift, config.intensity_shift)
+    img = img + config.noise * torch.randn(img.shape, generator=generator)
+    return img, (lab > 0.5).to(torch.uint8)

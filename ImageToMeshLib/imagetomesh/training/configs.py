@@ -1,0 +1,88 @@
+"""Named training configurations: ``cpu`` trains on 2 CPU cores in about an hour, ``gpu`` is larger.
+
+The CPU configs of the mesh models are meant to start from a trained U-Net (``--init-from``
+a ``unet`` model folder): the bundled ones did, since three full trainings from scratch do
+not fit in the CPU budget; the GPU configs train from scratch.
+
+Voxel2Mesh's ablation variants of the paper are configs too: ``ps-umu``, ``hs-umu``,
+``lns-umu`` and ``lns-amu`` (= Voxel2Mesh).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+from imagetomesh.preprocessing import GridSpec
+from imagetomesh.training.augment import AugmentConfig
+from imagetomesh.training.losses import MeshLossWeights
+
+HIPPOCAMPUS_GRID = GridSpec((48, 56, 40), (1.0, 1.0, 1.0))
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs besides the data; saved next to every checkpoint."""
+
+    kind: str
+    model: dict
+    grid: GridSpec = HIPPOCAMPUS_GRID
+    steps: int = 3000
+    batch_size: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    val_every: int = 250
+    loss: MeshLossWeights = field(default_factory=MeshLossWeights)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    threads: int = 2
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["grid"] = self.grid.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["grid"] = GridSpec.from_dict(d["grid"])
+        d["loss"] = MeshLossWeights(**d["loss"])
+        d["augment"] = AugmentConfig(**d["augment"])
+        return cls(**d)
+
+
+_UNET_CPU = {"in_channels": 1, "num_classes": 2, "base": 12, "depth": 4, "norm": "batch"}
+_UNET_GPU = {"in_channels": 1, "num_classes": 2, "base": 32, "depth": 4, "norm": "batch"}
+
+
+def _v2m(sampling: str, unpooling: str, unet: dict, hidden: int) -> dict:
+    return {"unet": unet, "sampling": sampling, "unpooling": unpooling, "hidden": hidden, "stages": 3}
+
+
+def _configs() -> dict[str, dict[str, TrainConfig]]:
+    v2m = {}
+    for name, (sampling, unpooling) in {
+        "ps-umu": ("ps", "uniform"), "hs-umu": ("hs", "uniform"), "lns-umu": ("lns", "uniform"), "lns-amu": ("lns", "adaptive"),
+    }.items():
+        v2m[name] = TrainConfig("voxel2mesh", _v2m(sampling, unpooling, _UNET_CPU, 64), steps=1200, val_every=150, threads=1)
+    v2m["cpu"] = copy.deepcopy(v2m["lns-amu"])
+    v2m["gpu"] = TrainConfig("voxel2mesh", _v2m("lns", "adaptive", _UNET_GPU, 128), steps=20000, batch_size=4)
+    p2m_loss = MeshLossWeights(chamfer=1.0, ce=1.0, normal=1.6e-4, laplacian=0.3, edge=0.1, pixel2mesh_normal=True)
+    p2m = {
+        "cpu": TrainConfig("pixel2mesh3d", {"unet": _UNET_CPU, "hidden": 128, "residual_blocks": 3}, steps=900, val_every=150,
+                           loss=p2m_loss, threads=1),
+        "gpu": TrainConfig("pixel2mesh3d", {"unet": _UNET_GPU, "hidden": 128, "residual_blocks": 6}, steps=20000,
+                           batch_size=4, loss=p2m_loss),
+    }
+    unet = {
+        "cpu": TrainConfig("unet", {"unet": _UNET_CPU}, steps=1200, batch_size=2, val_every=200),
+        "gpu": TrainConfig("unet", {"unet": _UNET_GPU}, steps=20000, batch_size=8),
+    }
+    return {"voxel2mesh": v2m, "pixel2mesh3d": p2m, "unet": unet}
+
+
+def get_config(kind: str, name: str) -> TrainConfig:
+    configs = _configs()
+    if kind not in configs:
+        raise ValueError(f"no training configs for {kind!r}; known: {', '.join(configs)}")
+    if name not in configs[kind]:
+        raise ValueError(f"no config {name!r} for {kind}; known: {', '.join(configs[kind])}")
+    return configs[kind][name]

@@ -1,0 +1,69 @@
+"""Training cases prepared once on a model grid and kept in memory, and their boundary targets."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from imagetomesh.core.transforms import GridTransform
+from imagetomesh.io.images import read_image
+from imagetomesh.preprocessing import GridSpec, model_grid_transform, prepare_image, resample_to_grid
+from imagetomesh.training.msd import Case
+
+
+@dataclass
+class PreparedCase:
+    """One case on the model grid: ``image`` float32 ``(D, H, W)`` normalised, ``label`` uint8 ``(D, H, W)``."""
+
+    case_id: str
+    image: torch.Tensor
+    label: torch.Tensor
+    transform: GridTransform
+
+
+def prepare_case(case: Case, spec: GridSpec, labels: tuple[int, ...] | None = None) -> PreparedCase:
+    """Read and resample a case; ``labels`` None merges every non-zero label into one object."""
+    image = read_image(case.image)
+    label = read_image(case.label)
+    mask = label.array > 0 if labels is None else np.isin(label.array, labels)
+    grid_image, transform = prepare_image(image, spec, warn=False)
+    grid_label = resample_to_grid(label.with_array(mask.astype(np.float32)), model_grid_transform(label, spec), "nearest")
+    return PreparedCase(case.case_id, grid_image, (grid_label > 0.5).to(torch.uint8), transform)
+
+
+def prepare_cases(cases: list[Case], spec: GridSpec, progress: bool = True) -> list[PreparedCase]:
+    return [prepare_case(c, spec) for c in tqdm(cases, desc="preparing cases", disable=not progress, leave=False)]
+
+
+def boundary_points(label: torch.Tensor, max_points: int | None = None, generator: torch.Generator | None = None):
+    """Points on the boundary of a binary ``(D, H, W)`` label, in grid coordinates, with outward normals.
+
+    Each pair of 6-neighbouring voxels (inside, outside) contributes the midpoint of their
+    centres (the 0.5 iso-surface of the binary label) with the unit normal pointing outside.
+    Returns ``(points (P, 3), normals (P, 3))`` in (x, y, z) grid order; a random subset of
+    ``max_points`` if given.
+    """
+    inside = torch.nn.functional.pad(label.bool(), (1, 1, 1, 1, 1, 1))
+    d, h, w = label.shape
+    size = torch.tensor([w, h, d], dtype=torch.float32)
+    points, normals = [], []
+    for axis_tensor, axis_xyz in ((2, 0), (1, 1), (0, 2)):  # tensor dim W->x, H->y, D->z
+        a = inside.narrow(axis_tensor, 0, inside.shape[axis_tensor] - 1)
+        b = inside.narrow(axis_tensor, 1, inside.shape[axis_tensor] - 1)
+        for sign, mask in ((1.0, a & ~b), (-1.0, ~a & b)):
+            kji = torch.nonzero(mask).to(torch.float32)  # padded index of the lower voxel
+            ijk = kji.flip(1) - 1.0
+            ijk[:, axis_xyz] += 0.5
+            normal = torch.zeros_like(ijk)
+            normal[:, axis_xyz] = sign
+            points.append(ijk)
+            normals.append(normal)
+    ijk = torch.cat(points)
+    normal = torch.cat(normals)
+    grid = ijk * 2.0 / (size - 1.0) - 1.0
+    if max_points is not None and len(grid) > max_points:
+        pick = torch.randperm(len(grid), generator=generator)[:max_points]
+        grid, normal = grid[pick], normal[pick]
+    return grid, normal

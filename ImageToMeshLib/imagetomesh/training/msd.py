@@ -1,0 +1,92 @@
+"""Medical Segmentation Decathlon layout: ``dataset.json``, ``imagesTr/``, ``labelsTr/``.
+
+A deterministic split (seeded shuffle of the sorted case ids) is saved as JSON so that
+training, validation and reporting all read the same lists.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagetomesh.errors import InputError
+from imagetomesh.io.atomic import atomic_write
+
+
+@dataclass(frozen=True)
+class Case:
+    """One training case: its id (file name without extension), image and label paths."""
+
+    case_id: str
+    image: Path
+    label: Path
+
+
+def _case_id(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def read_msd(root: str | Path) -> dict[str, Case]:
+    """Read an MSD dataset folder; returns ``{case_id: Case}`` sorted by id.
+
+    Raises :class:`InputError` if ``dataset.json`` is missing or lists files that do not exist.
+    """
+    root = Path(root)
+    manifest = root / "dataset.json"
+    if not manifest.is_file():
+        raise InputError(f"{root} is not a Medical Segmentation Decathlon folder: no dataset.json in it")
+    try:
+        entries = json.loads(manifest.read_text())["training"]
+    except (json.JSONDecodeError, KeyError) as err:
+        raise InputError(f"{manifest} is not a valid MSD dataset.json ({err}); it needs a 'training' list") from None
+    cases = {}
+    for entry in entries:
+        image, label = root / entry["image"], root / entry["label"]
+        for path in (image, label):
+            if not path.is_file():
+                raise InputError(f"{manifest} lists {path.relative_to(root)}, which does not exist")
+        cases[_case_id(entry["image"])] = Case(_case_id(entry["image"]), image, label)
+    if not cases:
+        raise InputError(f"{manifest} lists no training cases")
+    return dict(sorted(cases.items()))
+
+
+def make_split(case_ids, fractions=(0.75, 0.10, 0.15), seed: int = 0) -> dict[str, list[str]]:
+    """Split ids into ``train``/``val``/``test`` by a seeded shuffle of the sorted ids."""
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must sum to 1, got {fractions}")
+    ids = sorted(case_ids)
+    random.Random(seed).shuffle(ids)
+    n_val = round(fractions[1] * len(ids))
+    n_test = round(fractions[2] * len(ids))
+    n_train = len(ids) - n_val - n_test
+    return {
+        "train": sorted(ids[:n_train]),
+        "val": sorted(ids[n_train : n_train + n_val]),
+        "test": sorted(ids[n_train + n_val :]),
+        "seed": seed,
+    }
+
+
+def load_or_make_split(case_ids, path: str | Path, seed: int = 0) -> dict[str, list[str]]:
+    """Read the split saved at ``path``; make and save one if the file does not exist.
+
+    Raises :class:`InputError` if a saved split names cases the dataset does not have.
+    """
+    path = Path(path)
+    if path.is_file():
+        split = json.loads(path.read_text())
+        missing = sorted(set(split["train"] + split["val"] + split["test"]) - set(case_ids))
+        if missing:
+            raise InputError(f"split {path} names cases not in the dataset: {missing[:5]}...; delete it to make a new one")
+        return split
+    split = make_split(case_ids, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text(json.dumps(split, indent=1))
+    return split

@@ -1,0 +1,67 @@
+"""The weight format: ``model.safetensors`` plus ``card.json`` (never pickles).
+
+The card holds the model kind and architecture config, the preprocessing grid, training data
+and split, metrics, data licence, and the SHA-256 of the weights file, checked on load.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from imagetomesh.errors import InputError
+from imagetomesh.io.atomic import atomic_write
+
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "card.json"
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_weights(model: torch.nn.Module, folder: str | Path, card: dict) -> Path:
+    """Write ``folder/model.safetensors`` and ``folder/card.json`` (with the weights' checksum)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_write(folder / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp))
+    card = dict(card, weights=WEIGHTS_NAME, sha256=sha256_of(folder / WEIGHTS_NAME))
+    with atomic_write(folder / CARD_NAME) as tmp:
+        Path(tmp).write_text(json.dumps(card, indent=2))
+    return folder
+
+
+def read_card(folder: str | Path) -> dict:
+    path = Path(folder) / CARD_NAME
+    if not path.is_file():
+        raise InputError(f"{folder} holds no {CARD_NAME}; a model folder needs {WEIGHTS_NAME} and {CARD_NAME}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path} is not valid JSON ({err.msg}); restore the model card") from None
+
+
+def load_state(folder: str | Path, card: dict) -> dict[str, torch.Tensor]:
+    """Read the weights named by ``card`` after checking they are safetensors with the card's checksum."""
+    path = Path(folder) / card.get("weights", WEIGHTS_NAME)
+    if path.suffix != ".safetensors":
+        raise InputError(f"refusing to load {path.name}: only .safetensors weights are accepted")
+    if not path.is_file():
+        raise InputError(f"model weights {path} are missing; reinstall the model")
+    expected = card.get("sha256")
+    if expected is None or sha256_of(path) != expected:
+        raise InputError(f"model weights {path} fail their checksum; the file is damaged or not the one the card describes")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise InputError(f"{path} is not a valid safetensors file ({err})") from None

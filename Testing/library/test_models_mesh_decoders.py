@@ -1,0 +1,84 @@
+"""Voxel2Mesh and Pixel2Mesh-3D: shapes, template sizes, adaptive unpooling keeps meshes closed and outward."""
+import numpy as np
+import pytest
+import torch
+
+from imagetomesh.core.mesh import Mesh
+from imagetomesh.geometry.quality import check_mesh
+from imagetomesh.models.mesh_state import DecoderMesh, sphere_hull_faces
+from imagetomesh.models.pixel2mesh3d import Pixel2Mesh3D, Pixel2Mesh3DConfig
+from imagetomesh.models.voxel2mesh import Voxel2Mesh, Voxel2MeshConfig
+from imagetomesh.nn.unet import UNet3D, UNetConfig
+
+SMALL_UNET = UNetConfig(base=4, depth=3)
+
+
+@pytest.mark.parametrize("depth,shape", [(2, (8, 8, 8)), (3, (16, 8, 12)), (4, (16, 24, 16))])
+def test_unet_shapes(depth, shape):
+    net = UNet3D(UNetConfig(base=4, depth=depth))
+    logits, decoder = net(torch.randn(2, 1, *shape))
+    assert logits.shape == (2, 2, *shape)
+    assert [f.shape[1] for f in decoder] == net.decoder_channels
+    assert decoder[-1].shape[2:] == shape
+
+
+def test_unet_rejects_bad_sizes_and_configs():
+    with pytest.raises(ValueError, match="divisible"):
+        UNet3D(UNetConfig(base=4, depth=3))(torch.randn(1, 1, 10, 8, 8))
+    with pytest.raises(ValueError):
+        UNetConfig(depth=1)
+    with pytest.raises(ValueError):
+        UNetConfig(norm="layer")
+
+
+@pytest.mark.parametrize("sampling", ["lns", "hs", "ps"])
+@pytest.mark.parametrize("unpooling", ["uniform", "adaptive"])
+def test_voxel2mesh_outputs_closed_outward_meshes(sampling, unpooling):
+    torch.manual_seed(0)
+    model = Voxel2Mesh(Voxel2MeshConfig(unet=SMALL_UNET, sampling=sampling, unpooling=unpooling, hidden=8))
+    logits, meshes = model(torch.randn(2, 1, 16, 16, 16))
+    assert logits.shape == (2, 2, 16, 16, 16)
+    assert len(meshes) == 2 and len(meshes[0]) == 3
+    assert [len(m.verts) for m in meshes[0]] == [162, 642, 2562]  # training: every vertex kept
+    loss = sum(m.verts.sum() for m in meshes[0])
+    loss.backward()
+    model.eval()
+    with torch.no_grad():
+        _, meshes = model(torch.randn(1, 1, 16, 16, 16))
+    final = meshes[0][-1]
+    check = check_mesh(Mesh(final.verts.numpy(), final.faces.numpy()), self_intersections=False)
+    assert check.watertight and check.outward
+
+
+def test_adaptive_pruning_drops_flat_midpoints_and_keeps_bent_ones():
+    mesh = DecoderMesh.template(1, torch.ones(3)).subdivided()
+    n_old = 42
+    verts = mesh.verts.clone()
+    verts[n_old:n_old + 10] *= 1.3  # push 10 new vertices well off their parent edges
+    mesh = DecoderMesh(verts, mesh.faces, mesh.sphere, None, mesh.parent_edges)
+    pruned = mesh.adaptively_pruned(threshold=0.05, scale=torch.ones(3))
+    # flat midpoints (on their parent edge) go; the pushed ones stay
+    assert len(pruned.verts) == n_old + 10
+    check = check_mesh(Mesh(pruned.verts.numpy(), pruned.faces.numpy()), self_intersections=False)
+    assert check.watertight and check.outward
+
+
+def test_sphere_hull_faces_are_outward():
+    points = torch.nn.functional.normalize(torch.randn(200, 3, generator=torch.Generator().manual_seed(3)), dim=1)
+    faces = sphere_hull_faces(points)
+    a, b, c = (points[faces[:, i]] for i in range(3))
+    assert (torch.cross(b - a, c - a, dim=1) * (a + b + c)).sum(1).gt(0).all()
+
+
+def test_pixel2mesh3d_vertex_counts():
+    torch.manual_seed(0)
+    model = Pixel2Mesh3D(Pixel2Mesh3DConfig(unet=SMALL_UNET, hidden=16, residual_blocks=1))
+    _, meshes = model(torch.randn(1, 1, 16, 16, 16))
+    assert [len(m.verts) for m in meshes[0]] == [162, 642, 2562]
+
+
+def test_voxel2mesh_config_validation():
+    with pytest.raises(ValueError, match="sampling"):
+        Voxel2MeshConfig(sampling="xyz")
+    with pytest.raises(ValueError, match="stages"):
+        Voxel2MeshConfig(unet=UNetConfig(depth=2), stages=3)
