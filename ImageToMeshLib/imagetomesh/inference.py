@@ -1,0 +1,77 @@
+"""Image -> mesh with a trained model: preprocessing, batched prediction, mapping back to LPS mm."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from imagetomesh.core.mesh import Mesh
+from imagetomesh.core.transforms import GridTransform, index_to_grid_affine
+from imagetomesh.core.volume import Volume
+from imagetomesh.errors import InputError
+from imagetomesh.geometry.isosurface import labelmap_to_mesh
+from imagetomesh.geometry.quality import check_mesh, orient_outward, repair_mesh
+from imagetomesh.preprocessing import GridSpec, prepare_image
+from imagetomesh.zoo import LoadedModel, load_model
+
+
+def grid_volume(array: np.ndarray, transform: GridTransform) -> Volume:
+    """A ``(D, H, W)`` array on a model grid as a :class:`Volume` with that grid's LPS geometry."""
+    index_to_lps = transform.grid_to_lps @ index_to_grid_affine(np.array(transform.shape[::-1]))
+    spacing = np.linalg.norm(index_to_lps[:3, :3], axis=0)
+    return Volume(array, spacing, index_to_lps[:3, 3], index_to_lps[:3, :3] / spacing[None, :])
+
+
+def finish_mesh(mesh: Mesh) -> Mesh:
+    """Post-processing of every predicted mesh: outward faces; repaired if it is not watertight."""
+    mesh = orient_outward(mesh)
+    if not check_mesh(mesh, self_intersections=False).watertight:
+        mesh = repair_mesh(mesh, remove_self_intersections=False)
+    return mesh
+
+
+class Segmenter:
+    """Loads a model once and turns images into LPS-millimetre meshes.
+
+    ``segment_batch`` stacks images resampled onto the model grid and runs them together.
+    """
+
+    def __init__(self, model: str | LoadedModel, device: str = "auto") -> None:
+        self.model = model if isinstance(model, LoadedModel) else load_model(model, device)
+        self.spec = GridSpec.from_dict(self.model.card["grid"])
+
+    @torch.no_grad()
+    def segment_batch(self, volumes: list[Volume]) -> list[Mesh]:
+        """One mesh per volume, in the order given."""
+        prepared = []
+        for volume in volumes:
+            _check_finite(volume)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                prepared.append(prepare_image(volume, self.spec))
+            for w in caught:
+                warnings.warn(str(w.message), stacklevel=2)
+        images = torch.stack([p[0] for p in prepared])[:, None].to(self.model.device)
+        logits, meshes = self.model.module(images)
+        out = []
+        for b, (_, transform) in enumerate(prepared):
+            if meshes is None:
+                mask = logits[b].argmax(0).to(torch.uint8).cpu().numpy()
+                if not mask.any():
+                    raise InputError("the model found no object in the image; check that it shows the organ the model was trained on")
+                smoothing = float(self.model.card["config"].get("smoothing", 0.5))
+                mesh = labelmap_to_mesh(grid_volume(mask, transform), smoothing=smoothing)
+            else:
+                final = meshes[b][-1]
+                mesh = Mesh(final.verts.cpu().numpy(), final.faces.cpu().numpy()).transformed(transform.grid_to_lps)
+            out.append(finish_mesh(mesh))
+        return out
+
+    def segment(self, volume: Volume) -> Mesh:
+        return self.segment_batch([volume])[0]
+
+
+def _check_finite(volume: Volume) -> None:
+    if not np.all(np.isfinite(volume.array)):
+        raise InputError("the image contains NaN or Inf voxels; fix or mask them before segmenting")

@@ -1,0 +1,91 @@
+"""The bundled model registry: ``Resources/Models/<name>/{model.safetensors,card.json}``.
+
+Models are looked up in the folders of ``$IMAGETOMESH_MODEL_PATH`` (``os.pathsep``-separated),
+then in the extension's ``Resources/Models``. A model can also be named by its folder path.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from imagetomesh.errors import InputError
+from imagetomesh.models.registry import build_model
+from imagetomesh.weights import CARD_NAME, load_state, read_card
+
+#: ``Resources/`` of the source tree or the installed Slicer extension.
+RESOURCES = Path(__file__).resolve().parents[2] / "Resources"
+
+
+def model_search_path() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("IMAGETOMESH_MODEL_PATH", "").split(os.pathsep) if p]
+    return extra + [RESOURCES / "Models"]
+
+
+def available_models() -> dict[str, Path]:
+    """``{name: folder}`` of every model folder (one holding a card) on the search path; first wins."""
+    found: dict[str, Path] = {}
+    for root in model_search_path():
+        if root.is_dir():
+            for folder in sorted(root.iterdir()):
+                if (folder / CARD_NAME).is_file() and folder.name not in found:
+                    found[folder.name] = folder
+    return found
+
+
+def find_model(name: str) -> Path:
+    """The folder of model ``name`` (a bundled name or a folder path); :class:`InputError` lists the known ones."""
+    path = Path(name)
+    if path.is_dir() and (path / CARD_NAME).is_file():
+        return path
+    models = available_models()
+    if name in models:
+        return models[name]
+    known = ", ".join(models) or "none installed"
+    raise InputError(f"unknown model {name!r}; available models: {known} (see 'imagetomesh models')")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference: its name, card, ``nn.Module`` (eval mode) and device."""
+
+    name: str
+    card: dict
+    module: torch.nn.Module
+    device: torch.device
+
+    @property
+    def kind(self) -> str:
+        return self.card["kind"]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an :class:`InputError`."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def load_model(name: str, device: str = "auto") -> LoadedModel:
+    """Find, check (safetensors + checksum) and instantiate a model for inference."""
+    folder = find_model(name)
+    card = read_card(folder)
+    if "kind" not in card or "config" not in card:
+        raise InputError(f"model card {folder / CARD_NAME} lacks 'kind' or 'config'; the model cannot be built")
+    try:
+        module = build_model(card["kind"], card["config"])
+    except (TypeError, ValueError) as err:
+        raise InputError(f"model {folder.name} cannot be built from its card ({err})") from None
+    state = load_state(folder, card)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise InputError(f"weights of {folder.name} do not match its card's architecture: {str(err)[:200]}") from None
+    dev = resolve_device(device)
+    return LoadedModel(folder.name, card, module.to(dev).eval(), dev)
