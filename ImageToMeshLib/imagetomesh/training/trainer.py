@@ -28,6 +28,24 @@ from imagetomesh.training.msd import load_or_make_split, read_msd
 from imagetomesh.weights import save_weights
 
 
+def rescale_one_cycle(scheduler_state: dict, total_steps: int, pct_start: float = 0.05) -> dict:
+    """A saved ``OneCycleLR`` state whose schedule now ends at ``total_steps``.
+
+    Lets a run resume with a different ``--steps``: the learning rate follows the new
+    schedule from the current step on (the warm-up phase keeps its fraction).
+    """
+    state = dict(scheduler_state)
+    if state.get("total_steps") == total_steps:
+        return state
+    if total_steps <= state["last_epoch"]:
+        raise ValueError(f"cannot shorten the schedule to {total_steps} steps: the run is already at step {state['last_epoch']}")
+    phases = [dict(p) for p in state["_schedule_phases"]]
+    phases[0]["end_step"] = float(pct_start * total_steps) - 1
+    phases[-1]["end_step"] = total_steps - 1
+    state.update(total_steps=total_steps, _schedule_phases=phases)
+    return state
+
+
 def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -127,7 +145,7 @@ def train(
         state = torch.load(checkpoint, map_location=dev, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        scheduler.load_state_dict(rescale_one_cycle(state["scheduler"], config.steps))
         step, best = int(state["step"]), state.get("best")
         generator.manual_seed(seed + 1000 * rank + step)
         log(f"resumed from step {step}")

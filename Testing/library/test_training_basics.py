@@ -1,0 +1,78 @@
+"""Training plumbing: split determinism, boundary targets, schedule rescaling, augmentation shapes."""
+import numpy as np
+import pytest
+import torch
+
+from imagetomesh.training.augment import AugmentConfig, augment
+from imagetomesh.training.data import boundary_points
+from imagetomesh.training.msd import make_split
+from imagetomesh.training.trainer import rescale_one_cycle
+
+
+def test_split_is_deterministic_disjoint_and_complete():
+    ids = [f"case_{i:03d}" for i in range(50)]
+    a, b = make_split(ids, seed=3), make_split(list(reversed(ids)), seed=3)
+    assert a == b
+    parts = a["train"] + a["val"] + a["test"]
+    assert sorted(parts) == ids and len(set(parts)) == len(ids)
+    assert make_split(ids, seed=4) != a
+
+
+def test_boundary_points_match_slow_face_enumeration():
+    label = torch.zeros(5, 6, 7, dtype=torch.uint8)
+    label[1:4, 2:5, 3:5] = 1
+    label[2, 3, 5] = 1
+    points, normals = boundary_points(label)
+    expected = set()
+    d, h, w = label.shape
+    for k in range(d):
+        for j in range(h):
+            for i in range(w):
+                if not label[k, j, i]:
+                    continue
+                for axis, (di, dj, dk) in enumerate(((1, 0, 0), (0, 1, 0), (0, 0, 1))):
+                    for sign in (1, -1):
+                        ni, nj, nk = i + sign * di, j + sign * dj, k + sign * dk
+                        outside = not (0 <= ni < w and 0 <= nj < h and 0 <= nk < d) or not label[nk, nj, ni]
+                        if outside:
+                            ijk = np.array([i, j, k], float) + 0.5 * sign * np.array([di, dj, dk])
+                            grid = ijk * 2 / (np.array([w, h, d]) - 1) - 1
+                            normal = sign * np.array([di, dj, dk])
+                            expected.add((tuple(round(float(x), 4) for x in grid), tuple(int(x) for x in normal)))
+    got = {(tuple(round(float(x), 4) for x in p), tuple(int(x) for x in n)) for p, n in zip(points.double().numpy(), normals.numpy())}
+    assert got == expected
+
+
+def test_rescaled_one_cycle_follows_the_new_schedule():
+    def make(total):
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=total, pct_start=0.05)
+
+    opt, long = make(2000)
+    for _ in range(400):
+        opt.step()
+        long.step()
+    opt2, short = make(1200)
+    short.load_state_dict(rescale_one_cycle(long.state_dict(), 1200))
+    opt3, reference = make(1200)
+    for _ in range(400):
+        opt3.step()
+        reference.step()
+    for _ in range(300):
+        opt2.step(), short.step(), opt3.step(), reference.step()
+        assert short.get_last_lr()[0] == pytest.approx(reference.get_last_lr()[0], rel=1e-9)
+    with pytest.raises(ValueError):
+        rescale_one_cycle(long.state_dict(), 300)
+
+
+def test_augment_keeps_shapes_and_binary_labels():
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(16, 24, 20)
+    label = (torch.rand(16, 24, 20) > 0.7).to(torch.uint8)
+    img, lab = augment(image, label, AugmentConfig(), g)
+    assert img.shape == image.shape and lab.shape == label.shape and lab.dtype == torch.uint8
+    assert set(lab.unique().tolist()) <= {0, 1}
+    # no rotation, scaling or flips: the label is unchanged
+    still = AugmentConfig(flip=0, rotate_deg=0, scale=0, intensity_scale=0, intensity_shift=0, noise=0)
+    img, lab = augment(image, label, still, g)
+    assert torch.equal(lab, label) and torch.allclose(img, image, atol=1e-5)
