@@ -20,37 +20,60 @@ from imagetomesh.core.volume import Volume
 
 @dataclass(frozen=True)
 class GridSpec:
-    """A model's input grid: ``shape`` (D, H, W) and ``spacing`` (i, j, k) in mm."""
+    """A model's input grid.
+
+    Attributes:
+        shape: (D, H, W).
+        spacing: (i, j, k) voxel size in mm.
+        direction: 9 numbers, the row-major ``(3, 3)`` LPS direction of the grid's (i, j, k)
+            axes: the orientation the model was trained in. ``None`` follows each image's own
+            index axes (only right when every image is stored in the same layout).
+    """
 
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
+    direction: tuple[float, ...] | None = None
+
+    def direction_matrix(self, volume: Volume) -> np.ndarray:
+        if self.direction is None:
+            return volume.direction
+        return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
 
     def to_dict(self) -> dict:
-        return {"shape": list(self.shape), "spacing": list(self.spacing)}
+        d = {"shape": list(self.shape), "spacing": list(self.spacing)}
+        if self.direction is not None:
+            d["direction"] = list(self.direction)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "GridSpec":
-        return cls(tuple(int(s) for s in d["shape"]), tuple(float(s) for s in d["spacing"]))
+        direction = tuple(float(x) for x in d["direction"]) if d.get("direction") is not None else None
+        return cls(tuple(int(s) for s in d["shape"]), tuple(float(s) for s in d["spacing"]), direction)
 
 
 def model_grid_transform(volume: Volume, spec: GridSpec, centre_lps: np.ndarray | None = None) -> GridTransform:
-    """Where ``spec``'s grid lies for ``volume``: same axes, centred on ``centre_lps`` (default: image centre).
+    """Where ``spec``'s grid lies for ``volume``: the model's orientation, centred on ``centre_lps``
+    (default: the image centre).
 
-    Along an axis where the model's spacing equals the image's, the grid is snapped onto the
-    image's voxel lattice (its voxel centres coincide with image voxel centres), so resampling
-    there copies voxels exactly instead of interpolating half-way between them.
+    When each grid step is exactly one image voxel step along some image axis (same spacing,
+    axes equal up to order and sign — e.g. the training layout, or the same image stored
+    with permuted or flipped axes), the grid is snapped onto the image's voxel lattice so
+    resampling copies voxels instead of interpolating half-way between them.
     """
     size_ijk = np.array(spec.shape[::-1], dtype=np.float64)
     spacing = np.asarray(spec.spacing, dtype=np.float64)
-    centre_ijk = (volume.size_ijk - 1) / 2.0 if centre_lps is None else \
-        (volume.lps_to_index[:3, :3] @ np.asarray(centre_lps, dtype=np.float64) + volume.lps_to_index[:3, 3])
-    ratio = spacing / volume.spacing
-    origin_ijk = centre_ijk - (size_ijk - 1) / 2.0 * ratio
-    on_lattice = np.isclose(ratio, 1.0, rtol=1e-4)
-    origin_ijk[on_lattice] = np.round(origin_ijk[on_lattice])
+    direction = spec.direction_matrix(volume)
+    if centre_lps is None:
+        centre_lps = volume.index_to_lps[:3, :3] @ ((volume.size_ijk - 1) / 2.0) + volume.origin
+    axes = direction * spacing[None, :]  # columns: LPS step of one grid voxel along i, j, k
+    origin = np.asarray(centre_lps, dtype=np.float64) - axes @ ((size_ijk - 1) / 2.0)
+    step_in_image = volume.lps_to_index[:3, :3] @ axes  # image-index step of one grid step
+    if np.allclose(np.abs(step_in_image).sum(0), 1.0, atol=1e-4) and np.allclose(np.abs(step_in_image).max(0), 1.0, atol=1e-4):
+        origin_ijk = volume.lps_to_index[:3, :3] @ origin + volume.lps_to_index[:3, 3]
+        origin = volume.index_to_lps[:3, :3] @ np.round(origin_ijk) + volume.origin
     index_to_lps = np.eye(4)
-    index_to_lps[:3, :3] = volume.direction * spacing[None, :]
-    index_to_lps[:3, 3] = volume.index_to_lps[:3, :3] @ origin_ijk + volume.origin
+    index_to_lps[:3, :3] = axes
+    index_to_lps[:3, 3] = origin
     return GridTransform(index_to_lps @ grid_to_index_affine(size_ijk), tuple(spec.shape))
 
 
@@ -85,12 +108,15 @@ def prepare_image(volume: Volume, spec: GridSpec, warn: bool = True) -> tuple[to
     Warns (does not fail) when the image's spacing differs from the model's or the image
     does not fit in the model's field of view, since the result may then be less accurate.
     """
-    if warn and not np.allclose(volume.spacing, spec.spacing, rtol=0.05):
+    # image spacing and extent along the model grid's axes, whatever the image's storage layout
+    to_grid_axes = np.abs(spec.direction_matrix(volume).T @ volume.direction)
+    spacing_on_grid = to_grid_axes @ volume.spacing
+    if warn and not np.allclose(spacing_on_grid, spec.spacing, rtol=0.05):
         warnings.warn(
             f"image spacing {np.round(volume.spacing, 3).tolist()} mm differs from the model's "
             f"{list(spec.spacing)} mm; resampling", stacklevel=2,
         )
-    extent = volume.size_ijk * volume.spacing
+    extent = to_grid_axes @ (volume.size_ijk * volume.spacing)
     fov = np.array(spec.shape[::-1]) * np.asarray(spec.spacing)
     if warn and np.any(extent > fov + 1e-6):
         warnings.warn(

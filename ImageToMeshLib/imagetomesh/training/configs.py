@@ -16,7 +16,9 @@ from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.augment import AugmentConfig
 from imagetomesh.training.losses import MeshLossWeights
 
-HIPPOCAMPUS_GRID = GridSpec((48, 56, 40), (1.0, 1.0, 1.0))
+#: The hippocampus models' grid, in the orientation every MSD Task04 image is stored in
+#: (index axes along R, A, S): images stored otherwise are resampled into it.
+HIPPOCAMPUS_GRID = GridSpec((48, 56, 40), (1.0, 1.0, 1.0), (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
 
 
 @dataclass

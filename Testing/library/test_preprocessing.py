@@ -1,0 +1,69 @@
+"""Model-grid preprocessing: exact resampling on the lattice, independence from the storage layout."""
+import numpy as np
+import pytest
+import torch
+
+from imagetomesh.core import Volume
+from imagetomesh.core.volume import transform_points
+from imagetomesh.preprocessing import GridSpec, model_grid_transform, prepare_image, resample_to_grid
+
+RAS_ALIGNED = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def _image(shape=(35, 51, 33), seed=0):
+    rng = np.random.default_rng(seed)
+    return Volume(rng.normal(size=shape).astype(np.float32), spacing=(1, 1, 1), origin=(12.0, -3.0, 40.0),
+                  direction=np.diag([-1.0, -1.0, 1.0]))
+
+
+def _stored_differently(volume: Volume, perm=(2, 0, 1), flips=(True, False, True)) -> Volume:
+    """The same physical image stored with its (i, j, k) axes permuted and flipped."""
+    array = volume.array  # (k, j, i)
+    ijk_array = np.transpose(array, (2, 1, 0))  # (i, j, k)
+    new = np.transpose(ijk_array, perm)
+    direction = volume.direction[:, list(perm)].copy()
+    spacing = volume.spacing[list(perm)]
+    size = np.array(new.shape)
+    origin = volume.origin.copy()
+    for axis, flip in enumerate(flips):
+        if flip:
+            new = np.flip(new, axis)
+            origin = origin + direction[:, axis] * spacing[axis] * (size[axis] - 1)
+            direction[:, axis] *= -1
+    return Volume(np.ascontiguousarray(np.transpose(new, (2, 1, 0))), spacing, origin, direction)
+
+
+def test_stored_differently_is_the_same_physical_image():
+    image = _image()
+    other = _stored_differently(image)
+    # voxel (i, j, k) of the original sits where the other image has the same value
+    ijk = np.array([[3, 7, 11]])
+    lps = transform_points(image.index_to_lps, ijk)
+    back = np.round(transform_points(other.lps_to_index, lps)).astype(int)[0]
+    assert other.array[back[2], back[1], back[0]] == image.array[11, 7, 3]
+
+
+def test_grid_input_is_the_same_whatever_the_storage_layout():
+    spec = GridSpec((48, 56, 40), (1.0, 1.0, 1.0), RAS_ALIGNED)
+    image = _image()
+    a, ta = prepare_image(image, spec, warn=False)
+    b, tb = prepare_image(_stored_differently(image), spec, warn=False)
+    np.testing.assert_allclose(ta.grid_to_lps, tb.grid_to_lps, atol=1e-9)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_on_lattice_resampling_copies_voxels_exactly():
+    spec = GridSpec((48, 56, 40), (1.0, 1.0, 1.0), RAS_ALIGNED)
+    image = _image()
+    label = image.with_array((image.array > 1.0).astype(np.float32))
+    on_grid = resample_to_grid(label, model_grid_transform(label, spec), "bilinear")
+    assert float(on_grid.sum()) == pytest.approx(float(label.array.sum()))
+    values = on_grid.numpy()
+    assert np.all(np.minimum(np.abs(values), np.abs(values - 1.0)) < 1e-5)  # copies, up to rounding
+
+
+def test_spacing_warning_names_the_difference():
+    spec = GridSpec((16, 16, 16), (1.0, 1.0, 1.0), RAS_ALIGNED)
+    coarse = Volume(np.zeros((8, 8, 8), np.float32), spacing=(2, 2, 2), direction=np.diag([-1.0, -1.0, 1.0]))
+    with pytest.warns(UserWarning, match="spacing"):
+        prepare_image(coarse, spec)
