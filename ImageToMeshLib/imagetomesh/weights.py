@@ -1,5 +1,7 @@
 """The weight format: ``model.safetensors`` plus ``card.json`` (never pickles).
 
+Imports torch only when weights are written or read, so cards can be listed without it.
+
 The card holds the model kind and architecture config, the preprocessing grid, training data
 and split, metrics, data licence, and the SHA-256 of the weights file, checked on load.
 """
@@ -8,10 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from imagetomesh.errors import InputError
 from imagetomesh.io.atomic import atomic_write
@@ -28,8 +26,13 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def save_weights(model: torch.nn.Module, folder: str | Path, card: dict) -> Path:
-    """Write ``folder/model.safetensors`` and ``folder/card.json`` (with the weights' checksum)."""
+def save_weights(model, folder: str | Path, card: dict) -> Path:
+    """Write ``folder/model.safetensors`` and ``folder/card.json`` (with the weights' checksum).
+
+    ``model`` is a ``torch.nn.Module``.
+    """
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -51,8 +54,12 @@ def read_card(folder: str | Path) -> dict:
         raise InputError(f"{path} is not valid JSON ({err.msg}); restore the model card") from None
 
 
-def load_state(folder: str | Path, card: dict) -> dict[str, torch.Tensor]:
-    """Read the weights named by ``card`` after checking they are safetensors with the card's checksum."""
+def load_state(folder: str | Path, card: dict) -> dict:
+    """Read the weights named by ``card`` (``{name: torch.Tensor}``) after checking they are
+    safetensors with the card's checksum."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     path = Path(folder) / card.get("weights", WEIGHTS_NAME)
     if path.suffix != ".safetensors":
         raise InputError(f"refusing to load {path.name}: only .safetensors weights are accepted")

@@ -1,5 +1,7 @@
 """The bundled model registry: ``Resources/Models/<name>/{model.safetensors,card.json}``.
 
+Listing models needs no torch; loading one imports it.
+
 Models are looked up in the folders of ``$IMAGETOMESH_MODEL_PATH`` (``os.pathsep``-separated),
 then in the extension's ``Resources/Models``. A model can also be named by its folder path.
 """
@@ -8,12 +10,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from imagetomesh.errors import InputError
-from imagetomesh.models.registry import build_model
 from imagetomesh.weights import CARD_NAME, load_state, read_card
+
+if TYPE_CHECKING:
+    import torch
 
 #: ``Resources/`` of the source tree or the installed Slicer extension.
 RESOURCES = Path(__file__).resolve().parents[2] / "Resources"
@@ -53,16 +56,18 @@ class LoadedModel:
 
     name: str
     card: dict
-    module: torch.nn.Module
-    device: torch.device
+    module: "torch.nn.Module"
+    device: "torch.device"
 
     @property
     def kind(self) -> str:
         return self.card["kind"]
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str) -> "torch.device":
     """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an :class:`InputError`."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -74,6 +79,8 @@ def resolve_device(device: str) -> torch.device:
 
 def load_model(name: str, device: str = "auto") -> LoadedModel:
     """Find, check (safetensors + checksum) and instantiate a model for inference."""
+    from imagetomesh.models.registry import build_model
+
     folder = find_model(name)
     card = read_card(folder)
     if "kind" not in card or "config" not in card:

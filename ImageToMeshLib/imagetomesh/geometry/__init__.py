@@ -1,41 +1,31 @@
-"""Geometry on tensors: connectivity, normals, Laplacians, sampling, distances, mesh losses.
+"""Geometry: connectivity, normals, Laplacians, sampling, distances and mesh losses on
+``torch`` tensors (``verts (N, 3)`` float, ``faces (F, 3)`` int64, ``edge_index (2, E)`` int64),
+and rasterisation, isosurfaces, plane cuts and mesh checks on :class:`~imagetomesh.core.Mesh`.
+One concept per module.
 
-Plain functions on ``torch`` tensors (``verts (N, 3)`` float, ``faces (F, 3)`` int64,
-``edge_index (2, E)`` int64), one concept per module, differentiable where a loss needs it.
+The names below are loaded on first use, so importing a numpy/VTK-only module of this
+package (``vtk_convert``, ``isosurface``, ``quality``, ``raster``) does not import torch.
 """
-from imagetomesh.geometry.distances import (
-    chamfer_distance,
-    closest_point_on_triangle,
-    knn_sqdist,
-    point_to_triangle_distance,
-)
-from imagetomesh.geometry.laplacian import (
-    combinatorial_laplacian,
-    laplacian_coordinates,
-    sym_norm_laplacian,
-    uniform_laplacian,
-)
-from imagetomesh.geometry.mesh_losses import (
-    edge_length_loss,
-    laplacian_smoothing_loss,
-    mean_triangle_quality,
-    normal_consistency_loss,
-    triangle_qualities,
-    triangle_quality_regulariser,
-)
-from imagetomesh.geometry.normals import face_areas, face_normals, vertex_normals
-from imagetomesh.geometry.sampling import sample_points_on_mesh
-from imagetomesh.geometry.topology import (
-    edge_index_from_edges,
-    edge_index_from_faces,
-    edges_from_faces,
-    face_adjacency,
-    faces_to_edges_map,
-    icosahedron,
-    icosphere,
-    subdivide,
-    vertex_degrees,
-)
+import importlib
+
+_HOME = {
+    "distances": ("chamfer_distance", "closest_point_on_triangle", "knn_sqdist", "point_to_triangle_distance"),
+    "laplacian": ("combinatorial_laplacian", "laplacian_coordinates", "sym_norm_laplacian", "uniform_laplacian"),
+    "mesh_losses": ("edge_length_loss", "laplacian_smoothing_loss", "mean_triangle_quality", "normal_consistency_loss",
+                    "triangle_qualities", "triangle_quality_regulariser"),
+    "normals": ("face_areas", "face_normals", "vertex_normals"),
+    "sampling": ("sample_points_on_mesh",),
+    "topology": ("edge_index_from_edges", "edge_index_from_faces", "edges_from_faces", "face_adjacency",
+                 "faces_to_edges_map", "icosahedron", "icosphere", "subdivide", "vertex_degrees"),
+}
+_MODULE_OF = {name: module for module, names in _HOME.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(f"imagetomesh.geometry.{_MODULE_OF[name]}"), name)
+    raise AttributeError(f"module 'imagetomesh.geometry' has no attribute {name!r}")
+
 
 __all__ = [
     # topology
