@@ -205,7 +205,7 @@ def cmd_models(args) -> int:
         data = card.get("data", {})
         if data:
             print(f"    data      {data.get('name', '')} ({data.get('licence', 'licence unknown')})")
-        metrics = card.get("test_metrics") or card.get("metrics") or {}
+        metrics = card.get("test_metrics") or card.get("validation_metrics") or {}
         if metrics:
             shown = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
             print(f"    metrics   {shown}")

@@ -60,8 +60,7 @@ class Segmenter:
                 mask = logits[b].argmax(0).to(torch.uint8).cpu().numpy()
                 if not mask.any():
                     raise InputError("the model found no object in the image; check that it shows the organ the model was trained on")
-                smoothing = float(self.model.card["config"].get("smoothing", 0.5))
-                mesh = labelmap_to_mesh(grid_volume(mask, transform), smoothing=smoothing)
+                mesh = labelmap_to_mesh(grid_volume(mask, transform), smoothing=self.model.module.config.smoothing)
             else:
                 final = meshes[b][-1]
                 mesh = Mesh(final.verts.cpu().numpy(), final.faces.cpu().numpy()).transformed(transform.grid_to_lps)

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from imagetomesh.geometry.isosurface import DEFAULT_SMOOTHING
 from imagetomesh.nn.unet import UNet3D, UNetConfig
 
 
@@ -14,7 +15,7 @@ class UNetMCConfig:
     """The U-Net and the surface extraction settings used at inference."""
 
     unet: UNetConfig = field(default_factory=UNetConfig)
-    smoothing: float = 0.5
+    smoothing: float = DEFAULT_SMOOTHING
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
