@@ -49,7 +49,7 @@ def read_card(folder: str | Path) -> dict:
     if not path.is_file():
         raise InputError(f"{folder} holds no {CARD_NAME}; a model folder needs {WEIGHTS_NAME} and {CARD_NAME}")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise InputError(f"{path} is not valid JSON ({err.msg}); restore the model card") from None
 

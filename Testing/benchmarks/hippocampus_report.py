@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    split = json.loads((REPO / "Resources" / "Splits" / "hippocampus.json").read_text())
+    split = json.loads((REPO / "Resources" / "Splits" / "hippocampus.json").read_text(encoding="utf-8"))
     cases = read_msd(args.data)
     ids = split[args.split][: args.limit]
     images = [read_image(cases[c].image) for c in ids]

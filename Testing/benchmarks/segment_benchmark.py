@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
-    split = json.loads((REPO / "Resources" / "Splits" / "hippocampus.json").read_text())
+    split = json.loads((REPO / "Resources" / "Splits" / "hippocampus.json").read_text(encoding="utf-8"))
     images = [DATA / "imagesTr" / f"{c}.nii.gz" for c in split["test"][: args.cases]]
     single = REPO / "Resources" / "SampleData" / "hippocampus" / "hippocampus_024.nii.gz"
     for model in args.models:

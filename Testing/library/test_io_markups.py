@@ -66,7 +66,7 @@ def test_write_read_round_trip(tmp_path, space):
     for original, read in zip(markups, back):
         np.testing.assert_allclose(read.points, original.points, atol=1e-12)
 
-    document = json.loads(path.read_text())
+    document = json.loads(path.read_text(encoding="utf-8"))
     assert document["@schema"] == MARKUPS_SCHEMA
     entry = document["markups"][0]
     assert entry["type"] == "Fiducial" and entry["coordinateSystem"] == space and entry["coordinateUnits"] == "mm"
@@ -80,7 +80,7 @@ def test_write_read_round_trip(tmp_path, space):
 def test_unplaced_points_skipped_and_micrometres(tmp_path):
     path = tmp_path / "m.mrk.json"
     _slicer_file(path, "LPS", POINTS_LPS * 1000.0, kind="Fiducial", units="um")
-    document = json.loads(path.read_text())
+    document = json.loads(path.read_text(encoding="utf-8"))
     document["markups"][0]["controlPoints"].append({"id": "9", "position": [0, 0, 0], "positionStatus": "undefined"})
     path.write_text(json.dumps(document))
     (markup,) = read_markups(path)

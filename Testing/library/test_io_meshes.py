@@ -122,7 +122,7 @@ def test_ras_file_holds_ras_coordinates(tmp_path, sphere):
 def test_space_markers_in_other_formats(tmp_path, sphere):
     vtk_text = write_mesh(sphere, tmp_path / "m.vtk", "RAS").read_bytes()[:200]
     assert vtk_text.split(b"\n")[1] == b"3D Slicer output. SPACE=RAS"
-    obj_text = write_mesh(sphere, tmp_path / "m.obj", "RAS").read_text()
+    obj_text = write_mesh(sphere, tmp_path / "m.obj", "RAS").read_text(encoding="utf-8")
     assert obj_text.startswith("# 3D Slicer output. SPACE=RAS\n")
     ply_head = write_mesh(sphere, tmp_path / "m.ply", "RAS").read_bytes()[:300]
     assert b"\ncomment SPACE=RAS\n" in ply_head

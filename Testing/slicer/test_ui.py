@@ -40,7 +40,7 @@ def _xml_widgets():
 
 def test_widgets_used_by_the_code_exist_in_the_ui_file():
     _, widgets = _xml_widgets()
-    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", MODULE_FILE.read_text()))
+    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", MODULE_FILE.read_text(encoding="utf-8")))
     assert used, "the Widget should reach its widgets through self.ui"
     missing = sorted(used - set(widgets))
     assert not missing, f"widgets used in ImageToMesh.py but absent from the .ui: {missing}"
@@ -100,7 +100,7 @@ def test_ui_loads_with_qt_offscreen():
         ui_file.close()
     assert widget is not None, loader.errorString()
     _, widgets = _xml_widgets()
-    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", MODULE_FILE.read_text()))
+    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", MODULE_FILE.read_text(encoding="utf-8")))
     for name in used:
         assert widget.findChild(QtCore.QObject, name) is not None, f"{name} missing after loading the .ui"
     for name, (cls, props) in widgets.items():

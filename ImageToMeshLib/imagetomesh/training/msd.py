@@ -41,7 +41,7 @@ def read_msd(root: str | Path) -> dict[str, Case]:
     if not manifest.is_file():
         raise InputError(f"{root} is not a Medical Segmentation Decathlon folder: no dataset.json in it")
     try:
-        entries = json.loads(manifest.read_text())["training"]
+        entries = json.loads(manifest.read_text(encoding="utf-8"))["training"]
     except (json.JSONDecodeError, KeyError) as err:
         raise InputError(f"{manifest} is not a valid MSD dataset.json ({err}); it needs a 'training' list") from None
     cases = {}
@@ -80,7 +80,7 @@ def load_or_make_split(case_ids, path: str | Path, seed: int = 0) -> dict[str, l
     """
     path = Path(path)
     if path.is_file():
-        split = json.loads(path.read_text())
+        split = json.loads(path.read_text(encoding="utf-8"))
         missing = sorted(set(split["train"] + split["val"] + split["test"]) - set(case_ids))
         if missing:
             raise InputError(f"split {path} names cases not in the dataset: {missing[:5]}...; delete it to make a new one")
