@@ -1,0 +1,222 @@
+"""Shape data for DALS priors: surface point clouds of real organs, in LPS mm.
+
+Two sources:
+
+- ``hippocampus``: the Medical Segmentation Decathlon Task04 labels (labels 1 + 2 together as
+  one hippocampus), the split saved in ``Resources/Splits/hippocampus.json`` (the one every
+  hippocampus model of the project uses; made with :func:`load_or_make_split` if missing).
+- ``kidney``: KiTS19 segmentations (kidney + tumour, ``label > 0``, as one object). Each case
+  is split into its kidneys: the two largest connected components (26-connectivity), the
+  second kept only if it holds at least ``MIN_SECOND_FRACTION`` of the first's voxels (some
+  patients have one kidney). The side is the patient's left for the component with the larger
+  L coordinate (a lone kidney: left when right of the image's L centre). Right kidneys are
+  mirrored along L (``x -> -x`` in LPS) so every training shape is a left kidney. The split is
+  by case (both kidneys of a patient on the same side of it), seeded, saved to
+  ``Resources/Splits/kits19.json``.
+
+Each shape's surface is :func:`~imagetomesh.geometry.isosurface.labelmap_to_mesh` of its mask
+(cropped around the component first: the KiTS volumes are 611 x 512 x 512), sampled with
+``n_points`` area-uniform points. Results are cached as ``.npz`` files.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from scipy import ndimage
+
+from imagetomesh.core.volume import Volume
+from imagetomesh.errors import InputError
+from imagetomesh.geometry.isosurface import labelmap_to_mesh
+from imagetomesh.io.atomic import atomic_write
+from imagetomesh.io.images import read_image
+from imagetomesh.metrics import sample_surface
+from imagetomesh.models.dals import MIRROR_L
+from imagetomesh.training.msd import load_or_make_split, read_msd
+
+SHAPE_KINDS = ("hippocampus", "kidney")
+SPLITS_DIR = Path(__file__).resolve().parents[3] / "Resources" / "Splits"
+HIPPOCAMPUS_SPLIT = SPLITS_DIR / "hippocampus.json"
+KITS_SPLIT = SPLITS_DIR / "kits19.json"
+#: The second-largest component is a kidney only when it has this fraction of the largest's voxels.
+MIN_SECOND_FRACTION = 0.2
+#: Zero voxels kept around a cropped component.
+CROP_MARGIN = 3
+
+
+@dataclass(frozen=True)
+class OrganMask:
+    """One organ's binary mask, cropped with a margin, in its image's LPS geometry.
+
+    Attributes:
+        shape_id: ``hippocampus_003`` or ``case_00000_left`` / ``case_00000_right``.
+        mask: uint8 0/1 :class:`Volume` (cropped).
+        side: ``"left"``, ``"right"`` or ``""`` (unpaired organ).
+    """
+
+    shape_id: str
+    mask: Volume
+    side: str = ""
+
+    @property
+    def mirrored(self) -> bool:
+        """Whether training data of this organ is mirrored (right kidneys)."""
+        return self.side == "right"
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """Tight ``(k, j, i)`` slices around the nonzero voxels of ``mask``; None when empty."""
+    slices = ndimage.find_objects(np.asarray(mask, dtype=bool).astype(np.uint8))
+    return None if not slices or slices[0] is None else slices[0]
+
+
+def crop_volume(volume: Volume, box: tuple[slice, slice, slice], margin: int = CROP_MARGIN) -> Volume:
+    """The sub-volume ``box`` grown by ``margin`` voxels (clipped to the image), same LPS geometry."""
+    grown = tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, volume.shape))
+    start_ijk = np.array([grown[2].start, grown[1].start, grown[0].start], dtype=np.float64)
+    origin = volume.index_to_lps[:3, :3] @ start_ijk + volume.origin
+    return Volume(np.ascontiguousarray(volume.array[grown]), volume.spacing, origin, volume.direction)
+
+
+def _centroid_lps(volume: Volume, mask: np.ndarray) -> np.ndarray:
+    kji = np.array(ndimage.center_of_mass(mask), dtype=np.float64)
+    return volume.index_to_lps[:3, :3] @ kji[::-1] + volume.origin
+
+
+def split_kidneys(label: Volume, case_id: str = "case") -> list[OrganMask]:
+    """The kidneys (kidney + tumour) of one KiTS labelmap as cropped masks, left first.
+
+    Raises :class:`InputError` when the labelmap has no kidney voxel.
+    """
+    whole = np.asarray(label.array) > 0
+    box = bounding_box(whole)
+    if box is None:
+        raise InputError(f"{case_id} has no kidney voxels (label > 0); check the labelmap")
+    crop = crop_volume(label.with_array(whole.astype(np.uint8)), box, margin=0)
+    labelled, count = ndimage.label(crop.array, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(labelled.ravel())[1:]
+    order = np.argsort(sizes)[::-1]
+    keep = [order[0]]
+    if count > 1 and sizes[order[1]] >= MIN_SECOND_FRACTION * sizes[order[0]]:
+        keep.append(order[1])
+    centroids = [_centroid_lps(crop, labelled == k + 1) for k in keep]
+    if len(keep) == 2:
+        sides = ["left", "right"] if centroids[0][0] > centroids[1][0] else ["right", "left"]
+    else:
+        image_centre = label.bounds_lps().mean(0)
+        sides = ["left" if centroids[0][0] > image_centre[0] else "right"]
+    organs = []
+    for k, side in zip(keep, sides):
+        component = (labelled == k + 1).astype(np.uint8)
+        sub = crop_volume(crop.with_array(component), bounding_box(component))
+        organs.append(OrganMask(f"{case_id}_{side}", sub, side))
+    return sorted(organs, key=lambda o: o.side)
+
+
+def hippocampus_mask(label: Volume, shape_id: str) -> OrganMask:
+    """Labels 1 + 2 of an MSD hippocampus labelmap as one cropped mask."""
+    whole = np.asarray(label.array) > 0
+    box = bounding_box(whole)
+    if box is None:
+        raise InputError(f"{shape_id} has an empty hippocampus label; check the labelmap")
+    return OrganMask(shape_id, crop_volume(label.with_array(whole.astype(np.uint8)), box))
+
+
+# --- splits ------------------------------------------------------------------------------------
+def kits_case_ids(data_dir: str | Path) -> list[str]:
+    data_dir = Path(data_dir)
+    ids = sorted(p.name[: -len(".nii.gz")] for p in data_dir.glob("case_*.nii.gz"))
+    if not ids:
+        raise InputError(f"{data_dir} holds no KiTS19 labelmaps (case_XXXXX.nii.gz); give the kits19-masks folder")
+    return ids
+
+
+def shape_split(kind: str, data_dir: str | Path, split_path: str | Path | None = None) -> dict:
+    """The train/val/test case split of a shape source (read from, or saved to, ``Resources/Splits``)."""
+    if kind == "hippocampus":
+        if split_path is None and HIPPOCAMPUS_SPLIT.is_file():
+            return json.loads(HIPPOCAMPUS_SPLIT.read_text(encoding="utf-8"))
+        return load_or_make_split(list(read_msd(data_dir)), split_path or HIPPOCAMPUS_SPLIT, seed=0)
+    if kind == "kidney":
+        return load_or_make_split(kits_case_ids(data_dir), split_path or KITS_SPLIT, seed=0)
+    raise InputError(f"unknown shape source {kind!r}; use one of {', '.join(SHAPE_KINDS)}")
+
+
+def organ_masks(kind: str, data_dir: str | Path, case_id: str) -> list[OrganMask]:
+    """The organ masks of one case: one hippocampus, or one or two kidneys."""
+    data_dir = Path(data_dir)
+    if kind == "hippocampus":
+        case = read_msd(data_dir)[case_id]
+        return [hippocampus_mask(read_image(case.label), case_id)]
+    if kind == "kidney":
+        return split_kidneys(read_image(data_dir / f"{case_id}.nii.gz"), case_id)
+    raise InputError(f"unknown shape source {kind!r}; use one of {', '.join(SHAPE_KINDS)}")
+
+
+def surface_points(organ: OrganMask, n_points: int, seed: int = 0, mirror: bool = True) -> np.ndarray:
+    """``(n_points, 3)`` float32 area-uniform samples of the organ's surface in LPS mm
+    (mirrored along L about the origin for right-side organs when ``mirror``)."""
+    mesh = labelmap_to_mesh(organ.mask)
+    points = sample_surface(mesh, n_points, seed=seed)
+    if mirror and organ.mirrored:
+        points = points @ MIRROR_L.T
+    return points.astype(np.float32)
+
+
+@dataclass
+class ShapeSet:
+    """Surface samples of many shapes: ``ids (S,)``, ``points (S, P, 3)`` LPS mm, ``sides (S,)``."""
+
+    ids: list[str]
+    points: np.ndarray
+    sides: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def load_shapes(
+    kind: str,
+    data_dir: str | Path,
+    split: str = "train",
+    n_points: int = 4096,
+    cache_dir: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+    split_path: str | Path | None = None,
+) -> ShapeSet:
+    """Surface samples of every shape of one split (cached in ``cache_dir`` when given).
+
+    Right kidneys come mirrored (see the module docstring); hippocampi as they are.
+    ``split_path``: the split file (default: the project's one in ``Resources/Splits``).
+    """
+    if split not in ("train", "val", "test"):
+        raise InputError(f"unknown split {split!r}; use train, val or test")
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise InputError(f"shape data folder {data_dir} does not exist; give the hippocampus or kits19-masks folder")
+    cases = shape_split(kind, data_dir, split_path)[split]
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir) / f"{kind}-{split}-{n_points}.npz"
+        if cache.is_file():
+            with np.load(cache) as data:
+                if list(data["cases"]) == list(cases):
+                    return ShapeSet(list(data["ids"]), data["points"], list(data["sides"]))
+    ids, points, sides = [], [], []
+    for number, case_id in enumerate(cases):
+        for organ in organ_masks(kind, data_dir, case_id):
+            ids.append(organ.shape_id)
+            sides.append(organ.side)
+            points.append(surface_points(organ, n_points, seed=number))
+        if log and (number + 1) % 10 == 0:
+            log(f"{kind} {split}: {number + 1}/{len(cases)} cases, {len(ids)} shapes")
+    shapes = ShapeSet(ids, np.stack(points), sides)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(cache) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, ids=np.array(ids), points=shapes.points, sides=np.array(sides), cases=np.array(cases))
+    return shapes
