@@ -290,16 +290,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON card per line")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("train", help="train a model on a Medical Segmentation Decathlon folder")
-    p.add_argument("kind", choices=("voxel2mesh", "pixel2mesh3d", "unet"))
-    p.add_argument("--data", required=True, type=Path, help="MSD folder (dataset.json, imagesTr/, labelsTr/)")
-    p.add_argument("--out", required=True, type=Path, help="run folder: split, config, log, checkpoints, models")
-    p.add_argument("--config", default="cpu", help="named config: cpu, gpu, or a Voxel2Mesh ablation (ps-umu, hs-umu, lns-umu, lns-amu)")
-    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
-    p.add_argument("--init-from", type=Path, default=None, help="model folder whose U-Net weights start the run")
-    p.set_defaults(func=cmd_train)
+    train = sub.add_parser("train", help="train a model (image-to-mesh models on an MSD folder, or a DALS prior)",
+                           description="Train a model. Resumable: run the same command again to continue.")
+    train_sub = train.add_subparsers(dest="kind", metavar="KIND")
+    train_sub.required = True
+    for kind in ("voxel2mesh", "pixel2mesh3d", "unet"):
+        p = train_sub.add_parser(kind, help=f"train {kind} on a Medical Segmentation Decathlon folder")
+        p.add_argument("--data", required=True, type=Path, help="MSD folder (dataset.json, imagesTr/, labelsTr/)")
+        p.add_argument("--out", required=True, type=Path, help="run folder: split, config, log, checkpoints, models")
+        p.add_argument("--config", default="cpu",
+                       help="named config: cpu, gpu, or a Voxel2Mesh ablation (ps-umu, hs-umu, lns-umu, lns-amu)")
+        p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
+        p.add_argument("--init-from", type=Path, default=None, help="model folder whose U-Net weights start the run")
+        p.set_defaults(func=cmd_train)
+    from imagetomesh.cli_fit import add_fit_commands, add_train_dals_arguments, cmd_train_dals
+
+    p = train_sub.add_parser("dals", help="train a DALS shape prior (hippocampus labels or KiTS19 kidneys)")
+    add_train_dals_arguments(p)
+    p.set_defaults(func=cmd_train_dals)
+    add_fit_commands(sub)
 
     p = sub.add_parser("demo", help="run the main job on the bundled sample data")
     p.add_argument("-o", "--output", type=Path, default=Path("imagetomesh-demo"), help="folder to write (default ./imagetomesh-demo)")

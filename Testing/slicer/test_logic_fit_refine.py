@@ -241,9 +241,8 @@ def test_fit_curves_and_refine_with_the_bundled_prior(itm, scene, h, label):
     node, _, curves = annotated_curves(itm, scene, h, label)
     logic = itm.ImageToMeshLogic(backend=InProcessBackend())
     try:
-        # a few iterations keep the suite fast on a CPU: the fits start from the prior's mean
-        # shape in the observations' frame and these thresholds hold from the first steps
-        fitted = logic.fitCurves(curves, PRIOR, device="CPU", iterations=5)
+        # a short fit keeps the suite fast on a CPU (the mean shape alone does not reach the threshold)
+        fitted = logic.fitCurves(curves, PRIOR, device="CPU", iterations=60)
         dice_fit, _ = mesh_dice_iou(itm.meshFromModelNode(fitted), label)
         labelmap = h.volume_to_node(h.permuted_volume(label), "hippo-label", "vtkMRMLLabelMapVolumeNode")
         refined = logic.refine(labelmap, PRIOR, device="CPU", iterations=3)
