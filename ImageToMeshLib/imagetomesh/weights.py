@@ -72,3 +72,26 @@ def load_state(folder: str | Path, card: dict) -> dict:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise InputError(f"{path} is not a valid safetensors file ({err})") from None
+
+
+def build_from_card(folder: str | Path, card: dict, build, required: tuple[str, ...] = ("config",)):
+    """Instantiate a module from its card and load its checked weights.
+
+    ``build(card) -> torch.nn.Module`` makes the architecture; :class:`InputError` names what
+    went wrong when the card lacks ``required`` entries, cannot be built, or its weights do
+    not fit the architecture.
+    """
+    folder = Path(folder)
+    for entry in required:
+        if entry not in card:
+            raise InputError(f"card {folder / CARD_NAME} lacks '{entry}'; the model cannot be built")
+    try:
+        module = build(card)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"model {folder.name} cannot be built from its card ({err})") from None
+    state = load_state(folder, card)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise InputError(f"weights of {folder.name} do not match its card's architecture: {str(err)[:200]}") from None
+    return module

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imagetomesh.errors import InputError
-from imagetomesh.weights import CARD_NAME, load_state, read_card
+from imagetomesh.weights import CARD_NAME, build_from_card, read_card
 
 if TYPE_CHECKING:
     import torch
@@ -83,16 +83,6 @@ def load_model(name: str, device: str = "auto") -> LoadedModel:
 
     folder = find_model(name)
     card = read_card(folder)
-    if "kind" not in card or "config" not in card:
-        raise InputError(f"model card {folder / CARD_NAME} lacks 'kind' or 'config'; the model cannot be built")
-    try:
-        module = build_model(card["kind"], card["config"])
-    except (TypeError, ValueError) as err:
-        raise InputError(f"model {folder.name} cannot be built from its card ({err})") from None
-    state = load_state(folder, card)
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as err:
-        raise InputError(f"weights of {folder.name} do not match its card's architecture: {str(err)[:200]}") from None
+    module = build_from_card(folder, card, lambda c: build_model(c["kind"], c["config"]), required=("kind", "config"))
     dev = resolve_device(device)
     return LoadedModel(folder.name, card, module.to(dev).eval(), dev)

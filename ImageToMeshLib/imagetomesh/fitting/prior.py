@@ -14,7 +14,7 @@ import torch
 from imagetomesh.errors import InputError
 from imagetomesh.geometry.topology import icosphere
 from imagetomesh.models.dals import DALSConfig, DALSDecoder
-from imagetomesh.weights import load_state, read_card
+from imagetomesh.weights import build_from_card, read_card
 from imagetomesh.zoo import available_models, find_model
 
 DALS_KIND = "dals"
@@ -109,18 +109,8 @@ def load_prior(name_or_folder: "str | Path | Prior", device: str | torch.device 
     key = (str(Path(folder).resolve()), card.get("sha256"), str(torch.device(device)))
     if key in _CACHE:
         return _CACHE[key]
-    for entry in ("config", "mean_latent"):
-        if entry not in card:
-            raise InputError(f"prior card {folder / 'card.json'} lacks '{entry}'; the prior cannot be built")
-    try:
-        decoder = DALSDecoder(DALSConfig(**card["config"]))
-    except (TypeError, ValueError) as err:
-        raise InputError(f"prior {folder.name} cannot be built from its card ({err})") from None
-    state = load_state(folder, card)
-    try:
-        decoder.load_state_dict(state)
-    except RuntimeError as err:
-        raise InputError(f"weights of {folder.name} do not match its card's architecture: {str(err)[:200]}") from None
+    decoder = build_from_card(folder, card, lambda c: DALSDecoder(DALSConfig(**c["config"])),
+                              required=("config", "mean_latent"))
     prior = Prior(folder.name, decoder.to(device), torch.tensor(card["mean_latent"]).to(device),
                   bool(card.get("paired", False)), card)
     _CACHE[key] = prior
