@@ -129,7 +129,7 @@ def main() -> None:
         "",
         "LNS + UMU and LNS + AMU share one set of weights: adaptive unpooling prunes at inference only "
         "(`models/voxel2mesh.py` explains why). The bundled models were trained on 2 shared CPU cores for "
-        "600-1200 steps from a U-Net initialisation (see their cards); Voxel2Mesh in particular is under-trained.",
+        "600-2400 steps from a U-Net initialisation (see their cards); Voxel2Mesh in particular is under-trained.",
         "",
     ]
     if per_model_meshes:
