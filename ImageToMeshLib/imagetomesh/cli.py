@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -326,18 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.formatwarning = _format_warning
-    started = time.time()
     try:
-        code = args.func(args)
+        return args.func(args)
     except InputError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    if getattr(args, "verbose", False):
-        print(f"done in {time.time() - started:.1f} s", file=sys.stderr)
-    return code
 
 
 if __name__ == "__main__":
