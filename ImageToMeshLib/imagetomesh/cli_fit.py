@@ -46,7 +46,7 @@ def _positive_int(name: str):
 
 def _add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior", required=True, help="DALS prior: a bundled name (dals-hippocampus, dals-kidney) or a model folder")
-    _add_output(p, "mesh file to write (.stl, .vtp, .vtk, .obj, .ply), millimetres in the input's space")
+    _add_output(p, "mesh file to write (.stl, .vtp, .vtk, .obj, .ply), millimetres (LPS unless --coordinate-system RAS)")
     p.add_argument("--lambda-dir", type=_lambda("--lambda-dir"), default=None,
                    help="weight of the latent smoothness term Tr(Z^T L^2 Z); 'inf' = one shared latent "
                         "(default: the task's, from the DALS paper)")

@@ -233,11 +233,11 @@ DEGRADATIONS = ("blobs", "slabs", "ragged", "all")
 def run_refine(results: Results, hippocampi, log) -> None:
     for number, organ in enumerate(hippocampi):
         clean = organ.mask
-        for kind in DEGRADATIONS:
+        for kind in DEGRADATIONS + ("none",):
             key = f"refine/{kind}/{organ.shape_id}"
             if results.get(key):
                 continue
-            flawed = clean.with_array(degrade(np.asarray(clean.array) > 0, kind, seed=number))
+            flawed = clean if kind == "none" else clean.with_array(degrade(np.asarray(clean.array) > 0, kind, seed=number))
             row = {"mask_dice": mesh_dice_iou(labelmap_to_mesh(flawed, smoothing=0.0), clean)[0]}
             row["mc_smoothed_dice"] = mesh_dice_iou(labelmap_to_mesh(flawed), clean)[0]
             mesh, seconds = timed(refine_labelmap, flawed, "dals-hippocampus")
@@ -398,11 +398,18 @@ def write_report(results: Results, split: str, out: Path, png: Path) -> None:
             lines.append(f"| {kind} | {len(rows)} | {_mean(rows, 'mask_dice'):.3f} | {_mean(rows, 'mc_smoothed_dice'):.3f} | "
                          f"{_mean(rows, 'dals_dice'):.3f} | {_mean(rows, 'dals_dice') - best:+.3f} | "
                          f"{100 * np.mean([r['dals_watertight'] for r in rows]):.0f} | {_mean(rows, 'seconds'):.0f} |")
-        every = [r for rows in refine.values() for r in rows]
+        every = [r for kind, rows in refine.items() if kind in DEGRADATIONS for r in rows]
         best = max(_mean(every, "mask_dice"), _mean(every, "mc_smoothed_dice"))
         lines += [f"| all kinds | {len(every)} | {_mean(every, 'mask_dice'):.3f} | {_mean(every, 'mc_smoothed_dice'):.3f} | "
                   f"{_mean(every, 'dals_dice'):.3f} | {_mean(every, 'dals_dice') - best:+.3f} | "
-                  f"{100 * np.mean([r['dals_watertight'] for r in every]):.0f} | {_mean(every, 'seconds'):.0f} |", ""]
+                  f"{100 * np.mean([r['dals_watertight'] for r in every]):.0f} | {_mean(every, 'seconds'):.0f} |"]
+        clean_rows = refine.get("none", [])
+        if clean_rows:
+            lines.append(f"| (clean mask, for reference) | {len(clean_rows)} | {_mean(clean_rows, 'mask_dice'):.3f} | "
+                         f"{_mean(clean_rows, 'mc_smoothed_dice'):.3f} | {_mean(clean_rows, 'dals_dice'):.3f} | | "
+                         f"{100 * np.mean([r['dals_watertight'] for r in clean_rows]):.0f} | "
+                         f"{_mean(clean_rows, 'seconds'):.0f} |")
+        lines.append("")
     timing = data.get("timing")
     if timing:
         lines += ["## Speed", "",
@@ -417,6 +424,30 @@ def write_report(results: Results, split: str, out: Path, png: Path) -> None:
                   f"![curve fit]({png.name})", "",
                   f"`dals-kidney` fitted to three orthogonal closed curves on the example CT's left kidney: Dice "
                   f"{preview['dice']:.3f}, Chamfer {preview['chamfer_mm']:.2f} mm against the TotalSegmentator mask.", ""]
+    lines += [
+        "## How the fits work (choices beyond the paper's text)", "",
+        "- Frame: training shapes are centred on their surface centroid and scaled by their largest radius "
+        "(inside the unit sphere); a fit maps its observations the same way (centroid and largest radius of the "
+        "points / curve points / the mask's main components) and also optimises a translation and a log-scale.",
+        "- `L_dir = Tr(Zᵀ L² Z)` with `L = (D − A) / mean degree`: symmetric PSD, zero on a shared latent, equal to the "
+        "uniform Laplacian at every valence-6 vertex. `Z` is optimised as one common row plus a per-vertex part "
+        "(the same objective, better conditioned for Adam; with independent rows the three-curve fits of two "
+        "validation kidneys reached Dice 0.81/0.86 instead of 0.94/0.95).",
+        "- Paired organs: two 60-iteration shared-latent fits (as is, mirrored along L) pick the orientation by their "
+        "task loss; the full fit then starts again from the mean latent.",
+        "- Curves: only the longest loop of each mesh/plane cut is compared with the curve (a curve outlines the "
+        "organ once per plane; KiTS kidneys have renal-sinus invaginations that give inner loops).",
+        "- Labelmap: `U` is the distance to the surface midway between inside and outside voxel centres; the "
+        "prior is placed on the mask's components of at least a tenth of the largest one (spurious specks ignored "
+        "there, not in the loss).",
+        "- Speed: the decoder runs in bfloat16 on CPUs with native bfloat16 (float32 for the final mesh); Chamfer "
+        "nearest neighbours via k-d trees on the CPU; a hand-written Adam (torch.optim's first use imports "
+        "torch._dynamo, seconds per process).",
+        "- Tuned on validation only: the latent step size (0.5 × the training latents' spread) and the pose step "
+        "size (0.01); finite `λ_dir`, and an extra rotation, were tried for the labelmap task on validation "
+        "hippocampi and were worse than the paper's shared latent, so the defaults stay the paper's.",
+        "",
+    ]
     lines += ["## Priors and reproduction", ""]
     for name in ("dals-kidney", "dals-hippocampus"):
         try:

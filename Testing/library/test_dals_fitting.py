@@ -1,7 +1,6 @@
 """DALS fitting: a tiny prior learned from ellipsoids recovers an ellipsoid; every task's bad input."""
 import json
 import math
-import warnings
 
 import numpy as np
 import pytest

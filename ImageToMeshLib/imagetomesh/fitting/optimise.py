@@ -21,8 +21,8 @@ part, ``Delta = 0`` at the start). This is the same objective (``L`` vanishes on
 so ``Tr(Z^T L^2 Z) = Tr(Delta^T L^2 Delta)``) but Adam moves the whole shape through the common
 row with the gradient of every vertex at once, while ``Delta`` adds local detail; with
 independent per-vertex rows alone, global changes have to diffuse through the ``L_dir`` term
-and fits stall far from the optimum (validation kidneys from three curves: Dice 0.81 -> see
-docs/dals-results.md).
+and fits stall far from the optimum (two validation kidneys fitted to three curves with the
+default weights: Dice 0.81 and 0.86 with independent rows, 0.94 and 0.95 with this form).
 """
 from __future__ import annotations
 
@@ -186,11 +186,11 @@ def run_fit(
         y = y.float() @ mirror.t()
         return torch.exp(log_scale) * y + translation
 
-    lo, hi = span
-    every = max(1, settings.iterations // 100)
     def latents() -> torch.Tensor:
         return common if detail is None else common + detail
 
+    lo, hi = span
+    every = max(1, settings.iterations // 100)
     for it in range(settings.iterations):
         z = latents()
         verts = decode(z, bf16)

@@ -89,10 +89,10 @@ def _points_array(points, what: str) -> np.ndarray:
     return array
 
 
-def _fit(prior: Prior, make_loss: Callable[[], Callable], frame: ShapeNormalisation, settings: FitSettings,
+def _fit(prior: Prior, loss: Callable, frame: ShapeNormalisation, settings: FitSettings,
          progress: Progress, remesh: bool) -> Mesh:
-    """Run the fit (both orientations of a paired prior) and map the winner back to LPS mm."""
-    loss = make_loss()
+    """Run the fit (for a paired prior: short shared-latent fits of both orientations pick the
+    better one first) and map the result back to LPS mm."""
     if prior.paired:
         probe = replace(settings, lambda_dir=math.inf, iterations=min(MIRROR_PROBE_ITERATIONS, settings.iterations))
         share = 0.15
@@ -145,14 +145,11 @@ def fit_points(points, prior, lambda_dir=None, lambda_reg=None, iterations=None,
     generator = torch.Generator(device=dev).manual_seed(0)
     tree = cKDTree(target.cpu().numpy()) if dev.type == "cpu" else None
 
-    def make_loss():
-        def loss(verts, faces):
-            samples = sample_points_on_mesh(verts, faces, SURFACE_SAMPLES, generator=generator)
-            return chamfer(torch.cat([verts, samples]), target, tree)
+    def loss(verts, faces):
+        samples = sample_points_on_mesh(verts, faces, SURFACE_SAMPLES, generator=generator)
+        return chamfer(torch.cat([verts, samples]), target, tree)
 
-        return loss
-
-    return _fit(prior, make_loss, frame, settings, progress, remesh)
+    return _fit(prior, loss, frame, settings, progress, remesh)
 
 
 # --- curves --------------------------------------------------------------------------------------
@@ -177,7 +174,7 @@ def fit_curves(curves, prior, lambda_dir=None, lambda_reg=None, iterations=None,
     prior = load_prior(prior, dev)
     all_points = np.vstack([p.points for p in planes])
     frame = ShapeNormalisation.of_points(all_points)
-    return _fit(prior, lambda: CurveLoss(planes, frame.centre, frame.scale, dev), frame, settings, progress, remesh)
+    return _fit(prior, CurveLoss(planes, frame.centre, frame.scale, dev), frame, settings, progress, remesh)
 
 
 # --- labelmap ------------------------------------------------------------------------------------
@@ -235,10 +232,7 @@ def refine_labelmap(mask: Volume, prior, lambda_dir=None, lambda_reg=None, itera
     centre = torch.as_tensor(frame.centre, dtype=torch.float32, device=dev)
     scale = float(frame.scale)
 
-    def make_loss():
-        def loss(verts, faces):
-            return sample_distance(centre + scale * verts, field).mean() / scale
+    def loss(verts, faces):
+        return sample_distance(centre + scale * verts, field).mean() / scale
 
-        return loss
-
-    return _fit(prior, make_loss, frame, settings, progress, remesh)
+    return _fit(prior, loss, frame, settings, progress, remesh)
