@@ -136,3 +136,20 @@ def test_tiny_training_run_resumes_and_writes_a_loadable_prior(fake_msd, tmp_pat
     assert prior.decoder.config.hidden == (8, 8, 8)
     shapes = load_shapes("hippocampus", fake_msd, "train", 4096, out / "shapes", split_path=split)
     assert shapes.points.shape == (len(json.loads(split.read_text(encoding="utf-8"))["train"]), 4096, 3)
+
+
+def test_fill_cavities_fills_enclosed_and_slicewise_holes_only():
+    from imagetomesh.training.dals_shapes import fill_cavities
+
+    shell = blob((21, 21, 21), (10, 10, 10), (8, 8, 8)) & ~blob((21, 21, 21), (10, 10, 10), (5, 5, 5))
+    assert (fill_cavities(shell) == blob((21, 21, 21), (10, 10, 10), (8, 8, 8))).all()
+    # A tube along k is open to the outside in 3D, but every k-slice encloses its lumen.
+    k, j, i = np.indices((12, 15, 15))
+    radius = np.hypot(i - 7, j - 7)
+    tube = (radius <= 6) & (radius > 3) & (k > 0) & (k < 11)
+    filled = fill_cavities(tube)
+    assert (filled == ((radius <= 6) & (k > 0) & (k < 11))).all()
+    kk, jj, ii = np.indices((21, 21, 21))
+    notched = blob((21, 21, 21), (10, 10, 10), (8, 8, 8)) & ~((ii > 10) & (abs(jj - 10) < 2))
+    assert not fill_cavities(notched)[10, 10, 14], "a notch open in every slice through it stays open"
+    assert tube.sum() == ((radius <= 6) & (radius > 3) & (k > 0) & (k < 11)).sum(), "input untouched"

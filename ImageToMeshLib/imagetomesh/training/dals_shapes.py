@@ -15,8 +15,10 @@ Two sources:
   ``Resources/Splits/kits19.json``.
 
 Each shape's surface is :func:`~imagetomesh.geometry.isosurface.labelmap_to_mesh` of its mask
-(cropped around the component first: the KiTS volumes are 611 x 512 x 512), sampled with
-``n_points`` area-uniform points. Results are cached as ``.npz`` files.
+(cropped around the component first: the KiTS volumes are 611 x 512 x 512; for kidneys with
+cavities and slice-wise holes filled, :func:`fill_cavities`, so the prior learns the envelope
+rather than the renal sinus), sampled with ``n_points`` area-uniform points. Results are cached
+as ``.npz`` files.
 """
 from __future__ import annotations
 
@@ -156,10 +158,31 @@ def organ_masks(kind: str, data_dir: str | Path, case_id: str) -> list[OrganMask
     raise InputError(f"unknown shape source {kind!r}; use one of {', '.join(SHAPE_KINDS)}")
 
 
-def surface_points(organ: OrganMask, n_points: int, seed: int = 0, mirror: bool = True) -> np.ndarray:
+def fill_cavities(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with enclosed cavities filled in 3D and holes filled in every slice along each axis.
+
+    KiTS kidney masks leave out most of the renal sinus, a deep invagination that opens at the
+    hilum; a sphere deformed into it folds through itself. The shape priors learn the organ's
+    envelope instead (a slice-wise fill closes the sinus where a slice encloses it).
+    """
+    out = ndimage.binary_fill_holes(np.asarray(mask) != 0)
+    for axis in range(3):
+        moved = np.moveaxis(out, axis, 0)
+        out = np.moveaxis(np.stack([ndimage.binary_fill_holes(s) for s in moved]), 0, axis)
+    return out
+
+
+#: Whether a shape source's training surfaces are taken from :func:`fill_cavities` of the mask.
+FILL_CAVITIES = {"hippocampus": False, "kidney": True}
+
+
+def surface_points(organ: OrganMask, n_points: int, seed: int = 0, mirror: bool = True,
+                   fill: bool = False) -> np.ndarray:
     """``(n_points, 3)`` float32 area-uniform samples of the organ's surface in LPS mm
-    (mirrored along L about the origin for right-side organs when ``mirror``)."""
-    mesh = labelmap_to_mesh(organ.mask)
+    (mirrored along L about the origin for right-side organs when ``mirror``; of the mask
+    with its cavities filled when ``fill``, see :func:`fill_cavities`)."""
+    mask = organ.mask.with_array(fill_cavities(organ.mask.array).astype(np.uint8)) if fill else organ.mask
+    mesh = labelmap_to_mesh(mask)
     points = sample_surface(mesh, n_points, seed=seed)
     if mirror and organ.mirrored:
         points = points @ MIRROR_L.T
@@ -200,7 +223,7 @@ def load_shapes(
     cases = shape_split(kind, data_dir, split_path)[split]
     cache = None
     if cache_dir is not None:
-        cache = Path(cache_dir) / f"{kind}-{split}-{n_points}.npz"
+        cache = Path(cache_dir) / f"{kind}-{split}-{n_points}{'-filled' if FILL_CAVITIES[kind] else ''}.npz"
         if cache.is_file():
             with np.load(cache) as data:
                 if list(data["cases"]) == list(cases):
@@ -210,7 +233,7 @@ def load_shapes(
         for organ in organ_masks(kind, data_dir, case_id):
             ids.append(organ.shape_id)
             sides.append(organ.side)
-            points.append(surface_points(organ, n_points, seed=number))
+            points.append(surface_points(organ, n_points, seed=number, fill=FILL_CAVITIES[kind]))
         if log and (number + 1) % 10 == 0:
             log(f"{kind} {split}: {number + 1}/{len(cases)} cases, {len(ids)} shapes")
     shapes = ShapeSet(ids, np.stack(points), sides)

@@ -130,7 +130,8 @@ DATA_CARDS = {
     },
     "kidney": {
         "name": "KiTS19 kidney segmentations (kidney + tumour as one object, each case split into its two kidneys, "
-                "right kidneys mirrored to the left)",
+                "right kidneys mirrored to the left, cavities and slice-wise holes filled: the renal sinus is "
+                "learned as part of the organ's envelope)",
         "source": "KiTS19 challenge (Heller et al., 2019; Heller et al., Medical Image Analysis 2021)",
         "licence": "CC BY-NC-SA 4.0",
         "terms": "NON-COMMERCIAL USE ONLY. This shape model is derived from the KiTS19 segmentations, licensed "
