@@ -172,7 +172,7 @@ def cmd_segment(args) -> int:
         targets = [args.output / _mesh_name(p, ".stl") for p in images]
         if len(set(targets)) != len(targets):
             raise InputError("two input images have the same name, so their meshes would overwrite each other; rename one")
-    segmenter = Segmenter(args.model, args.device)
+    segmenter = Segmenter(args.model, args.device, open_surface=args.open)
     volumes = [read_image(p) for p in _progress(images, "reading images")]
     for start in _progress(range(0, len(volumes), args.batch_size), "segmenting",
                            total=(len(volumes) + args.batch_size - 1) // args.batch_size):
@@ -225,6 +225,13 @@ def cmd_train(args) -> int:
         raise InputError(str(err)) from None
     if args.steps:
         config.steps = args.steps
+    if args.kind == "nudf":
+        from imagetomesh.training.nudf_trainer import train_nudf as train
+
+        if args.init_from:
+            raise InputError("NUDF trains from scratch (its encoder is not a U-Net); drop --init-from")
+        if args.time_limit is not None:
+            config.time_limit_s = 60.0 * args.time_limit
     best = train(config, args.data, args.out, device=device.type, seed=args.seed, init_from=args.init_from,
                  config_name=args.config, log=lambda m: print(m, file=sys.stderr))
     print(f"best model: {best}")
@@ -282,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(p, "mesh file (one image) or existing folder (several images)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--batch-size", type=int, default=8, help="images predicted together (default 8)")
+    p.add_argument("--open", action="store_true",
+                   help="keep the surface open where the model found no surface (NUDF models only; default: watertight)")
     _add_space(p)
     p.set_defaults(func=cmd_segment)
 
@@ -293,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train a model. Resumable: run the same command again to continue.")
     train_sub = train.add_subparsers(dest="kind", metavar="KIND")
     train_sub.required = True
-    for kind in ("voxel2mesh", "pixel2mesh3d", "unet"):
+    for kind in ("voxel2mesh", "pixel2mesh3d", "unet", "nudf"):
         p = train_sub.add_parser(kind, help=f"train {kind} on a Medical Segmentation Decathlon folder")
         p.add_argument("--data", required=True, type=Path, help="MSD folder (dataset.json, imagesTr/, labelsTr/)")
         p.add_argument("--out", required=True, type=Path, help="run folder: split, config, log, checkpoints, models")
@@ -303,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
         p.add_argument("--init-from", type=Path, default=None, help="model folder whose U-Net weights start the run")
+        if kind == "nudf":
+            p.add_argument("--time-limit", type=float, default=None,
+                           help="stop after this many minutes (checkpointed; default: the config's)")
         p.set_defaults(func=cmd_train)
     from imagetomesh.cli_fit import add_fit_commands, add_train_dals_arguments, cmd_train_dals
 

@@ -35,11 +35,19 @@ class Segmenter:
     """Loads a model once and turns images into LPS-millimetre meshes.
 
     ``segment_batch`` stacks images resampled onto the model grid and runs them together.
+    Models whose forward pass cannot return a mesh (NUDF) provide
+    ``meshes_from_images(images, open_surface) -> [Mesh in grid coordinates]``, used when present.
+    ``open_surface`` (only for models with ``supports_open_surface``) returns the surface as the
+    model found it, without closing or repairing it; by default meshes are made watertight.
     """
 
-    def __init__(self, model: str | LoadedModel, device: str = "auto") -> None:
+    def __init__(self, model: str | LoadedModel, device: str = "auto", open_surface: bool = False) -> None:
         self.model = model if isinstance(model, LoadedModel) else load_model(model, device)
         self.spec = GridSpec.from_dict(self.model.card["grid"])
+        if open_surface and not getattr(self.model.module, "supports_open_surface", False):
+            raise InputError(f"model {self.model.name} ({self.model.kind}) only makes closed surfaces; "
+                             "drop --open or use a model that supports open surfaces (e.g. nudf-hippocampus)")
+        self.open_surface = open_surface
 
     @torch.no_grad()
     def segment_batch(self, volumes: list[Volume]) -> list[Mesh]:
@@ -53,6 +61,9 @@ class Segmenter:
             for w in caught:
                 warnings.warn(str(w.message), stacklevel=2)
         images = torch.stack([p[0] for p in prepared])[:, None].to(self.model.device)
+        if hasattr(self.model.module, "meshes_from_images"):
+            grid_meshes = self.model.module.meshes_from_images(images, open_surface=self.open_surface)
+            return [self._finish(m.transformed(t.grid_to_lps)) for m, (_, t) in zip(grid_meshes, prepared)]
         logits, meshes = self.model.module(images)
         out = []
         for b, (_, transform) in enumerate(prepared):
@@ -69,6 +80,9 @@ class Segmenter:
 
     def segment(self, volume: Volume) -> Mesh:
         return self.segment_batch([volume])[0]
+
+    def _finish(self, mesh: Mesh) -> Mesh:
+        return orient_outward(mesh) if self.open_surface else finish_mesh(mesh)
 
 
 def _check_finite(volume: Volume) -> None:

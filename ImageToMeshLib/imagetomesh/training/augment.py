@@ -18,6 +18,7 @@ class AugmentConfig:
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
     noise: float = 0.05
+    shift: float = 0.0  # translation, grid units (1 = half the grid extent) per axis
 
 
 def _rotation(angles: torch.Tensor) -> torch.Tensor:
@@ -29,11 +30,14 @@ def _rotation(angles: torch.Tensor) -> torch.Tensor:
     return rz @ ry @ rx
 
 
-def augment(image: torch.Tensor, label: torch.Tensor, config: AugmentConfig, generator: torch.Generator):
+def augment(image: torch.Tensor, label: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
+            return_transform: bool = False):
     """Augment one case: ``image`` float ``(D, H, W)``, ``label`` uint8 ``(D, H, W)`` -> same shapes.
 
     The spatial transform acts in an isotropic frame (millimetres on an isotropic grid) so
-    rotations do not shear; labels are resampled by nearest neighbour.
+    rotations do not shear; labels are resampled by nearest neighbour. With ``return_transform``
+    also returns ``(linear (3, 3), shift (3,))``: the output at grid point ``g`` shows the input at
+    ``linear @ g + shift`` (so an input point ``p`` moves to ``linear^-1 (p - shift)``).
     """
     def uniform(lo, hi, n=1):
         return lo + (hi - lo) * torch.rand(n, generator=generator)
@@ -45,11 +49,14 @@ def augment(image: torch.Tensor, label: torch.Tensor, config: AugmentConfig, gen
     scale = 1.0 + uniform(-config.scale, config.scale)
     flips = torch.where(torch.rand(3, generator=generator) < config.flip, -1.0, 1.0)
     linear = torch.linalg.inv(iso) @ (_rotation(angles) / scale) @ torch.diag(flips) @ iso
-    theta = torch.cat([linear, torch.zeros(3, 1)], dim=1)[None]
+    shift = uniform(-config.shift, config.shift, 3) if config.shift > 0 else torch.zeros(3)
+    theta = torch.cat([linear, shift[:, None]], dim=1)[None]
     grid = F.affine_grid(theta, [1, 1, d, h, w], align_corners=True)
     fill = float(image.min())
     img = F.grid_sample((image - fill)[None, None], grid, mode="bilinear", align_corners=True)[0, 0] + fill
     lab = F.grid_sample(label[None, None].float(), grid, mode="nearest", align_corners=True)[0, 0]
     img = img * (1 + uniform(-config.intensity_scale, config.intensity_scale)) + uniform(-config.intensity_shift, config.intensity_shift)
     img = img + config.noise * torch.randn(img.shape, generator=generator)
+    if return_transform:
+        return img, (lab > 0.5).to(torch.uint8), linear, shift
     return img, (lab > 0.5).to(torch.uint8)

@@ -82,6 +82,10 @@ def _configs() -> dict[str, dict[str, TrainConfig]]:
 
 
 def get_config(kind: str, name: str) -> TrainConfig:
+    if kind == "nudf":  # its own config type (training points, time limit): training/nudf_trainer.py
+        from imagetomesh.training.nudf_trainer import get_nudf_config
+
+        return get_nudf_config(name)
     configs = _configs()
     if kind not in configs:
         raise ValueError(f"no training configs for {kind!r}; known: {', '.join(configs)}")

@@ -1,0 +1,243 @@
+"""A surface from an unsigned distance field: gradient projection, screened Poisson, support trimming.
+
+The field is any callable ``udf(points (N, 3) tensor) -> (N,)`` unsigned distances in the same
+(isotropic, metric) frame as the points, differentiable in the points. Pipeline (Juhl et al. 2022,
+after NDF):
+
+1. ``initial_points`` uniform points in the box ``[lo, hi]``; those with ``udf < keep_voxels``
+   voxels are kept;
+2. each is projected ``iterations`` times, ``p <- p - f(p) grad f(p) / |grad f(p)|`` (gradient by
+   autograd), and dropped when still farther than ``drop_voxels`` from the surface;
+3. ``rounds`` times: ``dense_points`` points drawn around the survivors with Gaussian noise of
+   ``resample_sigma_voxels`` and projected the same way -- the dense cloud;
+4. Poisson-disk subsampling to about ``poisson_points`` (pymeshlab ``generate_sampling_poisson_disk``);
+5. normals: the direction of least spread of the ``normal_neighbours`` nearest dense points,
+   oriented consistently by propagation along a minimum spanning tree of the neighbour graph
+   (edge cost ``distance * (1.1 - |n_i . n_j|)``, so orientation flows between nearby, parallel
+   normals; a UDF has no inside, so the global sign is arbitrary and fixed later by the caller);
+6. screened Poisson reconstruction (pymeshlab ``generate_surface_reconstruction_screened_poisson``);
+7. triangles whose centroid has no dense point within ``support_voxels`` are removed (they bridge
+   regions the field never reached); holes up to ``max_hole_edges`` (closed: ``closed_hole_edges``)
+   are closed; the largest connected component is kept.
+
+With ``open_surface`` the trimmed surface is returned as it is (open boundaries kept); otherwise
+large holes are closed too, so a closed organ gives a closed mesh (the caller may still repair).
+
+Every field evaluation runs ``chunk`` points at a time, so memory does not grow with the point count.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from imagetomesh.core.mesh import Mesh
+from imagetomesh.errors import InputError
+
+UDF = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class UDFMeshingConfig:
+    """Meshing parameters; lengths in voxels of the field's grid (``voxel`` of :func:`mesh_udf`)."""
+
+    initial_points: int = 30000
+    keep_voxels: float = 2.5
+    iterations: int = 5
+    drop_voxels: float = 0.3
+    rounds: int = 2
+    dense_points: int = 30000
+    resample_sigma_voxels: float = 1.0
+    poisson_points: int = 10000
+    normal_neighbours: int = 12
+    poisson_depth: int = 7
+    support_voxels: float = 1.0
+    trim_closed: bool = True
+    max_hole_edges: int = 30
+    closed_hole_edges: int = 100000
+    chunk: int = 8192
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate_udf(udf: UDF, points: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """``udf`` at ``points (N, 3)`` without autograd, ``chunk`` points at a time: ``(N,)``."""
+    with torch.no_grad():
+        if len(points) == 0:
+            return points.new_zeros(0)
+        return torch.cat([udf(points[i : i + chunk]).detach() for i in range(0, len(points), chunk)])
+
+
+def project_points(udf: UDF, points: torch.Tensor, iterations: int, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move ``points (N, 3)`` onto the zero level set: ``iterations`` steps of
+    ``p <- p - f(p) grad f / |grad f|``. Returns ``(projected (N, 3), f at them (N,))``."""
+    out = []
+    for i in range(0, len(points), chunk):
+        p = points[i : i + chunk].detach().clone()
+        for _ in range(iterations):
+            p.requires_grad_(True)
+            with torch.enable_grad():
+                f = udf(p)
+                (grad,) = torch.autograd.grad(f.sum(), p)
+            step = f.detach()[:, None] * grad / grad.norm(dim=1, keepdim=True).clamp(min=1e-12)
+            p = (p.detach() - step).detach()
+        out.append(p)
+    projected = torch.cat(out) if out else points.new_zeros(0, 3)
+    return projected, evaluate_udf(udf, projected, chunk)
+
+
+def dense_surface_points(udf: UDF, lo, hi, voxel: float, config: UDFMeshingConfig) -> torch.Tensor:
+    """Steps 1-3 of the module docstring: ``(M, 3)`` points on the field's zero level set."""
+    generator = torch.Generator().manual_seed(config.seed)
+    lo_t = torch.as_tensor(np.asarray(lo, dtype=np.float32))
+    hi_t = torch.as_tensor(np.asarray(hi, dtype=np.float32))
+    start = lo_t + (hi_t - lo_t) * torch.rand(config.initial_points, 3, generator=generator)
+    f = evaluate_udf(udf, start, config.chunk)
+    survivors = start[f < config.keep_voxels * voxel]
+    if len(survivors) == 0:
+        raise InputError("the model found no surface in the image; check that it shows the organ the model was trained on")
+    survivors, f = project_points(udf, survivors, config.iterations, config.chunk)
+    survivors = survivors[f < config.drop_voxels * voxel]
+    for _ in range(config.rounds):
+        if len(survivors) == 0:
+            break
+        pick = torch.randint(len(survivors), (config.dense_points,), generator=generator)
+        noisy = survivors[pick] + config.resample_sigma_voxels * voxel * torch.randn(config.dense_points, 3, generator=generator)
+        noisy = torch.maximum(torch.minimum(noisy, hi_t), lo_t)
+        projected, f = project_points(udf, noisy, config.iterations, config.chunk)
+        survivors = projected[f < config.drop_voxels * voxel]
+    if len(survivors) < 20:
+        raise InputError("the model found no surface in the image; check that it shows the organ the model was trained on")
+    return survivors
+
+
+def poisson_disk_subsample(points: np.ndarray, count: int) -> np.ndarray:
+    """About ``count`` of ``points (N, 3)``, evenly spread (pymeshlab Poisson-disk subsampling)."""
+    import pymeshlab
+
+    if len(points) <= count:
+        return points
+    meshset = pymeshlab.MeshSet()
+    meshset.add_mesh(pymeshlab.Mesh(vertex_matrix=np.asarray(points, dtype=np.float64)))
+    meshset.generate_sampling_poisson_disk(samplenum=int(count), subsample=True, exactnumflag=True)
+    return meshset.current_mesh().vertex_matrix().copy()
+
+
+def oriented_normals(points: np.ndarray, neighbours: int = 12, reference: np.ndarray | None = None) -> np.ndarray:
+    """Unit normals ``(N, 3)`` of ``points (N, 3)``: least-spread direction of the ``neighbours``
+    nearest ``reference`` points (default: ``points``), made consistent along a minimum spanning
+    tree of the ``neighbours``-nearest graph of ``points`` (one arbitrary sign per connected part)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import breadth_first_order, connected_components, minimum_spanning_tree
+    from scipy.spatial import cKDTree
+
+    points = np.asarray(points, dtype=np.float64)
+    reference = points if reference is None else np.asarray(reference, dtype=np.float64)
+    k = min(neighbours, len(reference))
+    _, idx = cKDTree(reference).query(points, k=k)
+    local = reference[idx] - reference[idx].mean(1, keepdims=True)
+    _, vectors = np.linalg.eigh(np.einsum("nki,nkj->nij", local, local))
+    normals = vectors[:, :, 0]
+
+    k_graph = min(neighbours, len(points))
+    dist, nbr = cKDTree(points).query(points, k=k_graph)
+    rows = np.repeat(np.arange(len(points)), k_graph)
+    cols = nbr.reshape(-1)
+    parallel = np.abs(np.einsum("ij,ij->i", normals[rows], normals[cols]))
+    cost = dist.reshape(-1) * (1.1 - parallel) + 1e-12
+    keep = rows != cols
+    graph = coo_matrix((cost[keep], (rows[keep], cols[keep])), shape=(len(points),) * 2).tocsr()
+    graph = graph.maximum(graph.T)
+    tree = minimum_spanning_tree(graph)
+    tree = tree.maximum(tree.T)
+    count, labels = connected_components(tree, directed=False)
+    for part in range(count):
+        root = int(np.flatnonzero(labels == part)[0])
+        order, parents = breadth_first_order(tree, root, directed=False, return_predecessors=True)
+        for node in order[1:]:
+            if normals[node] @ normals[parents[node]] < 0:
+                normals[node] = -normals[node]
+    return normals
+
+
+def screened_poisson(points: np.ndarray, normals: np.ndarray, depth: int) -> Mesh:
+    """Screened Poisson surface (pymeshlab) through oriented ``points`` / ``normals`` ``(N, 3)``."""
+    import pymeshlab
+
+    meshset = pymeshlab.MeshSet()
+    meshset.add_mesh(pymeshlab.Mesh(vertex_matrix=np.asarray(points, dtype=np.float64),
+                                    v_normals_matrix=np.asarray(normals, dtype=np.float64)))
+    meshset.generate_surface_reconstruction_screened_poisson(depth=int(depth), preclean=True, threads=1)
+    current = meshset.current_mesh()
+    return Mesh(current.vertex_matrix(), current.face_matrix())
+
+
+def trim_unsupported(mesh: Mesh, support: np.ndarray, radius: float) -> Mesh:
+    """``mesh`` without the triangles whose centroid has no ``support (M, 3)`` point within ``radius``."""
+    from scipy.spatial import cKDTree
+
+    v = mesh.vertices.astype(np.float64)
+    centroids = v[mesh.faces].mean(1)
+    dist, _ = cKDTree(np.asarray(support, dtype=np.float64)).query(centroids, k=1, distance_upper_bound=radius)
+    return _compact(Mesh(mesh.vertices, mesh.faces[np.isfinite(dist)]))
+
+
+def _compact(mesh: Mesh) -> Mesh:
+    used = np.unique(mesh.faces)
+    remap = np.full(mesh.num_vertices, -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    return Mesh(mesh.vertices[used], remap[mesh.faces])
+
+
+def largest_component(mesh: Mesh) -> Mesh:
+    """The connected component (through shared vertices) with the most triangles."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if mesh.num_faces == 0:
+        return mesh
+    f = mesh.faces
+    rows = np.concatenate([f[:, 0], f[:, 1]])
+    cols = np.concatenate([f[:, 1], f[:, 2]])
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(mesh.num_vertices,) * 2)
+    _, labels = connected_components(graph, directed=False)
+    face_label = labels[f[:, 0]]
+    biggest = np.bincount(face_label).argmax()
+    return _compact(Mesh(mesh.vertices, f[face_label == biggest]))
+
+
+def close_holes(mesh: Mesh, max_hole_edges: int) -> Mesh:
+    """Holes with at most ``max_hole_edges`` boundary edges closed (pymeshlab); unchanged when it fails."""
+    from imagetomesh.geometry.quality import _from_meshset, _to_meshset
+
+    if mesh.num_faces == 0:
+        return mesh
+    meshset = _to_meshset(mesh)
+    try:
+        meshset.meshing_repair_non_manifold_edges(method="Remove Faces")
+        meshset.meshing_close_holes(maxholesize=int(max_hole_edges), selfintersection=False)
+    except Exception:  # pymeshlab refuses some non-manifold input; keep the surface as it is
+        return mesh
+    return _from_meshset(meshset)
+
+
+def mesh_udf(udf: UDF, lo, hi, voxel: float, config: UDFMeshingConfig | None = None, open_surface: bool = False) -> Mesh:
+    """The surface where ``udf`` vanishes inside the box ``[lo, hi]`` (``(3,)`` each, the field's
+    frame), as a :class:`Mesh` in that frame. ``voxel`` is the field's resolution (the unit of
+    the config's lengths). Raises :class:`InputError` when the field has no zero level set there."""
+    config = config or UDFMeshingConfig()
+    dense = dense_surface_points(udf, lo, hi, voxel, config).cpu().numpy().astype(np.float64)
+    samples = poisson_disk_subsample(dense, config.poisson_points)
+    normals = oriented_normals(samples, config.normal_neighbours, reference=dense)
+    mesh = screened_poisson(samples, normals, config.poisson_depth)
+    if open_surface or config.trim_closed:
+        mesh = trim_unsupported(mesh, dense, config.support_voxels * voxel)
+    if mesh.num_faces == 0:
+        raise InputError("the model found no surface in the image; check that it shows the organ the model was trained on")
+    mesh = largest_component(mesh)
+    mesh = close_holes(mesh, config.max_hole_edges if open_surface else config.closed_hole_edges)
+    return largest_component(mesh)

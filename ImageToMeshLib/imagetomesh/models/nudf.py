@@ -1,0 +1,154 @@
+"""NUDF (Juhl et al., ISBI 2022): a neural unsigned distance field conditioned on the image.
+
+Image encoder: a pyramid of :class:`~imagetomesh.nn.unet.DoubleConv` blocks (3x3x3 conv + norm +
+ReLU, twice) with a 2x max-pool between levels; level ``l`` has ``channels[l]`` channels at
+``1 / 2**l`` of the grid resolution.
+
+Point decoder: a query point ``p`` (model grid coordinates, (x, y, z) in [-1, 1]) is sampled,
+together with the 6 points ``p +- offset * e_x``, ``+- e_y``, ``+- e_z`` (``offset_voxels`` of a
+grid voxel along each axis), in the input image and in every feature level
+(:func:`~imagetomesh.nn.feature_sampling.sample_features`, trilinear). The ``7 * (1 + sum
+channels)`` numbers go through a point-wise MLP (``hidden`` units, two hidden layers, ReLU) that
+regresses the unsigned distance; the output is ``|y|`` so that the field is exactly zero only
+on a surface and its gradient never vanishes identically (as a ReLU output would).
+
+Distance units ("normalised units"): lengths in the *isotropic grid frame*, grid coordinates
+times :func:`~imagetomesh.models.voxel2mesh.isotropic_scale` of the grid, i.e. 1 unit is half
+the longest grid extent (27.5 mm on the hippocampus grid of 56 x 1 mm along y). The training
+clamp of 0.1 units is therefore 2.75 mm there.
+
+Meshing (:meth:`NUDF.meshes_from_images`) is in :mod:`imagetomesh.geometry.udf_meshing`:
+projection along the UDF gradient, screened Poisson, support trimming.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from imagetomesh.nn.feature_sampling import sample_features
+from imagetomesh.nn.unet import DoubleConv
+
+
+@dataclass
+class NUDFConfig:
+    """``channels`` per encoder level (finest first); ``norm`` "batch" | "instance" | "group";
+    ``hidden`` MLP width; ``offset_voxels`` the 6 neighbour offsets in grid voxels; ``clamp``
+    the distance clamp (normalised units, see the module docstring); ``chunk`` query points per
+    decoder pass; ``meshing`` keyword arguments of :class:`~imagetomesh.geometry.udf_meshing.UDFMeshingConfig`."""
+
+    in_channels: int = 1
+    channels: tuple[int, ...] = (16, 32, 64, 64)
+    norm: str = "batch"
+    hidden: int = 256
+    offset_voxels: float = 0.5
+    clamp: float = 0.1
+    chunk: int = 8192
+    meshing: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        if not self.channels or min(self.channels) < 1 or self.in_channels < 1:
+            raise ValueError(f"NUDF channels must be positive, got {self.channels}")
+        if self.hidden < 1 or self.chunk < 1:
+            raise ValueError("NUDF hidden and chunk must be positive")
+        if not self.clamp > 0 or self.offset_voxels < 0:
+            raise ValueError("NUDF clamp must be positive and offset_voxels non-negative")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        return d
+
+
+class NUDF(nn.Module):
+    """``encode(image (B, 1, D, H, W))`` -> feature list; ``query(features, points (B, N, 3))`` -> ``(B, N)``
+    unsigned distances; ``forward(image, points)`` does both."""
+
+    #: ``segment --open`` is allowed: the surface can be returned without being closed.
+    supports_open_surface = True
+
+    def __init__(self, config: NUDFConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        cins = (c.in_channels,) + c.channels[:-1]
+        self.encoder = nn.ModuleList(DoubleConv(cin, cout, c.norm) for cin, cout in zip(cins, c.channels))
+        self.pool = nn.MaxPool3d(2)
+        width = 7 * (c.in_channels + sum(c.channels))
+        self.decoder = nn.Sequential(
+            nn.Linear(width, c.hidden), nn.ReLU(inplace=True),
+            nn.Linear(c.hidden, c.hidden), nn.ReLU(inplace=True),
+            nn.Linear(c.hidden, 1),
+        )
+
+    def encode(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """``[image, level 0, level 1, ...]``, each ``(B, C_l, D_l, H_l, W_l)``."""
+        if image.dim() != 5 or image.shape[1] != self.config.in_channels:
+            raise ValueError(f"NUDF expects images (B, {self.config.in_channels}, D, H, W), got {tuple(image.shape)}")
+        features = [image]
+        x = image
+        for level, block in enumerate(self.encoder):
+            x = block(x if level == 0 else self.pool(x))
+            features.append(x)
+        return features
+
+    def offsets(self, shape_dhw, device=None) -> torch.Tensor:
+        """``(7, 3)`` grid-unit offsets: zero, then +-x, +-y, +-z by ``offset_voxels`` grid voxels."""
+        size = torch.tensor([shape_dhw[2], shape_dhw[1], shape_dhw[0]], dtype=torch.float32, device=device)
+        voxel = 2.0 / (size - 1.0).clamp(min=1.0)
+        eye = torch.eye(3, device=device) * voxel * self.config.offset_voxels
+        return torch.cat([torch.zeros(1, 3, device=device), eye, -eye])
+
+    def _query_block(self, features: list[torch.Tensor], points: torch.Tensor) -> torch.Tensor:
+        b, n, _ = points.shape
+        moved = (points[:, None, :, :] + self.offsets(features[0].shape[2:], points.device)[None, :, None, :])
+        moved = moved.reshape(b, 7 * n, 3)
+        sampled = torch.cat([sample_features(f, moved) for f in features], dim=2)  # (B, 7N, C)
+        sampled = sampled.view(b, 7, n, -1).permute(0, 2, 1, 3).reshape(b, n, -1)
+        return self.decoder(sampled)[..., 0].abs()
+
+    def query(self, features: list[torch.Tensor], points: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """Unsigned distances ``(B, N)`` (normalised units) at ``points (B, N, 3)`` grid coordinates,
+        ``chunk`` points at a time (default ``config.chunk``) so memory is bounded whatever ``N``."""
+        if points.dim() != 3 or points.shape[2] != 3 or points.shape[0] != features[0].shape[0]:
+            raise ValueError(f"points must be (B, N, 3) with B = {features[0].shape[0]}, got {tuple(points.shape)}")
+        chunk = chunk or self.config.chunk
+        if points.shape[1] <= chunk:
+            return self._query_block(features, points)
+        return torch.cat([self._query_block(features, points[:, i : i + chunk]) for i in range(0, points.shape[1], chunk)], 1)
+
+    def forward(self, image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        return self.query(self.encode(image), points)
+
+    def meshes_from_images(self, images: torch.Tensor, open_surface: bool = False):
+        """One :class:`~imagetomesh.core.mesh.Mesh` per image, in model grid coordinates.
+
+        Closed (the caller repairs it to watertight) unless ``open_surface``.
+        """
+        from imagetomesh.geometry.udf_meshing import UDFMeshingConfig, mesh_udf
+        from imagetomesh.models.voxel2mesh import isotropic_scale
+
+        config = UDFMeshingConfig(**self.config.meshing)
+        scale = isotropic_scale(images.shape[2:]).to(images.device)
+        voxel = float((2.0 / (torch.tensor(images.shape[2:], dtype=torch.float32) - 1.0) * scale.flip(0)).min())
+        meshes = []
+        with torch.no_grad():
+            features = self.encode(images)
+        for b in range(images.shape[0]):
+            feats = [f[b : b + 1] for f in features]
+
+            def udf(points_iso: torch.Tensor) -> torch.Tensor:
+                return self.query(feats, (points_iso / scale)[None], chunk=self.config.chunk)[0]
+
+            mesh = mesh_udf(udf, (-scale).cpu().numpy(), scale.cpu().numpy(), voxel, config, open_surface=open_surface)
+            meshes.append(mesh.transformed(_diag_affine(1.0 / scale.cpu().numpy())))
+        return meshes
+
+
+def _diag_affine(diag) -> "object":
+    import numpy as np
+
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag(np.asarray(diag, dtype=np.float64))
+    return affine

@@ -1,0 +1,92 @@
+"""UDF meshing on analytic fields: projection, normals, closed sphere, open hemisphere."""
+import numpy as np
+import pytest
+import torch
+
+from imagetomesh.errors import InputError
+from imagetomesh.geometry.quality import check_mesh
+from imagetomesh.geometry.udf_meshing import (
+    UDFMeshingConfig, evaluate_udf, largest_component, mesh_udf, oriented_normals, project_points, trim_unsupported,
+)
+from imagetomesh.core.mesh import Mesh
+
+R = 0.5
+VOXEL = 2.0 / 47
+BOX = (-np.ones(3), np.ones(3))
+FAST = UDFMeshingConfig(initial_points=8000, dense_points=8000, poisson_points=3000, poisson_depth=6, rounds=1)
+
+
+def sphere_udf(p):
+    return (p.norm(dim=1) - R).abs()
+
+
+def hemisphere_udf(p):
+    """Distance to the upper half (z >= 0) of the sphere of radius R: the cap, or its rim circle."""
+    rho, z = p[:, :2].norm(dim=1), p[:, 2]
+    return torch.where(z >= 0, (p.norm(dim=1) - R).abs(), ((rho - R) ** 2 + z**2).sqrt())
+
+
+def test_projection_moves_points_onto_the_sphere():
+    g = torch.Generator().manual_seed(0)
+    points = torch.rand(500, 3, generator=g) * 1.6 - 0.8
+    points = points[points.norm(dim=1) > 0.05]
+    projected, f = project_points(sphere_udf, points, iterations=2, chunk=64)
+    assert float((points.norm(dim=1) - R).abs().mean()) > 0.1
+    assert torch.allclose(projected.norm(dim=1), torch.full((len(points),), R), atol=1e-5)
+    assert float(f.max()) < 1e-5
+    # each point moved along its ray (the closest point of a sphere is radial)
+    cos = (projected * points).sum(1) / (projected.norm(dim=1) * points.norm(dim=1))
+    assert float(cos.min()) > 1 - 1e-5
+
+
+def test_chunked_evaluation_equals_one_pass():
+    p = torch.randn(1000, 3)
+    assert torch.equal(evaluate_udf(sphere_udf, p, chunk=7), sphere_udf(p))
+
+
+def test_normals_are_consistent_on_a_sphere():
+    g = np.random.default_rng(0)
+    p = g.normal(size=(2000, 3))
+    p = R * p / np.linalg.norm(p, axis=1, keepdims=True)
+    n = oriented_normals(p, 12)
+    radial = np.einsum("ij,ij->i", n, p / R)
+    assert np.all(np.abs(radial) > 0.95)
+    assert np.all(radial > 0) or np.all(radial < 0)  # one sign everywhere
+
+
+def test_closed_sphere_is_watertight_and_close():
+    mesh = mesh_udf(sphere_udf, *BOX, VOXEL, FAST)
+    check = check_mesh(mesh, self_intersections=False)
+    assert check.watertight and check.components == 1
+    radius = np.linalg.norm(mesh.vertices, axis=1)
+    assert np.abs(radius - R).mean() < 0.01 * R
+    # and it covers the whole sphere: every direction has a vertex near it
+    directions = np.random.default_rng(1).normal(size=(300, 3))
+    directions = R * directions / np.linalg.norm(directions, axis=1, keepdims=True)
+    nearest = np.min(np.linalg.norm(directions[:, None] - mesh.vertices[None], axis=2), axis=1)
+    assert nearest.max() < 2 * VOXEL
+
+
+def test_open_hemisphere_stays_open_and_on_the_cap():
+    mesh = mesh_udf(hemisphere_udf, *BOX, VOXEL, FAST, open_surface=True)
+    check = check_mesh(mesh, self_intersections=False)
+    assert not check.watertight and check.boundary_edges > 0 and check.components == 1
+    assert mesh.vertices[:, 2].min() > -2.5 * VOXEL  # trimmed: nothing of the lower half
+    assert mesh.vertices[:, 2].max() > R - VOXEL
+    assert np.abs(hemisphere_udf(torch.from_numpy(mesh.vertices)).numpy()).mean() < 0.2 * VOXEL
+
+
+def test_a_field_without_zeros_is_an_input_error():
+    with pytest.raises(InputError, match="no surface"):
+        mesh_udf(lambda p: p.norm(dim=1) * 0 + 1.0, *BOX, VOXEL, FAST)
+
+
+def test_trimming_and_largest_component():
+    # two separate triangles; support only near the first
+    mesh = Mesh(np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [5, 5, 5], [6, 5, 5], [5, 6, 5]], np.float32),
+                np.array([[0, 1, 2], [3, 4, 5]]))
+    trimmed = trim_unsupported(mesh, np.array([[0.3, 0.3, 0.0]]), radius=0.1)
+    assert trimmed.num_faces == 1 and trimmed.num_vertices == 3
+    big = Mesh(np.vstack([mesh.vertices, [[0, 0, 1]]]), np.vstack([mesh.faces, [[0, 1, 6]]]))
+    kept = largest_component(big)
+    assert kept.num_faces == 2 and kept.num_vertices == 4
