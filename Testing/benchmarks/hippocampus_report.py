@@ -6,7 +6,9 @@ Usage:
 
 Rows: U-Net (voxels), U-Net+MC, each mesh model (and its uniform/adaptive unpooling variants
 when asked for with NAME@uniform / NAME@adaptive). Columns: IoU, Dice, Chamfer (mm), HD95
-(mm), vertices, watertight %, self-intersection %, CPU seconds per case (batched, model loaded).
+(mm), NUDF's accuracy (90th percentile of mesh -> label distances, mm) and completion (fraction of
+the label surface within 2 mm of the mesh), vertices, watertight %, self-intersection %, CPU
+seconds per case (batched, model loaded).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ ROW_NAMES = {
     "voxel2mesh-hippocampus@uniform": "LNS + UMU (Voxel2Mesh weights)",
     "voxel2mesh-hippocampus": "LNS + AMU (Voxel2Mesh)",
     "pixel2mesh3d-hippocampus": "Pixel2Mesh-3D",
+    "nudf-hippocampus": "NUDF",
 }
 
 
@@ -93,7 +96,7 @@ def main() -> None:
         scores = [evaluate_mesh(m, lb) for m, lb in zip(meshes, labels)]
         label = ROW_NAMES.get(name, {"unet": "U-Net + MC"}.get(segmenter.model.kind, name))
         row = {"method": label}
-        for key in ("iou", "dice", "chamfer_mm", "hd95_mm", "vertices"):
+        for key in ("iou", "dice", "chamfer_mm", "hd95_mm", "accuracy_p90_mm", "completion@2mm", "vertices"):
             row[key] = float(np.mean([s[key] for s in scores]))
         row["watertight_pct"] = 100.0 * np.mean([bool(s["watertight"]) for s in scores])
         row["self_intersection_pct"] = float(np.mean([s["self_intersection_pct"] for s in scores]))
@@ -112,18 +115,19 @@ def main() -> None:
         "Dice/IoU rasterise the mesh on the label grid. CPU seconds per case: batches of 8, model loaded, "
         "2 threads (process time, so both cores count).",
         "",
-        "| method | IoU | Dice | Chamfer (mm) | HD95 (mm) | vertices | watertight % | self-int. % | CPU s/case | wall s/case |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | IoU | Dice | Chamfer (mm) | HD95 (mm) | acc. p90 (mm) | compl. @2mm | vertices | watertight % | self-int. % | CPU s/case | wall s/case |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda r, k, f: (f.format(r[k]) if k in r else "–")
     for r in rows:
         lines.append("| " + " | ".join([
             r["method"], fmt(r, "iou", "{:.3f}"), fmt(r, "dice", "{:.3f}"), fmt(r, "chamfer_mm", "{:.3f}"),
-            fmt(r, "hd95_mm", "{:.2f}"), fmt(r, "vertices", "{:.0f}"), fmt(r, "watertight_pct", "{:.0f}"),
+            fmt(r, "hd95_mm", "{:.2f}"), fmt(r, "accuracy_p90_mm", "{:.2f}"), fmt(r, "completion@2mm", "{:.3f}"),
+            fmt(r, "vertices", "{:.0f}"), fmt(r, "watertight_pct", "{:.0f}"),
             fmt(r, "self_intersection_pct", "{:.2f}"), fmt(r, "cpu_s_per_case", "{:.3f}"), fmt(r, "wall_s_per_case", "{:.3f}"),
         ]) + " |")
     lines += [
-        "| PS + UMU, HS + UMU | not trained: the ablation configs exist (`--config ps-umu`, `hs-umu`) but did not fit the CPU budget |  |  |  |  |  |  |  |  |  |",
+        "| PS + UMU, HS + UMU | not trained: the ablation configs exist (`--config ps-umu`, `hs-umu`) but did not fit the CPU budget |  |  |  |  |  |  |  |  |  |  |  |",
         "",
         "Paper (Voxel2Mesh, hippocampus IoU): Voxel2Mesh 82.3, U-Net 80.9, PS+UMU 78.8, LNS+UMU 81.2.",
         "",
