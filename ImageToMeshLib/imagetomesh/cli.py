@@ -232,6 +232,15 @@ def cmd_train(args) -> int:
             raise InputError("NUDF trains from scratch (its encoder is not a U-Net); drop --init-from")
         if args.time_limit is not None:
             config.time_limit_s = 60.0 * args.time_limit
+    elif args.kind == "implicitmeshnet":
+        from imagetomesh.training.implicitmeshnet_trainer import train_implicitmeshnet as train
+
+        if args.time_limit is not None:
+            config.time_limit_s = 60.0 * args.time_limit
+        if args.pretrain_steps is not None:
+            config.pretrain_steps = args.pretrain_steps
+        if args.pretrain_time_limit is not None:
+            config.pretrain_time_limit_s = 60.0 * args.pretrain_time_limit
     best = train(config, args.data, args.out, device=device.type, seed=args.seed, init_from=args.init_from,
                  config_name=args.config, log=lambda m: print(m, file=sys.stderr))
     print(f"best model: {best}")
@@ -302,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train a model. Resumable: run the same command again to continue.")
     train_sub = train.add_subparsers(dest="kind", metavar="KIND")
     train_sub.required = True
-    for kind in ("voxel2mesh", "pixel2mesh3d", "unet", "nudf"):
+    for kind in ("voxel2mesh", "pixel2mesh3d", "unet", "nudf", "implicitmeshnet"):
         p = train_sub.add_parser(kind, help=f"train {kind} on a Medical Segmentation Decathlon folder")
         p.add_argument("--data", required=True, type=Path, help="MSD folder (dataset.json, imagesTr/, labelsTr/)")
         p.add_argument("--out", required=True, type=Path, help="run folder: split, config, log, checkpoints, models")
@@ -312,9 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
         p.add_argument("--init-from", type=Path, default=None, help="model folder whose U-Net weights start the run")
-        if kind == "nudf":
+        if kind in ("nudf", "implicitmeshnet"):
             p.add_argument("--time-limit", type=float, default=None,
                            help="stop after this many minutes (checkpointed; default: the config's)")
+        if kind == "implicitmeshnet":
+            p.add_argument("--pretrain-steps", type=int, default=None,
+                           help="steps of the first phase, pretraining the mesh-to-SDF network g_phi on random "
+                                "deformed spheres (skipped once RUN/sdf_pretrained.safetensors exists; 0: none)")
+            p.add_argument("--pretrain-time-limit", type=float, default=None,
+                           help="minutes of pretraining at most (default: the config's)")
         p.set_defaults(func=cmd_train)
     from imagetomesh.cli_fit import add_fit_commands, add_train_dals_arguments, cmd_train_dals
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from imagetomesh.models.nudf import NUDF, NUDFConfig
+from imagetomesh.models.implicitmeshnet import ImplicitMeshNet, ImplicitMeshNetConfig
 from imagetomesh.models.pixel2mesh3d import Pixel2Mesh3D, Pixel2Mesh3DConfig
 from imagetomesh.models.unet_mc import UNetMC, UNetMCConfig
 from imagetomesh.models.voxel2mesh import Voxel2Mesh, Voxel2MeshConfig
@@ -13,6 +14,7 @@ MODEL_KINDS = {
     "voxel2mesh": (Voxel2MeshConfig, Voxel2Mesh),
     "pixel2mesh3d": (Pixel2Mesh3DConfig, Pixel2Mesh3D),
     "unet": (UNetMCConfig, UNetMC),
+    "implicitmeshnet": (ImplicitMeshNetConfig, ImplicitMeshNet),
     "nudf": (NUDFConfig, NUDF),
 }
 

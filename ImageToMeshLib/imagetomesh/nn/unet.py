@@ -1,7 +1,8 @@
 """A configurable 3D U-Net shared by every model that needs image features.
 
-Encoder level l has ``base * 2**l`` channels: two 3x3x3 conv + norm + ReLU blocks, then
-max-pool. The decoder mirrors it with transposed-conv upsampling and skip concatenation,
+Encoder level l has ``base * 2**l`` channels: two 3x3x3 conv + norm + ReLU blocks (or, with
+``block="residual"``, a residual block of two 3x3x3 convs with norm, LeakyReLU and dropout, as
+ImplicitMeshNet uses), then max-pool. The decoder mirrors it with transposed-conv upsampling and skip concatenation,
 and a 1x1x1 head gives voxel logits. ``forward`` also returns every decoder level's
 features (coarsest first) for mesh decoders to sample.
 """
@@ -16,13 +17,16 @@ from torch import nn
 @dataclass
 class UNetConfig:
     """``in_channels`` image channels; ``num_classes`` logit channels; ``base`` channels at full
-    resolution; ``depth`` resolution levels (depth - 1 poolings); ``norm`` "batch" | "instance" | "group"."""
+    resolution; ``depth`` resolution levels (depth - 1 poolings); ``norm`` "batch" | "instance" | "group";
+    ``block`` "double" (conv-norm-ReLU x 2) | "residual" (:class:`ResidualConv`: LeakyReLU, ``dropout``)."""
 
     in_channels: int = 1
     num_classes: int = 2
     base: int = 16
     depth: int = 4
     norm: str = "batch"
+    block: str = "double"
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.depth < 2:
@@ -31,6 +35,10 @@ class UNetConfig:
             raise ValueError("UNet base, in_channels and num_classes must be positive")
         if self.norm not in ("batch", "instance", "group"):
             raise ValueError(f"UNet norm must be batch, instance or group, got {self.norm!r}")
+        if self.block not in ("double", "residual"):
+            raise ValueError(f"UNet block must be double or residual, got {self.block!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"UNet dropout must be in [0, 1), got {self.dropout}")
 
     def channels(self, level: int) -> int:
         return self.base * 2**level
@@ -55,6 +63,32 @@ class DoubleConv(nn.Sequential):
         )
 
 
+class ResidualConv(nn.Module):
+    """``act(x' + conv-norm(dropout(act(conv-norm(x)))))`` with 3x3x3 convs, LeakyReLU(0.01) and
+    ``x'`` = ``x`` or its 1x1x1 projection when the channel count changes."""
+
+    def __init__(self, cin: int, cout: int, norm: str, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv3d(cin, cout, 3, padding=1, bias=False)
+        self.norm1 = norm3d(norm, cout)
+        self.dropout = nn.Dropout3d(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Conv3d(cout, cout, 3, padding=1, bias=False)
+        self.norm2 = norm3d(norm, cout)
+        self.skip = nn.Identity() if cin == cout else nn.Conv3d(cin, cout, 1, bias=False)
+        self.act = nn.LeakyReLU(0.01, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dropout(self.act(self.norm1(self.conv1(x))))
+        return self.act(self.norm2(self.conv2(y)) + self.skip(x))
+
+
+def conv_block(cin: int, cout: int, config: "UNetConfig") -> nn.Module:
+    """The U-Net's block at one level, as ``config.block`` names it."""
+    if config.block == "residual":
+        return ResidualConv(cin, cout, config.norm, config.dropout)
+    return DoubleConv(cin, cout, config.norm)
+
+
 class UNet3D(nn.Module):
     """3D U-Net. Input ``(B, in_channels, D, H, W)`` with D, H, W divisible by ``2**(depth-1)``."""
 
@@ -62,13 +96,13 @@ class UNet3D(nn.Module):
         super().__init__()
         self.config = c = config
         self.down = nn.ModuleList(
-            DoubleConv(c.in_channels if l == 0 else c.channels(l - 1), c.channels(l), c.norm) for l in range(c.depth)
+            conv_block(c.in_channels if l == 0 else c.channels(l - 1), c.channels(l), c) for l in range(c.depth)
         )
         self.pool = nn.MaxPool3d(2)
         self.upsample = nn.ModuleList(
             nn.ConvTranspose3d(c.channels(l + 1), c.channels(l), 2, stride=2) for l in reversed(range(c.depth - 1))
         )
-        self.up = nn.ModuleList(DoubleConv(2 * c.channels(l), c.channels(l), c.norm) for l in reversed(range(c.depth - 1)))
+        self.up = nn.ModuleList(conv_block(2 * c.channels(l), c.channels(l), c) for l in reversed(range(c.depth - 1)))
         self.head = nn.Conv3d(c.base, c.num_classes, 1)
 
     @property

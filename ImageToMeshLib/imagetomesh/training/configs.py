@@ -86,6 +86,10 @@ def get_config(kind: str, name: str) -> TrainConfig:
         from imagetomesh.training.nudf_trainer import get_nudf_config
 
         return get_nudf_config(name)
+    if kind == "implicitmeshnet":  # its own config type (g_phi, pretraining, loss schedule): training/implicitmeshnet_trainer.py
+        from imagetomesh.training.implicitmeshnet_trainer import get_implicitmeshnet_config
+
+        return get_implicitmeshnet_config(name)
     configs = _configs()
     if kind not in configs:
         raise ValueError(f"no training configs for {kind!r}; known: {', '.join(configs)}")

@@ -1,0 +1,174 @@
+"""ImplicitMeshNet: shapes, closed meshes, gradients through g_phi, a training step, segment round trip."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from imagetomesh.core.mesh import Mesh
+from imagetomesh.core.volume import Volume
+from imagetomesh.geometry.laplacian import sym_norm_laplacian
+from imagetomesh.geometry.quality import check_mesh
+from imagetomesh.models.implicitmeshnet import ImplicitMeshNet, ImplicitMeshNetConfig, MeshToSDF, MeshToSDFConfig, level_shapes
+from imagetomesh.models.registry import build_model
+from imagetomesh.models.voxel2mesh import isotropic_scale
+from imagetomesh.nn.unet import UNet3D, UNetConfig
+from imagetomesh.preprocessing import GridSpec
+from imagetomesh.training.implicitmeshnet_shapes import random_shape
+from imagetomesh.training.implicitmeshnet_trainer import (
+    ImplicitMeshNetTrainConfig, beta_at, get_implicitmeshnet_config, pretrain_sdf, sdf_step, sdf_targets, surface_terms,
+)
+from imagetomesh.weights import save_weights
+
+SHAPE = (16, 16, 8)
+SMALL = {"unet": {"base": 4, "depth": 3}, "stages": 2, "hidden": 8, "template_level": 2}
+SMALL_SDF = {"graph_channels": 8, "channels": (8, 4), "dropout": 0.1}
+
+
+def small_config(**kw) -> ImplicitMeshNetTrainConfig:
+    return ImplicitMeshNetTrainConfig(SMALL, sdf_net=SMALL_SDF, grid=GridSpec(SHAPE, (1.0, 1.0, 1.0)), **kw)
+
+
+def blob_label(batch=1):
+    label = torch.zeros(batch, *SHAPE, dtype=torch.uint8)
+    label[:, 4:12, 5:11, 2:6] = 1
+    return label
+
+
+def test_residual_unet_option_and_unchanged_default_layout():
+    net = UNet3D(UNetConfig(base=4, depth=3, norm="instance", block="residual", dropout=0.1))
+    logits, decoder = net(torch.randn(2, 1, 8, 16, 12))
+    assert logits.shape == (2, 2, 8, 16, 12) and [f.shape[1] for f in decoder] == [16, 8, 4]
+    assert any(k.startswith("down.0.conv1") for k in net.state_dict())
+    plain = UNet3D(UNetConfig(base=4, depth=3)).state_dict()
+    assert "down.0.0.weight" in plain and "up.1.4.running_mean" in plain  # bundled models' keys
+    with pytest.raises(ValueError, match="block"):
+        UNetConfig(block="dense")
+
+
+def test_implicitmeshnet_outputs_closed_outward_meshes_on_a_fixed_topology():
+    torch.manual_seed(0)
+    model = build_model("implicitmeshnet", SMALL)
+    logits, meshes = model(torch.randn(2, 1, *SHAPE))
+    assert logits.shape == (2, 2, *SHAPE)
+    assert len(meshes) == 2 and len(meshes[0]) == 2
+    assert all(len(m.verts) == 162 and m.faces is meshes[0][0].faces for m in meshes[1])
+    final = meshes[1][-1]
+    check = check_mesh(Mesh(final.verts.detach().numpy(), final.faces.numpy()), self_intersections=False)
+    assert check.watertight and check.outward
+    assert len(ImplicitMeshNet(ImplicitMeshNetConfig()).template((48, 56, 40)).verts) == 2562  # the paper's template
+    with pytest.raises(ValueError, match="stages"):
+        ImplicitMeshNetConfig(unet=UNetConfig(depth=3), stages=3)
+
+
+def test_template_is_a_sphere_of_radius_half_in_the_isotropic_frame():
+    model = ImplicitMeshNet(ImplicitMeshNetConfig(**SMALL))
+    verts = model.template((48, 56, 40)).verts * isotropic_scale((48, 56, 40))
+    assert torch.allclose(verts.norm(dim=1), torch.full((162,), 0.5), atol=1e-6)
+
+
+def test_mesh_to_sdf_levels():
+    g = MeshToSDF(MeshToSDFConfig(**SMALL_SDF))
+    model = ImplicitMeshNet(ImplicitMeshNetConfig(**SMALL))
+    t = model.template(SHAPE)
+    out = g(torch.stack([t.verts, 0.5 * t.verts]), t.edge_index, SHAPE)
+    assert [o.shape for o in out] == [(2, 1, 8, 8, 4), (2, 1, *SHAPE)]
+    assert level_shapes((48, 56, 40), 4) == [(6, 7, 5), (12, 14, 10), (24, 28, 20), (48, 56, 40)]
+
+
+def test_surface_loss_gradient_reaches_f_theta_and_not_g_phi():
+    """The reference code's surface loss passed no gradient to the shape network; ours must."""
+    torch.manual_seed(1)
+    f, g = ImplicitMeshNet(ImplicitMeshNetConfig(**SMALL)), MeshToSDF(MeshToSDFConfig(**SMALL_SDF))
+    t = f.template(SHAPE)
+    lap = sym_norm_laplacian(t.edge_index, len(t.verts))
+    config = small_config(gamma=0.0, beta_start=0.0, beta_end=0.0)  # the BCE through g_phi alone
+    loss, terms, verts, _ = surface_terms(f, g, torch.randn(1, 1, *SHAPE), blob_label(), lap, 0.0, config)
+    loss.backward()
+    stage_grad = sum(float(p.grad.abs().sum()) for p in f.stages.parameters() if p.grad is not None)
+    unet_grad = sum(float(p.grad.abs().sum()) for p in f.unet.parameters() if p.grad is not None)
+    assert stage_grad > 0 and unet_grad > 0 and terms["bce"] > 0
+    assert all(p.grad is None for p in g.parameters())
+    assert all(p.requires_grad for p in g.parameters())
+
+
+def test_training_step_updates_both_networks_and_targets_are_signed():
+    torch.manual_seed(2)
+    f, g = ImplicitMeshNet(ImplicitMeshNetConfig(**SMALL)), MeshToSDF(MeshToSDFConfig(**SMALL_SDF))
+    config = small_config()
+    t = f.template(SHAPE)
+    lap = sym_norm_laplacian(t.edge_index, len(t.verts))
+    opt_f, opt_g = torch.optim.AdamW(f.parameters(), 1e-3), torch.optim.AdamW(g.parameters(), 1e-3)
+    before_f = [p.detach().clone() for p in f.stages.parameters()]
+    before_g = [p.detach().clone() for p in g.parameters()]
+    images, labels = torch.randn(2, 1, *SHAPE), blob_label(2)
+    loss, terms, verts, faces = surface_terms(f, g, images, labels, lap, 1000.0, config)
+    opt_f.zero_grad()
+    loss.backward()
+    opt_f.step()
+    sdf = sdf_step(g, opt_g, verts, faces, t.edge_index, SHAPE, config)
+    assert np.isfinite(sdf) and np.isfinite(terms["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before_f, f.stages.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_g, g.parameters()))
+    target = sdf_targets(verts, faces, SHAPE, config)
+    centre = target[0, SHAPE[0] // 2, SHAPE[1] // 2, SHAPE[2] // 2]
+    assert centre < 0 and target[0, 0, 0, 0] > 0  # the mesh starts as a sphere around the centre
+
+
+def test_pretraining_runs_resumes_and_writes_its_weights(tmp_path):
+    torch.manual_seed(3)
+    config = small_config(pretrain_steps=2, pretrain_batch=1)
+    g = MeshToSDF(MeshToSDFConfig(**SMALL_SDF))
+    pretrain_sdf(g, config, tmp_path, torch.device("cpu"), seed=0, log=lambda m: None)
+    assert (tmp_path / "sdf_pretrained.safetensors").is_file()
+    state = torch.load(tmp_path / "pretrain.pt", weights_only=True)
+    assert state["step"] == 2
+    config.pretrain_steps = 3
+    messages = []
+    pretrain_sdf(g, config, tmp_path, torch.device("cpu"), seed=0, log=messages.append)
+    assert "resumed from step 2" in messages[0]
+
+
+def test_random_shapes_are_closed_inside_the_grid_and_varied():
+    gen = torch.Generator().manual_seed(0)
+    t = ImplicitMeshNet(ImplicitMeshNetConfig(**SMALL)).template((48, 56, 40))
+    scale = isotropic_scale((48, 56, 40))
+    shapes = [random_shape(t.sphere, scale, gen) for _ in range(5)]
+    for v in shapes:
+        assert float(v.abs().max()) <= 0.92 + 1e-6
+    extents = [float((v * scale).max(0).values.sub((v * scale).min(0).values).max()) for v in shapes]
+    assert max(extents) - min(extents) > 0.1
+
+
+def test_beta_is_cosine_annealed_and_configs_exist():
+    config = get_implicitmeshnet_config("cpu")
+    assert beta_at(0.0, config) == pytest.approx(1000.0) and beta_at(1.0, config) == pytest.approx(0.01)
+    assert beta_at(0.5, config) == pytest.approx((1000.0 + 0.01) / 2)
+    gpu = get_implicitmeshnet_config("gpu")
+    assert gpu.model["unet"]["block"] == "residual" and gpu.model["unet"]["base"] == 16 and gpu.model["unet"]["depth"] == 5
+    assert gpu.lr == 1e-4 and gpu.lr_sdf == 3e-5 and gpu.tau == 1e-2
+    with pytest.raises(ValueError, match="no config"):
+        get_implicitmeshnet_config("tpu")
+
+
+def test_segment_round_trip_gives_a_watertight_mesh_in_millimetres(tmp_path):
+    from imagetomesh.inference import Segmenter
+    from imagetomesh.zoo import load_model
+
+    torch.manual_seed(4)
+    model = build_model("implicitmeshnet", SMALL)
+    grid = GridSpec(SHAPE, (2.0, 2.0, 2.0))
+    save_weights(model, tmp_path / "imn", {"kind": "implicitmeshnet", "config": model.config.to_dict(), "grid": grid.to_dict()})
+    json.loads((tmp_path / "imn" / "card.json").read_text())
+    segmenter = Segmenter(load_model(str(tmp_path / "imn"), "cpu"))
+    origin = np.array([10.0, -20.0, 5.0])
+    volume = Volume(np.random.default_rng(0).normal(size=(16, 16, 8)).astype(np.float32), (2.0, 2.0, 2.0), origin)
+    meshes = segmenter.segment_batch([volume, volume])
+    assert len(meshes) == 2
+    for mesh in meshes:
+        check = check_mesh(mesh, self_intersections=False)
+        assert check.watertight and check.outward
+        centre = mesh.vertices.mean(0)
+        extent = origin + 2.0 * (np.array([8, 16, 16]) - 1)
+        assert np.all(centre > origin - 1) and np.all(centre < extent + 1)  # LPS mm, inside the image
+    assert np.allclose(meshes[0].vertices, segmenter.segment(volume).vertices, atol=1e-4)
