@@ -36,6 +36,7 @@ ROW_NAMES = {
     "voxel2mesh-hippocampus": "LNS + AMU (Voxel2Mesh)",
     "pixel2mesh3d-hippocampus": "Pixel2Mesh-3D",
     "nudf-hippocampus": "NUDF",
+    "implicitmeshnet-hippocampus": "ImplicitMeshNet",
 }
 
 
@@ -65,7 +66,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "hippocampus")
     parser.add_argument("--split", default="test", choices=("test", "val"))
     parser.add_argument("--models", nargs="+", default=[
-        "unet-hippocampus", "voxel2mesh-hippocampus@uniform", "voxel2mesh-hippocampus", "pixel2mesh3d-hippocampus"])
+        "unet-hippocampus", "voxel2mesh-hippocampus@uniform", "voxel2mesh-hippocampus", "pixel2mesh3d-hippocampus",
+        "implicitmeshnet-hippocampus"])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "hippocampus-results.md")
     parser.add_argument("--limit", type=int, default=None, help="first N cases only (quick look)")
     args = parser.parse_args()
