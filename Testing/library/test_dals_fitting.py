@@ -202,3 +202,46 @@ def test_empty_labelmap(tiny_prior):
         refine_labelmap(Volume(np.zeros((8, 8, 8), np.uint8)), tiny_prior, iterations=1)
     with pytest.raises(InputError, match="Volume"):
         refine_labelmap(np.ones((8, 8, 8)), tiny_prior, iterations=1)
+
+
+def test_untangle_pulls_out_a_fold_and_keeps_the_rest():
+    from imagetomesh.core.mesh import Mesh
+    from imagetomesh.fitting.remesh import self_intersecting_faces, untangle
+
+    verts, faces = icosphere(3)
+    verts = verts.numpy().astype(np.float64) * 10.0
+    folded = verts.copy()
+    top = np.argmax(verts[:, 2])
+    folded[top] = [0.0, 0.0, -12.0]  # a spike pushed through the far side of the sphere
+    mesh = Mesh(folded, faces.numpy())
+    assert self_intersecting_faces(mesh).any()
+    fixed = untangle(mesh)
+    assert not self_intersecting_faces(fixed).any()
+    assert (fixed.faces == mesh.faces).all()
+    pierced = np.array([0.0, 0.0, -10.0])
+    far = (np.linalg.norm(verts - verts[top], axis=1) > 8.0) & (np.linalg.norm(verts - pierced, axis=1) > 8.0)
+    assert far.sum() > 200
+    assert np.allclose(fixed.vertices[far], folded[far])
+
+
+def test_prolonged_values_follow_the_icosphere_nesting(tiny_prior):
+    from imagetomesh.fitting.optimise import prolong
+
+    coarse, _ = tiny_prior.template(2)
+    fine, _ = tiny_prior.template(3)
+    grown = prolong(coarse.double(), tiny_prior.parent_edges(3))
+    assert grown.shape == fine.shape
+    assert torch.allclose(grown / grown.norm(dim=1, keepdim=True), fine.double(), atol=1e-6)
+
+
+def test_coarse_to_fine_fit_is_as_good_as_the_full_template_fit(tiny_prior, target_points):
+    from imagetomesh.fitting.optimise import FitSettings, chamfer, run_fit
+
+    target = torch.tensor((target_points - CENTRE) / AXES.max(), dtype=torch.float32)
+    losses = {}
+    for fraction in (0.0, 0.8):
+        settings = FitSettings(lambda_dir=0.2, lambda_reg=1e-3, iterations=120, coarse_fraction=fraction, bf16=False)
+        result = run_fit(tiny_prior, lambda v, f: chamfer(v, target), settings)
+        assert result.verts.shape[0] == tiny_prior.template()[0].shape[0]
+        losses[fraction] = result.task_loss
+    assert losses[0.8] < 1.25 * losses[0.0]

@@ -6,13 +6,14 @@ or a folder path. The weights are checked against the card's checksum before loa
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from imagetomesh.errors import InputError
-from imagetomesh.geometry.topology import icosphere
+from imagetomesh.geometry.topology import icosphere, subdivide
 from imagetomesh.models.dals import DALSConfig, DALSDecoder
 from imagetomesh.weights import build_from_card, read_card
 from imagetomesh.zoo import available_models, find_model
@@ -47,6 +48,7 @@ class Prior:
             raise InputError(f"prior {self.name}: mean latent has {self.mean_latent.numel()} values, "
                              f"the decoder expects {self.decoder.latent_dim}")
         self._templates: dict = {}
+        self._bf16_decoder: DALSDecoder | None = None
 
     @property
     def config(self) -> DALSConfig:
@@ -69,6 +71,22 @@ class Prior:
             verts, faces = icosphere(level)
             self._templates[level] = (verts.to(self.device), faces.to(self.device))
         return self._templates[level]
+
+    def parent_edges(self, level: int) -> torch.Tensor:
+        """``(E, 2)``: vertex ``N + e`` of the level-``level`` template is the midpoint of edge
+        ``e`` of the level ``level - 1`` template (``N`` vertices); see ``subdivide``."""
+        key = ("parents", int(level))
+        if key not in self._templates:
+            verts, faces = self.template(level - 1)
+            *_, parents = subdivide(verts, faces)
+            self._templates[key] = parents
+        return self._templates[key]
+
+    def bf16_decoder(self) -> DALSDecoder:
+        """A bfloat16 copy of the decoder (made once): faster than autocasting on every call."""
+        if self._bf16_decoder is None:
+            self._bf16_decoder = copy.deepcopy(self.decoder).to(torch.bfloat16)
+        return self._bf16_decoder
 
 
 def dals_priors() -> list[str]:

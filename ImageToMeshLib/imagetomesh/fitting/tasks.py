@@ -45,6 +45,9 @@ TASK_DEFAULTS = {
 SURFACE_SAMPLES = 1000
 #: Iterations of the short shared-latent fits that decide between a paired prior and its mirror.
 MIRROR_PROBE_ITERATIONS = 60
+#: They run on a template this many levels coarser than the fit's (162 vertices for 2,562): the
+#: side is decided by the overall shape.
+MIRROR_PROBE_COARSENING = 2
 
 
 def _settings(task: str, lambda_dir, lambda_reg, iterations) -> FitSettings:
@@ -94,7 +97,9 @@ def _fit(prior: Prior, loss: Callable, frame: ShapeNormalisation, settings: FitS
     """Run the fit (for a paired prior: short shared-latent fits of both orientations pick the
     better one first) and map the result back to LPS mm."""
     if prior.paired:
-        probe = replace(settings, lambda_dir=math.inf, iterations=min(MIRROR_PROBE_ITERATIONS, settings.iterations))
+        fine = prior.config.fit_template_level if settings.template_level is None else settings.template_level
+        probe = replace(settings, lambda_dir=math.inf, iterations=min(MIRROR_PROBE_ITERATIONS, settings.iterations),
+                        template_level=max(0, fine - MIRROR_PROBE_COARSENING), coarse_fraction=0.0)
         share = 0.15
         results = [run_fit(prior, loss, probe, mirrored, progress, (k * share, (k + 1) * share), final_decode=False)
                    for k, mirrored in enumerate((False, True))]
