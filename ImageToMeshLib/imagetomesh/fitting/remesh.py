@@ -1,4 +1,4 @@
-"""Final touches of a fitted mesh: outward faces and optional isotropic remeshing.
+"""Final touches of a fitted mesh: outward faces, optional isotropic remeshing, untangling.
 
 Remeshing is pymeshlab's ``meshing_isotropic_explicit_remeshing`` (Botsch & Kobbelt, 2004:
 split long edges, collapse short ones, flip edges towards valence 6, tangential smoothing,
@@ -6,10 +6,10 @@ reprojection onto the input surface), with the fitted mesh's mean edge length as
 The result is checked: it must stay a closed 2-manifold, else the fitted mesh is kept
 (with a warning).
 
-A fitted surface can fold through itself (a deep invagination, a thin part pinched). After
-remeshing, :func:`untangle` smooths the neighbourhoods of faces that cross another face until
-none do (at most ``UNTANGLE_ROUNDS`` rounds; a warning says when some remain). The
-connectivity never changes there, so the surface stays closed.
+A fitted surface can fold through itself (a deep invagination, a thin part pinched). Before a
+fit is returned (after remeshing, when asked for), :func:`untangle` smooths the neighbourhoods
+of faces that cross another face until none do (at most ``UNTANGLE_ROUNDS`` rounds; a warning
+says when some remain). The connectivity never changes there, so the surface stays closed.
 """
 from __future__ import annotations
 
@@ -90,19 +90,23 @@ def untangle(mesh: Mesh, rounds: int = UNTANGLE_ROUNDS, smoothing_steps: int = 3
 
 
 def finish_mesh(mesh: Mesh, remesh: bool = False) -> Mesh:
-    """Outward faces; remeshed (and untangled) when asked, if the remeshed surface stays closed."""
+    """Outward faces; remeshed when asked (if the remeshed surface stays closed); then untangled.
+
+    A warning says how many faces still cross another face after :func:`untangle`.
+    """
     if not is_watertight(mesh):  # never expected for a deformed icosphere; be safe
         mesh = repair_mesh(mesh)
     mesh = orient_outward(mesh)
     if remesh:
-        target = mean_edge_length(mesh)
-        remeshed = isotropic_remesh(mesh, target)
+        remeshed = isotropic_remesh(mesh, mean_edge_length(mesh))
         if is_watertight(remeshed):
-            mesh = orient_outward(untangle(orient_outward(remeshed)))
-            remaining = int(self_intersecting_faces(mesh).sum())
-            if remaining:
-                warnings.warn(f"{remaining} faces of the remeshed surface still cross another face", stacklevel=3)
+            mesh = orient_outward(remeshed)
         else:
             warnings.warn("isotropic remeshing did not give a closed surface; the fitted mesh is returned unremeshed",
                           stacklevel=3)
+    mesh = orient_outward(untangle(mesh))
+    remaining = int(self_intersecting_faces(mesh).sum())
+    if remaining:
+        hint = "" if remesh else "; --remesh usually removes them"
+        warnings.warn(f"{remaining} faces of the fitted surface still cross another face{hint}", stacklevel=3)
     return mesh
