@@ -172,3 +172,27 @@ def test_segment_round_trip_gives_a_watertight_mesh_in_millimetres(tmp_path):
         extent = origin + 2.0 * (np.array([8, 16, 16]) - 1)
         assert np.all(centre > origin - 1) and np.all(centre < extent + 1)  # LPS mm, inside the image
     assert np.allclose(meshes[0].vertices, segmenter.segment(volume).vertices, atol=1e-4)
+
+
+def test_inference_smoothing_changes_only_the_eval_output_and_keeps_the_volume():
+    from imagetomesh.geometry.laplacian import taubin_smooth
+    from imagetomesh.geometry.topology import icosphere, edge_index_from_faces
+
+    verts, faces = icosphere(3, dtype=torch.float64)
+    rough = verts * (1 + 0.05 * torch.randn(len(verts), 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    smooth = taubin_smooth(rough, edge_index_from_faces(faces), 10)
+    radial = lambda v: float(v.norm(dim=1).std())
+    assert radial(smooth) < 0.5 * radial(rough)  # wrinkles damped
+    assert abs(float(smooth.norm(dim=1).mean()) - float(rough.norm(dim=1).mean())) < 0.02  # no shrinking
+    torch.manual_seed(5)
+    model = build_model("implicitmeshnet", dict(SMALL, smooth_iterations=3))
+    image = torch.randn(1, 1, *SHAPE)
+    with torch.no_grad():
+        trained = model(image)[1][0][-1].verts
+        model.eval()
+        plain = build_model("implicitmeshnet", SMALL)
+        plain.load_state_dict(model.state_dict())
+        plain.eval()
+        smoothed, unsmoothed = model(image)[1][0][-1].verts, plain(image)[1][0][-1].verts
+    assert not torch.allclose(smoothed, unsmoothed)
+    assert smoothed.shape == unsmoothed.shape == trained.shape

@@ -25,6 +25,7 @@ __all__ = [
     "sym_norm_laplacian",
     "combinatorial_laplacian",
     "laplacian_coordinates",
+    "taubin_smooth",
 ]
 
 
@@ -100,3 +101,14 @@ def laplacian_coordinates(verts: torch.Tensor, edge_index: torch.Tensor) -> torc
     deg = torch.bincount(src, minlength=n).to(verts.dtype).unsqueeze(1)
     delta = verts - sums / deg.clamp_min(1)
     return torch.where(deg > 0, delta, torch.zeros_like(delta))
+
+
+def taubin_smooth(verts: torch.Tensor, edge_index: torch.Tensor, iterations: int, lam: float = 0.5, mu: float = -0.53) -> torch.Tensor:
+    """Taubin's lambda|mu smoothing (1995): ``iterations`` pairs of ``v <- v - lam * delta(v)`` and
+    ``v <- v - mu * delta(v)`` with the uniform Laplacian coordinates ``delta``
+    (:func:`laplacian_coordinates`). Removes high-frequency wrinkles without shrinking the
+    surface the way plain Laplacian smoothing does; ``(N, 3)`` -> ``(N, 3)``, topology unchanged."""
+    for _ in range(int(iterations)):
+        verts = verts - lam * laplacian_coordinates(verts, edge_index)
+        verts = verts - mu * laplacian_coordinates(verts, edge_index)
+    return verts

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imagetomesh.geometry.laplacian import taubin_smooth
 from imagetomesh.models.mesh_state import DecoderMesh
 from imagetomesh.models.voxel2mesh import isotropic_scale
 from imagetomesh.nn.feature_sampling import sample_features
@@ -39,7 +40,8 @@ from imagetomesh.nn.unet import UNet3D, UNetConfig
 class ImplicitMeshNetConfig:
     """Architecture of ``f_theta``. ``stages`` graph stages use ``stages + 1`` finest decoder levels
     (stage s: levels s and s + 1 of them, coarsest first); ``graph_layers`` Chebyshev convolutions
-    of order ``cheb_k`` per stage; ``template_level`` 4 = 2562 vertices."""
+    of order ``cheb_k`` per stage; ``template_level`` 4 = 2562 vertices; ``smooth_iterations`` > 0
+    applies that many Taubin smoothing steps to the final mesh at inference (eval mode) only."""
 
     unet: UNetConfig = field(default_factory=UNetConfig)
     stages: int = 3
@@ -49,6 +51,7 @@ class ImplicitMeshNetConfig:
     template_level: int = 4
     template_radius: float = 0.5
     offset_scale: float = 0.1
+    smooth_iterations: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
@@ -119,6 +122,9 @@ class ImplicitMeshNet(nn.Module):
             hidden = torch.stack([h for h, _ in results])
             offsets = torch.stack([o for _, o in results])
             verts = verts + c.offset_scale * offsets / scale
+            if s == c.stages - 1 and c.smooth_iterations and not self.training:
+                # uniform Laplacian smoothing acts per coordinate, so grid or isotropic frame alike
+                verts = torch.stack([taubin_smooth(v, edge_index, c.smooth_iterations) for v in verts])
             for b in range(batch):
                 out[b].append(DecoderMesh(verts[b], template.faces, template.sphere, hidden[b]))
         return out

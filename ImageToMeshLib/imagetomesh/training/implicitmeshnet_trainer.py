@@ -51,7 +51,8 @@ class ImplicitMeshNetTrainConfig:
     ``model`` is ``f_theta``'s architecture, ``sdf_net`` ``g_phi``'s. Losses: ``alpha`` BCE,
     ``gamma`` CE, ``beta`` cosine from ``beta_start`` to ``beta_end``, ``tau`` the sigmoid
     temperature (isotropic grid units). SDF targets: exact within ``truncation``; MSE weight
-    ``1 + near_weight exp(-|sdf| / near_sigma)``. Time limits in seconds (0: none).
+    ``1 + near_weight exp(-|sdf| / near_sigma)``; ``sdf_updates`` ``g_phi`` updates per end-to-end
+    step. Time limits in seconds (0: none).
     """
 
     model: dict
@@ -72,6 +73,7 @@ class ImplicitMeshNetTrainConfig:
     truncation: float = 0.06
     near_weight: float = 10.0
     near_sigma: float = 0.03
+    sdf_updates: int = 1
     pretrain_steps: int = 2000
     pretrain_batch: int = 4
     pretrain_lr: float = 1e-3
@@ -96,8 +98,8 @@ def implicitmeshnet_configs() -> dict[str, ImplicitMeshNetTrainConfig]:
     learning rate and time limits that fit a ~1 hour run on 1 thread."""
     return {
         "cpu": ImplicitMeshNetTrainConfig(
-            {"unet": _UNET_CPU, "hidden": 64}, steps=3000, lr=5e-4, lr_sdf=1e-4, val_every=50,
-            pretrain_steps=2000, pretrain_batch=2, pretrain_time_limit_s=20 * 60, time_limit_s=75 * 60,
+            {"unet": _UNET_CPU, "hidden": 64}, steps=3000, lr=5e-4, lr_sdf=3e-4, sdf_updates=2, val_every=50,
+            pretrain_steps=2000, pretrain_batch=2, pretrain_time_limit_s=25 * 60, time_limit_s=80 * 60,
         ),
         "gpu": ImplicitMeshNetTrainConfig(
             {"unet": _UNET_GPU, "hidden": 128}, sdf_net=MeshToSDFConfig(64, (128, 64, 32, 16)).to_dict(),
@@ -175,14 +177,15 @@ def sdf_targets(verts: torch.Tensor, faces: torch.Tensor, shape, config: Implici
     return torch.stack([grid_sdf(v.detach(), faces, shape, scale, config.truncation, far_field=True) for v in verts])
 
 
-def sdf_step(g_net, optimizer, verts, faces, edge_index, shape, config) -> float:
-    """One ``g_phi`` update on the exact SDFs of detached meshes; returns the loss."""
+def sdf_step(g_net, optimizer, verts, faces, edge_index, shape, config, updates: int = 1) -> float:
+    """``updates`` ``g_phi`` updates on the exact SDFs of detached meshes (targets made once); returns the last loss."""
     target = sdf_targets(verts, faces, shape, config)
-    loss = sdf_loss(g_net(verts.detach(), edge_index, shape), target, config)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(g_net.parameters(), 5.0)
-    optimizer.step()
+    for _ in range(updates):
+        loss = sdf_loss(g_net(verts.detach(), edge_index, shape), target, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(g_net.parameters(), 5.0)
+        optimizer.step()
     return float(loss.detach())
 
 
@@ -321,7 +324,7 @@ def train_implicitmeshnet(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(f_net.parameters(), 5.0)
         opt_f.step()
-        terms["sdf_mse"] = sdf_step(g_net, opt_g, verts, faces, edge_index, images.shape[2:], config)
+        terms["sdf_mse"] = sdf_step(g_net, opt_g, verts, faces, edge_index, images.shape[2:], config, config.sdf_updates)
         step += 1
         window.append(terms)
         last = step >= config.steps or (config.time_limit_s and now() >= config.time_limit_s)
