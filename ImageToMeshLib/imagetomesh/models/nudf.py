@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -131,24 +132,23 @@ class NUDF(nn.Module):
 
         config = UDFMeshingConfig(**self.config.meshing)
         scale = isotropic_scale(images.shape[2:]).to(images.device)
-        voxel = float((2.0 / (torch.tensor(images.shape[2:], dtype=torch.float32) - 1.0) * scale.flip(0)).min())
+        voxel = 2.0 / (max(images.shape[2:]) - 1.0)  # one grid voxel in the isotropic frame
         meshes = []
         with torch.no_grad():
             features = self.encode(images)
         for b in range(images.shape[0]):
             feats = [f[b : b + 1] for f in features]
 
-            def udf(points_iso: torch.Tensor) -> torch.Tensor:
-                return self.query(feats, (points_iso / scale)[None], chunk=self.config.chunk)[0]
+            def udf(points_iso: torch.Tensor) -> torch.Tensor:  # CPU points in, CPU distances out
+                grid = points_iso.to(images.device) / scale
+                return self.query(feats, grid[None], chunk=self.config.chunk)[0].cpu()
 
             mesh = mesh_udf(udf, (-scale).cpu().numpy(), scale.cpu().numpy(), voxel, config, open_surface=open_surface)
             meshes.append(mesh.transformed(_diag_affine(1.0 / scale.cpu().numpy())))
         return meshes
 
 
-def _diag_affine(diag) -> "object":
-    import numpy as np
-
+def _diag_affine(diag) -> np.ndarray:
     affine = np.eye(4)
     affine[:3, :3] = np.diag(np.asarray(diag, dtype=np.float64))
     return affine
