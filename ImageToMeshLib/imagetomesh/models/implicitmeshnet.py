@@ -66,7 +66,7 @@ class ImplicitMeshNetConfig:
 
 
 class ChebStage(nn.Module):
-    """One deformation stage: ``(N, cin)`` vertex inputs -> hidden ``(N, hidden)`` and offsets ``(N, 3)``."""
+    """One deformation stage: ``(N, [B,] cin)`` vertex inputs -> hidden ``(N, [B,] hidden)`` and offsets ``(N, [B,] 3)``."""
 
     def __init__(self, cin: int, hidden: int, layers: int, k: int) -> None:
         super().__init__()
@@ -118,9 +118,8 @@ class ImplicitMeshNet(nn.Module):
         for s, stage in enumerate(self.stages):
             inputs = [sample_features(levels[s], verts), sample_features(levels[s + 1], verts), verts * scale]
             x = torch.cat(inputs + ([hidden] if hidden is not None else []), dim=-1)
-            results = [stage(x[b], edge_index) for b in range(batch)]
-            hidden = torch.stack([h for h, _ in results])
-            offsets = torch.stack([o for _, o in results])
+            hidden, offsets = stage(x.transpose(0, 1), edge_index)  # (N, B, C): one graph for the batch
+            hidden, offsets = hidden.transpose(0, 1), offsets.transpose(0, 1)
             verts = verts + c.offset_scale * offsets / scale
             if s == c.stages - 1 and c.smooth_iterations and not self.training:
                 # uniform Laplacian smoothing acts per coordinate, so grid or isotropic frame alike
@@ -211,11 +210,11 @@ class MeshToSDF(nn.Module):
     def forward(self, verts: torch.Tensor, edge_index: torch.Tensor, grid_shape) -> list[torch.Tensor]:
         scale = isotropic_scale(grid_shape).to(verts)
         shapes = level_shapes(grid_shape, len(self.config.channels))
-        x = torch.stack([self.encode_in(v * scale, edge_index) for v in verts])  # (B, N, g)
+        x = self.encode_in((verts * scale).transpose(0, 1), edge_index)  # (N, B, g): one graph for the batch
         outputs, y = [], None
         for l, (block, project, conv, head) in enumerate(zip(self.blocks, self.project, self.decoder, self.heads)):
-            x = torch.stack([block(xb, edge_index) for xb in x])
-            grid = splat_features(project(x), verts, shapes[l])
+            x = block(x, edge_index)
+            grid = splat_features(project(x).transpose(0, 1), verts, shapes[l])
             if y is not None:
                 y = F.interpolate(y, size=shapes[l], mode="trilinear", align_corners=True)
                 grid = torch.cat([grid, y], dim=1)

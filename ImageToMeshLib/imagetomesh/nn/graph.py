@@ -53,6 +53,8 @@ class GraphConv(nn.Module):
 class ChebConv(nn.Module):
     """Chebyshev spectral graph convolution of order K with the scaled sym-normalised Laplacian.
 
+    Features ``(N, C)`` or ``(N, B, C)`` (a batch of meshes sharing one graph).
+
     With ``lambda_max = 2``: ``L~ = L - I = -D^{-1/2} A D^{-1/2}``; ``T0 = x``, ``T1 = L~ x``,
     ``Tk = 2 L~ T(k-1) - T(k-2)``; output ``sum_k Tk Wk``.
     """
@@ -65,11 +67,14 @@ class ChebConv(nn.Module):
 
     @staticmethod
     def _scaled_laplacian_apply(x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """``L~ x`` for ``x`` ``(N, ...)`` (trailing dims, e.g. a batch, are carried along) as one
+        sparse matrix product (much faster on CPU than gather + ``index_add_`` for wide ``x``)."""
         src, dst = edge_index
-        degree = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device).index_add_(0, dst, torch.ones_like(dst, dtype=x.dtype))
+        n = x.shape[0]
+        degree = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, dst, torch.ones_like(dst, dtype=x.dtype))
         inv_sqrt = degree.clamp(min=1.0).rsqrt()
-        weights = inv_sqrt[src] * inv_sqrt[dst]
-        return -torch.zeros_like(x).index_add_(0, dst, x[src] * weights[:, None])
+        matrix = torch.sparse_coo_tensor(torch.stack([dst, src]), -inv_sqrt[src] * inv_sqrt[dst], (n, n), check_invariants=False)
+        return torch.sparse.mm(matrix.coalesce(), x.reshape(n, -1)).view(x.shape)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         t_prev, t_cur = x, None
