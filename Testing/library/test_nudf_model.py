@@ -121,3 +121,21 @@ def test_open_is_refused_by_models_that_only_close(tmp_path):
                                                          "grid": GridSpec((8, 8, 8), (1.0, 1.0, 1.0)).to_dict()})
     with pytest.raises(InputError, match="only makes closed surfaces"):
         Segmenter(str(tmp_path / "unet-tiny"), "cpu", open_surface=True)
+
+
+def test_cli_segment_open_with_a_closed_only_model_is_a_one_line_error(tmp_path, capsys):
+    from imagetomesh.cli import main
+    from imagetomesh.io.images import write_image
+    from imagetomesh.models.unet_mc import UNetMC, UNetMCConfig
+    from imagetomesh.nn.unet import UNetConfig
+    from imagetomesh.weights import save_weights
+
+    config = UNetMCConfig(unet=UNetConfig(base=2, depth=2))
+    save_weights(UNetMC(config), tmp_path / "unet-tiny", {"kind": "unet", "config": config.to_dict(),
+                                                         "grid": GridSpec((8, 8, 8), (1.0, 1.0, 1.0)).to_dict()})
+    write_image(Volume(np.zeros((8, 8, 8), np.float32)), tmp_path / "image.nii.gz")
+    code = main(["segment", str(tmp_path / "image.nii.gz"), "--model", str(tmp_path / "unet-tiny"),
+                 "-o", str(tmp_path / "out.stl"), "--open", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "only makes closed surfaces" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.stl").exists()
