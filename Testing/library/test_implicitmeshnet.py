@@ -196,3 +196,21 @@ def test_inference_smoothing_changes_only_the_eval_output_and_keeps_the_volume()
         smoothed, unsmoothed = model(image)[1][0][-1].verts, plain(image)[1][0][-1].verts
     assert not torch.allclose(smoothed, unsmoothed)
     assert smoothed.shape == unsmoothed.shape == trained.shape
+
+
+def test_bundled_model_segments_the_sample_hippocampus(samples):
+    """The bundled f_theta: loads from its card, gives a closed mesh in LPS mm over the organ."""
+    from imagetomesh.inference import Segmenter
+    from imagetomesh.io.images import read_image, read_labelmap
+    from imagetomesh.metrics import mesh_dice_iou
+    from imagetomesh.zoo import available_models
+
+    if "implicitmeshnet-hippocampus" not in available_models():
+        pytest.skip("implicitmeshnet-hippocampus is not installed")
+    segmenter = Segmenter("implicitmeshnet-hippocampus", device="cpu")
+    assert segmenter.model.card["training"]["data"]["licence"] == "CC-BY-SA 4.0"
+    mesh = segmenter.segment(read_image(samples / "hippocampus" / "hippocampus_024.nii.gz"))
+    check = check_mesh(mesh, self_intersections=False)
+    assert check.watertight and check.outward and len(mesh.vertices) == 2562
+    dice, _ = mesh_dice_iou(mesh, read_labelmap(samples / "hippocampus" / "hippocampus_024_label.nii.gz"))
+    assert dice > 0.7
