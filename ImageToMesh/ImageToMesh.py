@@ -93,6 +93,8 @@ KIND_LABELS = {
     "voxel2mesh": "Voxel2Mesh",
     "pixel2mesh3d": "Pixel2Mesh-3D",
     "unet": "U-Net + marching cubes",
+    "implicitmeshnet": "ImplicitMeshNet",
+    "nudf": "NUDF (neural unsigned distance field)",
     "dals": "DALS shape prior",
 }
 
