@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--split", default="test", choices=("test", "val"))
     parser.add_argument("--models", nargs="+", default=[
         "unet-hippocampus", "voxel2mesh-hippocampus@uniform", "voxel2mesh-hippocampus", "pixel2mesh3d-hippocampus",
-        "implicitmeshnet-hippocampus"])
+        "implicitmeshnet-hippocampus", "nudf-hippocampus"])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "hippocampus-results.md")
     parser.add_argument("--limit", type=int, default=None, help="first N cases only (quick look)")
     args = parser.parse_args()
