@@ -40,7 +40,7 @@ from imagetomesh.training.configs import HIPPOCAMPUS_GRID
 from imagetomesh.training.data import prepare_cases
 from imagetomesh.training.implicitmeshnet_shapes import random_shape
 from imagetomesh.training.msd import load_or_make_split, read_msd
-from imagetomesh.training.trainer import _batch, _hardware, validate
+from imagetomesh.training.trainer import _batch, _hardware, init_unet_from, validate
 from imagetomesh.weights import save_weights
 
 
@@ -279,12 +279,7 @@ def train_implicitmeshnet(
     f_net = ImplicitMeshNet(ImplicitMeshNetConfig(**config.model)).to(dev)
     g_net.load_state_dict(load_file(str(out / "sdf_pretrained.safetensors")))
     if init_from:
-        from imagetomesh.weights import load_state, read_card
-
-        state = load_state(init_from, read_card(init_from))
-        unet_state = {k: v for k, v in state.items() if k.startswith("unet.")}
-        missing = f_net.load_state_dict(unet_state, strict=False)
-        log(f"initialised {len(unet_state)} U-Net tensors from {init_from} ({len(missing.missing_keys)} others fresh)")
+        init_unet_from(f_net, init_from, log)
     opt_f = torch.optim.AdamW(f_net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     opt_g = torch.optim.AdamW(g_net.parameters(), lr=config.lr_sdf, weight_decay=config.weight_decay)
     step, best, elapsed = 0, None, 0.0

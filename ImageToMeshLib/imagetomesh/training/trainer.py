@@ -46,6 +46,17 @@ def rescale_one_cycle(scheduler_state: dict, total_steps: int, pct_start: float 
     return state
 
 
+def init_unet_from(model: torch.nn.Module, folder: str | Path, log=print) -> None:
+    """Load the ``unet.*`` tensors of the model saved in ``folder`` (checked weights) into ``model``;
+    its other parameters keep their fresh initialisation."""
+    from imagetomesh.weights import load_state, read_card
+
+    state = load_state(folder, read_card(folder))
+    unet_state = {k: v for k, v in state.items() if k.startswith("unet.")}
+    missing = model.load_state_dict(unet_state, strict=False)
+    log(f"initialised {len(unet_state)} U-Net tensors from {folder} ({len(missing.missing_keys)} others fresh)")
+
+
 def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -131,12 +142,7 @@ def train(
 
     model = build_model(config.kind, config.model).to(dev)
     if init_from:
-        from imagetomesh.weights import load_state, read_card
-
-        state = load_state(init_from, read_card(init_from))
-        unet_state = {k: v for k, v in state.items() if k.startswith("unet.")}
-        missing = model.load_state_dict(unet_state, strict=False)
-        log(f"initialised {len(unet_state)} U-Net tensors from {init_from} ({len(missing.missing_keys)} others fresh)")
+        init_unet_from(model, init_from, log)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps, pct_start=0.05)
     step, best = 0, None
