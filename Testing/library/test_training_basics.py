@@ -76,3 +76,23 @@ def test_augment_keeps_shapes_and_binary_labels():
     still = AugmentConfig(flip=0, rotate_deg=0, scale=0, intensity_scale=0, intensity_shift=0, noise=0)
     img, lab = augment(image, label, still, g)
     assert torch.equal(lab, label) and torch.allclose(img, image, atol=1e-5)
+
+
+def test_init_unet_from_copies_only_the_unet(tmp_path):
+    from imagetomesh.models.registry import build_model
+    from imagetomesh.training.trainer import init_unet_from
+    from imagetomesh.weights import save_weights
+
+    unet = {"in_channels": 1, "num_classes": 2, "base": 4, "depth": 3, "norm": "batch"}
+    torch.manual_seed(0)
+    source = build_model("unet", {"unet": unet})
+    save_weights(source, tmp_path / "unet", {"kind": "unet", "config": {"unet": unet}})
+    torch.manual_seed(1)
+    target = build_model("voxel2mesh", {"unet": unet, "hidden": 8, "stages": 2})
+    decoder_before = {k: v.clone() for k, v in target.state_dict().items() if not k.startswith("unet.")}
+    seen = []
+    init_unet_from(target, tmp_path / "unet", seen.append)
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+    assert all(torch.equal(target.state_dict()[k], v) for k, v in decoder_before.items())
+    assert "U-Net tensors" in seen[0]
