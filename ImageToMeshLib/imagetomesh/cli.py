@@ -184,6 +184,19 @@ def cmd_segment(args) -> int:
 
 
 # --- models -----------------------------------------------------------------------------
+def _format_metrics(metrics: dict, prefix: str = "") -> str:
+    """``{"a": 0.12345, "mesh": {"b": 1}}`` -> ``"a 0.123, mesh.b 1"`` (nested blocks flattened)."""
+    parts = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            parts.append(_format_metrics(value, f"{prefix}{key}."))
+        elif isinstance(value, float):
+            parts.append(f"{prefix}{key} {value:.3f}")
+        else:
+            parts.append(f"{prefix}{key} {value}")
+    return ", ".join(parts)
+
+
 def cmd_models(args) -> int:
     from imagetomesh.weights import read_card
     from imagetomesh.zoo import available_models
@@ -206,8 +219,7 @@ def cmd_models(args) -> int:
             print(f"    data      {data.get('name', '')} ({data.get('licence', 'licence unknown')})")
         metrics = card.get("test_metrics") or card.get("validation_metrics") or {}
         if metrics:
-            shown = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
-            print(f"    metrics   {shown}")
+            print(f"    metrics   {_format_metrics(metrics)}")
         print(f"    folder    {folder}")
     return 0
 

@@ -159,3 +159,15 @@ def test_help_everywhere(capsys):
             main([command, "--help"])
         assert exit_info.value.code == 0
         assert "usage" in capsys.readouterr().out
+
+
+def test_models_lists_every_bundled_model_with_flat_metrics(capsys):
+    from imagetomesh.cli import _format_metrics
+    from imagetomesh.zoo import available_models
+
+    assert _format_metrics({"a": 0.12345, "mesh": {"b": 1, "c": {"d": 2.0}}}) == "a 0.123, mesh.b 1, mesh.c.d 2.000"
+    code, out, _ = run(["models"], capsys)
+    assert code == 0
+    for name in available_models():
+        assert f"\n{name}\n" in f"\n{out}"
+    assert "{" not in out, "nested metric blocks are flattened"
