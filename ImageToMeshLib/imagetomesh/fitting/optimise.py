@@ -76,7 +76,7 @@ class FitSettings:
     optimise_pose: bool = True
     template_level: "int | None" = None
     bf16: "bool | str" = "auto"
-    coarse_fraction: float = 0.8
+    coarse_fraction: float = 0.9
 
 
 @dataclass
