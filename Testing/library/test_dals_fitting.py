@@ -245,3 +245,14 @@ def test_coarse_to_fine_fit_is_as_good_as_the_full_template_fit(tiny_prior, targ
         assert result.verts.shape[0] == tiny_prior.template()[0].shape[0]
         losses[fraction] = result.task_loss
     assert losses[0.8] < 1.25 * losses[0.0]
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3, 10])
+def test_short_coarse_to_fine_fits_end_on_the_full_template(tiny_prior, target_points, iterations):
+    from imagetomesh.fitting.optimise import FitSettings, chamfer, run_fit
+
+    target = torch.tensor((target_points - CENTRE) / AXES.max(), dtype=torch.float32)
+    settings = FitSettings(lambda_dir=0.2, lambda_reg=1e-3, iterations=iterations, coarse_fraction=0.9, bf16=False)
+    result = run_fit(tiny_prior, lambda v, f: chamfer(v, target), settings)
+    verts, faces = tiny_prior.template()
+    assert result.verts.shape == tuple(verts.shape) and result.faces.shape == tuple(faces.shape)

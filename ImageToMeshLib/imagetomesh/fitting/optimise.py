@@ -184,7 +184,10 @@ def run_fit(
     """
     device = prior.device
     fine_level = prior.config.fit_template_level if settings.template_level is None else int(settings.template_level)
-    n_coarse = int(round(settings.iterations * settings.coarse_fraction)) if fine_level > 0 else 0
+    # at least the last iteration runs on the full template, so the result always has its vertices
+    n_coarse = 0
+    if fine_level > 0:
+        n_coarse = min(int(round(settings.iterations * settings.coarse_fraction)), settings.iterations - 1)
     stages = [(fine_level - 1, n_coarse), (fine_level, settings.iterations - n_coarse)]
     stages = [(level, n) for level, n in stages if n > 0]
     mirror = torch.as_tensor(MIRROR_L if mirrored else np.eye(3), dtype=torch.float32, device=device)
