@@ -108,20 +108,29 @@ def _check_mesh_output(path: Path) -> None:
         raise InputError(f"output {path} needs a mesh extension: one of {', '.join(MESH_SUFFIXES)}")
 
 
-# --- fit points ------------------------------------------------------------------------------
-def cmd_fit_points(args) -> int:
-    from imagetomesh.fitting import fit_points, load_prior
-    from imagetomesh.io.markups import read_points
+def _run_fit(args, label: str, read, fit, summary) -> int:
+    """The fit commands' common run: check the output path, load the prior, ``read()`` the
+    observations, ``fit(observations, prior, ...)`` with a progress bar, write with ``summary(observations)``."""
+    from imagetomesh.fitting import load_prior
 
     _check_mesh_output(args.output)
     prior = load_prior(args.prior, device=_fit_kwargs(args)["device"])
-    points = read_points(args.points)
-    bar = _Bar("fit points")
+    observations = read()
+    bar = _Bar(label)
     try:
-        mesh = fit_points(points, prior, progress=bar, **_fit_kwargs(args))
+        mesh = fit(observations, prior, progress=bar, **_fit_kwargs(args))
     finally:
         bar.close()
-    return _finish(mesh, args, f"fitted to {len(points)} points")
+    return _finish(mesh, args, summary(observations))
+
+
+# --- fit points ------------------------------------------------------------------------------
+def cmd_fit_points(args) -> int:
+    from imagetomesh.fitting import fit_points
+    from imagetomesh.io.markups import read_points
+
+    return _run_fit(args, "fit points", lambda: read_points(args.points), fit_points,
+                    lambda points: f"fitted to {len(points)} points")
 
 
 # --- fit curves ------------------------------------------------------------------------------
@@ -147,33 +156,19 @@ def read_curves(paths: list[Path]) -> list:
 
 
 def cmd_fit_curves(args) -> int:
-    from imagetomesh.fitting import fit_curves, load_prior
+    from imagetomesh.fitting import fit_curves
 
-    _check_mesh_output(args.output)
-    prior = load_prior(args.prior, device=_fit_kwargs(args)["device"])
-    curves = read_curves(args.curves)
-    bar = _Bar("fit curves")
-    try:
-        mesh = fit_curves(curves, prior, progress=bar, **_fit_kwargs(args))
-    finally:
-        bar.close()
-    return _finish(mesh, args, f"fitted to {len(curves)} curve(s)")
+    return _run_fit(args, "fit curves", lambda: read_curves(args.curves), fit_curves,
+                    lambda curves: f"fitted to {len(curves)} curve(s)")
 
 
 # --- refine ------------------------------------------------------------------------------------
 def cmd_refine(args) -> int:
-    from imagetomesh.fitting import load_prior, refine_labelmap
+    from imagetomesh.fitting import refine_labelmap
     from imagetomesh.io.images import read_labelmap
 
-    _check_mesh_output(args.output)
-    prior = load_prior(args.prior, device=_fit_kwargs(args)["device"])
-    mask = read_labelmap(args.label_file, args.label)
-    bar = _Bar("refine")
-    try:
-        mesh = refine_labelmap(mask, prior, progress=bar, **_fit_kwargs(args))
-    finally:
-        bar.close()
-    return _finish(mesh, args, "refined labelmap")
+    return _run_fit(args, "refine", lambda: read_labelmap(args.label_file, args.label), refine_labelmap,
+                    lambda mask: "refined labelmap")
 
 
 # --- train dals --------------------------------------------------------------------------------
