@@ -12,6 +12,7 @@ from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
 from imagetomesh.geometry.isosurface import labelmap_to_mesh
 from imagetomesh.geometry.quality import check_mesh, orient_outward, repair_mesh
+from imagetomesh.geometry.untangle import untangle
 from imagetomesh.preprocessing import GridSpec, prepare_image
 from imagetomesh.zoo import LoadedModel, load_model
 
@@ -24,11 +25,13 @@ def grid_volume(array: np.ndarray, transform: GridTransform) -> Volume:
 
 
 def finish_mesh(mesh: Mesh) -> Mesh:
-    """Post-processing of every predicted mesh: outward faces; repaired if it is not watertight."""
+    """Post-processing of every predicted closed mesh: outward faces; repaired if it is not
+    watertight; local folds smoothed away (:func:`~imagetomesh.geometry.untangle.untangle`:
+    template-deforming models can push a few vertices through the opposite wall of a thin part)."""
     mesh = orient_outward(mesh)
     if not check_mesh(mesh, self_intersections=False).watertight:
         mesh = repair_mesh(mesh, remove_self_intersections=False)
-    return mesh
+    return untangle(mesh)
 
 
 class Segmenter:

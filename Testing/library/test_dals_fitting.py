@@ -204,26 +204,6 @@ def test_empty_labelmap(tiny_prior):
         refine_labelmap(np.ones((8, 8, 8)), tiny_prior, iterations=1)
 
 
-def test_untangle_pulls_out_a_fold_and_keeps_the_rest():
-    from imagetomesh.core.mesh import Mesh
-    from imagetomesh.fitting.remesh import self_intersecting_faces, untangle
-
-    verts, faces = icosphere(3)
-    verts = verts.numpy().astype(np.float64) * 10.0
-    folded = verts.copy()
-    top = np.argmax(verts[:, 2])
-    folded[top] = [0.0, 0.0, -12.0]  # a spike pushed through the far side of the sphere
-    mesh = Mesh(folded, faces.numpy())
-    assert self_intersecting_faces(mesh).any()
-    fixed = untangle(mesh)
-    assert not self_intersecting_faces(fixed).any()
-    assert (fixed.faces == mesh.faces).all()
-    pierced = np.array([0.0, 0.0, -10.0])
-    far = (np.linalg.norm(verts - verts[top], axis=1) > 8.0) & (np.linalg.norm(verts - pierced, axis=1) > 8.0)
-    assert far.sum() > 200
-    assert np.allclose(fixed.vertices[far], folded[far])
-
-
 def test_prolonged_values_follow_the_icosphere_nesting(tiny_prior):
     from imagetomesh.fitting.optimise import prolong
 

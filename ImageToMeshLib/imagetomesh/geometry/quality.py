@@ -30,6 +30,7 @@ __all__ = [
     "MeshCheck",
     "check_mesh",
     "count_self_intersecting_faces",
+    "self_intersecting_faces",
     "repair_mesh",
     "orient_outward",
     "is_watertight",
@@ -273,13 +274,18 @@ def _reorient_coherently(mesh: Mesh) -> Mesh:
     return result if result.num_vertices == mesh.num_vertices else mesh
 
 
-def count_self_intersecting_faces(mesh: Mesh) -> int:
-    """Number of faces that intersect a face they do not share a vertex or edge with (pymeshlab)."""
+def self_intersecting_faces(mesh: Mesh) -> np.ndarray:
+    """``(F,)`` bool: the faces that intersect a face they share no vertex or edge with (pymeshlab)."""
     if mesh.num_faces == 0:
-        return 0
+        return np.zeros(0, dtype=bool)
     meshset = _to_meshset(mesh)
     meshset.compute_selection_by_self_intersections_per_face()
-    return int(meshset.current_mesh().selected_face_number())
+    return np.asarray(meshset.current_mesh().face_selection_array(), dtype=bool)
+
+
+def count_self_intersecting_faces(mesh: Mesh) -> int:
+    """Number of :func:`self_intersecting_faces`."""
+    return int(self_intersecting_faces(mesh).sum())
 
 
 # --- public checks -----------------------------------------------------------------------
