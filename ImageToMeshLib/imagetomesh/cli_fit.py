@@ -31,6 +31,18 @@ def _lambda(name: str):
     return parse
 
 
+def _finite_weight(name: str):
+    lam = _lambda(name)
+
+    def parse(text: str) -> float:
+        value = lam(text)
+        if value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number >= 0, got {text}")
+        return value
+
+    return parse
+
+
 def _positive_int(name: str):
     def parse(text: str) -> int:
         try:
@@ -167,7 +179,11 @@ def cmd_refine(args) -> int:
     from imagetomesh.fitting import refine_labelmap
     from imagetomesh.io.images import read_labelmap
 
-    return _run_fit(args, "refine", lambda: read_labelmap(args.label_file, args.label), refine_labelmap,
+    from imagetomesh.fitting.tasks import REFINE_COVERAGE
+
+    coverage = REFINE_COVERAGE if args.coverage is None else args.coverage
+    return _run_fit(args, "refine", lambda: read_labelmap(args.label_file, args.label),
+                    lambda mask, prior, **kwargs: refine_labelmap(mask, prior, coverage=coverage, **kwargs),
                     lambda mask: "refined labelmap")
 
 
@@ -227,6 +243,9 @@ def add_fit_commands(subparsers) -> None:
     p = subparsers.add_parser("refine", help="refine a labelmap with a DALS shape prior into a smooth watertight surface")
     p.add_argument("label_file", metavar="LABEL", type=Path, help="labelmap image (NIfTI, NRRD, MHA, DICOM folder)")
     p.add_argument("--label", type=int, default=None, help="label value to refine (default: every non-zero voxel)")
+    p.add_argument("--coverage", type=_finite_weight("--coverage"), default=None,
+                   help="weight of the term pulling the surface over the whole mask boundary "
+                        "(default 3, tuned on validation; 0 = the DALS paper's loss alone)")
     _add_fit_options(p)
     p.set_defaults(func=cmd_refine)
 

@@ -132,6 +132,14 @@ def test_empty_labelmap(samples, tmp_path, capsys):
     expect_error(["refine", empty, "--prior", "dals-hippocampus", "-o", out], capsys, out, "empty")
 
 
+def test_refine_coverage_must_be_finite(samples, tmp_path, capsys):
+    out = tmp_path / "x.stl"
+    with pytest.raises(SystemExit) as exc:
+        run(["refine", samples / HIPPO_LABEL, "--coverage", "inf", "--prior", "dals-hippocampus", "-o", out], capsys)
+    assert exc.value.code == 2
+    assert "--coverage must be a finite number" in capsys.readouterr().err and not out.exists()
+
+
 def test_missing_label_value(samples, tmp_path, capsys):
     out = tmp_path / "x.stl"
     expect_error(["refine", samples / HIPPO_LABEL, "--label", "7", "--prior", "dals-hippocampus", "-o", out],

@@ -107,6 +107,44 @@ def test_refine_labelmap_of_an_ellipsoid(tiny_prior):
     assert mesh_dice_iou(mesh, mask)[0] > 0.9
 
 
+def test_coverage_loss_matches_brute_force_and_ignores_far_points():
+    from imagetomesh.fitting.tasks import SURFACE_SAMPLES, coverage_loss
+    from imagetomesh.geometry.sampling import sample_points_on_mesh
+
+    verts, faces = icosphere(2)
+    verts = verts.double().requires_grad_(True)
+    boundary = torch.randn(300, 3, dtype=torch.float64) * 0.7
+    scale = 0.2
+    fast = coverage_loss(verts, faces, boundary, scale=scale, generator=torch.Generator().manual_seed(3))
+    samples = sample_points_on_mesh(verts, faces, SURFACE_SAMPLES, generator=torch.Generator().manual_seed(3))
+    surface = torch.cat([verts, samples])
+    d2 = torch.stack([((surface - b) ** 2).sum(1).min() for b in boundary])  # every pair, one point at a time
+    slow = scale * (d2 / (d2 + scale ** 2)).mean()
+    torch.testing.assert_close(fast, slow)
+    (grad_fast,) = torch.autograd.grad(fast, verts)
+    (grad_slow,) = torch.autograd.grad(slow, verts)
+    torch.testing.assert_close(grad_fast, grad_slow)
+
+    # a point far off the surface adds at most scale / M and pulls (almost) nothing
+    on_sphere = verts.detach()[:50].clone()
+    far = torch.tensor([[0.0, 0.0, 30.0]], dtype=torch.float64)
+    moving = verts.detach().clone().requires_grad_(True)
+    near_only = coverage_loss(moving, faces, on_sphere * 1.05, scale=scale, generator=torch.Generator().manual_seed(0))
+    with_far = coverage_loss(moving, faces, torch.cat([on_sphere * 1.05, far]), scale=scale,
+                             generator=torch.Generator().manual_seed(0))
+    assert float(with_far) * 51 - float(near_only) * 50 <= scale + 1e-9
+    (g,) = torch.autograd.grad(with_far * 51 - near_only * 50, moving)
+    assert float(g.norm()) < 1e-3
+
+
+def test_refine_coverage_weight_is_checked(tiny_prior):
+    mask = Volume(np.pad(np.ones((6, 6, 6), np.uint8), 4), [1.0, 1.0, 1.0])
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(InputError, match="coverage"):
+            refine_labelmap(mask, tiny_prior, iterations=1, coverage=bad)
+    assert_good_mesh(refine_labelmap(mask, tiny_prior, iterations=2, coverage=0.0))
+
+
 def test_saved_prior_loads_by_folder(tiny_prior, tmp_path):
     card = {"kind": "dals", "config": tiny_prior.config.to_dict(), "mean_latent": tiny_prior.mean_latent.tolist(),
             "paired": True, "latent_std": 0.1}

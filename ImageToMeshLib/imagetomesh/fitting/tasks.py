@@ -9,6 +9,11 @@ optionally remeshed isotropically.
 
 Defaults (``None``) are the DALS paper's per task: points ``lambda_reg 1e-3, lambda_dir 0.2``;
 curves ``lambda_reg 1e-2, lambda_dir 100``; labelmap ``lambda_reg 0, lambda_dir inf``.
+
+The labelmap task adds one term to the paper's loss (see :func:`refine_labelmap`): a robust
+*coverage* of the mask's boundary by the surface. The paper's ``mean U(x_v)`` is one-sided: it
+is zero for any surface whose vertices all lie somewhere on the boundary, so a fit can leave
+parts of the organ uncovered (a missing slab let the surface settle on one piece).
 """
 from __future__ import annotations
 
@@ -48,6 +53,13 @@ MIRROR_PROBE_ITERATIONS = 60
 #: They run on a template this many levels coarser than the fit's (162 vertices for 2,562): the
 #: side is decided by the overall shape.
 MIRROR_PROBE_COARSENING = 2
+#: Labelmap task: weight of the boundary-coverage term (0: the paper's loss alone) and the
+#: distance (mm) beyond which a boundary point stops pulling (spurious blobs further away are
+#: ignored); chosen on the validation hippocampi (docs/dals-results.md).
+REFINE_COVERAGE = 3.0
+COVERAGE_SCALE_MM = 1.0
+#: Points sampled on the mask's boundary for the coverage term.
+BOUNDARY_SAMPLES = 4000
 
 
 def _settings(task: str, lambda_dir, lambda_reg, iterations) -> FitSettings:
@@ -209,23 +221,50 @@ def labelmap_frame(mask: Volume) -> ShapeNormalisation:
     return ShapeNormalisation.of_points(sample_surface(surface, 4096, seed=0))
 
 
+def coverage_loss(verts: torch.Tensor, faces: torch.Tensor, boundary: torch.Tensor, scale: float = 1.0,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Robust mean distance from boundary points to the surface (Geman-McClure).
+
+    For each boundary point ``b`` (``boundary`` ``(M, 3)``), ``d_b`` is the distance to the nearest
+    of the surface's vertices and ``SURFACE_SAMPLES`` points sampled on its faces
+    (``verts`` ``(V, 3)``, ``faces`` ``(F, 3)``); the loss is ``scale * mean_b rho(d_b / scale)``
+    with ``rho(t) = t^2 / (1 + t^2)``: quadratic near the surface, flat beyond ``scale``, so
+    far boundary points (a spurious blob) barely pull. Differentiable in ``verts``.
+    """
+    samples = sample_points_on_mesh(verts, faces, SURFACE_SAMPLES, generator=generator)
+    surface = torch.cat([verts, samples])
+    _, nearest = cKDTree(surface.detach().cpu().numpy()).query(boundary.detach().cpu().numpy())
+    nearest = torch.as_tensor(np.asarray(nearest, dtype=np.int64), device=surface.device)
+    d2 = ((boundary - surface[nearest]) ** 2).sum(1)
+    return scale * (d2 / (d2 + scale ** 2)).mean()
+
+
 def refine_labelmap(mask: Volume, prior, lambda_dir=None, lambda_reg=None, iterations=None, remesh=False,
-                    device="cpu", progress: Progress = None) -> Mesh:
+                    device="cpu", progress: Progress = None, coverage: float = REFINE_COVERAGE) -> Mesh:
     """Fit a DALS prior to a (possibly flawed) binary labelmap: a smooth organ-shaped surface.
 
-    Loss: mean over vertices of the unsigned distance ``U`` to the mask's boundary, with the
-    Sobel gradient image as its gradient (:mod:`imagetomesh.fitting.distance_field`);
-    initialised at the centre and scale of the mask's main connected components (specks
-    smaller than a tenth of the largest component are ignored there, not in the loss).
+    Loss: the paper's mean over vertices of the unsigned distance ``U`` to the mask's boundary
+    (with the Sobel gradient image as its gradient, :mod:`imagetomesh.fitting.distance_field`)
+    plus ``coverage`` times :func:`coverage_loss` of ``BOUNDARY_SAMPLES`` points on the mask's
+    boundary (scale ``COVERAGE_SCALE_MM``); initialised at the centre and scale of the mask's
+    main connected components (specks smaller than a tenth of the largest component are ignored
+    there, not in the loss).
 
     Args:
         mask: :class:`Volume` whose nonzero voxels are the structure.
+        coverage: weight of the coverage term, ``>= 0`` (0: the paper's loss alone).
         Other arguments as :func:`fit_points`.
 
     Returns:
         A watertight, outward :class:`Mesh` in LPS mm.
     """
+    from imagetomesh.geometry.isosurface import labelmap_to_mesh
+    from imagetomesh.metrics import sample_surface
+
     settings = _settings("labelmap", lambda_dir, lambda_reg, iterations)
+    coverage = float(coverage)
+    if not coverage >= 0 or math.isinf(coverage):
+        raise InputError(f"coverage must be a finite weight >= 0, got {coverage}")
     dev = _device(device)
     if not isinstance(mask, Volume):
         raise InputError("refine_labelmap needs a Volume; load the labelmap with imagetomesh.io.read_labelmap first")
@@ -236,8 +275,16 @@ def refine_labelmap(mask: Volume, prior, lambda_dir=None, lambda_reg=None, itera
     field = DistanceField(mask, device=dev)
     centre = torch.as_tensor(frame.centre, dtype=torch.float32, device=dev)
     scale = float(frame.scale)
+    binary = mask.with_array((np.asarray(mask.array) != 0).astype(np.uint8))
+    boundary_lps = sample_surface(labelmap_to_mesh(binary, smoothing=0.0), BOUNDARY_SAMPLES, seed=0)
+    boundary = torch.as_tensor(frame.to_normalised(boundary_lps), dtype=torch.float32, device=dev)
+    generator = torch.Generator(device=dev).manual_seed(0)
 
     def loss(verts, faces):
-        return sample_distance(centre + scale * verts, field).mean() / scale
+        distance = sample_distance(centre + scale * verts, field).mean() / scale
+        if coverage == 0:
+            return distance
+        return distance + coverage * coverage_loss(verts, faces, boundary, scale=COVERAGE_SCALE_MM / scale,
+                                                   generator=generator)
 
     return _fit(prior, loss, frame, settings, progress, remesh)
