@@ -59,17 +59,24 @@ def resample_closed(points: np.ndarray, count: int = CURVE_SAMPLES) -> np.ndarra
     return np.stack([np.interp(t, arc, closed[:, a]) for a in range(3)], axis=1)
 
 
+def lps_points(points, what: str) -> np.ndarray:
+    """``points`` as an ``(N, 3)`` float64 array of finite LPS coordinates, else :class:`InputError`
+    naming ``what`` (``"points"``, ``"curve 2"``)."""
+    try:
+        array = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{what}: not an array of (x, y, z) LPS points") from None
+    if array.ndim != 2 or array.shape[1] != 3:
+        raise InputError(f"{what}: must be an (N, 3) array of LPS points, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise InputError(f"{what}: NaN/Inf coordinates; remove those points")
+    return array
+
+
 def planar_curve(points, index: int = 0) -> PlanarCurve:
     """Check one annotated curve and put it in its best-fit plane (see the module docstring)."""
     name = f"curve {index + 1}"
-    try:
-        points = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} is not an array of (x, y, z) points") from None
-    if points.ndim != 2 or points.shape[1] != 3:
-        raise InputError(f"{name} must be an (N, 3) array of LPS points, got shape {points.shape}")
-    if not np.isfinite(points).all():
-        raise InputError(f"{name} has NaN/Inf coordinates; remove those points")
+    points = lps_points(points, name)
     if len(points) < 3:
         raise InputError(f"{name} has {len(points)} point(s); a curve needs at least 3 points to define its plane")
     centre = points.mean(0)

@@ -30,7 +30,7 @@ from scipy.spatial import cKDTree
 from imagetomesh.core.mesh import Mesh
 from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
-from imagetomesh.fitting.curves import CurveLoss, planar_curves
+from imagetomesh.fitting.curves import CurveLoss, lps_points, planar_curves
 from imagetomesh.fitting.distance_field import DistanceField, sample_distance
 from imagetomesh.fitting.optimise import FitResult, FitSettings, chamfer, run_fit
 from imagetomesh.fitting.prior import Prior, load_prior
@@ -92,18 +92,6 @@ def _device(device) -> torch.device:
     return dev
 
 
-def _points_array(points, what: str) -> np.ndarray:
-    try:
-        array = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} must be an (N, 3) array of LPS points") from None
-    if array.ndim != 2 or array.shape[1] != 3:
-        raise InputError(f"{what} must be an (N, 3) array of LPS points, got shape {array.shape}")
-    if not np.isfinite(array).all():
-        raise InputError(f"{what} contain NaN/Inf coordinates; remove those points")
-    return array
-
-
 def _fit(prior: Prior, loss: Callable, frame: ShapeNormalisation, settings: FitSettings,
          progress: Progress, remesh: bool) -> Mesh:
     """Run the fit (for a paired prior: short shared-latent fits of both orientations pick the
@@ -146,7 +134,7 @@ def fit_points(points, prior, lambda_dir=None, lambda_reg=None, iterations=None,
     """
     settings = _settings("points", lambda_dir, lambda_reg, iterations)
     dev = _device(device)
-    pts = _points_array(points, "points")
+    pts = lps_points(points, "points")
     if len(pts) < 4:
         raise InputError(f"{len(pts)} point(s) given; fitting a surface needs at least 4 points on it")
     centred = pts - pts.mean(0)
