@@ -96,3 +96,28 @@ def test_init_unet_from_copies_only_the_unet(tmp_path):
         assert torch.equal(target.state_dict()[key], value), key
     assert all(torch.equal(target.state_dict()[k], v) for k, v in decoder_before.items())
     assert "U-Net tensors" in seen[0]
+
+
+def test_run_checkpoint_round_trip(tmp_path):
+    from imagetomesh.training.checkpoint import RunCheckpoint
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    checkpoint = RunCheckpoint(tmp_path / "checkpoint.pt", model=model, optimizer=optimizer)
+    assert checkpoint.load("cpu") is None  # nothing saved yet
+    checkpoint.save(7, best=0.25, elapsed=12.5)
+
+    fresh = torch.nn.Linear(3, 2)
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    seen = []
+    restored = RunCheckpoint(tmp_path / "checkpoint.pt", {"optimizer": lambda s: seen.append(s) or s},
+                             model=fresh, optimizer=fresh_opt)
+    assert restored.load("cpu") == (7, 0.25, 12.5)
+    assert len(seen) == 1
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    assert fresh_opt.state_dict()["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"]
+    assert not list(tmp_path.glob("*tmp*"))

@@ -37,6 +37,7 @@ from imagetomesh.nn.sdf import grid_sdf, inside_mask
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.augment import AugmentConfig
 from imagetomesh.training.configs import HIPPOCAMPUS_GRID
+from imagetomesh.training.checkpoint import RunCheckpoint
 from imagetomesh.training.data import prepare_cases
 from imagetomesh.training.implicitmeshnet_shapes import random_shape
 from imagetomesh.training.msd import load_or_make_split, read_msd
@@ -216,20 +217,16 @@ def pretrain_sdf(g_net: MeshToSDF, config: ImplicitMeshNetTrainConfig, out: Path
     scale = isotropic_scale(shape)
     optimizer = torch.optim.AdamW(g_net.parameters(), lr=config.pretrain_lr, weight_decay=config.weight_decay)
     step, elapsed = 0, 0.0
-    ckpt = out / "pretrain.pt"
-    if ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        g_net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
+    checkpoint = RunCheckpoint(out / "pretrain.pt", model=g_net, optimizer=optimizer)
+    resumed = checkpoint.load(device)
+    if resumed:
+        step, _, elapsed = resumed
         log(f"pretraining resumed from step {step}")
     generator = torch.Generator().manual_seed(seed + 7 + step)
     started, window = time.time(), []
 
     def save_checkpoint() -> None:
-        with atomic_write(ckpt) as tmp:
-            torch.save({"model": g_net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                        "elapsed": elapsed + time.time() - started}, tmp)
+        checkpoint.save(step, elapsed=elapsed + time.time() - started)
 
     g_net.train()
     while step < config.pretrain_steps:
@@ -283,14 +280,10 @@ def train_implicitmeshnet(
     opt_f = torch.optim.AdamW(f_net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     opt_g = torch.optim.AdamW(g_net.parameters(), lr=config.lr_sdf, weight_decay=config.weight_decay)
     step, best, elapsed = 0, None, 0.0
-    checkpoint = out / "checkpoint.pt"
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=dev, weights_only=True)
-        f_net.load_state_dict(state["model"])
-        g_net.load_state_dict(state["sdf_net"])
-        opt_f.load_state_dict(state["optimizer"])
-        opt_g.load_state_dict(state["sdf_optimizer"])
-        step, best, elapsed = int(state["step"]), state.get("best"), float(state.get("elapsed", 0.0))
+    checkpoint = RunCheckpoint(out / "checkpoint.pt", model=f_net, sdf_net=g_net, optimizer=opt_f, sdf_optimizer=opt_g)
+    resumed = checkpoint.load(dev)
+    if resumed:
+        step, best, elapsed = resumed
         log(f"resumed from step {step}")
     generator = torch.Generator().manual_seed(seed + step)
     template = f_net.template(config.grid.shape, dev)
@@ -338,9 +331,7 @@ def train_implicitmeshnet(
                 save_weights(f_net, out / "best", dict(card_base, metrics=dict(metrics, step=step), steps=step))
             with atomic_write(out / "sdf_net.safetensors") as tmp:
                 save_file({k: v.detach().cpu().contiguous() for k, v in g_net.state_dict().items()}, str(tmp))
-            with atomic_write(checkpoint) as tmp:
-                torch.save({"model": f_net.state_dict(), "sdf_net": g_net.state_dict(), "optimizer": opt_f.state_dict(),
-                            "sdf_optimizer": opt_g.state_dict(), "step": step, "best": best, "elapsed": now()}, tmp)
+            checkpoint.save(step, best, now())
     final = validate(f_net, config.kind, val_cases, dev)
     final["val_mesh_dice"] = mesh_dice(f_net, val_cases, dev)
     save_weights(f_net, out / "final", dict(card_base, metrics=dict(final, step=step), steps=step))

@@ -27,6 +27,7 @@ from imagetomesh.io.atomic import atomic_write
 from imagetomesh.models.nudf import NUDF, NUDFConfig
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.augment import AugmentConfig, augment
+from imagetomesh.training.checkpoint import RunCheckpoint
 from imagetomesh.training.configs import HIPPOCAMPUS_GRID
 from imagetomesh.training.data import PreparedCase, prepare_cases
 from imagetomesh.training.msd import load_or_make_split, read_msd
@@ -147,13 +148,11 @@ def train_nudf(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps, pct_start=0.05)
     step, best, elapsed = 0, None, 0.0
-    checkpoint = out / "checkpoint.pt"
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=dev, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(rescale_one_cycle(state["scheduler"], config.steps))
-        step, best, elapsed = int(state["step"]), state.get("best"), float(state.get("elapsed", 0.0))
+    checkpoint = RunCheckpoint(out / "checkpoint.pt", {"scheduler": lambda saved: rescale_one_cycle(saved, config.steps)},
+                               model=model, optimizer=optimizer, scheduler=scheduler)
+    resumed = checkpoint.load(dev)
+    if resumed:
+        step, best, elapsed = resumed
         generator.manual_seed(seed + step)
         log(f"resumed from step {step}")
     card_base = {
@@ -193,9 +192,7 @@ def train_nudf(
             if best is None or metrics["val_l1"] < best:
                 best = metrics["val_l1"]
                 save_model("best", dict(metrics, step=step))
-            with atomic_write(checkpoint) as tmp:
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "step": step, "best": best, "elapsed": now}, tmp)
+            checkpoint.save(step, best, now)
     save_model("final", validate(model, val_pools, config.val_points, dev))
     return out / "best"
 

@@ -21,6 +21,7 @@ from imagetomesh.io.atomic import atomic_write
 from imagetomesh.models.registry import build_model
 from imagetomesh.models.voxel2mesh import isotropic_scale
 from imagetomesh.training.augment import augment
+from imagetomesh.training.checkpoint import RunCheckpoint
 from imagetomesh.training.configs import TrainConfig
 from imagetomesh.training.data import PreparedCase, boundary_points, prepare_cases
 from imagetomesh.training.losses import mesh_decoder_loss, segmentation_loss
@@ -146,13 +147,11 @@ def train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps, pct_start=0.05)
     step, best = 0, None
-    checkpoint = out / "checkpoint.pt"
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=dev, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(rescale_one_cycle(state["scheduler"], config.steps))
-        step, best = int(state["step"]), state.get("best")
+    checkpoint = RunCheckpoint(out / "checkpoint.pt", {"scheduler": lambda saved: rescale_one_cycle(saved, config.steps)},
+                               model=model, optimizer=optimizer, scheduler=scheduler)
+    resumed = checkpoint.load(dev)
+    if resumed:
+        step, best, _ = resumed
         generator.manual_seed(seed + 1000 * rank + step)
         log(f"resumed from step {step}")
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if distributed else model
@@ -190,9 +189,7 @@ def train(
             if best is None or score < best:
                 best = score
                 save_model("best", dict(metrics, step=step))
-            with atomic_write(checkpoint) as tmp:
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "step": step, "best": best}, tmp)
+            checkpoint.save(step, best)
     if rank == 0:
         save_model("final", validate(model, config.kind, val_cases, dev))
     if distributed:
