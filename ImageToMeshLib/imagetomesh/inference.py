@@ -24,14 +24,15 @@ def grid_volume(array: np.ndarray, transform: GridTransform) -> Volume:
     return Volume(array, spacing, index_to_lps[:3, 3], index_to_lps[:3, :3] / spacing[None, :])
 
 
-def finish_mesh(mesh: Mesh) -> Mesh:
+def finish_mesh(mesh: Mesh, untangle_folds: bool = True) -> Mesh:
     """Post-processing of every predicted closed mesh: outward faces; repaired if it is not
     watertight; local folds smoothed away (:func:`~imagetomesh.geometry.untangle.untangle`:
-    template-deforming models can push a few vertices through the opposite wall of a thin part)."""
+    template-deforming models can push a few vertices through the opposite wall of a thin part)
+    unless ``untangle_folds`` is False."""
     mesh = orient_outward(mesh)
     if not check_mesh(mesh, self_intersections=False).watertight:
         mesh = repair_mesh(mesh, remove_self_intersections=False)
-    return untangle(mesh)
+    return untangle(mesh) if untangle_folds else mesh
 
 
 class Segmenter:
@@ -42,15 +43,18 @@ class Segmenter:
     ``meshes_from_images(images, open_surface) -> [Mesh in grid coordinates]``, used when present.
     ``open_surface`` (only for models with ``supports_open_surface``) returns the surface as the
     model found it, without closing or repairing it; by default meshes are made watertight.
+    ``untangle=False`` keeps the folds a network made (to measure the network itself).
     """
 
-    def __init__(self, model: str | LoadedModel, device: str = "auto", open_surface: bool = False) -> None:
+    def __init__(self, model: str | LoadedModel, device: str = "auto", open_surface: bool = False,
+                 untangle: bool = True) -> None:
         self.model = model if isinstance(model, LoadedModel) else load_model(model, device)
         self.spec = GridSpec.from_dict(self.model.card["grid"])
         if open_surface and not getattr(self.model.module, "supports_open_surface", False):
             raise InputError(f"model {self.model.name} ({self.model.kind}) only makes closed surfaces; "
                              "drop --open or use a model that supports open surfaces (e.g. nudf-hippocampus)")
         self.open_surface = open_surface
+        self.untangle = untangle
 
     @torch.no_grad()
     def segment_batch(self, volumes: list[Volume]) -> list[Mesh]:
@@ -78,14 +82,14 @@ class Segmenter:
             else:
                 final = meshes[b][-1]
                 mesh = Mesh(final.verts.cpu().numpy(), final.faces.cpu().numpy()).transformed(transform.grid_to_lps)
-            out.append(finish_mesh(mesh))
+            out.append(finish_mesh(mesh, self.untangle))
         return out
 
     def segment(self, volume: Volume) -> Mesh:
         return self.segment_batch([volume])[0]
 
     def _finish(self, mesh: Mesh) -> Mesh:
-        return orient_outward(mesh) if self.open_surface else finish_mesh(mesh)
+        return orient_outward(mesh) if self.open_surface else finish_mesh(mesh, self.untangle)
 
 
 def _check_finite(volume: Volume) -> None:
