@@ -46,3 +46,11 @@ def test_predicted_meshes_are_untangled_by_segment_post_processing():
     finished = finish_mesh(mesh)
     assert is_watertight(finished) and count_self_intersecting_faces(finished) == 0
     assert finished.signed_volume() > 0
+
+
+def test_untangling_can_be_left_out_to_measure_the_network():
+    from imagetomesh.inference import finish_mesh
+
+    _, mesh, _ = _spiked_sphere()
+    kept = finish_mesh(mesh, untangle_folds=False)
+    assert count_self_intersecting_faces(kept) == count_self_intersecting_faces(mesh) > 0
