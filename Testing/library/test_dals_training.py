@@ -8,7 +8,6 @@ import torch
 from imagetomesh.core import Volume
 from imagetomesh.errors import InputError
 from imagetomesh.fitting import load_prior
-from imagetomesh.io.images import write_image
 from imagetomesh.models.dals import DALSConfig
 from imagetomesh.training.dals_shapes import load_shapes, split_kidneys, surface_points
 from imagetomesh.training.dals_trainer import (
@@ -95,22 +94,15 @@ def test_named_configs():
 
 
 @pytest.fixture()
-def fake_msd(tmp_path):
-    root = tmp_path / "msd"
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    entries = []
+def fake_msd(tmp_path, write_msd):
     rng = np.random.default_rng(0)
-    for n in range(6):
+    cases = []
+    for _ in range(6):
         shape = (20, 24, 20)
         label = np.zeros(shape, np.uint8)
         label[blob(shape, (10, 12, 10), rng.uniform(3, 7, 3))] = 1
-        name = f"hippocampus_{n:03d}.nii.gz"
-        write_image(Volume(label), root / "labelsTr" / name)
-        write_image(Volume(label.astype(np.float32)), root / "imagesTr" / name)
-        entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    (root / "dataset.json").write_text(json.dumps({"training": entries}))
-    return root
+        cases.append((label.astype(np.float32), label))
+    return write_msd(tmp_path / "msd", cases)
 
 
 def test_tiny_training_run_resumes_and_writes_a_loadable_prior(fake_msd, tmp_path):

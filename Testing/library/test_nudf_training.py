@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from imagetomesh.core.volume import Volume
 from imagetomesh.geometry.distances import point_to_triangle_distance
-from imagetomesh.io.images import write_image
 from imagetomesh.models.voxel2mesh import isotropic_scale
 from imagetomesh.training.augment import AugmentConfig, augment
 from imagetomesh.training.udf_points import UDFPointConfig, label_surface, sample_udf_points, shape_diameter
@@ -77,21 +75,13 @@ def test_augmentation_moves_points_with_the_image():
 
 
 @pytest.fixture()
-def fake_msd(tmp_path):
-    root = tmp_path / "msd"
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    entries = []
+def fake_msd(tmp_path, write_msd):
     rng = np.random.default_rng(0)
-    for n in range(8):
+    cases = []
+    for _ in range(8):
         label = ball((16, 16, 16), rng.uniform(6, 9, 3), rng.uniform(3, 5))
-        name = f"hippocampus_{n:03d}.nii.gz"
-        write_image(Volume(label), root / "labelsTr" / name)
-        write_image(Volume(label.astype(np.float32) + rng.normal(0, 0.1, label.shape).astype(np.float32)),
-                    root / "imagesTr" / name)
-        entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    (root / "dataset.json").write_text(json.dumps({"training": entries}))
-    return root
+        cases.append((label.astype(np.float32) + rng.normal(0, 0.1, label.shape).astype(np.float32), label))
+    return write_msd(tmp_path / "msd", cases)
 
 
 def test_tiny_training_run_resumes_and_saves_a_loadable_model(fake_msd, tmp_path):
