@@ -237,6 +237,7 @@ def cmd_train(args) -> int:
         raise InputError(str(err)) from None
     if args.steps:
         config.steps = args.steps
+    extra = {}
     if args.kind == "nudf":
         from imagetomesh.training.nudf_trainer import train_nudf as train
 
@@ -253,8 +254,9 @@ def cmd_train(args) -> int:
             config.pretrain_steps = args.pretrain_steps
         if args.pretrain_time_limit is not None:
             config.pretrain_time_limit_s = 60.0 * args.pretrain_time_limit
+        extra = {"sdf_from": args.sdf_from}
     best = train(config, args.data, args.out, device=device.type, seed=args.seed, init_from=args.init_from,
-                 config_name=args.config, log=lambda m: print(m, file=sys.stderr))
+                 config_name=args.config, log=lambda m: print(m, file=sys.stderr), **extra)
     print(f"best model: {best}")
     return 0
 
@@ -328,11 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", required=True, type=Path, help="MSD folder (dataset.json, imagesTr/, labelsTr/)")
         p.add_argument("--out", required=True, type=Path, help="run folder: split, config, log, checkpoints, models")
         p.add_argument("--config", default="cpu",
-                       help="named config: cpu, gpu, or a Voxel2Mesh ablation (ps-umu, hs-umu, lns-umu, lns-amu)")
+                       help="named config: cpu, gpu, a Voxel2Mesh ablation (ps-umu, hs-umu, lns-umu, lns-amu) "
+                            "or ImplicitMeshNet's cpu-finetune")
         p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
-        p.add_argument("--init-from", type=Path, default=None, help="model folder whose U-Net weights start the run")
+        p.add_argument("--init-from", type=Path, default=None,
+                       help="model folder that starts the run: all its weights if it is a model of this kind "
+                            "(fine-tuning), else its U-Net's")
         if kind in ("nudf", "implicitmeshnet"):
             p.add_argument("--time-limit", type=float, default=None,
                            help="stop after this many minutes (checkpointed; default: the config's)")
@@ -342,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "deformed spheres (skipped once RUN/sdf_pretrained.safetensors exists; 0: none)")
             p.add_argument("--pretrain-time-limit", type=float, default=None,
                            help="minutes of pretraining at most (default: the config's)")
+            p.add_argument("--sdf-from", type=Path, default=None,
+                           help="start the mesh-to-SDF network g_phi from this file (a run's sdf_net.safetensors) "
+                                "instead of pretraining it; used by --config cpu-finetune")
         p.set_defaults(func=cmd_train)
     from imagetomesh.cli_fit import add_fit_commands, add_train_dals_arguments, cmd_train_dals
 

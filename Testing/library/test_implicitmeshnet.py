@@ -16,7 +16,8 @@ from imagetomesh.nn.unet import UNet3D, UNetConfig
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.implicitmeshnet_shapes import random_shape
 from imagetomesh.training.implicitmeshnet_trainer import (
-    ImplicitMeshNetTrainConfig, beta_at, get_implicitmeshnet_config, pretrain_sdf, sdf_step, sdf_targets, surface_terms,
+    ImplicitMeshNetTrainConfig, beta_at, get_implicitmeshnet_config, lr_factor, pretrain_sdf, save_sdf_net, sdf_step,
+    sdf_targets, start_sdf_net_from, surface_terms,
 )
 from imagetomesh.weights import save_weights
 
@@ -149,6 +150,68 @@ def test_beta_is_cosine_annealed_and_configs_exist():
     assert gpu.lr == 1e-4 and gpu.lr_sdf == 3e-5 and gpu.tau == 1e-2
     with pytest.raises(ValueError, match="no config"):
         get_implicitmeshnet_config("tpu")
+
+
+def test_learning_rate_factor_is_constant_or_a_cosine_to_zero():
+    assert lr_factor(0.7, small_config()) == 1.0
+    cosine = small_config(lr_schedule="cosine")
+    assert lr_factor(0.0, cosine) == pytest.approx(1.0) and lr_factor(1.0, cosine) == pytest.approx(0.0)
+    assert lr_factor(0.5, cosine) == pytest.approx(0.5) and lr_factor(0.25, cosine) == pytest.approx((1 + 2**-0.5) / 2)
+    assert lr_factor(1.5, cosine) == pytest.approx(0.0)  # past the end (a time limit overrun) stays at 0
+    with pytest.raises(ValueError, match="lr_schedule"):
+        lr_factor(0.5, small_config(lr_schedule="step"))
+    finetune = get_implicitmeshnet_config("cpu-finetune")
+    assert finetune.lr_schedule == "cosine" and finetune.pretrain_steps == 0 and finetune.model == get_implicitmeshnet_config("cpu").model
+
+
+def test_sdf_net_starts_from_a_file_and_keeps_it_as_the_runs_pretrained_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from imagetomesh.errors import InputError
+
+    torch.manual_seed(4)
+    trained = MeshToSDF(MeshToSDFConfig(**SMALL_SDF))
+    save_sdf_net(trained, tmp_path / "sdf_net.safetensors")
+    fresh = MeshToSDF(MeshToSDFConfig(**SMALL_SDF))
+    start_sdf_net_from(fresh, tmp_path / "sdf_net.safetensors", tmp_path / "run_pretrained.safetensors")
+    for key, value in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    assert load_file(str(tmp_path / "run_pretrained.safetensors")).keys() == trained.state_dict().keys()
+    other = MeshToSDF(MeshToSDFConfig(graph_channels=4, channels=(4, 4)))
+    with pytest.raises(InputError, match="not the mesh-to-SDF network of this config"):
+        start_sdf_net_from(other, tmp_path / "sdf_net.safetensors", tmp_path / "other.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(InputError, match="--sdf-from"):
+        start_sdf_net_from(fresh, tmp_path / "junk.safetensors", tmp_path / "other.safetensors")
+    assert not (tmp_path / "other.safetensors").exists()
+
+
+def test_tiny_run_then_a_fine_tuning_run_from_its_model_and_g_phi(tmp_path, write_msd):
+    from imagetomesh.training.implicitmeshnet_trainer import train_implicitmeshnet
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for _ in range(8):
+        label = np.zeros(SHAPE, np.uint8)
+        x0, y0 = rng.integers(3, 6, 2)
+        label[x0 : x0 + 8, y0 : y0 + 6, 2:6] = 1
+        cases.append((label + rng.normal(0, 0.1, SHAPE), label))
+    msd = write_msd(tmp_path / "msd", cases)
+    torch.manual_seed(5)
+    best = train_implicitmeshnet(small_config(steps=2, val_every=1, batch_size=1, pretrain_steps=1, pretrain_batch=1),
+                                 msd, tmp_path / "run", log=lambda m: None)
+    assert (tmp_path / "run" / "pretrain.pt").is_file() and (tmp_path / "run" / "sdf_net.safetensors").is_file()
+    assert json.loads((best / "card.json").read_text())["kind"] == "implicitmeshnet"
+
+    messages = []
+    config = small_config(steps=3, val_every=1, batch_size=1, pretrain_steps=0, lr=1e-3, lr_schedule="cosine")
+    train_implicitmeshnet(config, msd, tmp_path / "tune", init_from=best, sdf_from=tmp_path / "run" / "sdf_net.safetensors",
+                          log=messages.append)
+    assert any(m.startswith("initialised all") for m in messages)
+    assert not (tmp_path / "tune" / "pretrain.pt").exists()  # g_phi came from the file, not from pretraining
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "tune" / "log.jsonl").read_text().splitlines()]
+    # each logged step used the cosine factor at the progress before it: 1, 0.75, 0.25 of 1e-3
+    assert lrs == pytest.approx([1e-3, 0.75e-3, 0.25e-3])
 
 
 def test_segment_round_trip_gives_a_watertight_mesh_in_millimetres(tmp_path):

@@ -78,24 +78,37 @@ def test_augment_keeps_shapes_and_binary_labels():
     assert torch.equal(lab, label) and torch.allclose(img, image, atol=1e-5)
 
 
-def test_init_unet_from_copies_only_the_unet(tmp_path):
+def test_init_from_model_copies_the_unet_of_another_kind_and_all_of_the_same_kind(tmp_path):
+    from imagetomesh.errors import InputError
     from imagetomesh.models.registry import build_model
-    from imagetomesh.training.trainer import init_unet_from
+    from imagetomesh.training.trainer import init_from_model
     from imagetomesh.weights import save_weights
 
     unet = {"in_channels": 1, "num_classes": 2, "base": 4, "depth": 3, "norm": "batch"}
+    v2m = {"unet": unet, "hidden": 8, "stages": 2}
     torch.manual_seed(0)
     source = build_model("unet", {"unet": unet})
     save_weights(source, tmp_path / "unet", {"kind": "unet", "config": {"unet": unet}})
     torch.manual_seed(1)
-    target = build_model("voxel2mesh", {"unet": unet, "hidden": 8, "stages": 2})
+    target = build_model("voxel2mesh", v2m)
     decoder_before = {k: v.clone() for k, v in target.state_dict().items() if not k.startswith("unet.")}
     seen = []
-    init_unet_from(target, tmp_path / "unet", seen.append)
+    init_from_model(target, "voxel2mesh", tmp_path / "unet", seen.append)
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
     assert all(torch.equal(target.state_dict()[k], v) for k, v in decoder_before.items())
     assert "U-Net tensors" in seen[0]
+
+    # a model of the same kind starts every tensor (fine-tuning)
+    save_weights(target, tmp_path / "v2m", {"kind": "voxel2mesh", "config": v2m})
+    torch.manual_seed(2)
+    again = build_model("voxel2mesh", v2m)
+    init_from_model(again, "voxel2mesh", tmp_path / "v2m", seen.append)
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in target.state_dict().items())
+    assert "all" in seen[1]
+    wider = build_model("voxel2mesh", dict(v2m, hidden=16))
+    with pytest.raises(InputError, match="another architecture"):
+        init_from_model(wider, "voxel2mesh", tmp_path / "v2m")
 
 
 def test_run_checkpoint_round_trip(tmp_path):

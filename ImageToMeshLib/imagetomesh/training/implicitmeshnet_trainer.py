@@ -41,7 +41,7 @@ from imagetomesh.training.checkpoint import RunCheckpoint
 from imagetomesh.training.data import prepare_cases
 from imagetomesh.training.implicitmeshnet_shapes import random_shape
 from imagetomesh.training.msd import load_or_make_split, read_msd
-from imagetomesh.training.trainer import _batch, _hardware, init_unet_from, validate
+from imagetomesh.training.trainer import _batch, _hardware, init_from_model, validate
 from imagetomesh.weights import save_weights
 
 
@@ -51,7 +51,8 @@ class ImplicitMeshNetTrainConfig:
 
     ``model`` is ``f_theta``'s architecture, ``sdf_net`` ``g_phi``'s. Losses: ``alpha`` BCE,
     ``gamma`` CE, ``beta`` cosine from ``beta_start`` to ``beta_end``, ``tau`` the sigmoid
-    temperature (isotropic grid units). SDF targets: exact within ``truncation``; MSE weight
+    temperature (isotropic grid units). ``lr_schedule`` ``"constant"`` or ``"cosine"`` (both learning
+    rates decay to 0 over the run, by steps or time, whichever is further). SDF targets: exact within ``truncation``; MSE weight
     ``1 + near_weight exp(-|sdf| / near_sigma)``; ``sdf_updates`` ``g_phi`` updates per end-to-end
     step. Time limits in seconds (0: none).
     """
@@ -65,6 +66,7 @@ class ImplicitMeshNetTrainConfig:
     lr: float = 1e-4
     lr_sdf: float = 3e-5
     weight_decay: float = 1e-4
+    lr_schedule: str = "constant"
     val_every: int = 100
     alpha: float = 1.0
     gamma: float = 0.1
@@ -96,11 +98,18 @@ _UNET_GPU = {"in_channels": 1, "num_classes": 2, "base": 16, "depth": 5, "norm":
 def implicitmeshnet_configs() -> dict[str, ImplicitMeshNetTrainConfig]:
     """``gpu``: the paper's residual U-Net 16-32-64-128-256 and learning rates. ``cpu``: the plain
     U-Net of the bundled ``unet-hippocampus`` (start it with ``--init-from``), a higher
-    learning rate and time limits that fit a ~1 hour run on 1 thread."""
+    learning rate and time limits that fit a ~1 hour run on 1 thread. ``cpu-finetune``: continues
+    a ``cpu`` run (``--init-from RUN/best --sdf-from RUN/sdf_net.safetensors``) at the paper's
+    learning rates, cosine-decayed to 0, with the Laplacian weight at its annealed end value."""
+    cpu_model = {"unet": _UNET_CPU, "hidden": 64}
     return {
         "cpu": ImplicitMeshNetTrainConfig(
-            {"unet": _UNET_CPU, "hidden": 64}, steps=3000, lr=5e-4, lr_sdf=3e-4, sdf_updates=2, val_every=50,
+            cpu_model, steps=3000, lr=5e-4, lr_sdf=3e-4, sdf_updates=2, val_every=50,
             pretrain_steps=2000, pretrain_batch=2, pretrain_time_limit_s=25 * 60, time_limit_s=80 * 60,
+        ),
+        "cpu-finetune": ImplicitMeshNetTrainConfig(
+            cpu_model, steps=800, lr=1e-4, lr_sdf=3e-5, lr_schedule="cosine", beta_start=0.01, beta_end=0.01,
+            sdf_updates=2, val_every=50, pretrain_steps=0, time_limit_s=60 * 60,
         ),
         "gpu": ImplicitMeshNetTrainConfig(
             {"unet": _UNET_GPU, "hidden": 128}, sdf_net=MeshToSDFConfig(64, (128, 64, 32, 16)).to_dict(),
@@ -134,6 +143,15 @@ def beta_at(progress: float, config: ImplicitMeshNetTrainConfig) -> float:
     """Cosine annealing of the Laplacian weight from ``beta_start`` (progress 0) to ``beta_end`` (1)."""
     p = min(max(progress, 0.0), 1.0)
     return config.beta_end + 0.5 * (config.beta_start - config.beta_end) * (1 + math.cos(math.pi * p))
+
+
+def lr_factor(progress: float, config: ImplicitMeshNetTrainConfig) -> float:
+    """The learning-rate multiplier at ``progress`` in [0, 1]: 1 (constant) or ``(1 + cos(pi p)) / 2`` (cosine)."""
+    if config.lr_schedule == "constant":
+        return 1.0
+    if config.lr_schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}")
 
 
 def laplacian_energy(verts: torch.Tensor, laplacian: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -207,8 +225,6 @@ def mesh_dice(model: ImplicitMeshNet, cases, device) -> float:
 # --- the two phases --------------------------------------------------------------------------
 def pretrain_sdf(g_net: MeshToSDF, config: ImplicitMeshNetTrainConfig, out: Path, device, seed: int, log=print) -> None:
     """Phase 1: fit ``g_phi`` to random shapes; resumable; writes ``sdf_pretrained.safetensors``."""
-    from safetensors.torch import save_file
-
     shape = config.grid.shape
     model_config = ImplicitMeshNetConfig(**config.model)
     sphere_mesh = DecoderMesh.template(model_config.template_level, torch.ones(3))
@@ -245,16 +261,43 @@ def pretrain_sdf(g_net: MeshToSDF, config: ImplicitMeshNetTrainConfig, out: Path
             log(json.dumps(entry))
             save_checkpoint()
     save_checkpoint()
-    with atomic_write(out / "sdf_pretrained.safetensors") as tmp:
+    save_sdf_net(g_net, out / "sdf_pretrained.safetensors")
+
+
+def save_sdf_net(g_net: MeshToSDF, path: Path) -> None:
+    """Write ``g_phi``'s weights as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    with atomic_write(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in g_net.state_dict().items()}, str(tmp))
+
+
+def start_sdf_net_from(g_net: MeshToSDF, weights: str | Path, pretrained: Path) -> None:
+    """Load ``g_phi`` from a safetensors file and keep it as the run's ``pretrained`` weights (so a
+    resumed run starts from them too); a file that does not fit this config's ``g_phi`` is refused."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from imagetomesh.errors import InputError
+
+    try:
+        g_net.load_state_dict(load_file(str(weights)))
+    except (OSError, SafetensorError, RuntimeError) as err:
+        raise InputError(f"--sdf-from {weights}: not the mesh-to-SDF network of this config ({err}); "
+                         "give the sdf_net.safetensors of a run made with the same config family") from None
+    save_sdf_net(g_net, pretrained)
 
 
 def train_implicitmeshnet(
     config: ImplicitMeshNetTrainConfig, data_dir: str | Path, out: str | Path, device: str = "cpu", seed: int = 0,
-    init_from: str | Path | None = None, config_name: str = "", log=print,
+    init_from: str | Path | None = None, config_name: str = "", log=print, sdf_from: str | Path | None = None,
 ) -> Path:
-    """Pretrain ``g_phi`` (unless done), then train end to end (resumable); returns the best model folder."""
-    from safetensors.torch import load_file, save_file
+    """Pretrain ``g_phi`` (unless done), then train end to end (resumable); returns the best model folder.
+
+    ``init_from``: a model folder starting ``f_theta`` (see :func:`init_from_model`); ``sdf_from``:
+    a ``g_phi`` weights file (a run's ``sdf_net.safetensors``) that replaces pretraining.
+    """
+    from safetensors.torch import load_file
 
     dev = torch.device("cuda" if device == "cuda" else "cpu")
     if dev.type == "cpu":
@@ -266,6 +309,8 @@ def train_implicitmeshnet(
         Path(tmp).write_text(json.dumps({"config_name": config_name, **config.to_dict()}, indent=1))
 
     g_net = MeshToSDF(MeshToSDFConfig(**config.sdf_net)).to(dev)
+    if sdf_from and not (out / "sdf_pretrained.safetensors").is_file():
+        start_sdf_net_from(g_net, sdf_from, out / "sdf_pretrained.safetensors")
     if not (out / "sdf_pretrained.safetensors").is_file():
         pretrain_sdf(g_net, config, out, dev, seed, log)
     cases = read_msd(data_dir)
@@ -276,7 +321,7 @@ def train_implicitmeshnet(
     f_net = ImplicitMeshNet(ImplicitMeshNetConfig(**config.model)).to(dev)
     g_net.load_state_dict(load_file(str(out / "sdf_pretrained.safetensors")))
     if init_from:
-        init_unet_from(f_net, init_from, log)
+        init_from_model(f_net, config.kind, init_from, log)
     opt_f = torch.optim.AdamW(f_net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     opt_g = torch.optim.AdamW(g_net.parameters(), lr=config.lr_sdf, weight_decay=config.weight_decay)
     step, best, elapsed = 0, None, 0.0
@@ -307,6 +352,9 @@ def train_implicitmeshnet(
         pick = torch.randint(len(train_cases), (config.batch_size,), generator=generator)
         images, labels = _batch([train_cases[i] for i in pick], config, generator, train=True)
         images, labels = images.to(dev), labels.to(dev)
+        for optimizer, base_lr in ((opt_f, config.lr), (opt_g, config.lr_sdf)):
+            for group in optimizer.param_groups:
+                group["lr"] = base_lr * lr_factor(progress(), config)
         loss, terms, verts, faces = surface_terms(f_net, g_net, images, labels, laplacian, beta_at(progress(), config), config)
         opt_f.zero_grad(set_to_none=True)
         loss.backward()
@@ -321,7 +369,8 @@ def train_implicitmeshnet(
             metrics["val_mesh_dice"] = mesh_dice(f_net, val_cases, dev)
             mean_terms = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
             window = []
-            entry = {"phase": "end-to-end", "step": step, "time_s": round(now(), 1), **mean_terms, **metrics}
+            entry = {"phase": "end-to-end", "step": step, "time_s": round(now(), 1), "lr": opt_f.param_groups[0]["lr"],
+                     **mean_terms, **metrics}
             with open(out / "log.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
             log(json.dumps(entry))
@@ -329,8 +378,7 @@ def train_implicitmeshnet(
             if best is None or score < best:
                 best = score
                 save_weights(f_net, out / "best", dict(card_base, metrics=dict(metrics, step=step), steps=step))
-            with atomic_write(out / "sdf_net.safetensors") as tmp:
-                save_file({k: v.detach().cpu().contiguous() for k, v in g_net.state_dict().items()}, str(tmp))
+            save_sdf_net(g_net, out / "sdf_net.safetensors")
             checkpoint.save(step, best, now())
     final = validate(f_net, config.kind, val_cases, dev)
     final["val_mesh_dice"] = mesh_dice(f_net, val_cases, dev)

@@ -47,12 +47,23 @@ def rescale_one_cycle(scheduler_state: dict, total_steps: int, pct_start: float 
     return state
 
 
-def init_unet_from(model: torch.nn.Module, folder: str | Path, log=print) -> None:
-    """Load the ``unet.*`` tensors of the model saved in ``folder`` (checked weights) into ``model``;
-    its other parameters keep their fresh initialisation."""
+def init_from_model(model: torch.nn.Module, kind: str, folder: str | Path, log=print) -> None:
+    """Start ``model`` (of ``kind``) from the model saved in ``folder`` (checked weights): all of
+    its tensors when that model is of the same kind (a fine-tuning run), else only its ``unet.*``
+    tensors, the other parameters keeping their fresh initialisation."""
+    from imagetomesh.errors import InputError
     from imagetomesh.weights import load_state, read_card
 
-    state = load_state(folder, read_card(folder))
+    card = read_card(folder)
+    state = load_state(folder, card)
+    if card.get("kind") == kind:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise InputError(f"{folder} is a {kind} model of another architecture than this config's; "
+                             f"fine-tune it with the config that trained it ({card.get('train_config', '?')})") from err
+        log(f"initialised all {len(state)} tensors from the {kind} model in {folder}")
+        return
     unet_state = {k: v for k, v in state.items() if k.startswith("unet.")}
     missing = model.load_state_dict(unet_state, strict=False)
     log(f"initialised {len(unet_state)} U-Net tensors from {folder} ({len(missing.missing_keys)} others fresh)")
@@ -143,7 +154,7 @@ def train(
 
     model = build_model(config.kind, config.model).to(dev)
     if init_from:
-        init_unet_from(model, init_from, log)
+        init_from_model(model, config.kind, init_from, log)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps, pct_start=0.05)
     step, best = 0, None
