@@ -46,7 +46,7 @@ from imagetomesh.core import Volume
 from imagetomesh.fitting import TASK_DEFAULTS, fit_curves, fit_points, load_prior, refine_labelmap
 from imagetomesh.fitting.curves import mask_outline
 from imagetomesh.fitting.optimise import run_fit
-from imagetomesh.fitting.remesh import finish_mesh
+from imagetomesh.fitting.remesh import finish_fitted_mesh
 from imagetomesh.geometry.isosurface import labelmap_to_mesh
 from imagetomesh.geometry.quality import count_self_intersecting_faces, is_watertight
 from imagetomesh.io.images import read_image, read_labelmap
@@ -207,7 +207,7 @@ def run_points(results: Results, kidneys, log) -> None:
         points = sample_surface(surface, 2500, seed=1)
         mesh, seconds = timed(fit_points, points, "dals-kidney")
         row = shape_metrics(mesh, organ.mask)
-        remeshed = finish_mesh(mesh, remesh=True)
+        remeshed = finish_fitted_mesh(mesh, remesh=True)
         row.update(seconds=seconds, remeshed_self_intersections=count_self_intersecting_faces(remeshed),
                    remeshed_watertight=bool(is_watertight(remeshed)), remeshed_dice=mesh_dice_iou(remeshed, organ.mask)[0])
         results.put(key, row)

@@ -34,7 +34,7 @@ from imagetomesh.fitting.curves import CurveLoss, lps_points, planar_curves
 from imagetomesh.fitting.distance_field import DistanceField, sample_distance
 from imagetomesh.fitting.optimise import FitResult, FitSettings, chamfer, run_fit
 from imagetomesh.fitting.prior import Prior, load_prior
-from imagetomesh.fitting.remesh import finish_mesh
+from imagetomesh.fitting.remesh import finish_fitted_mesh
 from imagetomesh.geometry.sampling import sample_points_on_mesh
 from imagetomesh.models.dals import ShapeNormalisation
 
@@ -112,7 +112,7 @@ def _fit(prior: Prior, loss: Callable, frame: ShapeNormalisation, settings: FitS
 
 def _to_mesh(result: FitResult, frame: ShapeNormalisation, remesh: bool) -> Mesh:
     mesh = Mesh(frame.to_lps(result.verts), result.faces)
-    return finish_mesh(mesh, remesh)
+    return finish_fitted_mesh(mesh, remesh)
 
 
 # --- points --------------------------------------------------------------------------------------
