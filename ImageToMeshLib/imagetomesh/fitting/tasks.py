@@ -263,10 +263,11 @@ def refine_labelmap(mask: Volume, prior, lambda_dir=None, lambda_reg=None, itera
     field = DistanceField(mask, device=dev)
     centre = torch.as_tensor(frame.centre, dtype=torch.float32, device=dev)
     scale = float(frame.scale)
-    binary = mask.with_array((np.asarray(mask.array) != 0).astype(np.uint8))
-    boundary_lps = sample_surface(labelmap_to_mesh(binary, smoothing=0.0), BOUNDARY_SAMPLES, seed=0)
-    boundary = torch.as_tensor(frame.to_normalised(boundary_lps), dtype=torch.float32, device=dev)
-    generator = torch.Generator(device=dev).manual_seed(0)
+    if coverage > 0:
+        binary = mask.with_array((np.asarray(mask.array) != 0).astype(np.uint8))
+        boundary_lps = sample_surface(labelmap_to_mesh(binary, smoothing=0.0), BOUNDARY_SAMPLES, seed=0)
+        boundary = torch.as_tensor(frame.to_normalised(boundary_lps), dtype=torch.float32, device=dev)
+        generator = torch.Generator(device=dev).manual_seed(0)
 
     def loss(verts, faces):
         distance = sample_distance(centre + scale * verts, field).mean() / scale
