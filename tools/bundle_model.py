@@ -2,7 +2,11 @@
 
 Usage:
     python tools/bundle_model.py RUN_DIR NAME --description TEXT --command "imagetomesh train ..." [--history TEXT]
-        [--test-metrics docs/hippocampus-results.json]
+        [--which best|final] [--into Resources/Ablations]
+
+``--into`` another folder keeps a model out of the ``imagetomesh models`` list: the
+Voxel2Mesh ablation variants live in ``Resources/Ablations`` and only the results report
+loads them (by path).
 
 The card keeps what the trainer wrote (kind, architecture config, grid, split, seed,
 hardware, validation metrics, steps) and adds the description, the training data and its
@@ -35,13 +39,14 @@ def main() -> None:
     parser.add_argument("--command", required=True, help="the command that reproduces the weights")
     parser.add_argument("--history", default="", help="anything about this run that the command alone does not say")
     parser.add_argument("--which", default="best", choices=("best", "final"))
+    parser.add_argument("--into", type=Path, default=REPO / "Resources" / "Models", help="folder of bundled models")
     args = parser.parse_args()
 
     source = args.run / args.which
     card = read_card(source)
     if sha256_of(source / WEIGHTS_NAME) != card["sha256"]:
         raise SystemExit(f"{source} weights do not match their card")
-    target = REPO / "Resources" / "Models" / args.name
+    target = args.into / args.name
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source / WEIGHTS_NAME, target / WEIGHTS_NAME)
     grid = HIPPOCAMPUS_GRID.to_dict()
