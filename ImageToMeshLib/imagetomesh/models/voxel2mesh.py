@@ -30,7 +30,10 @@ class Voxel2MeshConfig:
 
     ``stages`` mesh stages use the finest ``stages`` decoder levels (coarsest first);
     ``template_level`` 2 is the 162-vertex icosphere; ``template_radius`` is in isotropic
-    grid units (see :func:`isotropic_scale`); ``amu_threshold`` likewise.
+    grid units (see :func:`isotropic_scale`); ``amu_threshold`` likewise (a new vertex closer
+    than it to its parent edge is dropped). 0.001 (~0.03 voxel) was chosen on the hippocampus
+    validation split: with the bundled weights 0.003 / 0.001 / 0.0003 keep 414 / 1062 / 1936 of
+    2562 vertices at IoU 0.774 / 0.781 / 0.783 (uniform unpooling: 0.783).
     """
 
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -41,7 +44,7 @@ class Voxel2MeshConfig:
     sampling: str = "lns"
     unpooling: str = "adaptive"
     num_offsets: int = 27
-    amu_threshold: float = 0.003
+    amu_threshold: float = 0.001
     graph_layers: int = 4
 
     def __post_init__(self) -> None:
