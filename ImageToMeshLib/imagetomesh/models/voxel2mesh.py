@@ -32,7 +32,7 @@ class Voxel2MeshConfig:
     ``template_level`` 2 is the 162-vertex icosphere; ``template_radius`` is in isotropic
     grid units (see :func:`isotropic_scale`); ``amu_threshold`` likewise (a new vertex closer
     than it to its parent edge is dropped). 0.001 (~0.03 voxel) was chosen on the hippocampus
-    validation split: with the bundled weights 0.003 / 0.001 / 0.0003 keep 414 / 1062 / 1936 of
+    validation split: with the step-4050 weights 0.003 / 0.001 / 0.0003 kept 414 / 1062 / 1936 of
     2562 vertices at IoU 0.774 / 0.781 / 0.783 (uniform unpooling: 0.783).
     """
 
