@@ -152,9 +152,9 @@ def main() -> None:
         "--init-from` the U-Net at step 200, seed 0), one 1,200-step one-cycle schedule on one CPU thread; the "
         "weights are in `Resources/Ablations` with their cards. LNS + UMU and LNS + AMU share one set of weights: "
         "adaptive unpooling prunes at inference only (`models/voxel2mesh.py` explains why). The bundled models "
-        "were trained on 2 shared CPU cores for 600-4,200 steps from a U-Net initialisation (see their cards). "
+        "were trained on 2 shared CPU cores for 600-5,400 steps from a U-Net initialisation (see their cards). "
         "At 1,200 steps the three sampling variants are equal within noise and adaptive pruning costs 0.01 IoU; "
-        "the bundled Voxel2Mesh, the same LNS architecture after 4,200 steps, is 0.05 IoU better than its "
+        "the bundled Voxel2Mesh, the same LNS architecture after 5,400 steps, is 0.05 IoU better than its "
         "1,200-step ablation: every mesh model here is under-trained, and the ablation rows say more about "
         "training budget than about the sampling schemes.",
         "",
