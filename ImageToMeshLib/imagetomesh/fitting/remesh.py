@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 from imagetomesh.core.mesh import Mesh
-from imagetomesh.geometry.quality import is_watertight, orient_outward, repair_mesh, self_intersecting_faces
+from imagetomesh.geometry.quality import count_self_intersecting_faces, is_watertight, orient_outward, repair_mesh
 from imagetomesh.geometry.untangle import untangle
 
 REMESH_ITERATIONS = 10
@@ -61,7 +61,7 @@ def finish_fitted_mesh(mesh: Mesh, remesh: bool = False) -> Mesh:
             warnings.warn("isotropic remeshing did not give a closed surface; the fitted mesh is returned unremeshed",
                           stacklevel=3)
     mesh = orient_outward(untangle(mesh))
-    remaining = int(self_intersecting_faces(mesh).sum())
+    remaining = count_self_intersecting_faces(mesh)
     if remaining:
         hint = "" if remesh else "; --remesh usually removes them"
         warnings.warn(f"{remaining} faces of the fitted surface still cross another face{hint}", stacklevel=3)

@@ -51,9 +51,9 @@ class ImplicitMeshNetTrainConfig:
 
     ``model`` is ``f_theta``'s architecture, ``sdf_net`` ``g_phi``'s. Losses: ``alpha`` BCE,
     ``gamma`` CE, ``beta`` cosine from ``beta_start`` to ``beta_end``, ``tau`` the sigmoid
-    temperature (isotropic grid units). ``lr_schedule`` ``"constant"`` or ``"cosine"`` (both learning
-    rates decay to 0 over the run, by steps or time, whichever is further). SDF targets: exact within ``truncation``; MSE weight
-    ``1 + near_weight exp(-|sdf| / near_sigma)``; ``sdf_updates`` ``g_phi`` updates per end-to-end
+    temperature (isotropic grid units). ``lr_schedule`` ``"constant"`` or ``"cosine"`` (both
+    learning rates decay to 0 over the run, by steps or time, whichever is further). SDF targets:
+    exact within ``truncation``; MSE weight ``1 + near_weight exp(-|sdf| / near_sigma)``; ``sdf_updates`` ``g_phi`` updates per end-to-end
     step. Time limits in seconds (0: none).
     """
 
@@ -352,10 +352,11 @@ def train_implicitmeshnet(
         pick = torch.randint(len(train_cases), (config.batch_size,), generator=generator)
         images, labels = _batch([train_cases[i] for i in pick], config, generator, train=True)
         images, labels = images.to(dev), labels.to(dev)
+        at = progress()  # one value per step for the learning rates and beta
         for optimizer, base_lr in ((opt_f, config.lr), (opt_g, config.lr_sdf)):
             for group in optimizer.param_groups:
-                group["lr"] = base_lr * lr_factor(progress(), config)
-        loss, terms, verts, faces = surface_terms(f_net, g_net, images, labels, laplacian, beta_at(progress(), config), config)
+                group["lr"] = base_lr * lr_factor(at, config)
+        loss, terms, verts, faces = surface_terms(f_net, g_net, images, labels, laplacian, beta_at(at, config), config)
         opt_f.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(f_net.parameters(), 5.0)
