@@ -31,8 +31,11 @@ Implementations:
   stdout (never pickles); arrays travel as ``.npy`` files in a private temporary folder.
   Cancel is cooperative (the job's progress callback raises :class:`InterruptedError`) and,
   when the job does not stop within ``cancel_grace`` seconds (a model's forward pass has no
-  progress hooks), the worker is terminated and restarted on the next job. A worker that dies
-  is reported as an ``error`` event of type ``WorkerDied`` with its exit code and last words.
+  progress hooks), the worker is terminated and restarted on the next job. The worker runs in
+  its own process group, and every way the backend ends it ends the whole process tree
+  (:func:`terminate_process_tree`): Slicer's ``PythonSlicer`` is a launcher whose child is the
+  real Python. A worker that dies is reported as an ``error`` event of type ``WorkerDied``
+  with its exit code and last words.
 - :class:`InProcessBackend`: the same jobs in a thread of the calling process, for scripts
   and tests (cooperative cancel only).
 
@@ -46,6 +49,7 @@ import logging
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -77,6 +81,7 @@ __all__ = [
     "execute",
     "crop_volume",
     "list_models",
+    "terminate_process_tree",
 ]
 
 _log = logging.getLogger(__name__)
@@ -562,6 +567,130 @@ def _result_from_wire(data: dict) -> Any:
     return data.get("value")
 
 
+# --- the worker process: ending a process tree ---------------------------------------------------
+def _group_alive(pgid: int) -> bool:
+    """Whether process group ``pgid`` still has a running member (POSIX).
+
+    Zombies do not count: a killed grandchild stays a zombie until its new parent reaps it,
+    and a container's PID 1 may never do that. Where ``/proc`` lists processes (Linux) the
+    group's members are looked up there; elsewhere any member counts.
+    """
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # not ours (the id was reused): nothing we could end anyway
+        return False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    if "self" not in entries:
+        return True
+    members = 0
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited meanwhile
+        # after the command's closing parenthesis: state, ppid, pgrp, ...
+        if len(fields) > 2 and fields[2] == str(pgid).encode():
+            if fields[0] not in (b"Z", b"X"):
+                return True
+            members += 1
+    # only zombies: gone; no member listed at all (another pid namespace's /proc, or the
+    # last one exited meanwhile): trust the signal check, which the next call repeats
+    return members == 0
+
+
+def _wait_for_group(process: subprocess.Popen, pgid: int, limit: float) -> bool:
+    """Reap ``process`` and wait up to ``limit`` seconds for group ``pgid`` to empty; True if it did."""
+    end = time.monotonic() + max(0.0, limit)
+    while True:
+        process.poll()  # reaps the leader, whose zombie would otherwise keep the group alive
+        if not _group_alive(pgid):
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.02)
+
+
+def _close_quietly(stream) -> None:
+    try:
+        stream.close()
+    except Exception:
+        pass
+
+
+def terminate_process_tree(process: subprocess.Popen, grace: float = 2.0) -> None:
+    """End ``process`` and everything it started; return once they are gone (or after ~``grace`` s more).
+
+    ``process`` must have been started as the leader of its own process group: on POSIX with
+    ``start_new_session=True`` (its group id is its pid), on Windows with
+    ``CREATE_NEW_PROCESS_GROUP``. This matters for launchers such as Slicer's ``PythonSlicer``,
+    which start the real interpreter as a child: killing the launcher alone leaves that child
+    running.
+
+    - POSIX: SIGTERM to the whole group, up to ``grace`` seconds for every member to exit,
+      then SIGKILL to whatever is left (and up to one more second for it to go). The group
+      is addressed by its id, so children are ended even when the leader (the launcher) has
+      already exited; a group that no longer exists is not an error.
+    - Windows: ``taskkill /F /T /PID`` on the leader (the tree is found through parent ids, so
+      this needs the leader still running), then ``process.kill()`` as a fallback.
+
+    The leader is always waited for (reaped). Never raises for processes that are already gone.
+    """
+    if os.name == "nt":
+        if process.poll() is None:
+            try:
+                subprocess.run(
+                    ["taskkill", "/F", "/T", "/PID", str(process.pid)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    timeout=max(grace, 0.0) + 10.0,
+                    creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+                )
+            except (OSError, subprocess.SubprocessError):
+                pass
+        try:
+            process.kill()
+        except OSError:
+            pass
+        try:
+            process.wait(timeout=max(grace, 0.0) + 5.0)
+        except subprocess.TimeoutExpired:
+            pass
+        return
+    pgid = process.pid
+    if pgid == os.getpgrp():  # not started in its own group: never signal our own
+        try:
+            process.kill()
+            process.wait(timeout=max(grace, 0.0) + 5.0)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        return
+    for sig, limit in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            break  # the group is gone (or is no longer ours)
+        if _wait_for_group(process, pgid, limit):
+            break
+    if process.poll() is None:  # the leader alone, if it was somehow not in its group
+        try:
+            process.kill()
+        except OSError:
+            pass
+    try:
+        process.wait(timeout=5.0)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 # --- the worker process: parent side -----------------------------------------------------------
 def library_root() -> Path:
     """The folder holding the ``imagetomesh`` package (put on the worker's ``PYTHONPATH``)."""
@@ -580,6 +709,16 @@ class WorkerBackend(Backend):
         command: the whole worker command line instead of the default, which runs
             :func:`worker_main` (``python -m imagetomesh.backend --worker`` does the same);
             tests start a stand-in worker this way.
+        temp_root: the folder under which the backend's private ``imagetomesh-worker-*``
+            folder (arrays going to and coming from the worker) is created; it is made if
+            missing. ``None``: the system's temporary folder. In 3D Slicer pass
+            ``slicer.app.temporaryPath``.
+
+    The worker (with any children, e.g. the real interpreter behind ``PythonSlicer``) runs in
+    its own process group; a forced cancel, a restart, :meth:`close` and garbage collection
+    end that whole tree (:func:`terminate_process_tree`). Each job's files are deleted when
+    the job ends, however it ends; the private folder is deleted by :meth:`close` and on
+    garbage collection.
     """
 
     def __init__(
@@ -588,6 +727,7 @@ class WorkerBackend(Backend):
         env: dict | None = None,
         cancel_grace: float = 2.0,
         command: list[str] | None = None,
+        temp_root: str | os.PathLike | None = None,
     ) -> None:
         self.python = python or sys.executable
         self.extra_env = dict(env or {})
@@ -600,7 +740,9 @@ class WorkerBackend(Backend):
         self._process: subprocess.Popen | None = None
         self._events: queue.Queue = queue.Queue()
         self._stderr_tail: collections.deque = collections.deque(maxlen=20)
-        self._folder = Path(tempfile.mkdtemp(prefix="imagetomesh-worker-"))
+        if temp_root is not None:
+            Path(temp_root).mkdir(parents=True, exist_ok=True)
+        self._folder = Path(tempfile.mkdtemp(prefix="imagetomesh-worker-", dir=temp_root))
         self._job_id: str | None = None
         self._job_task = ""
         self._cancel_deadline: float | None = None
@@ -621,9 +763,12 @@ class WorkerBackend(Backend):
         root = str(library_root())
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("PYTHONIOENCODING", "utf-8")
-        kwargs = {}
-        if os.name == "nt":  # no console window for the worker
-            kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        # its own process group, so that terminate_process_tree reaches the launcher's children
+        kwargs: dict = {}
+        if os.name == "nt":  # and no console window for the worker
+            kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0) | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+        else:
+            kwargs["start_new_session"] = True
         try:
             process = subprocess.Popen(
                 self.command,
@@ -641,28 +786,44 @@ class WorkerBackend(Backend):
             raise BackendError(f"could not start the ImageToMesh worker ({self.command[0]}): {err}") from None
         self._process = process
         self._stderr_tail.clear()
-        threading.Thread(target=self._read_stdout, args=(process,), daemon=True, name="imagetomesh-stdout").start()
-        threading.Thread(target=self._read_stderr, args=(process,), daemon=True, name="imagetomesh-stderr").start()
+        # the reader threads get the queue and the deque, not self: a backend nobody holds any
+        # more is garbage collected (and its worker ended by __del__) while they still run
+        threading.Thread(
+            target=self._read_stdout, args=(process, self._events, self._stderr_tail), daemon=True, name="imagetomesh-stdout"
+        ).start()
+        threading.Thread(target=self._read_stderr, args=(process, self._stderr_tail), daemon=True, name="imagetomesh-stderr").start()
 
-    def _read_stdout(self, process: subprocess.Popen) -> None:
-        for line in process.stdout:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                message = json.loads(line)
-            except json.JSONDecodeError:
-                self._stderr_tail.append(line)
-                continue
-            self._events.put(("message", process, message))
-        self._events.put(("exit", process, None))
+    @staticmethod
+    def _read_stdout(process: subprocess.Popen, events: queue.Queue, stderr_tail: collections.deque) -> None:
+        try:
+            for line in process.stdout:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    message = json.loads(line)
+                except json.JSONDecodeError:
+                    stderr_tail.append(line)
+                    continue
+                events.put(("message", process, message))
+        except (OSError, ValueError):  # the stream was closed under us
+            pass
+        finally:
+            _close_quietly(process.stdout)
+        events.put(("exit", process, None))
 
-    def _read_stderr(self, process: subprocess.Popen) -> None:
-        for line in process.stderr:
-            line = line.rstrip()
-            if line:
-                self._stderr_tail.append(line)
-                _log.debug("worker: %s", line)
+    @staticmethod
+    def _read_stderr(process: subprocess.Popen, stderr_tail: collections.deque) -> None:
+        try:
+            for line in process.stderr:
+                line = line.rstrip()
+                if line:
+                    stderr_tail.append(line)
+                    _log.debug("worker: %s", line)
+        except (OSError, ValueError):
+            pass
+        finally:
+            _close_quietly(process.stderr)
 
     def _send(self, message: dict) -> None:
         with self._write_lock:
@@ -670,19 +831,20 @@ class WorkerBackend(Backend):
             self._process.stdin.flush()
 
     def _kill(self) -> None:
+        """End the worker's whole process tree (even if the launcher itself already exited)."""
         process, self._process = self._process, None
         if process is None:
             return
         try:
-            process.kill()
-            process.wait(timeout=10)
+            terminate_process_tree(process)
         except Exception:  # already gone
             pass
-        for stream in (process.stdin, process.stdout, process.stderr):
-            try:
-                stream.close()
-            except Exception:
-                pass
+        # only stdin: closing stdout/stderr while a reader thread blocks on them deadlocks
+        # (if anything still holds the pipe open); the reader threads close them at their end
+        try:
+            process.stdin.close()
+        except Exception:
+            pass
 
     def _cleanup_job_files(self, job_id: str | None) -> None:
         if not job_id:
@@ -776,19 +938,27 @@ class WorkerBackend(Backend):
         return out
 
     def close(self) -> None:
-        if self.alive:
+        """Stop the worker and delete the private folder.
+
+        An idle worker is asked to quit (up to 2 s); then the whole process tree is ended
+        whatever it is doing (a running job is abandoned without an event).
+        """
+        if self.alive and not self.busy:
             try:
                 self._send({"cmd": "quit"})
                 self._process.wait(timeout=2)
             except Exception:
                 pass
         self._kill()
-        self._job_id = None
+        self._job_id, self._cancel_deadline = None, None
         shutil.rmtree(self._folder, ignore_errors=True)
 
     def __del__(self) -> None:
         try:
             self._kill()
+        except Exception:
+            pass
+        try:
             shutil.rmtree(self._folder, ignore_errors=True)
         except Exception:
             pass
