@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import slicer
+from ImageToMeshModule import sceneAdapters
 
 REPO = Path(__file__).resolve().parents[2]
 HIPPO_LABEL = REPO / "Resources" / "SampleData" / "hippocampus" / "hippocampus_024_label.nii.gz"
@@ -27,7 +28,7 @@ def in_process():
 
 
 def add_model(itm, mesh, name="hippo model"):
-    return itm.ImageToMeshLogic(backend=None).applyResult(mesh, itm.ResultTarget("segment", name))
+    return itm.ImageToMeshLogic(backend=None).applyResult(mesh, sceneAdapters.ResultTarget("segment", name))
 
 
 @pytest.mark.parametrize("suffix", [".stl", ".obj", ".ply"])
@@ -112,10 +113,3 @@ def test_export_through_the_worker_process(itm, scene, mesh, tmp_path, worker):
     report = logic.exportModel(model, tmp_path / "worker.stl", "RAS")
     assert report["watertight"] and report["self_intersecting_faces"] == 0
     assert np.abs(read_mesh(report["path"]).vertices - mesh.vertices).max() < 1e-3
-
-
-def test_module_self_test_export_round_trip(itm, scene):
-    """The Test class's own check (what Slicer's runner executes), on the slicer-core scene."""
-    case = itm.ImageToMeshTest()
-    case.setUp()
-    case.test_ExportRoundTrip()

@@ -184,7 +184,9 @@ def test_failure_while_adding_the_result_removes_what_was_added(itm, scene, h, l
     def fail(*args, **kwargs):
         raise RuntimeError("subject hierarchy unavailable")
 
-    monkeypatch.setattr(itm.ImageToMeshLogic, "_placeInFolder", staticmethod(fail))
+    from ImageToMeshModule import sceneAdapters
+
+    monkeypatch.setattr(sceneAdapters, "placeInFolder", fail)
     with pytest.raises(RuntimeError):
         logic.segment(node, "m")
     check_unchanged(scene, h, before)

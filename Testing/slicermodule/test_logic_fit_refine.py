@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import slicer
 import vtk
+from ImageToMeshModule import sceneAdapters, parameterNode
 
 REPO = Path(__file__).resolve().parents[2]
 HIPPO_LABEL = REPO / "Resources" / "SampleData" / "hippocampus" / "hippocampus_024_label.nii.gz"
@@ -84,7 +85,7 @@ def test_annotate_creates_one_closed_curve_per_slice_plane(itm, scene, h, label)
         stored = np.array([float(v) for v in curve.GetAttribute("ImageToMesh.SliceToRAS").split()]).reshape(4, 4)
         np.testing.assert_allclose(stored, _slice_to_ras(slice_node), atol=1e-4)  # the current plane, oblique included
         view_ids = curve.GetDisplayNode().GetViewNodeIDs()
-        assert slice_node.GetID() in view_ids and "vtkMRMLViewNode1" in view_ids
+        assert view_ids == (slice_node.GetID(),)  # shown only in its own slice view, not in 3D
         assert curve.GetAttribute("ImageToMesh.Reference") == node.GetID()
     green = _slice_to_ras(scene.GetNodeByID("vtkMRMLSliceNodeGreen"))
     assert abs(green[2, 2]) > 0.4  # the tilted Green plane was kept as it is
@@ -213,12 +214,12 @@ def test_fit_and_refine_run_the_library_fits(itm, scene, h, label, tiny_prior):
         logic.close()
     assert progress and progress[-1] == pytest.approx(1.0)
     for model in (fitted, refined):
-        mesh = itm.meshFromModelNode(model)
+        mesh = sceneAdapters.meshFromModelNode(model)
         assert mesh.num_faces > 100 and mesh.signed_volume() > 0
     assert again is refined
     # the fitted surface sits where the curves are (the fit is normalised to the curves' frame)
     lo, hi = label.bounds_lps()
-    assert np.all(np.abs(itm.meshFromModelNode(fitted).centroid() - (lo + hi) / 2) < 15.0)
+    assert np.all(np.abs(sceneAdapters.meshFromModelNode(fitted).centroid() - (lo + hi) / 2) < 15.0)
 
 
 def _dals_available():
@@ -243,10 +244,10 @@ def test_fit_curves_and_refine_with_the_bundled_prior(itm, scene, h, label):
     try:
         # a short fit keeps the suite fast on a CPU (the mean shape alone does not reach the threshold)
         fitted = logic.fitCurves(curves, PRIOR, device="CPU", iterations=60)
-        dice_fit, _ = mesh_dice_iou(itm.meshFromModelNode(fitted), label)
+        dice_fit, _ = mesh_dice_iou(sceneAdapters.meshFromModelNode(fitted), label)
         labelmap = h.volume_to_node(h.permuted_volume(label), "hippo-label", "vtkMRMLLabelMapVolumeNode")
         refined = logic.refine(labelmap, PRIOR, device="CPU", iterations=3)
-        dice_refine, _ = mesh_dice_iou(itm.meshFromModelNode(refined), label)
+        dice_refine, _ = mesh_dice_iou(sceneAdapters.meshFromModelNode(refined), label)
     finally:
         logic.close()
     assert dice_fit >= 0.7, f"fit to three curves: Dice {dice_fit:.3f}"
@@ -259,7 +260,7 @@ def test_fit_sliders_start_at_the_libraries_paper_defaults(itm, scene):
     from imagetomesh.fitting import TASK_DEFAULTS
 
     curves = TASK_DEFAULTS["curves"]
-    assert itm.PAPER_CURVE_LAMBDAS == (curves.lambda_dir, curves.lambda_reg)
+    assert parameterNode.PAPER_CURVE_LAMBDAS == (curves.lambda_dir, curves.lambda_reg)
     parameters = itm.ImageToMeshLogic(backend=None).getParameterNode()
     assert math.isclose(10 ** parameters.logLambdaDir, curves.lambda_dir)
     assert math.isclose(10 ** parameters.logLambdaReg, curves.lambda_reg)

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import slicer
+from ImageToMeshModule import sceneAdapters
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "Resources" / "SampleData"
@@ -41,7 +42,7 @@ def test_volume_node_to_library_volume_keeps_geometry(itm, scene, hippo, h):
     permuted = h.permuted_volume(image)
     assert not np.allclose(permuted.direction, image.direction)  # a non-trivial IJK->RAS
     node = h.volume_to_node(permuted, "hippo")
-    back = itm.volumeFromNode(node)
+    back = sceneAdapters.volumeFromNode(node)
     assert back.same_geometry(permuted)
     np.testing.assert_array_equal(back.array, permuted.array)
     # every voxel keeps its value at its LPS position: map a few voxels back to the original grid
@@ -73,7 +74,7 @@ def test_segment_puts_an_aligned_model_in_the_input_folder(itm, scene, hippo, h)
     assert sh.GetItemParent(sh.GetItemByDataNode(model)) == folder
     assert model.GetAttribute("ImageToMesh.Method") == "threshold-stand-in"
     # the model (RAS) rasterised back on the label's own grid overlaps the label
-    dice, _ = mesh_dice_iou(itm.meshFromModelNode(model), label)
+    dice, _ = mesh_dice_iou(sceneAdapters.meshFromModelNode(model), label)
     assert dice >= 0.9
 
 
@@ -94,7 +95,7 @@ def test_segment_roi_crops_the_image_sent_to_the_model(itm, scene, hippo, h):
     node = label_image_node(h, label)
     fake = h.FakeBackend(threshold_segmenter)
     logic = itm.ImageToMeshLogic(backend=fake)
-    full = itm.volumeFromNode(node)
+    full = sceneAdapters.volumeFromNode(node)
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "roi")
     lo, hi = full.bounds_lps()
     centre_lps = (lo + hi) / 2.0
@@ -137,5 +138,5 @@ def test_segment_with_the_bundled_model_in_the_worker(itm, scene, hippo, h, work
     assert model.GetName() == f"hippocampus_024 {name}"
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     assert sh.GetItemParent(sh.GetItemByDataNode(model)) == folder
-    dice, _ = mesh_dice_iou(itm.meshFromModelNode(model), label)
+    dice, _ = mesh_dice_iou(sceneAdapters.meshFromModelNode(model), label)
     assert dice >= 0.7, f"{name}: Dice {dice:.3f} against the held-out label"

@@ -10,7 +10,7 @@ hippocampus sample, makes a model with ``ImageToMeshLogic`` and renders
 
 Usage (from the repository root)::
 
-    .venv/bin/python Testing/slicer/screenshots.py [--method NAME] [--out docs/images]
+    .venv/bin/python Testing/slicermodule/screenshots.py [--method NAME] [--out docs/images]
 
 ``--method`` is a bundled segmentation model (default: the first installed hippocampus model).
 With ``--label-surface``, or without any installed model, the marching-cubes surface of the
@@ -29,11 +29,14 @@ PREFERRED = ("unet-hippocampus", "voxel2mesh-hippocampus", "pixel2mesh3d-hippoca
 
 
 def _environment():
-    """The test suite's scene builder and module loader (Testing/slicer/conftest.py)."""
-    spec = importlib.util.spec_from_file_location("imagetomesh_slicer_testenv", HERE / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The test harness's scene builder and module loader (Testing/slicermodule/harness), plus SAMPLES."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    from harness import application
+
+    application.install()
+    application.SAMPLES = REPO / "Resources" / "SampleData"
+    return application
 
 
 def _window(width: int, height: int):
@@ -148,7 +151,9 @@ def make_result(env, itm, scene, volume_node, method: str | None, label_surface:
     from imagetomesh.io.images import read_labelmap
 
     label = read_labelmap(env.SAMPLES / "hippocampus" / "hippocampus_024_label.nii.gz")
-    target = itm.ResultTarget("segment", f"{volume_node.GetName()} label surface", volume_node)
+    from ImageToMeshModule import sceneAdapters
+
+    target = sceneAdapters.ResultTarget("segment", f"{volume_node.GetName()} label surface", volume_node)
     model = itm.ImageToMeshLogic(backend=None).applyResult(labelmap_to_mesh(label), target)
     why = "as asked" if label_surface else "no segmentation model installed"
     return model, f"{why}: showing the label's marching-cubes surface"
