@@ -39,7 +39,7 @@ def test_atomic_write_keeps_format_suffix_and_replaces(tmp_path):
     target = tmp_path / "case.nii.gz"
     with atomic_write(target) as tmp:
         assert tmp.parent == tmp_path
-        assert tmp.name.startswith("case.tmp-") and tmp.name.endswith(".nii.gz")
+        assert tmp.name.startswith(".case.tmp-") and tmp.name.endswith(".nii.gz")
         tmp.write_bytes(b"data")
     assert target.read_bytes() == b"data"
     assert _listing(tmp_path) == ["case.nii.gz"]

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
+from imagetomesh.io.inputs import check_input_path
 from imagetomesh.io.atomic import atomic_write, check_output_path, format_suffix
 
 #: Extensions :func:`write_image` accepts (one-file formats only, so the write can be atomic).
@@ -254,9 +255,7 @@ def read_image(path: str | os.PathLike) -> Volume:
         InputError: missing path, folder without DICOM, unreadable/truncated/non-image file,
             2D, 4D or multi-component image, or NaN/Inf voxels.
     """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise InputError(f"image {path} does not exist; check the path")
+    path = check_input_path(path, "image", folder_ok=True)
     if path.is_dir():
         image = _read_dicom_folder(path)
         _check_header(path, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(),

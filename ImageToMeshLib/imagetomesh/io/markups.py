@@ -18,6 +18,7 @@ import numpy as np
 
 from imagetomesh.core.transforms import lps_to_ras, ras_to_lps
 from imagetomesh.errors import InputError
+from imagetomesh.io.inputs import check_input_path
 from imagetomesh.io.atomic import atomic_write, check_output_path, format_suffix
 
 #: The schema URL 3D Slicer writes into ``.mrk.json`` files.
@@ -78,12 +79,7 @@ def _check_space(coordinate_system: str) -> str:
 
 
 def _require_file(path: str | os.PathLike, what: str) -> Path:
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise InputError(f"{what} {path} does not exist; check the path")
-    if path.is_dir():
-        raise InputError(f"{what} path {path} is a folder; give a file")
-    return path
+    return check_input_path(path, what)
 
 
 # --- .mrk.json ------------------------------------------------------------------------------
