@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 import os
 import re
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ def _parse_markup(entry: object, index: int, path: Path) -> Markup:
     units = entry.get("coordinateUnits", "mm")
     if isinstance(units, list) and units:
         units = units[0]
-    if units not in _UNIT_SCALE:
+    if not isinstance(units, str) or units not in _UNIT_SCALE:
         raise InputError(f"{where} has coordinateUnits '{units}'; only mm and um are supported")
     control_points = entry.get("controlPoints", [])
     if not isinstance(control_points, list):
@@ -109,11 +110,12 @@ def _parse_markup(entry: object, index: int, path: Path) -> Markup:
             continue  # an unplaced point
         position = point["position"]
         try:
-            xyz = [float(v) for v in position]
-        except (TypeError, ValueError):
+            xyz = [float(v) for v in position] if isinstance(position, list) else []
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer too large for a float
             xyz = []
         if len(xyz) != 3 or not all(math.isfinite(v) for v in xyz):
-            raise InputError(f"control point {number} of {where} has position {position!r}; it must be 3 finite numbers")
+            raise InputError(f"control point {number} of {where} has position {reprlib.repr(position)}; "
+                             "it must be 3 finite numbers")
         positions.append(xyz)
     points = np.asarray(positions, dtype=np.float64).reshape(-1, 3) * _UNIT_SCALE[units]
     if space == "RAS":
@@ -137,6 +139,8 @@ def read_markups(path: str | os.PathLike) -> list[Markup]:
             document = json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"could not parse {path} as JSON ({err}); give a Slicer .mrk.json file") from None
+    except RecursionError:
+        raise InputError(f"{path} is nested too deeply to be a markups file; give a Slicer .mrk.json file") from None
     if not isinstance(document, dict) or not isinstance(document.get("markups"), list):
         raise InputError(f"{path} is not a Slicer markups file (no 'markups' list); save the markups from Slicer as .mrk.json")
     if not document["markups"]:
