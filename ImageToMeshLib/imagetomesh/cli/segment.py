@@ -7,22 +7,10 @@ from imagetomesh.cli.options import DEVICES, add_output, add_space
 from imagetomesh.cli.reporting import progress_bar
 from imagetomesh.errors import InputError
 
-#: Image file endings replaced by the mesh's (the two-part ``.nii.gz`` included).
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
-
-
-def _mesh_name(image: Path, suffix: str) -> str:
-    name = image.name
-    for ext in IMAGE_SUFFIXES:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)] + suffix
-    return image.stem + suffix
-
-
 def cmd_segment(args) -> int:
     from imagetomesh.inference import Segmenter
     from imagetomesh.io.atomic import check_output_path, format_suffix
-    from imagetomesh.io.images import read_image
+    from imagetomesh.io.images import image_stem, read_image
     from imagetomesh.io.meshes import MESH_SUFFIXES, write_mesh
 
     images = [Path(p) for p in args.images]
@@ -35,7 +23,7 @@ def cmd_segment(args) -> int:
         if not args.output.is_dir():
             raise InputError(f"with several images, -o must be an existing folder; {args.output} is not (create it first)")
         check_output_path(args.output / "probe.stl")
-        targets = [args.output / _mesh_name(p, ".stl") for p in images]
+        targets = [args.output / f"{image_stem(p)}.stl" for p in images]
         if len(set(targets)) != len(targets):
             raise InputError("two input images have the same name, so their meshes would overwrite each other; rename one")
     segmenter = Segmenter(args.model, args.device, open_surface=args.open)
