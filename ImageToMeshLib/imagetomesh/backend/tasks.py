@@ -21,7 +21,8 @@ from imagetomesh.errors import InputError
 __all__ = ["TASK_TABLE", "Task", "execute", "run_captured", "preload"]
 
 
-def _require(value, what: str, task: str):
+def _require(value: Any, what: str, task: str) -> Any:
+    """``value``, or an :class:`InputError` saying that the ``task`` job needs ``what``."""
     if value is None:
         raise InputError(f"the {task} job needs {what}")
     return value
