@@ -25,7 +25,19 @@ from imagetomesh.io.atomic import atomic_write, check_output_path, format_suffix
 #: Extensions :func:`write_image` accepts (one-file formats only, so the write can be atomic).
 WRITE_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
+#: Image file endings that :func:`image_stem` takes off (the two-part ``.nii.gz`` first).
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
+
 _IMAGE_HINT = "give a NIfTI, NRRD, MHA/MHD file or a folder holding a DICOM series"
+
+
+def image_stem(path: str | os.PathLike) -> str:
+    """The file name of ``path`` without its image ending (any case): ``case_001.nii.gz`` -> ``case_001``."""
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
 
 
 def _short_itk_message(err: BaseException) -> str:

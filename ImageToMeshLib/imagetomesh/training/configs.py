@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass, field
 
+from imagetomesh.errors import InputError
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.augment import AugmentConfig
 from imagetomesh.training.losses import MeshLossWeights
@@ -51,8 +52,22 @@ class TrainConfig:
         return cls(**d)
 
 
-_UNET_CPU = {"in_channels": 1, "num_classes": 2, "base": 12, "depth": 4, "norm": "batch"}
-_UNET_GPU = {"in_channels": 1, "num_classes": 2, "base": 32, "depth": 4, "norm": "batch"}
+#: U-Net presets of the named configs (``UNetConfig`` fields). Every bundled model was trained
+#: with :data:`UNET_CPU` (its card's ``config.unet``).
+#: The plain U-Net of every ``cpu`` config (and of the bundled ``unet-hippocampus``).
+UNET_CPU = {"in_channels": 1, "num_classes": 2, "base": 12, "depth": 4, "norm": "batch"}
+#: The plain, wider U-Net of the Voxel2Mesh, Pixel2Mesh-3D and U-Net ``gpu`` configs.
+UNET_GPU = {"in_channels": 1, "num_classes": 2, "base": 32, "depth": 4, "norm": "batch"}
+#: ImplicitMeshNet's ``gpu`` U-Net, the paper's: residual blocks, 16-32-64-128-256, instance norm, dropout 0.1.
+UNET_GPU_RESIDUAL = {"in_channels": 1, "num_classes": 2, "base": 16, "depth": 5, "norm": "instance", "block": "residual",
+                     "dropout": 0.1}
+
+
+def named_config(configs: dict, name: str, kind: str):
+    """``configs[name]``; an unknown ``name`` is an :class:`InputError` naming the known configs of ``kind``."""
+    if name not in configs:
+        raise InputError(f"no config {name!r} for {kind}; known: {', '.join(configs)}")
+    return configs[name]
 
 
 def _v2m(sampling: str, unpooling: str, unet: dict, hidden: int) -> dict:
@@ -64,24 +79,25 @@ def _configs() -> dict[str, dict[str, TrainConfig]]:
     for name, (sampling, unpooling) in {
         "ps-umu": ("ps", "uniform"), "hs-umu": ("hs", "uniform"), "lns-umu": ("lns", "uniform"), "lns-amu": ("lns", "adaptive"),
     }.items():
-        v2m[name] = TrainConfig("voxel2mesh", _v2m(sampling, unpooling, _UNET_CPU, 64), steps=1200, val_every=150, threads=1)
+        v2m[name] = TrainConfig("voxel2mesh", _v2m(sampling, unpooling, UNET_CPU, 64), steps=1200, val_every=150, threads=1)
     v2m["cpu"] = copy.deepcopy(v2m["lns-amu"])
-    v2m["gpu"] = TrainConfig("voxel2mesh", _v2m("lns", "adaptive", _UNET_GPU, 128), steps=20000, batch_size=4)
+    v2m["gpu"] = TrainConfig("voxel2mesh", _v2m("lns", "adaptive", UNET_GPU, 128), steps=20000, batch_size=4)
     p2m_loss = MeshLossWeights(chamfer=1.0, ce=1.0, normal=1.6e-4, laplacian=0.3, edge=0.1, pixel2mesh_normal=True)
     p2m = {
-        "cpu": TrainConfig("pixel2mesh3d", {"unet": _UNET_CPU, "hidden": 128, "residual_blocks": 3}, steps=900, val_every=150,
+        "cpu": TrainConfig("pixel2mesh3d", {"unet": UNET_CPU, "hidden": 128, "residual_blocks": 3}, steps=900, val_every=150,
                            loss=p2m_loss, threads=1),
-        "gpu": TrainConfig("pixel2mesh3d", {"unet": _UNET_GPU, "hidden": 128, "residual_blocks": 6}, steps=20000,
+        "gpu": TrainConfig("pixel2mesh3d", {"unet": UNET_GPU, "hidden": 128, "residual_blocks": 6}, steps=20000,
                            batch_size=4, loss=p2m_loss),
     }
     unet = {
-        "cpu": TrainConfig("unet", {"unet": _UNET_CPU}, steps=1200, batch_size=2, val_every=200),
-        "gpu": TrainConfig("unet", {"unet": _UNET_GPU}, steps=20000, batch_size=8),
+        "cpu": TrainConfig("unet", {"unet": UNET_CPU}, steps=1200, batch_size=2, val_every=200),
+        "gpu": TrainConfig("unet", {"unet": UNET_GPU}, steps=20000, batch_size=8),
     }
     return {"voxel2mesh": v2m, "pixel2mesh3d": p2m, "unet": unet}
 
 
 def get_config(kind: str, name: str) -> TrainConfig:
+    """The named config ``name`` of model ``kind``; :class:`InputError` for an unknown kind or name."""
     if kind == "nudf":  # its own config type (training points, time limit): training/nudf_trainer.py
         from imagetomesh.training.nudf_trainer import get_nudf_config
 
@@ -92,7 +108,5 @@ def get_config(kind: str, name: str) -> TrainConfig:
         return get_implicitmeshnet_config(name)
     configs = _configs()
     if kind not in configs:
-        raise ValueError(f"no training configs for {kind!r}; known: {', '.join(configs)}")
-    if name not in configs[kind]:
-        raise ValueError(f"no config {name!r} for {kind}; known: {', '.join(configs[kind])}")
-    return configs[kind][name]
+        raise InputError(f"no training configs for {kind!r}; known: {', '.join(configs)}")
+    return named_config(configs[kind], name, kind)

@@ -30,13 +30,14 @@ import torch.nn.functional as F
 
 from imagetomesh.geometry.laplacian import sym_norm_laplacian
 from imagetomesh.io.atomic import atomic_write
+from imagetomesh.metrics import dice
 from imagetomesh.models.mesh_state import DecoderMesh
 from imagetomesh.models.implicitmeshnet import ImplicitMeshNet, ImplicitMeshNetConfig, MeshToSDF, MeshToSDFConfig
 from imagetomesh.models.voxel2mesh import isotropic_scale
 from imagetomesh.nn.sdf import grid_sdf, inside_mask
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.augment import AugmentConfig
-from imagetomesh.training.configs import HIPPOCAMPUS_GRID
+from imagetomesh.training.configs import HIPPOCAMPUS_GRID, UNET_CPU, UNET_GPU_RESIDUAL, named_config
 from imagetomesh.training.checkpoint import RunCheckpoint
 from imagetomesh.training.data import prepare_cases
 from imagetomesh.training.implicitmeshnet_shapes import random_shape
@@ -91,17 +92,13 @@ class ImplicitMeshNetTrainConfig:
         return d
 
 
-_UNET_CPU = {"in_channels": 1, "num_classes": 2, "base": 12, "depth": 4, "norm": "batch"}
-_UNET_GPU = {"in_channels": 1, "num_classes": 2, "base": 16, "depth": 5, "norm": "instance", "block": "residual", "dropout": 0.1}
-
-
 def implicitmeshnet_configs() -> dict[str, ImplicitMeshNetTrainConfig]:
     """``gpu``: the paper's residual U-Net 16-32-64-128-256 and learning rates. ``cpu``: the plain
     U-Net of the bundled ``unet-hippocampus`` (start it with ``--init-from``), a higher
     learning rate and time limits that fit a ~1 hour run on 1 thread. ``cpu-finetune``: continues
     a ``cpu`` run (``--init-from RUN/best --sdf-from RUN/sdf_net.safetensors``) at the paper's
     learning rates, cosine-decayed to 0, with the Laplacian weight at its annealed end value."""
-    cpu_model = {"unet": _UNET_CPU, "hidden": 64}
+    cpu_model = {"unet": UNET_CPU, "hidden": 64}
     return {
         "cpu": ImplicitMeshNetTrainConfig(
             cpu_model, steps=3000, lr=5e-4, lr_sdf=3e-4, sdf_updates=2, val_every=50,
@@ -112,17 +109,14 @@ def implicitmeshnet_configs() -> dict[str, ImplicitMeshNetTrainConfig]:
             sdf_updates=2, val_every=50, pretrain_steps=0, time_limit_s=60 * 60,
         ),
         "gpu": ImplicitMeshNetTrainConfig(
-            {"unet": _UNET_GPU, "hidden": 128}, sdf_net=MeshToSDFConfig(64, (128, 64, 32, 16)).to_dict(),
+            {"unet": UNET_GPU_RESIDUAL, "hidden": 128}, sdf_net=MeshToSDFConfig(64, (128, 64, 32, 16)).to_dict(),
             steps=30000, batch_size=4, val_every=500, pretrain_steps=20000, pretrain_batch=8, threads=2,
         ),
     }
 
 
 def get_implicitmeshnet_config(name: str) -> ImplicitMeshNetTrainConfig:
-    configs = implicitmeshnet_configs()
-    if name not in configs:
-        raise ValueError(f"no config {name!r} for implicitmeshnet; known: {', '.join(configs)}")
-    return configs[name]
+    return named_config(implicitmeshnet_configs(), name, "implicitmeshnet")
 
 
 # --- losses ------------------------------------------------------------------------------
@@ -154,7 +148,7 @@ def lr_factor(progress: float, config: ImplicitMeshNetTrainConfig) -> float:
     raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}")
 
 
-def laplacian_energy(verts: torch.Tensor, laplacian: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def mean_vertex_laplacian_energy(verts: torch.Tensor, laplacian: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Mean over cases and vertices of ``||(L V)_i||^2``, ``V`` ``(B, N, 3)`` grid -> isotropic frame."""
     return torch.stack([torch.sparse.mm(laplacian, v * scale).pow(2).sum(-1).mean() for v in verts]).mean()
 
@@ -183,7 +177,7 @@ def surface_terms(
             p.requires_grad_(True)
         g_net.train(was_training)
     bce = F.binary_cross_entropy_with_logits(-sdf / config.tau, labels.float())
-    lap = laplacian_energy(verts, laplacian, scale)
+    lap = mean_vertex_laplacian_energy(verts, laplacian, scale)
     ce = F.cross_entropy(logits, labels.long())
     loss = config.alpha * bce + beta * lap + config.gamma * ce
     terms = {"bce": bce, "laplacian": lap, "ce": ce, "loss": loss}
@@ -216,8 +210,7 @@ def mesh_dice(model: ImplicitMeshNet, cases, device) -> float:
     for case in cases:
         _, meshes = model(case.image[None, None].to(device))
         mask = inside_mask(meshes[0][-1].verts, meshes[0][-1].faces, case.label.shape).cpu()
-        ref = case.label.bool()
-        scores.append(float(2 * (mask & ref).sum() / (mask.sum() + ref.sum()).clamp(min=1)))
+        scores.append(dice(mask.numpy(), case.label.numpy()))
     model.train()
     return float(np.mean(scores))
 

@@ -28,7 +28,7 @@ from imagetomesh.models.nudf import NUDF, NUDFConfig
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.augment import AugmentConfig, augment
 from imagetomesh.training.checkpoint import RunCheckpoint
-from imagetomesh.training.configs import HIPPOCAMPUS_GRID
+from imagetomesh.training.configs import HIPPOCAMPUS_GRID, named_config
 from imagetomesh.training.data import PreparedCase, prepare_cases
 from imagetomesh.training.msd import load_or_make_split, read_msd
 from imagetomesh.training.trainer import _hardware, rescale_one_cycle
@@ -198,7 +198,4 @@ def train_nudf(
 
 
 def get_nudf_config(name: str) -> NUDFTrainConfig:
-    configs = nudf_configs()
-    if name not in configs:
-        raise ValueError(f"no config {name!r} for nudf; known: {', '.join(configs)}")
-    return copy.deepcopy(configs[name])
+    return copy.deepcopy(named_config(nudf_configs(), name, "nudf"))

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from imagetomesh.io.atomic import atomic_write
+from imagetomesh.metrics import dice
 from imagetomesh.models.registry import build_model
 from imagetomesh.models.voxel2mesh import isotropic_scale
 from imagetomesh.training.augment import augment
@@ -109,8 +110,7 @@ def validate(model, kind: str, cases: list[PreparedCase], device) -> dict[str, f
     for case in cases:
         logits, meshes = model(case.image[None, None].to(device))
         pred = logits.argmax(1)[0].cpu()
-        ref = case.label.bool()
-        dices.append(float(2 * (pred.bool() & ref).sum() / (pred.bool().sum() + ref.sum()).clamp(min=1)))
+        dices.append(dice(pred.numpy(), case.label.numpy()))
         if meshes is not None:
             half_mm = torch.tensor(case.transform.grid_to_lps[:3, :3]).norm(dim=0).float()  # mm per grid unit, (x, y, z)
             points, _ = boundary_points(case.label)
