@@ -17,11 +17,10 @@ import warnings
 from imagetomesh import __version__
 from imagetomesh.cli import demo, evaluate, fit, info, mesh_from_label, models, preview, segment, train
 from imagetomesh.cli.models import _format_metrics
+from imagetomesh.cli.reporting import PROG
 from imagetomesh.errors import InputError
 
 __all__ = ["PROG", "build_parser", "main", "_format_metrics"]
-
-PROG = "imagetomesh"
 
 #: The commands, in the order ``imagetomesh --help`` lists them.
 COMMANDS = (mesh_from_label, evaluate, preview, info, segment, models, train, fit, demo)

@@ -8,7 +8,10 @@ from pathlib import Path
 from imagetomesh.core.mesh import Mesh
 from imagetomesh.errors import InputError
 
-__all__ = ["progress_bar", "FractionBar", "check_mesh_output", "write_checked_mesh"]
+__all__ = ["PROG", "progress_bar", "FractionBar", "check_mesh_output", "write_checked_mesh"]
+
+#: The command's name, as every message starts.
+PROG = "imagetomesh"
 
 
 def progress_bar(iterable, desc: str, total: int | None = None):
