@@ -44,14 +44,44 @@ def save_weights(model, folder: str | Path, card: dict) -> Path:
     return folder
 
 
+#: Fields every model card needs, by kind (``None``: any kind not listed); :func:`read_card` checks them.
+CARD_FIELDS = {
+    "dals": {"kind": str, "config": dict, "mean_latent": list},
+    None: {"kind": str, "config": dict},
+}
+#: What segmenting with a model needs beyond that (its input grid); :func:`imagetomesh.zoo.load_model` checks it.
+SEGMENTER_FIELDS = {"grid": dict}
+
+
+def check_card_fields(card: dict, path: Path, fields: dict) -> None:
+    """InputError naming the first of ``fields`` (``{name: type}``) that ``card`` lacks or holds with another type."""
+    for name, kind in fields.items():
+        if not isinstance(card.get(name), kind):
+            problem = "lacks" if name not in card else f"has a {type(card[name]).__name__} as"
+            raise InputError(f"{path} {problem} '{name}' (a {kind.__name__} is needed); restore the model card")
+
+
 def read_card(folder: str | Path) -> dict:
+    """The model card of ``folder``, checked: UTF-8 JSON, an object, the fields its kind needs (:data:`CARD_FIELDS`).
+
+    Raises:
+        InputError: naming the card and what is wrong with it.
+    """
     path = Path(folder) / CARD_NAME
     if not path.is_file():
         raise InputError(f"{folder} holds no {CARD_NAME}; a model folder needs {WEIGHTS_NAME} and {CARD_NAME}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        card = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text; restore the model card") from None
     except json.JSONDecodeError as err:
         raise InputError(f"{path} is not valid JSON ({err.msg}); restore the model card") from None
+    except RecursionError:
+        raise InputError(f"{path} is nested too deeply to be a model card; restore the model card") from None
+    if not isinstance(card, dict):
+        raise InputError(f"{path} is not a model card (a JSON object with kind, config, ...); restore the model card")
+    check_card_fields(card, path, CARD_FIELDS.get(card.get("kind"), CARD_FIELDS[None]))
+    return card
 
 
 def load_state(folder: str | Path, card: dict) -> dict:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from imagetomesh.devices import resolve_device
 from imagetomesh.errors import InputError
-from imagetomesh.weights import CARD_NAME, build_from_card, read_card
+from imagetomesh.weights import CARD_NAME, SEGMENTER_FIELDS, build_from_card, check_card_fields, read_card
 
 if TYPE_CHECKING:
     import torch
@@ -89,6 +89,10 @@ def load_model(name: str, device: str = "auto") -> LoadedModel:
 
     folder = find_model(name)
     card = read_card(folder)
+    if card["kind"] == "dals":
+        raise InputError(f"{folder.name} is a DALS shape prior, not a segmentation model; use it with "
+                         f"'imagetomesh fit points|curves --prior {folder.name}' or 'imagetomesh refine --prior {folder.name}'")
+    check_card_fields(card, folder / CARD_NAME, SEGMENTER_FIELDS)
     module = build_from_card(folder, card, lambda c: build_model(c["kind"], c["config"]), required=("kind", "config"))
     dev = resolve_device(device)
     return LoadedModel(folder.name, card, module.to(dev).eval(), dev)

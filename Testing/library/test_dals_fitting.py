@@ -164,7 +164,7 @@ def test_unknown_prior_lists_available():
 def test_non_dals_model_is_refused(tmp_path):
     folder = tmp_path / "other"
     folder.mkdir()
-    (folder / "card.json").write_text(json.dumps({"kind": "unet"}))
+    (folder / "card.json").write_text(json.dumps({"kind": "unet", "config": {}, "grid": {}, "sha256": "0"}))
     with pytest.raises(InputError, match="not a DALS prior"):
         load_prior(str(folder))
 

@@ -11,6 +11,7 @@ and no output file left behind (all writers are atomic).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -57,3 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (``imagetomesh models --json | head``): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13  # as a shell reports SIGPIPE

@@ -18,17 +18,22 @@ def _format_metrics(metrics: dict, prefix: str = "") -> str:
 
 
 def cmd_models(args) -> int:
-    from imagetomesh.weights import read_card
-    from imagetomesh.zoo import available_models
+    """List every model with its card; a model whose card cannot be read is listed with the reason."""
+    from imagetomesh.zoo import list_models
 
-    models = available_models()
+    models = list_models()
+    if args.kind:
+        models = [m for m in models if (m["kind"] == "dals") == (args.kind == "priors")]
     if not models:
-        print("no models installed")
+        print("no models installed" if not args.kind else f"no {args.kind} installed")
         return 0
-    for name, folder in models.items():
-        card = read_card(folder)
+    for entry in models:
+        name, folder, card = entry["name"], entry["folder"], entry["card"]
         if args.json:
             print(json.dumps({"name": name, "folder": str(folder), **card}))
+            continue
+        if "error" in card:
+            print(f"{name}\n    unusable  {card['error']}\n    folder    {folder}")
             continue
         print(f"{name}")
         print(f"    kind      {card.get('kind')}")
@@ -48,4 +53,6 @@ def register(sub) -> None:
     """Add ``models`` to the main parser's sub-parsers ``sub``."""
     p = sub.add_parser("models", help="list the installed models and their cards")
     p.add_argument("--json", action="store_true", help="one JSON card per line")
+    p.add_argument("--kind", choices=("segmenters", "priors"),
+                   help="only segmentation models (for 'segment') or only DALS shape priors (for 'fit' and 'refine')")
     p.set_defaults(func=cmd_models)
