@@ -43,6 +43,12 @@ def grid_to_index_affine(size_ijk) -> np.ndarray:
     return affine
 
 
+def centre_index(size_ijk) -> np.ndarray:
+    """``(3,)`` continuous index (i, j, k) of the centre of the voxel-centre box of a grid or image of
+    ``size_ijk`` = (W, H, D): ``(size - 1) / 2`` (grid 0 when every axis has at least 2 voxels)."""
+    return (np.asarray(size_ijk) - 1) / 2.0
+
+
 def index_to_grid(ijk: np.ndarray, size_ijk) -> np.ndarray:
     """``(N, 3)`` continuous voxel indices (i, j, k) -> ``(N, 3)`` grid coordinates (x, y, z)."""
     return transform_points(index_to_grid_affine(size_ijk), ijk)

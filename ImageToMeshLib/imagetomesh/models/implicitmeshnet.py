@@ -29,9 +29,9 @@ from torch import nn
 
 from imagetomesh.geometry.laplacian import taubin_smooth
 from imagetomesh.models.mesh_state import DecoderMesh
-from imagetomesh.models.voxel2mesh import isotropic_scale
 from imagetomesh.nn.feature_sampling import sample_features
 from imagetomesh.nn.graph import ChebConv
+from imagetomesh.nn.grid import isotropic_scale
 from imagetomesh.nn.splat import splat_features
 from imagetomesh.nn.unet import UNet3D, UNetConfig
 

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from imagetomesh.models.mesh_state import DecoderMesh
-from imagetomesh.models.voxel2mesh import isotropic_scale
 from imagetomesh.nn.feature_sampling import sample_features
 from imagetomesh.nn.graph import GraphConv
+from imagetomesh.nn.grid import isotropic_scale
 from imagetomesh.nn.unet import UNet3D, UNetConfig
 
 

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from imagetomesh.io.atomic import atomic_write
 from imagetomesh.models.registry import build_model
-from imagetomesh.models.voxel2mesh import isotropic_scale
+from imagetomesh.nn.grid import isotropic_scale
 from imagetomesh.training.augment import augment
 from imagetomesh.training.checkpoint import RunCheckpoint
 from imagetomesh.training.configs import TrainConfig
