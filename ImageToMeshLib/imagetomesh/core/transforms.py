@@ -69,6 +69,14 @@ def ras_to_lps(points: np.ndarray) -> np.ndarray:
     return transform_points(LPS_TO_RAS, points)
 
 
+def grid_volume(array: np.ndarray, transform: "GridTransform") -> Volume:
+    """A ``(D, H, W)`` array on a model grid as a :class:`Volume` with that grid's LPS geometry
+    (with ``GridTransform(np.eye(4), shape)``: a volume whose "LPS" is grid coordinates)."""
+    index_to_lps = transform.grid_to_lps @ index_to_grid_affine(np.array(transform.shape[::-1]))
+    spacing = np.linalg.norm(index_to_lps[:3, :3], axis=0)
+    return Volume(array, spacing, index_to_lps[:3, 3], index_to_lps[:3, :3] / spacing[None, :])
+
+
 @dataclass(frozen=True)
 class GridTransform:
     """Where a model's normalised grid lies in LPS space.

@@ -17,7 +17,7 @@ times :func:`~imagetomesh.nn.grid.isotropic_scale` of the grid, i.e. 1 unit is h
 the longest grid extent (27.5 mm on the hippocampus grid of 56 x 1 mm along y). The training
 clamp of 0.1 units is therefore 2.75 mm there.
 
-Meshing (:meth:`NUDF.meshes_from_images`) is in :mod:`imagetomesh.geometry.udf_meshing`:
+Meshing (:meth:`NUDF.predict_meshes`) is in :mod:`imagetomesh.geometry.udf_meshing`:
 projection along the UDF gradient, screened Poisson, support trimming.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imagetomesh.models.protocol import SegmentationModel
 from imagetomesh.nn.feature_sampling import sample_features
 from imagetomesh.nn.grid import grid_voxel_size, isotropic_scale, isotropic_voxel_size
 from imagetomesh.nn.unet import DoubleConv
@@ -64,7 +65,7 @@ class NUDFConfig:
         return d
 
 
-class NUDF(nn.Module):
+class NUDF(nn.Module, SegmentationModel):
     """``encode(image (B, 1, D, H, W))`` -> feature list; ``query(features, points (B, N, 3))`` -> ``(B, N)``
     unsigned distances; ``forward(image, points)`` does both."""
 
@@ -122,8 +123,8 @@ class NUDF(nn.Module):
     def forward(self, image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         return self.query(self.encode(image), points)
 
-    def meshes_from_images(self, images: torch.Tensor, open_surface: bool = False):
-        """One :class:`~imagetomesh.core.mesh.Mesh` per image, in model grid coordinates.
+    def predict_meshes(self, images: torch.Tensor, open_surface: bool = False):
+        """One :class:`~imagetomesh.core.mesh.Mesh` per image ``(B, C, D, H, W)``, in model grid coordinates.
 
         Closed (the caller repairs it to watertight) unless ``open_surface``.
         """

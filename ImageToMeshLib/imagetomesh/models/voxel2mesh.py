@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from imagetomesh.models.mesh_state import DecoderMesh
+from imagetomesh.models.protocol import DeformedTemplateModel
 from imagetomesh.nn.feature_sampling import neighbourhood_offsets, sample_features
 from imagetomesh.nn.graph import DistanceWeightedGraphConv
 from imagetomesh.nn.grid import isotropic_scale
@@ -140,7 +141,7 @@ class MeshStage(nn.Module):
         return DecoderMesh(verts, mesh.faces, mesh.sphere, z, mesh.parent_edges)
 
 
-class Voxel2Mesh(nn.Module):
+class Voxel2Mesh(nn.Module, DeformedTemplateModel):
     """U-Net + mesh decoder. ``forward(image (B, 1, D, H, W))`` -> (logits, per-case list of stage meshes)."""
 
     def __init__(self, config: Voxel2MeshConfig) -> None:
