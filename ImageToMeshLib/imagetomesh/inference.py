@@ -7,21 +7,13 @@ import numpy as np
 import torch
 
 from imagetomesh.core.mesh import Mesh
-from imagetomesh.core.transforms import GridTransform, index_to_grid_affine
+from imagetomesh.core.transforms import grid_volume  # noqa: F401  (re-exported: benchmarks import it from here)
 from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
-from imagetomesh.geometry.isosurface import labelmap_to_mesh
 from imagetomesh.geometry.quality import check_mesh, orient_outward, repair_mesh
 from imagetomesh.geometry.untangle import untangle
 from imagetomesh.preprocessing import GridSpec, prepare_image
 from imagetomesh.zoo import LoadedModel, load_model
-
-
-def grid_volume(array: np.ndarray, transform: GridTransform) -> Volume:
-    """A ``(D, H, W)`` array on a model grid as a :class:`Volume` with that grid's LPS geometry."""
-    index_to_lps = transform.grid_to_lps @ index_to_grid_affine(np.array(transform.shape[::-1]))
-    spacing = np.linalg.norm(index_to_lps[:3, :3], axis=0)
-    return Volume(array, spacing, index_to_lps[:3, 3], index_to_lps[:3, :3] / spacing[None, :])
 
 
 def finish_mesh(mesh: Mesh, untangle_folds: bool = True) -> Mesh:
@@ -38,9 +30,9 @@ def finish_mesh(mesh: Mesh, untangle_folds: bool = True) -> Mesh:
 class Segmenter:
     """Loads a model once and turns images into LPS-millimetre meshes.
 
-    ``segment_batch`` stacks images resampled onto the model grid and runs them together.
-    Models whose forward pass cannot return a mesh (NUDF) provide
-    ``meshes_from_images(images, open_surface) -> [Mesh in grid coordinates]``, used when present.
+    ``segment_batch`` stacks images resampled onto the model grid and runs them together through
+    the model's :meth:`~imagetomesh.models.protocol.SegmentationModel.predict_meshes` (meshes in
+    grid coordinates), then maps each mesh to LPS mm and post-processes it.
     ``open_surface`` (only for models with ``supports_open_surface``) returns the surface as the
     model found it, without closing or repairing it; by default meshes are made watertight.
     ``untangle=False`` keeps the folds a network made (to measure the network itself).
@@ -50,7 +42,7 @@ class Segmenter:
                  untangle: bool = True) -> None:
         self.model = model if isinstance(model, LoadedModel) else load_model(model, device)
         self.spec = GridSpec.from_dict(self.model.card["grid"])
-        if open_surface and not getattr(self.model.module, "supports_open_surface", False):
+        if open_surface and not self.model.module.supports_open_surface:
             raise InputError(f"model {self.model.name} ({self.model.kind}) only makes closed surfaces; "
                              "drop --open or use a model that supports open surfaces (e.g. nudf-hippocampus)")
         self.open_surface = open_surface
@@ -68,22 +60,8 @@ class Segmenter:
             for w in caught:
                 warnings.warn(str(w.message), stacklevel=2)
         images = torch.stack([p[0] for p in prepared])[:, None].to(self.model.device)
-        if hasattr(self.model.module, "meshes_from_images"):
-            grid_meshes = self.model.module.meshes_from_images(images, open_surface=self.open_surface)
-            return [self._finish(m.transformed(t.grid_to_lps)) for m, (_, t) in zip(grid_meshes, prepared)]
-        logits, meshes = self.model.module(images)
-        out = []
-        for b, (_, transform) in enumerate(prepared):
-            if meshes is None:
-                mask = logits[b].argmax(0).to(torch.uint8).cpu().numpy()
-                if not mask.any():
-                    raise InputError("the model found no object in the image; check that it shows the organ the model was trained on")
-                mesh = labelmap_to_mesh(grid_volume(mask, transform), smoothing=self.model.module.config.smoothing)
-            else:
-                final = meshes[b][-1]
-                mesh = Mesh(final.verts.cpu().numpy(), final.faces.cpu().numpy()).transformed(transform.grid_to_lps)
-            out.append(finish_mesh(mesh, self.untangle))
-        return out
+        grid_meshes = self.model.module.predict_meshes(images, open_surface=self.open_surface)
+        return [self._finish(m.transformed(t.grid_to_lps)) for m, (_, t) in zip(grid_meshes, prepared)]
 
     def segment(self, volume: Volume) -> Mesh:
         return self.segment_batch([volume])[0]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from imagetomesh.core.transforms import GridTransform, grid_to_index_affine, index_to_grid_affine
+from imagetomesh.core.transforms import GridTransform, centre_index, grid_to_index_affine, index_to_grid_affine
 from imagetomesh.core.volume import Volume
 
 
@@ -64,9 +64,9 @@ def model_grid_transform(volume: Volume, spec: GridSpec, centre_lps: np.ndarray 
     spacing = np.asarray(spec.spacing, dtype=np.float64)
     direction = spec.direction_matrix(volume)
     if centre_lps is None:
-        centre_lps = volume.index_to_lps[:3, :3] @ ((volume.size_ijk - 1) / 2.0) + volume.origin
+        centre_lps = volume.index_to_lps[:3, :3] @ centre_index(volume.size_ijk) + volume.origin
     axes = direction * spacing[None, :]  # columns: LPS step of one grid voxel along i, j, k
-    origin = np.asarray(centre_lps, dtype=np.float64) - axes @ ((size_ijk - 1) / 2.0)
+    origin = np.asarray(centre_lps, dtype=np.float64) - axes @ centre_index(size_ijk)
     step_in_image = volume.lps_to_index[:3, :3] @ axes  # image-index step of one grid step
     if np.allclose(np.abs(step_in_image).sum(0), 1.0, atol=1e-4) and np.allclose(np.abs(step_in_image).max(0), 1.0, atol=1e-4):
         origin_ijk = volume.lps_to_index[:3, :3] @ origin + volume.lps_to_index[:3, 3]

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from imagetomesh.core.mesh import Mesh
+from imagetomesh.core.transforms import centre_index
 from imagetomesh.core.volume import Volume, transform_points
 from imagetomesh.geometry.plane_cut import cut_mesh_with_plane
 from imagetomesh.io.atomic import atomic_write, check_output_path
@@ -42,7 +43,7 @@ def render_preview(volume: Volume, meshes: list[Mesh], path: str | Path, centre_
 
     path = check_output_path(path)
     if centre_lps is None:
-        centre_lps = meshes[0].centroid() if meshes else transform_points(volume.index_to_lps, [(volume.size_ijk - 1) / 2])[0]
+        centre_lps = meshes[0].centroid() if meshes else transform_points(volume.index_to_lps, [centre_index(volume.size_ijk)])[0]
     centre = transform_points(volume.lps_to_index, np.asarray(centre_lps)[None])[0]
     centre = np.clip(np.round(centre), 0, volume.size_ijk - 1).astype(int)
     array = np.asarray(volume.array, dtype=np.float32)

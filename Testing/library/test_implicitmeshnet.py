@@ -11,7 +11,7 @@ from imagetomesh.geometry.laplacian import sym_norm_laplacian
 from imagetomesh.geometry.quality import check_mesh
 from imagetomesh.models.implicitmeshnet import ImplicitMeshNet, ImplicitMeshNetConfig, MeshToSDF, MeshToSDFConfig, level_shapes
 from imagetomesh.models.registry import build_model
-from imagetomesh.models.voxel2mesh import isotropic_scale
+from imagetomesh.nn.grid import isotropic_scale
 from imagetomesh.nn.unet import UNet3D, UNetConfig
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.implicitmeshnet_shapes import random_shape

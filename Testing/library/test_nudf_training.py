@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from imagetomesh.geometry.distances import point_to_triangle_distance
-from imagetomesh.models.voxel2mesh import isotropic_scale
+from imagetomesh.nn.grid import isotropic_scale
 from imagetomesh.training.augment import AugmentConfig, augment
 from imagetomesh.training.udf_points import UDFPointConfig, label_surface, sample_udf_points, shape_diameter
 

@@ -43,6 +43,12 @@ def grid_to_index_affine(size_ijk) -> np.ndarray:
     return affine
 
 
+def centre_index(size_ijk) -> np.ndarray:
+    """``(3,)`` continuous index (i, j, k) of the centre of the voxel-centre box of a grid or image of
+    ``size_ijk`` = (W, H, D): ``(size - 1) / 2`` (grid 0 when every axis has at least 2 voxels)."""
+    return (np.asarray(size_ijk) - 1) / 2.0
+
+
 def index_to_grid(ijk: np.ndarray, size_ijk) -> np.ndarray:
     """``(N, 3)`` continuous voxel indices (i, j, k) -> ``(N, 3)`` grid coordinates (x, y, z)."""
     return transform_points(index_to_grid_affine(size_ijk), ijk)
@@ -61,6 +67,14 @@ def lps_to_ras(points: np.ndarray) -> np.ndarray:
 def ras_to_lps(points: np.ndarray) -> np.ndarray:
     """``(N, 3)`` RAS mm -> LPS mm (negate x and y)."""
     return transform_points(LPS_TO_RAS, points)
+
+
+def grid_volume(array: np.ndarray, transform: "GridTransform") -> Volume:
+    """A ``(D, H, W)`` array on a model grid as a :class:`Volume` with that grid's LPS geometry
+    (with ``GridTransform(np.eye(4), shape)``: a volume whose "LPS" is grid coordinates)."""
+    index_to_lps = transform.grid_to_lps @ index_to_grid_affine(np.array(transform.shape[::-1]))
+    spacing = np.linalg.norm(index_to_lps[:3, :3], axis=0)
+    return Volume(array, spacing, index_to_lps[:3, 3], index_to_lps[:3, :3] / spacing[None, :])
 
 
 @dataclass(frozen=True)

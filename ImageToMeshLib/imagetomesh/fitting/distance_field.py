@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from imagetomesh.core.transforms import index_to_grid_affine
 from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
+from imagetomesh.nn.grid import transform_points
 
 
 class DistanceField:
@@ -63,19 +65,14 @@ class DistanceField:
         index_to_lps = mask.index_to_lps.copy()
         index_to_lps[:3, 3] = mask.index_to_lps[:3, :3] @ start_ijk + mask.origin
         size_ijk = np.array(inside.shape[::-1], dtype=np.float64)
-        index_to_grid = np.eye(4)
-        index_to_grid[:3, :3] = np.diag(2.0 / np.maximum(size_ijk - 1, 1))
-        index_to_grid[:3, 3] = -1.0
-        self.lps_to_grid = index_to_grid @ np.linalg.inv(index_to_lps)
+        self.lps_to_grid = index_to_grid_affine(size_ijk) @ np.linalg.inv(index_to_lps)
         self.index_to_lps = index_to_lps
         self.u = torch.from_numpy(u)[None, None].to(device)
         self.g = torch.from_numpy(np.ascontiguousarray(grad_lps))[None].to(device)
         self._affine = torch.as_tensor(self.lps_to_grid, dtype=torch.float32, device=device)
 
     def _grid(self, points: torch.Tensor) -> torch.Tensor:
-        a = self._affine.to(points.dtype)
-        grid = points @ a[:3, :3].t() + a[:3, 3]
-        return grid.reshape(1, 1, 1, -1, 3)
+        return transform_points(self._affine, points).reshape(1, 1, 1, -1, 3)
 
     def sample_u(self, points: torch.Tensor) -> torch.Tensor:
         """``(P,)`` trilinear ``U`` at ``(P, 3)`` LPS points (border values outside the grid)."""

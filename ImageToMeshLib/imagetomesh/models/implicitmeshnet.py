@@ -29,9 +29,10 @@ from torch import nn
 
 from imagetomesh.geometry.laplacian import taubin_smooth
 from imagetomesh.models.mesh_state import DecoderMesh
-from imagetomesh.models.voxel2mesh import isotropic_scale
+from imagetomesh.models.protocol import DeformedTemplateModel
 from imagetomesh.nn.feature_sampling import sample_features
 from imagetomesh.nn.graph import ChebConv
+from imagetomesh.nn.grid import isotropic_scale
 from imagetomesh.nn.splat import splat_features
 from imagetomesh.nn.unet import UNet3D, UNetConfig
 
@@ -83,7 +84,7 @@ class ChebStage(nn.Module):
         return x, self.offset(x, edge_index)
 
 
-class ImplicitMeshNet(nn.Module):
+class ImplicitMeshNet(nn.Module, DeformedTemplateModel):
     """``f_theta``: ``forward(image (B, 1, D, H, W))`` -> (U-Net logits, per-case list of stage meshes)."""
 
     def __init__(self, config: ImplicitMeshNetConfig) -> None:

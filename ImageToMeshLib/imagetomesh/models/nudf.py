@@ -13,11 +13,11 @@ regresses the unsigned distance; the output is ``|y|`` so that the field is exac
 on a surface and its gradient never vanishes identically (as a ReLU output would).
 
 Distance units ("normalised units"): lengths in the *isotropic grid frame*, grid coordinates
-times :func:`~imagetomesh.models.voxel2mesh.isotropic_scale` of the grid, i.e. 1 unit is half
+times :func:`~imagetomesh.nn.grid.isotropic_scale` of the grid, i.e. 1 unit is half
 the longest grid extent (27.5 mm on the hippocampus grid of 56 x 1 mm along y). The training
 clamp of 0.1 units is therefore 2.75 mm there.
 
-Meshing (:meth:`NUDF.meshes_from_images`) is in :mod:`imagetomesh.geometry.udf_meshing`:
+Meshing (:meth:`NUDF.predict_meshes`) is in :mod:`imagetomesh.geometry.udf_meshing`:
 projection along the UDF gradient, screened Poisson, support trimming.
 """
 from __future__ import annotations
@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from imagetomesh.models.protocol import SegmentationModel
 from imagetomesh.nn.feature_sampling import sample_features
+from imagetomesh.nn.grid import grid_voxel_size, isotropic_scale, isotropic_voxel_size
 from imagetomesh.nn.unet import DoubleConv
 
 
@@ -63,7 +65,7 @@ class NUDFConfig:
         return d
 
 
-class NUDF(nn.Module):
+class NUDF(nn.Module, SegmentationModel):
     """``encode(image (B, 1, D, H, W))`` -> feature list; ``query(features, points (B, N, 3))`` -> ``(B, N)``
     unsigned distances; ``forward(image, points)`` does both."""
 
@@ -96,8 +98,7 @@ class NUDF(nn.Module):
 
     def offsets(self, shape_dhw, device=None) -> torch.Tensor:
         """``(7, 3)`` grid-unit offsets: zero, then +-x, +-y, +-z by ``offset_voxels`` grid voxels."""
-        size = torch.tensor([shape_dhw[2], shape_dhw[1], shape_dhw[0]], dtype=torch.float32, device=device)
-        voxel = 2.0 / (size - 1.0).clamp(min=1.0)
+        voxel = grid_voxel_size(tuple(shape_dhw)[::-1], device=device)
         eye = torch.eye(3, device=device) * voxel * self.config.offset_voxels
         return torch.cat([torch.zeros(1, 3, device=device), eye, -eye])
 
@@ -122,17 +123,16 @@ class NUDF(nn.Module):
     def forward(self, image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         return self.query(self.encode(image), points)
 
-    def meshes_from_images(self, images: torch.Tensor, open_surface: bool = False):
-        """One :class:`~imagetomesh.core.mesh.Mesh` per image, in model grid coordinates.
+    def predict_meshes(self, images: torch.Tensor, open_surface: bool = False):
+        """One :class:`~imagetomesh.core.mesh.Mesh` per image ``(B, C, D, H, W)``, in model grid coordinates.
 
         Closed (the caller repairs it to watertight) unless ``open_surface``.
         """
         from imagetomesh.geometry.udf_meshing import UDFMeshingConfig, mesh_udf
-        from imagetomesh.models.voxel2mesh import isotropic_scale
 
         config = UDFMeshingConfig(**self.config.meshing)
         scale = isotropic_scale(images.shape[2:]).to(images.device)
-        voxel = 2.0 / (max(images.shape[2:]) - 1.0)  # one grid voxel in the isotropic frame
+        voxel = isotropic_voxel_size(images.shape[2:])  # one grid voxel in the isotropic frame
         meshes = []
         with torch.no_grad():
             features = self.encode(images)

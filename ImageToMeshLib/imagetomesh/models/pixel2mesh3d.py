@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from imagetomesh.models.mesh_state import DecoderMesh
-from imagetomesh.models.voxel2mesh import isotropic_scale
+from imagetomesh.models.protocol import DeformedTemplateModel
 from imagetomesh.nn.feature_sampling import sample_features
 from imagetomesh.nn.graph import GraphConv
+from imagetomesh.nn.grid import isotropic_scale
 from imagetomesh.nn.unet import UNet3D, UNetConfig
 
 
@@ -70,7 +71,7 @@ class GResNet(nn.Module):
         return x, self.coords(x, edge_index)
 
 
-class Pixel2Mesh3D(nn.Module):
+class Pixel2Mesh3D(nn.Module, DeformedTemplateModel):
     """U-Net + G-ResNet mesh decoder. ``forward(image)`` -> (logits, per-case list of block meshes)."""
 
     def __init__(self, config: Pixel2Mesh3DConfig) -> None:

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
-from imagetomesh.geometry.isosurface import DEFAULT_SMOOTHING
+from imagetomesh.core.mesh import Mesh
+from imagetomesh.core.transforms import GridTransform, grid_volume
+from imagetomesh.errors import InputError
+from imagetomesh.geometry.isosurface import DEFAULT_SMOOTHING, labelmap_to_mesh
+from imagetomesh.models.protocol import SegmentationModel
 from imagetomesh.nn.unet import UNet3D, UNetConfig
 
 
@@ -25,8 +30,9 @@ class UNetMCConfig:
         return asdict(self)
 
 
-class UNetMC(nn.Module):
-    """``forward(image (B, 1, D, H, W))`` -> (logits, None): no mesh decoder; meshing happens after."""
+class UNetMC(nn.Module, SegmentationModel):
+    """``forward(image (B, 1, D, H, W))`` -> (logits, None): no mesh decoder; :meth:`predict_meshes`
+    meshes the voxel segmentation."""
 
     def __init__(self, config: UNetMCConfig) -> None:
         super().__init__()
@@ -36,3 +42,16 @@ class UNetMC(nn.Module):
     def forward(self, image: torch.Tensor):
         logits, _ = self.unet(image)
         return logits, None
+
+    def predict_meshes(self, images: torch.Tensor, open_surface: bool = False) -> list[Mesh]:
+        """``images (B, C, D, H, W)`` -> ``B`` closed meshes in grid coordinates: marching cubes of each
+        argmax label (:func:`~imagetomesh.geometry.isosurface.labelmap_to_mesh`, ``config.smoothing``)."""
+        self._check_open_surface(open_surface)
+        logits, _ = self(images)
+        meshes = []
+        for mask in logits.argmax(1).to(torch.uint8).cpu().numpy():
+            if not mask.any():
+                raise InputError("the model found no object in the image; check that it shows the organ the model was trained on")
+            on_grid = grid_volume(mask, GridTransform(np.eye(4), mask.shape))  # its "LPS" is grid coordinates
+            meshes.append(labelmap_to_mesh(on_grid, smoothing=self.config.smoothing))
+        return meshes

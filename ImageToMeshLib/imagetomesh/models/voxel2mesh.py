@@ -16,8 +16,10 @@ import torch
 from torch import nn
 
 from imagetomesh.models.mesh_state import DecoderMesh
+from imagetomesh.models.protocol import DeformedTemplateModel
 from imagetomesh.nn.feature_sampling import neighbourhood_offsets, sample_features
 from imagetomesh.nn.graph import DistanceWeightedGraphConv
+from imagetomesh.nn.grid import isotropic_scale
 from imagetomesh.nn.unet import UNet3D, UNetConfig
 
 SAMPLING_MODES = ("lns", "hs", "ps")
@@ -30,8 +32,8 @@ class Voxel2MeshConfig:
 
     ``stages`` mesh stages use the finest ``stages`` decoder levels (coarsest first);
     ``template_level`` 2 is the 162-vertex icosphere; ``template_radius`` is in isotropic
-    grid units (see :func:`isotropic_scale`); ``amu_threshold`` likewise (a new vertex closer
-    than it to its parent edge is dropped). 0.001 (~0.03 voxel) was chosen on the hippocampus
+    grid units (see :func:`~imagetomesh.nn.grid.isotropic_scale`); ``amu_threshold`` likewise
+    (a new vertex closer than it to its parent edge is dropped). 0.001 (~0.03 voxel) was chosen on the hippocampus
     validation split: with the step-4050 weights 0.003 / 0.001 / 0.0003 kept 414 / 1062 / 1936 of
     2562 vertices at IoU 0.774 / 0.781 / 0.783 (uniform unpooling: 0.783).
     """
@@ -59,13 +61,6 @@ class Voxel2MeshConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def isotropic_scale(grid_shape) -> torch.Tensor:
-    """``(3,)`` factors taking grid (x, y, z) to a frame where one grid unit is the same length on
-    every axis (the longest axis keeps [-1, 1]); for an isotropic-spacing grid of (D, H, W)."""
-    half = torch.tensor([grid_shape[2] - 1, grid_shape[1] - 1, grid_shape[0] - 1], dtype=torch.float32) / 2
-    return half / half.max()
 
 
 class FeatureGather(nn.Module):
@@ -146,7 +141,7 @@ class MeshStage(nn.Module):
         return DecoderMesh(verts, mesh.faces, mesh.sphere, z, mesh.parent_edges)
 
 
-class Voxel2Mesh(nn.Module):
+class Voxel2Mesh(nn.Module, DeformedTemplateModel):
     """U-Net + mesh decoder. ``forward(image (B, 1, D, H, W))`` -> (logits, per-case list of stage meshes)."""
 
     def __init__(self, config: Voxel2MeshConfig) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from imagetomesh.nn.grid import grid_voxel_size
+
 
 def sample_features(features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Trilinear samples of ``features`` at ``points``.
@@ -24,9 +26,10 @@ def sample_features(features: torch.Tensor, points: torch.Tensor) -> torch.Tenso
 def neighbourhood_offsets(radius_voxels: float, size_ijk: torch.Tensor) -> torch.Tensor:
     """The 27 offsets of a 3x3x3 neighbourhood at ``radius_voxels`` voxels, in grid units; ``(27, 3)``.
 
-    ``size_ijk`` is the feature map's (W, H, D) size; one voxel is ``2 / (size - 1)`` grid units.
+    ``size_ijk`` is the feature map's (W, H, D) size; one voxel is
+    :func:`~imagetomesh.nn.grid.grid_voxel_size` grid units.
     """
     steps = torch.tensor([-1.0, 0.0, 1.0])
     offsets = torch.stack(torch.meshgrid(steps, steps, steps, indexing="ij"), dim=-1).reshape(27, 3)
-    voxel = 2.0 / (size_ijk.to(torch.float32) - 1.0).clamp(min=1.0)
+    voxel = grid_voxel_size(size_ijk, device=size_ijk.device)
     return offsets * voxel * radius_voxels

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from imagetomesh.geometry.distances import closest_point_on_triangle, point_to_triangle_distance
+from imagetomesh.nn.grid import grid_to_index, half_extent, index_to_grid
 
 
 def winding_number(points: torch.Tensor, verts: torch.Tensor, faces: torch.Tensor, chunk: int = 1 << 20) -> torch.Tensor:
@@ -49,9 +50,9 @@ def signed_distance(points: torch.Tensor, verts: torch.Tensor, faces: torch.Tens
 def grid_points(shape, device=None, dtype=torch.float32) -> torch.Tensor:
     """Voxel centres of a ``(D, H, W)`` grid in grid coordinates (x, y, z), ``align_corners=True``,
     flattened in (D, H, W) order; ``(D*H*W, 3)``."""
-    axes = [torch.arange(int(s), device=device, dtype=dtype) * 2.0 / max(int(s) - 1, 1) - 1.0 for s in shape]
-    z, y, x = torch.meshgrid(*axes, indexing="ij")
-    return torch.stack([x, y, z], dim=-1).reshape(-1, 3)
+    axes = [torch.arange(int(s), device=device, dtype=dtype) for s in shape]
+    k, j, i = torch.meshgrid(*axes, indexing="ij")
+    return index_to_grid(torch.stack([i, j, k], dim=-1).reshape(-1, 3), tuple(shape)[::-1])
 
 
 def inside_mask(verts: torch.Tensor, faces: torch.Tensor, shape) -> torch.Tensor:
@@ -62,8 +63,7 @@ def inside_mask(verts: torch.Tensor, faces: torch.Tensor, shape) -> torch.Tensor
     from imagetomesh.geometry.raster import rasterize_mesh
 
     d, h, w = (int(s) for s in shape)
-    size = np.array([w, h, d], dtype=np.float64)
-    ijk = (verts.detach().double().cpu().numpy() + 1.0) * 0.5 * (size - 1.0)
+    ijk = grid_to_index(verts.detach().double().cpu(), (w, h, d)).numpy()
     mask = rasterize_mesh(Mesh(ijk, faces.detach().cpu().numpy()), Volume(np.zeros((d, h, w), np.uint8)))
     return torch.from_numpy(mask.astype(bool)).to(verts.device)
 
@@ -77,7 +77,7 @@ def grid_sdf(
 
     ``verts`` ``(N, 3)`` are in grid coordinates; distances are measured after multiplying grid
     coordinates by ``scale`` ``(3,)`` (the isotropic frame of
-    :func:`imagetomesh.models.voxel2mesh.isotropic_scale`) and clamped to ``+-truncation``;
+    :func:`imagetomesh.nn.grid.isotropic_scale`) and clamped to ``+-truncation``;
     negative inside (voxel centres inside by rasterisation, so any closed mesh works).
 
     Exact in the band: every voxel within ``truncation`` of a triangle lies in that triangle's
@@ -94,10 +94,10 @@ def grid_sdf(
     d, h, w = (int(s) for s in shape)
     faces = faces.long().to(verts.device)
     scale = scale.to(verts)
-    size = torch.tensor([w, h, d], dtype=verts.dtype, device=verts.device)
     verts = verts.detach()
-    ijk = (verts + 1.0) * 0.5 * (size - 1.0)  # continuous voxel index
-    voxel = 2.0 * scale / (size - 1.0)  # voxel size along x, y, z in the isotropic frame
+    ijk = grid_to_index(verts, (w, h, d))  # continuous voxel index
+    # voxel size along x, y, z in the isotropic frame (scale times 2 / (size - 1), rounded once)
+    voxel = scale / half_extent((w, h, d), verts.dtype, verts.device)
     grow = truncation / voxel
     tri = ijk[faces]  # (F, 3, 3)
     lo = torch.floor(tri.min(1).values - grow).long()
@@ -111,7 +111,7 @@ def grid_sdf(
     for start in range(0, len(faces), step):
         vox = lo[start : start + step, None, :] + offsets[None]  # (f, M, 3)
         valid = ((vox >= 0) & (vox < limits)).all(-1)
-        points = (vox.to(verts.dtype) * 2.0 / (size - 1.0) - 1.0) * scale
+        points = index_to_grid(vox.to(verts.dtype), (w, h, d)) * scale
         t = tri_iso[start : start + step, None]  # (f, 1, 3, 3)
         q = closest_point_on_triangle(points, t[..., 0, :], t[..., 1, :], t[..., 2, :])
         dist = (q - points).norm(dim=-1)

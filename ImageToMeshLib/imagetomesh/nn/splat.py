@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from imagetomesh.nn.grid import grid_to_index
+
 #: The 8 corner offsets of a voxel cell, (x, y, z) order; ``(8, 3)``.
 _CORNERS = torch.tensor([[x, y, z] for z in (0, 1) for y in (0, 1) for x in (0, 1)], dtype=torch.int64)
 
@@ -31,8 +33,7 @@ def splat_features(features: torch.Tensor, points: torch.Tensor, shape) -> torch
         raise ValueError(f"features (B, N, C) and points (B, N, 3) must match, got {tuple(features.shape)} and {tuple(points.shape)}")
     d, h, w = (int(s) for s in shape)
     b, n, c = features.shape
-    size = torch.tensor([w, h, d], dtype=points.dtype, device=points.device)
-    index = (points + 1.0) * 0.5 * (size - 1.0)  # continuous voxel index (i, j, k)
+    index = grid_to_index(points, (w, h, d))  # continuous voxel index (i, j, k)
     base = torch.floor(index)
     frac = index - base  # (B, N, 3)
     corners = base.long()[:, :, None, :] + _CORNERS.to(points.device)  # (B, N, 8, 3)

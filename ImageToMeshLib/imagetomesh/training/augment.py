@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from imagetomesh.nn.grid import isotropic_scale
+
 
 @dataclass
 class AugmentConfig:
@@ -43,8 +45,7 @@ def augment(image: torch.Tensor, label: torch.Tensor, config: AugmentConfig, gen
         return lo + (hi - lo) * torch.rand(n, generator=generator)
 
     d, h, w = image.shape
-    half = torch.tensor([w - 1, h - 1, d - 1], dtype=torch.float32) / 2
-    iso = torch.diag(half / half.max())
+    iso = torch.diag(isotropic_scale(image.shape))
     angles = uniform(-1, 1, 3) * math.radians(config.rotate_deg)
     scale = 1.0 + uniform(-config.scale, config.scale)
     flips = torch.where(torch.rand(3, generator=generator) < config.flip, -1.0, 1.0)

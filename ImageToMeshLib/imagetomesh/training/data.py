@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from imagetomesh.core.transforms import GridTransform
 from imagetomesh.io.images import read_image
+from imagetomesh.nn.grid import index_to_grid
 from imagetomesh.preprocessing import GridSpec, model_grid_transform, prepare_image, resample_to_grid
 from imagetomesh.training.msd import Case
 
@@ -46,8 +47,6 @@ def boundary_points(label: torch.Tensor, max_points: int | None = None, generato
     ``max_points`` if given.
     """
     inside = torch.nn.functional.pad(label.bool(), (1, 1, 1, 1, 1, 1))
-    d, h, w = label.shape
-    size = torch.tensor([w, h, d], dtype=torch.float32)
     points, normals = [], []
     for axis_tensor, axis_xyz in ((2, 0), (1, 1), (0, 2)):  # tensor dim W->x, H->y, D->z
         a = inside.narrow(axis_tensor, 0, inside.shape[axis_tensor] - 1)
@@ -62,7 +61,7 @@ def boundary_points(label: torch.Tensor, max_points: int | None = None, generato
             normals.append(normal)
     ijk = torch.cat(points)
     normal = torch.cat(normals)
-    grid = ijk * 2.0 / (size - 1.0) - 1.0
+    grid = index_to_grid(ijk, label.shape[::-1])
     if max_points is not None and len(grid) > max_points:
         pick = torch.randperm(len(grid), generator=generator)[:max_points]
         grid, normal = grid[pick], normal[pick]

@@ -33,7 +33,7 @@ from imagetomesh.io.atomic import atomic_write
 from imagetomesh.metrics import dice
 from imagetomesh.models.mesh_state import DecoderMesh
 from imagetomesh.models.implicitmeshnet import ImplicitMeshNet, ImplicitMeshNetConfig, MeshToSDF, MeshToSDFConfig
-from imagetomesh.models.voxel2mesh import isotropic_scale
+from imagetomesh.nn.grid import isotropic_scale
 from imagetomesh.nn.sdf import grid_sdf, inside_mask
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.augment import AugmentConfig

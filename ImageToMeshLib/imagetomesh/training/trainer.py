@@ -20,7 +20,7 @@ import torch.distributed as dist
 from imagetomesh.io.atomic import atomic_write
 from imagetomesh.metrics import dice
 from imagetomesh.models.registry import build_model
-from imagetomesh.models.voxel2mesh import isotropic_scale
+from imagetomesh.nn.grid import isotropic_scale
 from imagetomesh.training.augment import augment
 from imagetomesh.training.checkpoint import RunCheckpoint
 from imagetomesh.training.configs import TrainConfig

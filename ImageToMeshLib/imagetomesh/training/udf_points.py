@@ -1,7 +1,7 @@
 """Training points and their exact unsigned distances for NUDF, from a binary label on a model grid.
 
 Frames: points are returned in model grid coordinates ((x, y, z) in [-1, 1]); distances in the
-*isotropic grid frame* (grid coordinates times :func:`~imagetomesh.models.voxel2mesh.isotropic_scale`,
+*isotropic grid frame* (grid coordinates times :func:`~imagetomesh.nn.grid.isotropic_scale`,
 1 unit = half the longest grid extent), the normalised units of :mod:`imagetomesh.models.nudf`.
 
 Recipe (Juhl et al. 2022, after NDF):
@@ -29,7 +29,7 @@ from imagetomesh.core.mesh import Mesh
 from imagetomesh.core.volume import Volume
 from imagetomesh.geometry.isosurface import DEFAULT_SMOOTHING, labelmap_to_mesh
 from imagetomesh.geometry.sampling import sample_points_on_mesh
-from imagetomesh.models.voxel2mesh import isotropic_scale
+from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
 
 
 @dataclass
@@ -55,7 +55,7 @@ class UDFPointConfig:
 def label_surface(label: torch.Tensor, smoothing: float = DEFAULT_SMOOTHING) -> Mesh:
     """The closed surface of a binary ``(D, H, W)`` label in the isotropic grid frame."""
     scale = isotropic_scale(label.shape).numpy().astype(np.float64)
-    voxel = 2.0 / (max(label.shape) - 1.0)
+    voxel = isotropic_voxel_size(label.shape)
     volume = Volume(label.cpu().numpy().astype(np.uint8), np.full(3, voxel), -scale, np.eye(3))
     return labelmap_to_mesh(volume, smoothing=smoothing)
 
@@ -76,7 +76,7 @@ def shape_diameter(label: torch.Tensor, points: torch.Tensor, normals: torch.Ten
     from scipy.ndimage import distance_transform_edt
 
     inside = label.cpu().numpy() > 0
-    voxel = 2.0 / (max(label.shape) - 1.0)
+    voxel = isotropic_voxel_size(label.shape)
     # distance from a voxel centre to the boundary, which lies half a voxel before the nearest other voxel
     edt_in = (torch.from_numpy(distance_transform_edt(inside).astype(np.float32)) - 0.5).clamp(min=0) * voxel
     edt_out = (torch.from_numpy(distance_transform_edt(~inside).astype(np.float32)) - 0.5).clamp(min=0) * voxel

@@ -1,0 +1,66 @@
+"""How a segmenting model's prediction becomes a mesh: the one interface inference uses.
+
+Every model kind that segments images (:mod:`imagetomesh.models.registry`) is a
+:class:`SegmentationModel`: besides its ``forward`` (whose shape each kind chooses and its
+trainer relies on) it implements :meth:`~SegmentationModel.predict_meshes`, which returns one
+:class:`~imagetomesh.core.mesh.Mesh` per image in model grid coordinates (x, y, z) in [-1, 1].
+:class:`imagetomesh.inference.Segmenter` calls nothing else. DALS is a shape prior fitted to
+observations, not a segmenter, and is not one.
+
+- :class:`DeformedTemplateModel`: ``forward(images)`` -> ``(logits, meshes[b][stage])`` of
+  :class:`~imagetomesh.models.mesh_state.DecoderMesh`; the prediction is the last stage's mesh
+  (Voxel2Mesh, Pixel2Mesh-3D, ImplicitMeshNet).
+- The U-Net baseline meshes its voxel segmentation (marching cubes,
+  :func:`~imagetomesh.geometry.isosurface.labelmap_to_mesh`).
+- NUDF meshes its unsigned distance field, and is the one kind that can also return the open
+  surface as it found it (``supports_open_surface``).
+"""
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import torch
+
+from imagetomesh.core.mesh import Mesh
+
+
+class SegmentationModel(abc.ABC):
+    """A model that turns images into surface meshes (mixed into an ``nn.Module``).
+
+    Attributes:
+        supports_open_surface: whether ``predict_meshes(..., open_surface=True)`` is allowed.
+    """
+
+    supports_open_surface: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def predict_meshes(self, images: torch.Tensor, open_surface: bool = False) -> list[Mesh]:
+        """One mesh per image, in model grid coordinates.
+
+        Args:
+            images: ``(B, C, D, H, W)`` images on the model grid (preprocessed), on the model's device.
+            open_surface: return the surface as the model found it, without closing it (only when
+                :attr:`supports_open_surface`); otherwise each mesh is meant to be closed (the caller
+                still repairs, orients and untangles it).
+        Returns:
+            ``B`` :class:`~imagetomesh.core.mesh.Mesh` es, vertices ``(N_b, 3)`` grid (x, y, z), faces ``(F_b, 3)``.
+        Raises:
+            InputError: when an image holds no object the model can mesh.
+            ValueError: ``open_surface`` for a model that does not support it.
+        """
+
+    def _check_open_surface(self, open_surface: bool) -> None:
+        if open_surface and not self.supports_open_surface:
+            raise ValueError(f"{type(self).__name__} only makes closed surfaces")
+
+
+class DeformedTemplateModel(SegmentationModel):
+    """A template-deforming mesh decoder: ``forward(images (B, C, D, H, W))`` -> ``(logits, meshes)``
+    with ``meshes[b]`` the list of per-stage :class:`~imagetomesh.models.mesh_state.DecoderMesh`;
+    the prediction is each image's last-stage mesh."""
+
+    def predict_meshes(self, images: torch.Tensor, open_surface: bool = False) -> list[Mesh]:
+        self._check_open_surface(open_surface)
+        _, meshes = self(images)
+        return [Mesh(stages[-1].verts.detach().cpu().numpy(), stages[-1].faces.cpu().numpy()) for stages in meshes]
