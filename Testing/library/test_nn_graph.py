@@ -2,6 +2,8 @@
 polynomial, and the project's earlier hand-written layers (kept below as test code) with the same
 weights; the bundled weights load into them and compute what the earlier layers computed."""
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -287,6 +289,20 @@ def test_bundled_weights_load_unchanged_and_graph_layers_compute_what_the_legacy
         with torch.no_grad():
             torch.testing.assert_close(_run(layer, x, edge_index, positions), _run(legacy, x, edge_index, positions),
                                        atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_only_the_graph_models_import_torch_geometric():
+    """A U-Net, NUDF or DALS run does not pay torch-geometric's start-up; a graph model imports it."""
+    code = ("import sys\n"
+            "from imagetomesh.zoo import load_model\n"
+            "from imagetomesh.fitting import load_prior\n"
+            "load_model('unet-hippocampus', 'cpu'); load_model('nudf-hippocampus', 'cpu'); load_prior('dals-hippocampus')\n"
+            "before = 'torch_geometric' in sys.modules\n"
+            "load_model('voxel2mesh-hippocampus', 'cpu')\n"
+            "print(before, 'torch_geometric' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]
 
 
 def test_sample_features_reads_voxels_in_xyz_order():
