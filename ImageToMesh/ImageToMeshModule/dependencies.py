@@ -18,7 +18,8 @@ from typing import Callable, Optional
 SLICER_OWN_PACKAGES = ("numpy", "vtk", "SimpleITK")
 
 #: Import name of each requirement's distribution (for messages that name what Python imports).
-IMPORT_NAMES = {"torch": "torch", "scipy": "scipy", "pymeshlab": "pymeshlab", "safetensors": "safetensors"}
+IMPORT_NAMES = {"torch": "torch", "scipy": "scipy", "pymeshlab": "pymeshlab", "safetensors": "safetensors",
+                "torch-geometric": "torch_geometric"}
 
 
 def _requirementClass():

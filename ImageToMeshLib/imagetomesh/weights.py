@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from imagetomesh.errors import InputError
@@ -84,9 +85,38 @@ def read_card(folder: str | Path) -> dict:
     return card
 
 
+#: Parameter renames from the hand-written graph layers to torch-geometric's (``nn/graph.py``),
+#: per model kind: ``(old-name pattern, replacement)``, matched at the end of each key.
+_GRAPH_RENAMES = (
+    (r"(^|\.)self_weight\.weight$", r"\1lin_root.weight"),
+    (r"(^|\.)self_weight\.bias$", r"\1lin_rel.bias"),
+    (r"(^|\.)neighbour_weight\.weight$", r"\1lin_rel.weight"),
+    (r"(^|\.)weights\.(\d+)\.weight$", r"\1lins.\2.weight"),
+    (r"(^|\.)weights\.0\.bias$", r"\1bias"),
+)
+_RENAMES = {"voxel2mesh": _GRAPH_RENAMES[:3], "pixel2mesh3d": _GRAPH_RENAMES[:3], "implicitmeshnet": _GRAPH_RENAMES[3:]}
+
+
+def upgrade_state(kind: str | None, state: dict) -> dict:
+    """Rename the parameters of weights saved before the graph layers moved to torch-geometric
+    (``self_weight``/``neighbour_weight`` of the mean graph convolutions, ``weights.k`` of the
+    Chebyshev ones) to the current names, for a model of ``kind``; tensors are unchanged and
+    current names pass through, so the bundled files stay as they are (and match their SHA-256)."""
+    renames = _RENAMES.get(kind, ())
+    out = {}
+    for key, value in state.items():
+        for pattern, new in renames:
+            key, hits = re.subn(pattern, new, key)
+            if hits:
+                break
+        out[key] = value
+    return out
+
+
 def load_state(folder: str | Path, card: dict) -> dict:
     """Read the weights named by ``card`` (``{name: torch.Tensor}``) after checking they are
-    safetensors with the card's checksum."""
+    safetensors with the card's checksum; older parameter names are upgraded
+    (:func:`upgrade_state`) by the card's ``kind``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -99,7 +129,7 @@ def load_state(folder: str | Path, card: dict) -> dict:
     if expected is None or sha256_of(path) != expected:
         raise InputError(f"model weights {path} fail their checksum; the file is damaged or not the one the card describes")
     try:
-        return load_file(str(path))
+        return upgrade_state(card.get("kind"), load_file(str(path)))
     except (SafetensorError, OSError, ValueError) as err:
         raise InputError(f"{path} is not a valid safetensors file ({err})") from None
 

@@ -11,7 +11,7 @@ from imagetomesh.errors import InputError
 from imagetomesh.geometry.topology import icosphere
 from imagetomesh.inference import Segmenter
 from imagetomesh.models.protocol import DeformedTemplateModel, SegmentationModel
-from imagetomesh.models.registry import MODEL_KINDS, build_model
+from imagetomesh.models.registry import MODEL_KINDS, build_model, model_kind
 from imagetomesh.zoo import LoadedModel
 
 UNET = {"base": 4, "depth": 3}
@@ -23,11 +23,12 @@ SMALL = {
 
 
 def test_every_kind_is_a_segmentation_model():
-    for kind, (config_cls, model_cls) in MODEL_KINDS.items():
+    for kind in MODEL_KINDS:
+        model_cls = model_kind(kind).model
         assert issubclass(model_cls, SegmentationModel), kind
         assert issubclass(model_cls, nn.Module), kind
         assert not getattr(model_cls, "__abstractmethods__", None), kind
-    assert [k for k, v in MODEL_KINDS.items() if v.model.supports_open_surface] == ["nudf"]
+    assert [k for k in MODEL_KINDS if model_kind(k).model.supports_open_surface] == ["nudf"]
 
 
 def test_a_model_without_predict_meshes_cannot_be_built():

@@ -21,7 +21,8 @@ def test_the_module_requires_what_the_library_requires(deps):
     for requirement in deps.readRequirements():
         name = re.split(r"[<>=!~ ]", requirement, 1)[0].lower()
         assert library[name] == requirement.replace(" ", ""), name
-    assert {re.split(r"[<>=!~ ]", r, 1)[0] for r in deps.readRequirements()} == {"torch", "scipy", "pymeshlab", "safetensors"}
+    assert {re.split(r"[<>=!~ ]", r, 1)[0] for r in deps.readRequirements()} == {"torch", "scipy", "pymeshlab", "safetensors",
+                                                                                "torch-geometric"}
 
 
 @pytest.mark.parametrize("installed, satisfied", [(None, False), ("1.13.1", False), ("2.1.0", True), ("2.13.0+cpu", True),

@@ -74,9 +74,9 @@ class ChebStage(nn.Module):
         dims = [cin] + [hidden] * (layers - 1)
         self.convs = nn.ModuleList(ChebConv(a, b, k) for a, b in zip(dims[:-1], dims[1:]))
         self.offset = ChebConv(hidden, 3, k)
-        for lin in self.offset.weights:
+        for lin in self.offset.lins:
             nn.init.normal_(lin.weight, std=1e-3)
-        nn.init.zeros_(self.offset.weights[0].bias)
+        nn.init.zeros_(self.offset.bias)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor):
         for conv in self.convs:

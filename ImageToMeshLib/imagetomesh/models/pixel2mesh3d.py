@@ -60,9 +60,9 @@ class GResNet(nn.Module):
         self.inp = GraphConv(cin, hidden)
         self.res = nn.ModuleList(GResBlock(hidden) for _ in range(n_residual))
         self.coords = GraphConv(hidden, 3)
-        nn.init.normal_(self.coords.self_weight.weight, std=1e-3)
-        nn.init.zeros_(self.coords.self_weight.bias)
-        nn.init.normal_(self.coords.neighbour_weight.weight, std=1e-3)
+        nn.init.normal_(self.coords.lin_root.weight, std=1e-3)
+        nn.init.zeros_(self.coords.lin_rel.bias)
+        nn.init.normal_(self.coords.lin_rel.weight, std=1e-3)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.relu(self.inp(x, edge_index))

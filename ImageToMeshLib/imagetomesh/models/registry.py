@@ -1,20 +1,20 @@
-"""Segmenting model kinds by name: their config dataclass and model class.
+"""Segmenting model kinds by name: where their config dataclass and model class live.
 
 How a kind's prediction becomes a mesh is the model class's own business: every class here is a
 :class:`~imagetomesh.models.protocol.SegmentationModel` (``predict_meshes(images)`` -> meshes in
 grid coordinates), which is all that inference uses. DALS, a shape prior rather than a segmenter,
 is not a kind here.
+
+A kind's module is imported only when a model of that kind is built (:func:`model_kind`), so a
+U-Net or NUDF run does not import torch-geometric (the graph models' dependency, seconds of
+start-up) or other kinds' code.
 """
 from __future__ import annotations
 
+import importlib
 from typing import NamedTuple
 
-from imagetomesh.models.implicitmeshnet import ImplicitMeshNet, ImplicitMeshNetConfig
-from imagetomesh.models.nudf import NUDF, NUDFConfig
-from imagetomesh.models.pixel2mesh3d import Pixel2Mesh3D, Pixel2Mesh3DConfig
 from imagetomesh.models.protocol import SegmentationModel
-from imagetomesh.models.unet_mc import UNetMC, UNetMCConfig
-from imagetomesh.models.voxel2mesh import Voxel2Mesh, Voxel2MeshConfig
 
 
 class ModelKind(NamedTuple):
@@ -25,19 +25,26 @@ class ModelKind(NamedTuple):
     model: type[SegmentationModel]
 
 
-#: kind -> :class:`ModelKind`
-MODEL_KINDS: dict[str, ModelKind] = {
-    "voxel2mesh": ModelKind(Voxel2MeshConfig, Voxel2Mesh),
-    "pixel2mesh3d": ModelKind(Pixel2Mesh3DConfig, Pixel2Mesh3D),
-    "unet": ModelKind(UNetMCConfig, UNetMC),
-    "implicitmeshnet": ModelKind(ImplicitMeshNetConfig, ImplicitMeshNet),
-    "nudf": ModelKind(NUDFConfig, NUDF),
+#: kind -> (module, config dataclass name, model class name), imported on first use
+MODEL_KINDS: dict[str, tuple[str, str, str]] = {
+    "voxel2mesh": ("imagetomesh.models.voxel2mesh", "Voxel2MeshConfig", "Voxel2Mesh"),
+    "pixel2mesh3d": ("imagetomesh.models.pixel2mesh3d", "Pixel2Mesh3DConfig", "Pixel2Mesh3D"),
+    "unet": ("imagetomesh.models.unet_mc", "UNetMCConfig", "UNetMC"),
+    "implicitmeshnet": ("imagetomesh.models.implicitmeshnet", "ImplicitMeshNetConfig", "ImplicitMeshNet"),
+    "nudf": ("imagetomesh.models.nudf", "NUDFConfig", "NUDF"),
 }
+
+
+def model_kind(kind: str) -> ModelKind:
+    """The :class:`ModelKind` of ``kind`` (imports its module); ValueError lists the known kinds."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}")
+    module_name, config_name, model_name = MODEL_KINDS[kind]
+    module = importlib.import_module(module_name)
+    return ModelKind(getattr(module, config_name), getattr(module, model_name))
 
 
 def build_model(kind: str, config: dict) -> SegmentationModel:
     """Instantiate a model (an ``nn.Module``) of ``kind`` from its config dict (as saved in a model card)."""
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}")
-    config_cls, model_cls = MODEL_KINDS[kind]
-    return model_cls(config_cls(**config))
+    entry = model_kind(kind)
+    return entry.model(entry.config(**config))

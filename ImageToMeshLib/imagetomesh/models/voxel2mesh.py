@@ -128,9 +128,9 @@ class MeshStage(nn.Module):
         self.h = GraphStack(h + (0 if first else h) + 3, h, h, config.graph_layers)
         self.delta = GraphStack(h, h, 3, config.graph_layers)
         last = self.delta.layers[-1]
-        nn.init.normal_(last.self_weight.weight, std=1e-3)
-        nn.init.zeros_(last.self_weight.bias)
-        nn.init.normal_(last.neighbour_weight.weight, std=1e-3)
+        nn.init.normal_(last.lin_root.weight, std=1e-3)
+        nn.init.zeros_(last.lin_rel.bias)
+        nn.init.normal_(last.lin_rel.weight, std=1e-3)
 
     def forward(self, mesh: DecoderMesh, features: torch.Tensor) -> DecoderMesh:
         edge_index = mesh.edge_index
