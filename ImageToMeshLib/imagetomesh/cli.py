@@ -224,43 +224,6 @@ def cmd_models(args) -> int:
     return 0
 
 
-# --- train ------------------------------------------------------------------------------
-def cmd_train(args) -> int:
-    from imagetomesh.training.configs import get_config
-    from imagetomesh.training.trainer import train
-    from imagetomesh.zoo import resolve_device
-
-    device = resolve_device(args.device)
-    try:
-        config = get_config(args.kind, args.config)
-    except ValueError as err:
-        raise InputError(str(err)) from None
-    if args.steps:
-        config.steps = args.steps
-    extra = {}
-    if args.kind == "nudf":
-        from imagetomesh.training.nudf_trainer import train_nudf as train
-
-        if args.init_from:
-            raise InputError("NUDF trains from scratch (its encoder is not a U-Net); drop --init-from")
-        if args.time_limit is not None:
-            config.time_limit_s = 60.0 * args.time_limit
-    elif args.kind == "implicitmeshnet":
-        from imagetomesh.training.implicitmeshnet_trainer import train_implicitmeshnet as train
-
-        if args.time_limit is not None:
-            config.time_limit_s = 60.0 * args.time_limit
-        if args.pretrain_steps is not None:
-            config.pretrain_steps = args.pretrain_steps
-        if args.pretrain_time_limit is not None:
-            config.pretrain_time_limit_s = 60.0 * args.pretrain_time_limit
-        extra = {"sdf_from": args.sdf_from}
-    best = train(config, args.data, args.out, device=device.type, seed=args.seed, init_from=args.init_from,
-                 config_name=args.config, log=lambda m: print(m, file=sys.stderr), **extra)
-    print(f"best model: {best}")
-    return 0
-
-
 # --- demo -------------------------------------------------------------------------------
 def cmd_demo(args) -> int:
     from imagetomesh.demo import run_demo
@@ -321,41 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON card per line")
     p.set_defaults(func=cmd_models)
 
-    train = sub.add_parser("train", help="train a model (image-to-mesh models on an MSD folder, or a DALS prior)",
-                           description="Train a model. Resumable: run the same command again to continue.")
-    train_sub = train.add_subparsers(dest="kind", metavar="KIND")
-    train_sub.required = True
-    for kind in ("voxel2mesh", "pixel2mesh3d", "unet", "nudf", "implicitmeshnet"):
-        p = train_sub.add_parser(kind, help=f"train {kind} on a Medical Segmentation Decathlon folder")
-        p.add_argument("--data", required=True, type=Path, help="MSD folder (dataset.json, imagesTr/, labelsTr/)")
-        p.add_argument("--out", required=True, type=Path, help="run folder: split, config, log, checkpoints, models")
-        p.add_argument("--config", default="cpu",
-                       help="named config: cpu, gpu, a Voxel2Mesh ablation (ps-umu, hs-umu, lns-umu, lns-amu) "
-                            "or ImplicitMeshNet's cpu-finetune")
-        p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
-        p.add_argument("--init-from", type=Path, default=None,
-                       help="model folder that starts the run: all its weights if it is a model of this kind "
-                            "(fine-tuning), else its U-Net's")
-        if kind in ("nudf", "implicitmeshnet"):
-            p.add_argument("--time-limit", type=float, default=None,
-                           help="stop after this many minutes (checkpointed; default: the config's)")
-        if kind == "implicitmeshnet":
-            p.add_argument("--pretrain-steps", type=int, default=None,
-                           help="steps of the first phase, pretraining the mesh-to-SDF network g_phi on random "
-                                "deformed spheres (skipped once RUN/sdf_pretrained.safetensors exists; 0: none)")
-            p.add_argument("--pretrain-time-limit", type=float, default=None,
-                           help="minutes of pretraining at most (default: the config's)")
-            p.add_argument("--sdf-from", type=Path, default=None,
-                           help="start the mesh-to-SDF network g_phi from this file (a run's sdf_net.safetensors) "
-                                "instead of pretraining it; used by --config cpu-finetune")
-        p.set_defaults(func=cmd_train)
-    from imagetomesh.cli_fit import add_fit_commands, add_train_dals_arguments, cmd_train_dals
+    from imagetomesh.cli_fit import add_fit_commands
+    from imagetomesh.cli_train import add_train_command
 
-    p = train_sub.add_parser("dals", help="train a DALS shape prior (hippocampus labels or KiTS19 kidneys)")
-    add_train_dals_arguments(p)
-    p.set_defaults(func=cmd_train_dals)
+    add_train_command(sub)
     add_fit_commands(sub)
 
     p = sub.add_parser("demo", help="run the main job on the bundled sample data")

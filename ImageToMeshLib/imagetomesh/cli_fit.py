@@ -1,8 +1,7 @@
-"""``imagetomesh fit points|curves``, ``imagetomesh refine`` and ``imagetomesh train dals``.
+"""``imagetomesh fit points|curves`` and ``imagetomesh refine`` (``train dals``: :mod:`imagetomesh.cli_train`).
 
 :func:`add_fit_commands` registers ``fit`` (with ``points`` and ``curves``) and ``refine`` on the
-main parser's sub-parsers; the main CLI registers ``train dals`` with
-:func:`add_train_dals_arguments` and :func:`cmd_train_dals`. Every command raises :class:`InputError` for bad input (``main`` turns it
+main parser's sub-parsers. Every command raises :class:`InputError` for bad input (``main`` turns it
 into exit code 2) and writes its mesh atomically, only after the fit has finished.
 """
 from __future__ import annotations
@@ -187,44 +186,8 @@ def cmd_refine(args) -> int:
                     lambda mask: "refined labelmap")
 
 
-# --- train dals --------------------------------------------------------------------------------
-def cmd_train_dals(args) -> int:
-    """Train a DALS prior. Needs ``args.shapes``, ``args.data``, ``args.out``, ``args.config``,
-    ``args.device``, ``args.seed`` and optionally ``args.steps``."""
-    from imagetomesh.training.dals_trainer import get_dals_config, train_dals
-    from imagetomesh.zoo import resolve_device
-
-    shapes = getattr(args, "shapes", None)
-    if shapes is None:
-        raise InputError("train dals needs --shapes hippocampus or --shapes kidney")
-    data = Path(args.data)
-    if not data.is_dir():
-        raise InputError(f"--data {data} is not a folder; give the hippocampus (MSD) or kits19-masks folder")
-    device = resolve_device(getattr(args, "device", "cpu") or "cpu")
-    config = get_dals_config(shapes, getattr(args, "config", None) or ("gpu" if device.type == "cuda" else "cpu"))
-    if getattr(args, "steps", None):
-        config.steps = int(args.steps)
-        config.time_limit_s = None  # an explicit number of steps is run in full (reproductions)
-    folder = train_dals(config, data, args.out, device=device.type, seed=int(getattr(args, "seed", 0) or 0),
-                        config_name=getattr(args, "config", None) or "cpu",
-                        log=lambda m: print(m, file=sys.stderr, flush=True))
-    print(f"DALS prior: {folder}")
-    return 0
-
-
-def add_train_dals_arguments(p: argparse.ArgumentParser) -> None:
-    """The arguments of ``train dals`` (also usable on the lead's ``train`` parser)."""
-    p.add_argument("--shapes", required=True, choices=("hippocampus", "kidney"), help="which organ's shapes to learn")
-    p.add_argument("--data", required=True, type=Path, help="hippocampus MSD folder or kits19-masks folder")
-    p.add_argument("--out", required=True, type=Path, help="run folder: config, log, checkpoint, latents, model/")
-    p.add_argument("--config", default=None, choices=("cpu", "gpu"), help="named config (default: cpu, gpu on cuda)")
-    p.add_argument("--device", default="cpu", choices=DEVICES)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="override the config's number of steps (and run them all: no time limit)")
-
-
 def add_fit_commands(subparsers) -> None:
-    """Register ``fit`` (``points``, ``curves``) and ``refine`` on ``subparsers`` (``train dals`` is registered by the main CLI)."""
+    """Register ``fit`` (``points``, ``curves``) and ``refine`` on ``subparsers``."""
     fit = subparsers.add_parser("fit", help="fit a DALS shape prior to points or planar curves",
                                 description="Fit a learned DALS shape prior to observations in LPS mm.")
     fit_sub = fit.add_subparsers(dest="fit_command", metavar="WHAT")

@@ -10,11 +10,12 @@ Voxel2Mesh's ablation variants of the paper are configs too: ``ps-umu``, ``hs-um
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.augment import AugmentConfig
 from imagetomesh.training.losses import MeshLossWeights
+from imagetomesh.training.tasks.base import EngineOptions
 
 #: The hippocampus models' grid, in the orientation every MSD Task04 image is stored in
 #: (index axes along R, A, S): images stored otherwise are resampled into it.
@@ -22,8 +23,8 @@ HIPPOCAMPUS_GRID = GridSpec((48, 56, 40), (1.0, 1.0, 1.0), (-1.0, 0.0, 0.0, 0.0,
 
 
 @dataclass
-class TrainConfig:
-    """Everything a training run needs besides the data; saved next to every checkpoint."""
+class TrainConfig(EngineOptions):
+    """Everything a U-Net, Voxel2Mesh or Pixel2Mesh-3D run needs besides the data; saved as ``config.json``."""
 
     kind: str
     model: dict
@@ -37,11 +38,6 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     threads: int = 2
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["grid"] = self.grid.to_dict()
-        return d
-
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
@@ -51,48 +47,32 @@ class TrainConfig:
         return cls(**d)
 
 
-_UNET_CPU = {"in_channels": 1, "num_classes": 2, "base": 12, "depth": 4, "norm": "batch"}
-_UNET_GPU = {"in_channels": 1, "num_classes": 2, "base": 32, "depth": 4, "norm": "batch"}
+UNET_CPU = {"in_channels": 1, "num_classes": 2, "base": 12, "depth": 4, "norm": "batch"}
+UNET_GPU = {"in_channels": 1, "num_classes": 2, "base": 32, "depth": 4, "norm": "batch"}
 
 
 def _v2m(sampling: str, unpooling: str, unet: dict, hidden: int) -> dict:
     return {"unet": unet, "sampling": sampling, "unpooling": unpooling, "hidden": hidden, "stages": 3}
 
 
-def _configs() -> dict[str, dict[str, TrainConfig]]:
+def image_configs() -> dict[str, dict[str, TrainConfig]]:
+    """``{kind: {name: config}}`` of the U-Net, Voxel2Mesh and Pixel2Mesh-3D runs (fresh objects)."""
     v2m = {}
     for name, (sampling, unpooling) in {
         "ps-umu": ("ps", "uniform"), "hs-umu": ("hs", "uniform"), "lns-umu": ("lns", "uniform"), "lns-amu": ("lns", "adaptive"),
     }.items():
-        v2m[name] = TrainConfig("voxel2mesh", _v2m(sampling, unpooling, _UNET_CPU, 64), steps=1200, val_every=150, threads=1)
+        v2m[name] = TrainConfig("voxel2mesh", _v2m(sampling, unpooling, UNET_CPU, 64), steps=1200, val_every=150, threads=1)
     v2m["cpu"] = copy.deepcopy(v2m["lns-amu"])
-    v2m["gpu"] = TrainConfig("voxel2mesh", _v2m("lns", "adaptive", _UNET_GPU, 128), steps=20000, batch_size=4)
+    v2m["gpu"] = TrainConfig("voxel2mesh", _v2m("lns", "adaptive", UNET_GPU, 128), steps=20000, batch_size=4)
     p2m_loss = MeshLossWeights(chamfer=1.0, ce=1.0, normal=1.6e-4, laplacian=0.3, edge=0.1, pixel2mesh_normal=True)
     p2m = {
-        "cpu": TrainConfig("pixel2mesh3d", {"unet": _UNET_CPU, "hidden": 128, "residual_blocks": 3}, steps=900, val_every=150,
+        "cpu": TrainConfig("pixel2mesh3d", {"unet": UNET_CPU, "hidden": 128, "residual_blocks": 3}, steps=900, val_every=150,
                            loss=p2m_loss, threads=1),
-        "gpu": TrainConfig("pixel2mesh3d", {"unet": _UNET_GPU, "hidden": 128, "residual_blocks": 6}, steps=20000,
+        "gpu": TrainConfig("pixel2mesh3d", {"unet": UNET_GPU, "hidden": 128, "residual_blocks": 6}, steps=20000,
                            batch_size=4, loss=p2m_loss),
     }
     unet = {
-        "cpu": TrainConfig("unet", {"unet": _UNET_CPU}, steps=1200, batch_size=2, val_every=200),
-        "gpu": TrainConfig("unet", {"unet": _UNET_GPU}, steps=20000, batch_size=8),
+        "cpu": TrainConfig("unet", {"unet": UNET_CPU}, steps=1200, batch_size=2, val_every=200),
+        "gpu": TrainConfig("unet", {"unet": UNET_GPU}, steps=20000, batch_size=8),
     }
     return {"voxel2mesh": v2m, "pixel2mesh3d": p2m, "unet": unet}
-
-
-def get_config(kind: str, name: str) -> TrainConfig:
-    if kind == "nudf":  # its own config type (training points, time limit): training/nudf_trainer.py
-        from imagetomesh.training.nudf_trainer import get_nudf_config
-
-        return get_nudf_config(name)
-    if kind == "implicitmeshnet":  # its own config type (g_phi, pretraining, loss schedule): training/implicitmeshnet_trainer.py
-        from imagetomesh.training.implicitmeshnet_trainer import get_implicitmeshnet_config
-
-        return get_implicitmeshnet_config(name)
-    configs = _configs()
-    if kind not in configs:
-        raise ValueError(f"no training configs for {kind!r}; known: {', '.join(configs)}")
-    if name not in configs[kind]:
-        raise ValueError(f"no config {name!r} for {kind}; known: {', '.join(configs[kind])}")
-    return configs[kind][name]

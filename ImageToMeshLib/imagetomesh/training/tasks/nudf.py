@@ -6,38 +6,31 @@ and scaling, intensity changes and noise: :func:`~imagetomesh.training.augment.a
 the points with the image and scales their distances with it. Loss (Juhl et al.):
 ``mean |min(f(p), c) - min(d(p), c)|`` with ``c = clamp`` (0.1 normalised units).
 
-Outputs in ``out`` as :func:`imagetomesh.training.trainer.train` writes them (``split.json``,
-``config.json``, ``log.jsonl``, ``checkpoint.pt``, ``best/``, ``final/``); the best model is
-the one with the lowest clamped L1 on the validation cases' (unaugmented) points.
-The run also stops after ``time_limit_s`` (checkpointed, resumable).
+AdamW, one-cycle learning rate, gradient norm clipped at 5. The best model is the one with the
+lowest clamped L1 on the validation cases' (unaugmented) points. The run also stops after
+``time_limit_s`` (checkpointed, resumable). Run folder: as :mod:`imagetomesh.training.engine` writes it.
 """
 from __future__ import annotations
 
-import copy
-import json
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from imagetomesh.io.atomic import atomic_write
+from imagetomesh.errors import InputError
 from imagetomesh.models.nudf import NUDF, NUDFConfig
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.augment import AugmentConfig, augment
-from imagetomesh.training.checkpoint import RunCheckpoint
 from imagetomesh.training.configs import HIPPOCAMPUS_GRID
-from imagetomesh.training.data import PreparedCase, prepare_cases
-from imagetomesh.training.msd import load_or_make_split, read_msd
-from imagetomesh.training.trainer import _hardware, rescale_one_cycle
+from imagetomesh.training.data import PreparedCase, prepare_split
+from imagetomesh.training.schedules import one_cycle, rescale_one_cycle
+from imagetomesh.training.tasks.base import EngineOptions, RunState, Task, run_card
 from imagetomesh.training.udf_points import UDFPointConfig, sample_udf_points
-from imagetomesh.weights import save_weights
 
 
 @dataclass
-class NUDFTrainConfig:
+class NUDFTrainConfig(EngineOptions):
     """Everything a NUDF run needs besides the data; saved next to every checkpoint."""
 
     model: dict
@@ -55,11 +48,6 @@ class NUDFTrainConfig:
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(
         flip=0.0, rotate_deg=10.0, scale=0.05, intensity_scale=0.1, intensity_shift=0.1, noise=0.05, shift=0.05))
     threads: int = 1
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["grid"] = self.grid.to_dict()
-        return d
 
 
 def nudf_configs() -> dict[str, NUDFTrainConfig]:
@@ -123,82 +111,52 @@ def validate(model: NUDF, pools: list[PointPool], n_points: int, device) -> dict
     return {"val_l1": float(np.mean(losses)), "val_l1_near": float(np.mean(near))}
 
 
-def train_nudf(
-    config: NUDFTrainConfig, data_dir: str | Path, out: str | Path, device: str = "cpu", seed: int = 0,
-    init_from: str | Path | None = None, config_name: str = "", log=print,
-) -> Path:
-    """Train (or resume) NUDF; returns the folder of the best model by validation."""
-    if init_from:
-        raise ValueError("NUDF trains from scratch (its encoder is not a U-Net); drop --init-from")
-    dev = torch.device(device)
-    if dev.type == "cpu":
-        torch.set_num_threads(config.threads)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    cases = read_msd(data_dir)
-    split = load_or_make_split(list(cases), out / "split.json", seed=seed)
-    with atomic_write(out / "config.json") as tmp:
-        Path(tmp).write_text(json.dumps({"config_name": config_name, **config.to_dict()}, indent=1))
-    train_pools = make_pools(prepare_cases([cases[c] for c in split["train"]], config.grid), config.points, seed)
-    val_pools = make_pools(prepare_cases([cases[c] for c in split["val"]], config.grid), config.points, seed + 1)
+class NUDFTask(Task):
+    """NUDF on an MSD folder: point pools made once per case, clamped L1 on augmented batches."""
 
-    model = NUDF(NUDFConfig(**config.model)).to(dev)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps, pct_start=0.05)
-    step, best, elapsed = 0, None, 0.0
-    checkpoint = RunCheckpoint(out / "checkpoint.pt", {"scheduler": lambda saved: rescale_one_cycle(saved, config.steps)},
-                               model=model, optimizer=optimizer, scheduler=scheduler)
-    resumed = checkpoint.load(dev)
-    if resumed:
-        step, best, elapsed = resumed
-        generator.manual_seed(seed + step)
-        log(f"resumed from step {step}")
-    card_base = {
-        "kind": "nudf", "config": config.model, "grid": config.grid.to_dict(), "train_config": config_name,
-        "training": {"data": str(data_dir), "split": split, "seed": seed, "hardware": _hardware(dev)},
-    }
+    def __init__(self, config: NUDFTrainConfig, run, init_from=None) -> None:
+        if init_from:
+            raise InputError("NUDF trains from scratch (its encoder is not a U-Net); drop --init-from")
+        super().__init__(config, run)
 
-    def save_model(folder: str, metrics: dict) -> None:
-        save_weights(model, out / folder, dict(card_base, metrics=metrics, steps=step))
+    @classmethod
+    def configs(cls, kind: str = "nudf") -> dict[str, NUDFTrainConfig]:
+        return nudf_configs()
 
-    def out_of_time() -> bool:
-        return config.time_limit_s > 0 and elapsed + time.time() - started >= config.time_limit_s
+    def setup(self) -> None:
+        run, config = self.run, self.config
+        self.split, train_cases, val_cases = prepare_split(run.data_dir, run.out, config.grid, run.seed)
+        self.train_pools = make_pools(train_cases, config.points, run.seed)
+        self.val_pools = make_pools(val_cases, config.points, run.seed + 1)
+        self.model = NUDF(NUDFConfig(**config.model)).to(run.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = one_cycle(self.optimizer, config.lr, config.steps)
 
-    model.train()
-    started, window = time.time(), []
-    while step < config.steps and not out_of_time():
-        pick = torch.randint(len(train_pools), (config.batch_size,), generator=generator)
-        images, points, distances = training_batch([train_pools[i] for i in pick], config, generator)
-        pred = model(images.to(dev), points.to(dev))
-        loss = clamped_l1(pred, distances.to(dev), model.config.clamp)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        window.append(float(loss.detach()))
-        if step % config.val_every == 0 or step == config.steps or out_of_time():
-            metrics = validate(model, val_pools, config.val_points, dev)
-            now = elapsed + time.time() - started
-            entry = {"step": step, "time_s": round(now, 1), "lr": scheduler.get_last_lr()[0],
-                     "loss": float(np.mean(window)), **metrics}
-            window = []
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(entry) + "\n")
-            log(json.dumps(entry))
-            if best is None or metrics["val_l1"] < best:
-                best = metrics["val_l1"]
-                save_model("best", dict(metrics, step=step))
-            checkpoint.save(step, best, now)
-    save_model("final", validate(model, val_pools, config.val_points, dev))
-    return out / "best"
+    def on_load(self) -> dict:
+        return {"scheduler": lambda saved: rescale_one_cycle(saved, self.config.steps)}
+
+    def batch(self, generator):
+        pick = torch.randint(len(self.train_pools), (self.config.batch_size,), generator=generator)
+        return training_batch([self.train_pools[i] for i in pick], self.config, generator)
+
+    def loss(self, batch, generator):
+        images, points, distances = batch
+        dev = self.run.device
+        loss = clamped_l1(self.model(images.to(dev), points.to(dev)), distances.to(dev), self.model.config.clamp)
+        return loss, {"loss": float(loss.detach())}
+
+    def validate(self) -> dict[str, float]:
+        return validate(self.model, self.val_pools, self.config.val_points, self.run.device)
+
+    def score(self, metrics: dict[str, float]) -> float:
+        return metrics["val_l1"]
+
+    def card(self, metrics: dict, state: RunState) -> dict:
+        return run_card(self.run, "nudf", self.config.model, self.config.grid, self.split, metrics, state.step)
 
 
 def get_nudf_config(name: str) -> NUDFTrainConfig:
     configs = nudf_configs()
     if name not in configs:
         raise ValueError(f"no config {name!r} for nudf; known: {', '.join(configs)}")
-    return copy.deepcopy(configs[name])
+    return configs[name]
