@@ -76,6 +76,23 @@ def test_run_folders_of_the_trainers_before_the_engine_resume(kind, tmp_path):
     assert card["kind"] == kind and (card["training"]["steps"] if kind == "dals" else card["steps"]) == 3
 
 
+@pytest.mark.parametrize("kind", ["voxel2mesh", "nudf", "dals"])
+def test_a_fresh_run_trains_as_the_trainers_before_the_engine(kind, tmp_path):
+    """The same seed, data and config give the weights the pre-engine trainer saved at step 2."""
+    msd = tiny_msd(tmp_path / "msd")
+    out = tmp_path / "run"
+    options = {"split_path": out / "split.json"} if kind == "dals" else {}
+    train(_old_run_config(kind, 2), msd, out, log=lambda m: None, **options)
+    old = torch.load(OLD / kind / "checkpoint.pt", weights_only=True)
+    new = torch.load(out / "checkpoint.pt", weights_only=True)
+    model = "decoder" if kind == "dals" else "model"
+    assert old[model].keys() == new[model].keys()
+    for key, value in old[model].items():
+        assert torch.allclose(new[model][key].float(), value.float(), atol=1e-5), key
+    if kind == "dals":
+        assert torch.allclose(new["latents"], old["latents"], atol=1e-5)
+
+
 class _LineTask(Task):
     """A linear least-squares fit on fixed batches: the smallest task (and an example of one)."""
 

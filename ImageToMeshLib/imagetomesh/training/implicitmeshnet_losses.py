@@ -1,4 +1,4 @@
-"""ImplicitMeshNet's losses and schedules: ``g_phi``'s SDF regression, ``f_theta``'s end-to-end loss,
+"""ImplicitMeshNet's losses and schedules: ``g_phi``'s SDF regression (and its update on detached meshes), ``f_theta``'s end-to-end loss,
 the Laplacian weight ``beta`` and the learning-rate factor over the run's progress.
 
 ``config`` is an :class:`~imagetomesh.training.tasks.implicitmeshnet.ImplicitMeshNetTrainConfig`.

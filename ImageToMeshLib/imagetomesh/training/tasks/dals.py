@@ -12,11 +12,9 @@ predicted mesh (its vertices plus area-uniform samples) and samples of the shape
 ``lambda_reg = 1e-4``, ``lambda_n = 1e-3``. Shapes are in their normalised frame (centred on the
 surface centroid, inside the unit sphere). Adam, lr 2e-3, halved when the windowed mean loss
 stops improving, down to 1e-5. Augmentation: a smooth non-rigid deformation of the target
-points in the spirit of PointWOLF (Kim et al., 2021): a few anchor points (farthest-point
-sampled), a random local rotation / anisotropic scaling / translation about each, blended per
-point with Gaussian kernel weights ``w_j(p) = exp(-|p - a_j|^2 / (2 sigma^2))``.
+points in the spirit of PointWOLF (:mod:`imagetomesh.training.dals_augment`).
 
-Augmentation: :mod:`imagetomesh.training.dals_augment`. The engine runs the loop (no gradient
+The engine runs the loop (no gradient
 clipping; the plateau schedule is stepped here); the run folder holds ``config.json``,
 ``log.jsonl``, ``checkpoint.pt``, ``latents.safetensors`` and the model folder ``model/``
 (safetensors + card with the mean latent, normalisation, data, split and licence: the data's

@@ -259,6 +259,9 @@ class ImplicitMeshNetTask(Task):
     def after_validation(self) -> None:
         save_sdf_net(self.g_net, self.run.out / "sdf_net.safetensors")
 
+    def final_metrics(self, state: RunState) -> dict[str, float]:
+        return dict(self.validate(), step=state.step)
+
     def card(self, metrics: dict, state: RunState) -> dict:
         c = self.config
         return run_card(self.run, c.kind, ImplicitMeshNetConfig(**c.model).to_dict(), c.grid, self.split, metrics, state.step)
