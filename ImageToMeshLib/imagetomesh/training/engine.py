@@ -35,7 +35,7 @@ import torch.distributed as dist
 from imagetomesh.io.atomic import atomic_write
 from imagetomesh.nn.precision import bf16_autocast
 from imagetomesh.training.checkpoint import GeneratorState, RunCheckpoint
-from imagetomesh.training.tasks.base import RunState, Task
+from imagetomesh.training.tasks.base import LoopSettings, RunState, Task
 from imagetomesh.weights import save_weights
 
 
@@ -168,23 +168,8 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
             state.stopped_by_time_limit = True
             break
         task.before_step(max(state.step / s.steps, now() / s.time_limit_s if s.time_limit_s else 0.0))
-        task.optimizer.zero_grad(set_to_none=True)
-        micro = []
-        for _ in range(s.accumulate_steps):
-            batch = task.batch(generator)
-            with bf16_autocast(s.bf16_autocast, run.device):
-                loss, terms = task.loss(batch, generator)
-            (loss / s.accumulate_steps if s.accumulate_steps > 1 else loss).backward()
-            micro.append(terms)
-        terms = mean_terms(micro)
-        if s.clip_norm:
-            torch.nn.utils.clip_grad_norm_(task.clip_parameters(), s.clip_norm)
-        task.optimizer.step()
-        if task.scheduler is not None:
-            task.scheduler.step()
-        task.after_step(terms)
+        window.append(optimiser_step(task, s, generator, run.device))
         state.step += 1
-        window.append(terms)
         if not run.writer:
             continue
         last = state.step >= s.steps or out_of_time()
@@ -212,6 +197,28 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
     if task.final_folder:
         run.save_model(task.model, task.final_folder, task.card(validated(task, state), state))
     return run.out / task.result_folder if task.result_folder else None
+
+
+def optimiser_step(task: Task, s: LoopSettings, generator: torch.Generator, device: torch.device) -> dict[str, float]:
+    """One optimiser step of ``task``: ``s.accumulate_steps`` mini-batches (losses under the bf16 hook,
+    each divided by their number) -> clipping -> optimiser and scheduler steps -> ``task.after_step``.
+    Returns the loss terms (means over the mini-batches)."""
+    task.optimizer.zero_grad(set_to_none=True)
+    micro = []
+    for _ in range(s.accumulate_steps):
+        batch = task.batch(generator)
+        with bf16_autocast(s.bf16_autocast, device):
+            loss, terms = task.loss(batch, generator)
+        (loss / s.accumulate_steps if s.accumulate_steps > 1 else loss).backward()
+        micro.append(terms)
+    terms = mean_terms(micro)
+    if s.clip_norm:
+        torch.nn.utils.clip_grad_norm_(task.clip_parameters(), s.clip_norm)
+    task.optimizer.step()
+    if task.scheduler is not None:
+        task.scheduler.step()
+    task.after_step(terms)
+    return terms
 
 
 def validated(task: Task, final: Optional[RunState] = None) -> dict[str, float]:
