@@ -203,3 +203,14 @@ def test_train_unet_on_the_command_line_resumes(tmp_path, capsys, monkeypatch):
     assert card["kind"] == "unet" and card["train_config"] == "cpu" and card["steps"] == 2
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["config_name"] == "cpu" and config["steps"] == 2 and config["accumulate_steps"] == 1
+
+
+def test_data_licence_comes_from_the_datas_dataset_json_else_the_table(tmp_path):
+    from imagetomesh.training.data_sources import DATA_SOURCES, data_description
+
+    assert data_description("kidney", tmp_path) == DATA_SOURCES["kidney"]  # no dataset.json: the table
+    (tmp_path / "dataset.json").write_text(json.dumps({"licence": "CC-BY-SA 4.0", "training": []}))
+    assert data_description("hippocampus", tmp_path) == DATA_SOURCES["hippocampus"]
+    (tmp_path / "dataset.json").write_text(json.dumps({"licence": "CC0", "training": []}))
+    stated = data_description("hippocampus", tmp_path)
+    assert stated["licence"] == "CC0" and "CC0" in stated["terms"] and stated["name"] == DATA_SOURCES["hippocampus"]["name"]
