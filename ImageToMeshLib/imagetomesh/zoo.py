@@ -12,11 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from imagetomesh.devices import resolve_device
 from imagetomesh.errors import InputError
 from imagetomesh.weights import CARD_NAME, build_from_card, read_card
 
 if TYPE_CHECKING:
     import torch
+
+__all__ = ["RESOURCES", "model_search_path", "available_models", "list_models", "find_model", "LoadedModel",
+           "load_model", "resolve_device"]
 
 #: ``Resources/`` of the source tree or the installed Slicer extension.
 RESOURCES = Path(__file__).resolve().parents[2] / "Resources"
@@ -36,6 +40,21 @@ def available_models() -> dict[str, Path]:
                 if (folder / CARD_NAME).is_file() and folder.name not in found:
                     found[folder.name] = folder
     return found
+
+
+def list_models() -> list[dict]:
+    """Every model on the search path with its card: ``[{name, folder, kind, card}]`` (segmenters and priors).
+
+    A model whose card cannot be read is listed with kind ``unknown`` and the reason in ``card["error"]``.
+    """
+    out = []
+    for name, folder in available_models().items():
+        try:
+            card = read_card(folder)
+        except InputError as err:
+            card = {"kind": "unknown", "error": str(err)}
+        out.append({"name": name, "folder": str(folder), "kind": str(card.get("kind", "unknown")), "card": card})
+    return out
 
 
 def find_model(name: str) -> Path:
@@ -62,19 +81,6 @@ class LoadedModel:
     @property
     def kind(self) -> str:
         return self.card["kind"]
-
-
-def resolve_device(device: str) -> "torch.device":
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an :class:`InputError`."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return torch.device(device)
 
 
 def load_model(name: str, device: str = "auto") -> LoadedModel:

@@ -51,7 +51,8 @@ from imagetomesh.geometry.isosurface import labelmap_to_mesh
 from imagetomesh.geometry.quality import count_self_intersecting_faces, is_watertight
 from imagetomesh.io.images import read_image, read_labelmap
 from imagetomesh.metrics import mean_triangle_quality, mesh_dice_iou, sample_surface, surface_distances
-from imagetomesh.training.dals_shapes import OrganMask, crop_volume, bounding_box, organ_masks, shape_split
+from imagetomesh.core.cropping import bounding_box, crop_to_box
+from imagetomesh.training.dals_shapes import CROP_MARGIN, OrganMask, organ_masks, shape_split
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
@@ -75,7 +76,7 @@ def example_kidneys() -> list[OrganMask]:
     out = []
     for side in ("left", "right"):
         mask = read_labelmap(CT_EXAMPLE / f"kidney_{side}.nii.gz")
-        out.append(OrganMask(f"ct-example_{side}", crop_volume(mask, bounding_box(mask.array)), side))
+        out.append(OrganMask(f"ct-example_{side}", crop_to_box(mask, bounding_box(mask.array), CROP_MARGIN), side))
     return out
 
 

@@ -95,6 +95,7 @@ def _bad_inputs(tmp: Path, samples: Path):
     notimage = tmp / "notes.nii.gz"
     notimage.write_bytes(gzip.compress(b"hello, this is not an image\n" * 20))
     nan = np.zeros((6, 6, 6), np.float32)
+    nan[1:4, 1:4, 1:4] = 1.0  # a real label, so the error cannot come from an empty labelmap
     nan[2, 2, 2] = np.nan
     four_d = sitk.JoinSeries([sitk.GetImageFromArray(np.ones((4, 4, 4), np.uint8))] * 3)
     sitk.WriteImage(four_d, str(tmp / "four_d.nii.gz"))
@@ -119,6 +120,8 @@ def test_bad_label_input_exits_2_and_writes_nothing(samples, tmp_path, capsys, c
     assert code == 2
     assert stderr.startswith("imagetomesh: error: ") and stderr.count("\n") == 1 and "Traceback" not in stderr
     assert list(out.parent.iterdir()) == []
+    if case == "NaN":
+        assert "NaN/Inf voxels" in stderr
 
 
 def test_mesh_without_triangles_is_refused(samples, tmp_path, capsys):

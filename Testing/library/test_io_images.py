@@ -39,7 +39,7 @@ def test_atomic_write_keeps_format_suffix_and_replaces(tmp_path):
     target = tmp_path / "case.nii.gz"
     with atomic_write(target) as tmp:
         assert tmp.parent == tmp_path
-        assert tmp.name.startswith("case.tmp-") and tmp.name.endswith(".nii.gz")
+        assert tmp.name.startswith(".case.tmp-") and tmp.name.endswith(".nii.gz")
         tmp.write_bytes(b"data")
     assert target.read_bytes() == b"data"
     assert _listing(tmp_path) == ["case.nii.gz"]
@@ -243,12 +243,34 @@ def test_4d_with_one_frame_reads_as_3d(tmp_path):
     np.testing.assert_array_equal(read_image(path).array, array[0])
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_nan_inf_voxels(tmp_path, bad):
-    volume = _volume(np.float32)
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii", ".nii.gz", ".mha"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_inf_voxels(tmp_path, bad, suffix, dtype):
+    """Found in every format: ITK's NIfTI reader turns NaN/Inf into 0, so NIfTI is checked on its raw data."""
+    volume = _volume(dtype)
     array = volume.array.copy()
     array[1, 2, 3] = bad
-    path = write_image(volume.with_array(array), tmp_path / "bad.nrrd")
+    path = write_image(volume.with_array(array), tmp_path / f"bad{suffix}")
+    with pytest.raises(InputError, match="contains NaN/Inf voxels"):
+        read_image(path)
+
+
+def test_nan_check_reads_big_endian_nifti(tmp_path):
+    """A NIfTI written big-endian (some scanners' tools do) is checked in its own byte order."""
+    volume = _volume(np.float32)
+    path = write_image(volume, tmp_path / "big.nii")
+    raw = bytearray(path.read_bytes())
+    header = bytearray(raw[:348])
+    import struct
+
+    fields = [(0, "i"), (40, "8h"), (70, "2h"), (76, "8f"), (108, "f")]
+    for offset, fmt in fields:
+        values = struct.unpack_from("<" + fmt, header, offset)
+        struct.pack_into(">" + fmt, header, offset, *values)
+    data = np.frombuffer(bytes(raw[352:]), "<f4").astype(">f4")
+    data[5] = np.nan
+    path.write_bytes(bytes(header) + bytes(raw[348:352]) + data.tobytes())
     with pytest.raises(InputError, match="contains NaN/Inf voxels"):
         read_image(path)
 

@@ -199,3 +199,43 @@ def test_read_points_default_space_for_unmarked_csv(tmp_path):
     np.testing.assert_allclose(read_points(tmp_path / "p.csv", coordinate_system="RAS"), POINTS_LPS)
     (tmp_path / "lps.csv").write_text("l,p,s\n" + "".join(f"{p[0]},{p[1]},{p[2]}\n" for p in POINTS_LPS))
     np.testing.assert_allclose(read_points(tmp_path / "lps.csv", coordinate_system="RAS"), POINTS_LPS)
+
+
+# --- hostile markups files: one clear InputError each ----------------------------------------------
+def _curve_document(**changes):
+    markup = {"type": "ClosedCurve", "coordinateSystem": "LPS", "coordinateUnits": "mm",
+              "controlPoints": [{"position": [0, 0, 0]}, {"position": [10, 0, 0]}, {"position": [0, 10, 0]}]}
+    markup.update(changes)
+    return {"markups": [markup]}
+
+
+@pytest.mark.parametrize("units", [{"x": 1}, [{"mm": 1}], 3, None])
+def test_coordinate_units_of_the_wrong_type(tmp_path, units):
+    path = tmp_path / "c.mrk.json"
+    path.write_text(json.dumps(_curve_document(coordinateUnits=units)))
+    with pytest.raises(InputError, match="coordinateUnits"):
+        read_markups(path)
+
+
+def test_json_nested_too_deeply(tmp_path):
+    path = tmp_path / "deep.mrk.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InputError, match="nested too deeply"):
+        read_markups(path)
+
+
+def test_a_coordinate_too_large_for_a_float(tmp_path):
+    path = tmp_path / "big.mrk.json"
+    path.write_text(json.dumps(_curve_document()).replace("[10, 0, 0]", "[1" + "0" * 400 + ", 0, 0]"))
+    with pytest.raises(InputError, match="must be 3 finite numbers") as err:
+        read_markups(path)
+    assert len(str(err.value)) < 300  # the number is not printed in full
+
+
+def test_a_position_that_is_not_a_list(tmp_path):
+    path = tmp_path / "p.mrk.json"
+    document = _curve_document()
+    document["markups"][0]["controlPoints"][1]["position"] = "10,0,0"
+    path.write_text(json.dumps(document))
+    with pytest.raises(InputError, match="must be 3 finite numbers"):
+        read_markups(path)

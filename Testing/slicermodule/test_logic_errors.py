@@ -314,3 +314,14 @@ def test_busy_backend_refuses_a_second_job():
             _wait(backend)
     finally:
         backend.close()
+
+
+def test_the_worker_keeps_its_files_in_slicers_temporary_folder(itm, scene):
+    logic = itm.ImageToMeshLogic()
+    backend = logic.backend  # made on first use; the process starts with the first job
+    folder = Path(backend._folder)
+    try:
+        assert folder.parent == Path(slicer.app.temporaryPath) and folder.is_dir()
+    finally:
+        logic.close()
+    assert not folder.exists()

@@ -136,7 +136,7 @@ def prolong(values: torch.Tensor, parent_edges: torch.Tensor) -> torch.Tensor:
     return torch.cat([values, values[parent_edges].mean(1)])
 
 
-def laplacian_energy(latents: torch.Tensor, laplacian: torch.Tensor) -> torch.Tensor:
+def latent_laplacian_energy(latents: torch.Tensor, laplacian: torch.Tensor) -> torch.Tensor:
     """``Tr(Z^T L^2 Z) = |L Z|_F^2`` for a symmetric sparse ``L (V, V)`` and ``Z (V, d)``; ``>= 0``."""
     lz = torch.sparse.mm(laplacian, latents)
     return (lz * lz).sum()
@@ -240,7 +240,7 @@ def run_fit(
             if settings.lambda_reg > 0:
                 loss = loss + settings.lambda_reg * triangle_quality_regulariser(verts, faces)
             if laplacian is not None:
-                loss = loss + lambda_dir * laplacian_energy(z, laplacian)
+                loss = loss + lambda_dir * latent_laplacian_energy(z, laplacian)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -29,6 +29,7 @@ from scipy.spatial import cKDTree
 
 from imagetomesh.core.mesh import Mesh
 from imagetomesh.core.volume import Volume
+from imagetomesh.devices import resolve_device
 from imagetomesh.errors import InputError
 from imagetomesh.fitting.curves import CurveLoss, lps_points, planar_curves
 from imagetomesh.fitting.distance_field import DistanceField, sample_distance
@@ -80,18 +81,6 @@ def _settings(task: str, lambda_dir, lambda_reg, iterations) -> FitSettings:
     return replace(settings, **changes)
 
 
-def _device(device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {device!r}; use cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device cuda was asked for but no CUDA GPU is available; use cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"unknown device {device!r}; use cpu or cuda")
-    return dev
-
-
 def _fit(prior: Prior, loss: Callable, frame: ShapeNormalisation, settings: FitSettings,
          progress: Progress, remesh: bool) -> Mesh:
     """Run the fit (for a paired prior: short shared-latent fits of both orientations pick the
@@ -126,14 +115,14 @@ def fit_points(points, prior, lambda_dir=None, lambda_reg=None, iterations=None,
         lambda_dir, lambda_reg, iterations: ``None`` = the task's default (see the module docstring);
             ``lambda_dir=float("inf")`` fits one latent shared by all vertices.
         remesh: isotropic remeshing of the result.
-        device: ``"cpu"`` or ``"cuda"``.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (see :func:`~imagetomesh.devices.resolve_device`).
         progress: ``progress(fraction)`` callback; raising :class:`InterruptedError` in it cancels.
 
     Returns:
         A watertight, outward :class:`Mesh` in LPS mm.
     """
     settings = _settings("points", lambda_dir, lambda_reg, iterations)
-    dev = _device(device)
+    dev = resolve_device(device)
     pts = lps_points(points, "points")
     if len(pts) < 4:
         raise InputError(f"{len(pts)} point(s) given; fitting a surface needs at least 4 points on it")
@@ -172,7 +161,7 @@ def fit_curves(curves, prior, lambda_dir=None, lambda_reg=None, iterations=None,
         A watertight, outward :class:`Mesh` in LPS mm.
     """
     settings = _settings("curves", lambda_dir, lambda_reg, iterations)
-    dev = _device(device)
+    dev = resolve_device(device)
     if isinstance(curves, np.ndarray) and curves.ndim == 2:
         curves = [curves]
     planes = planar_curves(list(curves) if curves is not None else [])
@@ -253,7 +242,7 @@ def refine_labelmap(mask: Volume, prior, lambda_dir=None, lambda_reg=None, itera
     coverage = float(coverage)
     if not coverage >= 0 or math.isinf(coverage):
         raise InputError(f"coverage must be a finite weight >= 0, got {coverage}")
-    dev = _device(device)
+    dev = resolve_device(device)
     if not isinstance(mask, Volume):
         raise InputError("refine_labelmap needs a Volume; load the labelmap with imagetomesh.io.read_labelmap first")
     if not np.any(np.asarray(mask.array) != 0):

@@ -33,6 +33,7 @@ from vtkmodules.vtkFiltersCore import (
     vtkWindowedSincPolyDataFilter,
 )
 
+from imagetomesh.core.cropping import bounding_box
 from imagetomesh.core.mesh import Mesh
 from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
@@ -48,18 +49,6 @@ __all__ = ["labelmap_to_mesh", "DEFAULT_SMOOTHING"]
 DEFAULT_SMOOTHING = 0.4
 
 _MARGIN = 2  # zero voxels around the cropped mask
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Tight ``(k, j, i)`` slices around the nonzero voxels, or None when there are none."""
-    k_any = mask.reshape(mask.shape[0], -1).any(1)
-    if not k_any.any():
-        return None
-    k = np.flatnonzero(k_any)
-    sub = mask[k[0] : k[-1] + 1]
-    j = np.flatnonzero(sub.any(axis=(0, 2)))
-    i = np.flatnonzero(sub.any(axis=(0, 1)))
-    return slice(k[0], k[-1] + 1), slice(j[0], j[-1] + 1), slice(i[0], i[-1] + 1)
 
 
 def _image_data(array: np.ndarray, origin_ijk: np.ndarray) -> vtkImageData:
@@ -175,7 +164,7 @@ def labelmap_to_mesh(
     if int(smoothing_iterations) < 1:
         raise InputError(f"smoothing_iterations must be at least 1, got {smoothing_iterations}")
     array = np.asarray(mask.array)
-    box = _bounding_box(array != 0) if array.dtype != bool else _bounding_box(array)
+    box = bounding_box(array)
     if box is None:
         raise InputError(
             "the labelmap is empty (no nonzero voxels); choose the right label or segment the structure first"

@@ -2,18 +2,25 @@
 
 Every writer in the library goes through :func:`atomic_write`: it writes into a temporary
 file in the target's own folder (so the final ``os.replace`` is a same-filesystem rename)
-whose name keeps the target's extension (VTK and SimpleITK choose the format by it), and
-only renames it over the target once the write has finished without an exception.
+whose name keeps the target's extension (VTK and SimpleITK choose the format by it) but is
+hidden (``.name.tmp-XXXX.stl``: a user's ``*.stl`` glob never picks up a partial file), and
+only renames it over the target once the write has finished without an exception. SIGTERM
+(what ``timeout``, systemd, containers and Slicer's Cancel send) is handled like Ctrl-C while a
+file is being written: the partial file is removed before the process ends.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
 from imagetomesh.errors import InputError
+from imagetomesh.io.inputs import read_input_owning
 
 #: Extensions that only mean "compressed"; the one before them names the format.
 _COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zst", ".zip"}
@@ -34,7 +41,8 @@ def check_output_path(path: str | os.PathLike) -> Path:
 
     Raises:
         InputError: the parent folder does not exist, is not a folder or is not writable,
-            or ``path`` itself is an existing folder.
+            ``path`` itself is an existing folder, or it is a file this process has read
+            (by any name or hard link: see :mod:`imagetomesh.io.inputs`).
     """
     target = Path(path).expanduser()
     parent = target.parent if str(target.parent) else Path(".")
@@ -48,6 +56,9 @@ def check_output_path(path: str | os.PathLike) -> Path:
         raise InputError(f"output folder {parent} is not writable; choose another folder or fix its permissions")
     if target.exists() and not os.access(target, os.W_OK):
         raise InputError(f"output file {target} exists and is read-only; remove it or choose another name")
+    source = read_input_owning(target)
+    if source is not None:
+        raise InputError(f"output {target} is an input of this command ({source}); choose another output name")
     return target
 
 
@@ -57,14 +68,42 @@ def _default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+class Terminated(SystemExit):
+    """SIGTERM arrived while a file was being written (exit status 128 + 15, as the shell reports it)."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` (main thread only; others keep theirs)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous not in (signal.SIG_DFL, None):  # the program handles SIGTERM itself: leave it to it
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Context manager yielding a temporary path to write instead of ``path``.
 
     The temporary file lies next to ``path`` and keeps its format extension
-    (``case.nii.gz`` -> ``case.tmp-XXXX.nii.gz``). When the block ends normally it is renamed
-    over ``path`` with :func:`os.replace`; when the block raises, or leaves an empty file,
-    it is removed and ``path`` is left untouched.
+    (``case.nii.gz`` -> ``.case.tmp-XXXX.nii.gz``). When the block ends normally it is renamed
+    over ``path`` with :func:`os.replace`; when the block raises (SIGTERM included), or leaves
+    an empty file, it is removed and ``path`` is left untouched.
 
     Raises:
         InputError: from :func:`check_output_path`.
@@ -74,20 +113,27 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     suffix = format_suffix(target)
     name = target.name
     stem = name[: len(name) - len(suffix)] if suffix and name.lower().endswith(suffix) else name
-    fd, tmp_name = tempfile.mkstemp(prefix=f"{stem}.tmp-", suffix=suffix, dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        if not tmp.exists() or tmp.stat().st_size == 0:
-            raise OSError(f"writing {target} produced no data")
-        if target.exists():
-            mode = target.stat().st_mode & 0o7777
-        else:
-            mode = _default_file_mode()
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with _sigterm_raises():
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.tmp-", suffix=suffix, dir=target.parent)
+        except OSError as err:
+            if err.errno != errno.ENAMETOOLONG:
+                raise
+            raise InputError(f"output file name {target.name} is too long for its file system "
+                             f"(a temporary name is {len(name) + 13} characters); choose a shorter name") from None
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            yield tmp
+            if not tmp.exists() or tmp.stat().st_size == 0:
+                raise OSError(f"writing {target} produced no data")
+            if target.exists():
+                mode = target.stat().st_mode & 0o7777
+            else:
+                mode = _default_file_mode()
+            os.chmod(tmp, mode)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise

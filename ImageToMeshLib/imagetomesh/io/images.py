@@ -11,6 +11,7 @@ import os
 import re
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,25 @@ import SimpleITK as sitk
 
 from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
+from imagetomesh.io.inputs import check_input_path
 from imagetomesh.io.atomic import atomic_write, check_output_path, format_suffix
 
 #: Extensions :func:`write_image` accepts (one-file formats only, so the write can be atomic).
 WRITE_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
+#: Image file endings that :func:`image_stem` takes off (the two-part ``.nii.gz`` first).
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
+
 _IMAGE_HINT = "give a NIfTI, NRRD, MHA/MHD file or a folder holding a DICOM series"
+
+
+def image_stem(path: str | os.PathLike) -> str:
+    """The file name of ``path`` without its image ending (any case): ``case_001.nii.gz`` -> ``case_001``."""
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
 
 
 def _short_itk_message(err: BaseException) -> str:
@@ -81,20 +95,38 @@ def volume_to_sitk(volume: Volume) -> sitk.Image:
     return image
 
 
-# --- NIfTI completeness (ITK zero-fills truncated NIfTI data silently) --------------------
-def _nifti_expected_size(header: bytes) -> int | None:
-    """Bytes of header + voxel data a single-file NIfTI-1/2 needs, or None if not NIfTI."""
+# --- NIfTI checks that ITK does not make (it zero-fills truncated data and NaN/Inf voxels) ----
+#: NIfTI datatype codes of floating-point voxels -> numpy dtype (complex: real and imaginary parts).
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8", 32: "f4", 1792: "f8"}
+
+
+@dataclass(frozen=True)
+class _NiftiLayout:
+    """Where a single-file NIfTI-1/2 keeps its voxels: byte order, datatype code, data offset and size."""
+
+    endian: str
+    datatype: int
+    offset: int
+    data_bytes: int
+
+    @property
+    def expected_size(self) -> int:
+        return self.offset + self.data_bytes
+
+
+def _nifti_layout(header: bytes) -> _NiftiLayout | None:
+    """The voxel layout of a NIfTI-1/2 header (its first 540 bytes), or None if it is not NIfTI."""
     if len(header) < 348:
         return None
     for endian in "<>":
         sizeof_hdr = struct.unpack(endian + "i", header[:4])[0]
         if sizeof_hdr == 348:
+            datatype, bitpix = struct.unpack(endian + "2h", header[70:74])
             dims = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
             vox_offset = int(struct.unpack(endian + "f", header[108:112])[0])
             break
         if sizeof_hdr == 540 and len(header) >= 540:
-            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            datatype, bitpix = struct.unpack(endian + "2h", header[12:16])
             dims = struct.unpack(endian + "8q", header[16:80])
             vox_offset = struct.unpack(endian + "q", header[168:176])[0]
             break
@@ -104,7 +136,28 @@ def _nifti_expected_size(header: bytes) -> int | None:
     if not 1 <= ndim <= 7 or bitpix <= 0:
         return None
     nvox = int(np.prod([max(int(d), 1) for d in dims[1 : ndim + 1]], dtype=np.int64))
-    return max(vox_offset, 348) + nvox * bitpix // 8
+    return _NiftiLayout(endian, int(datatype), max(vox_offset, 348), nvox * bitpix // 8)
+
+
+def _nifti_nonfinite_count(path: Path, layout: _NiftiLayout) -> int:
+    """How many NaN/Inf values a float NIfTI file holds (0 for integer voxels), read in chunks."""
+    kind = _NIFTI_FLOAT_TYPES.get(layout.datatype)
+    if kind is None:
+        return 0
+    dtype = np.dtype(kind).newbyteorder(layout.endian)
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    count, left = 0, layout.data_bytes
+    chunk = (1 << 24) // dtype.itemsize * dtype.itemsize
+    with opener(path, "rb") as handle:
+        handle.read(layout.offset)
+        while left > 0:
+            data = handle.read(min(chunk, left))
+            if not data:
+                break
+            usable = len(data) // dtype.itemsize * dtype.itemsize
+            count += int(np.count_nonzero(~np.isfinite(np.frombuffer(data[:usable], dtype=dtype))))
+            left -= len(data)
+    return count
 
 
 def _gzip_stream_complete(path: Path, expected: int) -> bool:
@@ -122,7 +175,8 @@ def _gzip_stream_complete(path: Path, expected: int) -> bool:
     return total >= expected
 
 
-def _check_nifti_complete(path: Path) -> None:
+def _check_nifti(path: Path) -> None:
+    """InputError when a NIfTI file is truncated or holds NaN/Inf voxels (ITK would read both as 0)."""
     name = path.name.lower()
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
         return
@@ -133,24 +187,29 @@ def _check_nifti_complete(path: Path) -> None:
             header = handle.read(544)
     except (EOFError, OSError, zlib.error) as err:
         raise InputError(f"could not read {path} as an image: {err}; re-export or re-download it") from None
-    expected = _nifti_expected_size(header)
-    if expected is None:
+    layout = _nifti_layout(header)
+    if layout is None:
         return
+    expected = layout.expected_size
     if not compressed:
         actual = path.stat().st_size
         if actual < expected:
             raise InputError(
                 f"image {path} is truncated ({actual} of {expected} bytes); re-export or re-download it"
             )
-        return
-    # gzip trailer holds the uncompressed size mod 2**32; verify the full stream only on mismatch
-    with open(path, "rb") as handle:
-        handle.seek(-4, os.SEEK_END)
-        isize = struct.unpack("<I", handle.read(4))[0]
-    if isize == expected % (1 << 32):
-        return
-    if not _gzip_stream_complete(path, expected):
-        raise InputError(f"image {path} is truncated or its compressed data is corrupt; re-export or re-download it")
+    else:
+        # gzip trailer holds the uncompressed size mod 2**32; verify the full stream only on mismatch
+        with open(path, "rb") as handle:
+            handle.seek(-4, os.SEEK_END)
+            isize = struct.unpack("<I", handle.read(4))[0]
+        if isize != expected % (1 << 32) and not _gzip_stream_complete(path, expected):
+            raise InputError(f"image {path} is truncated or its compressed data is corrupt; re-export or re-download it")
+    if _nifti_nonfinite_count(path, layout):
+        raise InputError(_NONFINITE_MESSAGE.format(path=path))
+
+
+#: One message for NaN/Inf voxels, whichever check finds them.
+_NONFINITE_MESSAGE = "image {path} contains NaN/Inf voxels; replace them (e.g. with 0) before meshing"
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -208,9 +267,7 @@ def read_image(path: str | os.PathLike) -> Volume:
         InputError: missing path, folder without DICOM, unreadable/truncated/non-image file,
             2D, 4D or multi-component image, or NaN/Inf voxels.
     """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise InputError(f"image {path} does not exist; check the path")
+    path = check_input_path(path, "image", folder_ok=True)
     if path.is_dir():
         image = _read_dicom_folder(path)
         _check_header(path, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(),
@@ -227,7 +284,7 @@ def read_image(path: str | os.PathLike) -> Volume:
             ) from None
         _check_header(path, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(),
                       sitk.GetPixelIDValueAsString(reader.GetPixelID()))
-        _check_nifti_complete(path)
+        _check_nifti(path)
         try:
             image = reader.Execute()
         except RuntimeError as err:
@@ -241,7 +298,7 @@ def read_image(path: str | os.PathLike) -> Volume:
     volume = volume_from_sitk(image)
     array = volume.array
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        raise InputError(f"image {path} contains NaN/Inf voxels; replace them (e.g. with 0) before meshing")
+        raise InputError(_NONFINITE_MESSAGE.format(path=path))
     return volume
 
 

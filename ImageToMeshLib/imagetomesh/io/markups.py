@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 import os
 import re
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import numpy as np
 
 from imagetomesh.core.transforms import lps_to_ras, ras_to_lps
 from imagetomesh.errors import InputError
+from imagetomesh.io.inputs import check_input_path
 from imagetomesh.io.atomic import atomic_write, check_output_path, format_suffix
 
 #: The schema URL 3D Slicer writes into ``.mrk.json`` files.
@@ -78,12 +80,7 @@ def _check_space(coordinate_system: str) -> str:
 
 
 def _require_file(path: str | os.PathLike, what: str) -> Path:
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise InputError(f"{what} {path} does not exist; check the path")
-    if path.is_dir():
-        raise InputError(f"{what} path {path} is a folder; give a file")
-    return path
+    return check_input_path(path, what)
 
 
 # --- .mrk.json ------------------------------------------------------------------------------
@@ -100,7 +97,7 @@ def _parse_markup(entry: object, index: int, path: Path) -> Markup:
     units = entry.get("coordinateUnits", "mm")
     if isinstance(units, list) and units:
         units = units[0]
-    if units not in _UNIT_SCALE:
+    if not isinstance(units, str) or units not in _UNIT_SCALE:
         raise InputError(f"{where} has coordinateUnits '{units}'; only mm and um are supported")
     control_points = entry.get("controlPoints", [])
     if not isinstance(control_points, list):
@@ -113,11 +110,12 @@ def _parse_markup(entry: object, index: int, path: Path) -> Markup:
             continue  # an unplaced point
         position = point["position"]
         try:
-            xyz = [float(v) for v in position]
-        except (TypeError, ValueError):
+            xyz = [float(v) for v in position] if isinstance(position, list) else []
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer too large for a float
             xyz = []
         if len(xyz) != 3 or not all(math.isfinite(v) for v in xyz):
-            raise InputError(f"control point {number} of {where} has position {position!r}; it must be 3 finite numbers")
+            raise InputError(f"control point {number} of {where} has position {reprlib.repr(position)}; "
+                             "it must be 3 finite numbers")
         positions.append(xyz)
     points = np.asarray(positions, dtype=np.float64).reshape(-1, 3) * _UNIT_SCALE[units]
     if space == "RAS":
@@ -141,6 +139,8 @@ def read_markups(path: str | os.PathLike) -> list[Markup]:
             document = json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"could not parse {path} as JSON ({err}); give a Slicer .mrk.json file") from None
+    except RecursionError:
+        raise InputError(f"{path} is nested too deeply to be a markups file; give a Slicer .mrk.json file") from None
     if not isinstance(document, dict) or not isinstance(document.get("markups"), list):
         raise InputError(f"{path} is not a Slicer markups file (no 'markups' list); save the markups from Slicer as .mrk.json")
     if not document["markups"]:

@@ -34,6 +34,7 @@ from imagetomesh.core.mesh import Mesh
 from imagetomesh.core.transforms import lps_to_ras, ras_to_lps
 from imagetomesh.errors import InputError
 from imagetomesh.geometry.vtk_convert import mesh_to_polydata, polydata_from_arrays, polydata_to_mesh
+from imagetomesh.io.inputs import check_input_path
 from imagetomesh.io.atomic import atomic_write, check_output_path, format_suffix
 
 #: Mesh file extensions read and written.
@@ -520,10 +521,9 @@ def _open_mesh_file(path: str | os.PathLike, coordinate_system: str) -> tuple[Pa
     default_space = _check_space(coordinate_system)
     path = Path(path).expanduser()
     suffix = _check_suffix(path, "read")
-    if not path.exists():
-        raise InputError(f"mesh file {path} does not exist; check the path")
-    if path.is_dir():
+    if Path(path).is_dir():
         raise InputError(f"mesh path {path} is a folder; give a mesh file ({', '.join(MESH_SUFFIXES)})")
+    path = check_input_path(path, "mesh file")
     polydata, space = _read_polydata(path, suffix)
     return path, suffix, polydata, space or default_space
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from imagetomesh.errors import InputError
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.augment import AugmentConfig
 from imagetomesh.training.losses import MeshLossWeights
@@ -47,8 +48,22 @@ class TrainConfig(EngineOptions):
         return cls(**d)
 
 
+#: U-Net presets of the named configs (``UNetConfig`` fields). Every bundled model was trained
+#: with :data:`UNET_CPU` (its card's ``config.unet``).
+#: The plain U-Net of every ``cpu`` config (and of the bundled ``unet-hippocampus``).
 UNET_CPU = {"in_channels": 1, "num_classes": 2, "base": 12, "depth": 4, "norm": "batch"}
+#: The plain, wider U-Net of the Voxel2Mesh, Pixel2Mesh-3D and U-Net ``gpu`` configs.
 UNET_GPU = {"in_channels": 1, "num_classes": 2, "base": 32, "depth": 4, "norm": "batch"}
+#: ImplicitMeshNet's ``gpu`` U-Net, the paper's: residual blocks, 16-32-64-128-256, instance norm, dropout 0.1.
+UNET_GPU_RESIDUAL = {"in_channels": 1, "num_classes": 2, "base": 16, "depth": 5, "norm": "instance", "block": "residual",
+                     "dropout": 0.1}
+
+
+def named_config(configs: dict, name: str, kind: str):
+    """``configs[name]``; an unknown ``name`` is an :class:`InputError` naming the known configs of ``kind``."""
+    if name not in configs:
+        raise InputError(f"no config {name!r} for {kind}; known: {', '.join(configs)}")
+    return configs[name]
 
 
 def _v2m(sampling: str, unpooling: str, unet: dict, hidden: int) -> dict:

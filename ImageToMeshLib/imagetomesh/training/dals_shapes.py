@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
+from imagetomesh.core.cropping import bounding_box, crop_to_box
 from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
 from imagetomesh.geometry.isosurface import labelmap_to_mesh
@@ -69,20 +70,6 @@ class OrganMask:
         return self.side == "right"
 
 
-def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Tight ``(k, j, i)`` slices around the nonzero voxels of ``mask``; None when empty."""
-    slices = ndimage.find_objects(np.asarray(mask, dtype=bool).astype(np.uint8))
-    return None if not slices or slices[0] is None else slices[0]
-
-
-def crop_volume(volume: Volume, box: tuple[slice, slice, slice], margin: int = CROP_MARGIN) -> Volume:
-    """The sub-volume ``box`` grown by ``margin`` voxels (clipped to the image), same LPS geometry."""
-    grown = tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, volume.shape))
-    start_ijk = np.array([grown[2].start, grown[1].start, grown[0].start], dtype=np.float64)
-    origin = volume.index_to_lps[:3, :3] @ start_ijk + volume.origin
-    return Volume(np.ascontiguousarray(volume.array[grown]), volume.spacing, origin, volume.direction)
-
-
 def _centroid_lps(volume: Volume, mask: np.ndarray) -> np.ndarray:
     kji = np.array(ndimage.center_of_mass(mask), dtype=np.float64)
     return volume.index_to_lps[:3, :3] @ kji[::-1] + volume.origin
@@ -97,7 +84,7 @@ def split_kidneys(label: Volume, case_id: str = "case") -> list[OrganMask]:
     box = bounding_box(whole)
     if box is None:
         raise InputError(f"{case_id} has no kidney voxels (label > 0); check the labelmap")
-    crop = crop_volume(label.with_array(whole.astype(np.uint8)), box, margin=0)
+    crop = crop_to_box(label.with_array(whole.astype(np.uint8)), box)
     labelled, count = ndimage.label(crop.array, structure=np.ones((3, 3, 3), dtype=bool))
     sizes = np.bincount(labelled.ravel())[1:]
     order = np.argsort(sizes)[::-1]
@@ -113,7 +100,7 @@ def split_kidneys(label: Volume, case_id: str = "case") -> list[OrganMask]:
     organs = []
     for k, side in zip(keep, sides):
         component = (labelled == k + 1).astype(np.uint8)
-        sub = crop_volume(crop.with_array(component), bounding_box(component))
+        sub = crop_to_box(crop.with_array(component), bounding_box(component), CROP_MARGIN)
         organs.append(OrganMask(f"{case_id}_{side}", sub, side))
     return sorted(organs, key=lambda o: o.side)
 
@@ -124,7 +111,7 @@ def hippocampus_mask(label: Volume, shape_id: str) -> OrganMask:
     box = bounding_box(whole)
     if box is None:
         raise InputError(f"{shape_id} has an empty hippocampus label; check the labelmap")
-    return OrganMask(shape_id, crop_volume(label.with_array(whole.astype(np.uint8)), box))
+    return OrganMask(shape_id, crop_to_box(label.with_array(whole.astype(np.uint8)), box, CROP_MARGIN))
 
 
 # --- splits ------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def lr_factor(progress: float, config) -> float:
     raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}")
 
 
-def laplacian_energy(verts: torch.Tensor, laplacian: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def mean_vertex_laplacian_energy(verts: torch.Tensor, laplacian: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Mean over cases and vertices of ``||(L V)_i||^2``, ``V`` ``(B, N, 3)`` grid -> isotropic frame."""
     return torch.stack([torch.sparse.mm(laplacian, v * scale).pow(2).sum(-1).mean() for v in verts]).mean()
 
@@ -72,7 +72,7 @@ def surface_terms(
             p.requires_grad_(True)
         g_net.train(was_training)
     bce = F.binary_cross_entropy_with_logits(-sdf / config.tau, labels.float())
-    lap = laplacian_energy(verts, laplacian, scale)
+    lap = mean_vertex_laplacian_energy(verts, laplacian, scale)
     ce = F.cross_entropy(logits, labels.long())
     loss = config.alpha * bce + beta * lap + config.gamma * ce
     terms = {"bce": bce, "laplacian": lap, "ce": ce, "loss": loss}

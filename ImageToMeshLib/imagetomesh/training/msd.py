@@ -12,6 +12,7 @@ from pathlib import Path
 
 from imagetomesh.errors import InputError
 from imagetomesh.io.atomic import atomic_write
+from imagetomesh.io.images import image_stem
 
 
 @dataclass(frozen=True)
@@ -21,14 +22,6 @@ class Case:
     case_id: str
     image: Path
     label: Path
-
-
-def _case_id(path: str) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
 
 
 def read_msd(root: str | Path) -> dict[str, Case]:
@@ -50,7 +43,7 @@ def read_msd(root: str | Path) -> dict[str, Case]:
         for path in (image, label):
             if not path.is_file():
                 raise InputError(f"{manifest} lists {path.relative_to(root)}, which does not exist")
-        cases[_case_id(entry["image"])] = Case(_case_id(entry["image"]), image, label)
+        cases[image_stem(entry["image"])] = Case(image_stem(entry["image"]), image, label)
     if not cases:
         raise InputError(f"{manifest} lists no training cases")
     return dict(sorted(cases.items()))

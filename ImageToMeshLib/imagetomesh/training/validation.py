@@ -4,13 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from imagetomesh.metrics import dice
 from imagetomesh.nn.sdf import inside_mask
 from imagetomesh.training.data import PreparedCase, boundary_points
-
-
-def dice(pred: torch.Tensor, ref: torch.Tensor) -> float:
-    """Dice of two boolean masks of one shape (0 when both are empty)."""
-    return float(2 * (pred & ref).sum() / (pred.sum() + ref.sum()).clamp(min=1))
 
 
 @torch.no_grad()
@@ -22,7 +18,7 @@ def segmentation_metrics(model, cases: list[PreparedCase], device) -> dict[str, 
     dices, chamfers = [], []
     for case in cases:
         logits, meshes = model(case.image[None, None].to(device))
-        dices.append(dice(logits.argmax(1)[0].cpu().bool(), case.label.bool()))
+        dices.append(dice(logits.argmax(1)[0].cpu().numpy(), case.label.numpy()))
         if meshes is not None:
             half_mm = torch.tensor(case.transform.grid_to_lps[:3, :3]).norm(dim=0).float()  # mm per grid unit, (x, y, z)
             points, _ = boundary_points(case.label)
@@ -44,6 +40,6 @@ def mesh_dice(model, cases: list[PreparedCase], device) -> float:
     for case in cases:
         _, meshes = model(case.image[None, None].to(device))
         mask = inside_mask(meshes[0][-1].verts, meshes[0][-1].faces, case.label.shape).cpu()
-        scores.append(dice(mask, case.label.bool()))
+        scores.append(dice(mask.numpy(), case.label.numpy()))
     model.train()
     return float(np.mean(scores))

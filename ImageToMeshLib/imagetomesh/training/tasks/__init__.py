@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from imagetomesh.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -105,15 +106,14 @@ TASKS: dict[str, TaskEntry] = {
 
 
 def task_class(kind: str) -> type:
-    """The task class that trains ``kind``."""
+    """The task class that trains ``kind``; :class:`InputError` for an unknown kind."""
     if kind not in TASKS:
-        raise ValueError(f"no training task for {kind!r}; known: {', '.join(TASKS)}")
+        raise InputError(f"no training task for {kind!r}; known: {', '.join(TASKS)}")
     return TASKS[kind].load()
 
 
 def get_config(kind: str, name: str):
-    """A copy of the named training config of ``kind`` (``ValueError`` listing the known names)."""
-    configs = task_class(kind).configs(kind)
-    if name not in configs:
-        raise ValueError(f"no config {name!r} for {kind}; known: {', '.join(configs)}")
-    return copy.deepcopy(configs[name])
+    """A copy of the named training config of ``kind``; :class:`InputError` (listing the known names) for an unknown one."""
+    from imagetomesh.training.configs import named_config
+
+    return copy.deepcopy(named_config(task_class(kind).configs(kind), name, kind))

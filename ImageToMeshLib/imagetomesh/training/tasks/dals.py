@@ -39,6 +39,7 @@ from imagetomesh.io.atomic import atomic_write
 from imagetomesh.models.dals import NORMALISATION_DOC, DALSConfig, DALSDecoder
 from imagetomesh.nn.precision import bf16_autocast, cpu_has_bf16
 from imagetomesh.training.checkpoint import ExpectedValue, FloatListState, TensorState
+from imagetomesh.training.configs import named_config
 from imagetomesh.training.dals_augment import WolfConfig, random_rotations, wolf_deform
 from imagetomesh.training.dals_shapes import SHAPE_KINDS, load_shapes, shape_split
 from imagetomesh.training.data_sources import data_description
@@ -90,14 +91,14 @@ class DALSTrainConfig(EngineOptions):
 
 
 def get_dals_config(shapes: str, name: str = "cpu") -> DALSTrainConfig:
-    """Named configs: ``cpu`` (about 25 min on 2 shared CPU cores, 1 thread) and ``gpu``."""
-    if name == "cpu":
-        return DALSTrainConfig(shapes=shapes, steps=3500, batch_size=8, target_points=1536, surface_samples=768,
-                               bf16=cpu_has_bf16(), time_limit_s=27 * 60)
-    if name == "gpu":
-        return DALSTrainConfig(shapes=shapes, steps=30000, batch_size=32, target_points=4096, surface_samples=4096,
-                               plateau_window=200, threads=4, checkpoint_every=1000, log_every=100, val_shapes=32)
-    raise InputError(f"unknown DALS config {name!r}; use cpu or gpu")
+    """Named configs: ``cpu`` (about 25 min on 2 shared CPU cores, 1 thread) and ``gpu``; :class:`InputError` for another name."""
+    configs = {
+        "cpu": lambda: DALSTrainConfig(shapes=shapes, steps=3500, batch_size=8, target_points=1536, surface_samples=768,
+                                       bf16=cpu_has_bf16(), time_limit_s=27 * 60),
+        "gpu": lambda: DALSTrainConfig(shapes=shapes, steps=30000, batch_size=32, target_points=4096, surface_samples=4096,
+                                       plateau_window=200, threads=4, checkpoint_every=1000, log_every=100, val_shapes=32),
+    }
+    return named_config(configs, name, "dals")()
 
 
 # --- training --------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from imagetomesh.models.mesh_state import DecoderMesh
 from imagetomesh.models.voxel2mesh import isotropic_scale
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.augment import AugmentConfig
-from imagetomesh.training.configs import HIPPOCAMPUS_GRID, UNET_CPU
+from imagetomesh.training.configs import HIPPOCAMPUS_GRID, UNET_CPU, UNET_GPU_RESIDUAL, named_config
 from imagetomesh.training.data import prepare_split, random_image_batch
 from imagetomesh.training.implicitmeshnet_losses import beta_at, lr_factor, sdf_loss, sdf_step, sdf_targets, surface_terms
 from imagetomesh.training.implicitmeshnet_shapes import random_shape
@@ -82,9 +82,6 @@ class ImplicitMeshNetTrainConfig(EngineOptions):
     threads: int = 1
 
 
-_UNET_GPU = {"in_channels": 1, "num_classes": 2, "base": 16, "depth": 5, "norm": "instance", "block": "residual", "dropout": 0.1}
-
-
 def implicitmeshnet_configs() -> dict[str, ImplicitMeshNetTrainConfig]:
     """``gpu``: the paper's residual U-Net 16-32-64-128-256 and learning rates. ``cpu``: the plain
     U-Net of the bundled ``unet-hippocampus`` (start it with ``--init-from``), a higher
@@ -102,17 +99,14 @@ def implicitmeshnet_configs() -> dict[str, ImplicitMeshNetTrainConfig]:
             sdf_updates=2, val_every=50, pretrain_steps=0, time_limit_s=60 * 60,
         ),
         "gpu": ImplicitMeshNetTrainConfig(
-            {"unet": _UNET_GPU, "hidden": 128}, sdf_net=MeshToSDFConfig(64, (128, 64, 32, 16)).to_dict(),
+            {"unet": UNET_GPU_RESIDUAL, "hidden": 128}, sdf_net=MeshToSDFConfig(64, (128, 64, 32, 16)).to_dict(),
             steps=30000, batch_size=4, val_every=500, pretrain_steps=20000, pretrain_batch=8, threads=2,
         ),
     }
 
 
 def get_implicitmeshnet_config(name: str) -> ImplicitMeshNetTrainConfig:
-    configs = implicitmeshnet_configs()
-    if name not in configs:
-        raise ValueError(f"no config {name!r} for implicitmeshnet; known: {', '.join(configs)}")
-    return configs[name]
+    return named_config(implicitmeshnet_configs(), name, "implicitmeshnet")
 
 
 def save_sdf_net(g_net: MeshToSDF, path: Path) -> None:

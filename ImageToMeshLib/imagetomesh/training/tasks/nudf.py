@@ -22,7 +22,7 @@ from imagetomesh.errors import InputError
 from imagetomesh.models.nudf import NUDF, NUDFConfig
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.augment import AugmentConfig, augment
-from imagetomesh.training.configs import HIPPOCAMPUS_GRID
+from imagetomesh.training.configs import HIPPOCAMPUS_GRID, named_config
 from imagetomesh.training.data import PreparedCase, prepare_split
 from imagetomesh.training.schedules import one_cycle, rescale_one_cycle
 from imagetomesh.training.tasks.base import EngineOptions, RunState, Task, run_card
@@ -156,7 +156,4 @@ class NUDFTask(Task):
 
 
 def get_nudf_config(name: str) -> NUDFTrainConfig:
-    configs = nudf_configs()
-    if name not in configs:
-        raise ValueError(f"no config {name!r} for nudf; known: {', '.join(configs)}")
-    return configs[name]
+    return named_config(nudf_configs(), name, "nudf")

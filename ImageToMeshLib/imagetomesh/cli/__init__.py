@@ -1,0 +1,59 @@
+"""The ``imagetomesh`` command: one parser (:func:`build_parser`) and one :func:`main`.
+
+Each command's code lives in its own module beside the others (``mesh_from_label``,
+``evaluate``, ``preview``, ``info``, ``segment``, ``models``, ``train``, ``fit``, ``demo``),
+each with a ``register(sub)`` that adds its sub-parser; ``options`` and ``reporting`` hold
+what several commands share.
+
+Every sub-command reports bad input as one line on stderr and exit code 2, with no traceback
+and no output file left behind (all writers are atomic).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from imagetomesh import __version__
+from imagetomesh.cli import demo, evaluate, fit, info, mesh_from_label, models, preview, segment, train
+from imagetomesh.cli.models import _format_metrics
+from imagetomesh.cli.reporting import PROG
+from imagetomesh.errors import InputError
+
+__all__ = ["PROG", "build_parser", "main", "_format_metrics"]
+
+#: The commands, in the order ``imagetomesh --help`` lists them.
+COMMANDS = (mesh_from_label, evaluate, preview, info, segment, models, train, fit, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``imagetomesh`` parser with every command; each parsed command's ``func(args)`` runs it."""
+    parser = argparse.ArgumentParser(prog=PROG, description="Medical images to watertight surface meshes (LPS millimetres).")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    return f"{PROG}: warning: {message}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command of ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+    Bad input (:class:`InputError`) is one line on stderr and exit code 2; Ctrl-C is 130.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.formatwarning = _format_warning
+    try:
+        return args.func(args)
+    except InputError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130

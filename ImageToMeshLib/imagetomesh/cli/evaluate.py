@@ -1,0 +1,34 @@
+"""``imagetomesh evaluate``: compare a mesh with a labelmap (Dice, IoU, Chamfer, HD95, ...)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def cmd_evaluate(args) -> int:
+    from imagetomesh.io.images import read_labelmap
+    from imagetomesh.io.meshes import read_mesh
+    from imagetomesh.metrics import evaluate_mesh
+
+    mesh = read_mesh(args.mesh).require_triangles(str(args.mesh))
+    label = read_labelmap(args.label_file, args.label)
+    result = evaluate_mesh(mesh, label, threshold_mm=args.threshold)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        width = max(len(k) for k in result)
+        for key, value in result.items():
+            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            print(f"{key:<{width}}  {shown}")
+    return 0
+
+
+def register(sub) -> None:
+    """Add ``evaluate`` to the main parser's sub-parsers ``sub``."""
+    p = sub.add_parser("evaluate", help="compare a mesh with a labelmap (Dice, IoU, Chamfer, HD95, ...)")
+    p.add_argument("mesh", type=Path, help="mesh file (LPS; STL headers are honoured)")
+    p.add_argument("label_file", metavar="LABEL", type=Path, help="reference labelmap")
+    p.add_argument("--label", type=int, default=None, help="label value of the reference (default: any non-zero)")
+    p.add_argument("--threshold", type=float, default=1.0, help="F-score distance threshold in mm (default 1)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_evaluate)

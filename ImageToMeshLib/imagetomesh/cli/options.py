@@ -1,0 +1,72 @@
+"""What several commands share on the command line: argument types that check numbers, ``-o``,
+``--coordinate-system`` and the device choices."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable
+
+__all__ = ["COORDINATE_SYSTEMS", "DEVICES", "checked_number", "fraction", "weight", "finite_weight", "positive_int",
+           "add_output", "add_space"]
+
+COORDINATE_SYSTEMS = ("LPS", "RAS")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def checked_number(name: str, convert: Callable[[str], float], what: str,
+                   problem: Callable[[float, str], str | None] | None = None) -> Callable[[str], float]:
+    """An argparse ``type`` for option ``name``: ``convert(text)``, then ``problem(value, text)``.
+
+    Messages: ``"<name> must be <what>, got <text!r>"`` when ``convert`` fails, and
+    ``"<name> must be <problem>"`` when ``problem`` returns a text (the value is refused).
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {text!r}") from None
+        message = problem(value, text) if problem is not None else None
+        if message:
+            raise argparse.ArgumentTypeError(f"{name} must be {message}")
+        return value
+
+    return parse
+
+
+def fraction(name: str, hi: float) -> Callable[[str], float]:
+    """A number in ``[0, hi]``."""
+    return checked_number(name, float, "a number",
+                          lambda value, text: None if 0.0 <= value <= hi else f"between 0 and {hi}, got {value}")
+
+
+def _non_negative(value: float, text: str) -> str | None:
+    return None if value >= 0 else f">= 0, got {text}"
+
+
+def weight(name: str) -> Callable[[str], float]:
+    """A loss weight: a number >= 0, ``inf`` allowed."""
+    return checked_number(name, float, "a number (or 'inf')", _non_negative)
+
+
+def finite_weight(name: str) -> Callable[[str], float]:
+    """A loss weight: a finite number >= 0."""
+    return checked_number(name, float, "a number (or 'inf')",
+                          lambda value, text: _non_negative(value, text)
+                          or (f"a finite number >= 0, got {text}" if value == float("inf") else None))
+
+
+def positive_int(name: str) -> Callable[[str], int]:
+    """A whole number >= 1."""
+    return checked_number(name, int, "a whole number", lambda value, text: None if value >= 1 else f">= 1, got {value}")
+
+
+def add_output(p: argparse.ArgumentParser, help_text: str) -> None:
+    """``-o/--output`` (required), a path."""
+    p.add_argument("-o", "--output", required=True, type=Path, help=help_text)
+
+
+def add_space(p: argparse.ArgumentParser) -> None:
+    """``--coordinate-system LPS|RAS`` of the written mesh."""
+    p.add_argument("--coordinate-system", choices=COORDINATE_SYSTEMS, default="LPS", type=str.upper,
+                   help="space of the written mesh; STL headers record it as 3D Slicer does (default LPS)")

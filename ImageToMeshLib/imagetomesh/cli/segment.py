@@ -1,0 +1,116 @@
+"""``imagetomesh segment``: image(s) -> mesh(es) with a trained model."""
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+from pathlib import Path
+
+from imagetomesh.cli.options import DEVICES, add_output, add_space, positive_int
+from imagetomesh.cli.reporting import PROG, progress_bar
+from imagetomesh.errors import InputError
+
+def _targets(images: list[Path], output: Path) -> list[Path]:
+    """One output path per image, every one checked before any work starts."""
+    from imagetomesh.io.atomic import check_output_path, format_suffix
+    from imagetomesh.io.images import image_stem
+    from imagetomesh.io.meshes import MESH_SUFFIXES
+
+    if len(images) == 1 and not output.is_dir():
+        if format_suffix(output) not in MESH_SUFFIXES:
+            raise InputError(f"output {output} needs a mesh extension ({', '.join(MESH_SUFFIXES)}) or must be an existing folder")
+        return [check_output_path(output)]
+    if not output.is_dir():
+        raise InputError(f"with several images, -o must be an existing folder; {output} is not (create it first)")
+    targets = [output / f"{image_stem(p)}.stl" for p in images]
+    if len(set(targets)) != len(targets):
+        raise InputError("two input images have the same name, so their meshes would overwrite each other; rename one")
+    return [check_output_path(t) for t in targets]
+
+
+@contextlib.contextmanager
+def _warnings_named(name: str):
+    """Warnings raised in the block are re-issued prefixed with ``name`` (the image they concern);
+    the block may ``clear()`` the yielded list to drop them."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+    for w in caught:
+        warnings.warn(f"{name}: {w.message}", w.category, stacklevel=3)
+
+
+def _segment_one_by_one(segmenter, items: list) -> list:
+    """``[(path, mesh or InputError)]`` for ``items`` ``[(path, volume)]``, each segmented alone."""
+    out = []
+    for path, volume in items:
+        with _warnings_named(path.name):
+            try:
+                out.append((path, segmenter.segment(volume)))
+            except InputError as err:
+                out.append((path, err))
+    return out
+
+
+def cmd_segment(args) -> int:
+    """Segment each image into its own mesh; images are read a batch at a time (memory does not
+    grow with their number). An image that fails is named and skipped; the others are written,
+    and the exit code is 2 when any failed."""
+    from imagetomesh.inference import Segmenter
+    from imagetomesh.io.images import read_image
+    from imagetomesh.io.meshes import write_mesh
+
+    images = [Path(p) for p in args.images]
+    targets = dict(zip(images, _targets(images, args.output)))
+    segmenter = Segmenter(args.model, args.device, open_surface=args.open)
+    failed = []
+    batches = range(0, len(images), args.batch_size)
+    for start in progress_bar(batches, "segmenting", total=len(batches)):
+        items = []
+        for path in images[start : start + args.batch_size]:
+            with _warnings_named(path.name):
+                try:
+                    items.append((path, read_image(path)))
+                except InputError as err:
+                    failed.append((path, err))
+        if not items:
+            continue
+        if len(items) == 1:
+            results = _segment_one_by_one(segmenter, items)
+        else:
+            with _warnings_named(", ".join(p.name for p, _ in items)) as caught:
+                try:
+                    results = list(zip([p for p, _ in items], segmenter.segment_batch([v for _, v in items])))
+                except InputError:
+                    caught.clear()  # one of them is bad: find which (its warnings come again), keep the others
+                    results = _segment_one_by_one(segmenter, items)
+        for path, mesh in results:
+            if isinstance(mesh, InputError):
+                failed.append((path, mesh))
+                continue
+            write_mesh(mesh, targets[path], args.coordinate_system)
+            print(f"wrote {targets[path]} ({mesh.num_vertices} vertices, {mesh.num_faces} triangles)")
+    for path, err in failed:
+        print(f"{PROG}: error: {path}: {err}", file=sys.stderr)
+    if failed:
+        written = len(images) - len(failed)
+        print(f"{PROG}: {len(failed)} of {len(images)} images failed; {written} mesh(es) written", file=sys.stderr)
+        return 2
+    return 0
+
+
+def register(sub) -> None:
+    """Add ``segment`` to the main parser's sub-parsers ``sub``."""
+    p = sub.add_parser("segment", help="image(s) -> mesh(es) with a trained model",
+                       description="Segment each IMAGE into a watertight surface mesh (LPS mm) with a bundled or "
+                                   "trained model. With several images, -o is a folder and each mesh is named after "
+                                   "its image; an image that fails is reported by name and the others are still written.")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", required=True, help="bundled model name (see 'imagetomesh models') or model folder")
+    add_output(p, "mesh file (one image) or existing folder (several images)")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=8,
+                   help="images read and predicted together (default 8; memory grows with it)")
+    p.add_argument("--open", action="store_true",
+                   help="keep the surface open where the model found no surface (NUDF models only; default: watertight)")
+    add_space(p)
+    p.set_defaults(func=cmd_segment)

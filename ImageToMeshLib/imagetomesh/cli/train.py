@@ -1,0 +1,63 @@
+"""``imagetomesh train KIND``: train a model (image-to-mesh models on an MSD folder, or a DALS prior).
+
+One sub-command per training task, built from the task registry
+(:data:`~imagetomesh.training.tasks.TASKS`): every kind takes ``--data --out --config --device
+--seed --steps`` and the options its :class:`~imagetomesh.training.tasks.TaskEntry` lists;
+nothing here is specific to a kind. Resumable: running the same command again continues the run.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from imagetomesh.cli.options import DEVICES
+from imagetomesh.errors import InputError
+
+
+def cmd_train(args) -> int:
+    """Train (or resume) the ``args.kind`` model described by the parsed arguments."""
+    from imagetomesh.devices import resolve_device
+    from imagetomesh.training.engine import train
+    from imagetomesh.training.tasks import TASKS, get_config
+
+    entry = TASKS[args.kind]
+    if not Path(args.data).is_dir():
+        raise InputError(f"--data {args.data} is not a folder; give the {entry.data}")
+    device = resolve_device(args.device)
+    name = args.config or ("gpu" if device.type == "cuda" else "cpu")
+    config = get_config(args.kind, name)
+    options: dict = {}
+    for option in entry.options:
+        option.apply(getattr(args, option.dest), config, options)
+    if args.steps:
+        config.steps = args.steps
+        if entry.steps_without_time_limit:
+            config.time_limit_s = None
+    best = train(config, args.data, args.out, device=device.type, seed=args.seed, config_name=name,
+                 log=lambda m: print(m, file=sys.stderr, flush=True), **options)
+    print(f"{entry.result_label}: {best}")
+    return 0
+
+
+def register(sub) -> None:
+    """Add ``train`` and its kinds (one per :data:`~imagetomesh.training.tasks.TASKS` entry) to the main parser's ``sub``."""
+    from imagetomesh.training.tasks import TASKS
+
+    train = sub.add_parser("train", help="train a model (image-to-mesh models on an MSD folder, or a DALS prior)",
+                           description="Train a model. Resumable: run the same command again to continue.")
+    kinds = train.add_subparsers(dest="kind", metavar="KIND")
+    kinds.required = True
+    for kind, entry in TASKS.items():
+        p = kinds.add_parser(kind, help=entry.help)
+        p.add_argument("--data", required=True, type=Path, help=entry.data)
+        p.add_argument("--out", required=True, type=Path, help="run folder: split, config, log, checkpoints, models")
+        p.add_argument("--config", default=entry.default_config, help=entry.configs)
+        p.add_argument("--device", default="cpu", choices=DEVICES)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--steps", type=int, default=None,
+                       help="override the config's number of steps" + (" (and run them all: no time limit)"
+                                                                       if entry.steps_without_time_limit else ""))
+        for option in entry.options:
+            p.add_argument(option.flag, dest=option.dest, type=option.type, default=None, help=option.help,
+                           choices=option.choices, required=option.required)
+        p.set_defaults(func=cmd_train)

@@ -1,0 +1,41 @@
+"""Cropping keeps every kept voxel at its LPS position, by index box and by an (oblique) LPS box."""
+import numpy as np
+import pytest
+
+from imagetomesh.core.cropping import bounding_box, crop_to_box, crop_volume
+from imagetomesh.core.volume import Volume, transform_points
+from imagetomesh.errors import InputError
+
+
+def oblique_volume():
+    angle = np.deg2rad(30)
+    direction = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    array = np.arange(6 * 7 * 8, dtype=np.int32).reshape(6, 7, 8)
+    return Volume(array, (0.5, 1.0, 2.0), (10.0, -5.0, 3.0), direction)
+
+
+def test_bounding_box_is_tight_and_none_when_empty():
+    mask = np.zeros((5, 6, 7), bool)
+    mask[1:3, 2, 4:7] = True
+    assert bounding_box(mask) == (slice(1, 3), slice(2, 3), slice(4, 7))
+    assert bounding_box(mask.astype(np.uint8) * 3) == bounding_box(mask)
+    assert bounding_box(np.zeros((2, 2, 2))) is None
+
+
+def test_crop_to_box_keeps_lps_positions_and_clips_the_margin():
+    volume = oblique_volume()
+    crop = crop_to_box(volume, (slice(2, 4), slice(0, 3), slice(5, 8)), margin=1)
+    assert crop.shape == (4, 4, 4)  # k 1..4, j 0..3 (clipped), i 4..7 (clipped)
+    assert np.array_equal(crop.array, volume.array[1:5, 0:4, 4:8])
+    first = transform_points(volume.index_to_lps, [[4.0, 0.0, 1.0]])
+    assert np.allclose(crop.origin, first[0])
+
+
+def test_crop_volume_by_lps_corners_equals_the_index_box():
+    volume = oblique_volume()
+    corners = transform_points(volume.index_to_lps, [[1.2, 2.0, 0.0], [4.7, 5.0, 3.0]])
+    crop = crop_volume(volume, corners)
+    assert np.array_equal(crop.array, crop_to_box(volume, (slice(0, 4), slice(2, 6), slice(1, 6))).array)
+    assert np.array_equal(crop_volume(volume, corners, margin=1).array, volume.array[0:5, 1:7, 0:7])
+    with pytest.raises(InputError, match="ROI lies outside the image"):
+        crop_volume(volume, transform_points(volume.index_to_lps, [[20, 20, 20], [30, 30, 30]]))
