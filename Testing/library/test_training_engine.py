@@ -179,6 +179,15 @@ def test_train_options_come_from_the_task_registry(tmp_path, monkeypatch, capsys
     assert "no config 'tpu' for unet" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("kind", sorted(TASKS))
+def test_an_unknown_config_is_one_input_error_naming_the_known_ones(kind):
+    from imagetomesh.errors import InputError
+
+    known = ", ".join(TASKS[kind].load().configs(kind))
+    with pytest.raises(InputError, match=f"^no config 'tpu' for {kind}; known: {known}$"):
+        get_config(kind, "tpu")
+
+
 def test_nudf_refuses_init_from_before_writing_anything(tmp_path, capsys):
     code = cli.main(["train", "nudf", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--init-from", str(tmp_path)])
     assert code == 2 and "trains from scratch" in capsys.readouterr().err
