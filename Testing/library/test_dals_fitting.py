@@ -14,7 +14,8 @@ from imagetomesh.geometry.quality import check_mesh
 from imagetomesh.geometry.topology import icosphere
 from imagetomesh.metrics import mesh_dice_iou, point_to_mesh_distance
 from imagetomesh.models.dals import DALSConfig, DALSDecoder
-from imagetomesh.training.dals_trainer import DALSTrainConfig, WolfConfig, autodecoder_loss, normalise_shapes
+from imagetomesh.training.dals_augment import WolfConfig
+from imagetomesh.training.tasks.dals import DALSTrainConfig, autodecoder_loss, normalise_shapes
 from imagetomesh.weights import save_weights
 
 AXES = np.array([30.0, 20.0, 15.0])

@@ -10,14 +10,9 @@ from imagetomesh.errors import InputError
 from imagetomesh.fitting import load_prior
 from imagetomesh.models.dals import DALSConfig
 from imagetomesh.training.dals_shapes import load_shapes, split_kidneys, surface_points
-from imagetomesh.training.dals_trainer import (
-    DALSTrainConfig,
-    WolfConfig,
-    get_dals_config,
-    random_rotations,
-    train_dals,
-    wolf_deform,
-)
+from imagetomesh.training.dals_augment import WolfConfig, random_rotations, wolf_deform
+from imagetomesh.training.engine import train
+from imagetomesh.training.tasks.dals import DALSTrainConfig, get_dals_config
 
 
 def blob(shape, centre, radii):
@@ -113,11 +108,11 @@ def test_tiny_training_run_resumes_and_writes_a_loadable_prior(fake_msd, tmp_pat
     split = tmp_path / "split.json"
     out = tmp_path / "run"
     messages = []
-    train_dals(config, fake_msd, out, split_path=split, log=messages.append)
+    train(config, fake_msd, out, split_path=split, log=messages.append)
     assert json.loads(split.read_text(encoding="utf-8"))["train"] and (out / "checkpoint.pt").is_file()
     config.steps = 4
-    folder = train_dals(config, fake_msd, out, split_path=split, log=messages.append)
-    assert any("resumed at step 2" in m for m in messages)
+    folder = train(config, fake_msd, out, split_path=split, log=messages.append)
+    assert any("resumed from step 2" in m for m in messages)
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert steps == [1, 2, 3, 4]
     card = json.loads((folder / "card.json").read_text(encoding="utf-8"))

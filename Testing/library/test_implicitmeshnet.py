@@ -15,9 +15,9 @@ from imagetomesh.nn.grid import isotropic_scale
 from imagetomesh.nn.unet import UNet3D, UNetConfig
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.implicitmeshnet_shapes import random_shape
-from imagetomesh.training.implicitmeshnet_trainer import (
-    ImplicitMeshNetTrainConfig, beta_at, get_implicitmeshnet_config, lr_factor, pretrain_sdf, save_sdf_net, sdf_step,
-    sdf_targets, start_sdf_net_from, surface_terms,
+from imagetomesh.training.implicitmeshnet_losses import beta_at, lr_factor, sdf_step, sdf_targets, surface_terms
+from imagetomesh.training.tasks.implicitmeshnet import (
+    ImplicitMeshNetTrainConfig, get_implicitmeshnet_config, pretrain_sdf, save_sdf_net, start_sdf_net_from,
 )
 from imagetomesh.weights import save_weights
 
@@ -187,7 +187,7 @@ def test_sdf_net_starts_from_a_file_and_keeps_it_as_the_runs_pretrained_weights(
 
 
 def test_tiny_run_then_a_fine_tuning_run_from_its_model_and_g_phi(tmp_path, write_msd):
-    from imagetomesh.training.implicitmeshnet_trainer import train_implicitmeshnet
+    from imagetomesh.training.engine import train
 
     rng = np.random.default_rng(0)
     cases = []
@@ -198,14 +198,14 @@ def test_tiny_run_then_a_fine_tuning_run_from_its_model_and_g_phi(tmp_path, writ
         cases.append((label + rng.normal(0, 0.1, SHAPE), label))
     msd = write_msd(tmp_path / "msd", cases)
     torch.manual_seed(5)
-    best = train_implicitmeshnet(small_config(steps=2, val_every=1, batch_size=1, pretrain_steps=1, pretrain_batch=1),
+    best = train(small_config(steps=2, val_every=1, batch_size=1, pretrain_steps=1, pretrain_batch=1),
                                  msd, tmp_path / "run", log=lambda m: None)
     assert (tmp_path / "run" / "pretrain.pt").is_file() and (tmp_path / "run" / "sdf_net.safetensors").is_file()
     assert json.loads((best / "card.json").read_text())["kind"] == "implicitmeshnet"
 
     messages = []
     config = small_config(steps=3, val_every=1, batch_size=1, pretrain_steps=0, lr=1e-3, lr_schedule="cosine")
-    train_implicitmeshnet(config, msd, tmp_path / "tune", init_from=best, sdf_from=tmp_path / "run" / "sdf_net.safetensors",
+    train(config, msd, tmp_path / "tune", init_from=best, sdf_from=tmp_path / "run" / "sdf_net.safetensors",
                           log=messages.append)
     assert any(m.startswith("initialised all") for m in messages)
     assert not (tmp_path / "tune" / "pretrain.pt").exists()  # g_phi came from the file, not from pretraining

@@ -86,17 +86,18 @@ def fake_msd(tmp_path, write_msd):
 
 def test_tiny_training_run_resumes_and_saves_a_loadable_model(fake_msd, tmp_path):
     from imagetomesh.preprocessing import GridSpec
-    from imagetomesh.training.nudf_trainer import NUDFTrainConfig, train_nudf
+    from imagetomesh.training.engine import train
+    from imagetomesh.training.tasks.nudf import NUDFTrainConfig
     from imagetomesh.zoo import load_model
 
     config = NUDFTrainConfig(dict(channels=[2, 4], hidden=8), grid=GridSpec((16, 16, 16), (1.0, 1.0, 1.0)), steps=3,
                              batch_size=2, points_per_case=200, val_every=2, val_points=100,
                              points=UDFPointConfig(count=400))
     out = tmp_path / "run"
-    best = train_nudf(config, fake_msd, out)
+    best = train(config, fake_msd, out)
     config.steps = 4
     messages = []
-    train_nudf(config, fake_msd, out, log=messages.append)
+    train(config, fake_msd, out, log=messages.append)
     assert any("resumed from step 3" in m for m in messages)
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert steps == [2, 3, 4]

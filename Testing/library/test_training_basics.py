@@ -6,7 +6,7 @@ import torch
 from imagetomesh.training.augment import AugmentConfig, augment
 from imagetomesh.training.data import boundary_points
 from imagetomesh.training.msd import make_split
-from imagetomesh.training.trainer import rescale_one_cycle
+from imagetomesh.training.schedules import rescale_one_cycle
 
 
 def test_split_is_deterministic_disjoint_and_complete():
@@ -81,7 +81,7 @@ def test_augment_keeps_shapes_and_binary_labels():
 def test_init_from_model_copies_the_unet_of_another_kind_and_all_of_the_same_kind(tmp_path):
     from imagetomesh.errors import InputError
     from imagetomesh.models.registry import build_model
-    from imagetomesh.training.trainer import init_from_model
+    from imagetomesh.training.init_weights import init_from_model
     from imagetomesh.weights import save_weights
 
     unet = {"in_channels": 1, "num_classes": 2, "base": 4, "depth": 3, "norm": "batch"}

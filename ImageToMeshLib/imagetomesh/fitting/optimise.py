@@ -155,9 +155,9 @@ def _use_bf16(setting, device: torch.device) -> bool:
     if device.type != "cpu":
         return False
     if setting == "auto":
-        from imagetomesh.training.dals_trainer import _cpu_has_bf16
+        from imagetomesh.nn.precision import cpu_has_bf16
 
-        return _cpu_has_bf16()
+        return cpu_has_bf16()
     return bool(setting)
 
 

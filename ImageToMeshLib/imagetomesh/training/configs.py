@@ -10,12 +10,13 @@ Voxel2Mesh's ablation variants of the paper are configs too: ``ps-umu``, ``hs-um
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from imagetomesh.errors import InputError
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.augment import AugmentConfig
 from imagetomesh.training.losses import MeshLossWeights
+from imagetomesh.training.tasks.base import EngineOptions
 
 #: The hippocampus models' grid, in the orientation every MSD Task04 image is stored in
 #: (index axes along R, A, S): images stored otherwise are resampled into it.
@@ -23,8 +24,8 @@ HIPPOCAMPUS_GRID = GridSpec((48, 56, 40), (1.0, 1.0, 1.0), (-1.0, 0.0, 0.0, 0.0,
 
 
 @dataclass
-class TrainConfig:
-    """Everything a training run needs besides the data; saved next to every checkpoint."""
+class TrainConfig(EngineOptions):
+    """Everything a U-Net, Voxel2Mesh or Pixel2Mesh-3D run needs besides the data; saved as ``config.json``."""
 
     kind: str
     model: dict
@@ -37,11 +38,6 @@ class TrainConfig:
     loss: MeshLossWeights = field(default_factory=MeshLossWeights)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     threads: int = 2
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["grid"] = self.grid.to_dict()
-        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -74,7 +70,8 @@ def _v2m(sampling: str, unpooling: str, unet: dict, hidden: int) -> dict:
     return {"unet": unet, "sampling": sampling, "unpooling": unpooling, "hidden": hidden, "stages": 3}
 
 
-def _configs() -> dict[str, dict[str, TrainConfig]]:
+def image_configs() -> dict[str, dict[str, TrainConfig]]:
+    """``{kind: {name: config}}`` of the U-Net, Voxel2Mesh and Pixel2Mesh-3D runs (fresh objects)."""
     v2m = {}
     for name, (sampling, unpooling) in {
         "ps-umu": ("ps", "uniform"), "hs-umu": ("hs", "uniform"), "lns-umu": ("lns", "uniform"), "lns-amu": ("lns", "adaptive"),
@@ -94,19 +91,3 @@ def _configs() -> dict[str, dict[str, TrainConfig]]:
         "gpu": TrainConfig("unet", {"unet": UNET_GPU}, steps=20000, batch_size=8),
     }
     return {"voxel2mesh": v2m, "pixel2mesh3d": p2m, "unet": unet}
-
-
-def get_config(kind: str, name: str) -> TrainConfig:
-    """The named config ``name`` of model ``kind``; :class:`InputError` for an unknown kind or name."""
-    if kind == "nudf":  # its own config type (training points, time limit): training/nudf_trainer.py
-        from imagetomesh.training.nudf_trainer import get_nudf_config
-
-        return get_nudf_config(name)
-    if kind == "implicitmeshnet":  # its own config type (g_phi, pretraining, loss schedule): training/implicitmeshnet_trainer.py
-        from imagetomesh.training.implicitmeshnet_trainer import get_implicitmeshnet_config
-
-        return get_implicitmeshnet_config(name)
-    configs = _configs()
-    if kind not in configs:
-        raise InputError(f"no training configs for {kind!r}; known: {', '.join(configs)}")
-    return named_config(configs[kind], name, kind)

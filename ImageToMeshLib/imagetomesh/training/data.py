@@ -1,7 +1,9 @@
-"""Training cases prepared once on a model grid and kept in memory, and their boundary targets."""
+"""Training cases prepared once on a model grid and kept in memory, random augmented batches of them,
+and their boundary targets."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,7 +13,8 @@ from imagetomesh.core.transforms import GridTransform
 from imagetomesh.io.images import read_image
 from imagetomesh.nn.grid import index_to_grid
 from imagetomesh.preprocessing import GridSpec, model_grid_transform, prepare_image, resample_to_grid
-from imagetomesh.training.msd import Case
+from imagetomesh.training.augment import AugmentConfig, augment
+from imagetomesh.training.msd import Case, load_or_make_split, read_msd
 
 
 @dataclass
@@ -36,6 +39,29 @@ def prepare_case(case: Case, spec: GridSpec, labels: tuple[int, ...] | None = No
 
 def prepare_cases(cases: list[Case], spec: GridSpec, progress: bool = True) -> list[PreparedCase]:
     return [prepare_case(c, spec) for c in tqdm(cases, desc="preparing cases", disable=not progress, leave=False)]
+
+
+def prepare_split(data_dir: str | Path, out: Path, spec: GridSpec, seed: int,
+                  progress: bool = True) -> tuple[dict, list[PreparedCase], list[PreparedCase]]:
+    """An MSD folder's run split (``out/split.json``, made with ``seed`` if missing) and its
+    training and validation cases prepared on ``spec``: ``(split, train cases, val cases)``."""
+    cases = read_msd(data_dir)
+    split = load_or_make_split(list(cases), out / "split.json", seed=seed)
+    train = prepare_cases([cases[c] for c in split["train"]], spec, progress=progress)
+    val = prepare_cases([cases[c] for c in split["val"]], spec, progress=progress)
+    return split, train, val
+
+
+def random_image_batch(cases: list[PreparedCase], batch_size: int, config: AugmentConfig, generator: torch.Generator):
+    """``batch_size`` cases drawn with replacement from ``cases``, each augmented with ``config``:
+    ``images (B, 1, D, H, W)`` float32 and ``labels (B, D, H, W)`` uint8."""
+    pick = torch.randint(len(cases), (batch_size,), generator=generator)
+    images, labels = [], []
+    for i in pick:
+        image, label = augment(cases[i].image, cases[i].label, config, generator)
+        images.append(image)
+        labels.append(label)
+    return torch.stack(images)[:, None], torch.stack(labels)
 
 
 def boundary_points(label: torch.Tensor, max_points: int | None = None, generator: torch.Generator | None = None):

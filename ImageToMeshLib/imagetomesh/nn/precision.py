@@ -1,0 +1,32 @@
+"""Mixed precision: whether the CPU computes bfloat16 natively, and one bf16 autocast switch."""
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+import torch
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU has native bfloat16 instructions (AVX512-BF16 or AMX-BF16; Linux ``/proc/cpuinfo``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return False
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bfloat16 autocast pays off on ``device``: a CUDA GPU that supports it, or a CPU with native bf16."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16()
+
+
+def bf16_autocast(enabled: bool, device: torch.device) -> ContextManager:
+    """``torch.autocast`` to bfloat16 on ``device`` (CPU or CUDA) when ``enabled``; else, or where bf16
+    is not supported (:func:`bf16_supported`), a no-op context: the computation stays float32."""
+    if enabled and device.type in ("cpu", "cuda") and bf16_supported(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,236 @@
+"""The training engine: one loop for every model kind, resumable, logged, optionally distributed.
+
+``train(config, data_dir, out, ...)`` looks up the task of ``config.kind``
+(:mod:`imagetomesh.training.tasks`) and runs its phases. Everything that is not about the
+model kind happens here, once:
+
+- the run folder ``out`` and its ``config.json`` (``config_name``, ``seed`` and the config);
+- the device, CPU threads (``config.threads``), ``torch.manual_seed(seed + rank)`` and the batch
+  generator (``seed + task.seed_offset + 1000 rank``, re-seeded ``+ step`` on resuming a file
+  without a saved generator);
+- the loop: ``accumulate_steps`` mini-batches (losses under optional bf16 autocast, each
+  divided by their number) -> gradient clipping -> optimiser step -> scheduler step;
+- validation every ``val_every`` steps and at the last one, the ``best/`` model by the task's
+  score, the ``final/`` model, their cards (safetensors + card.json);
+- the checkpoint (:class:`~imagetomesh.training.checkpoint.RunCheckpoint`, resumed by running
+  the same command again), the time limit counted over resumptions, and ``log.jsonl``.
+
+Under ``torchrun --nproc_per_node N`` a task may wrap its model with :meth:`Run.wrap`
+(DistributedDataParallel: each rank draws its own cases; rank 0 validates and writes).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from imagetomesh.io.atomic import atomic_write
+from imagetomesh.nn.precision import bf16_autocast
+from imagetomesh.training.checkpoint import GeneratorState, RunCheckpoint
+from imagetomesh.training.tasks.base import LoopSettings, RunState, Task
+from imagetomesh.weights import save_weights
+
+
+def hardware(device: torch.device) -> str:
+    """``"NVIDIA H100 ..."`` or ``"CPU x86_64, 2 threads"``: what a model card says the run used."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+@dataclass
+class Run:
+    """One training run: its folder, data, device, seed and process rank; what every task may use."""
+
+    out: Path
+    data_dir: Path
+    device: torch.device
+    seed: int
+    config_name: str
+    log: Callable[[str], None]
+    rank: int = 0
+    world_size: int = 1
+    hardware: str = field(default="")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes logs, checkpoints and models (rank 0)."""
+        return self.rank == 0
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` for the forward pass: DistributedDataParallel when distributed, else itself."""
+        if self.distributed:
+            return torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        return model
+
+    def append_log(self, entry: dict) -> None:
+        """Append ``entry`` to ``log.jsonl`` and report it."""
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        self.log(json.dumps(entry))
+
+    def save_model(self, model: torch.nn.Module, folder: str, card: dict) -> Path:
+        """Write ``out/folder`` (safetensors + card)."""
+        return save_weights(model, self.out / folder, card)
+
+
+def start_run(config, data_dir, out, device: str, seed: int, config_name: str, log) -> Run:
+    """Set up the process (distributed group, device, threads, global seed) and the run folder with ``config.json``."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = 0
+    if world_size > 1:
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        rank = dist.get_rank()
+        if device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dev = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
+    if dev.type == "cpu":
+        torch.set_num_threads(max(1, int(config.threads)))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed + rank)
+    run = Run(out, Path(data_dir), dev, seed, config_name, log, rank, world_size, hardware(dev))
+    if run.writer:
+        with atomic_write(out / "config.json") as tmp:
+            Path(tmp).write_text(json.dumps({"config_name": config_name, "seed": seed, **config.to_dict()}, indent=1))
+    return run
+
+
+def train(config, data_dir: str | Path, out: str | Path, device: str = "cpu", seed: int = 0, config_name: str = "",
+          log: Callable[[str], None] = print, **options) -> Optional[Path]:
+    """Train (or resume) a model of ``config.kind``; returns the task's result folder (the best model,
+    or the DALS prior's folder).
+
+    ``options`` go to the task (e.g. ``init_from`` a model folder, ImplicitMeshNet's ``sdf_from``,
+    DALS's ``split_path`` and ``cache_dir``).
+    """
+    from imagetomesh.training.tasks import task_class
+
+    task = task_class(config.kind)(config, None, **options)  # checks the options before anything is written
+    run = start_run(config, data_dir, out, device, seed, config_name, log)
+    task.run = run
+    try:
+        result = None
+        for phase in task.phases():
+            phase.run = run
+            result = run_phase(phase, run)
+        return result
+    finally:
+        if run.distributed:
+            dist.destroy_process_group()
+
+
+def run_phase(task: Task, run: Run) -> Optional[Path]:
+    """Run one phase to its end (steps or time limit), resuming from its checkpoint; returns its result folder."""
+    s = task.settings()
+    task.setup()
+    generator = torch.Generator().manual_seed(run.seed + task.seed_offset + 1000 * run.rank)
+    parts = dict(task.checkpoint_parts())
+    saved_generator = GeneratorState(generator)
+    if not run.distributed:  # each rank has its own generator; only rank 0 writes
+        parts["generator"] = saved_generator
+    checkpoint = RunCheckpoint(run.out / task.checkpoint_name, task.on_load(), optional=("generator",), **parts)
+    state = RunState()
+    resumed = checkpoint.load(run.device)
+    if resumed:
+        state.step, state.best, state.elapsed_s = resumed
+        if not saved_generator.loaded:
+            generator.manual_seed(run.seed + task.seed_offset + 1000 * run.rank + state.step)
+        run.log(f"{task.name + ' ' if task.name else ''}resumed from step {state.step}")
+
+    started, window = time.time(), []
+
+    def now() -> float:
+        return state.elapsed_s + time.time() - started
+
+    def out_of_time() -> bool:
+        return bool(s.time_limit_s) and now() >= s.time_limit_s
+
+    def save_checkpoint() -> None:
+        checkpoint.save(state.step, state.best, now())
+
+    task.model.train()
+    while state.step < s.steps:
+        if out_of_time():
+            run.log(f"{task.name + ' ' if task.name else ''}time limit of {s.time_limit_s:.0f} s reached at step {state.step}")
+            state.stopped_by_time_limit = True
+            break
+        task.before_step(max(state.step / s.steps, now() / s.time_limit_s if s.time_limit_s else 0.0))
+        window.append(optimiser_step(task, s, generator, run.device))
+        state.step += 1
+        if not run.writer:
+            continue
+        last = state.step >= s.steps or out_of_time()
+        validating = s.val_every and (state.step % s.val_every == 0 or last)
+        if validating or (s.log_every and (state.step % s.log_every == 0 or last)):
+            metrics = validated(task) if validating else {}
+            entry = {**task.log_fields, "step": state.step, "time_s": round(now(), 1),
+                     "lr": task.optimizer.param_groups[0]["lr"],
+                     **mean_terms(window), **metrics}
+            window = []
+            run.append_log(entry)
+            if validating:
+                score = task.score(metrics)
+                if state.best is None or score < state.best:
+                    state.best = score
+                    run.save_model(task.model, "best", task.card(dict(metrics, step=state.step), state))
+                task.after_validation()
+        if validating or (s.checkpoint_every and state.step % s.checkpoint_every == 0):
+            save_checkpoint()
+    if not run.writer:
+        return None
+    state.elapsed_s, started = now(), time.time()
+    save_checkpoint()
+    task.finish(state)
+    if task.final_folder:
+        run.save_model(task.model, task.final_folder, task.card(validated(task, state), state))
+    return run.out / task.result_folder if task.result_folder else None
+
+
+def optimiser_step(task: Task, s: LoopSettings, generator: torch.Generator, device: torch.device) -> dict[str, float]:
+    """One optimiser step of ``task``: ``s.accumulate_steps`` mini-batches (losses under the bf16 hook,
+    each divided by their number) -> clipping -> optimiser and scheduler steps -> ``task.after_step``.
+    Returns the loss terms (means over the mini-batches)."""
+    task.optimizer.zero_grad(set_to_none=True)
+    micro = []
+    for _ in range(s.accumulate_steps):
+        batch = task.batch(generator)
+        with bf16_autocast(s.bf16_autocast, device):
+            loss, terms = task.loss(batch, generator)
+        (loss / s.accumulate_steps if s.accumulate_steps > 1 else loss).backward()
+        micro.append(terms)
+    terms = mean_terms(micro)
+    if s.clip_norm:
+        torch.nn.utils.clip_grad_norm_(task.clip_parameters(), s.clip_norm)
+    task.optimizer.step()
+    if task.scheduler is not None:
+        task.scheduler.step()
+    task.after_step(terms)
+    return terms
+
+
+def validated(task: Task, final: Optional[RunState] = None) -> dict[str, float]:
+    """The task's validation metrics (its final ones when ``final`` is given), the model back in train mode after."""
+    try:
+        return task.final_metrics(final) if final is not None else task.validate()
+    finally:
+        task.model.train()
+
+
+def mean_terms(terms: list[dict[str, float]]) -> dict[str, float]:
+    """``{term: mean over the list}`` of loss-term dicts with the same keys (the first one's)."""
+    if len(terms) == 1:
+        return dict(terms[0])
+    return {k: float(np.mean([t[k] for t in terms])) for k in terms[0]}

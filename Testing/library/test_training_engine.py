@@ -1,0 +1,228 @@
+"""The training engine: named configs unchanged, run folders of the pre-engine trainers resume,
+the loop's options (gradient accumulation, bf16 autocast), and ``imagetomesh train`` end to end."""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from imagetomesh import cli
+from imagetomesh.nn.precision import bf16_autocast, bf16_supported
+from imagetomesh.preprocessing import GridSpec
+from imagetomesh.training.engine import Run, run_phase, train
+from imagetomesh.training.tasks import TASKS, get_config
+from imagetomesh.training.tasks.base import LoopSettings, Task
+
+OLD = Path(__file__).parent / "data" / "pre_engine_runs"
+sys.path.insert(0, str(OLD))
+from make_fixtures import tiny_msd  # noqa: E402  (the MSD folder the old runs were made on)
+
+GRID = GridSpec((16, 16, 16), (1.0, 1.0, 1.0))
+NEW_FIELDS = ("accumulate_steps", "bf16_autocast")
+
+
+def test_named_configs_are_the_ones_of_the_trainers_before_the_engine():
+    from imagetomesh.training.tasks.dals import get_dals_config
+
+    old = json.loads((OLD / "configs.json").read_text(encoding="utf-8"))
+    for kind, named in old.items():
+        for name, expected in named.items():
+            config = get_dals_config(*name.split("/")) if kind == "dals" else get_config(kind, name)
+            got = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as the fixture was written
+            for key in NEW_FIELDS + (("bf16",) if kind == "dals" else ()):
+                got.pop(key)
+            assert got == expected, (kind, name)
+            assert config.accumulate_steps == 1 and config.bf16_autocast is False
+    assert set(TASKS) == set(old)
+
+
+def _old_run_config(kind: str, steps: int):
+    from imagetomesh.models.dals import DALSConfig
+    from imagetomesh.training.configs import TrainConfig
+    from imagetomesh.training.tasks.dals import DALSTrainConfig
+    from imagetomesh.training.tasks.nudf import NUDFTrainConfig
+    from imagetomesh.training.udf_points import UDFPointConfig
+
+    unet = {"in_channels": 1, "num_classes": 2, "base": 4, "depth": 3, "norm": "batch"}
+    if kind == "voxel2mesh":
+        return TrainConfig("voxel2mesh", {"unet": unet, "hidden": 8, "stages": 2}, grid=GRID, steps=steps, val_every=1, threads=1)
+    if kind == "nudf":
+        return NUDFTrainConfig(dict(channels=[2, 4], hidden=8), grid=GRID, steps=steps, val_every=1, points_per_case=200,
+                               val_points=100, points=UDFPointConfig(count=400))
+    return DALSTrainConfig(shapes="hippocampus", model=DALSConfig(latent_dim=4, hidden=(8, 8, 8), train_template_level=1,
+                                                                  fit_template_level=1),
+                           steps=steps, batch_size=2, target_points=100, surface_samples=50, val_shapes=1,
+                           val_iterations=2, checkpoint_every=1, log_every=1, bf16=False)
+
+
+@pytest.mark.parametrize("kind", ["voxel2mesh", "nudf", "dals"])
+def test_run_folders_of_the_trainers_before_the_engine_resume(kind, tmp_path):
+    msd = tiny_msd(tmp_path / "msd")
+    out = tmp_path / "run"
+    shutil.copytree(OLD / kind, out)
+    old = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert old["step"] == 2 and "generator" not in old or kind == "dals"
+    options = {"split_path": out / "split.json"} if kind == "dals" else {}
+    messages = []
+    result = train(_old_run_config(kind, 3), msd, out, log=messages.append, **options)
+    assert "resumed from step 2" in messages
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [3]
+    new = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert new["step"] == 3 and set(old) <= set(new) and "generator" in new
+    assert result == out / ("model" if kind == "dals" else "best")
+    card = json.loads((out / ("model" if kind == "dals" else "final") / "card.json").read_text())
+    assert card["kind"] == kind and (card["training"]["steps"] if kind == "dals" else card["steps"]) == 3
+
+
+@pytest.mark.parametrize("kind", ["voxel2mesh", "nudf", "dals"])
+def test_a_fresh_run_trains_as_the_trainers_before_the_engine(kind, tmp_path):
+    """The same seed, data and config give the weights the pre-engine trainer saved at step 2."""
+    msd = tiny_msd(tmp_path / "msd")
+    out = tmp_path / "run"
+    options = {"split_path": out / "split.json"} if kind == "dals" else {}
+    train(_old_run_config(kind, 2), msd, out, log=lambda m: None, **options)
+    from imagetomesh.weights import upgrade_state
+
+    old = torch.load(OLD / kind / "checkpoint.pt", weights_only=True)
+    new = torch.load(out / "checkpoint.pt", weights_only=True)
+    model = "decoder" if kind == "dals" else "model"
+    old[model] = upgrade_state(kind, old[model])  # saved before the graph layers moved to torch-geometric
+    assert old[model].keys() == new[model].keys()
+    for key, value in old[model].items():
+        assert torch.allclose(new[model][key].float(), value.float(), atol=1e-5), key
+    if kind == "dals":
+        assert torch.allclose(new["latents"], old["latents"], atol=1e-5)
+
+
+class _LineTask(Task):
+    """A linear least-squares fit on fixed batches: the smallest task (and an example of one)."""
+
+    final_folder = None
+    result_folder = None
+
+    def __init__(self, batches, accumulate_steps, bf16=False):
+        super().__init__(None, None)
+        self.batches, self.accumulate_steps, self.bf16 = list(batches), accumulate_steps, bf16
+
+    def settings(self):
+        return LoopSettings(steps=1, clip_norm=None, accumulate_steps=self.accumulate_steps, bf16_autocast=self.bf16)
+
+    def setup(self):
+        torch.manual_seed(0)
+        self.model = torch.nn.Linear(3, 1)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
+
+    def batch(self, generator):
+        return self.batches.pop(0)
+
+    def loss(self, batch, generator):
+        x, y = batch
+        loss = ((self.model(x).float() - y) ** 2).mean()
+        return loss, {"loss": float(loss.detach())}
+
+
+def _run_line_task(tmp_path, task):
+    tmp_path.mkdir(exist_ok=True)
+    run = Run(tmp_path, tmp_path, torch.device("cpu"), 0, "", lambda m: None)
+    task.run = run
+    run_phase(task, run)
+    return task.model
+
+
+def test_gradient_accumulation_equals_one_step_on_the_whole_batch(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 3, generator=g), torch.randn(8, 1, generator=g)
+    whole = _run_line_task(tmp_path / "a", _LineTask([(x, y)], 1))
+    halves = _run_line_task(tmp_path / "b", _LineTask([(x[:4], y[:4]), (x[4:], y[4:])], 2))
+    for a, b in zip(whole.parameters(), halves.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 1
+
+
+def test_bf16_autocast_is_off_by_default_and_falls_back_to_float32(tmp_path):
+    x = torch.randn(4, 3)
+    layer = torch.nn.Linear(3, 2)
+    with bf16_autocast(False, torch.device("cpu")):
+        assert layer(x).dtype == torch.float32
+    with bf16_autocast(True, torch.device("cpu")):
+        expected = torch.bfloat16 if bf16_supported(torch.device("cpu")) else torch.float32
+        assert layer(x).dtype == expected
+    g = torch.Generator().manual_seed(0)
+    model = _run_line_task(tmp_path, _LineTask([(torch.randn(8, 3, generator=g), torch.randn(8, 1, generator=g))], 1, bf16=True))
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_train_options_come_from_the_task_registry(tmp_path, monkeypatch, capsys):
+    import imagetomesh.training.engine as engine
+
+    calls = []
+    monkeypatch.setattr(engine, "train", lambda config, data, out, **kw: calls.append((config, kw)) or Path(out) / "best")
+    data = tmp_path
+    code = cli.main(["train", "implicitmeshnet", "--data", str(data), "--out", str(tmp_path / "r"), "--time-limit", "2",
+                     "--pretrain-steps", "0", "--pretrain-time-limit", "1", "--sdf-from", "g.safetensors",
+                     "--init-from", "m", "--steps", "7", "--seed", "3"])
+    config, kw = calls[-1]
+    assert code == 0 and config.time_limit_s == 120 and config.pretrain_steps == 0 and config.pretrain_time_limit_s == 60
+    assert config.steps == 7 and kw["seed"] == 3 and kw["config_name"] == "cpu"
+    assert kw["sdf_from"] == Path("g.safetensors") and kw["init_from"] == Path("m")
+    assert "best model:" in capsys.readouterr().out
+
+    assert cli.main(["train", "dals", "--shapes", "kidney", "--data", str(data), "--out", str(tmp_path / "d"), "--steps", "5"]) == 0
+    config, kw = calls[-1]
+    assert config.shapes == "kidney" and config.steps == 5 and config.time_limit_s is None and kw["config_name"] == "cpu"
+    assert "DALS prior:" in capsys.readouterr().out
+
+    assert cli.main(["train", "voxel2mesh", "--data", str(data), "--out", str(tmp_path / "v"), "--config", "ps-umu"]) == 0
+    config, kw = calls[-1]
+    assert config.model["sampling"] == "ps" and kw == {"device": "cpu", "seed": 0, "config_name": "ps-umu", "log": kw["log"]}
+
+    assert cli.main(["train", "unet", "--data", str(data), "--out", str(tmp_path / "u"), "--config", "tpu"]) == 2
+    assert "no config 'tpu' for unet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", sorted(TASKS))
+def test_an_unknown_config_is_one_input_error_naming_the_known_ones(kind):
+    from imagetomesh.errors import InputError
+
+    known = ", ".join(TASKS[kind].load().configs(kind))
+    with pytest.raises(InputError, match=f"^no config 'tpu' for {kind}; known: {known}$"):
+        get_config(kind, "tpu")
+
+
+def test_nudf_refuses_init_from_before_writing_anything(tmp_path, capsys):
+    code = cli.main(["train", "nudf", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--init-from", str(tmp_path)])
+    assert code == 2 and "trains from scratch" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_unet_on_the_command_line_resumes(tmp_path, capsys, monkeypatch):
+    import imagetomesh.training.tasks.image_to_mesh as image_to_mesh
+    from imagetomesh.training.configs import TrainConfig
+
+    tiny = TrainConfig("unet", {"unet": {"base": 4, "depth": 3}}, grid=GRID, steps=5, val_every=1, threads=1)
+    monkeypatch.setattr(image_to_mesh, "image_configs", lambda: {"unet": {"cpu": tiny}})
+    msd = tiny_msd(tmp_path / "msd")
+    argv = ["train", "unet", "--data", str(msd), "--out", str(tmp_path / "run"), "--steps", "1"]
+    assert cli.main(argv) == 0
+    assert cli.main(argv[:-1] + ["2"]) == 0
+    captured = capsys.readouterr()
+    assert "resumed from step 1" in captured.err and f"best model: {tmp_path / 'run' / 'best'}" in captured.out
+    entries = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in entries] == [1, 2] and "val_dice" in entries[0] and "seg" in entries[0]
+    card = json.loads((tmp_path / "run" / "final" / "card.json").read_text())
+    assert card["kind"] == "unet" and card["train_config"] == "cpu" and card["steps"] == 2
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["config_name"] == "cpu" and config["steps"] == 2 and config["accumulate_steps"] == 1
+
+
+def test_data_licence_comes_from_the_datas_dataset_json_else_the_table(tmp_path):
+    from imagetomesh.training.data_sources import DATA_SOURCES, data_description
+
+    assert data_description("kidney", tmp_path) == DATA_SOURCES["kidney"]  # no dataset.json: the table
+    (tmp_path / "dataset.json").write_text(json.dumps({"licence": "CC-BY-SA 4.0", "training": []}))
+    assert data_description("hippocampus", tmp_path) == DATA_SOURCES["hippocampus"]
+    (tmp_path / "dataset.json").write_text(json.dumps({"licence": "CC0", "training": []}))
+    stated = data_description("hippocampus", tmp_path)
+    assert stated["licence"] == "CC0" and "CC0" in stated["terms"] and stated["name"] == DATA_SOURCES["hippocampus"]["name"]
