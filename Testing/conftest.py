@@ -1,5 +1,6 @@
 """Shared fixtures: paths to bundled sample data and to the shared real data beside the repo, and a
 writer of tiny Medical Segmentation Decathlon folders for training tests."""
+
 import json
 from pathlib import Path
 

@@ -12,6 +12,7 @@ The card keeps what the trainer wrote (kind, architecture config, grid, split, s
 hardware, validation metrics, steps) and adds the description, the training data and its
 licence, the command that reproduces the weights, and the run's history.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -12,6 +12,7 @@ iterations), and writes each mesh to ``REFERENCE_DIR/<name>.npz``. ``compare`` r
 and prints, per mesh, whether the faces are identical and the largest vertex distance in mm
 against the tolerance (1e-4 mm for the networks, 1e-3 mm for the fit); it exits 1 on a mismatch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,8 +82,10 @@ def compare(folder: Path) -> int:
         dist = float(np.linalg.norm(ref["vertices"] - verts, axis=1).max()) if same_faces else float("nan")
         ok = same_faces and dist <= TOLERANCE_MM[kind]
         failures += not ok
-        print(f"{'OK  ' if ok else 'FAIL'} {name}: faces identical={same_faces} ({len(faces)}), "
-              f"max vertex distance {dist:.3g} mm (tolerance {TOLERANCE_MM[kind]:g} mm)")
+        print(
+            f"{'OK  ' if ok else 'FAIL'} {name}: faces identical={same_faces} ({len(faces)}), "
+            f"max vertex distance {dist:.3g} mm (tolerance {TOLERANCE_MM[kind]:g} mm)"
+        )
     return 1 if failures else 0
 
 
@@ -100,9 +103,11 @@ def timing(model: str, repeats: int) -> None:
             segmenter.segment_batch([v])
         walls.append((time.perf_counter() - t) / len(volumes))
         cpus.append((time.process_time() - c) / len(volumes))
-    print(f"{model} Segmenter, CPU, {torch.get_num_threads()} thread(s), seconds per case over "
-          f"{repeats} runs of {len(volumes)} cases: wall best {min(walls):.3f} median {float(np.median(walls)):.3f}; "
-          f"CPU time best {min(cpus):.3f} median {float(np.median(cpus)):.3f}")
+    print(
+        f"{model} Segmenter, CPU, {torch.get_num_threads()} thread(s), seconds per case over "
+        f"{repeats} runs of {len(volumes)} cases: wall best {min(walls):.3f} median {float(np.median(walls)):.3f}; "
+        f"CPU time best {min(cpus):.3f} median {float(np.median(cpus)):.3f}"
+    )
 
 
 def main() -> int:

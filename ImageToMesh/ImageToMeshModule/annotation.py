@@ -46,7 +46,9 @@ def createAnnotationCurves(referenceNode=None, sliceNames=("Red", "Yellow", "Gre
             sliceNode = scene.GetNodeByID(f"vtkMRMLSliceNode{sliceName}")
             if sliceNode is None:
                 continue
-            curve = scene.AddNewNodeByClass("vtkMRMLMarkupsClosedCurveNode", scene.GenerateUniqueName(f"{base} {sliceName} curve"))
+            curve = scene.AddNewNodeByClass(
+                "vtkMRMLMarkupsClosedCurveNode", scene.GenerateUniqueName(f"{base} {sliceName} curve")
+            )
             created.append(curve)
             curve.CreateDefaultDisplayNodes()
             display = curve.GetDisplayNode()
@@ -124,5 +126,7 @@ def curveForFit(curveNode) -> tuple:
         return projected, None
     sliceNode = sliceNodeOf(curveNode)
     view = sliceNode.GetName() if sliceNode is not None else "its"
-    return projected, (f"'{curveNode.GetName()}' was not on the {view} slice plane it was drawn for "
-                       f"(up to {distance:.2f} mm off); it was projected onto that plane")
+    return projected, (
+        f"'{curveNode.GetName()}' was not on the {view} slice plane it was drawn for "
+        f"(up to {distance:.2f} mm off); it was projected onto that plane"
+    )

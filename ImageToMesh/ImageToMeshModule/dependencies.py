@@ -11,15 +11,21 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 #: Packages that ship with Slicer: never installed or upgraded by this module.
 SLICER_OWN_PACKAGES = ("numpy", "vtk", "SimpleITK")
 
 #: Import name of each requirement's distribution (for messages that name what Python imports).
-IMPORT_NAMES = {"torch": "torch", "scipy": "scipy", "pymeshlab": "pymeshlab", "safetensors": "safetensors",
-                "torch-geometric": "torch_geometric"}
+IMPORT_NAMES = {
+    "torch": "torch",
+    "scipy": "scipy",
+    "pymeshlab": "pymeshlab",
+    "safetensors": "safetensors",
+    "torch-geometric": "torch_geometric",
+}
 
 
 def _requirementClass():
@@ -77,7 +83,9 @@ def _installedVersion(name: str) -> Optional[str]:
         return None
 
 
-def dependencyStatus(requirements: Optional[list] = None, versionOf: Optional[Callable[[str], Optional[str]]] = None) -> list:
+def dependencyStatus(
+    requirements: Optional[list] = None, versionOf: Optional[Callable[[str], Optional[str]]] = None
+) -> list:
     """:class:`DependencyStatus` of every requirement (default: ``requirements.txt``; versions from the metadata)."""
     Requirement = _requirementClass()
     versionOf = versionOf or _installedVersion
@@ -88,7 +96,9 @@ def dependencyStatus(requirements: Optional[list] = None, versionOf: Optional[Ca
     return out
 
 
-def unsatisfied(requirements: Optional[list] = None, versionOf: Optional[Callable[[str], Optional[str]]] = None) -> list:
+def unsatisfied(
+    requirements: Optional[list] = None, versionOf: Optional[Callable[[str], Optional[str]]] = None
+) -> list:
     """The :class:`DependencyStatus` entries that are missing or of a version outside their range."""
     return [status for status in dependencyStatus(requirements, versionOf) if not status.satisfied]
 
@@ -108,9 +118,14 @@ class InstallError(RuntimeError):
     """Installing a dependency failed or was not possible; the message says what to do."""
 
 
-def installDependencies(statuses: list, progress: Callable[[int, int, str], None] = lambda done, total, text: None,
-                        pipInstall: Optional[Callable[[str], None]] = None, installTorch: Optional[Callable[[str], object]] = None,
-                        versionOf: Optional[Callable[[str], Optional[str]]] = None, temporaryFolder: Optional[str] = None) -> None:
+def installDependencies(
+    statuses: list,
+    progress: Callable[[int, int, str], None] = lambda done, total, text: None,
+    pipInstall: Optional[Callable[[str], None]] = None,
+    installTorch: Optional[Callable[[str], object]] = None,
+    versionOf: Optional[Callable[[str], Optional[str]]] = None,
+    temporaryFolder: Optional[str] = None,
+) -> None:
     """Install the packages of ``statuses`` (from :func:`unsatisfied`), torch first.
 
     Args:
@@ -135,15 +150,20 @@ def installDependencies(statuses: list, progress: Callable[[int, int, str], None
         progress(done, total, f"Installing {status.requirement} ({done + 1} of {total})...")
         if status.name == "torch":
             if installTorch is None:
-                raise InstallError("torch is installed through the PyTorch extension: install 'PyTorch' from the "
-                                   "Extensions Manager, restart Slicer and try again")
+                raise InstallError(
+                    "torch is installed through the PyTorch extension: install 'PyTorch' from the "
+                    "Extensions Manager, restart Slicer and try again"
+                )
             specifier = str(_requirementClass()(status.requirement).specifier)
             if installTorch(specifier) is None:
-                raise InstallError(f"the PyTorch extension did not install torch {specifier}; see its messages, or install "
-                                   "torch from the PyTorch Utils module")
+                raise InstallError(
+                    f"the PyTorch extension did not install torch {specifier}; see its messages, or install "
+                    "torch from the PyTorch Utils module"
+                )
             continue
-        constraints = tempfile.NamedTemporaryFile("w", suffix="-constraints.txt", dir=temporaryFolder, delete=False,
-                                                  encoding="utf-8")
+        constraints = tempfile.NamedTemporaryFile(
+            "w", suffix="-constraints.txt", dir=temporaryFolder, delete=False, encoding="utf-8"
+        )
         try:
             with constraints:
                 constraints.write("\n".join(slicerConstraints(versionOf)) + "\n")
@@ -157,7 +177,9 @@ def installDependencies(statuses: list, progress: Callable[[int, int, str], None
     progress(total, total, "Checking the installed versions...")
     still = unsatisfied([s.requirement for s in statuses], versionOf)
     if still:
-        raise InstallError(f"still not usable after installing: {describeUnsatisfied(still)}; restart Slicer and try again")
+        raise InstallError(
+            f"still not usable after installing: {describeUnsatisfied(still)}; restart Slicer and try again"
+        )
 
 
 def pyTorchInstaller() -> Optional[Callable[[str], object]]:

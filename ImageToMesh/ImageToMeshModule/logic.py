@@ -19,6 +19,9 @@ import numpy as np
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
+from imagetomesh.backend import Job, WorkerBackend, crop_volume, wait_for  # noqa: E402  (path set by sceneAdapters)
+from imagetomesh.errors import InputError  # noqa: E402
+
 from . import annotation, dependencies
 from .parameterNode import DEVICES, ImageToMeshParameterNode
 from .sceneAdapters import (
@@ -30,9 +33,6 @@ from .sceneAdapters import (
     segmentMaskFromNode,
     volumeFromNode,
 )
-
-from imagetomesh.backend import Job, WorkerBackend, crop_volume, wait_for  # noqa: E402  (path set by sceneAdapters)
-from imagetomesh.errors import InputError  # noqa: E402
 
 #: Model kinds of the bundled zoo, as shown to the user.
 KIND_LABELS = {
@@ -47,7 +47,11 @@ KIND_LABELS = {
 
 def isClean(report: dict) -> bool:
     """Whether a mesh-check report says watertight, manifold and free of self-intersections."""
-    return bool(report.get("watertight")) and bool(report.get("manifold")) and report.get("self_intersecting_faces", 0) <= 0
+    return (
+        bool(report.get("watertight"))
+        and bool(report.get("manifold"))
+        and report.get("self_intersecting_faces", 0) <= 0
+    )
 
 
 def _optionalFloat(value):
@@ -109,7 +113,9 @@ class ImageToMeshLogic(ScriptedLoadableModuleLogic):
             found = shutil.which("PythonSlicer")
             if found:
                 return found
-            candidate = os.path.join(os.path.dirname(sys.executable), "PythonSlicer" + (".exe" if os.name == "nt" else ""))
+            candidate = os.path.join(
+                os.path.dirname(sys.executable), "PythonSlicer" + (".exe" if os.name == "nt" else "")
+            )
             if os.path.isfile(candidate):
                 return candidate
         return sys.executable
@@ -159,10 +165,14 @@ class ImageToMeshLogic(ScriptedLoadableModuleLogic):
             lines.append(str(card["description"]))
         data = card.get("data") or {}
         if data:
-            lines.append(f"Data: {data.get('name', '?')} ({data.get('licence', data.get('license', 'licence unknown'))})")
+            lines.append(
+                f"Data: {data.get('name', '?')} ({data.get('licence', data.get('license', 'licence unknown'))})"
+            )
         metrics = card.get("test_metrics") or card.get("metrics") or {}
         if isinstance(metrics, dict) and metrics:
-            shown = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in list(metrics.items())[:6])
+            shown = ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in list(metrics.items())[:6]
+            )
             lines.append(f"Test metrics: {shown}")
         return "<br>".join(lines)
 
@@ -183,8 +193,13 @@ class ImageToMeshLogic(ScriptedLoadableModuleLogic):
             volume = crop_volume(volume, roiCornersLPS(roi))
             check3D(volume, f"{inputVolume.GetName()} inside ROI {roi.GetName()}")
         job = Job("segment", {"model": str(method), "device": DEVICES.get(device, device) or "auto"}, volume=volume)
-        target = ResultTarget("segment", f"{inputVolume.GetName()} {method}", inputVolume, outputModel,
-                              {"Method": str(method), "Input": inputVolume.GetID()})
+        target = ResultTarget(
+            "segment",
+            f"{inputVolume.GetName()} {method}",
+            inputVolume,
+            outputModel,
+            {"Method": str(method), "Input": inputVolume.GetID()},
+        )
         return job, target
 
     def segment(self, inputVolume, method, outputModel=None, roi=None, device="auto", progress=None):
@@ -207,8 +222,9 @@ class ImageToMeshLogic(ScriptedLoadableModuleLogic):
         """Empty closed curves, one per slice view (see :func:`.annotation.createAnnotationCurves`)."""
         return annotation.createAnnotationCurves(referenceNode, sliceNames)
 
-    def prepareFitCurves(self, curveNodes, prior, lambdaDir=None, lambdaReg=None, outputModel=None, device="auto",
-                         iterations=None):
+    def prepareFitCurves(
+        self, curveNodes, prior, lambdaDir=None, lambdaReg=None, outputModel=None, device="auto", iterations=None
+    ):
         """``(job, target)`` of a curve fit; curves off their recorded slice plane are projected (``target.warnings``)."""
         if curveNodes is None:
             curveNodes = []
@@ -229,19 +245,36 @@ class ImageToMeshLogic(ScriptedLoadableModuleLogic):
                 if warning:
                     warnings.append(warning)
         if not curves:
-            raise InputError("no curves drawn: click Annotate and draw a closed curve (3 points or more) on at least one slice")
+            raise InputError(
+                "no curves drawn: click Annotate and draw a closed curve (3 points or more) on at least one slice"
+            )
         reference = None
         referenceId = used[0].GetAttribute(annotation.REFERENCE_ATTRIBUTE)
         if referenceId:
             reference = slicer.mrmlScene.GetNodeByID(referenceId)
         base = reference.GetName() if reference is not None else used[0].GetName()
         job = Job("fit_curves", _fitParams(prior, lambdaDir, lambdaReg, device, iterations), curves=curves)
-        target = ResultTarget("fit", f"{base} {prior}", reference if reference is not None else used[0], outputModel,
-                              {"Method": str(prior), "Curves": " ".join(n.GetID() for n in used)}, warnings)
+        target = ResultTarget(
+            "fit",
+            f"{base} {prior}",
+            reference if reference is not None else used[0],
+            outputModel,
+            {"Method": str(prior), "Curves": " ".join(n.GetID() for n in used)},
+            warnings,
+        )
         return job, target
 
-    def fitCurves(self, curveNodes, prior, lambdaDir=None, lambdaReg=None, outputModel=None, device="auto", progress=None,
-                  iterations=None):
+    def fitCurves(
+        self,
+        curveNodes,
+        prior,
+        lambdaDir=None,
+        lambdaReg=None,
+        outputModel=None,
+        device="auto",
+        progress=None,
+        iterations=None,
+    ):
         """Fit DALS prior ``prior`` to closed-curve nodes (planar curves on slices); returns the model node.
 
         ``lambdaDir`` / ``lambdaReg`` / ``iterations`` of None mean the paper's defaults. Curves
@@ -251,8 +284,17 @@ class ImageToMeshLogic(ScriptedLoadableModuleLogic):
         return self.applyResult(self._run(job, progress), target)
 
     # --- refine ---------------------------------------------------------------------------------
-    def prepareRefine(self, inputNode, prior, segmentId=None, lambdaDir=None, lambdaReg=None, outputModel=None, device="auto",
-                      iterations=None):
+    def prepareRefine(
+        self,
+        inputNode,
+        prior,
+        segmentId=None,
+        lambdaDir=None,
+        lambdaReg=None,
+        outputModel=None,
+        device="auto",
+        iterations=None,
+    ):
         if inputNode is None:
             raise InputError("no labelmap or segmentation selected; choose one to refine")
         if not prior:
@@ -275,15 +317,27 @@ class ImageToMeshLogic(ScriptedLoadableModuleLogic):
             attributes["Segment"] = str(segmentId)
         return job, ResultTarget("refine", f"{base} {prior}", inputNode, outputModel, attributes)
 
-    def refine(self, inputNode, prior, segmentId=None, lambdaDir=None, lambdaReg=None, outputModel=None, device="auto",
-               progress=None, iterations=None):
+    def refine(
+        self,
+        inputNode,
+        prior,
+        segmentId=None,
+        lambdaDir=None,
+        lambdaReg=None,
+        outputModel=None,
+        device="auto",
+        progress=None,
+        iterations=None,
+    ):
         """Refine a labelmap volume node or one segment of a segmentation node with DALS prior ``prior``.
 
         ``segmentId`` None takes the segmentation's first segment; a labelmap counts every
         nonzero voxel. ``lambdaDir`` / ``lambdaReg`` / ``iterations`` of None mean the paper's
         defaults for this task (one latent shared by all vertices, no regulariser).
         """
-        job, target = self.prepareRefine(inputNode, prior, segmentId, lambdaDir, lambdaReg, outputModel, device, iterations)
+        job, target = self.prepareRefine(
+            inputNode, prior, segmentId, lambdaDir, lambdaReg, outputModel, device, iterations
+        )
         return self.applyResult(self._run(job, progress), target)
 
     # --- results into the scene ---------------------------------------------------------------

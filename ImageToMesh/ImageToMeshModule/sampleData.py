@@ -24,14 +24,20 @@ class SampleSource:
 
 
 SAMPLES = (
-    SampleSource("ImageToMeshHippocampus", (
-        ("hippocampus/hippocampus_024.nii.gz", "hippocampus_024", "VolumeFile"),
-        ("hippocampus/hippocampus_024_label.nii.gz", "hippocampus_024_label", "SegmentationFile"),
-    )),
-    SampleSource("ImageToMeshAbdomenCT", (
-        ("ct-example/example_ct.nii.gz", "example_ct", "VolumeFile"),
-        ("ct-example/kidney_left.nii.gz", "kidney_left", "SegmentationFile"),
-    )),
+    SampleSource(
+        "ImageToMeshHippocampus",
+        (
+            ("hippocampus/hippocampus_024.nii.gz", "hippocampus_024", "VolumeFile"),
+            ("hippocampus/hippocampus_024_label.nii.gz", "hippocampus_024_label", "SegmentationFile"),
+        ),
+    ),
+    SampleSource(
+        "ImageToMeshAbdomenCT",
+        (
+            ("ct-example/example_ct.nii.gz", "example_ct", "VolumeFile"),
+            ("ct-example/kidney_left.nii.gz", "kidney_left", "SegmentationFile"),
+        ),
+    ),
 )
 
 
@@ -66,16 +72,18 @@ def registrations(folder: str = "") -> list:
         paths = [os.path.join(folder, relative) for relative, _, _ in sample.files]
         if not all(os.path.isfile(p) for p in paths):
             continue
-        out.append(dict(
-            category=CATEGORY,
-            sampleName=sample.name,
-            uris=[pathlib.Path(p).resolve().as_uri() for p in paths],
-            fileNames=[os.path.basename(p) for p in paths],
-            nodeNames=[name for _, name, _ in sample.files],
-            thumbnailFileName=os.path.join(folder, sample.thumbnail) if sample.thumbnail else None,
-            loadFileType=[kind for _, _, kind in sample.files],
-            checksums=[_sha256(p) for p in paths],
-        ))
+        out.append(
+            dict(
+                category=CATEGORY,
+                sampleName=sample.name,
+                uris=[pathlib.Path(p).resolve().as_uri() for p in paths],
+                fileNames=[os.path.basename(p) for p in paths],
+                nodeNames=[name for _, name, _ in sample.files],
+                thumbnailFileName=os.path.join(folder, sample.thumbnail) if sample.thumbnail else None,
+                loadFileType=[kind for _, _, kind in sample.files],
+                checksums=[_sha256(p) for p in paths],
+            )
+        )
     return out
 
 

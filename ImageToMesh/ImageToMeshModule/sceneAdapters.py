@@ -44,7 +44,9 @@ def nodeToWorld(node) -> np.ndarray:
     if transformNode is None:
         return np.eye(4)
     if not transformNode.IsTransformToWorldLinear():
-        raise InputError(f"'{node.GetName()}' is under a non-linear transform; harden the transform first (Data module)")
+        raise InputError(
+            f"'{node.GetName()}' is under a non-linear transform; harden the transform first (Data module)"
+        )
     matrix = vtk.vtkMatrix4x4()
     transformNode.GetMatrixTransformToWorld(matrix)
     return matrixToNumpy(matrix)
@@ -52,7 +54,9 @@ def nodeToWorld(node) -> np.ndarray:
 
 def _volumeFromArray(array: np.ndarray, ijkToRas: np.ndarray, name: str) -> Volume:
     if array.ndim != 3:
-        raise InputError(f"'{name}' has {array.shape[-1]} components per voxel; choose a single-component (scalar) volume")
+        raise InputError(
+            f"'{name}' has {array.shape[-1]} components per voxel; choose a single-component (scalar) volume"
+        )
     ijkToLps = LPS_TO_RAS @ ijkToRas
     spacing = np.linalg.norm(ijkToLps[:3, :3], axis=0)
     if np.any(spacing <= 0):
@@ -94,10 +98,19 @@ def segmentMaskFromNode(segmentationNode, segmentId: Optional[str] = None) -> tu
     if segment is None:
         raise InputError(f"segmentation '{name}' has no segment with ID '{segmentId}'")
     image = slicer.vtkOrientedImageData()
-    if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segmentationNode, segmentId, image):
-        raise InputError(f"segment '{segment.GetName()}' has no binary labelmap; paint it or convert it in the Segmentations module")
+    if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+        segmentationNode, segmentId, image
+    ):
+        raise InputError(
+            f"segment '{segment.GetName()}' has no binary labelmap; paint it or convert it in the Segmentations module"
+        )
     extent = image.GetExtent()
-    if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4] or image.GetPointData().GetScalars() is None:
+    if (
+        extent[1] < extent[0]
+        or extent[3] < extent[2]
+        or extent[5] < extent[4]
+        or image.GetPointData().GetScalars() is None
+    ):
         raise InputError(f"segment '{segment.GetName()}' is empty; paint the structure first")
     from vtk.util.numpy_support import vtk_to_numpy
 
@@ -174,7 +187,9 @@ def subjectHierarchy():
 
 def nodeInScene(node) -> bool:
     """Whether ``node`` is (still) a node of ``slicer.mrmlScene``."""
-    return node is not None and node.GetScene() is slicer.mrmlScene and slicer.mrmlScene.GetNodeByID(node.GetID()) is node
+    return (
+        node is not None and node.GetScene() is slicer.mrmlScene and slicer.mrmlScene.GetNodeByID(node.GetID()) is node
+    )
 
 
 def placeInFolder(node, referenceNode) -> None:

@@ -59,7 +59,9 @@ class ImageToMeshTest(ScriptedLoadableModuleTest):
                     report = logic.exportModel(model, os.path.join(folder, f"result-{space}.stl"), space)
                     self.assertTrue(report["watertight"])
                     back = slicer.util.loadModel(report["path"])
-                    self.assertLess(np.abs(meshFromModelNode(back).vertices - meshFromModelNode(model).vertices).max(), 1e-3)
+                    self.assertLess(
+                        np.abs(meshFromModelNode(back).vertices - meshFromModelNode(model).vertices).max(), 1e-3
+                    )
         finally:
             logic.close()
         self.delayDisplay("Segmentation test passed")

@@ -18,13 +18,13 @@ import vtk
 from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 
+from imagetomesh.backend import BackendError, JobCancelled, WorkerDied  # noqa: E402  (path set by sceneAdapters)
+from imagetomesh.errors import InputError  # noqa: E402
+
 from . import annotation, dependencies
 from .logic import ImageToMeshLogic, isClean
 from .parameterNode import PAPER_CURVE_LAMBDAS
 from .sceneAdapters import nodeInScene
-
-from imagetomesh.backend import BackendError, JobCancelled, WorkerDied  # noqa: E402  (path set by sceneAdapters)
-from imagetomesh.errors import InputError  # noqa: E402
 
 #: Slice views that get an annotation curve, in drawing order.
 SLICE_VIEWS = ("Red", "Yellow", "Green")
@@ -86,8 +86,12 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
         self.ui.refreshModelsButton.connect("clicked(bool)", lambda: self._fillModelLists(refresh=True))
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.methodComboBox.connect("currentIndexChanged(int)", self._onMethodChanged)
-        self.ui.priorComboBox.connect("currentIndexChanged(int)", lambda i: self._storeText("prior", self.ui.priorComboBox))
-        self.ui.refinePriorComboBox.connect("currentIndexChanged(int)", lambda i: self._storeText("refinePrior", self.ui.refinePriorComboBox))
+        self.ui.priorComboBox.connect(
+            "currentIndexChanged(int)", lambda i: self._storeText("prior", self.ui.priorComboBox)
+        )
+        self.ui.refinePriorComboBox.connect(
+            "currentIndexChanged(int)", lambda i: self._storeText("refinePrior", self.ui.refinePriorComboBox)
+        )
         self.ui.segmentComboBox.connect("currentIndexChanged(int)", self._onSegmentChanged)
         self.ui.curvesSelector.connect("checkedNodesChanged()", self._updateButtons)
         self.ui.exportModelsSelector.connect("checkedNodesChanged()", self._updateButtons)
@@ -167,8 +171,11 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
             return
         self._updatingGui = True
         try:
-            for name, combo in (("method", self.ui.methodComboBox), ("prior", self.ui.priorComboBox),
-                                ("refinePrior", self.ui.refinePriorComboBox)):
+            for name, combo in (
+                ("method", self.ui.methodComboBox),
+                ("prior", self.ui.priorComboBox),
+                ("refinePrior", self.ui.refinePriorComboBox),
+            ):
                 value = getattr(self._parameterNode, name)
                 index = combo.findText(value) if value else -1
                 if index >= 0 and combo.currentIndex != index:
@@ -212,17 +219,23 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
             return True
         names = dependencies.describeUnsatisfied(missing)
         if slicer.app.testingEnabled():
-            self._setStatus(_("Testing mode: the missing packages are not installed ({names}).").format(names=names), error=True)
+            self._setStatus(
+                _("Testing mode: the missing packages are not installed ({names}).").format(names=names), error=True
+            )
             return False
         if not slicer.util.confirmOkCancelDisplay(
-                _("ImageToMesh needs these Python packages: {names}.\n\nDownload and install them now? PyTorch comes "
-                  "through the PyTorch extension (a CUDA or CPU build for this computer); the others with pip. "
-                  "Slicer's own numpy, VTK and SimpleITK are left as they are. This can take several minutes.").format(names=names),
-                windowTitle=_("Image To Mesh: dependencies")):
+            _(
+                "ImageToMesh needs these Python packages: {names}.\n\nDownload and install them now? PyTorch comes "
+                "through the PyTorch extension (a CUDA or CPU build for this computer); the others with pip. "
+                "Slicer's own numpy, VTK and SimpleITK are left as they are. This can take several minutes."
+            ).format(names=names),
+            windowTitle=_("Image To Mesh: dependencies"),
+        ):
             self._setStatus(_("Dependencies are missing; nothing was run."))
             return False
-        dialog = slicer.util.createProgressDialog(labelText=_("Installing dependencies..."), maximum=len(missing),
-                                                  windowTitle=_("Image To Mesh"))
+        dialog = slicer.util.createProgressDialog(
+            labelText=_("Installing dependencies..."), maximum=len(missing), windowTitle=_("Image To Mesh")
+        )
 
         def progress(done, total, message):
             dialog.maximum = total
@@ -232,8 +245,12 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
             slicer.app.processEvents()
 
         try:
-            dependencies.installDependencies(missing, progress, installTorch=dependencies.pyTorchInstaller(),
-                                             temporaryFolder=self.logic.temporaryFolder())
+            dependencies.installDependencies(
+                missing,
+                progress,
+                installTorch=dependencies.pyTorchInstaller(),
+                temporaryFolder=self.logic.temporaryFolder(),
+            )
         except Exception as err:
             self._showError(err)
             return False
@@ -252,8 +269,11 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
             self._log(f"could not list the bundled models: {err}")
         if not methods and not priors:
             self._setStatus(_("No bundled models were found; reinstall the extension."), error=True)
-        for combo, names in ((self.ui.methodComboBox, methods), (self.ui.priorComboBox, priors),
-                             (self.ui.refinePriorComboBox, priors)):
+        for combo, names in (
+            (self.ui.methodComboBox, methods),
+            (self.ui.priorComboBox, priors),
+            (self.ui.refinePriorComboBox, priors),
+        ):
             wasBlocked = combo.blockSignals(True)
             current = combo.currentText
             combo.clear()
@@ -269,8 +289,11 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
         """Parameters without a method or prior take the combo boxes' current choice."""
         if self._parameterNode is None:
             return
-        for name, combo in (("method", self.ui.methodComboBox), ("prior", self.ui.priorComboBox),
-                            ("refinePrior", self.ui.refinePriorComboBox)):
+        for name, combo in (
+            ("method", self.ui.methodComboBox),
+            ("prior", self.ui.priorComboBox),
+            ("refinePrior", self.ui.refinePriorComboBox),
+        ):
             if not getattr(self._parameterNode, name) and combo.count:
                 setattr(self._parameterNode, name, combo.currentText)
 
@@ -287,8 +310,11 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
 
     def _onRefineInputChanged(self, node) -> None:
         """Follow the segments of the chosen segmentation (added, removed or renamed later too)."""
-        events = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
-                  slicer.vtkSegmentation.SegmentModified)
+        events = (
+            slicer.vtkSegmentation.SegmentAdded,
+            slicer.vtkSegmentation.SegmentRemoved,
+            slicer.vtkSegmentation.SegmentModified,
+        )
         previous = getattr(self, "_observedRefineInput", None)
         if previous is not None and previous.IsA("vtkMRMLSegmentationNode"):
             for event in events:
@@ -322,7 +348,9 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
 
     def _onSegmentChanged(self, index=None) -> None:
         if self._parameterNode is not None and self.ui.segmentComboBox.count:
-            self._parameterNode.refineSegmentId = self.ui.segmentComboBox.itemData(self.ui.segmentComboBox.currentIndex) or ""
+            self._parameterNode.refineSegmentId = (
+                self.ui.segmentComboBox.itemData(self.ui.segmentComboBox.currentIndex) or ""
+            )
         self._updateButtons()
 
     # --- lambdas --------------------------------------------------------------------------------
@@ -331,8 +359,8 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
         if refine:
             if p.refineUseDefaultLambdas:
                 return None, None
-            return 10.0 ** p.refineLogLambdaDir, 10.0 ** p.refineLogLambdaReg
-        return 10.0 ** p.logLambdaDir, 10.0 ** p.logLambdaReg
+            return 10.0**p.refineLogLambdaDir, 10.0**p.refineLogLambdaReg
+        return 10.0**p.logLambdaDir, 10.0**p.logLambdaReg
 
     def _updateLambdaLabels(self) -> None:
         if self._parameterNode is None:
@@ -389,8 +417,12 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
         for curve in curves:
             self.ui.curvesSelector.setCheckState(curve, qt.Qt.Checked)
         self._setAnnotationCurves({annotation.sliceNodeOf(c).GetLayoutName(): c for c in curves})
-        self._log(_("Draw a closed curve on each slice view; the Red view is placing now. "
-                    "Use the place buttons to switch views."))
+        self._log(
+            _(
+                "Draw a closed curve on each slice view; the Red view is placing now. "
+                "Use the place buttons to switch views."
+            )
+        )
         first = next(name for name in SLICE_VIEWS if name in self._annotationCurves)
         self._placeWidget(first).setPlaceModeEnabled(True)
 
@@ -434,8 +466,11 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
             else:
                 placing = self._placeWidget(name).placeModeEnabled
                 points = curve.GetNumberOfDefinedControlPoints()
-                label.text = _("{view}: placing ({count} points)").format(view=name, count=points) if placing else \
-                    _("{view}: {count} points").format(view=name, count=points)
+                label.text = (
+                    _("{view}: placing ({count} points)").format(view=name, count=points)
+                    if placing
+                    else _("{view}: {count} points").format(view=name, count=points)
+                )
 
     def _onCurvePointDefined(self, curve, event) -> None:
         if curve.GetNumberOfDefinedControlPoints() == 1:
@@ -473,9 +508,13 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
         if not self._ensureDependencies():
             return
         p = self._parameterNode
-        self._start("segment", self.ui.applyButton,
-                    lambda: self.logic.prepareSegment(p.inputVolume, self.ui.methodComboBox.currentText,
-                                                      p.outputModel, p.roi, p.device))
+        self._start(
+            "segment",
+            self.ui.applyButton,
+            lambda: self.logic.prepareSegment(
+                p.inputVolume, self.ui.methodComboBox.currentText, p.outputModel, p.roi, p.device
+            ),
+        )
 
     def onFitButton(self) -> None:
         if self._cancelIfRunning("fit"):
@@ -500,8 +539,9 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
             output = self._lastFit["output"]
 
         def prepare():
-            job, target = self.logic.prepareFitCurves(curves, self.ui.priorComboBox.currentText, lambdaDir, lambdaReg,
-                                                      output, p.device)
+            job, target = self.logic.prepareFitCurves(
+                curves, self.ui.priorComboBox.currentText, lambdaDir, lambdaReg, output, p.device
+            )
             self._lastFit = {"curves": curves, "output": output}
             return job, target
 
@@ -514,10 +554,22 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
             return
         p = self._parameterNode
         lambdaDir, lambdaReg = self._lambdas(refine=True)
-        segmentId = p.refineSegmentId if p.refineInput is not None and p.refineInput.IsA("vtkMRMLSegmentationNode") else None
-        self._start("refine", self.ui.refineButton,
-                    lambda: self.logic.prepareRefine(p.refineInput, self.ui.refinePriorComboBox.currentText, segmentId,
-                                                     lambdaDir, lambdaReg, p.refineOutputModel, p.device))
+        segmentId = (
+            p.refineSegmentId if p.refineInput is not None and p.refineInput.IsA("vtkMRMLSegmentationNode") else None
+        )
+        self._start(
+            "refine",
+            self.ui.refineButton,
+            lambda: self.logic.prepareRefine(
+                p.refineInput,
+                self.ui.refinePriorComboBox.currentText,
+                segmentId,
+                lambdaDir,
+                lambdaReg,
+                p.refineOutputModel,
+                p.device,
+            ),
+        )
 
     def onExportButton(self) -> None:
         if self._job is not None:
@@ -536,9 +588,12 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
                 if not isClean(report):
                     answer = slicer.util.messageBox(
                         _("'{name}' is not clean: {summary}.\n\nRepair it before exporting?").format(
-                            name=node.GetName(), summary=report["summary"]),
-                        windowTitle=_("Image To Mesh: export"), icon=qt.QMessageBox.Question,
-                        standardButtons=qt.QMessageBox.Yes | qt.QMessageBox.No | qt.QMessageBox.Cancel)
+                            name=node.GetName(), summary=report["summary"]
+                        ),
+                        windowTitle=_("Image To Mesh: export"),
+                        icon=qt.QMessageBox.Question,
+                        standardButtons=qt.QMessageBox.Yes | qt.QMessageBox.No | qt.QMessageBox.Cancel,
+                    )
                     if answer == qt.QMessageBox.Cancel:
                         self._log(f"{node.GetName()}: export cancelled")
                         continue

@@ -2,6 +2,7 @@
 
 Physical space is LPS millimetres throughout; see :mod:`imagetomesh.core`.
 """
+
 from imagetomesh.core import GridTransform, Mesh, Volume
 from imagetomesh.errors import InputError
 

@@ -5,6 +5,7 @@ a DALS shape prior fitted to three closed curves on a CT kidney, meshes from eve
 installed learned model on the held-out hippocampus case (with their scores against its
 label), and preview PNGs of each result over its image.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,8 +46,16 @@ def run_demo(out: str | Path, log=print) -> list[Path]:
         written.append(write_mesh(mesh, out / f"ct_{organ}.stl"))
         organ_meshes.append(mesh)
         log(f"   {written[-1]}  {mesh.num_vertices} vertices, volume {mesh.signed_volume() / 1000:.1f} ml")
-    written.append(render_preview(ct, organ_meshes, out / "ct_organs.png", centre_lps=organ_meshes[1].centroid(),
-                                  labels=["liver", "kidney_left", "kidney_right"], title="example CT: organ meshes"))
+    written.append(
+        render_preview(
+            ct,
+            organ_meshes,
+            out / "ct_organs.png",
+            centre_lps=organ_meshes[1].centroid(),
+            labels=["liver", "kidney_left", "kidney_right"],
+            title="example CT: organ meshes",
+        )
+    )
     log(f"   {written[-1]}")
 
     log("2. Annotate and fit: three orthogonal closed curves on the left kidney -> DALS kidney prior -> surface")
@@ -60,16 +69,27 @@ def run_demo(out: str | Path, log=print) -> list[Path]:
         centre = organ_meshes[1].centroid()
         # the planes a user would draw on: the image's axial, coronal and sagittal slices through the centre
         curves = [mask_outline(kidney, centre, kidney.direction[:, axis]) for axis in (2, 1, 0)]
-        written.append(write_markups([Markup("ClosedCurve", f"curve {n}", c, True) for n, c in zip("ACS", curves)],
-                                     out / "kidney_left_curves.mrk.json"))
+        written.append(
+            write_markups(
+                [Markup("ClosedCurve", f"curve {n}", c, True) for n, c in zip("ACS", curves)],
+                out / "kidney_left_curves.mrk.json",
+            )
+        )
         fitted = fit_curves(curves, "dals-kidney")
         written.append(write_mesh(fitted, out / "kidney_left_dals_fit.stl"))
         dice_fit, _ = mesh_dice_iou(fitted, kidney)
         log(f"   {written[-2]}  (the three annotated curves)")
         log(f"   {written[-1]}  {fitted.num_vertices} vertices, Dice {dice_fit:.3f} against the full mask")
-        written.append(render_preview(ct, [organ_meshes[1], fitted], out / "kidney_left_dals_fit.png", centre_lps=centre,
-                                      labels=["mask (marching cubes)", "DALS fit from 3 curves"],
-                                      title="left kidney: DALS prior fitted to three orthogonal curves"))
+        written.append(
+            render_preview(
+                ct,
+                [organ_meshes[1], fitted],
+                out / "kidney_left_dals_fit.png",
+                centre_lps=centre,
+                labels=["mask (marching cubes)", "DALS fit from 3 curves"],
+                title="left kidney: DALS prior fitted to three orthogonal curves",
+            )
+        )
         log(f"   {written[-1]}")
     else:
         log("   the dals-kidney prior is not installed; skipping")
@@ -91,10 +111,15 @@ def run_demo(out: str | Path, log=print) -> list[Path]:
         meshes.append(mesh)
         names.append(name)
     for name, s in rows:
-        log(f"   {name:<28} Dice {s['dice']:.3f}  IoU {s['iou']:.3f}  Chamfer {s['chamfer_mm']:.2f} mm  "
-            f"HD95 {s['hd95_mm']:.2f} mm  watertight {s['watertight']}")
-    written.append(render_preview(image, meshes, out / "hippocampus.png", labels=names,
-                                  title="hippocampus_024 (not used in training)"))
+        log(
+            f"   {name:<28} Dice {s['dice']:.3f}  IoU {s['iou']:.3f}  Chamfer {s['chamfer_mm']:.2f} mm  "
+            f"HD95 {s['hd95_mm']:.2f} mm  watertight {s['watertight']}"
+        )
+    written.append(
+        render_preview(
+            image, meshes, out / "hippocampus.png", labels=names, title="hippocampus_024 (not used in training)"
+        )
+    )
     log(f"   {written[-1]}")
     log(f"done: {len(written)} files in {out}")
     return written

@@ -1,4 +1,5 @@
 """Where models run: :func:`resolve_device` turns a user's device choice into a ``torch.device``."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -11,7 +12,7 @@ if TYPE_CHECKING:
 __all__ = ["resolve_device"]
 
 
-def resolve_device(device: "str | torch.device | None" = "auto") -> "torch.device":
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``auto`` (or ``None``, ``""``) -> cuda when available, else cpu; ``cpu``, ``cuda``, ``cuda:N`` or a ``torch.device`` as given.
 
     Raises:

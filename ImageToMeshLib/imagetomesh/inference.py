@@ -1,4 +1,5 @@
 """Image -> mesh with a trained model: preprocessing, batched prediction, mapping back to LPS mm."""
+
 from __future__ import annotations
 
 import warnings
@@ -38,13 +39,16 @@ class Segmenter:
     ``untangle=False`` keeps the folds a network made (to measure the network itself).
     """
 
-    def __init__(self, model: str | LoadedModel, device: str = "auto", open_surface: bool = False,
-                 untangle: bool = True) -> None:
+    def __init__(
+        self, model: str | LoadedModel, device: str = "auto", open_surface: bool = False, untangle: bool = True
+    ) -> None:
         self.model = model if isinstance(model, LoadedModel) else load_model(model, device)
         self.spec = GridSpec.from_dict(self.model.card["grid"])
         if open_surface and not self.model.module.supports_open_surface:
-            raise InputError(f"model {self.model.name} ({self.model.kind}) only makes closed surfaces; "
-                             "drop --open or use a model that supports open surfaces (e.g. nudf-hippocampus)")
+            raise InputError(
+                f"model {self.model.name} ({self.model.kind}) only makes closed surfaces; "
+                "drop --open or use a model that supports open surfaces (e.g. nudf-hippocampus)"
+            )
         self.open_surface = open_surface
         self.untangle = untangle
 

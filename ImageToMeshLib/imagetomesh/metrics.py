@@ -23,6 +23,7 @@ Mesh quality: :func:`mean_triangle_quality` (1 for equilateral triangles, 0 for 
 :func:`evaluate_mesh` computes everything against a labelmap; its reference surface is the
 marching-cubes surface of the label without smoothing, ``labelmap_to_mesh(label, smoothing=0)``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -144,9 +145,7 @@ def _fscore(d_pr: np.ndarray, d_rp: np.ndarray, threshold_mm: float) -> float:
     return 0.0 if precision + recall == 0 else 2.0 * precision * recall / (precision + recall)
 
 
-def distance_metrics(
-    d_pr: np.ndarray, d_rp: np.ndarray, threshold_mm: float = 1.0, completion_mm: float = 2.0
-) -> dict:
+def distance_metrics(d_pr: np.ndarray, d_rp: np.ndarray, threshold_mm: float = 1.0, completion_mm: float = 2.0) -> dict:
     """Every distance metric of the module docstring from the two distance sets."""
     return {
         "chamfer_mm": float((np.mean(d_pr) + np.mean(d_rp)) / 2.0),
@@ -208,9 +207,7 @@ def self_intersection_percent(mesh: Mesh) -> float:
 
 
 # --- everything at once ------------------------------------------------------------------
-def evaluate_mesh(
-    mesh: Mesh, label: Volume, threshold_mm: float = 1.0, n_points: int = 20000, seed: int = 0
-) -> dict:
+def evaluate_mesh(mesh: Mesh, label: Volume, threshold_mm: float = 1.0, n_points: int = 20000, seed: int = 0) -> dict:
     """All metrics of ``mesh`` (LPS mm) against the nonzero voxels of ``label``.
 
     The reference surface for the distance metrics is the marching-cubes surface of the label

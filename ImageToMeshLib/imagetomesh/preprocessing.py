@@ -5,6 +5,7 @@ own index axes and centred on the image centre (or on a given LPS point). The im
 resampled trilinearly (labels by nearest neighbour) with one ``affine_grid`` /
 ``grid_sample`` pass, so any input spacing, size or direction works.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -46,7 +47,7 @@ class GridSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GridSpec":
+    def from_dict(cls, d: dict) -> GridSpec:
         direction = tuple(float(x) for x in d["direction"]) if d.get("direction") is not None else None
         return cls(tuple(int(s) for s in d["shape"]), tuple(float(s) for s in d["spacing"]), direction)
 
@@ -68,7 +69,9 @@ def model_grid_transform(volume: Volume, spec: GridSpec, centre_lps: np.ndarray 
     axes = direction * spacing[None, :]  # columns: LPS step of one grid voxel along i, j, k
     origin = np.asarray(centre_lps, dtype=np.float64) - axes @ centre_index(size_ijk)
     step_in_image = volume.lps_to_index[:3, :3] @ axes  # image-index step of one grid step
-    if np.allclose(np.abs(step_in_image).sum(0), 1.0, atol=1e-4) and np.allclose(np.abs(step_in_image).max(0), 1.0, atol=1e-4):
+    if np.allclose(np.abs(step_in_image).sum(0), 1.0, atol=1e-4) and np.allclose(
+        np.abs(step_in_image).max(0), 1.0, atol=1e-4
+    ):
         origin_ijk = volume.lps_to_index[:3, :3] @ origin + volume.lps_to_index[:3, 3]
         origin = volume.index_to_lps[:3, :3] @ np.round(origin_ijk) + volume.origin
     index_to_lps = np.eye(4)
@@ -114,7 +117,8 @@ def prepare_image(volume: Volume, spec: GridSpec, warn: bool = True) -> tuple[to
     if warn and not np.allclose(spacing_on_grid, spec.spacing, rtol=0.05):
         warnings.warn(
             f"image spacing {np.round(volume.spacing, 3).tolist()} mm differs from the model's "
-            f"{list(spec.spacing)} mm; resampling", stacklevel=2,
+            f"{list(spec.spacing)} mm; resampling",
+            stacklevel=2,
         )
     extent = to_grid_axes @ (volume.size_ijk * volume.spacing)
     fov = np.array(spec.shape[::-1]) * np.asarray(spec.spacing)

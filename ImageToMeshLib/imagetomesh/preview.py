@@ -4,6 +4,7 @@ Slices are taken along the image's own index axes through a given LPS point (def
 the first mesh's centre). Each mesh is cut by the three slice planes in voxel-index space
 (where the planes are i, j or k = const), so permuted or flipped image headers draw correctly.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,8 +34,14 @@ def slice_segments(mesh: Mesh, volume: Volume, axis: int, position: float) -> np
     return segments.numpy()
 
 
-def render_preview(volume: Volume, meshes: list[Mesh], path: str | Path, centre_lps=None,
-                   labels: list[str] | None = None, title: str | None = None) -> Path:
+def render_preview(
+    volume: Volume,
+    meshes: list[Mesh],
+    path: str | Path,
+    centre_lps=None,
+    labels: list[str] | None = None,
+    title: str | None = None,
+) -> Path:
     """Draw ``meshes`` over the axial, coronal and sagittal index slices of ``volume``; write PNG atomically."""
     import matplotlib
 
@@ -43,7 +50,11 @@ def render_preview(volume: Volume, meshes: list[Mesh], path: str | Path, centre_
 
     path = check_output_path(path)
     if centre_lps is None:
-        centre_lps = meshes[0].centroid() if meshes else transform_points(volume.index_to_lps, [centre_index(volume.size_ijk)])[0]
+        centre_lps = (
+            meshes[0].centroid()
+            if meshes
+            else transform_points(volume.index_to_lps, [centre_index(volume.size_ijk)])[0]
+        )
     centre = transform_points(volume.lps_to_index, np.asarray(centre_lps)[None])[0]
     centre = np.clip(np.round(centre), 0, volume.size_ijk - 1).astype(int)
     array = np.asarray(volume.array, dtype=np.float32)

@@ -5,6 +5,7 @@ Imports torch only when weights are written or read, so cards can be listed with
 The card holds the model kind and architecture config, the preprocessing grid, training data
 and split, metrics, data licence, and the SHA-256 of the weights file, checked on load.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -127,7 +128,9 @@ def load_state(folder: str | Path, card: dict) -> dict:
         raise InputError(f"model weights {path} are missing; reinstall the model")
     expected = card.get("sha256")
     if expected is None or sha256_of(path) != expected:
-        raise InputError(f"model weights {path} fail their checksum; the file is damaged or not the one the card describes")
+        raise InputError(
+            f"model weights {path} fail their checksum; the file is damaged or not the one the card describes"
+        )
     try:
         return upgrade_state(card.get("kind"), load_file(str(path)))
     except (SafetensorError, OSError, ValueError) as err:

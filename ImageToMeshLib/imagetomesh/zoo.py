@@ -5,6 +5,7 @@ Listing models needs no torch; loading one imports it.
 Models are looked up in the folders of ``$IMAGETOMESH_MODEL_PATH`` (``os.pathsep``-separated),
 then in the extension's ``Resources/Models``. A model can also be named by its folder path.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,16 @@ from imagetomesh.weights import CARD_NAME, SEGMENTER_FIELDS, build_from_card, ch
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["RESOURCES", "model_search_path", "available_models", "list_models", "find_model", "LoadedModel",
-           "load_model", "resolve_device"]
+__all__ = [
+    "RESOURCES",
+    "model_search_path",
+    "available_models",
+    "list_models",
+    "find_model",
+    "LoadedModel",
+    "load_model",
+    "resolve_device",
+]
 
 #: ``Resources/`` of the source tree or the installed Slicer extension.
 RESOURCES = Path(__file__).resolve().parents[2] / "Resources"
@@ -75,8 +84,8 @@ class LoadedModel:
 
     name: str
     card: dict
-    module: "torch.nn.Module"
-    device: "torch.device"
+    module: torch.nn.Module
+    device: torch.device
 
     @property
     def kind(self) -> str:
@@ -90,8 +99,10 @@ def load_model(name: str, device: str = "auto") -> LoadedModel:
     folder = find_model(name)
     card = read_card(folder)
     if card["kind"] == "dals":
-        raise InputError(f"{folder.name} is a DALS shape prior, not a segmentation model; use it with "
-                         f"'imagetomesh fit points|curves --prior {folder.name}' or 'imagetomesh refine --prior {folder.name}'")
+        raise InputError(
+            f"{folder.name} is a DALS shape prior, not a segmentation model; use it with "
+            f"'imagetomesh fit points|curves --prior {folder.name}' or 'imagetomesh refine --prior {folder.name}'"
+        )
     check_card_fields(card, folder / CARD_NAME, SEGMENTER_FIELDS)
     module = build_from_card(folder, card, lambda c: build_model(c["kind"], c["config"]), required=("kind", "config"))
     dev = resolve_device(device)

@@ -28,6 +28,7 @@ bounding-sphere diameter, mean triangle quality, % self-intersecting faces, wate
 reference surface is the unsmoothed marching-cubes surface of the mask (as ``evaluate_mesh``).
 Per-case results are cached in ``runs/dals-report/<split>[-tag].json`` so the report resumes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,7 @@ import torch
 from scipy import ndimage
 
 from imagetomesh.core import Volume
+from imagetomesh.core.cropping import bounding_box, crop_to_box
 from imagetomesh.fitting import TASK_DEFAULTS, fit_curves, fit_points, load_prior, refine_labelmap
 from imagetomesh.fitting.curves import mask_outline
 from imagetomesh.fitting.optimise import run_fit
@@ -51,7 +53,6 @@ from imagetomesh.geometry.isosurface import labelmap_to_mesh
 from imagetomesh.geometry.quality import count_self_intersecting_faces, is_watertight
 from imagetomesh.io.images import read_image, read_labelmap
 from imagetomesh.metrics import mean_triangle_quality, mesh_dice_iou, sample_surface, surface_distances
-from imagetomesh.core.cropping import bounding_box, crop_to_box
 from imagetomesh.training.dals_shapes import CROP_MARGIN, OrganMask, organ_masks, shape_split
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,9 +134,15 @@ def plane_set(mask: Volume, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
     quarter = 0.25 * (hi - lo)
     e = np.eye(3)
     oblique = np.array([1.0, 1.0, 1.0]) / math.sqrt(3)
-    planes = [(c, e[2]), (c, e[1]), (c, e[0]),
-              (c + quarter[2] * e[2], e[2]), (c - quarter[2] * e[2], e[2]),
-              (c + quarter[1] * e[1], e[1]), (c, oblique)]
+    planes = [
+        (c, e[2]),
+        (c, e[1]),
+        (c, e[0]),
+        (c + quarter[2] * e[2], e[2]),
+        (c - quarter[2] * e[2], e[2]),
+        (c + quarter[1] * e[1], e[1]),
+        (c, oblique),
+    ]
     return planes[:count]
 
 
@@ -153,7 +160,7 @@ def degrade(mask: np.ndarray, kind: str, seed: int) -> np.ndarray:
         grid = np.indices(mask.shape)
         for index in candidates[rng.choice(len(candidates), size=3, replace=False)]:
             radius = rng.uniform(1.5, 2.5)
-            out |= ((grid - index[:, None, None, None]) ** 2).sum(0) <= radius ** 2
+            out |= ((grid - index[:, None, None, None]) ** 2).sum(0) <= radius**2
     if kind in ("slabs", "all"):
         axis = int(rng.integers(3))
         filled = np.flatnonzero(np.moveaxis(mask, axis, 0).reshape(mask.shape[axis], -1).any(1))
@@ -209,8 +216,12 @@ def run_points(results: Results, kidneys, log) -> None:
         mesh, seconds = timed(fit_points, points, "dals-kidney")
         row = shape_metrics(mesh, organ.mask)
         remeshed = finish_fitted_mesh(mesh, remesh=True)
-        row.update(seconds=seconds, remeshed_self_intersections=count_self_intersecting_faces(remeshed),
-                   remeshed_watertight=bool(is_watertight(remeshed)), remeshed_dice=mesh_dice_iou(remeshed, organ.mask)[0])
+        row.update(
+            seconds=seconds,
+            remeshed_self_intersections=count_self_intersecting_faces(remeshed),
+            remeshed_watertight=bool(is_watertight(remeshed)),
+            remeshed_dice=mesh_dice_iou(remeshed, organ.mask)[0],
+        )
         results.put(key, row)
         log(f"{key}: dice {row['dice']:.3f} chamfer {row['chamfer_mm']:.2f} mm ({seconds:.0f} s)")
 
@@ -239,7 +250,9 @@ def run_refine(results: Results, hippocampi, log) -> None:
             key = f"refine/{kind}/{organ.shape_id}"
             if results.get(key):
                 continue
-            flawed = clean if kind == "none" else clean.with_array(degrade(np.asarray(clean.array) > 0, kind, seed=number))
+            flawed = (
+                clean if kind == "none" else clean.with_array(degrade(np.asarray(clean.array) > 0, kind, seed=number))
+            )
             row = {"mask_dice": mesh_dice_iou(labelmap_to_mesh(flawed, smoothing=0.0), clean)[0]}
             row["mc_smoothed_dice"] = mesh_dice_iou(labelmap_to_mesh(flawed), clean)[0]
             mesh, seconds = timed(refine_labelmap, flawed, "dals-hippocampus")
@@ -264,11 +277,12 @@ def run_timing(results: Results, log) -> None:
     prior = load_prior("dals-kidney")
     organ = held_out_kidneys("test", 1)[0]
     points = sample_surface(labelmap_to_mesh(organ.mask), 2500, seed=1)
-    from imagetomesh.fitting.tasks import SURFACE_SAMPLES
+    from scipy.spatial import cKDTree
+
     from imagetomesh.fitting.optimise import chamfer
+    from imagetomesh.fitting.tasks import SURFACE_SAMPLES
     from imagetomesh.geometry.sampling import sample_points_on_mesh
     from imagetomesh.models.dals import ShapeNormalisation
-    from scipy.spatial import cKDTree
 
     frame = ShapeNormalisation.of_points(points)
     target = torch.tensor(frame.to_normalised(points), dtype=torch.float32)
@@ -308,9 +322,14 @@ def run_preview(results: Results, out_png: Path, log) -> None:
     normals = [ct.direction[:, a] for a in range(3)]
     curves = [mask_outline(mask, centre_voxel, n) for n in normals]
     mesh = fit_curves(curves, "dals-kidney")
-    render_preview(ct, [mesh, labelmap_to_mesh(mask)], out_png, centre_lps=centre_voxel,
-                   labels=["DALS fit to the 3 curves", "mask surface (the curves lie on it)"],
-                   title="dals-kidney fitted to three orthogonal closed curves (example CT, left kidney)")
+    render_preview(
+        ct,
+        [mesh, labelmap_to_mesh(mask)],
+        out_png,
+        centre_lps=centre_voxel,
+        labels=["DALS fit to the 3 curves", "mask surface (the curves lie on it)"],
+        title="dals-kidney fitted to three orthogonal closed curves (example CT, left kidney)",
+    )
     row = shape_metrics(mesh, mask)
     results.put("preview", row)
     log(f"preview: dice {row['dice']:.3f}; wrote {out_png}")
@@ -322,9 +341,16 @@ def _mean(rows, key):
     return float(np.mean(values)) if values else float("nan")
 
 
-METRIC_COLUMNS = [("dice", "Dice", 3), ("chamfer_mm", "Chamfer mm", 2), ("hausdorff_mm", "Hausdorff mm", 1),
-                  ("hd95_mm", "HD95 mm", 2), ("f1pct", "F@1%", 3), ("f2pct", "F@2%", 3), ("quality", "quality", 3),
-                  ("self_intersect_pct", "self-int. %", 2)]
+METRIC_COLUMNS = [
+    ("dice", "Dice", 3),
+    ("chamfer_mm", "Chamfer mm", 2),
+    ("hausdorff_mm", "Hausdorff mm", 1),
+    ("hd95_mm", "HD95 mm", 2),
+    ("f1pct", "F@1%", 3),
+    ("f2pct", "F@2%", 3),
+    ("quality", "quality", 3),
+    ("self_intersect_pct", "self-int. %", 2),
+]
 
 
 def metric_row(label, rows) -> str:
@@ -358,9 +384,11 @@ def write_report(results: Results, split: str, out: Path, png: Path) -> None:
         "quality = mean 4√3 A / (a² + b² + c²); self-int. % = faces crossing another face.",
         "",
     ]
-    for title, prefix in (("Kidney from 2,500 surface points (`fit points`)", "points/"),
-                          ("Kidney from three orthogonal closed curves (`fit curves`)", "curves/3/")):
-        rows = {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}
+    for title, prefix in (
+        ("Kidney from 2,500 surface points (`fit points`)", "points/"),
+        ("Kidney from three orthogonal closed curves (`fit curves`)", "curves/3/"),
+    ):
+        rows = {k[len(prefix) :]: v for k, v in data.items() if k.startswith(prefix)}
         if not rows:
             continue
         held = [v for k, v in rows.items() if not k.startswith("ct-example")]
@@ -387,9 +415,13 @@ def write_report(results: Results, split: str, out: Path, png: Path) -> None:
             sweep.setdefault(int(count), {})[shape] = value
     if len(sweep) > 1:
         common = set.intersection(*(set(v) for v in sweep.values()))
-        lines += ["## Metrics against the number of annotated planes", "",
-                  f"The same {len(common)} kidneys for every count. Planes in order: axial, coronal, sagittal through "
-                  "the centroid; axial at ±¼ of the extent; coronal at +¼; oblique (normal (1,1,1)/√3).", ""]
+        lines += [
+            "## Metrics against the number of annotated planes",
+            "",
+            f"The same {len(common)} kidneys for every count. Planes in order: axial, coronal, sagittal through "
+            "the centroid; axial at ±¼ of the extent; coronal at +¼; oblique (normal (1,1,1)/√3).",
+            "",
+        ]
         lines += metric_header("planes")
         for count in sorted(sweep):
             lines.append(metric_row(str(count), [sweep[count][s] for s in sorted(common)]))
@@ -399,53 +431,79 @@ def write_report(results: Results, split: str, out: Path, png: Path) -> None:
         if key.startswith("refine/"):
             refine.setdefault(key.split("/")[1], []).append(value)
     if refine:
-        lines += ["## Refining degraded hippocampus masks (`refine`)", "",
-                  "Dice against the clean mask. *mask* = the degraded mask itself (= marching cubes without smoothing); "
-                  "*MC* = the library's marching cubes with its default smoothing; *DALS* = `refine_labelmap` with "
-                  "`dals-hippocampus` (the defaults: shared latent, λ_reg 0, boundary coverage weight 3). Degradations: 3 spurious balls 3–6 mm off the surface; "
-                  "2 missing 2-voxel slabs; boundary voxels flipped with probability 0.35; all three.", "",
-                  "| degradation | n | mask Dice | MC Dice | DALS Dice | DALS − best MC | DALS watertight % | s/fit |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Refining degraded hippocampus masks (`refine`)",
+            "",
+            "Dice against the clean mask. *mask* = the degraded mask itself (= marching cubes without smoothing); "
+            "*MC* = the library's marching cubes with its default smoothing; *DALS* = `refine_labelmap` with "
+            "`dals-hippocampus` (the defaults: shared latent, λ_reg 0, boundary coverage weight 3). Degradations: 3 spurious balls 3–6 mm off the surface; "
+            "2 missing 2-voxel slabs; boundary voxels flipped with probability 0.35; all three.",
+            "",
+            "| degradation | n | mask Dice | MC Dice | DALS Dice | DALS − best MC | DALS watertight % | s/fit |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         self_crossing = sum(r.get("dals_self_intersections", 0) for rows in refine.values() for r in rows)
         for kind in DEGRADATIONS:
             rows = refine.get(kind, [])
             if not rows:
                 continue
             best = max(_mean(rows, "mask_dice"), _mean(rows, "mc_smoothed_dice"))
-            lines.append(f"| {kind} | {len(rows)} | {_mean(rows, 'mask_dice'):.3f} | {_mean(rows, 'mc_smoothed_dice'):.3f} | "
-                         f"{_mean(rows, 'dals_dice'):.3f} | {_mean(rows, 'dals_dice') - best:+.3f} | "
-                         f"{100 * np.mean([r['dals_watertight'] for r in rows]):.0f} | {_mean(rows, 'seconds'):.0f} |")
+            lines.append(
+                f"| {kind} | {len(rows)} | {_mean(rows, 'mask_dice'):.3f} | {_mean(rows, 'mc_smoothed_dice'):.3f} | "
+                f"{_mean(rows, 'dals_dice'):.3f} | {_mean(rows, 'dals_dice') - best:+.3f} | "
+                f"{100 * np.mean([r['dals_watertight'] for r in rows]):.0f} | {_mean(rows, 'seconds'):.0f} |"
+            )
         every = [r for kind, rows in refine.items() if kind in DEGRADATIONS for r in rows]
         best = max(_mean(every, "mask_dice"), _mean(every, "mc_smoothed_dice"))
-        lines += [f"| all kinds | {len(every)} | {_mean(every, 'mask_dice'):.3f} | {_mean(every, 'mc_smoothed_dice'):.3f} | "
-                  f"{_mean(every, 'dals_dice'):.3f} | {_mean(every, 'dals_dice') - best:+.3f} | "
-                  f"{100 * np.mean([r['dals_watertight'] for r in every]):.0f} | {_mean(every, 'seconds'):.0f} |"]
+        lines += [
+            f"| all kinds | {len(every)} | {_mean(every, 'mask_dice'):.3f} | {_mean(every, 'mc_smoothed_dice'):.3f} | "
+            f"{_mean(every, 'dals_dice'):.3f} | {_mean(every, 'dals_dice') - best:+.3f} | "
+            f"{100 * np.mean([r['dals_watertight'] for r in every]):.0f} | {_mean(every, 'seconds'):.0f} |"
+        ]
         clean_rows = refine.get("none", [])
         if clean_rows:
-            lines.append(f"| (clean mask, for reference) | {len(clean_rows)} | {_mean(clean_rows, 'mask_dice'):.3f} | "
-                         f"{_mean(clean_rows, 'mc_smoothed_dice'):.3f} | {_mean(clean_rows, 'dals_dice'):.3f} | | "
-                         f"{100 * np.mean([r['dals_watertight'] for r in clean_rows]):.0f} | "
-                         f"{_mean(clean_rows, 'seconds'):.0f} |")
-        lines += ["", f"Self-intersecting faces over all {sum(len(v) for v in refine.values())} refined meshes: "
-                      f"{self_crossing}.", ""]
+            lines.append(
+                f"| (clean mask, for reference) | {len(clean_rows)} | {_mean(clean_rows, 'mask_dice'):.3f} | "
+                f"{_mean(clean_rows, 'mc_smoothed_dice'):.3f} | {_mean(clean_rows, 'dals_dice'):.3f} | | "
+                f"{100 * np.mean([r['dals_watertight'] for r in clean_rows]):.0f} | "
+                f"{_mean(clean_rows, 'seconds'):.0f} |"
+            )
+        lines += [
+            "",
+            f"Self-intersecting faces over all {sum(len(v) for v in refine.values())} refined meshes: {self_crossing}.",
+            "",
+        ]
     timing = data.get("timing")
     if timing and "variants" in timing:
-        lines += ["## Speed", "",
-                  f"250 iterations of the points task with a 2,562-vertex result (`dals-kidney`, one orientation), "
-                  f"{timing['threads']} threads of a {timing['cpu_count']}-core CPU shared with other jobs "
-                  "(wall seconds; CPU seconds of this process beside them, less sensitive to the other jobs):", "",
-                  "| schedule | wall s | CPU s | load average |", "|---|---|---|---|"]
-        lines += [f"| {v['name']} | {v['seconds']:.1f} | {v['cpu_seconds']:.1f} | {v['load_average']:.1f} |"
-                  for v in timing["variants"]]
+        lines += [
+            "## Speed",
+            "",
+            f"250 iterations of the points task with a 2,562-vertex result (`dals-kidney`, one orientation), "
+            f"{timing['threads']} threads of a {timing['cpu_count']}-core CPU shared with other jobs "
+            "(wall seconds; CPU seconds of this process beside them, less sensitive to the other jobs):",
+            "",
+            "| schedule | wall s | CPU s | load average |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {v['name']} | {v['seconds']:.1f} | {v['cpu_seconds']:.1f} | {v['load_average']:.1f} |"
+            for v in timing["variants"]
+        ]
         lines.append("")
     preview = data.get("preview")
     if preview:
-        lines += ["## Preview", "",
-                  f"![curve fit]({png.name})", "",
-                  f"`dals-kidney` fitted to three orthogonal closed curves on the example CT's left kidney: Dice "
-                  f"{preview['dice']:.3f}, Chamfer {preview['chamfer_mm']:.2f} mm against the TotalSegmentator mask.", ""]
+        lines += [
+            "## Preview",
+            "",
+            f"![curve fit]({png.name})",
+            "",
+            f"`dals-kidney` fitted to three orthogonal closed curves on the example CT's left kidney: Dice "
+            f"{preview['dice']:.3f}, Chamfer {preview['chamfer_mm']:.2f} mm against the TotalSegmentator mask.",
+            "",
+        ]
     lines += [
-        "## How the fits work (choices beyond the paper's text)", "",
+        "## How the fits work (choices beyond the paper's text)",
+        "",
         "- Frame: training shapes are centred on their surface centroid and scaled by their largest radius "
         "(inside the unit sphere); a fit maps its observations the same way (centroid and largest radius of the "
         "points / curve points / the mask's main components) and also optimises a translation and a log-scale.",
@@ -496,12 +554,16 @@ def write_report(results: Results, split: str, out: Path, png: Path) -> None:
         except Exception:  # noqa: BLE001 - a missing prior just leaves its line out
             continue
         training = card.get("training", {})
-        lines.append(f"- `{name}`: {card['data']['training_shapes']} training shapes, {training.get('steps')} steps "
-                     f"({training.get('wall_time_s', 0) / 60:.0f} min, {training.get('hardware')}), validation Chamfer "
-                     f"with one shared latent {card.get('metrics', {}).get('val_chamfer_mm_shared_latent', float('nan')):.2f} mm; "
-                     f"data licence {card['licence']}. Reproduce: `{card.get('reproduce')}`.")
-    lines += ["- This report: `python Testing/benchmarks/dals_report.py` (per-case results cached in `runs/dals-report/`).",
-              ""]
+        lines.append(
+            f"- `{name}`: {card['data']['training_shapes']} training shapes, {training.get('steps')} steps "
+            f"({training.get('wall_time_s', 0) / 60:.0f} min, {training.get('hardware')}), validation Chamfer "
+            f"with one shared latent {card.get('metrics', {}).get('val_chamfer_mm_shared_latent', float('nan')):.2f} mm; "
+            f"data licence {card['licence']}. Reproduce: `{card.get('reproduce')}`."
+        )
+    lines += [
+        "- This report: `python Testing/benchmarks/dals_report.py` (per-case results cached in `runs/dals-report/`).",
+        "",
+    ]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
 

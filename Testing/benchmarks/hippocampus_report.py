@@ -12,6 +12,7 @@ the label surface within 2 mm of the mesh), vertices, watertight %, self-interse
 network's mesh and of the mesh `segment` returns (folds untangled), CPU seconds per case
 (batched, model loaded, untangling included).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,10 +76,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "hippocampus")
     parser.add_argument("--split", default="test", choices=("test", "val"))
-    parser.add_argument("--models", nargs="+", default=[
-        "unet-hippocampus", *(str(ABLATIONS / f"voxel2mesh-{v}") for v in ("ps-umu", "hs-umu", "lns-umu", "lns-umu@adaptive")),
-        "voxel2mesh-hippocampus@uniform", "voxel2mesh-hippocampus", "pixel2mesh3d-hippocampus",
-        "implicitmeshnet-hippocampus", "nudf-hippocampus"])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=[
+            "unet-hippocampus",
+            *(str(ABLATIONS / f"voxel2mesh-{v}") for v in ("ps-umu", "hs-umu", "lns-umu", "lns-umu@adaptive")),
+            "voxel2mesh-hippocampus@uniform",
+            "voxel2mesh-hippocampus",
+            "pixel2mesh3d-hippocampus",
+            "implicitmeshnet-hippocampus",
+            "nudf-hippocampus",
+        ],
+    )
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "hippocampus-results.md")
     parser.add_argument("--limit", type=int, default=None, help="first N cases only (quick look)")
     args = parser.parse_args()
@@ -114,7 +124,9 @@ def main() -> None:
             row[key] = float(np.mean([s[key] for s in scores]))
         row["watertight_pct"] = 100.0 * np.mean([bool(s["watertight"]) for s in scores])
         row["self_intersection_pct"] = float(np.mean([s["self_intersection_pct"] for s in scores]))
-        row["network_self_intersection_pct"] = float(np.mean([100.0 * count_self_intersecting_faces(m) / m.num_faces for m in raw]))
+        row["network_self_intersection_pct"] = float(
+            np.mean([100.0 * count_self_intersecting_faces(m) / m.num_faces for m in raw])
+        )
         row["cpu_s_per_case"] = cpu_s
         row["wall_s_per_case"] = wall_s
         rows.append(row)
@@ -135,14 +147,32 @@ def main() -> None:
         "| method | IoU | Dice | Chamfer (mm) | HD95 (mm) | acc. p90 (mm) | compl. @2mm | vertices | watertight % | self-int. % network | self-int. % segment | CPU s/case | wall s/case |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    fmt = lambda r, k, f: (f.format(r[k]) if k in r else "–")
+
+    def fmt(r, k, f):
+        return f.format(r[k]) if k in r else "–"
+
     for r in rows:
-        lines.append("| " + " | ".join([
-            r["method"], fmt(r, "iou", "{:.3f}"), fmt(r, "dice", "{:.3f}"), fmt(r, "chamfer_mm", "{:.3f}"),
-            fmt(r, "hd95_mm", "{:.2f}"), fmt(r, "accuracy_p90_mm", "{:.2f}"), fmt(r, "completion@2mm", "{:.3f}"),
-            fmt(r, "vertices", "{:.0f}"), fmt(r, "watertight_pct", "{:.0f}"),
-            fmt(r, "network_self_intersection_pct", "{:.2f}"), fmt(r, "self_intersection_pct", "{:.2f}"), fmt(r, "cpu_s_per_case", "{:.3f}"), fmt(r, "wall_s_per_case", "{:.3f}"),
-        ]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["method"],
+                    fmt(r, "iou", "{:.3f}"),
+                    fmt(r, "dice", "{:.3f}"),
+                    fmt(r, "chamfer_mm", "{:.3f}"),
+                    fmt(r, "hd95_mm", "{:.2f}"),
+                    fmt(r, "accuracy_p90_mm", "{:.2f}"),
+                    fmt(r, "completion@2mm", "{:.3f}"),
+                    fmt(r, "vertices", "{:.0f}"),
+                    fmt(r, "watertight_pct", "{:.0f}"),
+                    fmt(r, "network_self_intersection_pct", "{:.2f}"),
+                    fmt(r, "self_intersection_pct", "{:.2f}"),
+                    fmt(r, "cpu_s_per_case", "{:.3f}"),
+                    fmt(r, "wall_s_per_case", "{:.3f}"),
+                ]
+            )
+            + " |"
+        )
     lines += [
         "",
         "Paper (Voxel2Mesh, hippocampus IoU): Voxel2Mesh 82.3, U-Net 80.9, PS+UMU 78.8, LNS+UMU 81.2.",
@@ -170,8 +200,13 @@ def main() -> None:
 
         shown = {k: v for k, v in per_model_meshes.items() if "(ablation)" not in k}
         meshes = [labelmap_to_mesh(labels[typical])] + [m[typical] for m in shown.values()]
-        render_preview(images[typical], meshes, png, labels=["label (MC)"] + list(shown),
-                       title=f"{ids[typical]} (median-Dice case of {first})")
+        render_preview(
+            images[typical],
+            meshes,
+            png,
+            labels=["label (MC)"] + list(shown),
+            title=f"{ids[typical]} (median-Dice case of {first})",
+        )
         lines += [f"![typical case]({png.relative_to(args.out.parent)})", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))

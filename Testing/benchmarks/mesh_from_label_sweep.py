@@ -8,6 +8,7 @@ smoothing factor given.
     .venv/bin/python Testing/benchmarks/mesh_from_label_sweep.py                 # default smoothing
     .venv/bin/python Testing/benchmarks/mesh_from_label_sweep.py --smoothing 0.3 0.5 --kits 20
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,6 +90,7 @@ def main(argv=None) -> int:
         if kits_files:
             cases = []
             for path in kits_files:
+
                 def load(path=path):
                     array, geometry = read(path)
                     return array > 0, geometry

@@ -9,6 +9,7 @@ repair; the model already loaded), the process's peak resident memory during tha
 the peak is reset through ``/proc/self/clear_refs`` before each case), and the metrics of
 :func:`imagetomesh.metrics.evaluate_mesh` against the label. Tune meshing on ``val`` only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,20 @@ def main() -> None:
         wall, cpu = time.perf_counter() - started[0], time.process_time() - started[1]
         row = {"case": case_id, "wall_s": wall, "cpu_s": cpu, "peak_mb": _peak_mb(), "peak_is_per_case": resettable}
         scores = evaluate_mesh(mesh, label)
-        row.update({k: scores[k] for k in ("chamfer_mm", "hd95_mm", "accuracy_p90_mm", "completion@2mm", "dice",
-                                           "watertight", "vertices")})
+        row.update(
+            {
+                k: scores[k]
+                for k in (
+                    "chamfer_mm",
+                    "hd95_mm",
+                    "accuracy_p90_mm",
+                    "completion@2mm",
+                    "dice",
+                    "watertight",
+                    "vertices",
+                )
+            }
+        )
         rows.append(row)
         print(json.dumps(row), flush=True)
     keys = ("wall_s", "cpu_s", "peak_mb", "chamfer_mm", "hd95_mm", "accuracy_p90_mm", "completion@2mm", "dice")

@@ -5,6 +5,7 @@ Usage: python Testing/benchmarks/segment_benchmark.py [--models NAME ...] [--cas
 Targets (issue 3): batch <= 0.5 s per case on CPU; one whole call (start-up included) <= 4 s
 wall; peak memory <= 2 GB. Timings on a shared machine are noisy: the best of 3 repeats is shown.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,9 @@ DATA = REPO.parent / "shared" / "data" / "hippocampus"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["unet-hippocampus", "voxel2mesh-hippocampus", "pixel2mesh3d-hippocampus"])
+    parser.add_argument(
+        "--models", nargs="+", default=["unet-hippocampus", "voxel2mesh-hippocampus", "pixel2mesh3d-hippocampus"]
+    )
     parser.add_argument("--cases", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -55,12 +58,29 @@ def main() -> None:
             walls = []
             for _ in range(3):
                 t = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "imagetomesh.cli", "segment", str(single), "--model", model,
-                                "--device", args.device, "-o", str(Path(tmp) / "out.stl")], check=True, capture_output=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "imagetomesh.cli",
+                        "segment",
+                        str(single),
+                        "--model",
+                        model,
+                        "--device",
+                        args.device,
+                        "-o",
+                        str(Path(tmp) / "out.stl"),
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
                 walls.append(time.perf_counter() - t)
             peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-            print(f"{model:<28} {args.device}: batch {best:.3f} s/case ({len(volumes)} cases)   "
-                  f"whole call {min(walls):.2f} s wall   peak memory {peak_mb:.0f} MB")
+            print(
+                f"{model:<28} {args.device}: batch {best:.3f} s/case ({len(volumes)} cases)   "
+                f"whole call {min(walls):.2f} s wall   peak memory {peak_mb:.0f} MB"
+            )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ vertices and faces. ``compare`` prints, per model, whether every case's faces ar
 the largest vertex difference in mm (limit 1e-4 mm); where the faces differ it prints the
 symmetric Chamfer distance instead (limit 1e-3 mm). Exit status 1 when a limit is broken.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -103,13 +104,17 @@ def main() -> int:
                 chamfers.append(_chamfer(v, f, rv, rf))
         if same_faces:
             good = max_dv <= VERTEX_TOL_MM
-            print(f"{label:34s} faces identical in {len(ids)}/{len(ids)} cases, max |dv| = {max_dv:.3g} mm "
-                  f"({'OK' if good else 'FAIL'}, limit {VERTEX_TOL_MM:g})")
+            print(
+                f"{label:34s} faces identical in {len(ids)}/{len(ids)} cases, max |dv| = {max_dv:.3g} mm "
+                f"({'OK' if good else 'FAIL'}, limit {VERTEX_TOL_MM:g})"
+            )
         else:
             worst = max(chamfers)
             good = worst <= CHAMFER_TOL_MM
-            print(f"{label:34s} faces differ in {len(chamfers)}/{len(ids)} cases; max Chamfer {worst:.3g} mm, "
-                  f"max |dv| elsewhere {max_dv:.3g} mm ({'OK' if good else 'FAIL'}, limit {CHAMFER_TOL_MM:g})")
+            print(
+                f"{label:34s} faces differ in {len(chamfers)}/{len(ids)} cases; max Chamfer {worst:.3g} mm, "
+                f"max |dv| elsewhere {max_dv:.3g} mm ({'OK' if good else 'FAIL'}, limit {CHAMFER_TOL_MM:g})"
+            )
         ok &= good
     print("ALL IDENTICAL WITHIN LIMITS" if ok else "DIFFERENCES BEYOND LIMITS")
     return 0 if ok else 1

@@ -1,4 +1,5 @@
 """`imagetomesh` end to end: mesh-from-label, evaluate, info, preview, and bad input."""
+
 import gzip
 import os
 import subprocess
@@ -10,9 +11,9 @@ import pytest
 import SimpleITK as sitk
 
 from imagetomesh.cli import main
+from imagetomesh.geometry.quality import check_mesh
 from imagetomesh.io.images import read_labelmap
 from imagetomesh.io.meshes import read_mesh
-from imagetomesh.geometry.quality import check_mesh
 from imagetomesh.metrics import mesh_dice_iou
 
 HIPPO_LABEL = "hippocampus/hippocampus_024_label.nii.gz"
@@ -126,8 +127,10 @@ def test_bad_label_input_exits_2_and_writes_nothing(samples, tmp_path, capsys, c
 
 def test_mesh_without_triangles_is_refused(samples, tmp_path, capsys):
     points_only = tmp_path / "points.ply"
-    points_only.write_text("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\n"
-                           "property float z\nend_header\n0 0 0\n1 0 0\n0 1 0\n")
+    points_only.write_text(
+        "ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\n"
+        "property float z\nend_header\n0 0 0\n1 0 0\n0 1 0\n"
+    )
     code, _, stderr = run(["evaluate", points_only, samples / HIPPO_LABEL], capsys)
     assert code == 2 and "triangles" in stderr
 
@@ -150,8 +153,11 @@ def test_bad_output_folder(samples, tmp_path, capsys, monkeypatch, problem):
 
 
 def test_console_script_prints_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "imagetomesh.cli", "info", str(tmp_path / "missing.nii.gz")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "imagetomesh.cli", "info", str(tmp_path / "missing.nii.gz")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("imagetomesh: error:") and "Traceback" not in result.stderr
 

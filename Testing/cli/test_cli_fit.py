@@ -3,6 +3,7 @@
 The fits run a handful of iterations: these tests check the wiring (files in, watertight mesh out
 in the right place, exit codes), not the accuracy (see docs/dals-results.md).
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,8 @@ FAST = ["--iterations", "2"]
 
 pytestmark = pytest.mark.skipif(
     not {"dals-kidney", "dals-hippocampus"} <= set(available_models()),
-    reason="the bundled DALS priors are not installed")
+    reason="the bundled DALS priors are not installed",
+)
 
 
 def run(argv, capsys):
@@ -49,8 +51,10 @@ def kidney_files(kidney, tmp_path_factory):
     csv = folder / "points.csv"
     csv.write_text("x,y,z\n" + "\n".join(",".join(f"{v:.4f}" for v in p) for p in points) + "\n")
     curves = [mask_outline(mask, centre, n) for n in np.eye(3)]
-    two = write_markups([Markup("ClosedCurve", "axial", curves[2]), Markup("ClosedCurve", "coronal", curves[1])],
-                        folder / "two.mrk.json")
+    two = write_markups(
+        [Markup("ClosedCurve", "axial", curves[2]), Markup("ClosedCurve", "coronal", curves[1])],
+        folder / "two.mrk.json",
+    )
     one = write_markups(Markup("ClosedCurve", "sagittal", curves[0]), folder / "one.mrk.json", "RAS")
     return {"csv": csv, "curves": [two, one], "curve_points": curves}
 
@@ -72,8 +76,24 @@ def test_fit_points(kidney, kidney_files, tmp_path, capsys):
 
 def test_fit_curves_from_several_files_ras_output(kidney, kidney_files, tmp_path, capsys):
     out = tmp_path / "fit.vtp"
-    code, stdout, err = run(["fit", "curves", *kidney_files["curves"], "--prior", "dals-kidney", "-o", out,
-                             "--lambda-dir", "inf", "--remesh", "--coordinate-system", "RAS", *FAST], capsys)
+    code, stdout, err = run(
+        [
+            "fit",
+            "curves",
+            *kidney_files["curves"],
+            "--prior",
+            "dals-kidney",
+            "-o",
+            out,
+            "--lambda-dir",
+            "inf",
+            "--remesh",
+            "--coordinate-system",
+            "RAS",
+            *FAST,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "3 curve(s)" in stdout
     mesh = read_mesh(out, coordinate_system="RAS")  # back to LPS
@@ -83,8 +103,9 @@ def test_fit_curves_from_several_files_ras_output(kidney, kidney_files, tmp_path
 
 def test_refine(samples, tmp_path, capsys):
     out = tmp_path / "refined.ply"
-    code, stdout, err = run(["refine", samples / HIPPO_LABEL, "--label", "1", "--prior", "dals-hippocampus",
-                             "-o", out, *FAST], capsys)
+    code, stdout, err = run(
+        ["refine", samples / HIPPO_LABEL, "--label", "1", "--prior", "dals-hippocampus", "-o", out, *FAST], capsys
+    )
     assert code == 0, err
     mask = read_labelmap(samples / HIPPO_LABEL, 1)
     centre = mask.index_to_lps[:3, :3] @ np.array(np.nonzero(mask.array)).mean(1)[::-1] + mask.origin
@@ -102,21 +123,35 @@ def expect_error(argv, capsys, out: Path, message: str):
 
 def test_unknown_prior_lists_available(kidney_files, tmp_path, capsys):
     out = tmp_path / "x.stl"
-    expect_error(["fit", "points", kidney_files["csv"], "--prior", "dals-liver", "-o", out], capsys, out,
-                 "available DALS priors: dals-hippocampus, dals-kidney")
+    expect_error(
+        ["fit", "points", kidney_files["csv"], "--prior", "dals-liver", "-o", out],
+        capsys,
+        out,
+        "available DALS priors: dals-hippocampus, dals-kidney",
+    )
 
 
 def test_curve_with_two_points(kidney_files, tmp_path, capsys):
-    bad = write_markups(Markup("ClosedCurve", "short", kidney_files["curve_points"][0][:2]), tmp_path / "short.mrk.json")
+    bad = write_markups(
+        Markup("ClosedCurve", "short", kidney_files["curve_points"][0][:2]), tmp_path / "short.mrk.json"
+    )
     out = tmp_path / "x.stl"
-    expect_error(["fit", "curves", kidney_files["curves"][0], bad, "--prior", "dals-kidney", "-o", out], capsys, out,
-                 "has 2 point(s)")
+    expect_error(
+        ["fit", "curves", kidney_files["curves"][0], bad, "--prior", "dals-kidney", "-o", out],
+        capsys,
+        out,
+        "has 2 point(s)",
+    )
 
 
 def test_two_identical_planes(kidney_files, tmp_path, capsys):
     out = tmp_path / "x.stl"
-    expect_error(["fit", "curves", kidney_files["curves"][1], kidney_files["curves"][1], "--prior", "dals-kidney",
-                  "-o", out], capsys, out, "lie in the same plane")
+    expect_error(
+        ["fit", "curves", kidney_files["curves"][1], kidney_files["curves"][1], "--prior", "dals-kidney", "-o", out],
+        capsys,
+        out,
+        "lie in the same plane",
+    )
 
 
 def test_curves_file_without_curves(kidney_files, tmp_path, capsys):
@@ -142,14 +177,19 @@ def test_refine_coverage_must_be_finite(samples, tmp_path, capsys):
 
 def test_missing_label_value(samples, tmp_path, capsys):
     out = tmp_path / "x.stl"
-    expect_error(["refine", samples / HIPPO_LABEL, "--label", "7", "--prior", "dals-hippocampus", "-o", out],
-                 capsys, out, "label 7 is not in labelmap")
+    expect_error(
+        ["refine", samples / HIPPO_LABEL, "--label", "7", "--prior", "dals-hippocampus", "-o", out],
+        capsys,
+        out,
+        "label 7 is not in labelmap",
+    )
 
 
 def test_bad_output(kidney_files, tmp_path, capsys):
     out = tmp_path / "mesh.txt"
-    expect_error(["fit", "points", kidney_files["csv"], "--prior", "dals-kidney", "-o", out], capsys, out,
-                 "mesh extension")
+    expect_error(
+        ["fit", "points", kidney_files["csv"], "--prior", "dals-kidney", "-o", out], capsys, out, "mesh extension"
+    )
     out = tmp_path / "missing" / "mesh.stl"
     code, _, err = run(["fit", "points", kidney_files["csv"], "--prior", "dals-kidney", "-o", out], capsys)
     assert code == 2 and "does not exist" in err and not out.parent.exists()
@@ -157,8 +197,20 @@ def test_bad_output(kidney_files, tmp_path, capsys):
 
 def test_bad_lambda_is_a_usage_error(kidney_files, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        run(["fit", "points", kidney_files["csv"], "--prior", "dals-kidney", "-o", tmp_path / "x.stl",
-             "--lambda-dir", "-1"], capsys)
+        run(
+            [
+                "fit",
+                "points",
+                kidney_files["csv"],
+                "--prior",
+                "dals-kidney",
+                "-o",
+                tmp_path / "x.stl",
+                "--lambda-dir",
+                "-1",
+            ],
+            capsys,
+        )
     assert exc.value.code == 2
 
 

@@ -1,11 +1,11 @@
 """No command ever replaces one of its inputs, by the same name or another name of the same file."""
+
 import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -15,8 +15,14 @@ FAST = ["--iterations", "20"]
 
 
 def imagetomesh(*argv, cwd):
-    return subprocess.run([sys.executable, "-m", "imagetomesh.cli", *map(str, argv)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return subprocess.run(
+        [sys.executable, "-m", "imagetomesh.cli", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
 
 
 def digest(path: Path) -> str:
@@ -30,18 +36,32 @@ def files(tmp_path_factory):
     image = sitk.ReadImage(str(SAMPLES / "hippocampus_024.nii.gz"))
     sitk.WriteImage(label, str(folder / "label.vtk"))
     sitk.WriteImage(image, str(folder / "image.vtk"))
-    subprocess.run([sys.executable, "-m", "imagetomesh.cli", "mesh-from-label", str(folder / "label.vtk"), "-o",
-                    str(folder / "surface.stl")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imagetomesh.cli",
+            "mesh-from-label",
+            str(folder / "label.vtk"),
+            "-o",
+            str(folder / "surface.stl"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return folder
 
 
-@pytest.mark.parametrize("command", [
-    ["mesh-from-label", "label.vtk", "-o", "label.vtk"],
-    ["fit", "points", "surface.stl", "--prior", "dals-hippocampus", "-o", "surface.stl", *FAST],
-    ["refine", "label.vtk", "--prior", "dals-hippocampus", "-o", "label.vtk", *FAST],
-    ["segment", "image.vtk", "--model", "unet-hippocampus", "-o", "image.vtk"],
-    ["mesh-from-label", "label.vtk", "-o", "hard-link-to-label.vtk"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["mesh-from-label", "label.vtk", "-o", "label.vtk"],
+        ["fit", "points", "surface.stl", "--prior", "dals-hippocampus", "-o", "surface.stl", *FAST],
+        ["refine", "label.vtk", "--prior", "dals-hippocampus", "-o", "label.vtk", *FAST],
+        ["segment", "image.vtk", "--model", "unet-hippocampus", "-o", "image.vtk"],
+        ["mesh-from-label", "label.vtk", "-o", "hard-link-to-label.vtk"],
+    ],
+)
 def test_an_input_is_never_replaced(files, command):
     if "hard-link-to-label.vtk" in command and not (files / "hard-link-to-label.vtk").exists():
         os.link(files / "label.vtk", files / "hard-link-to-label.vtk")

@@ -1,4 +1,5 @@
 """``imagetomesh models`` and model cards: one bad card never hides the others; priors are not segmenters."""
+
 import json
 import os
 import subprocess
@@ -73,6 +74,11 @@ def test_segment_with_a_prior_says_what_to_use_instead(tmp_path, capsys):
 
 def test_a_closed_pipe_ends_the_listing_quietly():
     shell = f"{sys.executable} -m imagetomesh.cli models --json | head -c 10"
-    run = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    run = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", shell],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert "Traceback" not in run.stderr and "BrokenPipeError" not in run.stderr

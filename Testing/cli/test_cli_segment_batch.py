@@ -1,4 +1,5 @@
 """``segment`` with several images: every target checked first, a bad image named and skipped, the others written."""
+
 import shutil
 from pathlib import Path
 
@@ -32,8 +33,21 @@ def images(tmp_path):
 def test_a_bad_image_is_named_and_the_good_ones_are_written(images, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
-    code, stdout, stderr = run(["segment", images / "a.nii.gz", images / "b_flat.nii.gz", images / "c.nii.gz",
-                                "--model", MODEL, "-o", out, "--batch-size", "3"], capsys)
+    code, stdout, stderr = run(
+        [
+            "segment",
+            images / "a.nii.gz",
+            images / "b_flat.nii.gz",
+            images / "c.nii.gz",
+            "--model",
+            MODEL,
+            "-o",
+            out,
+            "--batch-size",
+            "3",
+        ],
+        capsys,
+    )
     assert code == 2
     assert sorted(p.name for p in out.iterdir()) == ["a.stl", "c.stl"]
     errors = [line for line in stderr.splitlines() if line.startswith("imagetomesh: error:")]
@@ -49,8 +63,9 @@ def test_an_image_the_model_fails_on_is_found_in_its_batch(images, tmp_path, cap
     sitk.WriteImage(empty, str(blank))
     out = tmp_path / "out"
     out.mkdir()
-    code, _, stderr = run(["segment", images / "a.nii.gz", blank, images / "c.nii.gz", "--model", MODEL, "-o", out],
-                          capsys)
+    code, _, stderr = run(
+        ["segment", images / "a.nii.gz", blank, images / "c.nii.gz", "--model", MODEL, "-o", out], capsys
+    )
     assert code == 2 and sorted(p.name for p in out.iterdir()) == ["a.stl", "c.stl"]
     errors = [line for line in stderr.splitlines() if line.startswith("imagetomesh: error:")]
     assert len(errors) == 1 and "blank.nii.gz" in errors[0]
@@ -68,6 +83,8 @@ def test_every_target_is_checked_before_any_work(images, tmp_path, capsys):
 @pytest.mark.parametrize("size", ["0", "-1", "two"])
 def test_batch_size_must_be_a_positive_whole_number(images, tmp_path, capsys, size):
     with pytest.raises(SystemExit) as exit_info:
-        main(["segment", str(images / "a.nii.gz"), "--model", MODEL, "-o", str(tmp_path / "a.stl"), "--batch-size", size])
+        main(
+            ["segment", str(images / "a.nii.gz"), "--model", MODEL, "-o", str(tmp_path / "a.stl"), "--batch-size", size]
+        )
     assert exit_info.value.code == 2
     assert "--batch-size must be" in capsys.readouterr().err

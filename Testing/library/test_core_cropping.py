@@ -1,4 +1,5 @@
 """Cropping keeps every kept voxel at its LPS position, by index box and by an (oblique) LPS box."""
+
 import numpy as np
 import pytest
 

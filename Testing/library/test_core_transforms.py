@@ -1,4 +1,5 @@
 """Coordinate maps: index <-> LPS <-> grid <-> RAS round trips on awkward headers."""
+
 import numpy as np
 import pytest
 import torch
@@ -37,8 +38,12 @@ def test_index_lps_grid_round_trip(volume):
 def test_index_lps_matches_definition_slowly():
     volume = list(_volumes())[1]
     i, j, k = 3.0, 2.0, 5.0
-    expected = volume.origin + volume.direction[:, 0] * volume.spacing[0] * i \
-        + volume.direction[:, 1] * volume.spacing[1] * j + volume.direction[:, 2] * volume.spacing[2] * k
+    expected = (
+        volume.origin
+        + volume.direction[:, 0] * volume.spacing[0] * i
+        + volume.direction[:, 1] * volume.spacing[1] * j
+        + volume.direction[:, 2] * volume.spacing[2] * k
+    )
     np.testing.assert_allclose(transform_points(volume.index_to_lps, [[i, j, k]])[0], expected, atol=1e-12)
 
 
@@ -50,7 +55,8 @@ def test_grid_matches_grid_sample_axis_order():
     for i, j, k in [(0, 0, 0), (5, 4, 3), (2, 1, 3), (4, 0, 1)]:
         g = index_to_grid(np.array([[i, j, k]], dtype=float), size_ijk)
         sampled = torch.nn.functional.grid_sample(
-            torch.from_numpy(array)[None, None], torch.tensor(g, dtype=torch.float32).view(1, 1, 1, 1, 3),
+            torch.from_numpy(array)[None, None],
+            torch.tensor(g, dtype=torch.float32).view(1, 1, 1, 1, 3),
             align_corners=True,
         )
         assert sampled.item() == pytest.approx(array[k, j, i], abs=1e-5)
@@ -64,7 +70,9 @@ def test_grid_corners_are_voxel_centres():
 
 
 def test_reflection_keeps_faces_outward():
-    tetra = Mesh(np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]]), np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]]))
+    tetra = Mesh(
+        np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]]), np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    )
     assert tetra.signed_volume() > 0
     volume = list(_volumes())[1]
     moved = tetra.transformed(volume.index_to_lps)

@@ -1,4 +1,5 @@
 """DALS fitting: a tiny prior learned from ellipsoids recovers an ellipsoid; every task's bad input."""
+
 import json
 import math
 
@@ -36,10 +37,14 @@ def tiny_prior():
     shapes = [np.array([1.0, a, b]) for a in (0.5, 0.75, 1.0) for b in (0.4, 0.7)]
     normalised, _, _ = normalise_shapes(np.stack([ellipsoid_points(a, 600, rng) for a in shapes]))
     targets = torch.tensor(normalised, dtype=torch.float32)
-    config = DALSTrainConfig(model=DALSConfig(latent_dim=4, hidden=(32, 32, 16), train_template_level=2,
-                                              fit_template_level=3),
-                             batch_size=6, target_points=200, surface_samples=100,
-                             augment=WolfConfig(probability=0.0), lambda_reg=1e-3)
+    config = DALSTrainConfig(
+        model=DALSConfig(latent_dim=4, hidden=(32, 32, 16), train_template_level=2, fit_template_level=3),
+        batch_size=6,
+        target_points=200,
+        surface_samples=100,
+        augment=WolfConfig(probability=0.0),
+        lambda_reg=1e-3,
+    )
     torch.manual_seed(0)
     decoder = DALSDecoder(config.model)
     latents = torch.nn.Parameter(torch.randn(len(shapes), 4) * 0.01)
@@ -47,7 +52,9 @@ def tiny_prior():
     template, faces = icosphere(2)
     generator = torch.Generator().manual_seed(0)
     for _ in range(100):
-        loss, _ = autodecoder_loss(decoder, latents, targets, torch.arange(len(shapes)), template, faces, config, generator)
+        loss, _ = autodecoder_loss(
+            decoder, latents, targets, torch.arange(len(shapes)), template, faces, config, generator
+        )
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -91,9 +98,11 @@ def test_progress_can_cancel(tiny_prior, target_points):
 def test_fit_curves_on_three_orthogonal_ellipses(tiny_prior, target_points):
     t = np.linspace(0, 2 * np.pi, 40, endpoint=False)
     a, b, c = AXES
-    curves = [np.stack([a * np.cos(t), b * np.sin(t), 0 * t], 1) + CENTRE,
-              np.stack([a * np.cos(t), 0 * t, c * np.sin(t)], 1) + CENTRE,
-              np.stack([0 * t, b * np.cos(t), c * np.sin(t)], 1) + CENTRE]
+    curves = [
+        np.stack([a * np.cos(t), b * np.sin(t), 0 * t], 1) + CENTRE,
+        np.stack([a * np.cos(t), 0 * t, c * np.sin(t)], 1) + CENTRE,
+        np.stack([0 * t, b * np.cos(t), c * np.sin(t)], 1) + CENTRE,
+    ]
     mesh = fit_curves(curves, tiny_prior, iterations=100)
     assert_good_mesh(mesh)
     assert point_to_mesh_distance(target_points, mesh).mean() < 1.5
@@ -120,7 +129,7 @@ def test_coverage_loss_matches_brute_force_and_ignores_far_points():
     samples = sample_points_on_mesh(verts, faces, SURFACE_SAMPLES, generator=torch.Generator().manual_seed(3))
     surface = torch.cat([verts, samples])
     d2 = torch.stack([((surface - b) ** 2).sum(1).min() for b in boundary])  # every pair, one point at a time
-    slow = scale * (d2 / (d2 + scale ** 2)).mean()
+    slow = scale * (d2 / (d2 + scale**2)).mean()
     torch.testing.assert_close(fast, slow)
     (grad_fast,) = torch.autograd.grad(fast, verts)
     (grad_slow,) = torch.autograd.grad(slow, verts)
@@ -131,8 +140,9 @@ def test_coverage_loss_matches_brute_force_and_ignores_far_points():
     far = torch.tensor([[0.0, 0.0, 30.0]], dtype=torch.float64)
     moving = verts.detach().clone().requires_grad_(True)
     near_only = coverage_loss(moving, faces, on_sphere * 1.05, scale=scale, generator=torch.Generator().manual_seed(0))
-    with_far = coverage_loss(moving, faces, torch.cat([on_sphere * 1.05, far]), scale=scale,
-                             generator=torch.Generator().manual_seed(0))
+    with_far = coverage_loss(
+        moving, faces, torch.cat([on_sphere * 1.05, far]), scale=scale, generator=torch.Generator().manual_seed(0)
+    )
     assert float(with_far) * 51 - float(near_only) * 50 <= scale + 1e-9
     (g,) = torch.autograd.grad(with_far * 51 - near_only * 50, moving)
     assert float(g.norm()) < 1e-3
@@ -147,8 +157,13 @@ def test_refine_coverage_weight_is_checked(tiny_prior):
 
 
 def test_saved_prior_loads_by_folder(tiny_prior, tmp_path):
-    card = {"kind": "dals", "config": tiny_prior.config.to_dict(), "mean_latent": tiny_prior.mean_latent.tolist(),
-            "paired": True, "latent_std": 0.1}
+    card = {
+        "kind": "dals",
+        "config": tiny_prior.config.to_dict(),
+        "mean_latent": tiny_prior.mean_latent.tolist(),
+        "paired": True,
+        "latent_std": 0.1,
+    }
     save_weights(tiny_prior.decoder, tmp_path / "dals-tiny", card)
     prior = load_prior(str(tmp_path / "dals-tiny"))
     assert prior.paired and prior.decoder.latent_dim == 4
@@ -170,12 +185,15 @@ def test_non_dals_model_is_refused(tmp_path):
         load_prior(str(folder))
 
 
-@pytest.mark.parametrize("points, message", [
-    (np.zeros((3, 3)), "at least 4 points"),
-    (np.zeros((5, 2)), r"\(N, 3\)"),
-    (np.array([[0, 0, 0], [1, 1, 1], [2, 2, 2], [3, 3, 3.0]]), "one line"),
-    (np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [np.nan, 0, 1]]), "NaN"),
-])
+@pytest.mark.parametrize(
+    "points, message",
+    [
+        (np.zeros((3, 3)), "at least 4 points"),
+        (np.zeros((5, 2)), r"\(N, 3\)"),
+        (np.array([[0, 0, 0], [1, 1, 1], [2, 2, 2], [3, 3, 3.0]]), "one line"),
+        (np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [np.nan, 0, 1]]), "NaN"),
+    ],
+)
 def test_fit_points_bad_points(tiny_prior, points, message):
     with pytest.raises(InputError, match=message):
         fit_points(points, tiny_prior, iterations=1)
@@ -188,12 +206,15 @@ def test_points_in_one_plane_warn_under_constrained(tiny_prior):
         fit_points(flat, tiny_prior, iterations=2)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"lambda_dir": -1.0}, "lambda_dir must be >= 0"),
-    ({"lambda_reg": float("nan")}, "lambda_reg must be >= 0"),
-    ({"iterations": 0}, "iterations must be"),
-    ({"device": "tpu"}, "unknown device"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"lambda_dir": -1.0}, "lambda_dir must be >= 0"),
+        ({"lambda_reg": float("nan")}, "lambda_reg must be >= 0"),
+        ({"iterations": 0}, "iterations must be"),
+        ({"device": "tpu"}, "unknown device"),
+    ],
+)
 def test_bad_settings(tiny_prior, target_points, kwargs, message):
     with pytest.raises(InputError, match=message):
         fit_points(target_points, tiny_prior, **kwargs)

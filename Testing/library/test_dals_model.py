@@ -1,4 +1,5 @@
 """DALS decoder, normalisation, the L_dir term, the labelmap task's custom gradient, the curve cut loss."""
+
 import math
 
 import numpy as np
@@ -26,8 +27,10 @@ def test_default_architecture_is_the_papers():
     assert [n.normalized_shape[0] for n in dec.norms] == [724, 724, 362]
 
 
-@pytest.mark.parametrize("shape_x, shape_z", [((50, 3), (50, 8)), ((50, 3), (1, 8)), ((50, 3), (8,)),
-                                              ((2, 50, 3), (2, 1, 8)), ((2, 50, 3), (2, 50, 8))])
+@pytest.mark.parametrize(
+    "shape_x, shape_z",
+    [((50, 3), (50, 8)), ((50, 3), (1, 8)), ((50, 3), (8,)), ((2, 50, 3), (2, 1, 8)), ((2, 50, 3), (2, 50, 8))],
+)
 def test_decoder_shapes_and_broadcast(shape_x, shape_z):
     torch.manual_seed(0)
     dec = tiny()
@@ -112,8 +115,9 @@ def sphere_field():
     spacing = np.array([1.0, 1.2, 1.5])  # (i, j, k) mm
     centre = np.array([24, 22, 20])
     radius_mm = 14.0
-    d = np.sqrt(((i - centre[0]) * spacing[0]) ** 2 + ((j - centre[1]) * spacing[1]) ** 2
-                + ((k - centre[2]) * spacing[2]) ** 2)
+    d = np.sqrt(
+        ((i - centre[0]) * spacing[0]) ** 2 + ((j - centre[1]) * spacing[1]) ** 2 + ((k - centre[2]) * spacing[2]) ** 2
+    )
     direction = np.array([[0.0, 0, 1], [0, 1, 0], [-1, 0, 0]])  # a permuting header, as KiTS has
     mask = Volume((d <= radius_mm).astype(np.uint8), spacing, [10.0, -5.0, 3.0], direction)
     centre_lps = mask.index_to_lps[:3, :3] @ centre + mask.origin
@@ -145,10 +149,17 @@ def test_custom_gradient_is_sobel_image_and_matches_finite_differences(sphere_fi
     # G matches central finite differences of U (step 1 mm) and points away from the sphere
     g = field.sample_g(pts.detach()).numpy()
     h = 1.0
-    fd = np.stack([
-        (field.sample_u(pts.detach() + h * torch.eye(3, dtype=torch.float64)[a]).numpy()
-         - field.sample_u(pts.detach() - h * torch.eye(3, dtype=torch.float64)[a]).numpy()) / (2 * h)
-        for a in range(3)], axis=1)
+    fd = np.stack(
+        [
+            (
+                field.sample_u(pts.detach() + h * torch.eye(3, dtype=torch.float64)[a]).numpy()
+                - field.sample_u(pts.detach() - h * torch.eye(3, dtype=torch.float64)[a]).numpy()
+            )
+            / (2 * h)
+            for a in range(3)
+        ],
+        axis=1,
+    )
     assert np.abs(g - fd).max() < 0.15
     cos = (g * dirs).sum(1) / np.linalg.norm(g, axis=1)
     assert cos.min() > 0.95
@@ -157,7 +168,9 @@ def test_custom_gradient_is_sobel_image_and_matches_finite_differences(sphere_fi
 # --- curves task ------------------------------------------------------------------------------------
 def test_curve_cut_points_are_differentiable():
     verts, faces = icosphere(2, dtype=torch.float64)
-    verts = verts * torch.tensor([1.0, 0.8, 0.6], dtype=torch.float64) + 0.01 * torch.randn(verts.shape, dtype=torch.float64)
+    verts = verts * torch.tensor([1.0, 0.8, 0.6], dtype=torch.float64) + 0.01 * torch.randn(
+        verts.shape, dtype=torch.float64
+    )
     th = np.linspace(0, 2 * np.pi, 30, endpoint=False)
     curve = np.stack([0.9 * np.cos(th), 0.7 * np.sin(th), np.full_like(th, 0.1)], 1)
     loss = CurveLoss([planar_curve(curve)], np.zeros(3), 1.0)
@@ -177,8 +190,14 @@ def test_curve_cut_points_are_differentiable():
 def test_curve_loss_is_zero_for_a_matching_cut():
     # the icosphere cut by z = 0 is a polygon; the curve is that same cut, densely resampled
     verts, faces = icosphere(3)
-    loss = CurveLoss([planar_curve(np.stack([np.cos(t), np.sin(t), 0.0 * t], 1))
-                      for t in [np.linspace(0, 2 * np.pi, 400, endpoint=False)]], np.zeros(3), 1.0)
+    loss = CurveLoss(
+        [
+            planar_curve(np.stack([np.cos(t), np.sin(t), 0.0 * t], 1))
+            for t in [np.linspace(0, 2 * np.pi, 400, endpoint=False)]
+        ],
+        np.zeros(3),
+        1.0,
+    )
     assert float(loss(verts, faces)) < 1e-3
     moved = verts * 1.3
     assert float(loss(moved, faces)) > 0.05
@@ -200,7 +219,7 @@ def test_kdtree_chamfer_equals_library_chamfer():
 def test_adam_matches_formula():
     p = torch.tensor([1.0, -2.0], requires_grad=True)
     opt = Adam([(p, 0.1)])
-    (p ** 2).sum().backward()
+    (p**2).sum().backward()
     opt.step()
     # first Adam step moves each coordinate by lr * sign(g)
     assert torch.allclose(p.detach(), torch.tensor([0.9, -1.9]), atol=1e-6)

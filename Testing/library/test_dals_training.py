@@ -1,4 +1,5 @@
 """DALS training: shape data (kidney splitting, mirroring), augmentation, a tiny resumable run."""
+
 import json
 
 import numpy as np
@@ -9,15 +10,17 @@ from imagetomesh.core import Volume
 from imagetomesh.errors import InputError
 from imagetomesh.fitting import load_prior
 from imagetomesh.models.dals import DALSConfig
-from imagetomesh.training.dals_shapes import load_shapes, split_kidneys, surface_points
 from imagetomesh.training.dals_augment import WolfConfig, random_rotations, wolf_deform
+from imagetomesh.training.dals_shapes import load_shapes, split_kidneys, surface_points
 from imagetomesh.training.engine import train
 from imagetomesh.training.tasks.dals import DALSTrainConfig, get_dals_config
 
 
 def blob(shape, centre, radii):
     k, j, i = np.indices(shape)
-    return ((i - centre[0]) / radii[0]) ** 2 + ((j - centre[1]) / radii[1]) ** 2 + ((k - centre[2]) / radii[2]) ** 2 <= 1
+    return ((i - centre[0]) / radii[0]) ** 2 + ((j - centre[1]) / radii[1]) ** 2 + (
+        (k - centre[2]) / radii[2]
+    ) ** 2 <= 1
 
 
 def test_split_kidneys_sides_tumour_and_mirroring():
@@ -34,11 +37,14 @@ def test_split_kidneys_sides_tumour_and_mirroring():
     assert [o.shape_id for o in organs] == ["case_x_left", "case_x_right"]
     left, right = organs
     # the left kidney is the one with the larger L (x) coordinate: k = 22 -> x = 44 mm
-    centre_left = left.mask.index_to_lps[:3, :3] @ (np.array(np.nonzero(left.mask.array)).mean(1)[::-1]) + left.mask.origin
+    centre_left = (
+        left.mask.index_to_lps[:3, :3] @ (np.array(np.nonzero(left.mask.array)).mean(1)[::-1]) + left.mask.origin
+    )
     assert centre_left[0] > 30
     # kidney + tumour together
-    assert left.mask.array.sum() == int((label[..., :] > 0)[blob(shape, (45, 20, 22), (6, 8, 5))
-                                                            | blob(shape, (45, 26, 22), (3, 3, 3))].sum())
+    assert left.mask.array.sum() == int(
+        (label[..., :] > 0)[blob(shape, (45, 20, 22), (6, 8, 5)) | blob(shape, (45, 26, 22), (3, 3, 3))].sum()
+    )
     p_left = surface_points(left, 500)
     p_right = surface_points(right, 500)
     assert p_left[:, 0].mean() > 0 and p_right[:, 0].mean() < 0  # right mirrored to x -> -x
@@ -101,10 +107,19 @@ def fake_msd(tmp_path, write_msd):
 
 
 def test_tiny_training_run_resumes_and_writes_a_loadable_prior(fake_msd, tmp_path):
-    config = DALSTrainConfig(shapes="hippocampus", model=DALSConfig(latent_dim=4, hidden=(8, 8, 8),
-                                                                    train_template_level=1, fit_template_level=1),
-                             steps=2, batch_size=2, target_points=100, surface_samples=50, val_shapes=1,
-                             val_iterations=2, checkpoint_every=1, log_every=1, bf16=False)
+    config = DALSTrainConfig(
+        shapes="hippocampus",
+        model=DALSConfig(latent_dim=4, hidden=(8, 8, 8), train_template_level=1, fit_template_level=1),
+        steps=2,
+        batch_size=2,
+        target_points=100,
+        surface_samples=50,
+        val_shapes=1,
+        val_iterations=2,
+        checkpoint_every=1,
+        log_every=1,
+        bf16=False,
+    )
     split = tmp_path / "split.json"
     out = tmp_path / "run"
     messages = []

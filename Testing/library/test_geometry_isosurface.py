@@ -1,4 +1,5 @@
 """labelmap_to_mesh: closed, outward, in LPS mm, faithful to the label (Dice when rasterised back)."""
+
 import warnings
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Mesh regularisers and triangle quality against Python-loop references; gradient checks."""
+
 import math
 
 import numpy as np
@@ -7,8 +8,8 @@ import torch
 
 from imagetomesh.geometry import (
     edge_index_from_faces,
-    edges_from_faces,
     edge_length_loss,
+    edges_from_faces,
     icosphere,
     laplacian_smoothing_loss,
     mean_triangle_quality,
@@ -83,7 +84,9 @@ def test_normal_consistency_matches_loop():
     # Open mesh: boundary edges are ignored.
     verts, faces = bumpy_sphere(1, 2)
     faces = faces[:50]
-    np.testing.assert_allclose(normal_consistency_loss(verts, faces).item(), ref_normal_consistency(verts, faces), rtol=1e-10)
+    np.testing.assert_allclose(
+        normal_consistency_loss(verts, faces).item(), ref_normal_consistency(verts, faces), rtol=1e-10
+    )
 
 
 def test_normal_consistency_flat_and_icosahedron_values():

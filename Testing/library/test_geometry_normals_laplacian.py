@@ -1,4 +1,5 @@
 """Normals, areas and sparse Laplacians against numpy / dense references on tiny meshes."""
+
 import numpy as np
 import pytest
 import torch
@@ -84,7 +85,9 @@ def test_vertex_normals_match_loop_and_sphere():
 def test_normals_are_differentiable():
     verts, faces = tetra()
     verts = (verts + 0.1 * torch.randn(4, 3, dtype=torch.float64)).requires_grad_()
-    torch.autograd.gradcheck(lambda v: (face_normals(v, faces), face_areas(v, faces), vertex_normals(v, faces)), (verts,))
+    torch.autograd.gradcheck(
+        lambda v: (face_normals(v, faces), face_areas(v, faces), vertex_normals(v, faces)), (verts,)
+    )
 
 
 # ---------------------------------------------------------------- Laplacians

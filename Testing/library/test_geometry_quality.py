@@ -1,4 +1,5 @@
 """check_mesh / repair_mesh / orient_outward on hand-made meshes, edge counts vs a slow reference."""
+
 import warnings
 from collections import Counter, defaultdict
 
@@ -21,12 +22,18 @@ CUBE_VERTICES = np.array(
 )
 CUBE_FACES = np.array(
     [
-        [0, 3, 2], [0, 2, 1],  # z = 0, normal -z
-        [4, 5, 6], [4, 6, 7],  # z = 1, normal +z
-        [0, 1, 5], [0, 5, 4],  # y = 0, normal -y
-        [3, 7, 6], [3, 6, 2],  # y = 1, normal +y
-        [0, 4, 7], [0, 7, 3],  # x = 0, normal -x
-        [1, 2, 6], [1, 6, 5],  # x = 1, normal +x
+        [0, 3, 2],
+        [0, 2, 1],  # z = 0, normal -z
+        [4, 5, 6],
+        [4, 6, 7],  # z = 1, normal +z
+        [0, 1, 5],
+        [0, 5, 4],  # y = 0, normal -y
+        [3, 7, 6],
+        [3, 6, 2],  # y = 1, normal +y
+        [0, 4, 7],
+        [0, 7, 3],  # x = 0, normal -x
+        [1, 2, 6],
+        [1, 6, 5],  # x = 1, normal +x
     ]
 )
 
@@ -150,7 +157,7 @@ def test_nested_cavity_orientation():
 
 def test_edge_and_vertex_counts_match_slow_reference():
     rng = np.random.default_rng(0)
-    for trial in range(5):
+    for _ in range(5):
         vertices = rng.normal(size=(30, 3))
         faces = np.array([rng.choice(30, 3, replace=False) for _ in range(60)])
         mesh = Mesh(vertices, faces)

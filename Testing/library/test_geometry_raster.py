@@ -1,4 +1,5 @@
 """rasterize_mesh against a slow ray-parity reference; VTK <-> Mesh conversion round trips."""
+
 import numpy as np
 import pytest
 from vtkmodules.vtkCommonCore import vtkPoints

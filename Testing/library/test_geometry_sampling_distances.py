@@ -1,4 +1,5 @@
 """Surface sampling and chunked distances against brute-force numpy / Python-loop references."""
+
 import numpy as np
 import pytest
 import torch

@@ -2,6 +2,7 @@
 
 Fast ops are compared with Python-loop references on small meshes.
 """
+
 import itertools
 
 import numpy as np
@@ -229,7 +230,9 @@ def test_subdivide_positions_features_against_loop():
 
     expected = []
     for a, b, c in faces.tolist():
-        expected.append({(a, m(a, b), m(c, a)), (m(a, b), b, m(b, c)), (m(c, a), m(b, c), c), (m(a, b), m(b, c), m(c, a))})
+        expected.append(
+            {(a, m(a, b), m(c, a)), (m(a, b), b, m(b, c)), (m(c, a), m(b, c), c), (m(a, b), m(b, c), m(c, a))}
+        )
     got = new_faces.view(4, -1, 3).permute(1, 0, 2).tolist()
     for f, quads in enumerate(got):
         assert {tuple(t) for t in quads} == expected[f]

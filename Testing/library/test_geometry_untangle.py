@@ -1,4 +1,5 @@
 """untangle: folds pulled out locally, connectivity and the rest of the surface kept."""
+
 import numpy as np
 
 from imagetomesh.core.mesh import Mesh

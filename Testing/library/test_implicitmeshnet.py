@@ -1,4 +1,5 @@
 """ImplicitMeshNet: shapes, closed meshes, gradients through g_phi, a training step, segment round trip."""
+
 import json
 
 import numpy as np
@@ -9,15 +10,25 @@ from imagetomesh.core.mesh import Mesh
 from imagetomesh.core.volume import Volume
 from imagetomesh.geometry.laplacian import sym_norm_laplacian
 from imagetomesh.geometry.quality import check_mesh
-from imagetomesh.models.implicitmeshnet import ImplicitMeshNet, ImplicitMeshNetConfig, MeshToSDF, MeshToSDFConfig, level_shapes
+from imagetomesh.models.implicitmeshnet import (
+    ImplicitMeshNet,
+    ImplicitMeshNetConfig,
+    MeshToSDF,
+    MeshToSDFConfig,
+    level_shapes,
+)
 from imagetomesh.models.registry import build_model
 from imagetomesh.nn.grid import isotropic_scale
 from imagetomesh.nn.unet import UNet3D, UNetConfig
 from imagetomesh.preprocessing import GridSpec
-from imagetomesh.training.implicitmeshnet_shapes import random_shape
 from imagetomesh.training.implicitmeshnet_losses import beta_at, lr_factor, sdf_step, sdf_targets, surface_terms
+from imagetomesh.training.implicitmeshnet_shapes import random_shape
 from imagetomesh.training.tasks.implicitmeshnet import (
-    ImplicitMeshNetTrainConfig, get_implicitmeshnet_config, pretrain_sdf, save_sdf_net, start_sdf_net_from,
+    ImplicitMeshNetTrainConfig,
+    get_implicitmeshnet_config,
+    pretrain_sdf,
+    save_sdf_net,
+    start_sdf_net_from,
 )
 from imagetomesh.weights import save_weights
 
@@ -146,7 +157,9 @@ def test_beta_is_cosine_annealed_and_configs_exist():
     assert beta_at(0.0, config) == pytest.approx(1000.0) and beta_at(1.0, config) == pytest.approx(0.01)
     assert beta_at(0.5, config) == pytest.approx((1000.0 + 0.01) / 2)
     gpu = get_implicitmeshnet_config("gpu")
-    assert gpu.model["unet"]["block"] == "residual" and gpu.model["unet"]["base"] == 16 and gpu.model["unet"]["depth"] == 5
+    assert (
+        gpu.model["unet"]["block"] == "residual" and gpu.model["unet"]["base"] == 16 and gpu.model["unet"]["depth"] == 5
+    )
     assert gpu.lr == 1e-4 and gpu.lr_sdf == 3e-5 and gpu.tau == 1e-2
     with pytest.raises(ValueError, match="no config"):
         get_implicitmeshnet_config("tpu")
@@ -161,7 +174,11 @@ def test_learning_rate_factor_is_constant_or_a_cosine_to_zero():
     with pytest.raises(ValueError, match="lr_schedule"):
         lr_factor(0.5, small_config(lr_schedule="step"))
     finetune = get_implicitmeshnet_config("cpu-finetune")
-    assert finetune.lr_schedule == "cosine" and finetune.pretrain_steps == 0 and finetune.model == get_implicitmeshnet_config("cpu").model
+    assert (
+        finetune.lr_schedule == "cosine"
+        and finetune.pretrain_steps == 0
+        and finetune.model == get_implicitmeshnet_config("cpu").model
+    )
 
 
 def test_sdf_net_starts_from_a_file_and_keeps_it_as_the_runs_pretrained_weights(tmp_path):
@@ -198,15 +215,25 @@ def test_tiny_run_then_a_fine_tuning_run_from_its_model_and_g_phi(tmp_path, writ
         cases.append((label + rng.normal(0, 0.1, SHAPE), label))
     msd = write_msd(tmp_path / "msd", cases)
     torch.manual_seed(5)
-    best = train(small_config(steps=2, val_every=1, batch_size=1, pretrain_steps=1, pretrain_batch=1),
-                                 msd, tmp_path / "run", log=lambda m: None)
+    best = train(
+        small_config(steps=2, val_every=1, batch_size=1, pretrain_steps=1, pretrain_batch=1),
+        msd,
+        tmp_path / "run",
+        log=lambda m: None,
+    )
     assert (tmp_path / "run" / "pretrain.pt").is_file() and (tmp_path / "run" / "sdf_net.safetensors").is_file()
     assert json.loads((best / "card.json").read_text())["kind"] == "implicitmeshnet"
 
     messages = []
     config = small_config(steps=3, val_every=1, batch_size=1, pretrain_steps=0, lr=1e-3, lr_schedule="cosine")
-    train(config, msd, tmp_path / "tune", init_from=best, sdf_from=tmp_path / "run" / "sdf_net.safetensors",
-                          log=messages.append)
+    train(
+        config,
+        msd,
+        tmp_path / "tune",
+        init_from=best,
+        sdf_from=tmp_path / "run" / "sdf_net.safetensors",
+        log=messages.append,
+    )
     assert any(m.startswith("initialised all") for m in messages)
     assert not (tmp_path / "tune" / "pretrain.pt").exists()  # g_phi came from the file, not from pretraining
     lrs = [json.loads(line)["lr"] for line in (tmp_path / "tune" / "log.jsonl").read_text().splitlines()]
@@ -221,7 +248,9 @@ def test_segment_round_trip_gives_a_watertight_mesh_in_millimetres(tmp_path):
     torch.manual_seed(4)
     model = build_model("implicitmeshnet", SMALL)
     grid = GridSpec(SHAPE, (2.0, 2.0, 2.0))
-    save_weights(model, tmp_path / "imn", {"kind": "implicitmeshnet", "config": model.config.to_dict(), "grid": grid.to_dict()})
+    save_weights(
+        model, tmp_path / "imn", {"kind": "implicitmeshnet", "config": model.config.to_dict(), "grid": grid.to_dict()}
+    )
     json.loads((tmp_path / "imn" / "card.json").read_text())
     segmenter = Segmenter(load_model(str(tmp_path / "imn"), "cpu"))
     origin = np.array([10.0, -20.0, 5.0])
@@ -239,12 +268,17 @@ def test_segment_round_trip_gives_a_watertight_mesh_in_millimetres(tmp_path):
 
 def test_inference_smoothing_changes_only_the_eval_output_and_keeps_the_volume():
     from imagetomesh.geometry.laplacian import taubin_smooth
-    from imagetomesh.geometry.topology import icosphere, edge_index_from_faces
+    from imagetomesh.geometry.topology import edge_index_from_faces, icosphere
 
     verts, faces = icosphere(3, dtype=torch.float64)
-    rough = verts * (1 + 0.05 * torch.randn(len(verts), 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    rough = verts * (
+        1 + 0.05 * torch.randn(len(verts), 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    )
     smooth = taubin_smooth(rough, edge_index_from_faces(faces), 10)
-    radial = lambda v: float(v.norm(dim=1).std())
+
+    def radial(v):
+        return float(v.norm(dim=1).std())
+
     assert radial(smooth) < 0.5 * radial(rough)  # wrinkles damped
     assert abs(float(smooth.norm(dim=1).mean()) - float(rough.norm(dim=1).mean())) < 0.02  # no shrinking
     torch.manual_seed(5)

@@ -5,6 +5,7 @@
 - The library never imports Slicer or Qt; the Slicer module never imports torch, pymeshlab or
   scipy (its process is Slicer's: the worker does the heavy work).
 """
+
 import ast
 from pathlib import Path
 
@@ -52,14 +53,40 @@ def _violations(files, forbidden) -> list:
 
 def test_core_is_numpy_only():
     forbidden = ["torch", "scipy", "pymeshlab", "SimpleITK", "vtk", "vtkmodules"] + [
-        f"imagetomesh.{part}" for part in ("nn", "models", "training", "fitting", "geometry", "io", "backend", "cli",
-                                           "inference", "zoo", "weights", "metrics", "preprocessing", "preview", "demo")]
+        f"imagetomesh.{part}"
+        for part in (
+            "nn",
+            "models",
+            "training",
+            "fitting",
+            "geometry",
+            "io",
+            "backend",
+            "cli",
+            "inference",
+            "zoo",
+            "weights",
+            "metrics",
+            "preprocessing",
+            "preview",
+            "demo",
+        )
+    ]
     assert _violations(_python_files(LIBRARY / "core"), forbidden) == []
 
 
 def test_models_touch_no_files_cli_backend_or_slicer():
-    forbidden = ["imagetomesh.io", "imagetomesh.cli", "imagetomesh.backend", "imagetomesh.demo", "imagetomesh.preview",
-                 "slicer", "qt", "ctk", "SimpleITK"]
+    forbidden = [
+        "imagetomesh.io",
+        "imagetomesh.cli",
+        "imagetomesh.backend",
+        "imagetomesh.demo",
+        "imagetomesh.preview",
+        "slicer",
+        "qt",
+        "ctk",
+        "SimpleITK",
+    ]
     assert _violations(_python_files(LIBRARY / "models"), forbidden) == []
 
 

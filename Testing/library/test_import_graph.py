@@ -4,6 +4,7 @@ The import graph is read from the source with ``ast`` (every ``import``, includi
 functions, except under ``if TYPE_CHECKING:``): a lazy import inside a function is still a
 dependency, and a loop of them is a tangle even when Python happens to load it.
 """
+
 import ast
 import importlib
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import imagetomesh
 
 PACKAGE = Path(imagetomesh.__file__).resolve().parent
+
 
 def _modules() -> dict[str, tuple[Path, bool]]:
     """``{dotted name: (file, is a package's __init__)}`` of every module of the package."""

@@ -1,7 +1,7 @@
 """Image I/O: round trips per format, awkward headers, DICOM series, and every bad-input case."""
+
 import gzip
 import os
-
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +10,15 @@ import SimpleITK as sitk
 
 from imagetomesh.core import Volume
 from imagetomesh.errors import InputError
-from imagetomesh.io import atomic_write, check_output_path, read_image, read_labelmap, volume_from_sitk, volume_to_sitk, write_image
+from imagetomesh.io import (
+    atomic_write,
+    check_output_path,
+    read_image,
+    read_labelmap,
+    volume_from_sitk,
+    volume_to_sitk,
+    write_image,
+)
 from imagetomesh.io import images as images_module
 
 # KiTS19 header: axes permuted and flipped (array axis 0 runs along -x), anisotropic spacing.
@@ -165,7 +173,9 @@ def test_dicom_series_folder_round_trip(tmp_path):
     folder = tmp_path / "dicom"
     _write_dicom_series(folder, array, (0.8, 0.9, 2.5), (10.0, -20.0, 30.0), "1.2.826.0.1.3680043.2.1125.7.1")
     # a smaller second series in the same folder: the larger one wins
-    _write_dicom_series(folder, array[:2] + 1000, (0.8, 0.9, 2.5), (10.0, -20.0, 90.0), "1.2.826.0.1.3680043.2.1125.7.2", "t")
+    _write_dicom_series(
+        folder, array[:2] + 1000, (0.8, 0.9, 2.5), (10.0, -20.0, 90.0), "1.2.826.0.1.3680043.2.1125.7.2", "t"
+    )
     volume = read_image(folder)
     np.testing.assert_array_equal(volume.array, array)
     np.testing.assert_allclose(volume.spacing, (0.8, 0.9, 2.5), atol=1e-4)

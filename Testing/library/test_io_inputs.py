@@ -1,4 +1,5 @@
 """The input layer (one check before any read) and the output layer's refusal to replace an input."""
+
 import os
 import signal
 import subprocess
@@ -11,16 +12,18 @@ import numpy as np
 import pytest
 
 from imagetomesh.core.mesh import Mesh
+from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
 from imagetomesh.io.atomic import atomic_write
 from imagetomesh.io.images import read_image, write_image
 from imagetomesh.io.inputs import check_input_path, forget_inputs
 from imagetomesh.io.markups import read_points
 from imagetomesh.io.meshes import read_mesh, write_mesh
-from imagetomesh.core.volume import Volume
 
-TETRA = Mesh(np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10]], np.float32),
-             np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]]))
+TETRA = Mesh(
+    np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10]], np.float32),
+    np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]]),
+)
 
 
 @pytest.fixture(autouse=True)
@@ -74,8 +77,12 @@ def test_no_output_replaces_an_input(tmp_path, how, monkeypatch):
     source = write_mesh(TETRA, tmp_path / "m.stl")
     before = source.read_bytes()
     read_mesh(source)
-    target = {"same path": source, "symlink": tmp_path / "link.stl", "hard link": tmp_path / "hard.stl",
-              "relative path": Path("m.stl")}[how]
+    target = {
+        "same path": source,
+        "symlink": tmp_path / "link.stl",
+        "hard link": tmp_path / "hard.stl",
+        "relative path": Path("m.stl"),
+    }[how]
     if how == "symlink":
         target.symlink_to(source)
     elif how == "hard link":
@@ -103,7 +110,7 @@ def test_an_output_name_too_long_for_the_temporary_file_is_a_clear_error(tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
-SIGTERM_DURING_WRITE = textwrap.dedent('''
+SIGTERM_DURING_WRITE = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from imagetomesh.io.atomic import atomic_write
@@ -111,12 +118,13 @@ SIGTERM_DURING_WRITE = textwrap.dedent('''
         tmp.write_bytes(b"partial" * 1000)
         print("writing", flush=True)
         time.sleep(30)
-''')
+""")
 
 
 def test_sigterm_while_writing_leaves_no_partial_file(tmp_path):
-    process = subprocess.Popen([sys.executable, "-c", SIGTERM_DURING_WRITE, str(tmp_path / "out.stl")],
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_DURING_WRITE, str(tmp_path / "out.stl")], stdout=subprocess.PIPE, text=True
+    )
     assert process.stdout.readline().strip() == "writing"
     assert len(list(tmp_path.iterdir())) == 1  # the hidden temporary file
     process.send_signal(signal.SIGTERM)

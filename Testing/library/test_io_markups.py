@@ -1,4 +1,5 @@
 """Slicer markups JSON and point lists: round trips, RAS vs LPS files, and bad input."""
+
 import json
 
 import numpy as np
@@ -61,7 +62,9 @@ def test_write_read_round_trip(tmp_path, space):
     assert _listing(tmp_path) == ["out.mrk.json"]
     back = read_markups(path)
     assert [(m.kind, m.name, m.closed) for m in back] == [
-        ("Fiducial", "F", False), ("Curve", "open", False), ("ClosedCurve", "", True)
+        ("Fiducial", "F", False),
+        ("Curve", "open", False),
+        ("ClosedCurve", "", True),
     ]
     for original, read in zip(markups, back):
         np.testing.assert_allclose(read.points, original.points, atol=1e-12)
@@ -71,7 +74,16 @@ def test_write_read_round_trip(tmp_path, space):
     entry = document["markups"][0]
     assert entry["type"] == "Fiducial" and entry["coordinateSystem"] == space and entry["coordinateUnits"] == "mm"
     point = entry["controlPoints"][0]
-    assert set(point) >= {"id", "label", "position", "orientation", "selected", "locked", "visibility", "positionStatus"}
+    assert set(point) >= {
+        "id",
+        "label",
+        "position",
+        "orientation",
+        "selected",
+        "locked",
+        "visibility",
+        "positionStatus",
+    }
     assert point["positionStatus"] == "defined" and len(point["orientation"]) == 9
     expected = POINTS_LPS[0] * ([-1, -1, 1] if space == "RAS" else 1)
     np.testing.assert_allclose(point["position"], expected)
@@ -101,8 +113,14 @@ def test_markup_validation():
         ("{not json", "could not parse .* as JSON"),
         ("[1, 2, 3]", "not a Slicer markups file"),
         ('{"@schema": "x", "markups": []}', "holds no markups"),
-        ('{"markups": [{"type": "Fiducial", "coordinateSystem": "XYZ", "controlPoints": []}]}', "coordinateSystem 'XYZ'"),
-        ('{"markups": [{"type": "Fiducial", "controlPoints": [{"position": [1, "a", 2]}]}]}', "must be 3 finite numbers"),
+        (
+            '{"markups": [{"type": "Fiducial", "coordinateSystem": "XYZ", "controlPoints": []}]}',
+            "coordinateSystem 'XYZ'",
+        ),
+        (
+            '{"markups": [{"type": "Fiducial", "controlPoints": [{"position": [1, "a", 2]}]}]}',
+            "must be 3 finite numbers",
+        ),
         ('{"markups": [{"type": "Fiducial", "controlPoints": [{"position": [1, 2]}]}]}', "must be 3 finite numbers"),
     ],
 )
@@ -149,19 +167,25 @@ def test_read_points_csv_forms(tmp_path, text):
 
 def test_read_points_ras_columns_and_fcsv(tmp_path):
     ras = POINTS_LPS * [-1, -1, 1]
-    (tmp_path / "ras.csv").write_text("label,r,a,s\n" + "".join(f"p{i},{p[0]},{p[1]},{p[2]}\n" for i, p in enumerate(ras)))
+    (tmp_path / "ras.csv").write_text(
+        "label,r,a,s\n" + "".join(f"p{i},{p[0]},{p[1]},{p[2]}\n" for i, p in enumerate(ras))
+    )
     np.testing.assert_allclose(read_points(tmp_path / "ras.csv"), POINTS_LPS)
     fcsv = (
         "# Markups fiducial file version = 4.11\n# CoordinateSystem = RAS\n"
         "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID\n"
-        + "".join(f"vtkMRMLMarkupsFiducialNode_{i},{p[0]},{p[1]},{p[2]},0,0,0,1,1,1,0,F-{i},,\n" for i, p in enumerate(ras))
+        + "".join(
+            f"vtkMRMLMarkupsFiducialNode_{i},{p[0]},{p[1]},{p[2]},0,0,0,1,1,1,0,F-{i},,\n" for i, p in enumerate(ras)
+        )
     )
     (tmp_path / "f.fcsv").write_text(fcsv)
     np.testing.assert_allclose(read_points(tmp_path / "f.fcsv"), POINTS_LPS)
 
 
 def test_read_points_from_markups_and_mesh(tmp_path):
-    write_markups([Markup("Fiducial", "a", POINTS_LPS[:2]), Markup("Curve", "b", POINTS_LPS[2:])], tmp_path / "p.mrk.json", "RAS")
+    write_markups(
+        [Markup("Fiducial", "a", POINTS_LPS[:2]), Markup("Curve", "b", POINTS_LPS[2:])], tmp_path / "p.mrk.json", "RAS"
+    )
     np.testing.assert_allclose(read_points(tmp_path / "p.mrk.json"), POINTS_LPS)
     mesh = Mesh(POINTS_LPS, [[0, 1, 2]])
     write_mesh(mesh, tmp_path / "tri.ply", coordinate_system="RAS")
@@ -203,8 +227,12 @@ def test_read_points_default_space_for_unmarked_csv(tmp_path):
 
 # --- hostile markups files: one clear InputError each ----------------------------------------------
 def _curve_document(**changes):
-    markup = {"type": "ClosedCurve", "coordinateSystem": "LPS", "coordinateUnits": "mm",
-              "controlPoints": [{"position": [0, 0, 0]}, {"position": [10, 0, 0]}, {"position": [0, 10, 0]}]}
+    markup = {
+        "type": "ClosedCurve",
+        "coordinateSystem": "LPS",
+        "coordinateUnits": "mm",
+        "controlPoints": [{"position": [0, 0, 0]}, {"position": [10, 0, 0]}, {"position": [0, 10, 0]}],
+    }
     markup.update(changes)
     return {"markups": [markup]}
 

@@ -1,4 +1,5 @@
 """Mesh I/O: every format both spaces, Slicer's space markers byte for byte, and bad input."""
+
 import struct
 
 import numpy as np
@@ -261,9 +262,9 @@ def test_ply_variants(tmp_path):
     # big-endian binary, mixed face sizes (walks record by record)
     vertices = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1]], ">f4")
     header = (
-        "ply\nformat binary_big_endian 1.0\nelement vertex 5\nproperty float x\nproperty float y\n"
-        "property float z\nelement face 2\nproperty list uchar int vertex_indices\nend_header\n"
-    ).encode()
+        b"ply\nformat binary_big_endian 1.0\nelement vertex 5\nproperty float x\nproperty float y\n"
+        b"property float z\nelement face 2\nproperty list uchar int vertex_indices\nend_header\n"
+    )
     faces = bytes([3]) + np.array([0, 1, 4], ">i4").tobytes() + bytes([4]) + np.array([0, 1, 2, 3], ">i4").tobytes()
     (tmp_path / "b.ply").write_bytes(header + vertices.tobytes() + faces)
     mesh = read_mesh(tmp_path / "b.ply")
@@ -282,14 +283,14 @@ def test_corrupt_legacy_vtk_cells_raise_instead_of_crashing(tmp_path, sphere):
     data = bytearray(write_mesh(sphere, tmp_path / "m.vtk").read_bytes())
     start = data.index(b"POLYGONS")
     first_count = data.index(b"\n", start) + 1
-    assert data[first_count:first_count + 4] == b"\0\0\0\x03"
+    assert data[first_count : first_count + 4] == b"\0\0\0\x03"
     broken = bytearray(data)
     broken[first_count + 3] = 200  # a cell claiming 200 points
     (tmp_path / "count.vtk").write_bytes(bytes(broken))
     with pytest.raises(InputError, match="could not read"):
         read_mesh(tmp_path / "count.vtk")
     broken = bytearray(data)
-    broken[first_count + 4:first_count + 8] = b"\x00\x0f\x00\x00"  # point id far out of range
+    broken[first_count + 4 : first_count + 8] = b"\x00\x0f\x00\x00"  # point id far out of range
     (tmp_path / "id.vtk").write_bytes(bytes(broken))
     with pytest.raises(InputError, match="outside"):
         read_mesh(tmp_path / "id.vtk")

@@ -1,4 +1,5 @@
 """Metrics against slow references and closed-form answers (concentric spheres, shifted copies)."""
+
 import numpy as np
 import pytest
 from vtkmodules.vtkFiltersSources import vtkSphereSource
@@ -135,8 +136,18 @@ def test_mesh_dice_and_evaluate_mesh():
     assert metrics.mesh_dice_iou(exact, volume) == (1.0, 1.0)
     result = metrics.evaluate_mesh(labelmap_to_mesh(volume), volume, threshold_mm=1.0, n_points=3000)
     expected_keys = {
-        "dice", "iou", "chamfer_mm", "hd95_mm", "fscore@1mm", "accuracy_p90_mm", "completion@2mm",
-        "triangle_quality", "self_intersection_pct", "watertight", "vertices", "faces",
+        "dice",
+        "iou",
+        "chamfer_mm",
+        "hd95_mm",
+        "fscore@1mm",
+        "accuracy_p90_mm",
+        "completion@2mm",
+        "triangle_quality",
+        "self_intersection_pct",
+        "watertight",
+        "vertices",
+        "faces",
     }
     assert set(result) == expected_keys
     assert result["dice"] >= 0.95 and result["iou"] >= 0.9

@@ -1,5 +1,5 @@
 """Voxel2Mesh and Pixel2Mesh-3D: shapes, template sizes, adaptive unpooling keeps meshes closed and outward."""
-import numpy as np
+
 import pytest
 import torch
 
@@ -54,7 +54,7 @@ def test_adaptive_pruning_drops_flat_midpoints_and_keeps_bent_ones():
     mesh = DecoderMesh.template(1, torch.ones(3)).subdivided()
     n_old = 42
     verts = mesh.verts.clone()
-    verts[n_old:n_old + 10] *= 1.3  # push 10 new vertices well off their parent edges
+    verts[n_old : n_old + 10] *= 1.3  # push 10 new vertices well off their parent edges
     mesh = DecoderMesh(verts, mesh.faces, mesh.sphere, None, mesh.parent_edges)
     pruned = mesh.adaptively_pruned(threshold=0.05, scale=torch.ones(3))
     # flat midpoints (on their parent edge) go; the pushed ones stay

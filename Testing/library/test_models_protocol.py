@@ -1,4 +1,5 @@
 """The model protocol: every segmenting kind predicts meshes in grid coordinates, and Segmenter uses only that."""
+
 import numpy as np
 import pytest
 import torch

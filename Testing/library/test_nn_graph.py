@@ -1,6 +1,7 @@
 """Graph convolutions (torch-geometric) against slow, obviously correct references: loops, a dense
 polynomial, and the project's earlier hand-written layers (kept below as test code) with the same
 weights; the bundled weights load into them and compute what the earlier layers computed."""
+
 import math
 import subprocess
 import sys
@@ -27,7 +28,9 @@ def legacy_neighbour_mean(x, edge_index, weights=None):
     src, dst = edge_index
     messages = x[src] if weights is None else x[src] * weights[:, None]
     out = torch.zeros_like(x).index_add_(0, dst, messages)
-    degree = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device).index_add_(0, dst, torch.ones_like(dst, dtype=x.dtype))
+    degree = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device).index_add_(
+        0, dst, torch.ones_like(dst, dtype=x.dtype)
+    )
     return out / degree.clamp(min=1.0)[:, None]
 
 
@@ -66,7 +69,9 @@ class LegacyChebConv(nn.Module):
         n = x.shape[0]
         degree = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, dst, torch.ones_like(dst, dtype=x.dtype))
         inv_sqrt = degree.clamp(min=1.0).rsqrt()
-        matrix = torch.sparse_coo_tensor(torch.stack([dst, src]), -inv_sqrt[src] * inv_sqrt[dst], (n, n), check_invariants=False)
+        matrix = torch.sparse_coo_tensor(
+            torch.stack([dst, src]), -inv_sqrt[src] * inv_sqrt[dst], (n, n), check_invariants=False
+        )
         return torch.sparse.mm(matrix.coalesce(), x.reshape(n, -1)).view(x.shape)
 
     def forward(self, x, edge_index, positions=None):
@@ -141,8 +146,16 @@ def test_layer_equals_legacy_layer_forward_and_gradients(name, graph, dtype, tol
     for layer in (new, old):
         out = _run(layer, x, edge_index, positions)
         inputs = [x] + ([positions] if positions.requires_grad else []) + list(layer.parameters())
-        grads.append(dict(zip(["x", "positions"][: 1 + positions.requires_grad] + [n for n, _ in layer.named_parameters()],
-                              torch.autograd.grad((out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)).sum(), inputs))))
+        grads.append(
+            dict(
+                zip(
+                    ["x", "positions"][: 1 + positions.requires_grad] + [n for n, _ in layer.named_parameters()],
+                    torch.autograd.grad(
+                        (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)).sum(), inputs
+                    ),
+                )
+            )
+        )
         outs.append(out.detach())
     torch.testing.assert_close(outs[0], outs[1], atol=tol, rtol=tol)
     kind = LAYERS[name][0]
@@ -237,15 +250,30 @@ def test_cheb_conv_matches_dense_polynomial():
 # --- weights ---------------------------------------------------------------------------------------
 def test_upgrade_state_renames_old_graph_parameters_by_kind_only():
     value = torch.zeros(1)
-    old_mean = {"stages.0.h.layers.1.self_weight.weight": value, "stages.0.h.layers.1.self_weight.bias": value,
-                "stages.0.h.layers.1.neighbour_weight.weight": value, "stages.0.h.layers.1.log_sigma": value}
+    old_mean = {
+        "stages.0.h.layers.1.self_weight.weight": value,
+        "stages.0.h.layers.1.self_weight.bias": value,
+        "stages.0.h.layers.1.neighbour_weight.weight": value,
+        "stages.0.h.layers.1.log_sigma": value,
+    }
     assert list(upgrade_state("voxel2mesh", old_mean)) == [
-        "stages.0.h.layers.1.lin_root.weight", "stages.0.h.layers.1.lin_rel.bias",
-        "stages.0.h.layers.1.lin_rel.weight", "stages.0.h.layers.1.log_sigma"]
-    old_cheb = {"encode_in.weights.0.weight": value, "encode_in.weights.0.bias": value, "encode_in.weights.1.weight": value,
-                "unet.down.0.weight": value}
+        "stages.0.h.layers.1.lin_root.weight",
+        "stages.0.h.layers.1.lin_rel.bias",
+        "stages.0.h.layers.1.lin_rel.weight",
+        "stages.0.h.layers.1.log_sigma",
+    ]
+    old_cheb = {
+        "encode_in.weights.0.weight": value,
+        "encode_in.weights.0.bias": value,
+        "encode_in.weights.1.weight": value,
+        "unet.down.0.weight": value,
+    }
     assert list(upgrade_state("implicitmeshnet", old_cheb)) == [
-        "encode_in.lins.0.weight", "encode_in.bias", "encode_in.lins.1.weight", "unet.down.0.weight"]
+        "encode_in.lins.0.weight",
+        "encode_in.bias",
+        "encode_in.lins.1.weight",
+        "unet.down.0.weight",
+    ]
     assert list(upgrade_state("unet", old_mean)) == list(old_mean)  # other kinds are left alone
     current = upgrade_state("voxel2mesh", old_mean)
     assert upgrade_state("voxel2mesh", current) == current  # current names pass through
@@ -284,22 +312,29 @@ def test_bundled_weights_load_unchanged_and_graph_layers_compute_what_the_legacy
     assert bool(layers) == (card["kind"] in ("voxel2mesh", "pixel2mesh3d", "implicitmeshnet"))
     for name, layer in layers:
         legacy = _legacy_twin(layer)
-        legacy.load_state_dict({k[len(name) + 1:]: v for k, v in raw.items() if k.startswith(name + ".")})
+        legacy.load_state_dict({k[len(name) + 1 :]: v for k, v in raw.items() if k.startswith(name + ".")})
         x = torch.randn(len(positions), layer.in_channels)
         with torch.no_grad():
-            torch.testing.assert_close(_run(layer, x, edge_index, positions), _run(legacy, x, edge_index, positions),
-                                       atol=1e-5, rtol=1e-5, msg=name)
+            torch.testing.assert_close(
+                _run(layer, x, edge_index, positions),
+                _run(legacy, x, edge_index, positions),
+                atol=1e-5,
+                rtol=1e-5,
+                msg=name,
+            )
 
 
 def test_only_the_graph_models_import_torch_geometric():
     """A U-Net, NUDF or DALS run does not pay torch-geometric's start-up; a graph model imports it."""
-    code = ("import sys\n"
-            "from imagetomesh.zoo import load_model\n"
-            "from imagetomesh.fitting import load_prior\n"
-            "load_model('unet-hippocampus', 'cpu'); load_model('nudf-hippocampus', 'cpu'); load_prior('dals-hippocampus')\n"
-            "before = 'torch_geometric' in sys.modules\n"
-            "load_model('voxel2mesh-hippocampus', 'cpu')\n"
-            "print(before, 'torch_geometric' in sys.modules)\n")
+    code = (
+        "import sys\n"
+        "from imagetomesh.zoo import load_model\n"
+        "from imagetomesh.fitting import load_prior\n"
+        "load_model('unet-hippocampus', 'cpu'); load_model('nudf-hippocampus', 'cpu'); load_prior('dals-hippocampus')\n"
+        "before = 'torch_geometric' in sys.modules\n"
+        "load_model('voxel2mesh-hippocampus', 'cpu')\n"
+        "print(before, 'torch_geometric' in sys.modules)\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True"]

@@ -1,13 +1,15 @@
 """nn/grid.py: the torch twins agree with core/transforms.py; no other module writes the grid formula."""
+
 import io
 import re
 import tokenize
 from pathlib import Path
 
-import imagetomesh
 import numpy as np
 import pytest
 import torch
+
+import imagetomesh
 from imagetomesh.core import transforms as core
 from imagetomesh.core.volume import Volume
 from imagetomesh.nn import grid
@@ -38,7 +40,9 @@ def test_twins_take_any_leading_shape_and_size_type(size_ijk):
     assert back.shape == points.shape
     torch.testing.assert_close(back, points, atol=1e-12, rtol=0)
     flat = grid.grid_to_index(points.reshape(-1, 3), size_ijk).numpy()
-    np.testing.assert_allclose(flat, core.grid_to_index(points.reshape(-1, 3).numpy(), np.asarray(size_ijk)), atol=1e-12)
+    np.testing.assert_allclose(
+        flat, core.grid_to_index(points.reshape(-1, 3).numpy(), np.asarray(size_ijk)), atol=1e-12
+    )
 
 
 def test_twins_are_differentiable():
@@ -104,14 +108,19 @@ def _code_lines(path: Path):
     lines: dict[int, list[str]] = {}
     tokens = tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline)
     for tok in tokens:
-        if tok.type in (tokenize.COMMENT, tokenize.STRING, tokenize.NL, tokenize.NEWLINE) or tok.type >= tokenize.N_TOKENS:
+        if (
+            tok.type in (tokenize.COMMENT, tokenize.STRING, tokenize.NL, tokenize.NEWLINE)
+            or tok.type >= tokenize.N_TOKENS
+        ):
             continue
         lines.setdefault(tok.start[0], []).append(tok.string)
     return [(n, " ".join(parts)) for n, parts in sorted(lines.items())]
 
 
 def formula_sites(paths) -> list[str]:
-    return [f"{p.relative_to(LIBRARY)}:{n}: {code}" for p in paths for n, code in _code_lines(p) if FORMULA.search(code)]
+    return [
+        f"{p.relative_to(LIBRARY)}:{n}: {code}" for p in paths for n, code in _code_lines(p) if FORMULA.search(code)
+    ]
 
 
 def test_the_formula_check_finds_rederivations():
@@ -128,9 +137,14 @@ def test_the_formula_check_finds_rederivations():
         "half = (size - 1.0).clamp(min=1.0) / 2.0",
     ]
     assert all(FORMULA.search(s) for s in samples), [s for s in samples if not FORMULA.search(s)]
-    harmless = ["x = (2 * torch.rand(m) - 1) * angle", "return (k + 1) * share", "n = (len(v) + b - 1) // b",
-                "w = 2.0 / (4.0 * math.pi)", "dice = (2 * inter + 1) / (a + b + 1)",
-                "d = float(2 * (m & r).sum() / (m.sum() + r.sum()).clamp(min=1))"]
+    harmless = [
+        "x = (2 * torch.rand(m) - 1) * angle",
+        "return (k + 1) * share",
+        "n = (len(v) + b - 1) // b",
+        "w = 2.0 / (4.0 * math.pi)",
+        "dice = (2 * inter + 1) / (a + b + 1)",
+        "d = float(2 * (m & r).sum() / (m.sum() + r.sum()).clamp(min=1))",
+    ]
     assert not any(FORMULA.search(s) for s in harmless)
     for owner in OWNERS:  # the check recognises the one place that does write it
         assert formula_sites([owner]), owner

@@ -1,8 +1,8 @@
 """Grid feature projection (splatting) and mesh SDFs against slow, obviously-correct references."""
+
 import itertools
 
 import numpy as np
-import pytest
 import torch
 
 from imagetomesh.core.mesh import Mesh

@@ -1,14 +1,21 @@
 """UDF meshing on analytic fields: projection, normals, closed sphere, open hemisphere."""
+
 import numpy as np
 import pytest
 import torch
 
+from imagetomesh.core.mesh import Mesh
 from imagetomesh.errors import InputError
 from imagetomesh.geometry.quality import check_mesh
 from imagetomesh.geometry.udf_meshing import (
-    UDFMeshingConfig, evaluate_udf, largest_component, mesh_udf, oriented_normals, project_points, trim_unsupported,
+    UDFMeshingConfig,
+    evaluate_udf,
+    largest_component,
+    mesh_udf,
+    oriented_normals,
+    project_points,
+    trim_unsupported,
 )
-from imagetomesh.core.mesh import Mesh
 
 R = 0.5
 VOXEL = 2.0 / 47
@@ -83,8 +90,10 @@ def test_a_field_without_zeros_is_an_input_error():
 
 def test_trimming_and_largest_component():
     # two separate triangles; support only near the first
-    mesh = Mesh(np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [5, 5, 5], [6, 5, 5], [5, 6, 5]], np.float32),
-                np.array([[0, 1, 2], [3, 4, 5]]))
+    mesh = Mesh(
+        np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [5, 5, 5], [6, 5, 5], [5, 6, 5]], np.float32),
+        np.array([[0, 1, 2], [3, 4, 5]]),
+    )
     trimmed = trim_unsupported(mesh, np.array([[0.3, 0.3, 0.0]]), radius=0.1)
     assert trimmed.num_faces == 1 and trimmed.num_vertices == 3
     big = Mesh(np.vstack([mesh.vertices, [[0, 0, 1]]]), np.vstack([mesh.faces, [[0, 1, 6]]]))

@@ -1,4 +1,5 @@
 """NUDF: decoder shapes, the 7-point sampling against a slow reference, chunking, segment round trip."""
+
 import numpy as np
 import pytest
 import torch
@@ -39,7 +40,11 @@ def test_decoder_input_is_the_seven_point_samples_of_every_level():
     p = torch.tensor([0.1, -0.3, 0.25])
     # one grid voxel along x is 2 / (W - 1) = 2 / 9, along y 2 / 11, along z 2 / 7
     step = 0.7 * torch.tensor([2 / 9, 2 / 11, 2 / 7])
-    moves = [torch.zeros(3)] + [torch.eye(3)[a] * step[a] for a in range(3)] + [-torch.eye(3)[a] * step[a] for a in range(3)]
+    moves = (
+        [torch.zeros(3)]
+        + [torch.eye(3)[a] * step[a] for a in range(3)]
+        + [-torch.eye(3)[a] * step[a] for a in range(3)]
+    )
     parts = []
     for move in moves:
         for f in features:
@@ -73,8 +78,12 @@ def _ball_model(tmp_path):
     inner = grid_radius < 12
     a, b = np.polyfit(grid_radius[inner], prepared.numpy()[inner], 1)
     slope = a * 15.0  # per isotropic grid unit (1 unit = 7.5 voxels of 2 mm = 15 mm)
-    config = NUDFConfig(channels=(2, 2), hidden=4, chunk=500,
-                        meshing=dict(initial_points=6000, dense_points=6000, poisson_points=2000, poisson_depth=6, rounds=1))
+    config = NUDFConfig(
+        channels=(2, 2),
+        hidden=4,
+        chunk=500,
+        meshing=dict(initial_points=6000, dense_points=6000, poisson_points=2000, poisson_depth=6, rounds=1),
+    )
     model = NUDF(config).eval()
     with torch.no_grad():
         for layer in model.decoder:
@@ -117,8 +126,11 @@ def test_open_is_refused_by_models_that_only_close(tmp_path):
     from imagetomesh.weights import save_weights
 
     config = UNetMCConfig(unet=UNetConfig(base=2, depth=2))
-    save_weights(UNetMC(config), tmp_path / "unet-tiny", {"kind": "unet", "config": config.to_dict(),
-                                                         "grid": GridSpec((8, 8, 8), (1.0, 1.0, 1.0)).to_dict()})
+    save_weights(
+        UNetMC(config),
+        tmp_path / "unet-tiny",
+        {"kind": "unet", "config": config.to_dict(), "grid": GridSpec((8, 8, 8), (1.0, 1.0, 1.0)).to_dict()},
+    )
     with pytest.raises(InputError, match="only makes closed surfaces"):
         Segmenter(str(tmp_path / "unet-tiny"), "cpu", open_surface=True)
 
@@ -131,11 +143,25 @@ def test_cli_segment_open_with_a_closed_only_model_is_a_one_line_error(tmp_path,
     from imagetomesh.weights import save_weights
 
     config = UNetMCConfig(unet=UNetConfig(base=2, depth=2))
-    save_weights(UNetMC(config), tmp_path / "unet-tiny", {"kind": "unet", "config": config.to_dict(),
-                                                         "grid": GridSpec((8, 8, 8), (1.0, 1.0, 1.0)).to_dict()})
+    save_weights(
+        UNetMC(config),
+        tmp_path / "unet-tiny",
+        {"kind": "unet", "config": config.to_dict(), "grid": GridSpec((8, 8, 8), (1.0, 1.0, 1.0)).to_dict()},
+    )
     write_image(Volume(np.zeros((8, 8, 8), np.float32)), tmp_path / "image.nii.gz")
-    code = main(["segment", str(tmp_path / "image.nii.gz"), "--model", str(tmp_path / "unet-tiny"),
-                 "-o", str(tmp_path / "out.stl"), "--open", "--device", "cpu"])
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "image.nii.gz"),
+            "--model",
+            str(tmp_path / "unet-tiny"),
+            "-o",
+            str(tmp_path / "out.stl"),
+            "--open",
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "only makes closed surfaces" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out.stl").exists()

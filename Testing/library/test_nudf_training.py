@@ -1,4 +1,5 @@
 """NUDF training: point sampler (exact distances, thin-part density), augmentation moves points with the image, a tiny run."""
+
 import json
 
 import numpy as np
@@ -24,8 +25,9 @@ def test_sampled_distances_are_exact_and_points_are_where_asked():
     assert float(points[900:].abs().max()) <= 1.0  # the uniform part fills the grid box
     surface = label_surface(label)
     scale = isotropic_scale(label.shape)
-    slow, _ = point_to_triangle_distance((points * scale).double(), torch.from_numpy(surface.vertices).double(),
-                                         torch.from_numpy(surface.faces))
+    slow, _ = point_to_triangle_distance(
+        (points * scale).double(), torch.from_numpy(surface.vertices).double(), torch.from_numpy(surface.faces)
+    )
     assert torch.allclose(dist.double(), slow, atol=1e-5)
     assert float(dist[:600].median()) < 0.01 < float(dist[600:900].median()) < 0.05
     # the surface (label_surface) sits on the label boundary: a voxel centre inside is inside it
@@ -62,7 +64,9 @@ def test_augmentation_moves_points_with_the_image():
     size = torch.tensor([22.0, 24.0, 20.0])
     inside = torch.stack([i, j, k], 1).float() * 2 / (size - 1) - 1
     for seed in range(4):
-        _, lab, linear, shift = augment(image, label, config, torch.Generator().manual_seed(seed), return_transform=True)
+        _, lab, linear, shift = augment(
+            image, label, config, torch.Generator().manual_seed(seed), return_transform=True
+        )
         moved = (inside - shift) @ torch.linalg.inv(linear).T
         index = ((moved + 1) * (size - 1) / 2).round().long()
         ok = ((index >= 0) & (index < size.long())).all(1)
@@ -90,9 +94,16 @@ def test_tiny_training_run_resumes_and_saves_a_loadable_model(fake_msd, tmp_path
     from imagetomesh.training.tasks.nudf import NUDFTrainConfig
     from imagetomesh.zoo import load_model
 
-    config = NUDFTrainConfig(dict(channels=[2, 4], hidden=8), grid=GridSpec((16, 16, 16), (1.0, 1.0, 1.0)), steps=3,
-                             batch_size=2, points_per_case=200, val_every=2, val_points=100,
-                             points=UDFPointConfig(count=400))
+    config = NUDFTrainConfig(
+        dict(channels=[2, 4], hidden=8),
+        grid=GridSpec((16, 16, 16), (1.0, 1.0, 1.0)),
+        steps=3,
+        batch_size=2,
+        points_per_case=200,
+        val_every=2,
+        val_points=100,
+        points=UDFPointConfig(count=400),
+    )
     out = tmp_path / "run"
     best = train(config, fake_msd, out)
     config.steps = 4

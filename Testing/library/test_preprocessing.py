@@ -1,4 +1,5 @@
 """Model-grid preprocessing: exact resampling on the lattice, independence from the storage layout."""
+
 import numpy as np
 import pytest
 import torch
@@ -12,8 +13,12 @@ RAS_ALIGNED = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 
 def _image(shape=(35, 51, 33), seed=0):
     rng = np.random.default_rng(seed)
-    return Volume(rng.normal(size=shape).astype(np.float32), spacing=(1, 1, 1), origin=(12.0, -3.0, 40.0),
-                  direction=np.diag([-1.0, -1.0, 1.0]))
+    return Volume(
+        rng.normal(size=shape).astype(np.float32),
+        spacing=(1, 1, 1),
+        origin=(12.0, -3.0, 40.0),
+        direction=np.diag([-1.0, -1.0, 1.0]),
+    )
 
 
 def _stored_differently(volume: Volume, perm=(2, 0, 1), flips=(True, False, True)) -> Volume:

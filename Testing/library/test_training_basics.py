@@ -1,4 +1,5 @@
 """Training plumbing: split determinism, boundary targets, schedule rescaling, augmentation shapes."""
+
 import numpy as np
 import pytest
 import torch
@@ -30,7 +31,7 @@ def test_boundary_points_match_slow_face_enumeration():
             for i in range(w):
                 if not label[k, j, i]:
                     continue
-                for axis, (di, dj, dk) in enumerate(((1, 0, 0), (0, 1, 0), (0, 0, 1))):
+                for di, dj, dk in ((1, 0, 0), (0, 1, 0), (0, 0, 1)):
                     for sign in (1, -1):
                         ni, nj, nk = i + sign * di, j + sign * dj, k + sign * dk
                         outside = not (0 <= ni < w and 0 <= nj < h and 0 <= nk < d) or not label[nk, nj, ni]
@@ -39,7 +40,10 @@ def test_boundary_points_match_slow_face_enumeration():
                             grid = ijk * 2 / (np.array([w, h, d]) - 1) - 1
                             normal = sign * np.array([di, dj, dk])
                             expected.add((tuple(round(float(x), 4) for x in grid), tuple(int(x) for x in normal)))
-    got = {(tuple(round(float(x), 4) for x in p), tuple(int(x) for x in n)) for p, n in zip(points.double().numpy(), normals.numpy())}
+    got = {
+        (tuple(round(float(x), 4) for x in p), tuple(int(x) for x in n))
+        for p, n in zip(points.double().numpy(), normals.numpy())
+    }
     assert got == expected
 
 
@@ -126,8 +130,9 @@ def test_run_checkpoint_round_trip(tmp_path):
     fresh = torch.nn.Linear(3, 2)
     fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
     seen = []
-    restored = RunCheckpoint(tmp_path / "checkpoint.pt", {"optimizer": lambda s: seen.append(s) or s},
-                             model=fresh, optimizer=fresh_opt)
+    restored = RunCheckpoint(
+        tmp_path / "checkpoint.pt", {"optimizer": lambda s: seen.append(s) or s}, model=fresh, optimizer=fresh_opt
+    )
     assert restored.load("cpu") == (7, 0.25, 12.5)
     assert len(seen) == 1
     for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):

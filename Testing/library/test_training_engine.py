@@ -1,5 +1,6 @@
 """The training engine: named configs unchanged, run folders of the pre-engine trainers resume,
 the loop's options (gradient accumulation, bf16 autocast), and ``imagetomesh train`` end to end."""
+
 import json
 import shutil
 import sys
@@ -47,14 +48,32 @@ def _old_run_config(kind: str, steps: int):
 
     unet = {"in_channels": 1, "num_classes": 2, "base": 4, "depth": 3, "norm": "batch"}
     if kind == "voxel2mesh":
-        return TrainConfig("voxel2mesh", {"unet": unet, "hidden": 8, "stages": 2}, grid=GRID, steps=steps, val_every=1, threads=1)
+        return TrainConfig(
+            "voxel2mesh", {"unet": unet, "hidden": 8, "stages": 2}, grid=GRID, steps=steps, val_every=1, threads=1
+        )
     if kind == "nudf":
-        return NUDFTrainConfig(dict(channels=[2, 4], hidden=8), grid=GRID, steps=steps, val_every=1, points_per_case=200,
-                               val_points=100, points=UDFPointConfig(count=400))
-    return DALSTrainConfig(shapes="hippocampus", model=DALSConfig(latent_dim=4, hidden=(8, 8, 8), train_template_level=1,
-                                                                  fit_template_level=1),
-                           steps=steps, batch_size=2, target_points=100, surface_samples=50, val_shapes=1,
-                           val_iterations=2, checkpoint_every=1, log_every=1, bf16=False)
+        return NUDFTrainConfig(
+            dict(channels=[2, 4], hidden=8),
+            grid=GRID,
+            steps=steps,
+            val_every=1,
+            points_per_case=200,
+            val_points=100,
+            points=UDFPointConfig(count=400),
+        )
+    return DALSTrainConfig(
+        shapes="hippocampus",
+        model=DALSConfig(latent_dim=4, hidden=(8, 8, 8), train_template_level=1, fit_template_level=1),
+        steps=steps,
+        batch_size=2,
+        target_points=100,
+        surface_samples=50,
+        val_shapes=1,
+        val_iterations=2,
+        checkpoint_every=1,
+        log_every=1,
+        bf16=False,
+    )
 
 
 @pytest.mark.parametrize("kind", ["voxel2mesh", "nudf", "dals"])
@@ -150,7 +169,9 @@ def test_bf16_autocast_is_off_by_default_and_falls_back_to_float32(tmp_path):
         expected = torch.bfloat16 if bf16_supported(torch.device("cpu")) else torch.float32
         assert layer(x).dtype == expected
     g = torch.Generator().manual_seed(0)
-    model = _run_line_task(tmp_path, _LineTask([(torch.randn(8, 3, generator=g), torch.randn(8, 1, generator=g))], 1, bf16=True))
+    model = _run_line_task(
+        tmp_path, _LineTask([(torch.randn(8, 3, generator=g), torch.randn(8, 1, generator=g))], 1, bf16=True)
+    )
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -158,25 +179,64 @@ def test_train_options_come_from_the_task_registry(tmp_path, monkeypatch, capsys
     import imagetomesh.training.engine as engine
 
     calls = []
-    monkeypatch.setattr(engine, "train", lambda config, data, out, **kw: calls.append((config, kw)) or Path(out) / "best")
+    monkeypatch.setattr(
+        engine, "train", lambda config, data, out, **kw: calls.append((config, kw)) or Path(out) / "best"
+    )
     data = tmp_path
-    code = cli.main(["train", "implicitmeshnet", "--data", str(data), "--out", str(tmp_path / "r"), "--time-limit", "2",
-                     "--pretrain-steps", "0", "--pretrain-time-limit", "1", "--sdf-from", "g.safetensors",
-                     "--init-from", "m", "--steps", "7", "--seed", "3"])
+    code = cli.main(
+        [
+            "train",
+            "implicitmeshnet",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "r"),
+            "--time-limit",
+            "2",
+            "--pretrain-steps",
+            "0",
+            "--pretrain-time-limit",
+            "1",
+            "--sdf-from",
+            "g.safetensors",
+            "--init-from",
+            "m",
+            "--steps",
+            "7",
+            "--seed",
+            "3",
+        ]
+    )
     config, kw = calls[-1]
-    assert code == 0 and config.time_limit_s == 120 and config.pretrain_steps == 0 and config.pretrain_time_limit_s == 60
+    assert (
+        code == 0 and config.time_limit_s == 120 and config.pretrain_steps == 0 and config.pretrain_time_limit_s == 60
+    )
     assert config.steps == 7 and kw["seed"] == 3 and kw["config_name"] == "cpu"
     assert kw["sdf_from"] == Path("g.safetensors") and kw["init_from"] == Path("m")
     assert "best model:" in capsys.readouterr().out
 
-    assert cli.main(["train", "dals", "--shapes", "kidney", "--data", str(data), "--out", str(tmp_path / "d"), "--steps", "5"]) == 0
+    assert (
+        cli.main(
+            ["train", "dals", "--shapes", "kidney", "--data", str(data), "--out", str(tmp_path / "d"), "--steps", "5"]
+        )
+        == 0
+    )
     config, kw = calls[-1]
-    assert config.shapes == "kidney" and config.steps == 5 and config.time_limit_s is None and kw["config_name"] == "cpu"
+    assert (
+        config.shapes == "kidney" and config.steps == 5 and config.time_limit_s is None and kw["config_name"] == "cpu"
+    )
     assert "DALS prior:" in capsys.readouterr().out
 
-    assert cli.main(["train", "voxel2mesh", "--data", str(data), "--out", str(tmp_path / "v"), "--config", "ps-umu"]) == 0
+    assert (
+        cli.main(["train", "voxel2mesh", "--data", str(data), "--out", str(tmp_path / "v"), "--config", "ps-umu"]) == 0
+    )
     config, kw = calls[-1]
-    assert config.model["sampling"] == "ps" and kw == {"device": "cpu", "seed": 0, "config_name": "ps-umu", "log": kw["log"]}
+    assert config.model["sampling"] == "ps" and kw == {
+        "device": "cpu",
+        "seed": 0,
+        "config_name": "ps-umu",
+        "log": kw["log"],
+    }
 
     assert cli.main(["train", "unet", "--data", str(data), "--out", str(tmp_path / "u"), "--config", "tpu"]) == 2
     assert "no config 'tpu' for unet" in capsys.readouterr().err
@@ -192,7 +252,9 @@ def test_an_unknown_config_is_one_input_error_naming_the_known_ones(kind):
 
 
 def test_nudf_refuses_init_from_before_writing_anything(tmp_path, capsys):
-    code = cli.main(["train", "nudf", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--init-from", str(tmp_path)])
+    code = cli.main(
+        ["train", "nudf", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--init-from", str(tmp_path)]
+    )
     assert code == 2 and "trains from scratch" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
@@ -225,4 +287,8 @@ def test_data_licence_comes_from_the_datas_dataset_json_else_the_table(tmp_path)
     assert data_description("hippocampus", tmp_path) == DATA_SOURCES["hippocampus"]
     (tmp_path / "dataset.json").write_text(json.dumps({"licence": "CC0", "training": []}))
     stated = data_description("hippocampus", tmp_path)
-    assert stated["licence"] == "CC0" and "CC0" in stated["terms"] and stated["name"] == DATA_SOURCES["hippocampus"]["name"]
+    assert (
+        stated["licence"] == "CC0"
+        and "CC0" in stated["terms"]
+        and stated["name"] == DATA_SOURCES["hippocampus"]["name"]
+    )

@@ -6,6 +6,7 @@ starts ``sys.executable`` with its own arguments as a child, records the child's
 for it) and check that a forced cancel, ``close()``, garbage collection and a launcher that
 exits early all leave no process behind, and that the backend's temporary folder goes too.
 """
+
 import gc
 import os
 import signal
@@ -29,7 +30,7 @@ EXIT_EARLY_ENV = "IMAGETOMESH_TEST_LAUNCHER_EXITS"
 
 # Behaves like PythonSlicer: the real interpreter runs as a child with the same arguments and
 # the same stdin/stdout/stderr. With EXIT_EARLY_ENV set it exits without waiting (an orphan).
-LAUNCHER = textwrap.dedent('''
+LAUNCHER = textwrap.dedent("""
     import os, subprocess, sys
     child = subprocess.Popen([sys.executable] + sys.argv[1:])
     path = os.environ.get("{pid_env}")
@@ -40,11 +41,11 @@ LAUNCHER = textwrap.dedent('''
     if os.environ.get("{exit_env}"):
         os._exit(0)
     sys.exit(child.wait())
-''').format(pid_env=PID_FILE_ENV, exit_env=EXIT_EARLY_ENV)
+""").format(pid_env=PID_FILE_ENV, exit_env=EXIT_EARLY_ENV)
 
 # A worker that starts the job (one progress event, so the test knows it runs) and then never
 # answers again: it ignores cancel, quit and the end of its input.
-HANGING_WORKER = textwrap.dedent('''
+HANGING_WORKER = textwrap.dedent("""
     import json, signal, sys, time
     if "--ignore-sigterm" in sys.argv:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -55,7 +56,7 @@ HANGING_WORKER = textwrap.dedent('''
             sys.stdout.flush()
             while True:
                 time.sleep(0.05)
-''')
+""")
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 The module runs on slicer-core's real MRML scene, Slicer's real ``parameterNodeWrapper`` (from
 ``../shared/slicer-python``) and PySide6 dressed as PythonQt; see ../shared/SLICER-CORE-NOTES.md.
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,14 +21,15 @@ MODELS = REPO / "Resources" / "Models"
 pytest.importorskip("slicer", reason="slicer-core is not installed")
 pytest.importorskip("PySide6.QtUiTools", reason="PySide6 is not installed")
 if not (REPO.parent / "shared" / "slicer-python" / "slicer" / "parameterNodeWrapper").is_dir():
-    pytest.skip("Slicer's parameterNodeWrapper (../shared/slicer-python) is not beside this checkout", allow_module_level=True)
+    pytest.skip(
+        "Slicer's parameterNodeWrapper (../shared/slicer-python) is not beside this checkout", allow_module_level=True
+    )
 
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 from harness import application  # noqa: E402
 
 slicer = application.install()
-import vtk  # noqa: E402
 
 make_scene = application.make_scene
 load_module = application.load_module
@@ -127,9 +129,14 @@ class FakeBackend:
             return
         if isinstance(result, str) and result == "die":
             self._pending.append(self._Event("progress", fraction=0.5, message="half way"))
-            self._pending.append(self._Event(
-                "error", error_type="WorkerDied",
-                message="the ImageToMesh worker process stopped unexpectedly (exit code -9) while running " + job.task))
+            self._pending.append(
+                self._Event(
+                    "error",
+                    error_type="WorkerDied",
+                    message="the ImageToMesh worker process stopped unexpectedly (exit code -9) while running "
+                    + job.task,
+                )
+            )
         elif isinstance(result, str) and result == "hang":
             self._hanging = True
         else:

@@ -16,10 +16,10 @@ Usage (from the repository root)::
 With ``--label-surface``, or without any installed model, the marching-cubes surface of the
 sample's label is shown instead, and the script says so.
 """
+
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -85,8 +85,13 @@ def render_3d(scene, app_logic, model, path: Path, size=(640, 640)) -> Path:
     renderer.SetBackground(0.46, 0.46, 0.62)  # Slicer's default 3D background (bottom, top)
     renderer.SetBackground2(0.76, 0.76, 0.87)
     view = scene.GetFirstNodeByClass("vtkMRMLViewNode")
-    group = _managers(slicer.vtkMRMLThreeDViewDisplayableManagerFactory.GetInstance(), app_logic, renderer,
-                      ("vtkMRMLCameraDisplayableManager", "vtkMRMLModelDisplayableManager"), view)
+    group = _managers(
+        slicer.vtkMRMLThreeDViewDisplayableManagerFactory.GetInstance(),
+        app_logic,
+        renderer,
+        ("vtkMRMLCameraDisplayableManager", "vtkMRMLModelDisplayableManager"),
+        view,
+    )
     bounds = [0.0] * 6
     model.GetRASBounds(bounds)
     centre = [(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2]
@@ -116,7 +121,9 @@ def render_slice(scene, app_logic, slice_logic, volume, label, model, path: Path
     slice_logic.FitSliceToAll()
     bounds = [0.0] * 6
     model.GetRASBounds(bounds)
-    slice_node.JumpSliceByOffsetting((bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2)
+    slice_node.JumpSliceByOffsetting(
+        (bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2
+    )
     renderer, window, interactor = _window(*size)
     image = vtk.vtkImageMapper()
     image.SetInputConnection(slice_logic.GetImageDataConnection())  # the slice as Slicer reslices it (RGBA)
@@ -125,8 +132,13 @@ def render_slice(scene, app_logic, slice_logic, volume, label, model, path: Path
     actor = vtk.vtkActor2D()
     actor.SetMapper(image)
     renderer.AddViewProp(actor)
-    group = _managers(slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance(), app_logic, renderer,
-                      ("vtkMRMLModelSliceDisplayableManager",), slice_node)
+    group = _managers(
+        slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance(),
+        app_logic,
+        renderer,
+        ("vtkMRMLModelSliceDisplayableManager",),
+        slice_node,
+    )
     out = _save(window, path)
     del group, interactor
     return out
@@ -162,8 +174,11 @@ def make_result(env, itm, scene, volume_node, method: str | None, label_surface:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", help="bundled segmentation model (default: first installed hippocampus model)")
-    parser.add_argument("--label-surface", action="store_true",
-                        help="show the sample label's marching-cubes surface instead of running a model (fast)")
+    parser.add_argument(
+        "--label-surface",
+        action="store_true",
+        help="show the sample label's marching-cubes surface instead of running a model (fast)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images", help="output folder")
     args = parser.parse_args(argv)
 
@@ -176,8 +191,11 @@ def main(argv=None) -> int:
     image = read_image(env.SAMPLES / "hippocampus" / "hippocampus_024.nii.gz")
     label_volume = read_image(env.SAMPLES / "hippocampus" / "hippocampus_024_label.nii.gz")
     volume_node = env.volume_to_node(image, "hippocampus_024")
-    label_node = env.volume_to_node(label_volume.with_array(label_volume.array.astype("uint8")),
-                                    "hippocampus_024 label", "vtkMRMLLabelMapVolumeNode")
+    label_node = env.volume_to_node(
+        label_volume.with_array(label_volume.array.astype("uint8")),
+        "hippocampus_024 label",
+        "vtkMRMLLabelMapVolumeNode",
+    )
     model, description = make_result(env, itm, scene, volume_node, args.method, args.label_surface)
     print(f"{model.GetName()}: {description}")
 

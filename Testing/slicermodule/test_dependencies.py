@@ -1,8 +1,9 @@
 """The worker's packages: version checks, what is installed how, and Slicer's own packages left alone."""
+
 import re
-import tomllib
 
 import pytest
+import tomllib
 
 from harness import application
 
@@ -17,16 +18,24 @@ def deps(itm):
 def test_the_module_requires_what_the_library_requires(deps):
     """``ImageToMesh/requirements.txt`` names the library's own ranges (pyproject) for the worker's packages."""
     project = tomllib.loads((application.REPO / "ImageToMeshLib" / "pyproject.toml").read_text(encoding="utf-8"))
-    library = {re.split(r"[<>=!~ ]", r, 1)[0].lower(): r.replace(" ", "") for r in project["project"]["dependencies"]}
+    library = {
+        re.split(r"[<>=!~ ]", r, maxsplit=1)[0].lower(): r.replace(" ", "") for r in project["project"]["dependencies"]
+    }
     for requirement in deps.readRequirements():
-        name = re.split(r"[<>=!~ ]", requirement, 1)[0].lower()
+        name = re.split(r"[<>=!~ ]", requirement, maxsplit=1)[0].lower()
         assert library[name] == requirement.replace(" ", ""), name
-    assert {re.split(r"[<>=!~ ]", r, 1)[0] for r in deps.readRequirements()} == {"torch", "scipy", "pymeshlab", "safetensors",
-                                                                                "torch-geometric"}
+    assert {re.split(r"[<>=!~ ]", r, maxsplit=1)[0] for r in deps.readRequirements()} == {
+        "torch",
+        "scipy",
+        "pymeshlab",
+        "safetensors",
+        "torch-geometric",
+    }
 
 
-@pytest.mark.parametrize("installed, satisfied", [(None, False), ("1.13.1", False), ("2.1.0", True), ("2.13.0+cpu", True),
-                                                  ("3.0.0", False)])
+@pytest.mark.parametrize(
+    "installed, satisfied", [(None, False), ("1.13.1", False), ("2.1.0", True), ("2.13.0+cpu", True), ("3.0.0", False)]
+)
 def test_versions_are_checked_against_the_range(deps, installed, satisfied):
     (status,) = deps.dependencyStatus(["torch>=2.1,<3"], versionOf=lambda name: installed)
     assert status.satisfied is satisfied
@@ -59,10 +68,19 @@ def test_torch_goes_through_pytorch_utils_the_rest_through_pip_with_slicers_pack
         return object()
 
     statuses = deps.unsatisfied(["scipy>=1.10", "torch>=2.1,<3"], versionOf=versions.get)
-    deps.installDependencies(statuses, lambda done, total, text: steps.append((done, total, text)), pipInstall=pip_install,
-                             installTorch=install_torch, versionOf=versions.get, temporaryFolder=str(tmp_path))
-    assert [text for _, _, text in steps] == ["Installing torch>=2.1,<3 (1 of 2)...", "Installing scipy>=1.10 (2 of 2)...",
-                                              "Checking the installed versions..."]
+    deps.installDependencies(
+        statuses,
+        lambda done, total, text: steps.append((done, total, text)),
+        pipInstall=pip_install,
+        installTorch=install_torch,
+        versionOf=versions.get,
+        temporaryFolder=str(tmp_path),
+    )
+    assert [text for _, _, text in steps] == [
+        "Installing torch>=2.1,<3 (1 of 2)...",
+        "Installing scipy>=1.10 (2 of 2)...",
+        "Checking the installed versions...",
+    ]
     assert pip_calls[0].startswith('"scipy>=1.10" --constraint "')
     assert constraints == [["numpy==1.26.4", "vtk==9.4.2", "SimpleITK==2.4.0"]]
     assert list(tmp_path.iterdir()) == []  # the constraints file is removed

@@ -1,4 +1,5 @@
 """The extension as the Extensions Index and a Slicer build see it: metadata, installed files, sample data."""
+
 import re
 
 from harness import application
@@ -36,9 +37,14 @@ def test_a_licence_file_at_the_root():
 
 
 def test_every_module_file_is_installed():
-    listed = set(re.findall(r"\$\{MODULE_NAME\}(\S*\.py)", (REPO / "ImageToMesh" / "CMakeLists.txt").read_text(encoding="utf-8")))
-    present = {"/".join(p.relative_to(REPO / "ImageToMesh").parts)[len("ImageToMesh"):]
-               for p in (REPO / "ImageToMesh").rglob("*.py") if "__pycache__" not in p.parts}
+    listed = set(
+        re.findall(r"\$\{MODULE_NAME\}(\S*\.py)", (REPO / "ImageToMesh" / "CMakeLists.txt").read_text(encoding="utf-8"))
+    )
+    present = {
+        "/".join(p.relative_to(REPO / "ImageToMesh").parts)[len("ImageToMesh") :]
+        for p in (REPO / "ImageToMesh").rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
     assert listed == present
 
 
@@ -48,7 +54,9 @@ def test_sample_data_is_registered_with_slicers_sample_data_module(itm, scene, m
 
     registered = []
     fake = types.ModuleType("SampleData")
-    fake.SampleDataLogic = types.SimpleNamespace(registerCustomSampleDataSource=lambda **kwargs: registered.append(kwargs))
+    fake.SampleDataLogic = types.SimpleNamespace(
+        registerCustomSampleDataSource=lambda **kwargs: registered.append(kwargs)
+    )
     monkeypatch.setitem(sys.modules, "SampleData", fake)
     import slicer
 

@@ -1,4 +1,5 @@
 """Bad input, cancel and worker failures: a readable message and the scene exactly as it was."""
+
 import json
 import sys
 import textwrap
@@ -113,8 +114,11 @@ def test_empty_labelmap_and_segment(itm, scene, h, label):
 # --- failures in the worker ---------------------------------------------------------------------
 def test_model_that_fails_to_load(itm, scene, h, label):
     """The library's message for a damaged model reaches the caller; nothing is added."""
+
     def broken(job):
-        raise InputError("model weights /x/model.safetensors fail their checksum; the file is damaged or not the one the card describes")
+        raise InputError(
+            "model weights /x/model.safetensors fail their checksum; the file is damaged or not the one the card describes"
+        )
 
     node = image_node(h, label)
     before = h.scene_state(scene)
@@ -131,7 +135,9 @@ def test_damaged_model_folder_through_the_real_library(itm, scene, h, label, tmp
     folder = tmp_path / "models" / "broken-hippocampus"
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(b"not really safetensors")
-    (folder / "card.json").write_text(json.dumps({"kind": "unet", "config": {}, "weights": "model.safetensors", "sha256": "0" * 64}))
+    (folder / "card.json").write_text(
+        json.dumps({"kind": "unet", "config": {}, "weights": "model.safetensors", "sha256": "0" * 64})
+    )
     monkeypatch.setenv("IMAGETOMESH_MODEL_PATH", str(tmp_path / "models"))
     node = image_node(h, label)
     logic = itm.ImageToMeshLogic(backend=InProcessBackend())
@@ -204,7 +210,7 @@ def test_empty_result_is_an_error(itm, scene, h, label):
 
 
 # --- the worker process itself, with a stand-in worker program -----------------------------------
-STAND_IN_WORKER = textwrap.dedent('''
+STAND_IN_WORKER = textwrap.dedent("""
     import json, os, sys, time
     out = sys.stdout
     def send(**message):
@@ -229,7 +235,7 @@ STAND_IN_WORKER = textwrap.dedent('''
             send(event="cancelled", id=job)
             continue
         send(event="done", id=job, result={"type": "json", "value": {"pid": os.getpid()}})
-''')
+""")
 
 
 def stand_in_backend(grace=0.5):

@@ -1,9 +1,11 @@
 """ImageToMeshLogic.exportModel: LPS and RAS files that read back aligned, the report, repair."""
+
 from pathlib import Path
 
 import numpy as np
 import pytest
 import slicer
+
 from ImageToMeshModule import sceneAdapters
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,6 +74,7 @@ def test_export_coordinates_in_the_file(itm, scene, mesh, in_process, tmp_path):
 
 def test_export_applies_the_parent_transform(itm, scene, mesh, in_process, tmp_path):
     import vtk
+
     from imagetomesh.io.meshes import read_mesh
 
     model = add_model(itm, mesh)

@@ -1,11 +1,13 @@
 """Annotate-and-fit (closed curves on slice planes) and refine (labelmap / segmentation) on a real scene."""
+
 from pathlib import Path
 
 import numpy as np
 import pytest
 import slicer
 import vtk
-from ImageToMeshModule import sceneAdapters, parameterNode
+
+from ImageToMeshModule import parameterNode, sceneAdapters
 
 REPO = Path(__file__).resolve().parents[2]
 HIPPO_LABEL = REPO / "Resources" / "SampleData" / "hippocampus" / "hippocampus_024_label.nii.gz"
@@ -78,7 +80,10 @@ def test_annotate_creates_one_closed_curve_per_slice_plane(itm, scene, h, label)
     set_slices_through(scene, (0.0, 0.0, 10.0))
     curves = itm.ImageToMeshLogic(backend=None).createAnnotationCurves(node)
     assert [c.GetAttribute("ImageToMesh.SliceNode") for c in curves] == [
-        "vtkMRMLSliceNodeRed", "vtkMRMLSliceNodeYellow", "vtkMRMLSliceNodeGreen"]
+        "vtkMRMLSliceNodeRed",
+        "vtkMRMLSliceNodeYellow",
+        "vtkMRMLSliceNodeGreen",
+    ]
     for curve in curves:
         assert curve.IsA("vtkMRMLMarkupsClosedCurveNode") and curve.GetNumberOfControlPoints() == 0
         slice_node = scene.GetNodeByID(curve.GetAttribute("ImageToMesh.SliceNode"))
@@ -181,10 +186,10 @@ def tiny_prior(tmp_path, monkeypatch):
     fitting = pytest.importorskip("imagetomesh.fitting")
     if not hasattr(fitting, "fit_curves"):
         pytest.skip("imagetomesh.fitting has no fit_curves yet")
+    import torch
+
     from imagetomesh.models.dals import DALSConfig, DALSDecoder
     from imagetomesh.weights import save_weights
-
-    import torch
 
     torch.manual_seed(0)  # the untrained decoder's shape is fixed, so the test is deterministic
     config = DALSConfig(latent_dim=8, hidden=(32, 32), fit_template_level=2)
@@ -204,12 +209,20 @@ def test_fit_and_refine_run_the_library_fits(itm, scene, h, label, tiny_prior):
     progress = []
     try:
         assert tiny_prior in logic.priors() and tiny_prior not in logic.segmentationMethods()
-        fitted = logic.fitCurves(curves, tiny_prior, lambdaDir=10.0, lambdaReg=0.01, device="CPU", iterations=3,
-                                 progress=lambda fraction, message: progress.append(fraction))
+        fitted = logic.fitCurves(
+            curves,
+            tiny_prior,
+            lambdaDir=10.0,
+            lambdaReg=0.01,
+            device="CPU",
+            iterations=3,
+            progress=lambda fraction, message: progress.append(fraction),
+        )
         labelmap = h.volume_to_node(label, "hippo-label", "vtkMRMLLabelMapVolumeNode")
         refined = logic.refine(labelmap, tiny_prior, device="CPU", iterations=3)
-        again = logic.refine(labelmap, tiny_prior, lambdaDir=100.0, lambdaReg=1e-3, device="CPU", iterations=3,
-                             outputModel=refined)
+        again = logic.refine(
+            labelmap, tiny_prior, lambdaDir=100.0, lambdaReg=1e-3, device="CPU", iterations=3, outputModel=refined
+        )
     finally:
         logic.close()
     assert progress and progress[-1] == pytest.approx(1.0)
@@ -262,8 +275,8 @@ def test_fit_sliders_start_at_the_libraries_paper_defaults(itm, scene):
     curves = TASK_DEFAULTS["curves"]
     assert parameterNode.PAPER_CURVE_LAMBDAS == (curves.lambda_dir, curves.lambda_reg)
     parameters = itm.ImageToMeshLogic(backend=None).getParameterNode()
-    assert math.isclose(10 ** parameters.logLambdaDir, curves.lambda_dir)
-    assert math.isclose(10 ** parameters.logLambdaReg, curves.lambda_reg)
+    assert math.isclose(10**parameters.logLambdaDir, curves.lambda_dir)
+    assert math.isclose(10**parameters.logLambdaReg, curves.lambda_reg)
     labelmap = TASK_DEFAULTS["labelmap"]
     assert parameters.refineUseDefaultLambdas  # refine's default: the labelmap task's weights ...
     assert math.isinf(labelmap.lambda_dir) and labelmap.lambda_reg == 0  # ... which the logic sends as None

@@ -2,6 +2,7 @@
 
 Checked in a fresh interpreter (this test session has torch loaded already by other tests).
 """
+
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 
-PROBE = textwrap.dedent('''
+PROBE = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, sys.argv[1])
     from harness import application as env
@@ -32,14 +33,15 @@ PROBE = textwrap.dedent('''
     widget.cleanup()
     result["scene"] = [m for m in heavy if m in sys.modules]
     print(json.dumps(result))
-''')
+""")
 
 
 @pytest.mark.slow
 def test_module_and_scene_side_do_not_import_torch():
-    run = subprocess.run([sys.executable, "-c", PROBE, str(HERE)], capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run([sys.executable, "-c", PROBE, str(HERE)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert not result["module"], f"importing ImageToMesh.py imported {result['module']}"
-    assert not result["scene"], f"the panel or putting a mesh into the scene imported {result['scene']} into Slicer's process"
+    assert not result["scene"], (
+        f"the panel or putting a mesh into the scene imported {result['scene']} into Slicer's process"
+    )

@@ -1,9 +1,11 @@
 """ImageToMeshLogic.segment on a real MRML scene: geometry, result placement, real models."""
+
 from pathlib import Path
 
 import numpy as np
 import pytest
 import slicer
+
 from ImageToMeshModule import sceneAdapters
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +53,9 @@ def test_volume_node_to_library_volume_keeps_geometry(itm, scene, hippo, h):
     rng = np.random.default_rng(0)
     ijk = np.stack([rng.integers(0, n, 20) for n in back.size_ijk], axis=1)
     original = np.rint(transform_points(image.lps_to_index, transform_points(back.index_to_lps, ijk))).astype(int)
-    assert np.array_equal(back.array[ijk[:, 2], ijk[:, 1], ijk[:, 0]], image.array[original[:, 2], original[:, 1], original[:, 0]])
+    assert np.array_equal(
+        back.array[ijk[:, 2], ijk[:, 1], ijk[:, 0]], image.array[original[:, 2], original[:, 1], original[:, 0]]
+    )
 
 
 def test_segment_puts_an_aligned_model_in_the_input_folder(itm, scene, hippo, h):

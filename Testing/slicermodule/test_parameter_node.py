@@ -1,4 +1,5 @@
 """The parameter node through Slicer's own ``parameterNodeWrapper`` (every Slicer >= 5.6 runs this code)."""
+
 import typing
 from pathlib import Path
 

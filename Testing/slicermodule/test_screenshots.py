@@ -1,4 +1,5 @@
 """The README screenshots script renders a 3D view and slice views offscreen."""
+
 import importlib.util
 from pathlib import Path
 
@@ -38,7 +39,12 @@ def test_screenshots_script_renders_the_result(screenshots, tmp_path, capsys):
         pixels = _png(tmp_path / name)
         assert pixels.shape[:2] == (640, 640)
         # the model's colour is there: shaded surface in 3D, the intersection line on the slices
-        near = np.linalg.norm(pixels / np.maximum(pixels.max(-1, keepdims=True), 1) - MODEL_YELLOW / MODEL_YELLOW.max(), axis=-1) < 0.12
+        near = (
+            np.linalg.norm(
+                pixels / np.maximum(pixels.max(-1, keepdims=True), 1) - MODEL_YELLOW / MODEL_YELLOW.max(), axis=-1
+            )
+            < 0.12
+        )
         bright = pixels.max(-1) > 60
         assert (near & bright).sum() > (2000 if name == "slicer-3d.png" else 150), name
         assert pixels.std() > 10, f"{name} is blank"

@@ -3,6 +3,7 @@
 It must skip cleanly, with a message, when the worker's packages are missing, and when they are
 installed it must run with torch and pymeshlab only in the worker, never in Slicer's process.
 """
+
 import json
 import subprocess
 import sys
@@ -26,7 +27,7 @@ def test_self_test_skips_cleanly_without_dependencies(itm, scene, monkeypatch):
     assert any("skipped" in m for m in messages), messages
 
 
-PROBE = textwrap.dedent('''
+PROBE = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, sys.argv[1])
     from harness import application as env
@@ -37,7 +38,7 @@ PROBE = textwrap.dedent('''
     case.delayDisplay = lambda message, msec=0: messages.append(message)
     case.runTest()
     print(json.dumps({"messages": messages, "heavy": [m for m in ("torch", "pymeshlab") if m in sys.modules]}))
-''')
+""")
 
 
 @pytest.mark.slow

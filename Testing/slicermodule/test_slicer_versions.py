@@ -4,13 +4,13 @@ Slicer 5.6 and 5.8 ship Python 3.9, which the imagetomesh library (Python 3.10+)
 module file must still load there and say what to do. The module's own code is run on Python
 3.12 by ``.ci/run`` (a second, torch-free environment), as Slicer 5.10 ships it.
 """
+
 import ast
 import glob
 import os
 import shutil
 import subprocess
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -33,14 +33,21 @@ def test_the_extension_metadata_and_docs_state_the_supported_versions(itm):
 
 def _python39():
     found = shutil.which("python3.9")
-    candidates = ([found] if found else []) + sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9")))
+    candidates = ([found] if found else []) + sorted(
+        glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9"))
+    )
     for candidate in candidates:
-        if subprocess.run([candidate, "-c", "import sys; assert sys.version_info[:2] == (3, 9)"], capture_output=True).returncode == 0:
+        if (
+            subprocess.run(
+                [candidate, "-c", "import sys; assert sys.version_info[:2] == (3, 9)"], capture_output=True
+            ).returncode
+            == 0
+        ):
             return candidate
     return None
 
 
-OLD_SLICER = textwrap.dedent('''
+OLD_SLICER = textwrap.dedent("""
     import sys, types
     slicer = types.ModuleType("slicer"); sys.modules["slicer"] = slicer
     i18n = types.ModuleType("slicer.i18n"); i18n.tr = lambda t: t; i18n.translate = lambda c, t: t
@@ -58,7 +65,7 @@ OLD_SLICER = textwrap.dedent('''
     assert not namespace["SUPPORTED"] and "ImageToMeshWidget" in namespace
     assert "ImageToMeshModule.widget" not in sys.modules
     print(parent.helpText.splitlines()[0])
-''')
+""")
 
 
 def test_an_older_slicer_gets_a_message_instead_of_a_traceback():

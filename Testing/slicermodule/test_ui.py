@@ -4,6 +4,7 @@ Every widget the Widget code reaches through ``self.ui.<name>`` exists, paramete
 (``SlicerParameterName``) name real parameters with widgets their GUI connectors accept, and
 every MRML widget receives the scene.
 """
+
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -47,8 +48,11 @@ def test_widgets_used_by_the_code_exist_in_the_ui_file():
 
 def test_parameter_bindings_match_the_parameter_node(itm):
     _, widgets = _xml_widgets()
-    bound = {props["SlicerParameterName"]: (name, cls, props)
-             for name, (cls, props) in widgets.items() if "SlicerParameterName" in props}
+    bound = {
+        props["SlicerParameterName"]: (name, cls, props)
+        for name, (cls, props) in widgets.items()
+        if "SlicerParameterName" in props
+    }
     parameters = itm.ImageToMeshParameterNode.allParameters
     unknown = sorted(set(bound) - set(parameters))
     assert not unknown, f"SlicerParameterName values that are not parameters: {unknown}"
@@ -61,8 +65,12 @@ def test_parameter_bindings_match_the_parameter_node(itm):
 def test_mrml_widgets_receive_the_scene():
     root, widgets = _xml_widgets()
     mrml = {name for name, (cls, _) in widgets.items() if cls.startswith("qMRML") and cls != "qMRMLWidget"}
-    connected = {c.findtext("receiver") for c in root.iter("connection")
-                 if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)" and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    connected = {
+        c.findtext("receiver")
+        for c in root.iter("connection")
+        if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+        and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
     assert mrml and mrml <= connected, f"not given the scene: {sorted(mrml - connected)}"
 
 
@@ -84,7 +92,7 @@ def test_ui_loads_with_qt_offscreen():
     used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", WIDGET_FILE.read_text(encoding="utf-8")))
     for name in used:
         assert widget.findChild(QtCore.QObject, name) is not None, f"{name} missing after loading the .ui"
-    for name, (cls, props) in widgets.items():
+    for name, (_, props) in widgets.items():
         if "SlicerParameterName" in props:
             child = widget.findChild(QtCore.QObject, name)
             assert child.property("SlicerParameterName") == props["SlicerParameterName"]

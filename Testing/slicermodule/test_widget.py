@@ -5,6 +5,7 @@ PySide6 as PythonQt, the real ``.ui`` file); only the worker is a scripted fake,
 is fast. Buttons are clicked, sliders moved and curves drawn through the widgets, and Qt's event
 loop runs the panel's timers.
 """
+
 import time
 
 import numpy as np
@@ -87,7 +88,9 @@ def image_node(h, label, name="hippo"):
 
 def models(scene):
     """The scene's model nodes a user sees (slice-view models are hidden from editors)."""
-    nodes = [scene.GetNthNodeByClass(i, "vtkMRMLModelNode") for i in range(scene.GetNumberOfNodesByClass("vtkMRMLModelNode"))]
+    nodes = [
+        scene.GetNthNodeByClass(i, "vtkMRMLModelNode") for i in range(scene.GetNumberOfNodesByClass("vtkMRMLModelNode"))
+    ]
     return [node for node in nodes if not node.GetHideFromEditors()]
 
 
@@ -105,7 +108,9 @@ def test_setup_creates_the_parameter_node_with_slicers_wrapper_and_shows_its_def
             assert getattr(parameters, name) == info.default.value, name
     assert widget.ui.deviceComboBox.currentText == "auto"
     assert widget.ui.exportFormatComboBox.currentText == "STL"
-    assert widget.ui.lambdaDirSlider.value == pytest.approx(2.0) and widget.ui.lambdaRegSlider.value == pytest.approx(-2.0)
+    assert widget.ui.lambdaDirSlider.value == pytest.approx(2.0) and widget.ui.lambdaRegSlider.value == pytest.approx(
+        -2.0
+    )
     assert widget.ui.refineDefaultLambdasCheckBox.checked
     assert not widget.ui.refineLambdaDirSlider.enabled  # the paper's shared latent: sliders off
     assert widget.ui.methodComboBox.count >= 5 and widget.ui.priorComboBox.count >= 2
@@ -152,7 +157,7 @@ def test_exit_disconnects_the_panel_and_enter_reconnects_it(itm, scene, panel):
 def test_apply_shows_progress_and_adds_the_result(itm, scene, h, label, mesh, panel):
     fake = h.FakeBackend(lambda job: mesh)
     widget = panel(fake)
-    node = image_node(h, label)
+    image_node(h, label)
     widget.ui.applyButton.click()
     assert widget.ui.applyButton.text == "Cancel" and widget.ui.progressBar.visible
     assert not widget.ui.fitButton.enabled and not widget.ui.exportButton.enabled
@@ -225,7 +230,11 @@ def draw_circle(curve, centre_ras, radius=6.0, count=12, off_plane=0.0):
     """Control points on a circle in the curve's recorded slice plane (``off_plane`` mm along its normal)."""
     values = np.array([float(v) for v in curve.GetAttribute("ImageToMesh.SliceToRAS").split()]).reshape(4, 4)
     u, v, normal = values[:3, 0], values[:3, 1], values[:3, 2]
-    origin = values[:3, 3] + np.dot(np.asarray(centre_ras) - values[:3, 3], u) * u + np.dot(np.asarray(centre_ras) - values[:3, 3], v) * v
+    origin = (
+        values[:3, 3]
+        + np.dot(np.asarray(centre_ras) - values[:3, 3], u) * u
+        + np.dot(np.asarray(centre_ras) - values[:3, 3], v) * v
+    )
     for angle in np.linspace(0, 2 * np.pi, count, endpoint=False):
         point = origin + radius * (np.cos(angle) * u + np.sin(angle) * v) + off_plane * normal
         curve.AddControlPoint(*point.tolist())
@@ -254,7 +263,9 @@ def _ijk_to_ras(node):
 def test_annotate_binds_one_place_widget_per_view_and_starts_placing_on_red(itm, scene, h, label, panel):
     widget = panel(h.FakeBackend(lambda job: None))
     annotate(widget, scene, label, h)
-    curves = {name: getattr(widget.ui, f"{name.lower()}PlaceWidget").currentNode() for name in ("Red", "Yellow", "Green")}
+    curves = {
+        name: getattr(widget.ui, f"{name.lower()}PlaceWidget").currentNode() for name in ("Red", "Yellow", "Green")
+    }
     for name, curve in curves.items():
         assert curve is not None and curve.GetAttribute("ImageToMesh.SliceNode") == f"vtkMRMLSliceNode{name}"
         assert curve.GetDisplayNode().GetViewNodeIDs() == (f"vtkMRMLSliceNode{name}",)  # its own view only
@@ -298,7 +309,7 @@ def test_fit_uses_the_drawn_curves_and_a_moved_slider_refits_once(itm, scene, h,
     wait_until(lambda: len(fake.jobs) == 2 and widget._job is None, what="the refit")
     process_events(0.6)
     assert len(fake.jobs) == 2
-    assert fake.jobs[1].params["lambda_dir"] == pytest.approx(10 ** 3.5)
+    assert fake.jobs[1].params["lambda_dir"] == pytest.approx(10**3.5)
     assert models(scene) == [model]  # the refit replaces the same model
 
 
@@ -320,8 +331,11 @@ def test_editing_a_fitted_curve_refits_with_the_same_debounce(itm, scene, h, lab
     assert not np.allclose(fake.jobs[1].curves[0], fake.jobs[0].curves[0])  # the dragged point moved the red curve
     red.RemoveNthControlPoint(3)
     wait_until(lambda: len(fake.jobs) == 3 and widget._job is None, what="the refit after a removal")
-    assert red.GetNumberOfControlPoints() == 11 and fake.jobs[2].curves[0].shape != fake.jobs[1].curves[0].shape or \
-        not np.allclose(fake.jobs[2].curves[0], fake.jobs[1].curves[0])
+    assert (
+        red.GetNumberOfControlPoints() == 11
+        and fake.jobs[2].curves[0].shape != fake.jobs[1].curves[0].shape
+        or not np.allclose(fake.jobs[2].curves[0], fake.jobs[1].curves[0])
+    )
 
 
 def test_a_curve_off_its_slice_plane_is_projected_with_a_warning_in_the_panel(itm, scene, h, label, mesh, panel):
@@ -373,9 +387,13 @@ def test_refine_a_segmentation_segment(itm, scene, h, label, mesh, panel):
 
 # --- export ---------------------------------------------------------------------------------------
 def test_export_asks_before_repairing_and_writes_the_file(itm, scene, h, mesh, app, panel, tmp_path):
-    reports = iter([{"watertight": False, "manifold": True, "self_intersecting_faces": 0, "summary": "2 holes"},
-                    {"watertight": False, "manifold": True, "self_intersecting_faces": 0, "summary": "2 holes"},
-                    {"watertight": True, "manifold": True, "self_intersecting_faces": 0, "summary": "clean"}])
+    reports = iter(
+        [
+            {"watertight": False, "manifold": True, "self_intersecting_faces": 0, "summary": "2 holes"},
+            {"watertight": False, "manifold": True, "self_intersecting_faces": 0, "summary": "2 holes"},
+            {"watertight": True, "manifold": True, "self_intersecting_faces": 0, "summary": "clean"},
+        ]
+    )
 
     def behaviour(job):
         return next(reports) if job.task == "check" else job.mesh
@@ -396,7 +414,9 @@ def test_export_asks_before_repairing_and_writes_the_file(itm, scene, h, mesh, a
 
 
 def test_export_cancelled_in_the_dialog_writes_nothing(itm, scene, h, mesh, app, panel, tmp_path):
-    fake = h.FakeBackend(lambda job: {"watertight": False, "manifold": False, "self_intersecting_faces": 3, "summary": "bad"})
+    fake = h.FakeBackend(
+        lambda job: {"watertight": False, "manifold": False, "self_intersecting_faces": 3, "summary": "bad"}
+    )
     widget = panel(fake)
     from ImageToMeshModule import sceneAdapters
 
@@ -413,8 +433,12 @@ def test_export_cancelled_in_the_dialog_writes_nothing(itm, scene, h, mesh, app,
 def missing(monkeypatch):
     from ImageToMeshModule import dependencies, logic
 
-    state = {"missing": [dependencies.DependencyStatus("torch>=2.1,<3", "torch", "1.13.1"),
-                         dependencies.DependencyStatus("pymeshlab>=2022.2", "pymeshlab", None)]}
+    state = {
+        "missing": [
+            dependencies.DependencyStatus("torch>=2.1,<3", "torch", "1.13.1"),
+            dependencies.DependencyStatus("pymeshlab>=2022.2", "pymeshlab", None),
+        ]
+    }
     monkeypatch.setattr(logic.ImageToMeshLogic, "unsatisfiedDependencies", staticmethod(lambda: state["missing"]))
     return state
 

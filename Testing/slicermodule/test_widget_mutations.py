@@ -4,6 +4,7 @@ A copy of ``ImageToMesh/`` gets one break (a misspelt signal, slot or backend ca
 signal signature, a Qt property called as a method, which PythonQt does not allow) and
 ``test_widget.py`` runs against it in a fresh interpreter; it must fail. The unbroken copy must pass, so a failure means the break was seen.
 """
+
 import os
 import shutil
 import subprocess
@@ -18,21 +19,43 @@ WIDGET = Path("ImageToMeshModule") / "widget.py"
 
 BREAKS = {
     "misspelt signal": ('self.ui.applyButton.connect("clicked(bool)"', 'self.ui.applyButton.connect("clickd(bool)"'),
-    "wrong signal signature": ('slider.connect("valueChanged(double)", self._onFitLambdaChanged)',
-                               'slider.connect("valueChanged(int)", self._onFitLambdaChanged)'),
-    "misspelt slot": ('self.ui.fitButton.connect("clicked(bool)", self.onFitButton)',
-                      'self.ui.fitButton.connect("clicked(bool)", self.onFitButon)'),
+    "wrong signal signature": (
+        'slider.connect("valueChanged(double)", self._onFitLambdaChanged)',
+        'slider.connect("valueChanged(int)", self._onFitLambdaChanged)',
+    ),
+    "misspelt slot": (
+        'self.ui.fitButton.connect("clicked(bool)", self.onFitButton)',
+        'self.ui.fitButton.connect("clicked(bool)", self.onFitButon)',
+    ),
     "misspelt backend call": ("self.logic.backend.start(job)", "self.logic.backend.strat(job)"),
-    "property called as a method": ("self.logic.prepareSegment(p.inputVolume, self.ui.methodComboBox.currentText,",
-                                    "self.logic.prepareSegment(p.inputVolume, self.ui.methodComboBox.currentText(),"),
+    "property called as a method": (
+        "p.inputVolume, self.ui.methodComboBox.currentText, p.outputModel",
+        "p.inputVolume, self.ui.methodComboBox.currentText(), p.outputModel",
+    ),
 }
 
 
 def run_widget_tests(module_dir: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, IMAGETOMESH_MODULE_DIR=str(module_dir), QT_QPA_PLATFORM="offscreen")
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(HERE / "test_widget.py"),
-                           "-k", "apply_shows_progress or fit_uses_the_drawn_curves or cancel_leaves"],
-                          capture_output=True, text=True, env=env, timeout=600, cwd=str(HERE.parents[1]))
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            str(HERE / "test_widget.py"),
+            "-k",
+            "apply_shows_progress or fit_uses_the_drawn_curves or cancel_leaves",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=str(HERE.parents[1]),
+    )
 
 
 def broken_copy(tmp_path: Path, before: str, after: str) -> Path:

@@ -42,8 +42,10 @@ The package, a module per part:
 
 Importing it needs neither torch nor pymeshlab (the Slicer module imports it in Slicer's process).
 """
+
 from imagetomesh.backend.inprocess import InProcessBackend
-from imagetomesh.backend.jobs import TASKS, BackendError, Event, Job, JobCancelled, WorkerDied, _error_event
+from imagetomesh.backend.jobs import TASKS, BackendError, Event, Job, JobCancelled, WorkerDied
+from imagetomesh.backend.jobs import _error_event as _error_event  # used by tests' fake backends
 from imagetomesh.backend.process_tree import terminate_process_tree
 from imagetomesh.backend.protocol import Backend, wait_for
 from imagetomesh.backend.serve import worker_main

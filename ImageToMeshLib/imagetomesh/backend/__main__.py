@@ -1,4 +1,5 @@
 """``python -m imagetomesh.backend --worker``: serve ImageToMesh jobs on stdin/stdout (:func:`worker_main`)."""
+
 import sys
 
 from imagetomesh.backend.serve import worker_main

@@ -1,4 +1,5 @@
 """:class:`InProcessBackend`: the jobs in a thread of the calling process, for scripts and tests."""
+
 from __future__ import annotations
 
 import queue

@@ -3,10 +3,12 @@
 An ``error`` event carries the error's type by name (``error_type``) so that it survives the
 worker's JSON wire; :meth:`Event.exception` and :func:`_error_event` map between the two.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -4,6 +4,7 @@ Slicer's ``PythonSlicer`` is a launcher whose child is the real Python, so endin
 launcher alone is not enough: the worker runs as the leader of its own process group and
 the whole group is ended.
 """
+
 from __future__ import annotations
 
 import os

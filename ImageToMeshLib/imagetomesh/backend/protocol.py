@@ -3,6 +3,7 @@
 Tests substitute any object with ``start/poll/cancel/busy/close``; :func:`wait_for` runs a job
 on such an object as :meth:`Backend.run` does on a real backend.
 """
+
 from __future__ import annotations
 
 import queue

@@ -3,6 +3,7 @@
 Started by :class:`~imagetomesh.backend.worker.WorkerBackend` with
 ``from imagetomesh.backend import worker_main`` (or ``python -m imagetomesh.backend --worker``).
 """
+
 from __future__ import annotations
 
 import json
@@ -79,7 +80,13 @@ def worker_main(stdin=None, stdout=None) -> int:
         if event.kind == "done":
             out_folder = wire_folder(message)
             try:
-                send({"event": "done", "id": job_id, "result": result_to_wire(event.result, out_folder, f"{job_id}-result")})
+                send(
+                    {
+                        "event": "done",
+                        "id": job_id,
+                        "result": result_to_wire(event.result, out_folder, f"{job_id}-result"),
+                    }
+                )
             except Exception as err:
                 send({"event": "error", "id": job_id, "type": "Error", "message": f"could not send the result: {err}"})
         elif event.kind == "cancelled":

@@ -5,13 +5,15 @@ Each task's function takes ``(job, progress, log, cache)`` and returns the job's
 imported inside the functions, so that importing the backend stays light (no torch in
 Slicer's own process).
 """
+
 from __future__ import annotations
 
 import os
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +64,10 @@ def _fit(job: Job, progress: ProgressCallback, fit: Callable, observations: Call
     prior = job.params.get("prior")
     if not prior:
         raise InputError("no DALS prior chosen; pick one of the bundled priors")
-    options = {"progress": lambda fraction: progress(float(fraction), "fitting"), "device": job.params.get("device", "cpu")}
+    options = {
+        "progress": lambda fraction: progress(float(fraction), "fitting"),
+        "device": job.params.get("device", "cpu"),
+    }
     for key in ("lambda_dir", "lambda_reg", "iterations", "remesh"):
         if job.params.get(key) is not None:
             options[key] = job.params[key]
@@ -73,14 +78,20 @@ def _fit(job: Job, progress: ProgressCallback, fit: Callable, observations: Call
 def _fit_curves(job: Job, progress: ProgressCallback, log: LogCallback, cache: dict):
     from imagetomesh.fitting import fit_curves
 
-    return _fit(job, progress, fit_curves,
-                lambda: [np.asarray(c, dtype=np.float64) for c in _require(job.curves, "curves", job.task)])
+    return _fit(
+        job,
+        progress,
+        fit_curves,
+        lambda: [np.asarray(c, dtype=np.float64) for c in _require(job.curves, "curves", job.task)],
+    )
 
 
 def _fit_points(job: Job, progress: ProgressCallback, log: LogCallback, cache: dict):
     from imagetomesh.fitting import fit_points
 
-    return _fit(job, progress, fit_points, lambda: np.asarray(_require(job.points, "points", job.task), dtype=np.float64))
+    return _fit(
+        job, progress, fit_points, lambda: np.asarray(_require(job.points, "points", job.task), dtype=np.float64)
+    )
 
 
 def _refine(job: Job, progress: ProgressCallback, log: LogCallback, cache: dict):

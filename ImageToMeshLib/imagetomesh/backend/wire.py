@@ -5,6 +5,7 @@ worker; each array of the job (volume, curves, points, mesh) is saved there as
 ``<job id>-<what>.npy`` and named in the message by its path. A result is either
 ``{"type": "mesh", "vertices": path, "faces": path}`` or ``{"type": "json", "value": ...}``.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,11 +42,16 @@ def _volume_to_wire(volume: Volume, folder: Path, stem: str) -> dict:
 
 
 def _volume_from_wire(data: dict) -> Volume:
-    return Volume(_load_array(data["array"]), np.array(data["spacing"]), np.array(data["origin"]), np.array(data["direction"]))
+    return Volume(
+        _load_array(data["array"]), np.array(data["spacing"]), np.array(data["origin"]), np.array(data["direction"])
+    )
 
 
 def _mesh_to_wire(mesh: Mesh, folder: Path, stem: str) -> dict:
-    return {"vertices": _save_array(folder, stem + "-vertices", mesh.vertices), "faces": _save_array(folder, stem + "-faces", mesh.faces)}
+    return {
+        "vertices": _save_array(folder, stem + "-vertices", mesh.vertices),
+        "faces": _save_array(folder, stem + "-faces", mesh.faces),
+    }
 
 
 def _mesh_from_wire(data: dict) -> Mesh:
@@ -58,7 +64,9 @@ def job_to_wire(job: Job, job_id: str, folder: Path) -> dict:
     if job.volume is not None:
         message["volume"] = _volume_to_wire(job.volume, folder, f"{job_id}-volume")
     if job.curves is not None:
-        message["curves"] = [_save_array(folder, f"{job_id}-curve{i}", np.asarray(c, np.float64)) for i, c in enumerate(job.curves)]
+        message["curves"] = [
+            _save_array(folder, f"{job_id}-curve{i}", np.asarray(c, np.float64)) for i, c in enumerate(job.curves)
+        ]
     if job.points is not None:
         message["points"] = _save_array(folder, f"{job_id}-points", np.asarray(job.points, np.float64))
     if job.mesh is not None:

@@ -10,6 +10,7 @@ its own process group, and every way the backend ends it ends the whole process 
 (:func:`~imagetomesh.backend.process_tree.terminate_process_tree`). A worker that dies is
 reported as an ``error`` event of type ``WorkerDied`` with its exit code and last words.
 """
+
 from __future__ import annotations
 
 import collections
@@ -85,8 +86,10 @@ class WorkerBackend(Backend):
         self.cancel_grace = float(cancel_grace)
         # the library's folder goes on sys.path explicitly as well as on PYTHONPATH: launchers
         # such as Slicer's PythonSlicer set up their own environment
-        bootstrap = (f"import sys; sys.path.insert(0, {str(library_root())!r}); "
-                     "from imagetomesh.backend import worker_main; sys.exit(worker_main())")
+        bootstrap = (
+            f"import sys; sys.path.insert(0, {str(library_root())!r}); "
+            "from imagetomesh.backend import worker_main; sys.exit(worker_main())"
+        )
         self.command = command or [self.python, "-u", "-c", bootstrap]
         self._process: subprocess.Popen | None = None
         self._events: queue.Queue = queue.Queue()
@@ -117,7 +120,9 @@ class WorkerBackend(Backend):
         # its own process group, so that terminate_process_tree reaches the launcher's children
         kwargs: dict = {}
         if os.name == "nt":  # and no console window for the worker
-            kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0) | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+            kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0) | getattr(
+                subprocess, "CREATE_NEW_PROCESS_GROUP", 0
+            )
         else:
             kwargs["start_new_session"] = True
         try:
@@ -140,9 +145,14 @@ class WorkerBackend(Backend):
         # the reader threads get the queue and the deque, not self: a backend nobody holds any
         # more is garbage collected (and its worker ended by __del__) while they still run
         threading.Thread(
-            target=self._read_stdout, args=(process, self._events, self._stderr_tail), daemon=True, name="imagetomesh-stdout"
+            target=self._read_stdout,
+            args=(process, self._events, self._stderr_tail),
+            daemon=True,
+            name="imagetomesh-stdout",
         ).start()
-        threading.Thread(target=self._read_stderr, args=(process, self._stderr_tail), daemon=True, name="imagetomesh-stderr").start()
+        threading.Thread(
+            target=self._read_stderr, args=(process, self._stderr_tail), daemon=True, name="imagetomesh-stderr"
+        ).start()
 
     @staticmethod
     def _read_stdout(process: subprocess.Popen, events: queue.Queue, stderr_tail: collections.deque) -> None:
@@ -266,7 +276,9 @@ class WorkerBackend(Backend):
                 continue  # from a killed worker or a finished job
             event = message.get("event")
             if event == "progress":
-                out.append(Event("progress", fraction=float(message.get("fraction", 0.0)), message=message.get("message", "")))
+                out.append(
+                    Event("progress", fraction=float(message.get("fraction", 0.0)), message=message.get("message", ""))
+                )
             elif event == "log":
                 out.append(Event("log", message=message.get("message", "")))
             elif event == "done":

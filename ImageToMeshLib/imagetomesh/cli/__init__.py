@@ -8,6 +8,7 @@ what several commands share.
 Every sub-command reports bad input as one line on stderr and exit code 2, with no traceback
 and no output file left behind (all writers are atomic).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,9 @@ COMMANDS = (mesh_from_label, evaluate, preview, info, segment, models, train, fi
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``imagetomesh`` parser with every command; each parsed command's ``func(args)`` runs it."""
-    parser = argparse.ArgumentParser(prog=PROG, description="Medical images to watertight surface meshes (LPS millimetres).")
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Medical images to watertight surface meshes (LPS millimetres)."
+    )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

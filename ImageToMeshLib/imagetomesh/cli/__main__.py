@@ -1,4 +1,5 @@
 """``python -m imagetomesh.cli``: the ``imagetomesh`` command."""
+
 import sys
 
 from imagetomesh.cli import main

@@ -1,4 +1,5 @@
 """``imagetomesh demo``: the main job on the bundled sample data."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,5 +15,11 @@ def cmd_demo(args) -> int:
 def register(sub) -> None:
     """Add ``demo`` to the main parser's sub-parsers ``sub``."""
     p = sub.add_parser("demo", help="run the main job on the bundled sample data")
-    p.add_argument("-o", "--output", type=Path, default=Path("imagetomesh-demo"), help="folder to write (default ./imagetomesh-demo)")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("imagetomesh-demo"),
+        help="folder to write (default ./imagetomesh-demo)",
+    )
     p.set_defaults(func=cmd_demo)

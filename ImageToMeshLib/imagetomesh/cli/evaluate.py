@@ -1,4 +1,5 @@
 """``imagetomesh evaluate``: compare a mesh with a labelmap (Dice, IoU, Chamfer, HD95, ...)."""
+
 from __future__ import annotations
 
 import json

@@ -3,12 +3,14 @@
 Every command raises :class:`InputError` for bad input (exit code 2) and writes its mesh
 atomically, only after the fit has finished.
 """
+
 from __future__ import annotations
 
 import argparse
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from imagetomesh.cli.options import DEVICES, add_output, add_space, finite_weight, positive_int, weight
 from imagetomesh.cli.reporting import FractionBar, check_mesh_output, write_checked_mesh
@@ -19,15 +21,26 @@ CURVE_KINDS = ("ClosedCurve", "Curve")
 
 
 def _add_fit_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prior", required=True, help="DALS prior: a bundled name (dals-hippocampus, dals-kidney) or a model folder")
+    p.add_argument(
+        "--prior", required=True, help="DALS prior: a bundled name (dals-hippocampus, dals-kidney) or a model folder"
+    )
     add_output(p, "mesh file to write (.stl, .vtp, .vtk, .obj, .ply), millimetres (LPS unless --coordinate-system RAS)")
-    p.add_argument("--lambda-dir", type=weight("--lambda-dir"), default=None,
-                   help="weight of the latent smoothness term Tr(Z^T L^2 Z); 'inf' = one shared latent "
-                        "(default: the task's, from the DALS paper)")
-    p.add_argument("--lambda-reg", type=weight("--lambda-reg"), default=None,
-                   help="weight of the triangle-quality regulariser (default: the task's)")
-    p.add_argument("--iterations", type=positive_int("--iterations"), default=None,
-                   help="Adam iterations (default: the task's)")
+    p.add_argument(
+        "--lambda-dir",
+        type=weight("--lambda-dir"),
+        default=None,
+        help="weight of the latent smoothness term Tr(Z^T L^2 Z); 'inf' = one shared latent "
+        "(default: the task's, from the DALS paper)",
+    )
+    p.add_argument(
+        "--lambda-reg",
+        type=weight("--lambda-reg"),
+        default=None,
+        help="weight of the triangle-quality regulariser (default: the task's)",
+    )
+    p.add_argument(
+        "--iterations", type=positive_int("--iterations"), default=None, help="Adam iterations (default: the task's)"
+    )
     p.add_argument("--remesh", action="store_true", help="isotropic (Botsch-Kobbelt) remeshing of the result")
     p.add_argument("--device", default="cpu", choices=DEVICES, help="where to fit (default cpu)")
     add_space(p)
@@ -45,8 +58,16 @@ def _run_fit(args, label: str, read: Callable[[], Any], fit: Callable, summary: 
     observations = read()
     bar = FractionBar(label)
     try:
-        mesh = fit(observations, prior, progress=bar, lambda_dir=args.lambda_dir, lambda_reg=args.lambda_reg,
-                   iterations=args.iterations, remesh=args.remesh, device=device)
+        mesh = fit(
+            observations,
+            prior,
+            progress=bar,
+            lambda_dir=args.lambda_dir,
+            lambda_reg=args.lambda_reg,
+            iterations=args.iterations,
+            remesh=args.remesh,
+            device=device,
+        )
     finally:
         bar.close()
     write_checked_mesh(mesh, args.output, args.coordinate_system, summary(observations))
@@ -58,8 +79,13 @@ def cmd_fit_points(args) -> int:
     from imagetomesh.fitting import fit_points
     from imagetomesh.io.markups import read_points
 
-    return _run_fit(args, "fit points", lambda: read_points(args.points), fit_points,
-                    lambda points: f"fitted to {len(points)} points")
+    return _run_fit(
+        args,
+        "fit points",
+        lambda: read_points(args.points),
+        fit_points,
+        lambda points: f"fitted to {len(points)} points",
+    )
 
 
 # --- fit curves ------------------------------------------------------------------------------
@@ -73,7 +99,9 @@ def read_curves(paths: list[Path]) -> list:
         found = [m for m in markups if m.kind in CURVE_KINDS]
         if not found:
             kinds = ", ".join(sorted({m.kind for m in markups}))
-            raise InputError(f"{path} holds no curve (it has {kinds}); draw closed curves in Slicer and save them as .mrk.json")
+            raise InputError(
+                f"{path} holds no curve (it has {kinds}); draw closed curves in Slicer and save them as .mrk.json"
+            )
         for markup in found:
             if markup.kind == "Curve":
                 warnings.warn(f"curve '{markup.name or path.name}' is open; it is treated as closed", stacklevel=2)
@@ -84,8 +112,13 @@ def read_curves(paths: list[Path]) -> list:
 def cmd_fit_curves(args) -> int:
     from imagetomesh.fitting import fit_curves
 
-    return _run_fit(args, "fit curves", lambda: read_curves(args.curves), fit_curves,
-                    lambda curves: f"fitted to {len(curves)} curve(s)")
+    return _run_fit(
+        args,
+        "fit curves",
+        lambda: read_curves(args.curves),
+        fit_curves,
+        lambda curves: f"fitted to {len(curves)} curve(s)",
+    )
 
 
 # --- refine ------------------------------------------------------------------------------------
@@ -95,33 +128,50 @@ def cmd_refine(args) -> int:
     from imagetomesh.io.images import read_labelmap
 
     coverage = REFINE_COVERAGE if args.coverage is None else args.coverage
-    return _run_fit(args, "refine", lambda: read_labelmap(args.label_file, args.label),
-                    lambda mask, prior, **kwargs: refine_labelmap(mask, prior, coverage=coverage, **kwargs),
-                    lambda mask: "refined labelmap")
+    return _run_fit(
+        args,
+        "refine",
+        lambda: read_labelmap(args.label_file, args.label),
+        lambda mask, prior, **kwargs: refine_labelmap(mask, prior, coverage=coverage, **kwargs),
+        lambda mask: "refined labelmap",
+    )
 
 
 def register(sub) -> None:
     """Add ``fit`` (``points``, ``curves``) and ``refine`` to the main parser's sub-parsers ``sub``."""
-    fit = sub.add_parser("fit", help="fit a DALS shape prior to points or planar curves",
-                         description="Fit a learned DALS shape prior to observations in LPS mm.")
+    fit = sub.add_parser(
+        "fit",
+        help="fit a DALS shape prior to points or planar curves",
+        description="Fit a learned DALS shape prior to observations in LPS mm.",
+    )
     fit_sub = fit.add_subparsers(dest="fit_command", metavar="WHAT")
     fit_sub.required = True
 
-    p = fit_sub.add_parser("points", help="fit to a point cloud (csv x,y,z LPS mm, a mesh file, or a .mrk.json point list)")
-    p.add_argument("points", metavar="POINTS", type=Path, help="csv/txt/xyz/fcsv (x,y,z LPS mm), mesh file, or .mrk.json")
+    p = fit_sub.add_parser(
+        "points", help="fit to a point cloud (csv x,y,z LPS mm, a mesh file, or a .mrk.json point list)"
+    )
+    p.add_argument(
+        "points", metavar="POINTS", type=Path, help="csv/txt/xyz/fcsv (x,y,z LPS mm), mesh file, or .mrk.json"
+    )
     _add_fit_options(p)
     p.set_defaults(func=cmd_fit_points)
 
     p = fit_sub.add_parser("curves", help="fit to planar closed curves (Slicer .mrk.json, any number of planes)")
-    p.add_argument("curves", metavar="CURVE.mrk.json", type=Path, nargs="+", help="Slicer markups files with closed curves")
+    p.add_argument(
+        "curves", metavar="CURVE.mrk.json", type=Path, nargs="+", help="Slicer markups files with closed curves"
+    )
     _add_fit_options(p)
     p.set_defaults(func=cmd_fit_curves)
 
     p = sub.add_parser("refine", help="refine a labelmap with a DALS shape prior into a smooth watertight surface")
     p.add_argument("label_file", metavar="LABEL", type=Path, help="labelmap image (NIfTI, NRRD, MHA, DICOM folder)")
     p.add_argument("--label", type=int, default=None, help="label value to refine (default: every non-zero voxel)")
-    p.add_argument("--coverage", type=finite_weight("--coverage"), default=None,
-                   help="weight of the term pulling the surface over the whole mask boundary "
-                        "(default 3, tuned on validation; 0 = the DALS paper's loss alone)")
+    p.add_argument(
+        "--coverage",
+        type=finite_weight("--coverage"),
+        default=None,
+        help="weight of the term pulling the surface over the whole mask boundary "
+        "(default 3, tuned on validation; 0 = the DALS paper's loss alone)",
+    )
     _add_fit_options(p)
     p.set_defaults(func=cmd_refine)

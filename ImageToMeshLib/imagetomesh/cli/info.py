@@ -1,4 +1,5 @@
 """``imagetomesh info``: the geometry of an image or mesh file."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """``imagetomesh mesh-from-label``: a labelmap -> a watertight surface, as Slicer's segmentation export does."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,15 +28,26 @@ def cmd_mesh_from_label(args) -> int:
 
 def register(sub) -> None:
     """Add ``mesh-from-label`` to the main parser's sub-parsers ``sub``."""
-    p = sub.add_parser("mesh-from-label", help="labelmap -> watertight surface (marching cubes + smoothing)",
-                       description="Turn a labelmap into a watertight surface mesh, as Slicer's segmentation export does.")
+    p = sub.add_parser(
+        "mesh-from-label",
+        help="labelmap -> watertight surface (marching cubes + smoothing)",
+        description="Turn a labelmap into a watertight surface mesh, as Slicer's segmentation export does.",
+    )
     p.add_argument("label_file", metavar="LABEL", type=Path, help="labelmap image (NIfTI, NRRD, MHA, DICOM folder)")
     add_output(p, "mesh file to write (.stl, .vtp, .vtk, .obj, .ply)")
     p.add_argument("--label", type=int, default=None, help="label value to mesh (default: every non-zero voxel)")
-    p.add_argument("--smoothing", type=fraction("--smoothing", 1.0), default=None,
-                   help="0 (none) .. 1 (strong), non-shrinking windowed-sinc (default: the library's)")
-    p.add_argument("--decimation", type=fraction("--decimation", 0.95), default=0.0,
-                   help="fraction of triangles to remove, 0 .. 0.95 (default 0)")
+    p.add_argument(
+        "--smoothing",
+        type=fraction("--smoothing", 1.0),
+        default=None,
+        help="0 (none) .. 1 (strong), non-shrinking windowed-sinc (default: the library's)",
+    )
+    p.add_argument(
+        "--decimation",
+        type=fraction("--decimation", 0.95),
+        default=0.0,
+        help="fraction of triangles to remove, 0 .. 0.95 (default 0)",
+    )
     p.add_argument("--largest-component", action="store_true", help="keep only the largest connected surface")
     add_space(p)
     p.set_defaults(func=cmd_mesh_from_label)

@@ -1,4 +1,5 @@
 """``imagetomesh models``: the installed models and their cards."""
+
 from __future__ import annotations
 
 import json
@@ -53,6 +54,9 @@ def register(sub) -> None:
     """Add ``models`` to the main parser's sub-parsers ``sub``."""
     p = sub.add_parser("models", help="list the installed models and their cards")
     p.add_argument("--json", action="store_true", help="one JSON card per line")
-    p.add_argument("--kind", choices=("segmenters", "priors"),
-                   help="only segmentation models (for 'segment') or only DALS shape priors (for 'fit' and 'refine')")
+    p.add_argument(
+        "--kind",
+        choices=("segmenters", "priors"),
+        help="only segmentation models (for 'segment') or only DALS shape priors (for 'fit' and 'refine')",
+    )
     p.set_defaults(func=cmd_models)

@@ -1,20 +1,31 @@
 """What several commands share on the command line: argument types that check numbers, ``-o``,
 ``--coordinate-system`` and the device choices."""
+
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-__all__ = ["COORDINATE_SYSTEMS", "DEVICES", "checked_number", "fraction", "weight", "finite_weight", "positive_int",
-           "add_output", "add_space"]
+__all__ = [
+    "COORDINATE_SYSTEMS",
+    "DEVICES",
+    "checked_number",
+    "fraction",
+    "weight",
+    "finite_weight",
+    "positive_int",
+    "add_output",
+    "add_space",
+]
 
 COORDINATE_SYSTEMS = ("LPS", "RAS")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def checked_number(name: str, convert: Callable[[str], float], what: str,
-                   problem: Callable[[float, str], str | None] | None = None) -> Callable[[str], float]:
+def checked_number(
+    name: str, convert: Callable[[str], float], what: str, problem: Callable[[float, str], str | None] | None = None
+) -> Callable[[str], float]:
     """An argparse ``type`` for option ``name``: ``convert(text)``, then ``problem(value, text)``.
 
     Messages: ``"<name> must be <what>, got <text!r>"`` when ``convert`` fails, and
@@ -36,8 +47,9 @@ def checked_number(name: str, convert: Callable[[str], float], what: str,
 
 def fraction(name: str, hi: float) -> Callable[[str], float]:
     """A number in ``[0, hi]``."""
-    return checked_number(name, float, "a number",
-                          lambda value, text: None if 0.0 <= value <= hi else f"between 0 and {hi}, got {value}")
+    return checked_number(
+        name, float, "a number", lambda value, text: None if 0.0 <= value <= hi else f"between 0 and {hi}, got {value}"
+    )
 
 
 def _non_negative(value: float, text: str) -> str | None:
@@ -51,9 +63,14 @@ def weight(name: str) -> Callable[[str], float]:
 
 def finite_weight(name: str) -> Callable[[str], float]:
     """A loss weight: a finite number >= 0."""
-    return checked_number(name, float, "a number (or 'inf')",
-                          lambda value, text: _non_negative(value, text)
-                          or (f"a finite number >= 0, got {text}" if value == float("inf") else None))
+    return checked_number(
+        name,
+        float,
+        "a number (or 'inf')",
+        lambda value, text: (
+            _non_negative(value, text) or (f"a finite number >= 0, got {text}" if value == float("inf") else None)
+        ),
+    )
 
 
 def positive_int(name: str) -> Callable[[str], int]:
@@ -68,5 +85,10 @@ def add_output(p: argparse.ArgumentParser, help_text: str) -> None:
 
 def add_space(p: argparse.ArgumentParser) -> None:
     """``--coordinate-system LPS|RAS`` of the written mesh."""
-    p.add_argument("--coordinate-system", choices=COORDINATE_SYSTEMS, default="LPS", type=str.upper,
-                   help="space of the written mesh; STL headers record it as 3D Slicer does (default LPS)")
+    p.add_argument(
+        "--coordinate-system",
+        choices=COORDINATE_SYSTEMS,
+        default="LPS",
+        type=str.upper,
+        help="space of the written mesh; STL headers record it as 3D Slicer does (default LPS)",
+    )

@@ -1,4 +1,5 @@
 """``imagetomesh preview``: mesh outlines over three orthogonal slices, as PNG."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """What commands show while they work and when they are done: progress bars and the line
 that reports a written mesh."""
+
 from __future__ import annotations
 
 import sys
@@ -55,5 +56,7 @@ def write_checked_mesh(mesh: Mesh, output: Path, coordinate_system: str, what: s
 
     check = check_mesh(mesh, self_intersections=False)
     write_mesh(mesh, output, coordinate_system)
-    print(f"wrote {output} ({what + ': ' if what else ''}{mesh.num_vertices} vertices, {mesh.num_faces} triangles, "
-          f"{'watertight' if check.watertight else 'NOT watertight'}, {coordinate_system})")
+    print(
+        f"wrote {output} ({what + ': ' if what else ''}{mesh.num_vertices} vertices, {mesh.num_faces} triangles, "
+        f"{'watertight' if check.watertight else 'NOT watertight'}, {coordinate_system})"
+    )

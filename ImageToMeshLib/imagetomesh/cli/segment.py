@@ -1,4 +1,5 @@
 """``imagetomesh segment``: image(s) -> mesh(es) with a trained model."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,6 +11,7 @@ from imagetomesh.cli.options import DEVICES, add_output, add_space, positive_int
 from imagetomesh.cli.reporting import PROG, progress_bar
 from imagetomesh.errors import InputError
 
+
 def _targets(images: list[Path], output: Path) -> list[Path]:
     """One output path per image, every one checked before any work starts."""
     from imagetomesh.io.atomic import check_output_path, format_suffix
@@ -18,7 +20,9 @@ def _targets(images: list[Path], output: Path) -> list[Path]:
 
     if len(images) == 1 and not output.is_dir():
         if format_suffix(output) not in MESH_SUFFIXES:
-            raise InputError(f"output {output} needs a mesh extension ({', '.join(MESH_SUFFIXES)}) or must be an existing folder")
+            raise InputError(
+                f"output {output} needs a mesh extension ({', '.join(MESH_SUFFIXES)}) or must be an existing folder"
+            )
         return [check_output_path(output)]
     if not output.is_dir():
         raise InputError(f"with several images, -o must be an existing folder; {output} is not (create it first)")
@@ -100,17 +104,27 @@ def cmd_segment(args) -> int:
 
 def register(sub) -> None:
     """Add ``segment`` to the main parser's sub-parsers ``sub``."""
-    p = sub.add_parser("segment", help="image(s) -> mesh(es) with a trained model",
-                       description="Segment each IMAGE into a watertight surface mesh (LPS mm) with a bundled or "
-                                   "trained model. With several images, -o is a folder and each mesh is named after "
-                                   "its image; an image that fails is reported by name and the others are still written.")
+    p = sub.add_parser(
+        "segment",
+        help="image(s) -> mesh(es) with a trained model",
+        description="Segment each IMAGE into a watertight surface mesh (LPS mm) with a bundled or "
+        "trained model. With several images, -o is a folder and each mesh is named after "
+        "its image; an image that fails is reported by name and the others are still written.",
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--model", required=True, help="bundled model name (see 'imagetomesh models') or model folder")
     add_output(p, "mesh file (one image) or existing folder (several images)")
     p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=8,
-                   help="images read and predicted together (default 8; memory grows with it)")
-    p.add_argument("--open", action="store_true",
-                   help="keep the surface open where the model found no surface (NUDF models only; default: watertight)")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int("--batch-size"),
+        default=8,
+        help="images read and predicted together (default 8; memory grows with it)",
+    )
+    p.add_argument(
+        "--open",
+        action="store_true",
+        help="keep the surface open where the model found no surface (NUDF models only; default: watertight)",
+    )
     add_space(p)
     p.set_defaults(func=cmd_segment)

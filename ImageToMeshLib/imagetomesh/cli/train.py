@@ -5,6 +5,7 @@ One sub-command per training task, built from the task registry
 --seed --steps`` and the options its :class:`~imagetomesh.training.tasks.TaskEntry` lists;
 nothing here is specific to a kind. Resumable: running the same command again continues the run.
 """
+
 from __future__ import annotations
 
 import sys
@@ -33,8 +34,16 @@ def cmd_train(args) -> int:
         config.steps = args.steps
         if entry.steps_without_time_limit:
             config.time_limit_s = None
-    best = train(config, args.data, args.out, device=device.type, seed=args.seed, config_name=name,
-                 log=lambda m: print(m, file=sys.stderr, flush=True), **options)
+    best = train(
+        config,
+        args.data,
+        args.out,
+        device=device.type,
+        seed=args.seed,
+        config_name=name,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+        **options,
+    )
     print(f"{entry.result_label}: {best}")
     return 0
 
@@ -43,8 +52,11 @@ def register(sub) -> None:
     """Add ``train`` and its kinds (one per :data:`~imagetomesh.training.tasks.TASKS` entry) to the main parser's ``sub``."""
     from imagetomesh.training.tasks import TASKS
 
-    train = sub.add_parser("train", help="train a model (image-to-mesh models on an MSD folder, or a DALS prior)",
-                           description="Train a model. Resumable: run the same command again to continue.")
+    train = sub.add_parser(
+        "train",
+        help="train a model (image-to-mesh models on an MSD folder, or a DALS prior)",
+        description="Train a model. Resumable: run the same command again to continue.",
+    )
     kinds = train.add_subparsers(dest="kind", metavar="KIND")
     kinds.required = True
     for kind, entry in TASKS.items():
@@ -54,10 +66,21 @@ def register(sub) -> None:
         p.add_argument("--config", default=entry.default_config, help=entry.configs)
         p.add_argument("--device", default="cpu", choices=DEVICES)
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--steps", type=int, default=None,
-                       help="override the config's number of steps" + (" (and run them all: no time limit)"
-                                                                       if entry.steps_without_time_limit else ""))
+        p.add_argument(
+            "--steps",
+            type=int,
+            default=None,
+            help="override the config's number of steps"
+            + (" (and run them all: no time limit)" if entry.steps_without_time_limit else ""),
+        )
         for option in entry.options:
-            p.add_argument(option.flag, dest=option.dest, type=option.type, default=None, help=option.help,
-                           choices=option.choices, required=option.required)
+            p.add_argument(
+                option.flag,
+                dest=option.dest,
+                type=option.type,
+                default=None,
+                help=option.help,
+                choices=option.choices,
+                required=option.required,
+            )
         p.set_defaults(func=cmd_train)

@@ -1,4 +1,5 @@
 """Core types and coordinate maps: :class:`Volume`, :class:`Mesh`, :class:`GridTransform`."""
+
 from imagetomesh.core.mesh import Mesh
 from imagetomesh.core.transforms import (
     GridTransform,

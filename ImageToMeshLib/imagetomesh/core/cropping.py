@@ -4,6 +4,7 @@ Every crop keeps the volume's spacing and direction and moves its origin to the 
 voxel, so the cropped voxels keep their LPS positions. numpy only (the Slicer module crops
 in its own process).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -4,6 +4,7 @@ Faces are counter-clockwise seen from outside, so ``cross(v1 - v0, v2 - v0)`` po
 Coordinates are whatever space the producer says (grid, LPS mm); the library keeps meshes in
 LPS mm once they leave a model.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,19 +42,19 @@ class Mesh:
     def num_faces(self) -> int:
         return int(self.faces.shape[0])
 
-    def require_triangles(self, what: str = "mesh") -> "Mesh":
+    def require_triangles(self, what: str = "mesh") -> Mesh:
         """Raise :class:`InputError` if the mesh has no triangles; return self otherwise."""
         if self.num_faces == 0:
             raise InputError(f"the {what} has no triangles; give a surface mesh (STL, VTP, OBJ or PLY with faces)")
         return self
 
-    def transformed(self, affine: np.ndarray) -> "Mesh":
+    def transformed(self, affine: np.ndarray) -> Mesh:
         """Apply a ``(4, 4)`` affine; faces are flipped if it is a reflection, so they stay outward."""
         vertices = self.vertices.astype(np.float64) @ affine[:3, :3].T + affine[:3, 3]
         faces = self.faces[:, ::-1] if np.linalg.det(affine[:3, :3]) < 0 else self.faces
         return Mesh(vertices, faces)
 
-    def flipped(self) -> "Mesh":
+    def flipped(self) -> Mesh:
         """The same surface with every face's winding reversed."""
         return Mesh(self.vertices, self.faces[:, ::-1])
 

@@ -8,6 +8,7 @@ voxel 0 and ``+1`` the centre of the last voxel along that axis.
 Every model, sampler and splatter converts through these helpers; nothing else in the
 library writes the formula again.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ def ras_to_lps(points: np.ndarray) -> np.ndarray:
     return transform_points(LPS_TO_RAS, points)
 
 
-def grid_volume(array: np.ndarray, transform: "GridTransform") -> Volume:
+def grid_volume(array: np.ndarray, transform: GridTransform) -> Volume:
     """A ``(D, H, W)`` array on a model grid as a :class:`Volume` with that grid's LPS geometry
     (with ``GridTransform(np.eye(4), shape)``: a volume whose "LPS" is grid coordinates)."""
     index_to_lps = transform.grid_to_lps @ index_to_grid_affine(np.array(transform.shape[::-1]))
@@ -93,7 +94,7 @@ class GridTransform:
     shape: tuple[int, int, int]
 
     @classmethod
-    def of_volume(cls, volume: Volume) -> "GridTransform":
+    def of_volume(cls, volume: Volume) -> GridTransform:
         """The grid spanning ``volume``'s voxel centres."""
         affine = volume.index_to_lps @ grid_to_index_affine(volume.size_ijk)
         return cls(affine, volume.shape)

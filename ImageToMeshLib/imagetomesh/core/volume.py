@@ -9,6 +9,7 @@ Conventions (fixed for the whole library):
 - Physical point ``p = origin + direction @ (spacing * ijk)`` in LPS millimetres
   (ITK/DICOM convention). ``direction`` columns are the world directions of the i, j, k axes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -81,13 +82,13 @@ class Volume:
         inverse[:3, 3] = -rotation_inv @ self.origin
         return inverse
 
-    def with_array(self, array: np.ndarray) -> "Volume":
+    def with_array(self, array: np.ndarray) -> Volume:
         """The same geometry holding another ``(D, H, W)`` array."""
         if tuple(array.shape) != self.shape:
             raise ValueError(f"array shape {array.shape} differs from volume shape {self.shape}")
         return Volume(array, self.spacing, self.origin, self.direction)
 
-    def same_geometry(self, other: "Volume", atol: float = 1e-4) -> bool:
+    def same_geometry(self, other: Volume, atol: float = 1e-4) -> bool:
         """True when both volumes share shape, spacing, origin and direction."""
         return (
             self.shape == other.shape

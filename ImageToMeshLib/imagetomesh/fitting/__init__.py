@@ -13,6 +13,7 @@ fits one latent shared by all vertices. ``progress`` is an optional callable
 ``prior`` is a bundled prior name (``dals-hippocampus``, ``dals-kidney``), a model folder, or a
 :class:`Prior` from :func:`load_prior`. Bad input raises :class:`~imagetomesh.errors.InputError`.
 """
+
 from imagetomesh.fitting.prior import Prior, dals_priors, load_prior
 from imagetomesh.fitting.tasks import TASK_DEFAULTS, fit_curves, fit_points, refine_labelmap
 

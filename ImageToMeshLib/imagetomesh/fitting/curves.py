@@ -16,6 +16,7 @@ observed. A plane the mesh misses contributes the mean
 squared distance from the curve's points to the nearest vertices, which pulls the mesh
 towards it. The task loss is the mean over planes.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -25,9 +26,9 @@ import numpy as np
 import torch
 
 from imagetomesh.errors import InputError
+from imagetomesh.fitting.optimise import chamfer
 from imagetomesh.geometry.distances import knn_sqdist
 from imagetomesh.geometry.plane_cut import cut_mesh_with_plane
-from imagetomesh.fitting.optimise import chamfer
 
 #: A curve is "planar" when no control point is farther than this fraction of its size from its plane.
 PLANARITY_TOLERANCE = 1e-3
@@ -83,15 +84,20 @@ def planar_curve(points, index: int = 0) -> PlanarCurve:
     _, s, vt = np.linalg.svd(points - centre, full_matrices=False)
     size = float(s[0] / np.sqrt(len(points)))
     if size == 0 or s[1] <= 1e-9 * s[0]:
-        raise InputError(f"{name} has all its points on one line (or one spot), so it defines no plane; "
-                         "draw the outline around the structure")
+        raise InputError(
+            f"{name} has all its points on one line (or one spot), so it defines no plane; "
+            "draw the outline around the structure"
+        )
     normal = vt[2] / np.linalg.norm(vt[2])
     offsets = (points - centre) @ normal
     extent = float(np.linalg.norm(points.max(0) - points.min(0)))
     worst = float(np.abs(offsets).max())
     if worst > PLANARITY_TOLERANCE * extent:
-        warnings.warn(f"{name} is not planar (a point lies {worst:.2f} mm off its best-fit plane); "
-                      "it was projected onto that plane", stacklevel=3)
+        warnings.warn(
+            f"{name} is not planar (a point lies {worst:.2f} mm off its best-fit plane); "
+            "it was projected onto that plane",
+            stacklevel=3,
+        )
     projected = points - offsets[:, None] * normal
     return PlanarCurve(centre, normal, resample_closed(projected))
 
@@ -107,8 +113,10 @@ def planar_curves(curves) -> list[PlanarCurve]:
             a, b = planes[i], planes[j]
             parallel = 1.0 - abs(float(a.normal @ b.normal)) < SAME_PLANE_TOLERANCE
             if parallel and abs(float((b.origin - a.origin) @ a.normal)) < 1e-4 * scale:
-                raise InputError(f"curves {i + 1} and {j + 1} lie in the same plane; give one curve per plane "
-                                 "(annotate each plane once)")
+                raise InputError(
+                    f"curves {i + 1} and {j + 1} lie in the same plane; give one curve per plane "
+                    "(annotate each plane once)"
+                )
     return planes
 
 
@@ -227,9 +235,12 @@ def mask_outline(mask, origin, normal, point_spacing_mm: float = 4.0) -> np.ndar
     from imagetomesh.geometry.isosurface import labelmap_to_mesh
 
     mesh = labelmap_to_mesh(mask)
-    segments, _ = cut_mesh_with_plane(torch.from_numpy(mesh.vertices.astype(np.float64)),
-                                      torch.from_numpy(mesh.faces), np.asarray(origin, np.float64),
-                                      np.asarray(normal, np.float64))
+    segments, _ = cut_mesh_with_plane(
+        torch.from_numpy(mesh.vertices.astype(np.float64)),
+        torch.from_numpy(mesh.faces),
+        np.asarray(origin, np.float64),
+        np.asarray(normal, np.float64),
+    )
     loops = chain_segments(segments.numpy())
     if not loops:
         raise InputError("the plane does not cut the segmentation; choose a plane through the structure")

@@ -14,6 +14,7 @@ in the backward pass, ``G`` interpolated there (a ``torch.autograd.Function``), 
 ``mean_v U(x_v)`` pulls vertices along the smooth Sobel gradient instead of the piecewise
 constant gradient of the interpolated ``U``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,7 +41,9 @@ class DistanceField:
         inside_full = np.asarray(mask.array) != 0
         slices = ndimage.find_objects(inside_full.astype(np.uint8))
         if not slices or slices[0] is None:
-            raise InputError("the labelmap is empty (no nonzero voxels); choose the right label or segment the structure first")
+            raise InputError(
+                "the labelmap is empty (no nonzero voxels); choose the right label or segment the structure first"
+            )
         box = slices[0]
         extent_mm = np.array([s.stop - s.start for s in box][::-1]) * mask.spacing  # (i, j, k)
         if margin_mm is None:
@@ -51,7 +54,8 @@ class DistanceField:
         inside = np.zeros(tuple(stop - start), dtype=bool)
         src_lo, src_hi = np.maximum(start, 0), np.minimum(stop, inside_full.shape)
         inside[tuple(slice(a - s, b - s) for a, b, s in zip(src_lo, src_hi, start))] = inside_full[
-            tuple(slice(a, b) for a, b in zip(src_lo, src_hi))]
+            tuple(slice(a, b) for a, b in zip(src_lo, src_hi))
+        ]
         sampling = mask.spacing[::-1]  # (k, j, i)
         half = 0.5 * float(mask.spacing.min())
         d_out = ndimage.distance_transform_edt(~inside, sampling=sampling)
@@ -76,14 +80,16 @@ class DistanceField:
 
     def sample_u(self, points: torch.Tensor) -> torch.Tensor:
         """``(P,)`` trilinear ``U`` at ``(P, 3)`` LPS points (border values outside the grid)."""
-        out = F.grid_sample(self.u.to(points.dtype), self._grid(points), mode="bilinear",
-                            padding_mode="border", align_corners=True)
+        out = F.grid_sample(
+            self.u.to(points.dtype), self._grid(points), mode="bilinear", padding_mode="border", align_corners=True
+        )
         return out.reshape(-1)
 
     def sample_g(self, points: torch.Tensor) -> torch.Tensor:
         """``(P, 3)`` trilinear ``G`` (LPS) at ``(P, 3)`` LPS points (0 outside the grid)."""
-        out = F.grid_sample(self.g.to(points.dtype), self._grid(points), mode="bilinear",
-                            padding_mode="zeros", align_corners=True)
+        out = F.grid_sample(
+            self.g.to(points.dtype), self._grid(points), mode="bilinear", padding_mode="zeros", align_corners=True
+        )
         return out.reshape(3, -1).t()
 
 

@@ -32,11 +32,13 @@ averaged onto the edge midpoints, which is how the icosphere levels nest) and th
 there. The coarse stage uses ``lambda_dir / 4``: for a smooth latent field, ``|L Z|^2`` summed
 over the coarser mesh is about four times the fine one.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -74,8 +76,8 @@ class FitSettings:
     latent_lr: float = 0.5
     pose_lr: float = 0.01
     optimise_pose: bool = True
-    template_level: "int | None" = None
-    bf16: "bool | str" = "auto"
+    template_level: int | None = None
+    bf16: bool | str = "auto"
     coarse_fraction: float = 0.9
 
 
@@ -110,8 +112,8 @@ class Adam:
     @torch.no_grad()
     def step(self) -> None:
         self.t += 1
-        c1 = 1.0 - self.beta1 ** self.t
-        c2 = 1.0 - self.beta2 ** self.t
+        c1 = 1.0 - self.beta1**self.t
+        c2 = 1.0 - self.beta2**self.t
         for p, lr, m, v in self.groups:
             if p.grad is None:
                 continue
@@ -147,8 +149,9 @@ def template_laplacian(faces: torch.Tensor, num_vertices: int) -> torch.Tensor:
     edge_index = edge_index_from_faces(faces)
     mean_degree = edge_index.shape[1] / num_vertices
     laplacian = combinatorial_laplacian(edge_index, num_vertices)
-    return torch.sparse_coo_tensor(laplacian.indices(), laplacian.values() / mean_degree, laplacian.shape,
-                                   check_invariants=False).coalesce()
+    return torch.sparse_coo_tensor(
+        laplacian.indices(), laplacian.values() / mean_degree, laplacian.shape, check_invariants=False
+    ).coalesce()
 
 
 def _use_bf16(setting, device: torch.device) -> bool:
@@ -221,14 +224,14 @@ def run_fit(
     lo, hi = span
     every = max(1, settings.iterations // 100)
     done = 0
-    for number, (level, iterations) in enumerate(stages):
+    for level, iterations in stages:
         template, faces = prior.template(level)
         if mirrored:
             faces = faces[:, [0, 2, 1]]
         if detail is not None and detail.shape[0] != template.shape[0]:
             parent_edges = prior.parent_edges(level)
             grown = prolong(detail.detach(), parent_edges).requires_grad_(True)
-            optimiser.replace(detail, grown, lambda state: prolong(state, parent_edges))
+            optimiser.replace(detail, grown, lambda state, edges=parent_edges: prolong(state, edges))
             detail = grown
         lambda_dir = settings.lambda_dir / 4 ** (fine_level - level)
         laplacian = None if shared or lambda_dir == 0 else template_laplacian(faces, template.shape[0]).to(device)

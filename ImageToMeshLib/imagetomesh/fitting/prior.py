@@ -4,6 +4,7 @@ Priors are model folders (``model.safetensors`` + ``card.json`` with ``"kind": "
 by :func:`imagetomesh.zoo.find_model`: a bundled name (``dals-hippocampus``, ``dals-kidney``)
 or a folder path. The weights are checked against the card's checksum before loading.
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,8 +46,10 @@ class Prior:
             p.requires_grad_(False)
         self.mean_latent = torch.as_tensor(self.mean_latent, dtype=torch.float32).reshape(-1)
         if self.mean_latent.numel() != self.decoder.latent_dim:
-            raise InputError(f"prior {self.name}: mean latent has {self.mean_latent.numel()} values, "
-                             f"the decoder expects {self.decoder.latent_dim}")
+            raise InputError(
+                f"prior {self.name}: mean latent has {self.mean_latent.numel()} values, "
+                f"the decoder expects {self.decoder.latent_dim}"
+            )
         self._templates: dict = {}
         self._bf16_decoder: DALSDecoder | None = None
 
@@ -58,7 +61,7 @@ class Prior:
     def device(self) -> torch.device:
         return next(self.decoder.parameters()).device
 
-    def to(self, device: str | torch.device) -> "Prior":
+    def to(self, device: str | torch.device) -> Prior:
         device = torch.device(device)
         if device == self.device:
             return self
@@ -104,7 +107,7 @@ def dals_priors() -> list[str]:
 _CACHE: dict = {}
 
 
-def load_prior(name_or_folder: "str | Path | Prior", device: str | torch.device = "cpu") -> Prior:
+def load_prior(name_or_folder: str | Path | Prior, device: str | torch.device = "cpu") -> Prior:
     """Find, check and load a DALS prior (a :class:`Prior` passes through, moved to ``device``).
 
     Raises:
@@ -122,14 +125,22 @@ def load_prior(name_or_folder: "str | Path | Prior", device: str | torch.device 
     card = read_card(folder)
     if card.get("kind") != DALS_KIND:
         known = ", ".join(dals_priors()) or "none installed"
-        raise InputError(f"model {folder.name} is a {card.get('kind', 'unknown')!r} model, not a DALS prior; "
-                         f"available DALS priors: {known}")
+        raise InputError(
+            f"model {folder.name} is a {card.get('kind', 'unknown')!r} model, not a DALS prior; "
+            f"available DALS priors: {known}"
+        )
     key = (str(Path(folder).resolve()), card.get("sha256"), str(torch.device(device)))
     if key in _CACHE:
         return _CACHE[key]
-    decoder = build_from_card(folder, card, lambda c: DALSDecoder(DALSConfig(**c["config"])),
-                              required=("config", "mean_latent"))
-    prior = Prior(folder.name, decoder.to(device), torch.tensor(card["mean_latent"]).to(device),
-                  bool(card.get("paired", False)), card)
+    decoder = build_from_card(
+        folder, card, lambda c: DALSDecoder(DALSConfig(**c["config"])), required=("config", "mean_latent")
+    )
+    prior = Prior(
+        folder.name,
+        decoder.to(device),
+        torch.tensor(card["mean_latent"]).to(device),
+        bool(card.get("paired", False)),
+        card,
+    )
     _CACHE[key] = prior
     return prior

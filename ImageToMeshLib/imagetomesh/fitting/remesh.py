@@ -10,6 +10,7 @@ A fitted surface can fold through itself (a deep invagination, a thin part pinch
 fit is returned (after remeshing, when asked for) it is untangled
 (:func:`imagetomesh.geometry.untangle.untangle`; a warning says when crossing faces remain).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -36,10 +37,10 @@ def isotropic_remesh(mesh: Mesh, target_length: float | None = None, iterations:
 
     target = float(target_length or mean_edge_length(mesh))
     meshset = pymeshlab.MeshSet()
-    meshset.add_mesh(pymeshlab.Mesh(vertex_matrix=mesh.vertices.astype(np.float64),
-                                    face_matrix=mesh.faces.astype(np.int32)))
-    meshset.meshing_isotropic_explicit_remeshing(iterations=int(iterations),
-                                                 targetlen=pymeshlab.PureValue(target))
+    meshset.add_mesh(
+        pymeshlab.Mesh(vertex_matrix=mesh.vertices.astype(np.float64), face_matrix=mesh.faces.astype(np.int32))
+    )
+    meshset.meshing_isotropic_explicit_remeshing(iterations=int(iterations), targetlen=pymeshlab.PureValue(target))
     current = meshset.current_mesh()
     return Mesh(current.vertex_matrix(), current.face_matrix())
 
@@ -58,8 +59,10 @@ def finish_fitted_mesh(mesh: Mesh, remesh: bool = False) -> Mesh:
         if is_watertight(remeshed):
             mesh = orient_outward(remeshed)
         else:
-            warnings.warn("isotropic remeshing did not give a closed surface; the fitted mesh is returned unremeshed",
-                          stacklevel=3)
+            warnings.warn(
+                "isotropic remeshing did not give a closed surface; the fitted mesh is returned unremeshed",
+                stacklevel=3,
+            )
     mesh = orient_outward(untangle(mesh))
     remaining = count_self_intersecting_faces(mesh)
     if remaining:

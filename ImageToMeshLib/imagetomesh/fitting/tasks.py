@@ -15,12 +15,14 @@ The labelmap task adds one term to the paper's loss (see :func:`refine_labelmap`
 is zero for any surface whose vertices all lie somewhere on the boundary, so a fit can leave
 parts of the organ uncovered (a missing slab let the surface settle on one piece).
 """
+
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -81,17 +83,25 @@ def _settings(task: str, lambda_dir, lambda_reg, iterations) -> FitSettings:
     return replace(settings, **changes)
 
 
-def _fit(prior: Prior, loss: Callable, frame: ShapeNormalisation, settings: FitSettings,
-         progress: Progress, remesh: bool) -> Mesh:
+def _fit(
+    prior: Prior, loss: Callable, frame: ShapeNormalisation, settings: FitSettings, progress: Progress, remesh: bool
+) -> Mesh:
     """Run the fit (for a paired prior: short shared-latent fits of both orientations pick the
     better one first) and map the result back to LPS mm."""
     if prior.paired:
         fine = prior.config.fit_template_level if settings.template_level is None else settings.template_level
-        probe = replace(settings, lambda_dir=math.inf, iterations=min(MIRROR_PROBE_ITERATIONS, settings.iterations),
-                        template_level=max(0, fine - MIRROR_PROBE_COARSENING), coarse_fraction=0.0)
+        probe = replace(
+            settings,
+            lambda_dir=math.inf,
+            iterations=min(MIRROR_PROBE_ITERATIONS, settings.iterations),
+            template_level=max(0, fine - MIRROR_PROBE_COARSENING),
+            coarse_fraction=0.0,
+        )
         share = 0.15
-        results = [run_fit(prior, loss, probe, mirrored, progress, (k * share, (k + 1) * share), final_decode=False)
-                   for k, mirrored in enumerate((False, True))]
+        results = [
+            run_fit(prior, loss, probe, mirrored, progress, (k * share, (k + 1) * share), final_decode=False)
+            for k, mirrored in enumerate((False, True))
+        ]
         mirrored = min(results, key=lambda r: r.task_loss).mirrored
         result = run_fit(prior, loss, settings, mirrored, progress, (2 * share, 1.0))
     else:
@@ -105,8 +115,16 @@ def _to_mesh(result: FitResult, frame: ShapeNormalisation, remesh: bool) -> Mesh
 
 
 # --- points --------------------------------------------------------------------------------------
-def fit_points(points, prior, lambda_dir=None, lambda_reg=None, iterations=None, remesh=False, device="cpu",
-               progress: Progress = None) -> Mesh:
+def fit_points(
+    points,
+    prior,
+    lambda_dir=None,
+    lambda_reg=None,
+    iterations=None,
+    remesh=False,
+    device="cpu",
+    progress: Progress = None,
+) -> Mesh:
     """Fit a DALS prior to a point cloud on the organ's surface.
 
     Args:
@@ -131,8 +149,11 @@ def fit_points(points, prior, lambda_dir=None, lambda_reg=None, iterations=None,
     if s[0] == 0 or s[1] <= 1e-9 * s[0]:
         raise InputError("the points all lie on one line (or one spot); give points spread over the surface")
     if s[2] <= 1e-3 * s[0]:
-        warnings.warn("the points all lie in one plane, so the shape is under-constrained across that plane; "
-                      "add points off the plane", stacklevel=2)
+        warnings.warn(
+            "the points all lie in one plane, so the shape is under-constrained across that plane; "
+            "add points off the plane",
+            stacklevel=2,
+        )
     prior = load_prior(prior, dev)
     frame = ShapeNormalisation.of_points(pts)
     target = torch.as_tensor(frame.to_normalised(pts), dtype=torch.float32, device=dev)
@@ -147,8 +168,16 @@ def fit_points(points, prior, lambda_dir=None, lambda_reg=None, iterations=None,
 
 
 # --- curves --------------------------------------------------------------------------------------
-def fit_curves(curves, prior, lambda_dir=None, lambda_reg=None, iterations=None, remesh=False, device="cpu",
-               progress: Progress = None) -> Mesh:
+def fit_curves(
+    curves,
+    prior,
+    lambda_dir=None,
+    lambda_reg=None,
+    iterations=None,
+    remesh=False,
+    device="cpu",
+    progress: Progress = None,
+) -> Mesh:
     """Fit a DALS prior to closed planar curves (one per plane, any planes).
 
     Args:
@@ -198,8 +227,13 @@ def labelmap_frame(mask: Volume) -> ShapeNormalisation:
     return ShapeNormalisation.of_points(sample_surface(surface, 4096, seed=0))
 
 
-def coverage_loss(verts: torch.Tensor, faces: torch.Tensor, boundary: torch.Tensor, scale: float = 1.0,
-                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def coverage_loss(
+    verts: torch.Tensor,
+    faces: torch.Tensor,
+    boundary: torch.Tensor,
+    scale: float = 1.0,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
     """Robust mean distance from boundary points to the surface (Geman-McClure).
 
     For each boundary point ``b`` (``boundary`` ``(M, 3)``), ``d_b`` is the distance to the nearest
@@ -213,11 +247,20 @@ def coverage_loss(verts: torch.Tensor, faces: torch.Tensor, boundary: torch.Tens
     _, nearest = cKDTree(surface.detach().cpu().numpy()).query(boundary.detach().cpu().numpy())
     nearest = torch.as_tensor(np.asarray(nearest, dtype=np.int64), device=surface.device)
     d2 = ((boundary - surface[nearest]) ** 2).sum(1)
-    return scale * (d2 / (d2 + scale ** 2)).mean()
+    return scale * (d2 / (d2 + scale**2)).mean()
 
 
-def refine_labelmap(mask: Volume, prior, lambda_dir=None, lambda_reg=None, iterations=None, remesh=False,
-                    device="cpu", progress: Progress = None, coverage: float = REFINE_COVERAGE) -> Mesh:
+def refine_labelmap(
+    mask: Volume,
+    prior,
+    lambda_dir=None,
+    lambda_reg=None,
+    iterations=None,
+    remesh=False,
+    device="cpu",
+    progress: Progress = None,
+    coverage: float = REFINE_COVERAGE,
+) -> Mesh:
     """Fit a DALS prior to a (possibly flawed) binary labelmap: a smooth organ-shaped surface.
 
     Loss: the paper's mean over vertices of the unsigned distance ``U`` to the mask's boundary
@@ -246,7 +289,9 @@ def refine_labelmap(mask: Volume, prior, lambda_dir=None, lambda_reg=None, itera
     if not isinstance(mask, Volume):
         raise InputError("refine_labelmap needs a Volume; load the labelmap with imagetomesh.io.read_labelmap first")
     if not np.any(np.asarray(mask.array) != 0):
-        raise InputError("the labelmap is empty (no nonzero voxels); choose the right label or segment the structure first")
+        raise InputError(
+            "the labelmap is empty (no nonzero voxels); choose the right label or segment the structure first"
+        )
     prior = load_prior(prior, dev)
     frame = labelmap_frame(mask)
     field = DistanceField(mask, device=dev)
@@ -262,7 +307,8 @@ def refine_labelmap(mask: Volume, prior, lambda_dir=None, lambda_reg=None, itera
         distance = sample_distance(centre + scale * verts, field).mean() / scale
         if coverage == 0:
             return distance
-        return distance + coverage * coverage_loss(verts, faces, boundary, scale=COVERAGE_SCALE_MM / scale,
-                                                   generator=generator)
+        return distance + coverage * coverage_loss(
+            verts, faces, boundary, scale=COVERAGE_SCALE_MM / scale, generator=generator
+        )
 
     return _fit(prior, loss, frame, settings, progress, remesh)

@@ -6,17 +6,33 @@ One concept per module.
 The names below are loaded on first use, so importing a numpy/VTK-only module of this
 package (``vtk_convert``, ``isosurface``, ``quality``, ``raster``) does not import torch.
 """
+
 import importlib
 
 _HOME = {
     "distances": ("chamfer_distance", "closest_point_on_triangle", "knn_sqdist", "point_to_triangle_distance"),
     "laplacian": ("combinatorial_laplacian", "laplacian_coordinates", "sym_norm_laplacian", "uniform_laplacian"),
-    "mesh_losses": ("edge_length_loss", "laplacian_smoothing_loss", "mean_triangle_quality", "normal_consistency_loss",
-                    "triangle_qualities", "triangle_quality_regulariser"),
+    "mesh_losses": (
+        "edge_length_loss",
+        "laplacian_smoothing_loss",
+        "mean_triangle_quality",
+        "normal_consistency_loss",
+        "triangle_qualities",
+        "triangle_quality_regulariser",
+    ),
     "normals": ("face_areas", "face_normals", "vertex_normals"),
     "sampling": ("sample_points_on_mesh",),
-    "topology": ("edge_index_from_edges", "edge_index_from_faces", "edges_from_faces", "face_adjacency",
-                 "faces_to_edges_map", "icosahedron", "icosphere", "subdivide", "vertex_degrees"),
+    "topology": (
+        "edge_index_from_edges",
+        "edge_index_from_faces",
+        "edges_from_faces",
+        "face_adjacency",
+        "faces_to_edges_map",
+        "icosahedron",
+        "icosphere",
+        "subdivide",
+        "vertex_degrees",
+    ),
 }
 _MODULE_OF = {name: module for module, names in _HOME.items() for name in names}
 

@@ -6,9 +6,10 @@ search (which target is nearest) runs without autograd; the distance to the winn
 recomputed once, differentiably, from the inputs. The gradient of a minimum is the gradient of
 its minimiser, so this gives the same gradients as differentiating the full matrix.
 """
+
 from __future__ import annotations
 
-from typing import Tuple, Union
+from typing import Union
 
 import torch
 
@@ -25,9 +26,7 @@ def _check_points(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must have shape (N, 3), got {tuple(x.shape)}")
 
 
-def knn_sqdist(
-    a: torch.Tensor, b: torch.Tensor, chunk: int = 4096
-) -> Tuple[torch.Tensor, torch.Tensor]:
+def knn_sqdist(a: torch.Tensor, b: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """Squared distance from every point of ``a`` to its nearest point of ``b``.
 
     ``d_i = min_j |a_i - b_j|^2``, ``idx_i = argmin_j |a_i - b_j|^2``.
@@ -73,7 +72,7 @@ def chamfer_distance(
     reduction: str = "mean",
     squared: bool = True,
     return_parts: bool = False,
-) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
+) -> Union[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Symmetric Chamfer distance between point clouds ``a (N, 3)`` and ``b (M, 3)``.
 
     With ``d(x, Y) = min_{y in Y} |x - y|^2`` (or ``|x - y|`` when ``squared=False``):
@@ -110,9 +109,7 @@ def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
-def closest_point_on_triangle(
-    p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor
-) -> torch.Tensor:
+def closest_point_on_triangle(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Exact closest point of triangle ``(a, b, c)`` to ``p``; all ``(..., 3)``, broadcast.
 
     Ericson, *Real-Time Collision Detection* (2005), section 5.1.5: the Voronoi region of
@@ -190,7 +187,7 @@ def point_to_triangle_distance(
     chunk_points: int = 512,
     chunk_faces: int = 2048,
     squared: bool = False,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Unsigned distance from every point to the nearest triangle of a mesh.
 
     ``dist_i = min_f |p_i - closest_point_on_triangle(p_i, f)|``; exact (no sampling).

@@ -18,6 +18,7 @@ reference surface of every metric, the ``unet_mc`` baseline, labelmap export). P
 5. optional largest connected component, clean-up, every component oriented outward;
 6. map index -> LPS with the mask's affine (faces flipped for mirroring directions).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -158,9 +159,7 @@ def labelmap_to_mesh(
             f"smoothing must be between 0 and 1, got {smoothing}; use 0 for none and 0.4 (the default) for moderate"
         )
     if not 0.0 <= float(decimation) <= 0.95:
-        raise InputError(
-            f"decimation must be between 0 and 0.95 (fraction of triangles removed), got {decimation}"
-        )
+        raise InputError(f"decimation must be between 0 and 0.95 (fraction of triangles removed), got {decimation}")
     if int(smoothing_iterations) < 1:
         raise InputError(f"smoothing_iterations must be at least 1, got {smoothing_iterations}")
     array = np.asarray(mask.array)

@@ -16,6 +16,7 @@ taken as 0 there), so they neither move nor contribute to smoothing losses.
 The matrices are coalesced ``torch.sparse_coo_tensor``; use ``torch.sparse.mm(L, X)`` to apply
 them. No ``N x N`` dense matrix is ever built.
 """
+
 from __future__ import annotations
 
 import torch
@@ -103,7 +104,9 @@ def laplacian_coordinates(verts: torch.Tensor, edge_index: torch.Tensor) -> torc
     return torch.where(deg > 0, delta, torch.zeros_like(delta))
 
 
-def taubin_smooth(verts: torch.Tensor, edge_index: torch.Tensor, iterations: int, lam: float = 0.5, mu: float = -0.53) -> torch.Tensor:
+def taubin_smooth(
+    verts: torch.Tensor, edge_index: torch.Tensor, iterations: int, lam: float = 0.5, mu: float = -0.53
+) -> torch.Tensor:
     """Taubin's lambda|mu smoothing (1995): ``iterations`` pairs of ``v <- v - lam * delta(v)`` and
     ``v <- v - mu * delta(v)`` with the uniform Laplacian coordinates ``delta``
     (:func:`laplacian_coordinates`). Removes high-frequency wrinkles without shrinking the

@@ -10,6 +10,7 @@ Triangle quality (the normalised "area over sum of squared sides" measure):
 is 1 for an equilateral triangle and 0 for a degenerate one (``0 <= q <= 1`` by Weitzenböck's
 inequality ``a^2 + b^2 + c^2 >= 4 sqrt(3) A``).
 """
+
 from __future__ import annotations
 
 import math
@@ -68,9 +69,9 @@ def normal_consistency_loss(verts: torch.Tensor, faces: torch.Tensor, eps: float
         return verts.sum() * 0.0
     n = face_normals(verts, faces, normalize=False)
     n1, n2 = n[pairs[:, 0]], n[pairs[:, 1]]
-    cos = (n1 * n2).sum(-1) / (
-        torch.linalg.vector_norm(n1, dim=-1) * torch.linalg.vector_norm(n2, dim=-1)
-    ).clamp_min(eps)
+    cos = (n1 * n2).sum(-1) / (torch.linalg.vector_norm(n1, dim=-1) * torch.linalg.vector_norm(n2, dim=-1)).clamp_min(
+        eps
+    )
     return (1.0 - cos).mean()
 
 

@@ -4,6 +4,7 @@ For a face ``(v0, v1, v2)`` (counter-clockwise seen from outside) the un-normali
 ``n = (v1 - v0) x (v2 - v0)``; it points outward and ``|n| = 2 * area``. All functions are
 differentiable in ``verts`` and keep its dtype and device.
 """
+
 from __future__ import annotations
 
 import torch

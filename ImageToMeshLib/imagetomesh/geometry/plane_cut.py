@@ -4,6 +4,7 @@ Each triangle with vertices on both sides of the plane contributes one segment w
 end points are convex combinations of the triangle's vertices (on the two crossing edges),
 so gradients flow back to the vertex positions (DALS's planar-curve task needs this).
 """
+
 from __future__ import annotations
 
 import torch

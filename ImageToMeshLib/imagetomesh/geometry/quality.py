@@ -15,6 +15,7 @@ Definitions used throughout the library:
   is negative; in general the sign alternates with the nesting depth, found with the
   generalised winding number).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -252,9 +253,7 @@ def _to_meshset(mesh: Mesh):
 
     meshset = pymeshlab.MeshSet()
     meshset.add_mesh(
-        pymeshlab.Mesh(
-            vertex_matrix=mesh.vertices.astype(np.float64), face_matrix=mesh.faces.astype(np.int32)
-        )
+        pymeshlab.Mesh(vertex_matrix=mesh.vertices.astype(np.float64), face_matrix=mesh.faces.astype(np.int32))
     )
     return meshset
 

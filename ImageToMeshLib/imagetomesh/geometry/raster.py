@@ -16,6 +16,7 @@ origin or (flipped, permuted) direction. Then the interior is filled by ray pari
 - ``method="vtk"``: ``vtkPolyDataToImageStencil`` (slice-by-slice even-odd fill), the same
   result up to voxel centres lying on the surface.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -146,7 +147,7 @@ def _scanline_fill(mesh: Mesh, lo: np.ndarray, hi: np.ndarray, chunk: int = 4_00
         w0, w1, w2 = (wt[inside] for wt in weights)
         zk = (w0 * z[faces[t, 0]] + w1 * z[faces[t, 1]] + w2 * z[faces[t, 2]]) / (w0 + w1 + w2)
         k_first = np.clip(np.ceil(zk), 0, nk).astype(np.int64)  # first voxel centre above it
-        column = (py[inside].astype(np.int64) * ni + px[inside].astype(np.int64))
+        column = py[inside].astype(np.int64) * ni + px[inside].astype(np.int64)
         crossings.append(k_first * (nj * ni) + column)
     if not crossings:
         return np.zeros((nk, nj, ni), dtype=np.uint8)

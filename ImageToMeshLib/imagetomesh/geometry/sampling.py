@@ -9,9 +9,10 @@ which has constant density over the triangle. The face draw is not differentiabl
 discrete choice) but the points are an affine function of the vertices, so gradients flow to
 ``verts`` through ``p`` (and through the normals, if asked for).
 """
+
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 import torch
 
@@ -27,7 +28,7 @@ def sample_points_on_mesh(
     return_normals: bool = False,
     generator: Optional[torch.Generator] = None,
     return_faces: bool = False,
-) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
+) -> Union[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Sample ``n`` points uniformly (by area) on the mesh surface.
 
     Args:

@@ -12,10 +12,11 @@ Conventions (as everywhere in the library):
 All functions work on the device of their inputs; nothing here moves data to the CPU except
 small Python integers (sizes).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
@@ -44,7 +45,7 @@ def _check_verts(verts: torch.Tensor) -> None:
         raise ValueError(f"verts must have shape (N, 3), got {tuple(verts.shape)}")
 
 
-def icosahedron(dtype: torch.dtype = torch.float32, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+def icosahedron(dtype: torch.dtype = torch.float32, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The regular icosahedron inscribed in the unit sphere.
 
     Vertices are the cyclic permutations of ``(0, +-1, +-phi)`` (``phi`` the golden ratio),
@@ -83,7 +84,7 @@ def icosahedron(dtype: torch.dtype = torch.float32, device=None) -> Tuple[torch.
 
 def icosphere(
     level: int, radius: float = 1.0, dtype: torch.dtype = torch.float32, device=None
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A geodesic sphere: the icosahedron subdivided ``level`` times (1 -> 4 midpoint split),
     new vertices pushed onto the sphere after each step.
 
@@ -108,7 +109,7 @@ def icosphere(
     return (verts * radius).to(dtype), faces
 
 
-def faces_to_edges_map(faces: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def faces_to_edges_map(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Unique undirected edges and, for every face side, the id of its edge.
 
     Side ``k`` of face ``f`` is ``(faces[f, k], faces[f, (k + 1) % 3])``.
@@ -163,7 +164,7 @@ def vertex_degrees(edge_index: torch.Tensor, num_vertices: int) -> torch.Tensor:
     return torch.bincount(edge_index[0].long(), minlength=int(num_vertices))
 
 
-def face_adjacency(faces: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def face_adjacency(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairs of faces that share an edge, found by sorting face sides by edge id (no dense matrix).
 
     Only manifold interior edges count, i.e. edges used by exactly two faces; boundary edges
@@ -188,7 +189,7 @@ def face_adjacency(faces: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def subdivide(
     verts: torch.Tensor, faces: torch.Tensor, features: Optional[torch.Tensor] = None
-) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
     """Edge-midpoint (1 -> 4) subdivision.
 
     Every unique edge ``(i, j)`` (in :func:`edges_from_faces` order) gets a new vertex

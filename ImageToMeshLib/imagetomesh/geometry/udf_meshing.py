@@ -28,10 +28,11 @@ Poisson bulges), and 2 of 21 trimmed meshes needed that fallback.
 
 Every field evaluation runs ``chunk`` points at a time, so memory does not grow with the point count.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -81,7 +82,9 @@ def evaluate_udf(udf: UDF, points: torch.Tensor, chunk: int = 8192) -> torch.Ten
         return torch.cat([udf(points[i : i + chunk]).detach() for i in range(0, len(points), chunk)])
 
 
-def project_points(udf: UDF, points: torch.Tensor, iterations: int, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+def project_points(
+    udf: UDF, points: torch.Tensor, iterations: int, chunk: int = 8192
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Move ``points (N, 3)`` onto the zero level set: ``iterations`` steps of
     ``p <- p - f(p) grad f / |grad f|``. Returns ``(projected (N, 3), f at them (N,))``."""
     out = []
@@ -108,19 +111,25 @@ def dense_surface_points(udf: UDF, lo, hi, voxel: float, config: UDFMeshingConfi
     f = evaluate_udf(udf, start, config.chunk)
     survivors = start[f < config.keep_voxels * voxel]
     if len(survivors) == 0:
-        raise InputError("the model found no surface in the image; check that it shows the organ the model was trained on")
+        raise InputError(
+            "the model found no surface in the image; check that it shows the organ the model was trained on"
+        )
     survivors, f = project_points(udf, survivors, config.iterations, config.chunk)
     survivors = survivors[f < config.drop_voxels * voxel]
     for _ in range(config.rounds):
         if len(survivors) == 0:
             break
         pick = torch.randint(len(survivors), (config.dense_points,), generator=generator)
-        noisy = survivors[pick] + config.resample_sigma_voxels * voxel * torch.randn(config.dense_points, 3, generator=generator)
+        noisy = survivors[pick] + config.resample_sigma_voxels * voxel * torch.randn(
+            config.dense_points, 3, generator=generator
+        )
         noisy = torch.maximum(torch.minimum(noisy, hi_t), lo_t)
         projected, f = project_points(udf, noisy, config.iterations, config.chunk)
         survivors = projected[f < config.drop_voxels * voxel]
     if len(survivors) < 20:
-        raise InputError("the model found no surface in the image; check that it shows the organ the model was trained on")
+        raise InputError(
+            "the model found no surface in the image; check that it shows the organ the model was trained on"
+        )
     return survivors
 
 
@@ -178,8 +187,11 @@ def screened_poisson(points: np.ndarray, normals: np.ndarray, depth: int) -> Mes
     import pymeshlab
 
     meshset = pymeshlab.MeshSet()
-    meshset.add_mesh(pymeshlab.Mesh(vertex_matrix=np.asarray(points, dtype=np.float64),
-                                    v_normals_matrix=np.asarray(normals, dtype=np.float64)))
+    meshset.add_mesh(
+        pymeshlab.Mesh(
+            vertex_matrix=np.asarray(points, dtype=np.float64), v_normals_matrix=np.asarray(normals, dtype=np.float64)
+        )
+    )
     meshset.generate_surface_reconstruction_screened_poisson(depth=int(depth), preclean=True, threads=1)
     current = meshset.current_mesh()
     return Mesh(current.vertex_matrix(), current.face_matrix())
@@ -234,7 +246,9 @@ def close_holes(mesh: Mesh, max_hole_edges: int) -> Mesh:
     return _from_meshset(meshset)
 
 
-def mesh_udf(udf: UDF, lo, hi, voxel: float, config: UDFMeshingConfig | None = None, open_surface: bool = False) -> Mesh:
+def mesh_udf(
+    udf: UDF, lo, hi, voxel: float, config: UDFMeshingConfig | None = None, open_surface: bool = False
+) -> Mesh:
     """The surface where ``udf`` vanishes inside the box ``[lo, hi]`` (``(3,)`` each, the field's
     frame), as a :class:`Mesh` in that frame. ``voxel`` is the field's resolution (the unit of
     the config's lengths). Raises :class:`InputError` when the field has no zero level set there."""
@@ -247,7 +261,9 @@ def mesh_udf(udf: UDF, lo, hi, voxel: float, config: UDFMeshingConfig | None = N
         return largest_component(poisson)
     mesh = trim_unsupported(poisson, dense, config.support_voxels * voxel)
     if mesh.num_faces == 0:
-        raise InputError("the model found no surface in the image; check that it shows the organ the model was trained on")
+        raise InputError(
+            "the model found no surface in the image; check that it shows the organ the model was trained on"
+        )
     mesh = largest_component(mesh)
     mesh = largest_component(close_holes(mesh, config.max_hole_edges if open_surface else config.closed_hole_edges))
     if not open_surface and not is_watertight(mesh):

@@ -6,6 +6,7 @@ through the opposite wall. :func:`untangle` smooths the neighbourhoods of the fa
 another face until none do; the faces stay as they are, so a closed surface stays closed, and
 the rest of the surface does not move.
 """
+
 from __future__ import annotations
 
 import numpy as np

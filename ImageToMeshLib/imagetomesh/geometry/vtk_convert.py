@@ -4,6 +4,7 @@ Both directions copy whole arrays through ``vtkmodules.util.numpy_support``; the
 Python loop over faces. Coordinates pass through unchanged (whatever space the mesh is in).
 The one implementation: io, geometry and metrics all use it.
 """
+
 from __future__ import annotations
 
 import numpy as np

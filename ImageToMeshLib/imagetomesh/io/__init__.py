@@ -2,6 +2,7 @@
 
 Everything read comes back in LPS millimetres; every writer is atomic (complete file or none).
 """
+
 from imagetomesh.io.atomic import atomic_write, check_output_path
 from imagetomesh.io.images import read_image, read_labelmap, volume_from_sitk, volume_to_sitk, write_image
 from imagetomesh.io.markups import Markup, read_markups, read_points, write_markups

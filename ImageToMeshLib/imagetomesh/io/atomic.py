@@ -8,6 +8,7 @@ only renames it over the target once the write has finished without an exception
 (what ``timeout``, systemd, containers and Slicer's Cancel send) is handled like Ctrl-C while a
 file is being written: the partial file is removed before the process ends.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,8 @@ import os
 import signal
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from imagetomesh.errors import InputError
 from imagetomesh.io.inputs import read_input_owning
@@ -47,7 +48,9 @@ def check_output_path(path: str | os.PathLike) -> Path:
     target = Path(path).expanduser()
     parent = target.parent if str(target.parent) else Path(".")
     if target.is_dir():
-        raise InputError(f"output path {target} is a folder; give a file name such as {target / 'output'}{format_suffix(target) or '.ext'}")
+        raise InputError(
+            f"output path {target} is a folder; give a file name such as {target / 'output'}{format_suffix(target) or '.ext'}"
+        )
     if not parent.exists():
         raise InputError(f"output folder {parent} does not exist; create it first")
     if not parent.is_dir():
@@ -119,8 +122,10 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         except OSError as err:
             if err.errno != errno.ENAMETOOLONG:
                 raise
-            raise InputError(f"output file name {target.name} is too long for its file system "
-                             f"(a temporary name is {len(name) + 13} characters); choose a shorter name") from None
+            raise InputError(
+                f"output file name {target.name} is too long for its file system "
+                f"(a temporary name is {len(name) + 13} characters); choose a shorter name"
+            ) from None
         os.close(fd)
         tmp = Path(tmp_name)
         try:

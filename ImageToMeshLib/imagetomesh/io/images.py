@@ -4,6 +4,7 @@ Reads NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.
 single files of any other format SimpleITK knows, and DICOM series (give the folder). Writes
 NIfTI, NRRD and MHA, atomically. Geometry is kept in LPS millimetres exactly as ITK reports it.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -19,8 +20,8 @@ import SimpleITK as sitk
 
 from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
-from imagetomesh.io.inputs import check_input_path
 from imagetomesh.io.atomic import atomic_write, check_output_path, format_suffix
+from imagetomesh.io.inputs import check_input_path
 
 #: Extensions :func:`write_image` accepts (one-file formats only, so the write can be atomic).
 WRITE_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -194,16 +195,16 @@ def _check_nifti(path: Path) -> None:
     if not compressed:
         actual = path.stat().st_size
         if actual < expected:
-            raise InputError(
-                f"image {path} is truncated ({actual} of {expected} bytes); re-export or re-download it"
-            )
+            raise InputError(f"image {path} is truncated ({actual} of {expected} bytes); re-export or re-download it")
     else:
         # gzip trailer holds the uncompressed size mod 2**32; verify the full stream only on mismatch
         with open(path, "rb") as handle:
             handle.seek(-4, os.SEEK_END)
             isize = struct.unpack("<I", handle.read(4))[0]
         if isize != expected % (1 << 32) and not _gzip_stream_complete(path, expected):
-            raise InputError(f"image {path} is truncated or its compressed data is corrupt; re-export or re-download it")
+            raise InputError(
+                f"image {path} is truncated or its compressed data is corrupt; re-export or re-download it"
+            )
     if _nifti_nonfinite_count(path, layout):
         raise InputError(_NONFINITE_MESSAGE.format(path=path))
 
@@ -270,8 +271,13 @@ def read_image(path: str | os.PathLike) -> Volume:
     path = check_input_path(path, "image", folder_ok=True)
     if path.is_dir():
         image = _read_dicom_folder(path)
-        _check_header(path, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(),
-                      image.GetPixelIDTypeAsString())
+        _check_header(
+            path,
+            image.GetDimension(),
+            image.GetSize(),
+            image.GetNumberOfComponentsPerPixel(),
+            image.GetPixelIDTypeAsString(),
+        )
     else:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
@@ -282,8 +288,13 @@ def read_image(path: str | os.PathLike) -> Volume:
                 f"could not read {path} as an image (corrupt, truncated or not an image): "
                 f"{_short_itk_message(err)}; {_IMAGE_HINT}"
             ) from None
-        _check_header(path, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(),
-                      sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+        _check_header(
+            path,
+            reader.GetDimension(),
+            reader.GetSize(),
+            reader.GetNumberOfComponents(),
+            sitk.GetPixelIDValueAsString(reader.GetPixelID()),
+        )
         _check_nifti(path)
         try:
             image = reader.Execute()
@@ -337,10 +348,14 @@ def read_labelmap(path: str | os.PathLike, label: int | None = None) -> Volume:
         if not mask.any():
             present = [v for v in _labels_present(array) if v != 0]
             if not present:
-                raise InputError(f"labelmap {path} is empty (every voxel is 0); give a segmentation with a labelled region")
+                raise InputError(
+                    f"labelmap {path} is empty (every voxel is 0); give a segmentation with a labelled region"
+                )
             shown = ", ".join(str(int(v)) if float(v).is_integer() else str(v) for v in present[:20])
             more = f" and {len(present) - 20} more" if len(present) > 20 else ""
-            raise InputError(f"label {label} is not in labelmap {path}; labels present: {shown}{more}; choose one of them")
+            raise InputError(
+                f"label {label} is not in labelmap {path}; labels present: {shown}{more}; choose one of them"
+            )
     return volume.with_array(mask.astype(np.uint8))
 
 

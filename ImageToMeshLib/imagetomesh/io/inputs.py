@@ -44,14 +44,18 @@ def check_input_path(path: str | os.PathLike, what: str, folder_ok: bool = False
     except FileNotFoundError:
         raise InputError(f"{what} {path} does not exist; check the path") from None
     except PermissionError:
-        raise InputError(f"{what} {path} cannot be reached (permission denied on a folder); fix the permissions") from None
+        raise InputError(
+            f"{what} {path} cannot be reached (permission denied on a folder); fix the permissions"
+        ) from None
     except OSError as err:
         raise InputError(f"{what} {path} cannot be read: {err.strerror or err}; check the path") from None
     if stat.S_ISDIR(status.st_mode):
         if not folder_ok:
             raise InputError(f"{what} path {path} is a folder; give a file")
     elif not stat.S_ISREG(status.st_mode):
-        raise InputError(f"{what} {path} is not a regular file (a pipe, device or socket); save the data to a file first")
+        raise InputError(
+            f"{what} {path} is not a regular file (a pipe, device or socket); save the data to a file first"
+        )
     if not os.access(path, os.R_OK | (os.X_OK if stat.S_ISDIR(status.st_mode) else 0)):
         raise InputError(f"{what} {path} cannot be read (permission denied); fix its permissions")
     with _lock:

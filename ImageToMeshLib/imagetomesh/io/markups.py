@@ -4,23 +4,24 @@ The JSON layout follows Slicer's markups schema v1.0.3: a top-level object with 
 and a ``markups`` list; each markup has ``type``, ``coordinateSystem`` (``LPS`` or ``RAS``,
 LPS when absent), ``coordinateUnits`` and ``controlPoints`` with a ``position`` each.
 """
+
 from __future__ import annotations
 
 import json
 import math
-import reprlib
 import os
 import re
+import reprlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
 from imagetomesh.core.transforms import lps_to_ras, ras_to_lps
 from imagetomesh.errors import InputError
-from imagetomesh.io.inputs import check_input_path
 from imagetomesh.io.atomic import atomic_write, check_output_path, format_suffix
+from imagetomesh.io.inputs import check_input_path
 
 #: The schema URL 3D Slicer writes into ``.mrk.json`` files.
 MARKUPS_SCHEMA = (
@@ -114,8 +115,9 @@ def _parse_markup(entry: object, index: int, path: Path) -> Markup:
         except (TypeError, ValueError, OverflowError):  # OverflowError: an integer too large for a float
             xyz = []
         if len(xyz) != 3 or not all(math.isfinite(v) for v in xyz):
-            raise InputError(f"control point {number} of {where} has position {reprlib.repr(position)}; "
-                             "it must be 3 finite numbers")
+            raise InputError(
+                f"control point {number} of {where} has position {reprlib.repr(position)}; it must be 3 finite numbers"
+            )
         positions.append(xyz)
     points = np.asarray(positions, dtype=np.float64).reshape(-1, 3) * _UNIT_SCALE[units]
     if space == "RAS":
@@ -135,14 +137,16 @@ def read_markups(path: str | os.PathLike) -> list[Markup]:
     """
     path = _require_file(path, "markups file")
     try:
-        with open(path, "r", encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
             document = json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"could not parse {path} as JSON ({err}); give a Slicer .mrk.json file") from None
     except RecursionError:
         raise InputError(f"{path} is nested too deeply to be a markups file; give a Slicer .mrk.json file") from None
     if not isinstance(document, dict) or not isinstance(document.get("markups"), list):
-        raise InputError(f"{path} is not a Slicer markups file (no 'markups' list); save the markups from Slicer as .mrk.json")
+        raise InputError(
+            f"{path} is not a Slicer markups file (no 'markups' list); save the markups from Slicer as .mrk.json"
+        )
     if not document["markups"]:
         raise InputError(f"{path} holds no markups; place some points in Slicer and save again")
     return [_parse_markup(entry, index, path) for index, entry in enumerate(document["markups"])]
@@ -151,8 +155,11 @@ def read_markups(path: str | os.PathLike) -> list[Markup]:
 def _markup_json(markup: Markup, space: str) -> dict:
     points = markup.points if space == "LPS" else lps_to_ras(markup.points)
     # Slicer's identity orientation is stored in the file's own space: RAS identity -> LPS diag(-1,-1,1)
-    orientation = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0] if space == "RAS" else [
-        -1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0]
+    orientation = (
+        [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+        if space == "RAS"
+        else [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0]
+    )
     prefix = markup.name or markup.kind
     control_points = [
         {
@@ -172,16 +179,18 @@ def _markup_json(markup: Markup, space: str) -> dict:
     entry = {"type": markup.kind}
     if markup.name:
         entry["name"] = markup.name
-    entry.update({
-        "coordinateSystem": space,
-        "coordinateUnits": "mm",
-        "locked": False,
-        "fixedNumberOfControlPoints": False,
-        "labelFormat": "%N-%d",
-        "lastUsedControlPointNumber": len(control_points),
-        "controlPoints": control_points,
-        "measurements": [],
-    })
+    entry.update(
+        {
+            "coordinateSystem": space,
+            "coordinateUnits": "mm",
+            "locked": False,
+            "fixedNumberOfControlPoints": False,
+            "labelFormat": "%N-%d",
+            "lastUsedControlPointNumber": len(control_points),
+            "controlPoints": control_points,
+            "measurements": [],
+        }
+    )
     return entry
 
 
@@ -273,7 +282,9 @@ def _read_text_points(path: Path, default_space: str) -> np.ndarray:
                     space = names_space
                 break
         if columns is None:
-            raise InputError(f"{path} has a header row without x, y, z columns ({', '.join(header)}); name the coordinate columns x,y,z")
+            raise InputError(
+                f"{path} has a header row without x, y, z columns ({', '.join(header)}); name the coordinate columns x,y,z"
+            )
     else:
         width = len(rows[0][1])
         if width != 3:
@@ -289,7 +300,9 @@ def _read_text_points(path: Path, default_space: str) -> np.ndarray:
             try:
                 points[row_index, c] = float(fields[col])
             except ValueError:
-                raise InputError(f"{path} line {number}: '{fields[col]}' is not a number; fix or remove that row") from None
+                raise InputError(
+                    f"{path} line {number}: '{fields[col]}' is not a number; fix or remove that row"
+                ) from None
     if not np.isfinite(points).all():
         raise InputError(f"{path} contains NaN/Inf coordinates; remove those rows")
     return ras_to_lps(points) if space == "RAS" else points
@@ -329,7 +342,9 @@ def read_points(path: str | os.PathLike, coordinate_system: str = "LPS") -> np.n
         points = read_mesh_vertices(path, space)
     else:
         supported = (".mrk.json",) + TEXT_POINT_SUFFIXES + MESH_SUFFIXES
-        raise InputError(f"cannot read points from {path.name}: unknown extension '{suffix}'; use one of {', '.join(supported)}")
+        raise InputError(
+            f"cannot read points from {path.name}: unknown extension '{suffix}'; use one of {', '.join(supported)}"
+        )
     if len(points) < 1:
         raise InputError(f"{path} holds no points; give at least one point")
     return np.asarray(points, dtype=np.float64).reshape(-1, 3)

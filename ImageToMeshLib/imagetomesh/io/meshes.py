@@ -13,6 +13,7 @@ reads it, so Slicer loads what we write in the right place and we read what Slic
 A file without a marker is taken to be in ``coordinate_system`` (default LPS, Slicer's own
 assumption). LPS <-> RAS negates x and y, a rotation (det +1), so face winding is unchanged.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,8 @@ from imagetomesh.core.mesh import Mesh
 from imagetomesh.core.transforms import lps_to_ras, ras_to_lps
 from imagetomesh.errors import InputError
 from imagetomesh.geometry.vtk_convert import mesh_to_polydata, polydata_from_arrays, polydata_to_mesh
-from imagetomesh.io.inputs import check_input_path
 from imagetomesh.io.atomic import atomic_write, check_output_path, format_suffix
+from imagetomesh.io.inputs import check_input_path
 
 #: Mesh file extensions read and written.
 MESH_SUFFIXES = (".stl", ".vtp", ".vtk", ".obj", ".ply")
@@ -151,9 +152,23 @@ def _walk_counted_cells(cells: np.ndarray, n_cells: int) -> tuple[np.ndarray, np
 
 
 _VTK_TYPES = {
-    "bit": None, "unsigned_char": "u1", "char": "i1", "signed_char": "i1", "short": "i2", "unsigned_short": "u2",
-    "int": "i4", "unsigned_int": "u4", "long": "i8", "unsigned_long": "u8", "float": "f4", "double": "f8",
-    "vtkidtype": "i4", "vtktypeint64": "i8", "vtktypeuint64": "u8", "vtktypeint32": "i4", "vtktypeuint32": "u4",
+    "bit": None,
+    "unsigned_char": "u1",
+    "char": "i1",
+    "signed_char": "i1",
+    "short": "i2",
+    "unsigned_short": "u2",
+    "int": "i4",
+    "unsigned_int": "u4",
+    "long": "i8",
+    "unsigned_long": "u8",
+    "float": "f4",
+    "double": "f8",
+    "vtkidtype": "i4",
+    "vtktypeint64": "i8",
+    "vtktypeuint64": "u8",
+    "vtktypeint32": "i4",
+    "vtktypeuint32": "u4",
 }
 _VTK_CELL_KEYWORDS = (b"VERTICES", b"LINES", b"POLYGONS", b"TRIANGLE_STRIPS")
 
@@ -168,14 +183,14 @@ class _LegacyStream:
 
     def words(self, n: int) -> list[bytes]:
         if self.binary:
-            while self.pos < len(self.data) and self.data[self.pos:self.pos + 1] in b" \t\r\n":
+            while self.pos < len(self.data) and self.data[self.pos : self.pos + 1] in b" \t\r\n":
                 self.pos += 1
             end = self.data.find(b"\n", self.pos)
             end = len(self.data) if end < 0 else end
-            words = self.data[self.pos:end].split()
+            words = self.data[self.pos : end].split()
             self.pos = end + 1
             return words
-        words = self.tokens[self.token:self.token + n]
+        words = self.tokens[self.token : self.token + n]
         self.token += n
         return words
 
@@ -192,7 +207,7 @@ class _LegacyStream:
             return values
         if count < 0 or self.token + count > len(self.tokens):
             raise _Corrupt("the data ends early (truncated?)")
-        chunk = self.tokens[self.token:self.token + count]
+        chunk = self.tokens[self.token : self.token + count]
         self.token += count
         try:
             return np.array(chunk).astype(np.float64 if code[0] == "f" else np.int64)
@@ -201,7 +216,7 @@ class _LegacyStream:
 
     def at_end(self) -> bool:
         if self.binary:
-            return not self.data[self.pos:].strip()
+            return not self.data[self.pos :].strip()
         return self.token >= len(self.tokens)
 
 
@@ -237,7 +252,7 @@ def _check_legacy_vtk(data: bytes) -> None:
                     if not (peek and peek[0].upper() == b"OFFSETS"):
                         stream.pos = saved
                 else:
-                    peek = stream.tokens[stream.token:stream.token + 2]
+                    peek = stream.tokens[stream.token : stream.token + 2]
                     if peek and peek[0].upper() == b"OFFSETS":
                         stream.token += 2
                 if peek and peek[0].upper() == b"OFFSETS":  # VTK >= 9 layout
@@ -259,9 +274,22 @@ def _check_legacy_vtk(data: bytes) -> None:
 
 
 _PLY_TYPES = {
-    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
-    "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+    "char": "i1",
+    "int8": "i1",
+    "uchar": "u1",
+    "uint8": "u1",
+    "short": "i2",
+    "int16": "i2",
+    "ushort": "u2",
+    "uint16": "u2",
+    "int": "i4",
+    "int32": "i4",
+    "uint": "u4",
+    "uint32": "u4",
+    "float": "f4",
+    "float32": "f4",
+    "double": "f8",
+    "float64": "f8",
 }
 
 
@@ -334,6 +362,7 @@ def _ply_element_binary(data: bytes, pos: int, count: int, props: list, endian: 
 
 def _ply_element_ascii(tokens: list, index: int, count: int, props: list) -> tuple[dict, int]:
     """Read one ASCII PLY element block from whitespace tokens; returns (columns, new index)."""
+
     def numbers(chunk):
         try:
             return np.array(chunk).astype(np.float64)
@@ -348,12 +377,12 @@ def _ply_element_ascii(tokens: list, index: int, count: int, props: list) -> tup
         else:
             if cursor >= len(tokens) and count:
                 raise _Corrupt("the data ends early (truncated?)")
-            length = int(numbers(tokens[cursor:cursor + 1])[0]) if count else 0
+            length = int(numbers(tokens[cursor : cursor + 1])[0]) if count else 0
             layout.append((name, 1 + length))
             cursor += 1 + length
     width = sum(w for _, w in layout)
     if index + count * width <= len(tokens):
-        block = numbers(tokens[index:index + count * width]).reshape(count, width)
+        block = numbers(tokens[index : index + count * width]).reshape(count, width)
         out, column, uniform = {}, 0, True
         for (name, kind, _), (_, w) in zip(props, layout):
             if kind == "scalar":
@@ -362,7 +391,10 @@ def _ply_element_ascii(tokens: list, index: int, count: int, props: list) -> tup
                 if not (block[:, column] == w - 1).all():
                     uniform = False
                     break
-                out[name] = (np.arange(count + 1, dtype=np.int64) * (w - 1), block[:, column + 1:column + w].reshape(-1))
+                out[name] = (
+                    np.arange(count + 1, dtype=np.int64) * (w - 1),
+                    block[:, column + 1 : column + w].reshape(-1),
+                )
             column += w
         if uniform:
             return out, index + count * width
@@ -372,13 +404,13 @@ def _ply_element_ascii(tokens: list, index: int, count: int, props: list) -> tup
             if index >= len(tokens):
                 raise _Corrupt("the data ends early (truncated?)")
             if kind == "scalar":
-                columns[name].append(numbers(tokens[index:index + 1])[0])
+                columns[name].append(numbers(tokens[index : index + 1])[0])
                 index += 1
             else:
-                length = int(numbers(tokens[index:index + 1])[0])
+                length = int(numbers(tokens[index : index + 1])[0])
                 if length < 0 or index + 1 + length > len(tokens):
                     raise _Corrupt("the data ends early (truncated?)")
-                columns[name].append(numbers(tokens[index + 1:index + 1 + length]))
+                columns[name].append(numbers(tokens[index + 1 : index + 1 + length]))
                 index += 1 + length
     out = {}
     for name, kind, _ in props:
@@ -482,7 +514,9 @@ def _read_polydata(path: Path, suffix: str) -> tuple[vtkPolyData, str | None]:
                 return _read_ply(data)
             _check_legacy_vtk(data)
         except _Corrupt as err:
-            raise InputError(f"could not read {path} as a mesh: {err}; check that it is a valid {suffix} file") from None
+            raise InputError(
+                f"could not read {path} as a mesh: {err}; check that it is a valid {suffix} file"
+            ) from None
     reader = {
         ".stl": vtkSTLReader,
         ".vtp": vtkXMLPolyDataReader,

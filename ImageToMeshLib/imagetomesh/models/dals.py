@@ -15,6 +15,7 @@ template rotations, so the decoder learns a field over the sphere rather than pe
 This module holds the config, the ``nn.Module`` and the frame maps; nothing about files, CLI or
 fitting (see :mod:`imagetomesh.fitting`).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -126,7 +127,7 @@ class ShapeNormalisation:
         object.__setattr__(self, "scale", scale)
 
     @classmethod
-    def of_points(cls, points: np.ndarray, radius_percentile: float = 100.0) -> "ShapeNormalisation":
+    def of_points(cls, points: np.ndarray, radius_percentile: float = 100.0) -> ShapeNormalisation:
         """Centre = mean of ``points`` (surface samples), scale = their largest distance from it
         (or the given percentile of the distances)."""
         points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
@@ -153,7 +154,7 @@ class ShapeNormalisation:
         return {"centre": self.centre.tolist(), "scale": self.scale}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ShapeNormalisation":
+    def from_dict(cls, d: dict) -> ShapeNormalisation:
         return cls(np.asarray(d["centre"], dtype=np.float64), float(d["scale"]))
 
 

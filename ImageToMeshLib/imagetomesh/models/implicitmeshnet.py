@@ -18,6 +18,7 @@ through a learned mesh-to-SDF network.
 Meshes live in model grid coordinates (x, y, z) in [-1, 1] like Voxel2Mesh's; distances,
 offsets and the template radius are in the isotropic frame ``grid * isotropic_scale``.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,7 +59,9 @@ class ImplicitMeshNetConfig:
         if isinstance(self.unet, dict):
             self.unet = UNetConfig(**self.unet)
         if not 1 <= self.stages <= self.unet.depth - 1:
-            raise ValueError(f"stages must be between 1 and the U-Net depth - 1 ({self.unet.depth - 1}), got {self.stages}")
+            raise ValueError(
+                f"stages must be between 1 and the U-Net depth - 1 ({self.unet.depth - 1}), got {self.stages}"
+            )
         if self.graph_layers < 2:
             raise ValueError(f"graph_layers must be >= 2, got {self.graph_layers}")
 
@@ -91,7 +94,7 @@ class ImplicitMeshNet(nn.Module, DeformedTemplateModel):
         super().__init__()
         self.config = c = config
         self.unet = UNet3D(c.unet)
-        levels = self.unet.decoder_channels[-(c.stages + 1):]
+        levels = self.unet.decoder_channels[-(c.stages + 1) :]
         self.stages = nn.ModuleList(
             ChebStage(levels[s] + levels[s + 1] + 3 + (c.hidden if s else 0), c.hidden, c.graph_layers, c.cheb_k)
             for s in range(c.stages)
@@ -112,7 +115,7 @@ class ImplicitMeshNet(nn.Module, DeformedTemplateModel):
         scale = isotropic_scale(grid_shape).to(device)
         template = self.template(grid_shape, device)
         edge_index = template.edge_index
-        levels = decoder_features[-(c.stages + 1):]
+        levels = decoder_features[-(c.stages + 1) :]
         batch = levels[0].shape[0]
         verts = template.verts[None].expand(batch, -1, -1)
         hidden, out = None, [[] for _ in range(batch)]
@@ -188,7 +191,7 @@ class ConvResBlock(nn.Module):
 
 def level_shapes(grid_shape, levels: int) -> list[tuple[int, int, int]]:
     """Grid shapes of ``levels`` decoder levels, coarsest first (the finest is ``grid_shape``)."""
-    return [tuple(max(1, int(s) // 2 ** (levels - 1 - l)) for s in grid_shape) for l in range(levels)]
+    return [tuple(max(1, int(s) // 2 ** (levels - 1 - level)) for s in grid_shape) for level in range(levels)]
 
 
 class MeshToSDF(nn.Module):
@@ -204,7 +207,7 @@ class MeshToSDF(nn.Module):
         self.blocks = nn.ModuleList(GraphResBlock(g, c.cheb_k, c.dropout) for _ in c.channels)
         self.project = nn.ModuleList(nn.Linear(g, ch) for ch in c.channels)
         self.decoder = nn.ModuleList(
-            ConvResBlock(ch + (c.channels[l - 1] if l else 0), ch) for l, ch in enumerate(c.channels)
+            ConvResBlock(ch + (c.channels[level - 1] if level else 0), ch) for level, ch in enumerate(c.channels)
         )
         self.heads = nn.ModuleList(nn.Conv3d(ch, 1, 1) for ch in c.channels)
 
@@ -213,11 +216,11 @@ class MeshToSDF(nn.Module):
         shapes = level_shapes(grid_shape, len(self.config.channels))
         x = self.encode_in((verts * scale).transpose(0, 1), edge_index)  # (N, B, g): one graph for the batch
         outputs, y = [], None
-        for l, (block, project, conv, head) in enumerate(zip(self.blocks, self.project, self.decoder, self.heads)):
+        for level, (block, project, conv, head) in enumerate(zip(self.blocks, self.project, self.decoder, self.heads)):
             x = block(x, edge_index)
-            grid = splat_features(project(x).transpose(0, 1), verts, shapes[l])
+            grid = splat_features(project(x).transpose(0, 1), verts, shapes[level])
             if y is not None:
-                y = F.interpolate(y, size=shapes[l], mode="trilinear", align_corners=True)
+                y = F.interpolate(y, size=shapes[level], mode="trilinear", align_corners=True)
                 grid = torch.cat([grid, y], dim=1)
             y = conv(grid)
             outputs.append(head(y))

@@ -1,4 +1,5 @@
 """A mesh being deformed by a graph decoder, with what unpooling needs to carry along."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,13 +35,13 @@ class DecoderMesh:
         return edge_index_from_faces(self.faces)
 
     @classmethod
-    def template(cls, level: int, radius_grid: torch.Tensor, device=None) -> "DecoderMesh":
+    def template(cls, level: int, radius_grid: torch.Tensor, device=None) -> DecoderMesh:
         """An icosphere of ``level`` scaled per axis by ``radius_grid`` ``(3,)``."""
         sphere, faces = icosphere(level)
         sphere, faces = sphere.to(device), faces.to(device)
         return cls(sphere * radius_grid.to(device), faces, sphere)
 
-    def subdivided(self) -> "DecoderMesh":
+    def subdivided(self) -> DecoderMesh:
         """Edge-midpoint subdivision; new vertices inherit the mean of their parents' features."""
         carried = torch.cat([self.sphere] + ([self.features] if self.features is not None else []), dim=1)
         verts, faces, carried, parents = subdivide(self.verts, self.faces, carried)
@@ -48,7 +49,7 @@ class DecoderMesh:
         features = carried[:, 3:] if self.features is not None else None
         return DecoderMesh(verts, faces, sphere, features, parents)
 
-    def adaptively_pruned(self, threshold: float, scale: torch.Tensor) -> "DecoderMesh":
+    def adaptively_pruned(self, threshold: float, scale: torch.Tensor) -> DecoderMesh:
         """Drop new vertices lying within ``threshold`` of their parent edge; re-triangulate.
 
         Distances are measured after multiplying grid coordinates by ``scale`` ``(3,)``.

@@ -20,6 +20,7 @@ clamp of 0.1 units is therefore 2.75 mm there.
 Meshing (:meth:`NUDF.predict_meshes`) is in :mod:`imagetomesh.geometry.udf_meshing`:
 projection along the UDF gradient, screened Poisson, support trimming.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -80,8 +81,10 @@ class NUDF(nn.Module, SegmentationModel):
         self.pool = nn.MaxPool3d(2)
         width = 7 * (c.in_channels + sum(c.channels))
         self.decoder = nn.Sequential(
-            nn.Linear(width, c.hidden), nn.ReLU(inplace=True),
-            nn.Linear(c.hidden, c.hidden), nn.ReLU(inplace=True),
+            nn.Linear(width, c.hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(c.hidden, c.hidden),
+            nn.ReLU(inplace=True),
             nn.Linear(c.hidden, 1),
         )
 
@@ -104,7 +107,7 @@ class NUDF(nn.Module, SegmentationModel):
 
     def _query_block(self, features: list[torch.Tensor], points: torch.Tensor) -> torch.Tensor:
         b, n, _ = points.shape
-        moved = (points[:, None, :, :] + self.offsets(features[0].shape[2:], points.device)[None, :, None, :])
+        moved = points[:, None, :, :] + self.offsets(features[0].shape[2:], points.device)[None, :, None, :]
         moved = moved.reshape(b, 7 * n, 3)
         sampled = torch.cat([sample_features(f, moved) for f in features], dim=2)  # (B, 7N, C)
         sampled = sampled.view(b, 7, n, -1).permute(0, 2, 1, 3).reshape(b, n, -1)
@@ -118,7 +121,9 @@ class NUDF(nn.Module, SegmentationModel):
         chunk = chunk or self.config.chunk
         if points.shape[1] <= chunk:
             return self._query_block(features, points)
-        return torch.cat([self._query_block(features, points[:, i : i + chunk]) for i in range(0, points.shape[1], chunk)], 1)
+        return torch.cat(
+            [self._query_block(features, points[:, i : i + chunk]) for i in range(0, points.shape[1], chunk)], 1
+        )
 
     def forward(self, image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         return self.query(self.encode(image), points)
@@ -139,7 +144,7 @@ class NUDF(nn.Module, SegmentationModel):
         for b in range(images.shape[0]):
             feats = [f[b : b + 1] for f in features]
 
-            def udf(points_iso: torch.Tensor) -> torch.Tensor:  # CPU points in, CPU distances out
+            def udf(points_iso: torch.Tensor, feats=feats) -> torch.Tensor:  # CPU points in, CPU distances out
                 grid = points_iso.to(images.device) / scale
                 return self.query(feats, grid[None], chunk=self.config.chunk)[0].cpu()
 

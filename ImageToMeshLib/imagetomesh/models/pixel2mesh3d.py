@@ -4,6 +4,7 @@ Perceptual feature pooling samples every U-Net level at each vertex; three G-Res
 (graph residual convolutions, 128-wide hidden features, a coordinate branch) deform an
 icosphere, with uniform edge-midpoint unpooling between blocks (162 -> 642 -> 2562 vertices).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field

@@ -15,6 +15,7 @@ observations, not a segmenter, and is not one.
 - NUDF meshes its unsigned distance field, and is the one kind that can also return the open
   surface as it found it (``supports_open_surface``).
 """
+
 from __future__ import annotations
 
 import abc

@@ -9,6 +9,7 @@ A kind's module is imported only when a model of that kind is built (:func:`mode
 U-Net or NUDF run does not import torch-geometric (the graph models' dependency, seconds of
 start-up) or other kinds' code.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """The U-Net + marching-cubes baseline: voxel segmentation, then the labelmap -> surface path."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -51,7 +52,9 @@ class UNetMC(nn.Module, SegmentationModel):
         meshes = []
         for mask in logits.argmax(1).to(torch.uint8).cpu().numpy():
             if not mask.any():
-                raise InputError("the model found no object in the image; check that it shows the organ the model was trained on")
+                raise InputError(
+                    "the model found no object in the image; check that it shows the organ the model was trained on"
+                )
             on_grid = grid_volume(mask, GridTransform(np.eye(4), mask.shape))  # its "LPS" is grid coordinates
             meshes.append(labelmap_to_mesh(on_grid, smoothing=self.config.smoothing))
         return meshes

@@ -8,6 +8,7 @@ Delta_l are four distance-weighted graph convolutions each. Between stages the m
 unpooled uniformly (UMU) or adaptively (AMU: new vertices that stay close to their parent
 edge are dropped and connectivity is rebuilt from the template sphere).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field

@@ -1,4 +1,5 @@
 """Sampling voxel feature maps at continuous points given in model grid coordinates."""
+
 from __future__ import annotations
 
 import torch

@@ -18,6 +18,7 @@ applies torch-geometric's scaled Laplacian as one sparse matrix product. Paramet
 
 :func:`imagetomesh.weights.upgrade_state` renames old checkpoints on load.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,7 +65,9 @@ class GraphConv(pyg_nn.GraphConv):
         _torch_linear_init(self.lin_root.weight, self.lin_rel.bias)
         _torch_linear_init(self.lin_rel.weight)
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``x (N, C_in)``, ``edge_index (2, E)``, ``edge_weight (E,)`` or None -> ``(N, C_out)``.
 
         ``W_rel`` commutes with the weighted mean, so when ``C_out < C_in`` the features are

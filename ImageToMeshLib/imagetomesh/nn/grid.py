@@ -16,6 +16,7 @@ The *isotropic grid frame* is grid coordinates times :func:`isotropic_scale`: on
 length on every axis (half the longest grid extent), so distances, radii and rotations mean the
 same in every direction on a grid of isotropic spacing.
 """
+
 from __future__ import annotations
 
 import torch
@@ -82,6 +83,13 @@ def isotropic_voxel_size(grid_shape) -> float:
 
 
 __all__ = [
-    "half_extent", "index_to_grid", "grid_to_index", "grid_voxel_size", "transform_points",
-    "grid_to_lps", "lps_to_grid", "isotropic_scale", "isotropic_voxel_size",
+    "half_extent",
+    "index_to_grid",
+    "grid_to_index",
+    "grid_voxel_size",
+    "transform_points",
+    "grid_to_lps",
+    "lps_to_grid",
+    "isotropic_scale",
+    "isotropic_voxel_size",
 ]

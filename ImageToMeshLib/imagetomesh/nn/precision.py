@@ -1,8 +1,9 @@
 """Mixed precision: whether the CPU computes bfloat16 natively, and one bf16 autocast switch."""
+
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -24,7 +25,7 @@ def bf16_supported(device: torch.device) -> bool:
     return device.type == "cpu" and cpu_has_bf16()
 
 
-def bf16_autocast(enabled: bool, device: torch.device) -> ContextManager:
+def bf16_autocast(enabled: bool, device: torch.device) -> AbstractContextManager:
     """``torch.autocast`` to bfloat16 on ``device`` (CPU or CUDA) when ``enabled``; else, or where bf16
     is not supported (:func:`bf16_supported`), a no-op context: the computation stays float32."""
     if enabled and device.type in ("cpu", "cuda") and bf16_supported(device):

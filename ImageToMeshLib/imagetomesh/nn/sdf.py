@@ -8,6 +8,7 @@
   (exact inside that band: each triangle measured against the voxels near it), signed by
   rasterisation; fast enough to make training targets every step.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,9 @@ from imagetomesh.geometry.distances import closest_point_on_triangle, point_to_t
 from imagetomesh.nn.grid import grid_to_index, half_extent, index_to_grid
 
 
-def winding_number(points: torch.Tensor, verts: torch.Tensor, faces: torch.Tensor, chunk: int = 1 << 20) -> torch.Tensor:
+def winding_number(
+    points: torch.Tensor, verts: torch.Tensor, faces: torch.Tensor, chunk: int = 1 << 20
+) -> torch.Tensor:
     """Winding number of a closed outward mesh at ``(P, 3)`` points: 1 inside, 0 outside; ``(P,)``.
 
     ``sum_f 2 atan2(a.(b x c), |a||b||c| + (a.b)|c| + (b.c)|a| + (c.a)|b|) / (4 pi)`` with
@@ -70,7 +73,12 @@ def inside_mask(verts: torch.Tensor, faces: torch.Tensor, shape) -> torch.Tensor
 
 @torch.no_grad()
 def grid_sdf(
-    verts: torch.Tensor, faces: torch.Tensor, shape, scale: torch.Tensor, truncation: float, chunk: int = 1 << 21,
+    verts: torch.Tensor,
+    faces: torch.Tensor,
+    shape,
+    scale: torch.Tensor,
+    truncation: float,
+    chunk: int = 1 << 21,
     far_field: bool = False,
 ) -> torch.Tensor:
     """Truncated SDF of a closed mesh at the voxel centres of a ``(D, H, W)`` grid; ``(D, H, W)``.
@@ -103,7 +111,9 @@ def grid_sdf(
     lo = torch.floor(tri.min(1).values - grow).long()
     hi = torch.ceil(tri.max(1).values + grow).long()
     extent = (hi - lo + 1).max(0).values.tolist()
-    offsets = torch.stack(torch.meshgrid(*[torch.arange(e, device=verts.device) for e in extent], indexing="ij"), -1).reshape(-1, 3)
+    offsets = torch.stack(
+        torch.meshgrid(*[torch.arange(e, device=verts.device) for e in extent], indexing="ij"), -1
+    ).reshape(-1, 3)
     tri_iso = verts[faces] * scale  # (F, 3, 3)
     limits = torch.tensor([w, h, d], device=verts.device)
     out = torch.full((d * h * w,), float(truncation), dtype=verts.dtype, device=verts.device)
@@ -124,7 +134,9 @@ def grid_sdf(
 
         mask = inside.cpu().numpy()
         spacing = voxel.flip(0).cpu().double().numpy()  # (D, H, W) axis order
-        across = np.where(mask, distance_transform_edt(mask, sampling=spacing), distance_transform_edt(~mask, sampling=spacing))
+        across = np.where(
+            mask, distance_transform_edt(mask, sampling=spacing), distance_transform_edt(~mask, sampling=spacing)
+        )
         far = torch.from_numpy(across - 0.5 * float(voxel.min())).to(dist).clamp(min=truncation)
         dist = torch.where(dist < truncation, dist, far)
     return torch.where(inside, -dist, dist)

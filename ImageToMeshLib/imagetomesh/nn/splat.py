@@ -7,6 +7,7 @@ weights ``w`` that sampling would read them with. Hence, for any grid ``G`` and 
 it, ``<splat(f, p), G> = <f, sample(G, p)>`` (tested); both use the one axis convention of
 the library: points are (x, y, z) = (W, H, D) in [-1, 1] with ``align_corners=True``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,7 +31,9 @@ def splat_features(features: torch.Tensor, points: torch.Tensor, shape) -> torch
         ``features`` and ``points`` (through the weights); vectorised with ``index_add_``.
     """
     if features.dim() != 3 or points.dim() != 3 or points.shape[-1] != 3 or features.shape[:2] != points.shape[:2]:
-        raise ValueError(f"features (B, N, C) and points (B, N, 3) must match, got {tuple(features.shape)} and {tuple(points.shape)}")
+        raise ValueError(
+            f"features (B, N, C) and points (B, N, 3) must match, got {tuple(features.shape)} and {tuple(points.shape)}"
+        )
     d, h, w = (int(s) for s in shape)
     b, n, c = features.shape
     index = grid_to_index(points, (w, h, d))  # continuous voxel index (i, j, k)

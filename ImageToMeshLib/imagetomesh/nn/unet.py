@@ -6,6 +6,7 @@ ImplicitMeshNet uses), then max-pool. The decoder mirrors it with transposed-con
 and a 1x1x1 head gives voxel logits. ``forward`` also returns every decoder level's
 features (coarsest first) for mesh decoders to sample.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,8 +59,12 @@ class DoubleConv(nn.Sequential):
 
     def __init__(self, cin: int, cout: int, norm: str) -> None:
         super().__init__(
-            nn.Conv3d(cin, cout, 3, padding=1, bias=False), norm3d(norm, cout), nn.ReLU(inplace=True),
-            nn.Conv3d(cout, cout, 3, padding=1, bias=False), norm3d(norm, cout), nn.ReLU(inplace=True),
+            nn.Conv3d(cin, cout, 3, padding=1, bias=False),
+            norm3d(norm, cout),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(cout, cout, 3, padding=1, bias=False),
+            norm3d(norm, cout),
+            nn.ReLU(inplace=True),
         )
 
 
@@ -82,7 +87,7 @@ class ResidualConv(nn.Module):
         return self.act(self.norm2(self.conv2(y)) + self.skip(x))
 
 
-def conv_block(cin: int, cout: int, config: "UNetConfig") -> nn.Module:
+def conv_block(cin: int, cout: int, config: UNetConfig) -> nn.Module:
     """The U-Net's block at one level, as ``config.block`` names it."""
     if config.block == "residual":
         return ResidualConv(cin, cout, config.norm, config.dropout)
@@ -96,24 +101,28 @@ class UNet3D(nn.Module):
         super().__init__()
         self.config = c = config
         self.down = nn.ModuleList(
-            conv_block(c.in_channels if l == 0 else c.channels(l - 1), c.channels(l), c) for l in range(c.depth)
+            conv_block(c.in_channels if level == 0 else c.channels(level - 1), c.channels(level), c)
+            for level in range(c.depth)
         )
         self.pool = nn.MaxPool3d(2)
         self.upsample = nn.ModuleList(
-            nn.ConvTranspose3d(c.channels(l + 1), c.channels(l), 2, stride=2) for l in reversed(range(c.depth - 1))
+            nn.ConvTranspose3d(c.channels(level + 1), c.channels(level), 2, stride=2)
+            for level in reversed(range(c.depth - 1))
         )
-        self.up = nn.ModuleList(conv_block(2 * c.channels(l), c.channels(l), c) for l in reversed(range(c.depth - 1)))
+        self.up = nn.ModuleList(
+            conv_block(2 * c.channels(level), c.channels(level), c) for level in reversed(range(c.depth - 1))
+        )
         self.head = nn.Conv3d(c.base, c.num_classes, 1)
 
     @property
     def decoder_channels(self) -> list[int]:
         """Channels of the features ``forward`` returns, coarsest (bottleneck) first."""
-        return [self.config.channels(l) for l in reversed(range(self.config.depth))]
+        return [self.config.channels(level) for level in reversed(range(self.config.depth))]
 
     @property
     def encoder_channels(self) -> list[int]:
         """Channels of the encoder features, finest first."""
-        return [self.config.channels(l) for l in range(self.config.depth)]
+        return [self.config.channels(level) for level in range(self.config.depth)]
 
     def forward(self, x: torch.Tensor, return_encoder: bool = False):
         """Returns ``(logits (B, num_classes, D, H, W), decoder features coarsest-first [, encoder features finest-first])``."""

@@ -1,4 +1,5 @@
 """Augmentation on the model grid: flips, small rotations and scalings, intensity changes."""
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,13 @@ def _rotation(angles: torch.Tensor) -> torch.Tensor:
     return rz @ ry @ rx
 
 
-def augment(image: torch.Tensor, label: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
-            return_transform: bool = False):
+def augment(
+    image: torch.Tensor,
+    label: torch.Tensor,
+    config: AugmentConfig,
+    generator: torch.Generator,
+    return_transform: bool = False,
+):
     """Augment one case: ``image`` float ``(D, H, W)``, ``label`` uint8 ``(D, H, W)`` -> same shapes.
 
     The spatial transform acts in an isotropic frame (millimetres on an isotropic grid) so
@@ -41,6 +47,7 @@ def augment(image: torch.Tensor, label: torch.Tensor, config: AugmentConfig, gen
     also returns ``(linear (3, 3), shift (3,))``: the output at grid point ``g`` shows the input at
     ``linear @ g + shift`` (so an input point ``p`` moves to ``linear^-1 (p - shift)``).
     """
+
     def uniform(lo, hi, n=1):
         return lo + (hi - lo) * torch.rand(n, generator=generator)
 
@@ -56,7 +63,9 @@ def augment(image: torch.Tensor, label: torch.Tensor, config: AugmentConfig, gen
     fill = float(image.min())
     img = F.grid_sample((image - fill)[None, None], grid, mode="bilinear", align_corners=True)[0, 0] + fill
     lab = F.grid_sample(label[None, None].float(), grid, mode="nearest", align_corners=True)[0, 0]
-    img = img * (1 + uniform(-config.intensity_scale, config.intensity_scale)) + uniform(-config.intensity_shift, config.intensity_shift)
+    img = img * (1 + uniform(-config.intensity_scale, config.intensity_scale)) + uniform(
+        -config.intensity_shift, config.intensity_shift
+    )
     img = img + config.noise * torch.randn(img.shape, generator=generator)
     if return_transform:
         return img, (lab > 0.5).to(torch.uint8), linear, shift

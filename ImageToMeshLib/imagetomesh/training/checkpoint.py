@@ -12,10 +12,12 @@ The keys are the part names, so files written before the training engine existed
 ``model``/``optimizer``), ``n_shapes``/``decoder``/``latents``/``optimiser``/``scheduler``/
 ``generator``/``window`` (DALS). Parts named ``optional`` may be missing from an older file.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 import torch
 
@@ -92,8 +94,13 @@ class RunCheckpoint:
     may lack (they keep their current state).
     """
 
-    def __init__(self, path: str | Path, on_load: Optional[dict[str, Callable[[dict], dict]]] = None,
-                 optional: Iterable[str] = (), **parts) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        on_load: Optional[dict[str, Callable[[dict], dict]]] = None,
+        optional: Iterable[str] = (),
+        **parts,
+    ) -> None:
         self.path = Path(path)
         self.parts = parts
         self.on_load = on_load or {}
@@ -112,5 +119,12 @@ class RunCheckpoint:
 
     def save(self, step: int, best: Optional[float] = None, elapsed: float = 0.0) -> None:
         with atomic_write(self.path) as tmp:
-            torch.save({**{name: part.state_dict() for name, part in self.parts.items()},
-                        "step": step, "best": best, "elapsed": elapsed}, tmp)
+            torch.save(
+                {
+                    **{name: part.state_dict() for name, part in self.parts.items()},
+                    "step": step,
+                    "best": best,
+                    "elapsed": elapsed,
+                },
+                tmp,
+            )

@@ -7,6 +7,7 @@ not fit in the CPU budget; the GPU configs train from scratch.
 Voxel2Mesh's ablation variants of the paper are configs too: ``ps-umu``, ``hs-umu``,
 ``lns-umu`` and ``lns-amu`` (= Voxel2Mesh).
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,7 +41,7 @@ class TrainConfig(EngineOptions):
     threads: int = 2
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         d["grid"] = GridSpec.from_dict(d["grid"])
         d["loss"] = MeshLossWeights(**d["loss"])
@@ -55,8 +56,15 @@ UNET_CPU = {"in_channels": 1, "num_classes": 2, "base": 12, "depth": 4, "norm": 
 #: The plain, wider U-Net of the Voxel2Mesh, Pixel2Mesh-3D and U-Net ``gpu`` configs.
 UNET_GPU = {"in_channels": 1, "num_classes": 2, "base": 32, "depth": 4, "norm": "batch"}
 #: ImplicitMeshNet's ``gpu`` U-Net, the paper's: residual blocks, 16-32-64-128-256, instance norm, dropout 0.1.
-UNET_GPU_RESIDUAL = {"in_channels": 1, "num_classes": 2, "base": 16, "depth": 5, "norm": "instance", "block": "residual",
-                     "dropout": 0.1}
+UNET_GPU_RESIDUAL = {
+    "in_channels": 1,
+    "num_classes": 2,
+    "base": 16,
+    "depth": 5,
+    "norm": "instance",
+    "block": "residual",
+    "dropout": 0.1,
+}
 
 
 def named_config(configs: dict, name: str, kind: str):
@@ -74,17 +82,33 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     """``{kind: {name: config}}`` of the U-Net, Voxel2Mesh and Pixel2Mesh-3D runs (fresh objects)."""
     v2m = {}
     for name, (sampling, unpooling) in {
-        "ps-umu": ("ps", "uniform"), "hs-umu": ("hs", "uniform"), "lns-umu": ("lns", "uniform"), "lns-amu": ("lns", "adaptive"),
+        "ps-umu": ("ps", "uniform"),
+        "hs-umu": ("hs", "uniform"),
+        "lns-umu": ("lns", "uniform"),
+        "lns-amu": ("lns", "adaptive"),
     }.items():
-        v2m[name] = TrainConfig("voxel2mesh", _v2m(sampling, unpooling, UNET_CPU, 64), steps=1200, val_every=150, threads=1)
+        v2m[name] = TrainConfig(
+            "voxel2mesh", _v2m(sampling, unpooling, UNET_CPU, 64), steps=1200, val_every=150, threads=1
+        )
     v2m["cpu"] = copy.deepcopy(v2m["lns-amu"])
     v2m["gpu"] = TrainConfig("voxel2mesh", _v2m("lns", "adaptive", UNET_GPU, 128), steps=20000, batch_size=4)
     p2m_loss = MeshLossWeights(chamfer=1.0, ce=1.0, normal=1.6e-4, laplacian=0.3, edge=0.1, pixel2mesh_normal=True)
     p2m = {
-        "cpu": TrainConfig("pixel2mesh3d", {"unet": UNET_CPU, "hidden": 128, "residual_blocks": 3}, steps=900, val_every=150,
-                           loss=p2m_loss, threads=1),
-        "gpu": TrainConfig("pixel2mesh3d", {"unet": UNET_GPU, "hidden": 128, "residual_blocks": 6}, steps=20000,
-                           batch_size=4, loss=p2m_loss),
+        "cpu": TrainConfig(
+            "pixel2mesh3d",
+            {"unet": UNET_CPU, "hidden": 128, "residual_blocks": 3},
+            steps=900,
+            val_every=150,
+            loss=p2m_loss,
+            threads=1,
+        ),
+        "gpu": TrainConfig(
+            "pixel2mesh3d",
+            {"unet": UNET_GPU, "hidden": 128, "residual_blocks": 6},
+            steps=20000,
+            batch_size=4,
+            loss=p2m_loss,
+        ),
     }
     unet = {
         "cpu": TrainConfig("unet", {"unet": UNET_CPU}, steps=1200, batch_size=2, val_every=200),

@@ -5,6 +5,7 @@ A few anchor points (farthest-point sampled), a random local rotation / anisotro
 translation about each, blended per point with Gaussian kernel weights
 ``w_j(p) = exp(-|p - a_j|^2 / (2 sigma^2))``.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,11 +31,20 @@ def random_rotations(n: int, generator: torch.Generator, dtype=torch.float32) ->
     q = torch.randn(n, 4, generator=generator, dtype=torch.float64)
     q = q / q.norm(dim=1, keepdim=True)
     w, x, y, z = q.unbind(1)
-    rot = torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
-    ], dim=1).reshape(n, 3, 3)
+    rot = torch.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - z * w),
+            2 * (x * z + y * w),
+            2 * (x * y + z * w),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - x * w),
+            2 * (x * z - y * w),
+            2 * (y * z + x * w),
+            1 - 2 * (x * x + y * y),
+        ],
+        dim=1,
+    ).reshape(n, 3, 3)
     return rot.to(dtype)
 
 
@@ -75,6 +85,6 @@ def wolf_deform(points: torch.Tensor, config: WolfConfig, generator: torch.Gener
     shift = (2 * torch.rand(m, 3, generator=generator, dtype=points.dtype) - 1) * config.translate
     local = points[None] - anchors[:, None]  # (m, N, 3)
     moved = torch.einsum("mij,mnj->mni", rot, local * scale[:, None]) + anchors[:, None] + shift[:, None]
-    weights = torch.exp(-(local ** 2).sum(-1) / (2 * config.sigma ** 2))  # (m, N)
+    weights = torch.exp(-(local**2).sum(-1) / (2 * config.sigma**2))  # (m, N)
     weights = weights / weights.sum(0, keepdim=True).clamp_min(1e-12)
     return (weights[..., None] * moved).sum(0)

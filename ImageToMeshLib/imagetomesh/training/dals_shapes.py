@@ -20,12 +20,13 @@ cavities and slice-wise holes filled, :func:`fill_cavities`, so the prior learns
 rather than the renal sinus), sampled with ``n_points`` area-uniform points. Results are cached
 as ``.npz`` files.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -163,8 +164,9 @@ def fill_cavities(mask: np.ndarray) -> np.ndarray:
 FILL_CAVITIES = {"hippocampus": False, "kidney": True}
 
 
-def surface_points(organ: OrganMask, n_points: int, seed: int = 0, mirror: bool = True,
-                   fill: bool = False) -> np.ndarray:
+def surface_points(
+    organ: OrganMask, n_points: int, seed: int = 0, mirror: bool = True, fill: bool = False
+) -> np.ndarray:
     """``(n_points, 3)`` float32 area-uniform samples of the organ's surface in LPS mm
     (mirrored along L about the origin for right-side organs when ``mirror``; of the mask
     with its cavities filled when ``fill``, see :func:`fill_cavities`)."""

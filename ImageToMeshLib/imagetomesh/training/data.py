@@ -1,5 +1,6 @@
 """Training cases prepared once on a model grid and kept in memory, random augmented batches of them,
 and their boundary targets."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,7 +34,9 @@ def prepare_case(case: Case, spec: GridSpec, labels: tuple[int, ...] | None = No
     label = read_image(case.label)
     mask = label.array > 0 if labels is None else np.isin(label.array, labels)
     grid_image, transform = prepare_image(image, spec, warn=False)
-    grid_label = resample_to_grid(label.with_array(mask.astype(np.float32)), model_grid_transform(label, spec), "nearest")
+    grid_label = resample_to_grid(
+        label.with_array(mask.astype(np.float32)), model_grid_transform(label, spec), "nearest"
+    )
     return PreparedCase(case.case_id, grid_image, (grid_label > 0.5).to(torch.uint8), transform)
 
 
@@ -41,8 +44,9 @@ def prepare_cases(cases: list[Case], spec: GridSpec, progress: bool = True) -> l
     return [prepare_case(c, spec) for c in tqdm(cases, desc="preparing cases", disable=not progress, leave=False)]
 
 
-def prepare_split(data_dir: str | Path, out: Path, spec: GridSpec, seed: int,
-                  progress: bool = True) -> tuple[dict, list[PreparedCase], list[PreparedCase]]:
+def prepare_split(
+    data_dir: str | Path, out: Path, spec: GridSpec, seed: int, progress: bool = True
+) -> tuple[dict, list[PreparedCase], list[PreparedCase]]:
     """An MSD folder's run split (``out/split.json``, made with ``seed`` if missing) and its
     training and validation cases prepared on ``spec``: ``(split, train cases, val cases)``."""
     cases = read_msd(data_dir)

@@ -4,6 +4,7 @@ A data folder's own ``dataset.json`` (MSD layout) states its licence (``"licence
 statement wins over the table's, and a folder whose ``dataset.json`` names another licence than
 the table's gets the table's name and source but not its terms (which are about that licence).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,20 +15,20 @@ DATA_SOURCES: dict[str, dict[str, str]] = {
     "hippocampus": {
         "name": "Medical Segmentation Decathlon Task04 Hippocampus, training labels (labels 1 + 2 as one shape)",
         "source": "Vanderbilt University Medical Center, via the Medical Segmentation Decathlon "
-                  "(Simpson et al., 2019; Antonelli et al., Nature Communications 2022)",
+        "(Simpson et al., 2019; Antonelli et al., Nature Communications 2022)",
         "licence": "CC-BY-SA 4.0",
         "terms": "Derived from MSD Task04 (CC-BY-SA 4.0): keep this attribution and share adaptations under CC-BY-SA 4.0.",
         "split_file": "Resources/Splits/hippocampus.json",
     },
     "kidney": {
         "name": "KiTS19 kidney segmentations (kidney + tumour as one object, each case split into its two kidneys, "
-                "right kidneys mirrored to the left, cavities and slice-wise holes filled: the renal sinus is "
-                "learned as part of the organ's envelope)",
+        "right kidneys mirrored to the left, cavities and slice-wise holes filled: the renal sinus is "
+        "learned as part of the organ's envelope)",
         "source": "KiTS19 challenge (Heller et al., 2019; Heller et al., Medical Image Analysis 2021)",
         "licence": "CC BY-NC-SA 4.0",
         "terms": "NON-COMMERCIAL USE ONLY. This shape model is derived from the KiTS19 segmentations, licensed "
-                 "CC BY-NC-SA 4.0: you may use it only for non-commercial purposes, must credit the KiTS19 "
-                 "challenge (Heller et al.), and must share anything built from it under the same licence.",
+        "CC BY-NC-SA 4.0: you may use it only for non-commercial purposes, must credit the KiTS19 "
+        "challenge (Heller et al.), and must share anything built from it under the same licence.",
         "split_file": "Resources/Splits/kits19.json",
     },
 }

@@ -18,15 +18,17 @@ model kind happens here, once:
 Under ``torchrun --nproc_per_node N`` a task may wrap its model with :meth:`Run.wrap`
 (DistributedDataParallel: each rank draws its own cases; rank 0 validates and writes).
 """
+
 from __future__ import annotations
 
 import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -108,8 +110,16 @@ def start_run(config, data_dir, out, device: str, seed: int, config_name: str, l
     return run
 
 
-def train(config, data_dir: str | Path, out: str | Path, device: str = "cpu", seed: int = 0, config_name: str = "",
-          log: Callable[[str], None] = print, **options) -> Optional[Path]:
+def train(
+    config,
+    data_dir: str | Path,
+    out: str | Path,
+    device: str = "cpu",
+    seed: int = 0,
+    config_name: str = "",
+    log: Callable[[str], None] = print,
+    **options,
+) -> Optional[Path]:
     """Train (or resume) a model of ``config.kind``; returns the task's result folder (the best model,
     or the DALS prior's folder).
 
@@ -164,7 +174,9 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
     task.model.train()
     while state.step < s.steps:
         if out_of_time():
-            run.log(f"{task.name + ' ' if task.name else ''}time limit of {s.time_limit_s:.0f} s reached at step {state.step}")
+            run.log(
+                f"{task.name + ' ' if task.name else ''}time limit of {s.time_limit_s:.0f} s reached at step {state.step}"
+            )
             state.stopped_by_time_limit = True
             break
         task.before_step(max(state.step / s.steps, now() / s.time_limit_s if s.time_limit_s else 0.0))
@@ -176,9 +188,14 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
         validating = s.val_every and (state.step % s.val_every == 0 or last)
         if validating or (s.log_every and (state.step % s.log_every == 0 or last)):
             metrics = validated(task) if validating else {}
-            entry = {**task.log_fields, "step": state.step, "time_s": round(now(), 1),
-                     "lr": task.optimizer.param_groups[0]["lr"],
-                     **mean_terms(window), **metrics}
+            entry = {
+                **task.log_fields,
+                "step": state.step,
+                "time_s": round(now(), 1),
+                "lr": task.optimizer.param_groups[0]["lr"],
+                **mean_terms(window),
+                **metrics,
+            }
             window = []
             run.append_log(entry)
             if validating:

@@ -3,6 +3,7 @@ the Laplacian weight ``beta`` and the learning-rate factor over the run's progre
 
 ``config`` is an :class:`~imagetomesh.training.tasks.implicitmeshnet.ImplicitMeshNetTrainConfig`.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,10 +22,10 @@ def sdf_loss(preds: list[torch.Tensor], target: torch.Tensor, config) -> torch.T
     Level l (of L) weighs ``2 ** (l - L + 1)``; its target is the full one sampled at its voxel centres.
     """
     total = 0.0
-    for l, pred in enumerate(preds):
+    for level, pred in enumerate(preds):
         t = F.interpolate(target[:, None], size=pred.shape[2:], mode="trilinear", align_corners=True)
         w = 1.0 + config.near_weight * torch.exp(-t.abs() / config.near_sigma)
-        total = total + 2.0 ** (l - len(preds) + 1) * (w * (pred - t) ** 2).mean()
+        total = total + 2.0 ** (level - len(preds) + 1) * (w * (pred - t) ** 2).mean()
     return total
 
 
@@ -49,8 +50,13 @@ def mean_vertex_laplacian_energy(verts: torch.Tensor, laplacian: torch.Tensor, s
 
 
 def surface_terms(
-    f_net: ImplicitMeshNet, g_net: MeshToSDF, images: torch.Tensor, labels: torch.Tensor,
-    laplacian: torch.Tensor, beta: float, config,
+    f_net: ImplicitMeshNet,
+    g_net: MeshToSDF,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    laplacian: torch.Tensor,
+    beta: float,
+    config,
 ):
     """The end-to-end loss of ``f_theta`` for a batch; ``g_phi`` is used frozen (its parameters get no gradient).
 

@@ -6,6 +6,7 @@ displacement lattice interpolated trilinearly), sinusoidal waves along random ax
 little vertex noise; finally it is shrunk if needed to fit inside the grid. All in the
 isotropic grid frame; returned in grid coordinates.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,11 +17,14 @@ import torch.nn.functional as F
 from imagetomesh.training.augment import _rotation
 
 
-def random_shape(sphere: torch.Tensor, scale: torch.Tensor, generator: torch.Generator, margin: float = 0.92) -> torch.Tensor:
+def random_shape(
+    sphere: torch.Tensor, scale: torch.Tensor, generator: torch.Generator, margin: float = 0.92
+) -> torch.Tensor:
     """A random deformation of the unit-sphere template ``sphere`` ``(N, 3)``; ``(N, 3)`` grid coordinates.
 
     ``scale`` ``(3,)`` maps grid to the isotropic frame; the shape stays within ``margin`` of the grid.
     """
+
     def uniform(lo, hi, *shape):
         return lo + (hi - lo) * torch.rand(shape or (1,), generator=generator)
 

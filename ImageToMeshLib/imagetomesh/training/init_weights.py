@@ -1,8 +1,9 @@
 """Starting a model from another saved model: fine-tuning (same kind) or its U-Net only (another kind)."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -20,8 +21,10 @@ def init_from_model(model: torch.nn.Module, kind: str, folder: str | Path, log: 
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
-            raise InputError(f"{folder} is a {kind} model of another architecture than this config's; "
-                             f"fine-tune it with the config that trained it ({card.get('train_config', '?')})") from err
+            raise InputError(
+                f"{folder} is a {kind} model of another architecture than this config's; "
+                f"fine-tune it with the config that trained it ({card.get('train_config', '?')})"
+            ) from err
         log(f"initialised all {len(state)} tensors from the {kind} model in {folder}")
         return
     unet_state = {k: v for k, v in state.items() if k.startswith("unet.")}

@@ -1,4 +1,5 @@
 """Training losses of the mesh decoders, shared by Voxel2Mesh and Pixel2Mesh-3D."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,7 +39,11 @@ def pixel2mesh_normal_loss(verts, edges, target_points, target_normals) -> torch
 
 
 def mesh_decoder_loss(
-    meshes: list[DecoderMesh], target_points, target_normals, scale: torch.Tensor, weights: MeshLossWeights,
+    meshes: list[DecoderMesh],
+    target_points,
+    target_normals,
+    scale: torch.Tensor,
+    weights: MeshLossWeights,
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """Sum over stages of Chamfer + regularisers for one case, in the isotropic grid frame.
@@ -60,8 +65,10 @@ def mesh_decoder_loss(
         terms["laplacian"] = terms["laplacian"] + laplacian_smoothing_loss(verts, mesh.edge_index)
         terms["edge"] = terms["edge"] + edge_length_loss(verts, edges)
     terms["total"] = (
-        weights.chamfer * terms["chamfer"] + weights.normal * terms["normal"]
-        + weights.laplacian * terms["laplacian"] + weights.edge * terms["edge"]
+        weights.chamfer * terms["chamfer"]
+        + weights.normal * terms["normal"]
+        + weights.laplacian * terms["laplacian"]
+        + weights.edge * terms["edge"]
     )
     return terms
 

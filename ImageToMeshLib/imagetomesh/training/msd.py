@@ -3,6 +3,7 @@
 A deterministic split (seeded shuffle of the sorted case ids) is saved as JSON so that
 training, validation and reporting all read the same lists.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,7 +77,9 @@ def load_or_make_split(case_ids, path: str | Path, seed: int = 0) -> dict[str, l
         split = json.loads(path.read_text(encoding="utf-8"))
         missing = sorted(set(split["train"] + split["val"] + split["test"]) - set(case_ids))
         if missing:
-            raise InputError(f"split {path} names cases not in the dataset: {missing[:5]}...; delete it to make a new one")
+            raise InputError(
+                f"split {path} names cases not in the dataset: {missing[:5]}...; delete it to make a new one"
+            )
         return split
     split = make_split(case_ids, seed=seed)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
 """The one-cycle learning-rate schedule of the image-to-mesh and NUDF runs, and resuming it with another length."""
+
 from __future__ import annotations
 
 import torch
@@ -19,7 +20,9 @@ def rescale_one_cycle(scheduler_state: dict, total_steps: int, pct_start: float 
     if state.get("total_steps") == total_steps:
         return state
     if total_steps <= state["last_epoch"]:
-        raise ValueError(f"cannot shorten the schedule to {total_steps} steps: the run is already at step {state['last_epoch']}")
+        raise ValueError(
+            f"cannot shorten the schedule to {total_steps} steps: the run is already at step {state['last_epoch']}"
+        )
     phases = [dict(p) for p in state["_schedule_phases"]]
     phases[0]["end_step"] = float(pct_start * total_steps) - 1
     phases[-1]["end_step"] = total_steps - 1

@@ -17,6 +17,7 @@ Recipe (Juhl et al. 2022, after NDF):
 4. exact distance from every point to the surface triangles
    (:func:`~imagetomesh.metrics.point_to_mesh_distance`).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -60,8 +61,9 @@ def label_surface(label: torch.Tensor, smoothing: float = DEFAULT_SMOOTHING) -> 
     return labelmap_to_mesh(volume, smoothing=smoothing)
 
 
-def _probe_max(field: torch.Tensor, start: torch.Tensor, direction: torch.Tensor, scale: torch.Tensor,
-               steps: torch.Tensor) -> torch.Tensor:
+def _probe_max(
+    field: torch.Tensor, start: torch.Tensor, direction: torch.Tensor, scale: torch.Tensor, steps: torch.Tensor
+) -> torch.Tensor:
     """``max_t field(start + t * direction)`` over ``steps`` (isotropic frame); ``field (D, H, W)``."""
     probes = start[:, None, :] + steps[None, :, None] * direction[:, None, :]  # (P, T, 3)
     grid = (probes / scale).reshape(1, -1, 1, 1, 3)
@@ -69,7 +71,9 @@ def _probe_max(field: torch.Tensor, start: torch.Tensor, direction: torch.Tensor
     return values.reshape(probes.shape[:2]).max(1).values
 
 
-def shape_diameter(label: torch.Tensor, points: torch.Tensor, normals: torch.Tensor, max_voxels: int = 8) -> torch.Tensor:
+def shape_diameter(
+    label: torch.Tensor, points: torch.Tensor, normals: torch.Tensor, max_voxels: int = 8
+) -> torch.Tensor:
     """Local shape diameter ``(P,)`` (normalised units) at surface ``points (P, 3)`` with outward
     ``normals (P, 3)`` (isotropic frame): ``min(thickness inside, gap outside)``, each twice the
     largest distance-transform value met within ``max_voxels`` voxels along the normal."""

@@ -1,4 +1,5 @@
 """Validation metrics of image-to-mesh models on prepared cases (on the model grid)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,7 +21,9 @@ def segmentation_metrics(model, cases: list[PreparedCase], device) -> dict[str, 
         logits, meshes = model(case.image[None, None].to(device))
         dices.append(dice(logits.argmax(1)[0].cpu().numpy(), case.label.numpy()))
         if meshes is not None:
-            half_mm = torch.tensor(case.transform.grid_to_lps[:3, :3]).norm(dim=0).float()  # mm per grid unit, (x, y, z)
+            half_mm = (
+                torch.tensor(case.transform.grid_to_lps[:3, :3]).norm(dim=0).float()
+            )  # mm per grid unit, (x, y, z)
             points, _ = boundary_points(case.label)
             verts = meshes[0][-1].verts.cpu()
             d = torch.cdist(verts * half_mm, points * half_mm)

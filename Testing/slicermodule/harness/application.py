@@ -195,7 +195,9 @@ def _import_parameter_node_wrapper(slicer) -> types.ModuleType:
     package = SLICER_PYTHON / "slicer" / "parameterNodeWrapper"
     if not (package / "__init__.py").is_file():
         raise ImportError(f"Slicer's parameterNodeWrapper is not at {package} (../shared/slicer-python)")
-    spec = importlib.util.spec_from_file_location(name, package / "__init__.py", submodule_search_locations=[str(package)])
+    spec = importlib.util.spec_from_file_location(
+        name, package / "__init__.py", submodule_search_locations=[str(package)]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -250,8 +252,10 @@ def install():
         slicer.util.messageBox = lambda text, parent=None, **kwargs: slicer.app.messageBox(text, parent, **kwargs)
         slicer.util.loadVolume = _loadVolume
         slicer.util.loadModel = _loadModel
-    for name, factory in (("slicer.i18n", _make_i18n),
-                          ("slicer.ScriptedLoadableModule", lambda: _make_scripted_loadable_module(slicer))):
+    for name, factory in (
+        ("slicer.i18n", _make_i18n),
+        ("slicer.ScriptedLoadableModule", lambda: _make_scripted_loadable_module(slicer)),
+    ):
         if name not in sys.modules:
             sys.modules[name] = factory()
             setattr(slicer, name.split(".", 1)[1], sys.modules[name])
@@ -389,7 +393,9 @@ def module_panel_class():
 def volume_to_node(volume, name, node_class="vtkMRMLScalarVolumeNode"):
     """A volume node holding ``volume`` (its LPS geometry turned into IJK->RAS)."""
     ijk_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ volume.index_to_lps
-    return _slicer().util.addVolumeFromArray(np.asarray(volume.array), ijkToRAS=ijk_to_ras, name=name, nodeClassName=node_class)
+    return _slicer().util.addVolumeFromArray(
+        np.asarray(volume.array), ijkToRAS=ijk_to_ras, name=name, nodeClassName=node_class
+    )
 
 
 def put_in_folder(scene, node, folder_name="Patient 1"):

@@ -82,13 +82,14 @@ class PythonQtObject:
         signatures = _signal_signatures(self).get(name)
         if not signatures:
             raise AttributeError(f"{type(self).__name__} has no signal '{name}' (connect('{signature}'))")
-        python_style = re.sub(r"[A-Za-z_][A-Za-z0-9_]*\*", lambda m: _PYTHON_SIGNAL_TYPES.get(m.group(0), m.group(0)), wanted)
+        python_style = re.sub(
+            r"[A-Za-z_][A-Za-z0-9_]*\*", lambda m: _PYTHON_SIGNAL_TYPES.get(m.group(0), m.group(0)), wanted
+        )
         if wanted not in signatures and python_style not in signatures:
             raise TypeError(f"{type(self).__name__}.{name} has the signatures {signatures}, not '{signature}'")
         signal = getattr(self, name)
-        index = signatures.index(wanted if wanted in signatures else python_style)
         if len(signatures) > 1:
-            args = wanted[len(name) + 1:-1]
+            args = wanted[len(name) + 1 : -1]
             try:
                 signal = signal[args] if args else signal[()]
             except (KeyError, TypeError):
@@ -131,7 +132,9 @@ class QUiLoader(_PySideUiLoader):
         else:
             base = getattr(QtWidgets, className, None)
             if base is None:
-                raise RuntimeError(f"the .ui uses widget class '{className}', which has no stand-in in the test harness")
+                raise RuntimeError(
+                    f"the .ui uses widget class '{className}', which has no stand-in in the test harness"
+                )
             widget = wrap_class(base)(parent)
         widget.setObjectName(name)
         return widget

@@ -121,8 +121,17 @@ def make_ctk_module() -> types.ModuleType:
     module.ctkCollapsibleButton = ctkCollapsibleButton
     module.ctkSliderWidget = ctkSliderWidget
     module.ctkDirectoryButton = ctkDirectoryButton
-    for name in ("ctkCheckBox", "ctkCheckablePushButton", "ctkComboBox", "ctkDoubleSlider", "ctkDoubleSpinBox",
-                 "ctkRangeWidget", "ctkDoubleRangeSlider", "ctkPathLineEdit", "ctkColorPickerButton"):
+    for name in (
+        "ctkCheckBox",
+        "ctkCheckablePushButton",
+        "ctkComboBox",
+        "ctkDoubleSlider",
+        "ctkDoubleSpinBox",
+        "ctkRangeWidget",
+        "ctkDoubleRangeSlider",
+        "ctkPathLineEdit",
+        "ctkColorPickerButton",
+    ):
         setattr(module, name, _plain(name))
     module.ctkMessageBox = wrap_class(QtWidgets.QMessageBox)
     return module
@@ -217,8 +226,11 @@ class qMRMLNodeComboBox(_SceneWidget):
     def nodes(self) -> list:
         if self._scene is None:
             return []
-        return [self._scene.GetNthNode(i) for i in range(self._scene.GetNumberOfNodes())
-                if self._accepts(self._scene.GetNthNode(i))]
+        return [
+            self._scene.GetNthNode(i)
+            for i in range(self._scene.GetNumberOfNodes())
+            if self._accepts(self._scene.GetNthNode(i))
+        ]
 
     def nodeCount(self) -> int:
         return len(self.nodes())
@@ -322,7 +334,9 @@ class qSlicerMarkupsPlaceWidget(_SceneWidget):
     buttonsVisible = _stored("buttonsVisible", bool, True)
     deleteAllControlPointsOptionVisible = _stored("deleteAllControlPointsOptionVisible", bool, True)
     unsetLastControlPointOptionVisible = _stored("unsetLastControlPointOptionVisible", bool, True)
-    placeMultipleMarkups = _stored("placeMultipleMarkups", int, 0)  # ForcePlaceSingleMarkup=1, ForcePlaceMultipleMarkups=2
+    placeMultipleMarkups = _stored(
+        "placeMultipleMarkups", int, 0
+    )  # ForcePlaceSingleMarkup=1, ForcePlaceMultipleMarkups=2
 
     def _interactionNode(self):
         return slicer.modules.markups.logic().GetMRMLApplicationLogic().GetInteractionNode() if self._scene else None
@@ -338,9 +352,13 @@ class qSlicerMarkupsPlaceWidget(_SceneWidget):
 
     def _isPlacing(self) -> bool:
         interaction, selection = self._interactionNode(), self._selectionNode()
-        return bool(self._node is not None and interaction is not None and selection is not None
-                    and interaction.GetCurrentInteractionMode() == interaction.Place
-                    and selection.GetActivePlaceNodeID() == self._node.GetID())
+        return bool(
+            self._node is not None
+            and interaction is not None
+            and selection is not None
+            and interaction.GetCurrentInteractionMode() == interaction.Place
+            and selection.GetActivePlaceNodeID() == self._node.GetID()
+        )
 
     def _getPlaceModeEnabled(self) -> bool:
         return self._isPlacing()
@@ -363,7 +381,9 @@ class qSlicerMarkupsPlaceWidget(_SceneWidget):
     def _sceneChanged(self):
         interaction = self._interactionNode()
         if interaction is not None:
-            self._interactionTag = interaction.AddObserver(vtk.vtkCommand.ModifiedEvent, lambda *a: self._emitIfChanged())
+            self._interactionTag = interaction.AddObserver(
+                vtk.vtkCommand.ModifiedEvent, lambda *a: self._emitIfChanged()
+            )
 
     def _emitIfChanged(self):
         state = self._isPlacing()

@@ -7,10 +7,12 @@ the checkpoint, the time limit and ``log.jsonl``. A :class:`Task` says, for one 
 build the model and optimiser, make a batch, compute the loss and validate; a kind that trains
 in several phases (ImplicitMeshNet pretrains ``g_phi`` first) returns them from :meth:`Task.phases`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import nn
@@ -98,12 +100,12 @@ class Task:
     optimizer: torch.optim.Optimizer
     scheduler: Any = None
 
-    def __init__(self, config, run: "Run") -> None:
+    def __init__(self, config, run: Run) -> None:
         self.config = config
         self.run = run
 
     # --- set-up ----------------------------------------------------------------------------
-    def phases(self) -> list["Task"]:
+    def phases(self) -> list[Task]:
         """The phases to run in order (default: this task alone)."""
         return [self]
 
@@ -111,8 +113,13 @@ class Task:
         """The loop settings of this phase (default: from ``config.steps``, ``val_every``, the time
         limit and the :class:`EngineOptions` fields)."""
         c = self.config
-        return LoopSettings(steps=c.steps, val_every=c.val_every, time_limit_s=getattr(c, "time_limit_s", None),
-                            accumulate_steps=c.accumulate_steps, bf16_autocast=c.bf16_autocast)
+        return LoopSettings(
+            steps=c.steps,
+            val_every=c.val_every,
+            time_limit_s=getattr(c, "time_limit_s", None),
+            accumulate_steps=c.accumulate_steps,
+            bf16_autocast=c.bf16_autocast,
+        )
 
     def setup(self) -> None:
         """Read the data, build the model(s) and optimiser(s) (the engine has seeded torch)."""
@@ -174,11 +181,15 @@ class Task:
         raise NotImplementedError
 
 
-def run_card(run: "Run", kind: str, model_config: dict, grid, split: dict, metrics: dict, steps: int) -> dict:
+def run_card(run: Run, kind: str, model_config: dict, grid, split: dict, metrics: dict, steps: int) -> dict:
     """The card of a model trained on an image grid: kind, architecture, grid, config name, data, split, seed,
     hardware, metrics and steps."""
     return {
-        "kind": kind, "config": model_config, "grid": grid.to_dict(), "train_config": run.config_name,
+        "kind": kind,
+        "config": model_config,
+        "grid": grid.to_dict(),
+        "train_config": run.config_name,
         "training": {"data": str(run.data_dir), "split": split, "seed": run.seed, "hardware": run.hardware},
-        "metrics": metrics, "steps": steps,
+        "metrics": metrics,
+        "steps": steps,
     }

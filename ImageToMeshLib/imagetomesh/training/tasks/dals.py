@@ -20,6 +20,7 @@ clipping; the plateau schedule is stepped here); the run folder holds ``config.j
 (safetensors + card with the mean latent, normalisation, data, split and licence: the data's
 description comes from :mod:`imagetomesh.training.data_sources`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -93,10 +94,27 @@ class DALSTrainConfig(EngineOptions):
 def get_dals_config(shapes: str, name: str = "cpu") -> DALSTrainConfig:
     """Named configs: ``cpu`` (about 25 min on 2 shared CPU cores, 1 thread) and ``gpu``; :class:`InputError` for another name."""
     configs = {
-        "cpu": lambda: DALSTrainConfig(shapes=shapes, steps=3500, batch_size=8, target_points=1536, surface_samples=768,
-                                       bf16=cpu_has_bf16(), time_limit_s=27 * 60),
-        "gpu": lambda: DALSTrainConfig(shapes=shapes, steps=30000, batch_size=32, target_points=4096, surface_samples=4096,
-                                       plateau_window=200, threads=4, checkpoint_every=1000, log_every=100, val_shapes=32),
+        "cpu": lambda: DALSTrainConfig(
+            shapes=shapes,
+            steps=3500,
+            batch_size=8,
+            target_points=1536,
+            surface_samples=768,
+            bf16=cpu_has_bf16(),
+            time_limit_s=27 * 60,
+        ),
+        "gpu": lambda: DALSTrainConfig(
+            shapes=shapes,
+            steps=30000,
+            batch_size=32,
+            target_points=4096,
+            surface_samples=4096,
+            plateau_window=200,
+            threads=4,
+            checkpoint_every=1000,
+            log_every=100,
+            val_shapes=32,
+        ),
     }
     return named_config(configs, name, "dals")()
 
@@ -120,8 +138,9 @@ def _shape_loss(decoder, template, faces, z, target, config: DALSTrainConfig, ge
     return chamfer, reg
 
 
-def autodecoder_loss(decoder, latents, targets, batch, template, faces, config: DALSTrainConfig,
-                     generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+def autodecoder_loss(
+    decoder, latents, targets, batch, template, faces, config: DALSTrainConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, dict]:
     """The training loss of one mini-batch (mean over its shapes) and its terms.
 
     Args:
@@ -138,7 +157,7 @@ def autodecoder_loss(decoder, latents, targets, batch, template, faces, config: 
             target = wolf_deform(target.cpu(), config.augment, generator).to(targets.device)
         z = latents[index : index + 1]
         chamfer, reg = _shape_loss(decoder, template @ rotations[b].t(), faces, z, target, config, generator)
-        norm = (z ** 2).sum()
+        norm = (z**2).sum()
         total = total + (chamfer + config.lambda_reg * reg + config.lambda_n * norm) / len(batch)
         terms["chamfer"] += chamfer.item() / len(batch)
         terms["reg"] += reg.item() / len(batch)
@@ -146,8 +165,15 @@ def autodecoder_loss(decoder, latents, targets, batch, template, faces, config: 
     return total, terms
 
 
-def fit_latent(decoder, points: torch.Tensor, mean_latent: torch.Tensor, level: int, iterations: int,
-               generator: torch.Generator, lr: float = 1e-2) -> tuple[torch.Tensor, float]:
+def fit_latent(
+    decoder,
+    points: torch.Tensor,
+    mean_latent: torch.Tensor,
+    level: int,
+    iterations: int,
+    generator: torch.Generator,
+    lr: float = 1e-2,
+) -> tuple[torch.Tensor, float]:
     """Auto-decoder inference: one shared latent fitted to normalised ``points``; returns (latent, chamfer)."""
     template, faces = icosphere(level)
     z = mean_latent.detach().clone().reshape(1, -1).requires_grad_(True)
@@ -161,8 +187,9 @@ def fit_latent(decoder, points: torch.Tensor, mean_latent: torch.Tensor, level: 
         optimiser.step()
     with torch.no_grad():
         verts = decoder(template, z)
-        final = chamfer_distance(torch.cat([verts, sample_points_on_mesh(verts, faces, 4096, generator=generator)]),
-                                 points, squared=False)
+        final = chamfer_distance(
+            torch.cat([verts, sample_points_on_mesh(verts, faces, 4096, generator=generator)]), points, squared=False
+        )
     return z.detach()[0], float(final) / 2.0
 
 
@@ -186,9 +213,15 @@ class DALSTask(Task):
 
     def settings(self) -> LoopSettings:
         c = self.config
-        return LoopSettings(steps=c.steps, log_every=c.log_every, checkpoint_every=c.checkpoint_every,
-                            time_limit_s=c.time_limit_s, clip_norm=None, accumulate_steps=c.accumulate_steps,
-                            bf16_autocast=c.bf16_autocast)
+        return LoopSettings(
+            steps=c.steps,
+            log_every=c.log_every,
+            checkpoint_every=c.checkpoint_every,
+            time_limit_s=c.time_limit_s,
+            clip_norm=None,
+            accumulate_steps=c.accumulate_steps,
+            bf16_autocast=c.bf16_autocast,
+        )
 
     def setup(self) -> None:
         run, dev = self.run, self.run.device
@@ -197,35 +230,53 @@ class DALSTask(Task):
         config = self.config
         self.cache_dir = Path(self.cache_dir) if self.cache_dir is not None else run.out / "shapes"
         run.log(f"loading {config.shapes} training shapes from {run.data_dir}")
-        shapes = load_shapes(config.shapes, run.data_dir, "train", 4096, self.cache_dir, log=run.log,
-                             split_path=self.split_path)
+        shapes = load_shapes(
+            config.shapes, run.data_dir, "train", 4096, self.cache_dir, log=run.log, split_path=self.split_path
+        )
         self.split = shape_split(config.shapes, run.data_dir, self.split_path)
         normalised, _, self.scales = normalise_shapes(shapes.points.astype(np.float64))
         self.targets = torch.from_numpy(normalised.astype(np.float32)).to(dev)
         self.n_shapes = len(shapes)
         run.log(f"{self.n_shapes} training shapes; mean scale {self.scales.mean():.1f} mm")
         self.model = DALSDecoder(config.model).to(dev)
-        self.latents = torch.nn.Parameter(torch.randn(self.n_shapes, config.model.latent_dim, device=dev) * config.latent_init_std)
-        self.optimizer = torch.optim.Adam([{"params": self.model.parameters()}, {"params": [self.latents]}], lr=config.lr)
+        self.latents = torch.nn.Parameter(
+            torch.randn(self.n_shapes, config.model.latent_dim, device=dev) * config.latent_init_std
+        )
+        self.optimizer = torch.optim.Adam(
+            [{"params": self.model.parameters()}, {"params": [self.latents]}], lr=config.lr
+        )
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="min", factor=0.5, patience=config.plateau_patience, min_lr=config.lr_min, threshold=1e-3)
+            self.optimizer,
+            mode="min",
+            factor=0.5,
+            patience=config.plateau_patience,
+            min_lr=config.lr_min,
+            threshold=1e-3,
+        )
         self.window: list[float] = []  # losses since the last plateau step
         self.template, self.faces = icosphere(config.model.train_template_level, device=dev)
 
     def checkpoint_parts(self) -> dict:
         return {
-            "n_shapes": ExpectedValue(self.n_shapes, f"{self.run.out / self.checkpoint_name} was trained on {{saved}} "
-                                                     "shapes, the data has {value}; use another --out folder"),
-            "decoder": self.model, "latents": TensorState(self.latents), "optimiser": self.optimizer,
-            "scheduler": self.plateau, "window": FloatListState(self.window),
+            "n_shapes": ExpectedValue(
+                self.n_shapes,
+                f"{self.run.out / self.checkpoint_name} was trained on {{saved}} "
+                "shapes, the data has {value}; use another --out folder",
+            ),
+            "decoder": self.model,
+            "latents": TensorState(self.latents),
+            "optimiser": self.optimizer,
+            "scheduler": self.plateau,
+            "window": FloatListState(self.window),
         }
 
     def batch(self, generator):
         return torch.randperm(self.n_shapes, generator=generator)[: self.config.batch_size]
 
     def loss(self, batch, generator):
-        total, terms = autodecoder_loss(self.model, self.latents, self.targets, batch, self.template, self.faces,
-                                        self.config, generator)
+        total, terms = autodecoder_loss(
+            self.model, self.latents, self.targets, batch, self.template, self.faces, self.config, generator
+        )
         return total, {"loss": total.item(), **terms}
 
     def after_step(self, terms: dict[str, float]) -> None:
@@ -245,14 +296,22 @@ class DALSTask(Task):
             p.requires_grad_(False)
         if config.val_shapes <= 0:
             return {}
-        val = load_shapes(config.shapes, run.data_dir, "val", 4096, self.cache_dir, log=run.log, split_path=self.split_path)
+        val = load_shapes(
+            config.shapes, run.data_dir, "val", 4096, self.cache_dir, log=run.log, split_path=self.split_path
+        )
         val_norm, _, val_scales = normalise_shapes(val.points.astype(np.float64))
         chosen = list(range(min(config.val_shapes, len(val))))
         errors = []
         for i in chosen:
             pts = torch.from_numpy(val_norm[i].astype(np.float32)).to(run.device)
-            _, err = fit_latent(self.model, pts, self.latents.detach().mean(0), config.model.train_template_level,
-                                config.val_iterations, torch.Generator().manual_seed(i))
+            _, err = fit_latent(
+                self.model,
+                pts,
+                self.latents.detach().mean(0),
+                config.model.train_template_level,
+                config.val_iterations,
+                torch.Generator().manual_seed(i),
+            )
             errors.append(err * val_scales[i])
         run.log(f"validation (shared latent, {config.val_iterations} its): chamfer {np.mean(errors):.3f} mm")
         return {"val_shapes": len(chosen), "val_chamfer_mm_shared_latent": float(np.mean(errors))}
@@ -265,22 +324,34 @@ class DALSTask(Task):
             "kind": "dals",
             "name": f"dals-{config.shapes}",
             "description": f"DALS shape prior of the {config.shapes} (decoder of a deformed icosphere; fit to points, "
-                           "planar curves or a labelmap with 'imagetomesh fit' / 'imagetomesh refine')",
+            "planar curves or a labelmap with 'imagetomesh fit' / 'imagetomesh refine')",
             "config": config.model.to_dict(),
             "mean_latent": [float(v) for v in latents.mean(0).cpu()],
             "latent_std": float(latents.std()),
             "paired": config.shapes == "kidney",
             "mirror_axis": "L" if config.shapes == "kidney" else None,
-            "normalisation": dict(NORMALISATION_DOC, mean_scale_mm=float(scales.mean()), std_scale_mm=float(scales.std()),
-                                  min_scale_mm=float(scales.min()), max_scale_mm=float(scales.max())),
-            "data": dict(data, training_shapes=self.n_shapes, split={k: self.split[k] for k in ("train", "val", "test")}),
+            "normalisation": dict(
+                NORMALISATION_DOC,
+                mean_scale_mm=float(scales.mean()),
+                std_scale_mm=float(scales.std()),
+                min_scale_mm=float(scales.min()),
+                max_scale_mm=float(scales.max()),
+            ),
+            "data": dict(
+                data, training_shapes=self.n_shapes, split={k: self.split[k] for k in ("train", "val", "test")}
+            ),
             "licence": data["licence"],
             "training": {
-                "config_name": run.config_name, "config": config.to_dict(), "seed": run.seed, "steps": state.step,
-                "stopped_by_time_limit": state.stopped_by_time_limit, "wall_time_s": round(state.elapsed_s, 1),
-                "hardware": run.hardware, "torch": torch.__version__,
+                "config_name": run.config_name,
+                "config": config.to_dict(),
+                "seed": run.seed,
+                "steps": state.step,
+                "stopped_by_time_limit": state.stopped_by_time_limit,
+                "wall_time_s": round(state.elapsed_s, 1),
+                "hardware": run.hardware,
+                "torch": torch.__version__,
             },
             "metrics": metrics,
             "reproduce": f"imagetomesh train dals --shapes {config.shapes} --data DATA --out RUN --config {run.config_name} "
-                         f"--seed {run.seed} --steps {state.step}",
+            f"--seed {run.seed} --steps {state.step}",
         }

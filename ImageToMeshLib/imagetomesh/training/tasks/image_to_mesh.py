@@ -6,6 +6,7 @@ points of the label (isotropic frame). AdamW, one-cycle learning rate, gradient 
 at 5. Best model: the lowest validation Chamfer (mm) for mesh models, the highest Dice for the
 U-Net. Configs: :func:`imagetomesh.training.configs.image_configs`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,9 @@ from imagetomesh.training.tasks.base import RunState, Task, run_card
 from imagetomesh.training.validation import segmentation_metrics
 
 
-def image_to_mesh_loss(net, config: TrainConfig, images: torch.Tensor, labels: torch.Tensor,
-                       generator: torch.Generator, device) -> tuple[torch.Tensor, dict[str, float]]:
+def image_to_mesh_loss(
+    net, config: TrainConfig, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, device
+) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of a batch (``images (B, 1, D, H, W)``, ``labels (B, D, H, W)``) and its terms
     (``seg``, the mesh terms averaged over cases, ``loss``)."""
     logits, meshes = net(images.to(device))
@@ -53,8 +55,9 @@ class ImageToMeshTask(Task):
 
     def setup(self) -> None:
         run, config = self.run, self.config
-        self.split, self.train_cases, self.val_cases = prepare_split(run.data_dir, run.out, config.grid, run.seed,
-                                                                     progress=run.writer)
+        self.split, self.train_cases, self.val_cases = prepare_split(
+            run.data_dir, run.out, config.grid, run.seed, progress=run.writer
+        )
         self.model = build_model(config.kind, config.model).to(run.device)
         if self.init_from:
             init_from_model(self.model, config.kind, self.init_from, run.log)
@@ -80,4 +83,3 @@ class ImageToMeshTask(Task):
     def card(self, metrics: dict, state: RunState) -> dict:
         c = self.config
         return run_card(self.run, c.kind, c.model, c.grid, self.split, metrics, state.step)
-

@@ -16,6 +16,7 @@ run folder holds, besides what the engine writes, ``pretrain.pt`` (phase 1's che
 ``sdf_pretrained.safetensors``, ``sdf_net.safetensors`` and ``best/`` + ``final/`` model folders
 of ``f_theta``. Both phases stop at their step count or time limit, whichever comes first.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,16 +29,23 @@ from imagetomesh.io.atomic import atomic_write
 from imagetomesh.models.implicitmeshnet import ImplicitMeshNet, ImplicitMeshNetConfig, MeshToSDF, MeshToSDFConfig
 from imagetomesh.models.mesh_state import DecoderMesh
 from imagetomesh.nn.grid import isotropic_scale
-from imagetomesh.weights import upgrade_state
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.augment import AugmentConfig
 from imagetomesh.training.configs import HIPPOCAMPUS_GRID, UNET_CPU, UNET_GPU_RESIDUAL, named_config
 from imagetomesh.training.data import prepare_split, random_image_batch
-from imagetomesh.training.implicitmeshnet_losses import beta_at, lr_factor, sdf_loss, sdf_step, sdf_targets, surface_terms
+from imagetomesh.training.implicitmeshnet_losses import (
+    beta_at,
+    lr_factor,
+    sdf_loss,
+    sdf_step,
+    sdf_targets,
+    surface_terms,
+)
 from imagetomesh.training.implicitmeshnet_shapes import random_shape
 from imagetomesh.training.init_weights import init_from_model
 from imagetomesh.training.tasks.base import EngineOptions, LoopSettings, RunState, Task, run_card
 from imagetomesh.training.validation import mesh_dice, segmentation_metrics
+from imagetomesh.weights import upgrade_state
 
 PRETRAINED = "sdf_pretrained.safetensors"
 
@@ -92,16 +100,39 @@ def implicitmeshnet_configs() -> dict[str, ImplicitMeshNetTrainConfig]:
     cpu_model = {"unet": UNET_CPU, "hidden": 64}
     return {
         "cpu": ImplicitMeshNetTrainConfig(
-            cpu_model, steps=3000, lr=5e-4, lr_sdf=3e-4, sdf_updates=2, val_every=50,
-            pretrain_steps=2000, pretrain_batch=2, pretrain_time_limit_s=25 * 60, time_limit_s=80 * 60,
+            cpu_model,
+            steps=3000,
+            lr=5e-4,
+            lr_sdf=3e-4,
+            sdf_updates=2,
+            val_every=50,
+            pretrain_steps=2000,
+            pretrain_batch=2,
+            pretrain_time_limit_s=25 * 60,
+            time_limit_s=80 * 60,
         ),
         "cpu-finetune": ImplicitMeshNetTrainConfig(
-            cpu_model, steps=800, lr=1e-4, lr_sdf=3e-5, lr_schedule="cosine", beta_start=0.01, beta_end=0.01,
-            sdf_updates=2, val_every=50, pretrain_steps=0, time_limit_s=60 * 60,
+            cpu_model,
+            steps=800,
+            lr=1e-4,
+            lr_sdf=3e-5,
+            lr_schedule="cosine",
+            beta_start=0.01,
+            beta_end=0.01,
+            sdf_updates=2,
+            val_every=50,
+            pretrain_steps=0,
+            time_limit_s=60 * 60,
         ),
         "gpu": ImplicitMeshNetTrainConfig(
-            {"unet": UNET_GPU_RESIDUAL, "hidden": 128}, sdf_net=MeshToSDFConfig(64, (128, 64, 32, 16)).to_dict(),
-            steps=30000, batch_size=4, val_every=500, pretrain_steps=20000, pretrain_batch=8, threads=2,
+            {"unet": UNET_GPU_RESIDUAL, "hidden": 128},
+            sdf_net=MeshToSDFConfig(64, (128, 64, 32, 16)).to_dict(),
+            steps=30000,
+            batch_size=4,
+            val_every=500,
+            pretrain_steps=20000,
+            pretrain_batch=8,
+            threads=2,
         ),
     }
 
@@ -129,8 +160,10 @@ def start_sdf_net_from(g_net: MeshToSDF, weights: str | Path, pretrained: Path) 
     try:
         g_net.load_state_dict(upgrade_state("implicitmeshnet", load_file(str(weights))))
     except (OSError, SafetensorError, RuntimeError) as err:
-        raise InputError(f"--sdf-from {weights}: not the mesh-to-SDF network of this config ({err}); "
-                         "give the sdf_net.safetensors of a run made with the same config family") from None
+        raise InputError(
+            f"--sdf-from {weights}: not the mesh-to-SDF network of this config ({err}); "
+            "give the sdf_net.safetensors of a run made with the same config family"
+        ) from None
     save_sdf_net(g_net, pretrained)
 
 
@@ -151,15 +184,23 @@ class SDFPretraining(Task):
 
     def settings(self) -> LoopSettings:
         c = self.config
-        return LoopSettings(steps=c.pretrain_steps, log_every=50, checkpoint_every=50, time_limit_s=c.pretrain_time_limit_s,
-                            accumulate_steps=c.accumulate_steps, bf16_autocast=c.bf16_autocast)
+        return LoopSettings(
+            steps=c.pretrain_steps,
+            log_every=50,
+            checkpoint_every=50,
+            time_limit_s=c.pretrain_time_limit_s,
+            accumulate_steps=c.accumulate_steps,
+            bf16_autocast=c.bf16_autocast,
+        )
 
     def setup(self) -> None:
         config, dev = self.config, self.run.device
         mesh = DecoderMesh.template(ImplicitMeshNetConfig(**config.model).template_level, torch.ones(3))
         self.sphere, self.faces, self.edge_index = mesh.sphere, mesh.faces.to(dev), mesh.edge_index.to(dev)
         self.scale = isotropic_scale(config.grid.shape)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.pretrain_lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.pretrain_lr, weight_decay=config.weight_decay
+        )
 
     def batch(self, generator):
         """``(pretrain_batch, N, 3)`` random shapes, grid coordinates."""
@@ -213,13 +254,20 @@ class ImplicitMeshNetTask(Task):
         if self.init_from:
             init_from_model(self.model, config.kind, self.init_from, run.log)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.sdf_optimizer = torch.optim.AdamW(self.g_net.parameters(), lr=config.lr_sdf, weight_decay=config.weight_decay)
+        self.sdf_optimizer = torch.optim.AdamW(
+            self.g_net.parameters(), lr=config.lr_sdf, weight_decay=config.weight_decay
+        )
         template = self.model.template(config.grid.shape, dev)
         self.edge_index = template.edge_index
         self.laplacian = sym_norm_laplacian(self.edge_index, len(template.verts)).to(dev)
 
     def checkpoint_parts(self) -> dict:
-        return {"model": self.model, "sdf_net": self.g_net, "optimizer": self.optimizer, "sdf_optimizer": self.sdf_optimizer}
+        return {
+            "model": self.model,
+            "sdf_net": self.g_net,
+            "optimizer": self.optimizer,
+            "sdf_optimizer": self.sdf_optimizer,
+        }
 
     def on_load(self) -> dict:
         return {**super().on_load(), "sdf_net": lambda saved: upgrade_state("implicitmeshnet", saved)}
@@ -237,14 +285,23 @@ class ImplicitMeshNetTask(Task):
 
     def loss(self, batch, generator):
         images, labels = batch
-        loss, terms, self.verts, self.faces = surface_terms(self.model, self.g_net, images, labels, self.laplacian,
-                                                            self.beta, self.config)
+        loss, terms, self.verts, self.faces = surface_terms(
+            self.model, self.g_net, images, labels, self.laplacian, self.beta, self.config
+        )
         self.shape = images.shape[2:]
         return loss, terms
 
     def after_step(self, terms: dict[str, float]) -> None:
-        terms["sdf_mse"] = sdf_step(self.g_net, self.sdf_optimizer, self.verts, self.faces, self.edge_index, self.shape,
-                                    self.config, self.config.sdf_updates)
+        terms["sdf_mse"] = sdf_step(
+            self.g_net,
+            self.sdf_optimizer,
+            self.verts,
+            self.faces,
+            self.edge_index,
+            self.shape,
+            self.config,
+            self.config.sdf_updates,
+        )
 
     def validate(self) -> dict[str, float]:
         metrics = segmentation_metrics(self.model, self.val_cases, self.run.device)
@@ -262,7 +319,9 @@ class ImplicitMeshNetTask(Task):
 
     def card(self, metrics: dict, state: RunState) -> dict:
         c = self.config
-        return run_card(self.run, c.kind, ImplicitMeshNetConfig(**c.model).to_dict(), c.grid, self.split, metrics, state.step)
+        return run_card(
+            self.run, c.kind, ImplicitMeshNetConfig(**c.model).to_dict(), c.grid, self.split, metrics, state.step
+        )
 
 
 def pretrain_sdf(g_net: MeshToSDF, config: ImplicitMeshNetTrainConfig, out: Path, device, seed: int, log=print) -> None:

@@ -10,6 +10,7 @@ AdamW, one-cycle learning rate, gradient norm clipped at 5. The best model is th
 lowest clamped L1 on the validation cases' (unaugmented) points. The run also stops after
 ``time_limit_s`` (checkpointed, resumable). Run folder: as :mod:`imagetomesh.training.engine` writes it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -45,8 +46,11 @@ class NUDFTrainConfig(EngineOptions):
     val_points: int = 4000
     time_limit_s: float = 0.0  # 0: no limit
     points: UDFPointConfig = field(default_factory=UDFPointConfig)
-    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(
-        flip=0.0, rotate_deg=10.0, scale=0.05, intensity_scale=0.1, intensity_shift=0.1, noise=0.05, shift=0.05))
+    augment: AugmentConfig = field(
+        default_factory=lambda: AugmentConfig(
+            flip=0.0, rotate_deg=10.0, scale=0.05, intensity_scale=0.1, intensity_shift=0.1, noise=0.05, shift=0.05
+        )
+    )
     threads: int = 1
 
 
@@ -55,9 +59,18 @@ def nudf_configs() -> dict[str, NUDFTrainConfig]:
     cpu_model = NUDFConfig(channels=(16, 32, 64, 64), hidden=256).to_dict()
     gpu_model = NUDFConfig(channels=(32, 64, 128, 128), hidden=256).to_dict()
     return {
-        "cpu": NUDFTrainConfig(cpu_model, steps=2400, batch_size=2, points_per_case=3000, time_limit_s=55 * 60, threads=1),
-        "gpu": NUDFTrainConfig(gpu_model, steps=30000, batch_size=8, points_per_case=20000, val_every=500,
-                               points=UDFPointConfig(count=60000), threads=4),
+        "cpu": NUDFTrainConfig(
+            cpu_model, steps=2400, batch_size=2, points_per_case=3000, time_limit_s=55 * 60, threads=1
+        ),
+        "gpu": NUDFTrainConfig(
+            gpu_model,
+            steps=30000,
+            batch_size=8,
+            points_per_case=20000,
+            val_every=500,
+            points=UDFPointConfig(count=60000),
+            threads=4,
+        ),
     }
 
 
@@ -72,8 +85,10 @@ class PointPool:
 
 def make_pools(cases: list[PreparedCase], config: UDFPointConfig, seed: int, progress: bool = True) -> list[PointPool]:
     generator = torch.Generator().manual_seed(seed)
-    return [PointPool(c, *sample_udf_points(c.label, config, generator))
-            for c in tqdm(cases, desc="sampling points", disable=not progress, leave=False)]
+    return [
+        PointPool(c, *sample_udf_points(c.label, config, generator))
+        for c in tqdm(cases, desc="sampling points", disable=not progress, leave=False)
+    ]
 
 
 def clamped_l1(pred: torch.Tensor, target: torch.Tensor, clamp: float) -> torch.Tensor:
@@ -85,7 +100,9 @@ def training_batch(pools: list[PointPool], config: NUDFTrainConfig, generator: t
     """Augmented ``images (B, 1, D, H, W)``, ``points (B, P, 3)`` grid, ``distances (B, P)``."""
     images, points, distances = [], [], []
     for pool in pools:
-        image, _, linear, shift = augment(pool.case.image, pool.case.label, config.augment, generator, return_transform=True)
+        image, _, linear, shift = augment(
+            pool.case.image, pool.case.label, config.augment, generator, return_transform=True
+        )
         pick = torch.randint(len(pool.points), (config.points_per_case,), generator=generator)
         moved = (pool.points[pick] - shift) @ torch.linalg.inv(linear).T
         images.append(image)

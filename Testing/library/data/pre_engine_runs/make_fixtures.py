@@ -7,6 +7,7 @@ It writes, beside itself, ``configs.json`` (every named training config's ``to_d
 tiny run folders (``checkpoint.pt``, ``split.json``) of voxel2mesh, nudf and dals, two steps each,
 on the MSD folder :func:`tiny_msd` makes (also used by the test that resumes them).
 """
+
 import json
 import shutil
 import sys
@@ -55,8 +56,11 @@ def main() -> None:
     dump = {kind: {name: c.to_dict() for name, c in named.items()} for kind, named in configs._configs().items()}
     dump["nudf"] = {name: c.to_dict() for name, c in nudf_configs().items()}
     dump["implicitmeshnet"] = {name: c.to_dict() for name, c in implicitmeshnet_configs().items()}
-    dump["dals"] = {f"{shapes}/{name}": get_dals_config(shapes, name).to_dict()
-                    for shapes in ("hippocampus", "kidney") for name in ("cpu", "gpu")}
+    dump["dals"] = {
+        f"{shapes}/{name}": get_dals_config(shapes, name).to_dict()
+        for shapes in ("hippocampus", "kidney")
+        for name in ("cpu", "gpu")
+    }
     for c in dump["dals"].values():
         c.pop("bf16")  # depends on the CPU
     (HERE / "configs.json").write_text(json.dumps(dump, indent=1))
@@ -66,16 +70,44 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         msd = tiny_msd(Path(tmp) / "msd")
         runs = {
-            "voxel2mesh": lambda out: train(configs.TrainConfig("voxel2mesh", {"unet": unet, "hidden": 8, "stages": 2},
-                                                                grid=grid, steps=2, val_every=1, threads=1), msd, out),
-            "nudf": lambda out: train_nudf(NUDFTrainConfig(dict(channels=[2, 4], hidden=8), grid=grid, steps=2, val_every=1,
-                                                           points_per_case=200, val_points=100,
-                                                           points=UDFPointConfig(count=400)), msd, out),
-            "dals": lambda out: train_dals(DALSTrainConfig(
-                shapes="hippocampus", model=DALSConfig(latent_dim=4, hidden=(8, 8, 8), train_template_level=1,
-                                                       fit_template_level=1),
-                steps=2, batch_size=2, target_points=100, surface_samples=50, val_shapes=1, val_iterations=2,
-                checkpoint_every=1, log_every=1, bf16=False), msd, out, split_path=out / "split.json"),
+            "voxel2mesh": lambda out: train(
+                configs.TrainConfig(
+                    "voxel2mesh", {"unet": unet, "hidden": 8, "stages": 2}, grid=grid, steps=2, val_every=1, threads=1
+                ),
+                msd,
+                out,
+            ),
+            "nudf": lambda out: train_nudf(
+                NUDFTrainConfig(
+                    dict(channels=[2, 4], hidden=8),
+                    grid=grid,
+                    steps=2,
+                    val_every=1,
+                    points_per_case=200,
+                    val_points=100,
+                    points=UDFPointConfig(count=400),
+                ),
+                msd,
+                out,
+            ),
+            "dals": lambda out: train_dals(
+                DALSTrainConfig(
+                    shapes="hippocampus",
+                    model=DALSConfig(latent_dim=4, hidden=(8, 8, 8), train_template_level=1, fit_template_level=1),
+                    steps=2,
+                    batch_size=2,
+                    target_points=100,
+                    surface_samples=50,
+                    val_shapes=1,
+                    val_iterations=2,
+                    checkpoint_every=1,
+                    log_every=1,
+                    bf16=False,
+                ),
+                msd,
+                out,
+                split_path=out / "split.json",
+            ),
         }
         for kind, run in runs.items():
             out = Path(tmp) / kind
