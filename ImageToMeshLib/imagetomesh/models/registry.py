@@ -1,4 +1,4 @@
-"""Segmenting model kinds by name: where their config dataclass and model class live.
+"""Segmenting model kinds by name: their config dataclass and model class (from :mod:`imagetomesh.kinds`).
 
 How a kind's prediction becomes a mesh is the model class's own business: every class here is a
 :class:`~imagetomesh.models.protocol.SegmentationModel` (``predict_meshes(images)`` -> meshes in
@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import NamedTuple
 
+from imagetomesh.kinds import KINDS
 from imagetomesh.models.protocol import SegmentationModel
 
 
@@ -26,21 +27,16 @@ class ModelKind(NamedTuple):
     model: type[SegmentationModel]
 
 
-#: kind -> (module, config dataclass name, model class name), imported on first use
-MODEL_KINDS: dict[str, tuple[str, str, str]] = {
-    "voxel2mesh": ("imagetomesh.models.voxel2mesh", "Voxel2MeshConfig", "Voxel2Mesh"),
-    "pixel2mesh3d": ("imagetomesh.models.pixel2mesh3d", "Pixel2Mesh3DConfig", "Pixel2Mesh3D"),
-    "unet": ("imagetomesh.models.unet_mc", "UNetMCConfig", "UNetMC"),
-    "implicitmeshnet": ("imagetomesh.models.implicitmeshnet", "ImplicitMeshNetConfig", "ImplicitMeshNet"),
-    "nudf": ("imagetomesh.models.nudf", "NUDFConfig", "NUDF"),
-}
+#: segmenting kind -> ``"module:ConfigClass:ModelClass"`` (the model column of
+#: :data:`imagetomesh.kinds.KINDS`; priors have none), imported on first use
+MODEL_KINDS: dict[str, str] = {kind: entry.model for kind, entry in KINDS.items() if entry.model}
 
 
 def model_kind(kind: str) -> ModelKind:
     """The :class:`ModelKind` of ``kind`` (imports its module); ValueError lists the known kinds."""
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}")
-    module_name, config_name, model_name = MODEL_KINDS[kind]
+    module_name, config_name, model_name = MODEL_KINDS[kind].split(":")
     module = importlib.import_module(module_name)
     return ModelKind(getattr(module, config_name), getattr(module, model_name))
 

@@ -1,0 +1,105 @@
+"""Every model kind, one entry each: where its model lives and how it trains.
+
+A kind names a model architecture. Its entry says where the config dataclass and the
+``nn.Module`` class live (``"module:Config:Model"``, imported only when a model of the kind is
+built; the class implements :class:`~imagetomesh.models.protocol.SegmentationModel`) and how it
+trains (a :class:`~imagetomesh.training.task_entries.TaskEntry` naming its training task).
+DALS is a shape prior: it trains, but ``segment`` does not use it (its model is ``None`` here).
+
+Adding a kind: a model module (config dataclass + ``nn.Module`` with ``predict_meshes``), a
+training task module (a :class:`~imagetomesh.training.tasks.base.Task` subclass with
+``configs()``), and one entry in :data:`KINDS`. :mod:`imagetomesh.models.registry` (building
+models) and :mod:`imagetomesh.training.tasks` (training them) read this table and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+from imagetomesh.training.task_entries import (
+    INIT_FROM,
+    PRETRAIN_STEPS,
+    PRETRAIN_TIME_LIMIT,
+    SDF_FROM,
+    SHAPES,
+    TIME_LIMIT,
+    TaskEntry,
+)
+
+
+class Kind(NamedTuple):
+    """One model kind: ``model`` ``"module:ConfigClass:ModelClass"`` (None for a prior) and ``training``."""
+
+    model: Optional[str]
+    training: TaskEntry
+
+
+MSD = "MSD folder (dataset.json, imagesTr/, labelsTr/)"
+_IMAGE = "imagetomesh.training.tasks.image_to_mesh:ImageToMeshTask"
+
+#: kind -> :class:`Kind`
+KINDS: dict[str, Kind] = {
+    "voxel2mesh": Kind(
+        "imagetomesh.models.voxel2mesh:Voxel2MeshConfig:Voxel2Mesh",
+        TaskEntry(
+            _IMAGE,
+            "train voxel2mesh on a Medical Segmentation Decathlon folder",
+            MSD,
+            "named config: cpu, gpu or an ablation (ps-umu, hs-umu, lns-umu, lns-amu = cpu)",
+            (INIT_FROM,),
+        ),
+    ),
+    "pixel2mesh3d": Kind(
+        "imagetomesh.models.pixel2mesh3d:Pixel2Mesh3DConfig:Pixel2Mesh3D",
+        TaskEntry(
+            _IMAGE,
+            "train pixel2mesh3d on a Medical Segmentation Decathlon folder",
+            MSD,
+            "named config: cpu or gpu",
+            (INIT_FROM,),
+        ),
+    ),
+    "unet": Kind(
+        "imagetomesh.models.unet_mc:UNetMCConfig:UNetMC",
+        TaskEntry(
+            _IMAGE,
+            "train unet on a Medical Segmentation Decathlon folder",
+            MSD,
+            "named config: cpu or gpu",
+            (INIT_FROM,),
+        ),
+    ),
+    "nudf": Kind(
+        "imagetomesh.models.nudf:NUDFConfig:NUDF",
+        TaskEntry(
+            "imagetomesh.training.tasks.nudf:NUDFTask",
+            "train nudf on a Medical Segmentation Decathlon folder",
+            MSD,
+            "named config: cpu or gpu",
+            (INIT_FROM, TIME_LIMIT),
+        ),
+    ),
+    "implicitmeshnet": Kind(
+        "imagetomesh.models.implicitmeshnet:ImplicitMeshNetConfig:ImplicitMeshNet",
+        TaskEntry(
+            "imagetomesh.training.tasks.implicitmeshnet:ImplicitMeshNetTask",
+            "train implicitmeshnet on a Medical Segmentation Decathlon folder",
+            MSD,
+            "named config: cpu, gpu or cpu-finetune",
+            (INIT_FROM, TIME_LIMIT, PRETRAIN_STEPS, PRETRAIN_TIME_LIMIT, SDF_FROM),
+        ),
+    ),
+    "dals": Kind(
+        None,
+        TaskEntry(
+            "imagetomesh.training.tasks.dals:DALSTask",
+            "train a DALS shape prior (hippocampus labels or KiTS19 kidneys)",
+            "hippocampus MSD folder or kits19-masks folder",
+            "named config: cpu or gpu (default: cpu, gpu on cuda)",
+            (SHAPES,),
+            default_config=None,
+            result_label="DALS prior",
+            steps_without_time_limit=True,
+        ),
+    ),
+}
