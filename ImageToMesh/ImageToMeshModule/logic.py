@@ -146,6 +146,25 @@ class ImageToMeshLogic(ScriptedLoadableModuleLogic):
     def segmentationMethods(self) -> list:
         return [m["name"] for m in self.availableModels() if m["kind"] not in ("dals", "unknown")]
 
+    def methodMismatches(self, inputVolume, roi=None) -> dict:
+        """``{segmentation method: why it cannot segment this volume, or None}`` from each model card's
+        ``input`` block (modality, field of view; :mod:`imagetomesh.compatibility`). Light: numpy only."""
+        from imagetomesh.compatibility import mismatch
+
+        if inputVolume is None:
+            return {}
+        volume = volumeFromNode(inputVolume)
+        if roi is not None:
+            try:
+                volume = crop_volume(volume, roiCornersLPS(roi))
+            except InputError:
+                pass  # an ROI outside the image is reported when the user applies
+        return {
+            m["name"]: mismatch(volume, m["card"], m["name"])
+            for m in self.availableModels()
+            if m["kind"] not in ("dals", "unknown")
+        }
+
     def priors(self) -> list:
         return [m["name"] for m in self.availableModels() if m["kind"] == "dals"]
 
@@ -181,8 +200,10 @@ class ImageToMeshLogic(ScriptedLoadableModuleLogic):
         return ImageToMeshParameterNode(super().getParameterNode())
 
     # --- segment ------------------------------------------------------------------------------
-    def prepareSegment(self, inputVolume, method, outputModel=None, roi=None, device="auto"):
-        """Validate the inputs and build ``(job, target)`` (nothing runs, the scene is untouched)."""
+    def prepareSegment(self, inputVolume, method, outputModel=None, roi=None, device="auto", allowMismatch=False):
+        """Validate the inputs and build ``(job, target)`` (nothing runs, the scene is untouched).
+
+        ``allowMismatch`` segments an image the model's card says it was not made for (refused otherwise)."""
         if inputVolume is None:
             raise InputError("no input volume selected; choose a volume")
         if not method:
@@ -192,7 +213,12 @@ class ImageToMeshLogic(ScriptedLoadableModuleLogic):
         if roi is not None:
             volume = crop_volume(volume, roiCornersLPS(roi))
             check3D(volume, f"{inputVolume.GetName()} inside ROI {roi.GetName()}")
-        job = Job("segment", {"model": str(method), "device": DEVICES.get(device, device) or "auto"}, volume=volume)
+        params = {
+            "model": str(method),
+            "device": DEVICES.get(device, device) or "auto",
+            "allow_mismatch": bool(allowMismatch),
+        }
+        job = Job("segment", params, volume=volume)
         target = ResultTarget(
             "segment",
             f"{inputVolume.GetName()} {method}",

@@ -183,6 +183,7 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
             self._showModelCard()
         finally:
             self._updatingGui = False
+        self._listMethodsForVolume()
         if self._parameterNode.refineInput is not getattr(self, "_observedRefineInput", None):
             # after the wrapper has stored the choice: reacting to the selector's own signal would
             # write the segment ID first, and the wrapper would then restore the previous input
@@ -283,6 +284,9 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
                 combo.currentIndex = combo.findText(current)
             combo.blockSignals(wasBlocked)
         self._storeModelChoices()
+        self._methodsListedFor = None  # the full list again: filter it for the volume anew
+        if self._parameterNode is not None:
+            self._listMethodsForVolume()
         self._showModelCard()
 
     def _storeModelChoices(self) -> None:
@@ -297,6 +301,34 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
             if not getattr(self._parameterNode, name) and combo.count:
                 setattr(self._parameterNode, name, combo.currentText)
 
+    def _listMethodsForVolume(self) -> None:
+        """List only the segmentation methods whose card fits the input volume (and ROI); say why the others are not."""
+        p = self._parameterNode
+        volume, roi = p.inputVolume, p.roi
+        key = tuple((n.GetID(), n.GetMTime()) if n is not None else None for n in (volume, roi))
+        if key == getattr(self, "_methodsListedFor", None):
+            return
+        self._methodsListedFor = key
+        try:
+            mismatches = self.logic.methodMismatches(volume, roi)
+        except Exception as err:  # an unreadable volume is reported when the user applies
+            self._log(f"could not check which models fit the volume: {err}")
+            mismatches = {}
+        allowed = [name for name in self.logic.segmentationMethods() if not mismatches.get(name)]
+        combo = self.ui.methodComboBox
+        wasBlocked = combo.blockSignals(True)
+        current = p.method or combo.currentText
+        combo.clear()
+        for name in allowed:
+            combo.addItem(name)
+        if current and combo.findText(current) >= 0:
+            combo.currentIndex = combo.findText(current)
+        combo.blockSignals(wasBlocked)
+        self._mismatches = {name: reason for name, reason in mismatches.items() if reason}
+        if combo.currentText and combo.currentText != p.method:
+            p.method = combo.currentText
+        self._showModelCard()
+
     def _onMethodChanged(self, index) -> None:
         self._storeText("method", self.ui.methodComboBox)
         self._showModelCard()
@@ -304,9 +336,14 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
     def _showModelCard(self) -> None:
         name = self.ui.methodComboBox.currentText
         try:
-            self.ui.modelCardLabel.text = self.logic.describeCard(name, self.logic.modelCard(name)) if name else ""
+            text = self.logic.describeCard(name, self.logic.modelCard(name)) if name else ""
         except Exception:
-            self.ui.modelCardLabel.text = ""
+            text = ""
+        mismatches = getattr(self, "_mismatches", {})
+        if mismatches:
+            others = "<br>".join(f"{other}: {reason}" for other, reason in sorted(mismatches.items()))
+            text += ("<br>" if text else "") + f"<i>Not listed for this volume:</i><br>{others}"
+        self.ui.modelCardLabel.text = text
 
     def _onRefineInputChanged(self, node) -> None:
         """Follow the segments of the chosen segmentation (added, removed or renamed later too)."""

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import torch
 
+from imagetomesh.compatibility import check_image
 from imagetomesh.core.mesh import Mesh
 from imagetomesh.core.transforms import grid_volume  # noqa: F401  (re-exported: benchmarks import it from here)
 from imagetomesh.core.volume import Volume
@@ -37,10 +38,17 @@ class Segmenter:
     ``open_surface`` (only for models with ``supports_open_surface``) returns the surface as the
     model found it, without closing or repairing it; by default meshes are made watertight.
     ``untangle=False`` keeps the folds a network made (to measure the network itself).
+    ``check_input=False`` segments images that the model's card says it was not made for (see
+    :mod:`imagetomesh.compatibility`); by default they are refused with an :class:`InputError`.
     """
 
     def __init__(
-        self, model: str | LoadedModel, device: str = "auto", open_surface: bool = False, untangle: bool = True
+        self,
+        model: str | LoadedModel,
+        device: str = "auto",
+        open_surface: bool = False,
+        untangle: bool = True,
+        check_input: bool = True,
     ) -> None:
         self.model = model if isinstance(model, LoadedModel) else load_model(model, device)
         self.spec = GridSpec.from_dict(self.model.card["grid"])
@@ -51,6 +59,7 @@ class Segmenter:
             )
         self.open_surface = open_surface
         self.untangle = untangle
+        self.check_input = check_input
 
     @torch.no_grad()
     def segment_batch(self, volumes: list[Volume]) -> list[Mesh]:
@@ -58,6 +67,8 @@ class Segmenter:
         prepared = []
         for volume in volumes:
             _check_finite(volume)
+            if self.check_input:
+                check_image(volume, self.model.card, self.model.name)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 prepared.append(prepare_image(volume, self.spec))

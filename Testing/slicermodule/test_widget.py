@@ -143,6 +143,20 @@ def test_choosing_inputs_enables_the_buttons(itm, scene, h, label, panel):
     assert widget._parameterNode.refineInput is None and not widget.ui.refineButton.enabled
 
 
+def test_only_the_models_made_for_the_volume_are_listed(itm, scene, h, panel):
+    from imagetomesh.io.images import read_image
+
+    widget = panel()
+    hippocampus = widget.ui.methodComboBox.count
+    ct = read_image(application.REPO / "Resources" / "SampleData" / "ct-example" / "example_ct.nii.gz")
+    node = h.volume_to_node(ct, "abdomen CT")
+    widget._parameterNode.inputVolume = node
+    assert widget.ui.methodComboBox.count == 0 < hippocampus  # every bundled model is for hippocampus MRI
+    assert "Not listed for this volume" in widget.ui.modelCardLabel.text
+    assert "looks like a CT" in widget.ui.modelCardLabel.text
+    assert not widget.ui.applyButton.enabled
+
+
 def test_exit_disconnects_the_panel_and_enter_reconnects_it(itm, scene, panel):
     widget = panel()
     widget.exit()

@@ -54,7 +54,9 @@ def _segment(job: Job, progress: ProgressCallback, log: LogCallback, cache: dict
         cache[key] = Segmenter(str(model), device)
         log(f"loaded {model} on {cache[key].model.device}")
     progress(0.2, f"segmenting with {model}")
-    mesh = cache[key].segment(volume)  # preprocessing resamples into the model's orientation
+    segmenter = cache[key]
+    segmenter.check_input = not bool(job.params.get("allow_mismatch", False))
+    mesh = segmenter.segment(volume)  # preprocessing resamples into the model's orientation
     progress(1.0, "done")
     return mesh
 

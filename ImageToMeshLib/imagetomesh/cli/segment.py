@@ -59,13 +59,16 @@ def cmd_segment(args) -> int:
     """Segment each image into its own mesh; images are read a batch at a time (memory does not
     grow with their number). An image that fails is named and skipped; the others are written,
     and the exit code is 2 when any failed."""
+    from imagetomesh.core.cropping import crop_volume
     from imagetomesh.inference import Segmenter
     from imagetomesh.io.images import read_image
+    from imagetomesh.io.markups import read_roi
     from imagetomesh.io.meshes import write_mesh
 
     images = [Path(p) for p in args.images]
     targets = dict(zip(images, _targets(images, args.output)))
-    segmenter = Segmenter(args.model, args.device, open_surface=args.open)
+    segmenter = Segmenter(args.model, args.device, open_surface=args.open, check_input=not args.allow_mismatch)
+    roi = read_roi(args.roi) if args.roi else None
     failed = []
     batches = range(0, len(images), args.batch_size)
     for start in progress_bar(batches, "segmenting", total=len(batches)):
@@ -73,7 +76,8 @@ def cmd_segment(args) -> int:
         for path in images[start : start + args.batch_size]:
             with _warnings_named(path.name):
                 try:
-                    items.append((path, read_image(path)))
+                    volume = read_image(path)
+                    items.append((path, crop_volume(volume, roi) if roi is not None else volume))
                 except InputError as err:
                     failed.append((path, err))
         if not items:
@@ -95,11 +99,10 @@ def cmd_segment(args) -> int:
             print(f"wrote {targets[path]} ({mesh.num_vertices} vertices, {mesh.num_faces} triangles)")
     for path, err in failed:
         print(f"{PROG}: error: {path}: {err}", file=sys.stderr)
-    if failed:
+    if failed and len(images) > 1:
         written = len(images) - len(failed)
         print(f"{PROG}: {len(failed)} of {len(images)} images failed; {written} mesh(es) written", file=sys.stderr)
-        return 2
-    return 0
+    return 2 if failed else 0
 
 
 def register(sub) -> None:
@@ -125,6 +128,18 @@ def register(sub) -> None:
         "--open",
         action="store_true",
         help="keep the surface open where the model found no surface (NUDF models only; default: watertight)",
+    )
+    p.add_argument(
+        "--roi",
+        metavar="BOX",
+        help="segment only inside this box: x0,y0,z0,x1,y1,z1 in LPS mm, or a Slicer ROI .mrk.json "
+        "(lets a patch model such as the hippocampus ones run on a whole-head image; write --roi=-10,... "
+        "when the first number is negative)",
+    )
+    p.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="segment images the model's card says it was not made for (another modality, a far larger field of view)",
     )
     add_space(p)
     p.set_defaults(func=cmd_segment)

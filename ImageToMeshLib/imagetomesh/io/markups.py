@@ -348,3 +348,63 @@ def read_points(path: str | os.PathLike, coordinate_system: str = "LPS") -> np.n
     if len(points) < 1:
         raise InputError(f"{path} holds no points; give at least one point")
     return np.asarray(points, dtype=np.float64).reshape(-1, 3)
+
+
+# --- regions of interest -----------------------------------------------------------------------
+def read_roi(text: str | os.PathLike) -> np.ndarray:
+    """``(8, 3)`` LPS corners of a box: ``"x0,y0,z0,x1,y1,z1"`` (LPS mm, two opposite corners) or a
+    Slicer ROI ``.mrk.json`` file (its first ROI markup; rotated boxes included).
+
+    Raises:
+        InputError: not six numbers and not a readable ROI file, a box of zero size.
+    """
+    spec = str(text)
+    if not spec.lower().endswith(".json"):
+        try:
+            values = [float(v) for v in spec.split(",")]
+        except ValueError:
+            values = []
+        if len(values) != 6 or not all(math.isfinite(v) for v in values):
+            raise InputError(
+                f"--roi {spec!r}: give x0,y0,z0,x1,y1,z1 in LPS mm (two opposite corners) or a Slicer ROI .mrk.json"
+            )
+        lo, hi = np.minimum(values[:3], values[3:]), np.maximum(values[:3], values[3:])
+        if np.any(hi - lo <= 0):
+            raise InputError(f"--roi {spec!r} has zero size along an axis; give two opposite corners of a box")
+        return np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    path = _require_file(spec, "ROI file")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise InputError(
+            f"could not parse {path} as a Slicer ROI file; save the ROI from Slicer as .mrk.json"
+        ) from None
+    rois = (
+        [m for m in (document.get("markups") or []) if isinstance(m, dict) and m.get("type") == "ROI"]
+        if isinstance(document, dict)
+        else []
+    )
+    if not rois:
+        raise InputError(f"{path} holds no ROI markup; place a ROI in Slicer and save it as .mrk.json")
+    roi = rois[0]
+    try:
+        center = np.array([float(v) for v in roi["center"]], dtype=np.float64)
+        size = np.array([float(v) for v in roi["size"]], dtype=np.float64)
+        axes = np.array([float(v) for v in roi.get("orientation", [1, 0, 0, 0, 1, 0, 0, 0, 1])]).reshape(3, 3)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise InputError(
+            f"{path}: the ROI needs 'center' (3 numbers), 'size' (3 numbers) and 'orientation' (9)"
+        ) from None
+    if (
+        center.shape != (3,)
+        or size.shape != (3,)
+        or not np.all(np.isfinite(np.concatenate([center, size, axes.ravel()])))
+    ):
+        raise InputError(f"{path}: the ROI needs 'center' (3 numbers), 'size' (3 numbers) and 'orientation' (9)")
+    if np.any(size <= 0):
+        raise InputError(f"{path}: the ROI has zero size; resize it in Slicer")
+    signs = np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
+    corners = center + (signs * size) @ axes.T  # orientation columns are the box axes, in the file's space
+    space = str(roi.get("coordinateSystem", "LPS")).upper()
+    return ras_to_lps(corners) if space == "RAS" else corners
