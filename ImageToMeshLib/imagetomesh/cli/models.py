@@ -20,6 +20,7 @@ def _format_metrics(metrics: dict, prefix: str = "") -> str:
 
 def cmd_models(args) -> int:
     """List every model with its card; a model whose card cannot be read is listed with the reason."""
+    from imagetomesh.compatibility import InputSpec
     from imagetomesh.zoo import list_models
 
     models = list_models()
@@ -40,6 +41,16 @@ def cmd_models(args) -> int:
         print(f"    kind      {card.get('kind')}")
         if "description" in card:
             print(f"    about     {card['description']}")
+        spec = InputSpec.from_card(card)
+        if spec is not None:
+            field = (
+                f", fields of view up to {' x '.join(f'{e:g}' for e in spec.max_extent_mm)} mm"
+                if spec.max_extent_mm
+                else ""
+            )
+            print(
+                f"    input     {spec.modality} {spec.body_region} ({', '.join(spec.organs)}); {spec.intensity}{field}"
+            )
         data = card.get("data", {})
         if data:
             print(f"    data      {data.get('name', '')} ({data.get('licence', 'licence unknown')})")
