@@ -68,6 +68,31 @@ def random_image_batch(cases: list[PreparedCase], batch_size: int, config: Augme
     return torch.stack(images)[:, None], torch.stack(labels)
 
 
+@dataclass
+class ChamferTarget:
+    """The Chamfer target of one case: ``points (P, 3)`` in grid coordinates with unit outward
+    ``normals (P, 3)`` (isotropic frame); :meth:`draw` gives ``count`` of them drawn without
+    replacement (all when ``count`` is None or at least ``P``)."""
+
+    points: torch.Tensor
+    normals: torch.Tensor
+    count: int | None = None
+
+    def draw(self, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.count is None or len(self.points) <= self.count:
+            return self.points, self.normals
+        pick = torch.randperm(len(self.points), generator=generator)[: self.count]
+        return self.points[pick], self.normals[pick]
+
+
+def chamfer_target(label: torch.Tensor, kind: str, count: int | None) -> ChamferTarget:
+    """The Chamfer target of a binary ``(D, H, W)`` label: ``kind="faces"``, the voxel-face midpoints
+    of :func:`boundary_points`, ``count`` drawn per step."""
+    if kind != "faces":
+        raise ValueError(f"target must be 'faces', got {kind!r}")
+    return ChamferTarget(*boundary_points(label), count)
+
+
 def boundary_points(label: torch.Tensor, max_points: int | None = None, generator: torch.Generator | None = None):
     """Points on the boundary of a binary ``(D, H, W)`` label, in grid coordinates, with outward normals.
 
