@@ -10,7 +10,7 @@ For the first ``--cases`` cases of the ``val`` split of ``Resources/Splits/hippo
 (:func:`~imagetomesh.training.data.prepare_case`). The starting mesh is the final-stage topology
 of the Voxel2Mesh template (the level-``template_level`` icosphere subdivided once per later
 stage, at the template radius), or, with ``--model``, that model's final mesh for the case
-(the network's output before pruning). Its vertex positions are the only parameters: Adam for
+(in evaluation mode, so after Voxel2Mesh's adaptive pruning). Its vertex positions are the only parameters: Adam for
 ``--steps`` steps (learning rate cosine-decayed from ``--lr`` to a tenth), one case at a time, on
 :func:`~imagetomesh.training.losses.mesh_decoder_loss` with the target that training builds.
 
@@ -39,7 +39,7 @@ from imagetomesh.core.mesh import Mesh
 from imagetomesh.io.images import read_labelmap
 from imagetomesh.metrics import mesh_dice_iou, self_intersection_percent
 from imagetomesh.models.mesh_state import DecoderMesh
-from imagetomesh.nn.grid import isotropic_scale
+from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
 from imagetomesh.training.configs import image_configs
 from imagetomesh.training.data import chamfer_target, prepare_case
 from imagetomesh.training.losses import MeshLossWeights, mesh_decoder_loss
@@ -79,18 +79,19 @@ def start_mesh(config, case, model) -> DecoderMesh:
 def optimise(mesh: DecoderMesh, case, weights: MeshLossWeights, steps: int, lr: float, seed: int):
     """Adam on the vertex positions of ``mesh`` against ``case``'s label; returns ``(verts (N, 3), terms)``."""
     generator = torch.Generator().manual_seed(seed)
-    target = chamfer_target(case.label, "faces", weights.sample_points)
+    target = chamfer_target(case.label, weights.target, weights.sample_points, case.surface)
     verts = mesh.verts.detach().clone().requires_grad_(True)
     optimiser = torch.optim.Adam([verts], lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))
     )
     scale = isotropic_scale(case.label.shape)
+    voxel = isotropic_voxel_size(case.label.shape)
     terms = {}
     for _ in range(steps):
         points, normals = target.draw(generator)
-        stage = DecoderMesh(verts, mesh.faces, mesh.sphere)
-        terms = mesh_decoder_loss([stage], points, normals, scale, weights, generator=generator)
+        stage = DecoderMesh(verts, mesh.faces, mesh.sphere, start=mesh.verts)
+        terms = mesh_decoder_loss([stage], points, normals, scale, weights, generator=generator, voxel=voxel)
         optimiser.zero_grad()
         terms["total"].backward()
         optimiser.step()
@@ -122,9 +123,12 @@ def main() -> None:
     split = json.loads((REPO / "Resources" / "Splits" / "hippocampus.json").read_text(encoding="utf-8"))
     msd = read_msd(args.data)
     ids = split["val"][: args.cases]
-    cases = [prepare_case(msd[c], config.grid) for c in ids]
-    labels = [read_labelmap(msd[c].label) for c in ids]
     settings = args.setting or ["", "normal=0.01,edge=0.1", "normal=0,laplacian=0,edge=0"]
+    dense = [w.target_points for w in (parse_setting(t, config.loss) for t in settings) if w.target == "dense"]
+    if len(set(dense)) > 1:
+        raise SystemExit("every dense setting must use the same target_points")
+    cases = [prepare_case(msd[c], config.grid, surface_points=dense[0] if dense else 0) for c in ids]
+    labels = [read_labelmap(msd[c].label) for c in ids]
 
     rows = []
     for text in settings:
