@@ -124,10 +124,15 @@ def main() -> None:
     msd = read_msd(args.data)
     ids = split["val"][: args.cases]
     settings = args.setting or ["", "normal=0.01,edge=0.1", "normal=0,laplacian=0,edge=0"]
-    dense = [w.target_points for w in (parse_setting(t, config.loss) for t in settings) if w.target == "dense"]
-    if len(set(dense)) > 1:
-        raise SystemExit("every dense setting must use the same target_points")
-    cases = [prepare_case(msd[c], config.grid, surface_points=dense[0] if dense else 0) for c in ids]
+    dense = {
+        (w.target_points, w.target_smoothing)
+        for w in (parse_setting(t, config.loss) for t in settings)
+        if w.target == "dense"
+    }
+    if len(dense) > 1:
+        raise SystemExit("every dense setting must use the same target_points and target_smoothing")
+    points, smoothing = dense.pop() if dense else (0, 0.0)
+    cases = [prepare_case(msd[c], config.grid, surface_points=points, surface_smoothing=smoothing) for c in ids]
     labels = [read_labelmap(msd[c].label) for c in ids]
 
     rows = []

@@ -22,7 +22,12 @@ from make_fixtures import tiny_msd  # noqa: E402  (the MSD folder the old runs w
 
 GRID = GridSpec((16, 16, 16), (1.0, 1.0, 1.0))
 NEW_FIELDS = ("accumulate_steps", "bf16_autocast")
-NEW_LOSS_FIELDS = {"version": 1, "target": "faces", "target_points": 6000}  # issue 15; the defaults keep the old loss
+NEW_LOSS_FIELDS = {
+    "version": 1,
+    "target": "faces",
+    "target_points": 6000,
+    "target_smoothing": 0.2,
+}  # issue 15; the defaults keep the old loss
 
 
 def test_named_configs_are_the_ones_of_the_trainers_before_the_engine():

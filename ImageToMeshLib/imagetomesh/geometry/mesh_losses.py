@@ -97,7 +97,8 @@ def laplacian_change_loss(verts: torch.Tensor, start: torch.Tensor, edge_index: 
     ``start (N, 3)`` are the positions before a deformation block, ``verts (N, 3)`` after it; the
     uniform Laplacian coordinates are linear, so this is ``mean_i |delta_i(verts - start)|^2``: it
     penalises how a block changes the local shape (neighbours moving apart or together), not the
-    shape itself (Wang et al. 2018, eq. 4, averaged instead of summed).
+    shape itself (Wang et al. 2018, eq. 4, averaged instead of summed). ``start`` is taken as a
+    constant (detached): the term acts on this block's displacement only.
     """
     delta = laplacian_coordinates(verts - start.detach(), edge_index)
     return (delta**2).sum(-1).mean()

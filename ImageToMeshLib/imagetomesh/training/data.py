@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from imagetomesh.core.transforms import GridTransform
+from imagetomesh.geometry.isosurface import DEFAULT_SMOOTHING
 from imagetomesh.io.images import read_image
 from imagetomesh.nn.grid import index_to_grid, isotropic_scale
 from imagetomesh.preprocessing import GridSpec, model_grid_transform, prepare_image, resample_to_grid
@@ -34,11 +35,15 @@ class PreparedCase:
 
 
 def prepare_case(
-    case: Case, spec: GridSpec, labels: tuple[int, ...] | None = None, surface_points: int = 0
+    case: Case,
+    spec: GridSpec,
+    labels: tuple[int, ...] | None = None,
+    surface_points: int = 0,
+    surface_smoothing: float = DEFAULT_SMOOTHING,
 ) -> PreparedCase:
     """Read and resample a case; ``labels`` None merges every non-zero label into one object.
-    ``surface_points`` > 0 also samples that many points of the label's smoothed surface (seeded
-    by the case id, so every run draws the same ones)."""
+    ``surface_points`` > 0 also samples that many points of the label's surface smoothed with
+    ``surface_smoothing`` (seeded by the case id, so every run draws the same ones)."""
     image = read_image(case.image)
     label = read_image(case.label)
     mask = label.array > 0 if labels is None else np.isin(label.array, labels)
@@ -50,29 +55,39 @@ def prepare_case(
     surface = None
     if surface_points > 0:
         seed = int.from_bytes(hashlib.sha256(case.case_id.encode()).digest()[:8], "little")
-        surface = surface_samples(label_grid, surface_points, torch.Generator().manual_seed(seed))
+        surface = surface_samples(label_grid, surface_points, torch.Generator().manual_seed(seed), surface_smoothing)
     return PreparedCase(case.case_id, grid_image, label_grid, transform, surface)
 
 
 def prepare_cases(
-    cases: list[Case], spec: GridSpec, progress: bool = True, surface_points: int = 0
+    cases: list[Case],
+    spec: GridSpec,
+    progress: bool = True,
+    surface_points: int = 0,
+    surface_smoothing: float = DEFAULT_SMOOTHING,
 ) -> list[PreparedCase]:
     return [
-        prepare_case(c, spec, surface_points=surface_points)
+        prepare_case(c, spec, surface_points=surface_points, surface_smoothing=surface_smoothing)
         for c in tqdm(cases, desc="preparing cases", disable=not progress, leave=False)
     ]
 
 
 def prepare_split(
-    data_dir: str | Path, out: Path, spec: GridSpec, seed: int, progress: bool = True, surface_points: int = 0
+    data_dir: str | Path,
+    out: Path,
+    spec: GridSpec,
+    seed: int,
+    progress: bool = True,
+    surface_points: int = 0,
+    surface_smoothing: float = DEFAULT_SMOOTHING,
 ) -> tuple[dict, list[PreparedCase], list[PreparedCase]]:
     """An MSD folder's run split (``out/split.json``, made with ``seed`` if missing) and its
     training and validation cases prepared on ``spec``: ``(split, train cases, val cases)``
     (with ``surface_points`` dense surface samples each, see :func:`prepare_case`)."""
     cases = read_msd(data_dir)
     split = load_or_make_split(list(cases), out / "split.json", seed=seed)
-    train = prepare_cases([cases[c] for c in split["train"]], spec, progress, surface_points)
-    val = prepare_cases([cases[c] for c in split["val"]], spec, progress, surface_points)
+    train = prepare_cases([cases[c] for c in split["train"]], spec, progress, surface_points, surface_smoothing)
+    val = prepare_cases([cases[c] for c in split["val"]], spec, progress, surface_points, surface_smoothing)
     return split, train, val
 
 

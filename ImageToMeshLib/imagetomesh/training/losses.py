@@ -29,8 +29,10 @@ class MeshLossWeights:
     ``config.json`` resumes unchanged); 2 makes every term a length squared (see
     :func:`mesh_decoder_loss`) so each weight is a unit-free ratio to the Chamfer weight.
     ``target``: ``faces`` (voxel-face midpoints of the label, ``sample_points`` drawn per step) or
-    ``dense`` (``target_points`` area-uniform samples of the label's smoothed surface, computed once
-    per case: :func:`~imagetomesh.training.data.chamfer_target`).
+    ``dense`` (``target_points`` area-uniform samples of the label's surface smoothed with
+    ``target_smoothing``, computed once per case: :func:`~imagetomesh.training.data.chamfer_target`;
+    0.2 keeps the surface's IoU with the label at 0.9998 on hippocampus validation cases, the
+    library's default 0.4 at 0.972).
     """
 
     chamfer: float = 1.0
@@ -43,6 +45,7 @@ class MeshLossWeights:
     version: int = 1
     target: str = "faces"
     target_points: int = 6000
+    target_smoothing: float = 0.2
 
     def __post_init__(self) -> None:
         if self.version not in (1, 2):

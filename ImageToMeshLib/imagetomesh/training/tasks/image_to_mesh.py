@@ -75,6 +75,7 @@ class ImageToMeshTask(Task):
             run.seed,
             progress=run.writer,
             surface_points=config.loss.target_points if dense else 0,
+            surface_smoothing=config.loss.target_smoothing,
         )
         self.model = build_model(config.kind, config.model).to(run.device)
         if self.init_from:
