@@ -114,14 +114,16 @@ def test_laplacian_smoothing_loss_matches_loop():
     for i, j in edges_from_faces(faces).tolist():
         nbrs[i].add(j)
         nbrs[j].add(i)
-    ref = np.mean([float(((verts[i] - verts[sorted(n)].mean(0)) ** 2).sum()) for i, n in nbrs.items()])
+    sq = [float(((verts[i] - verts[sorted(n)].mean(0)) ** 2).sum()) for i, n in nbrs.items()]
     ei = edge_index_from_faces(faces)
-    np.testing.assert_allclose(laplacian_smoothing_loss(verts, ei).item(), ref, rtol=1e-12)
+    np.testing.assert_allclose(laplacian_smoothing_loss(verts, ei, squared=True).item(), np.mean(sq), rtol=1e-12)
+    np.testing.assert_allclose(laplacian_smoothing_loss(verts, ei).item(), np.mean(np.sqrt(sq)), rtol=1e-12)
     # Smoother surface, smaller loss.
     smooth, sfaces = icosphere(1, dtype=torch.float64)
     assert laplacian_smoothing_loss(smooth, ei).item() < laplacian_smoothing_loss(verts, ei).item()
     v = verts.clone().requires_grad_()
     torch.autograd.gradcheck(lambda x: laplacian_smoothing_loss(x, ei), (v,))
+    torch.autograd.gradcheck(lambda x: laplacian_smoothing_loss(x, ei, squared=True), (v,))
 
 
 # ---------------------------------------------------------------- triangle quality

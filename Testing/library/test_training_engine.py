@@ -22,6 +22,12 @@ from make_fixtures import tiny_msd  # noqa: E402  (the MSD folder the old runs w
 
 GRID = GridSpec((16, 16, 16), (1.0, 1.0, 1.0))
 NEW_FIELDS = ("accumulate_steps", "bf16_autocast")
+NEW_LOSS_FIELDS = {
+    "version": 1,
+    "target": "faces",
+    "target_points": 6000,
+    "target_smoothing": 0.2,
+}  # issue 15; the defaults keep the old loss
 
 
 def test_named_configs_are_the_ones_of_the_trainers_before_the_engine():
@@ -34,6 +40,8 @@ def test_named_configs_are_the_ones_of_the_trainers_before_the_engine():
             got = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as the fixture was written
             for key in NEW_FIELDS + (("bf16",) if kind == "dals" else ()):
                 got.pop(key)
+            if "loss" in got and isinstance(got["loss"], dict) and "version" in got["loss"]:
+                assert {k: got["loss"].pop(k) for k in NEW_LOSS_FIELDS} == NEW_LOSS_FIELDS, (kind, name)
             assert got == expected, (kind, name)
             assert config.accumulate_steps == 1 and config.bf16_autocast is False
     assert set(TASKS) == set(old)

@@ -14,6 +14,7 @@ _HOME = {
     "laplacian": ("combinatorial_laplacian", "laplacian_coordinates", "sym_norm_laplacian", "uniform_laplacian"),
     "mesh_losses": (
         "edge_length_loss",
+        "laplacian_change_loss",
         "laplacian_smoothing_loss",
         "mean_triangle_quality",
         "normal_consistency_loss",
@@ -74,6 +75,7 @@ __all__ = [
     "edge_length_loss",
     "normal_consistency_loss",
     "laplacian_smoothing_loss",
+    "laplacian_change_loss",
     "triangle_qualities",
     "mean_triangle_quality",
     "triangle_quality_regulariser",

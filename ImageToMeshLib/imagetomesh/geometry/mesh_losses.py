@@ -25,6 +25,7 @@ __all__ = [
     "edge_length_loss",
     "normal_consistency_loss",
     "laplacian_smoothing_loss",
+    "laplacian_change_loss",
     "triangle_qualities",
     "mean_triangle_quality",
     "triangle_quality_regulariser",
@@ -75,9 +76,31 @@ def normal_consistency_loss(verts: torch.Tensor, faces: torch.Tensor, eps: float
     return (1.0 - cos).mean()
 
 
-def laplacian_smoothing_loss(verts: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-    """``mean_i |v_i - mean_{j~i} v_j|^2`` (uniform Laplacian coordinates, symmetric ``edge_index``)."""
+def laplacian_smoothing_loss(verts: torch.Tensor, edge_index: torch.Tensor, squared: bool = False) -> torch.Tensor:
+    """Uniform Laplacian smoothing: ``mean_i |delta_i|`` (or ``mean_i |delta_i|^2`` with ``squared``).
+
+    ``delta_i = v_i - mean_{j~i} v_j`` are the uniform Laplacian coordinates of ``verts (N, 3)``
+    over the symmetric ``edge_index (2, E)`` (:func:`~imagetomesh.geometry.laplacian.laplacian_coordinates`).
+    The unsquared mean norm is the smoothing loss of Voxel2Mesh and PyTorch3D
+    (``mesh_laplacian_smoothing(method="uniform")``); it has units of length. The squared form
+    (length squared) is what runs before issue 15 trained with: its gradient ``2 delta / N`` vanishes
+    on fine meshes, where ``delta`` is a small fraction of the edge length.
+    """
     delta = laplacian_coordinates(verts, edge_index)
+    sq = (delta**2).sum(-1)
+    return sq.mean() if squared else sq.clamp_min(1e-30).sqrt().mean()
+
+
+def laplacian_change_loss(verts: torch.Tensor, start: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+    """Pixel2Mesh's Laplacian term: ``mean_i |delta_i(verts) - delta_i(start)|^2`` (length squared).
+
+    ``start (N, 3)`` are the positions before a deformation block, ``verts (N, 3)`` after it; the
+    uniform Laplacian coordinates are linear, so this is ``mean_i |delta_i(verts - start)|^2``: it
+    penalises how a block changes the local shape (neighbours moving apart or together), not the
+    shape itself (Wang et al. 2018, eq. 4, averaged instead of summed). ``start`` is taken as a
+    constant (detached): the term acts on this block's displacement only.
+    """
+    delta = laplacian_coordinates(verts - start.detach(), edge_index)
     return (delta**2).sum(-1).mean()
 
 

@@ -22,6 +22,8 @@ class DecoderMesh:
             adaptive unpooling re-triangulates from it.
         features: ``(N, C)`` per-vertex hidden features, or None.
         parent_edges: ``(M, 2)`` parents of the last ``M`` vertices added by unpooling, or None.
+        start: ``(N, 3)`` the positions before the stage's deformation (Pixel2Mesh's Laplacian
+            loss compares the two), or None.
     """
 
     verts: torch.Tensor
@@ -29,6 +31,7 @@ class DecoderMesh:
     sphere: torch.Tensor
     features: torch.Tensor | None = None
     parent_edges: torch.Tensor | None = None
+    start: torch.Tensor | None = None
 
     @property
     def edge_index(self) -> torch.Tensor:

@@ -96,7 +96,7 @@ class Pixel2Mesh3D(nn.Module, DeformedTemplateModel):
             pooled = torch.cat([sample_features(f, mesh.verts[None])[0] for f in features], dim=1)
             inputs = [pooled, mesh.verts] + ([mesh.features] if mesh.features is not None else [])
             hidden, offsets = block(torch.cat(inputs, dim=1), mesh.edge_index)
-            mesh = DecoderMesh(mesh.verts + offsets, mesh.faces, mesh.sphere, hidden, None)
+            mesh = DecoderMesh(mesh.verts + offsets, mesh.faces, mesh.sphere, hidden, None, start=mesh.verts)
             meshes.append(mesh)
         return meshes
 

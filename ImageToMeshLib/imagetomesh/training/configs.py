@@ -6,12 +6,19 @@ not fit in the CPU budget; the GPU configs train from scratch.
 
 Voxel2Mesh's ablation variants of the paper are configs too: ``ps-umu``, ``hs-umu``,
 ``lns-umu`` and ``lns-amu`` (= Voxel2Mesh).
+
+``cpu-v2`` / ``gpu-v2`` (Voxel2Mesh, Pixel2Mesh-3D) are ``cpu`` / ``gpu`` with the version-2 mesh
+loss of issue 15 (:func:`~imagetomesh.training.losses.mesh_decoder_loss`: every term a length
+squared, unsquared Laplacian smoothing or Pixel2Mesh's change of Laplacian coordinates, a dense
+Chamfer target) and regulariser weights chosen on the validation split with
+``Testing/benchmarks/mesh_loss_oracle.py`` (``docs/mesh-losses.md``). ``cpu`` and ``gpu`` keep
+the loss the bundled models were trained with.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from imagetomesh.errors import InputError
 from imagetomesh.preprocessing import GridSpec
@@ -67,6 +74,18 @@ UNET_GPU_RESIDUAL = {
 }
 
 
+#: Version-2 mesh losses of the ``*-v2`` configs; weights are unit-free ratios to the Chamfer term.
+#: Voxel2Mesh's were chosen with Testing/benchmarks/mesh_loss_oracle.py on validation cases
+#: (docs/mesh-losses.md): the setting with the IoU of the Chamfer alone and no self-intersecting face.
+V2M_LOSS_V2 = MeshLossWeights(
+    chamfer=1.0, ce=1.0, normal=0.3, laplacian=0.3, edge=0.0, sample_points=4000, version=2, target="dense"
+)
+#: Pixel2Mesh-3D's: the same normal and edge ratios (its normal term, edge-orthogonality to the dense
+#: target's normals, is unit-free like normal consistency), its Laplacian ratio of Wang et al. (0.3,
+#: a mean of squared changes like the Chamfer's mean of squared distances); not yet measured by the oracle.
+P2M_LOSS_V2 = replace(V2M_LOSS_V2, pixel2mesh_normal=True)
+
+
 def named_config(configs: dict, name: str, kind: str):
     """``configs[name]``; an unknown ``name`` is an :class:`InputError` naming the known configs of ``kind``."""
     if name not in configs:
@@ -114,4 +133,8 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
         "cpu": TrainConfig("unet", {"unet": UNET_CPU}, steps=1200, batch_size=2, val_every=200),
         "gpu": TrainConfig("unet", {"unet": UNET_GPU}, steps=20000, batch_size=8),
     }
+    for named, loss in ((v2m, V2M_LOSS_V2), (p2m, P2M_LOSS_V2)):
+        for name in ("cpu", "gpu"):
+            named[f"{name}-v2"] = copy.deepcopy(named[name])
+            named[f"{name}-v2"].loss = copy.deepcopy(loss)
     return {"voxel2mesh": v2m, "pixel2mesh3d": p2m, "unet": unet}

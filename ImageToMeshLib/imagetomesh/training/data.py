@@ -3,6 +3,7 @@ and their boundary targets."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,25 +12,38 @@ import torch
 from tqdm import tqdm
 
 from imagetomesh.core.transforms import GridTransform
+from imagetomesh.geometry.isosurface import DEFAULT_SMOOTHING
 from imagetomesh.io.images import read_image
-from imagetomesh.nn.grid import index_to_grid
+from imagetomesh.nn.grid import index_to_grid, isotropic_scale
 from imagetomesh.preprocessing import GridSpec, model_grid_transform, prepare_image, resample_to_grid
 from imagetomesh.training.augment import AugmentConfig, augment
 from imagetomesh.training.msd import Case, load_or_make_split, read_msd
+from imagetomesh.training.udf_points import surface_samples
 
 
 @dataclass
 class PreparedCase:
-    """One case on the model grid: ``image`` float32 ``(D, H, W)`` normalised, ``label`` uint8 ``(D, H, W)``."""
+    """One case on the model grid: ``image`` float32 ``(D, H, W)`` normalised, ``label`` uint8 ``(D, H, W)``;
+    ``surface``: the dense Chamfer target ``(points (P, 3) grid, normals (P, 3) isotropic frame)``
+    of the label (:func:`~imagetomesh.training.udf_points.surface_samples`), when asked for."""
 
     case_id: str
     image: torch.Tensor
     label: torch.Tensor
     transform: GridTransform
+    surface: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
-def prepare_case(case: Case, spec: GridSpec, labels: tuple[int, ...] | None = None) -> PreparedCase:
-    """Read and resample a case; ``labels`` None merges every non-zero label into one object."""
+def prepare_case(
+    case: Case,
+    spec: GridSpec,
+    labels: tuple[int, ...] | None = None,
+    surface_points: int = 0,
+    surface_smoothing: float = DEFAULT_SMOOTHING,
+) -> PreparedCase:
+    """Read and resample a case; ``labels`` None merges every non-zero label into one object.
+    ``surface_points`` > 0 also samples that many points of the label's surface smoothed with
+    ``surface_smoothing`` (seeded by the case id, so every run draws the same ones)."""
     image = read_image(case.image)
     label = read_image(case.label)
     mask = label.array > 0 if labels is None else np.isin(label.array, labels)
@@ -37,35 +51,116 @@ def prepare_case(case: Case, spec: GridSpec, labels: tuple[int, ...] | None = No
     grid_label = resample_to_grid(
         label.with_array(mask.astype(np.float32)), model_grid_transform(label, spec), "nearest"
     )
-    return PreparedCase(case.case_id, grid_image, (grid_label > 0.5).to(torch.uint8), transform)
+    label_grid = (grid_label > 0.5).to(torch.uint8)
+    surface = None
+    if surface_points > 0:
+        seed = int.from_bytes(hashlib.sha256(case.case_id.encode()).digest()[:8], "little")
+        surface = surface_samples(label_grid, surface_points, torch.Generator().manual_seed(seed), surface_smoothing)
+    return PreparedCase(case.case_id, grid_image, label_grid, transform, surface)
 
 
-def prepare_cases(cases: list[Case], spec: GridSpec, progress: bool = True) -> list[PreparedCase]:
-    return [prepare_case(c, spec) for c in tqdm(cases, desc="preparing cases", disable=not progress, leave=False)]
+def prepare_cases(
+    cases: list[Case],
+    spec: GridSpec,
+    progress: bool = True,
+    surface_points: int = 0,
+    surface_smoothing: float = DEFAULT_SMOOTHING,
+) -> list[PreparedCase]:
+    return [
+        prepare_case(c, spec, surface_points=surface_points, surface_smoothing=surface_smoothing)
+        for c in tqdm(cases, desc="preparing cases", disable=not progress, leave=False)
+    ]
 
 
 def prepare_split(
-    data_dir: str | Path, out: Path, spec: GridSpec, seed: int, progress: bool = True
+    data_dir: str | Path,
+    out: Path,
+    spec: GridSpec,
+    seed: int,
+    progress: bool = True,
+    surface_points: int = 0,
+    surface_smoothing: float = DEFAULT_SMOOTHING,
 ) -> tuple[dict, list[PreparedCase], list[PreparedCase]]:
     """An MSD folder's run split (``out/split.json``, made with ``seed`` if missing) and its
-    training and validation cases prepared on ``spec``: ``(split, train cases, val cases)``."""
+    training and validation cases prepared on ``spec``: ``(split, train cases, val cases)``
+    (with ``surface_points`` dense surface samples each, see :func:`prepare_case`)."""
     cases = read_msd(data_dir)
     split = load_or_make_split(list(cases), out / "split.json", seed=seed)
-    train = prepare_cases([cases[c] for c in split["train"]], spec, progress=progress)
-    val = prepare_cases([cases[c] for c in split["val"]], spec, progress=progress)
+    train = prepare_cases([cases[c] for c in split["train"]], spec, progress, surface_points, surface_smoothing)
+    val = prepare_cases([cases[c] for c in split["val"]], spec, progress, surface_points, surface_smoothing)
     return split, train, val
 
 
-def random_image_batch(cases: list[PreparedCase], batch_size: int, config: AugmentConfig, generator: torch.Generator):
+def random_image_batch(
+    cases: list[PreparedCase],
+    batch_size: int,
+    config: AugmentConfig,
+    generator: torch.Generator,
+    return_surfaces: bool = False,
+):
     """``batch_size`` cases drawn with replacement from ``cases``, each augmented with ``config``:
-    ``images (B, 1, D, H, W)`` float32 and ``labels (B, D, H, W)`` uint8."""
+    ``images (B, 1, D, H, W)`` float32 and ``labels (B, D, H, W)`` uint8; with ``return_surfaces``
+    also each case's dense surface moved by the same augmentation (:func:`augment_surface`)."""
     pick = torch.randint(len(cases), (batch_size,), generator=generator)
-    images, labels = [], []
+    images, labels, surfaces = [], [], []
     for i in pick:
-        image, label = augment(cases[i].image, cases[i].label, config, generator)
+        image, label, linear, shift = augment(cases[i].image, cases[i].label, config, generator, return_transform=True)
         images.append(image)
         labels.append(label)
+        if return_surfaces:
+            surfaces.append(augment_surface(*cases[i].surface, linear, shift, image.shape))
+    if return_surfaces:
+        return torch.stack(images)[:, None], torch.stack(labels), surfaces
     return torch.stack(images)[:, None], torch.stack(labels)
+
+
+def augment_surface(
+    points: torch.Tensor, normals: torch.Tensor, linear: torch.Tensor, shift: torch.Tensor, grid_shape
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Surface samples moved as :func:`~imagetomesh.training.augment.augment` moved the image.
+
+    The output shows the input at ``linear @ g + shift``, so a point ``p (P, 3)`` (grid) moves to
+    ``linear^-1 (p - shift)``. In the isotropic frame (``S = diag(isotropic_scale)``) that map's
+    linear part is ``M = S linear^-1 S^-1``; normals ``(P, 3)`` (isotropic frame) move by the
+    inverse transpose ``M^-T = S^-1 linear^T S`` and are renormalised (outward stays outward,
+    flips included)."""
+    inverse = torch.linalg.inv(linear)
+    moved = (points - shift) @ inverse.T
+    s = isotropic_scale(grid_shape)
+    normal_map = linear.T * s[None, :] / s[:, None]  # S^-1 linear^T S
+    return moved, torch.nn.functional.normalize(normals @ normal_map.T, dim=1)
+
+
+@dataclass
+class ChamferTarget:
+    """The Chamfer target of one case: ``points (P, 3)`` in grid coordinates with unit outward
+    ``normals (P, 3)`` (isotropic frame); :meth:`draw` gives ``count`` of them drawn without
+    replacement (all when ``count`` is None or at least ``P``)."""
+
+    points: torch.Tensor
+    normals: torch.Tensor
+    count: int | None = None
+
+    def draw(self, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.count is None or len(self.points) <= self.count:
+            return self.points, self.normals
+        pick = torch.randperm(len(self.points), generator=generator)[: self.count]
+        return self.points[pick], self.normals[pick]
+
+
+def chamfer_target(
+    label: torch.Tensor, kind: str, count: int | None, surface: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> ChamferTarget:
+    """The Chamfer target of a binary ``(D, H, W)`` label: ``kind="faces"``, the voxel-face midpoints
+    of :func:`boundary_points`, ``count`` drawn per step; ``kind="dense"``, every point of ``surface``
+    (``(points, normals)``: :attr:`PreparedCase.surface`, possibly augmented)."""
+    if kind == "faces":
+        return ChamferTarget(*boundary_points(label), count)
+    if kind == "dense":
+        if surface is None:
+            raise ValueError("the dense Chamfer target needs the case's surface samples (prepare_case surface_points)")
+        return ChamferTarget(*surface, None)
+    raise ValueError(f"target must be 'faces' or 'dense', got {kind!r}")
 
 
 def boundary_points(label: torch.Tensor, max_points: int | None = None, generator: torch.Generator | None = None):

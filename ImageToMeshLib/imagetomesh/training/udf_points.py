@@ -61,6 +61,23 @@ def label_surface(label: torch.Tensor, smoothing: float = DEFAULT_SMOOTHING) -> 
     return labelmap_to_mesh(volume, smoothing=smoothing)
 
 
+def surface_samples(
+    label: torch.Tensor, count: int, generator: torch.Generator, smoothing: float = DEFAULT_SMOOTHING
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` area-uniform samples of a binary ``(D, H, W)`` label's smoothed surface
+    (:func:`label_surface`): ``(points (count, 3) grid coordinates, normals (count, 3))``, the
+    normals unit and outward in the isotropic frame."""
+    surface = label_surface(label, smoothing)
+    points, normals = sample_points_on_mesh(
+        torch.from_numpy(surface.vertices),
+        torch.from_numpy(surface.faces),
+        count,
+        return_normals=True,
+        generator=generator,
+    )
+    return points / isotropic_scale(label.shape), normals
+
+
 def _probe_max(
     field: torch.Tensor, start: torch.Tensor, direction: torch.Tensor, scale: torch.Tensor, steps: torch.Tensor
 ) -> torch.Tensor:

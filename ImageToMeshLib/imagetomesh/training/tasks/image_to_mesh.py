@@ -1,8 +1,9 @@
 """Training U-Net, Voxel2Mesh and Pixel2Mesh-3D: cross-entropy on the segmentation head, plus the mesh losses.
 
 Loss: ``ce CE(logits, label)`` plus, for the mesh models, the mean over cases of
-:func:`~imagetomesh.training.losses.mesh_decoder_loss` against ``loss.sample_points`` boundary
-points of the label (isotropic frame). AdamW, one-cycle learning rate, gradient norm clipped
+:func:`~imagetomesh.training.losses.mesh_decoder_loss` against the label's Chamfer target
+(``loss.target``: ``sample_points`` voxel-face midpoints of the augmented label, or the case's
+dense surface samples, computed once in data preparation and moved with the augmentation). AdamW, one-cycle learning rate, gradient norm clipped
 at 5. Best model: the lowest validation Chamfer (mm) for mesh models, the highest Dice for the
 U-Net. Configs: :func:`imagetomesh.training.configs.image_configs`.
 """
@@ -12,9 +13,9 @@ from __future__ import annotations
 import torch
 
 from imagetomesh.models.registry import build_model
-from imagetomesh.nn.grid import isotropic_scale
+from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
 from imagetomesh.training.configs import TrainConfig, image_configs
-from imagetomesh.training.data import boundary_points, prepare_split, random_image_batch
+from imagetomesh.training.data import chamfer_target, prepare_split, random_image_batch
 from imagetomesh.training.init_weights import init_from_model
 from imagetomesh.training.losses import mesh_decoder_loss, segmentation_loss
 from imagetomesh.training.schedules import one_cycle, rescale_one_cycle
@@ -23,18 +24,29 @@ from imagetomesh.training.validation import segmentation_metrics
 
 
 def image_to_mesh_loss(
-    net, config: TrainConfig, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, device
+    net,
+    config: TrainConfig,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    device,
+    surfaces: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of a batch (``images (B, 1, D, H, W)``, ``labels (B, D, H, W)``) and its terms
-    (``seg``, the mesh terms averaged over cases, ``loss``)."""
+    """The loss of a batch (``images (B, 1, D, H, W)``, ``labels (B, D, H, W)``, for the dense target
+    each case's augmented ``surfaces``) and its terms (``seg``, the mesh terms averaged over cases, ``loss``)."""
     logits, meshes = net(images.to(device))
     terms = {"seg": segmentation_loss(logits, labels.to(device))}
     total = config.loss.ce * terms["seg"]
     if meshes is not None:
         scale = isotropic_scale(images.shape[2:]).to(device)
+        voxel = isotropic_voxel_size(images.shape[2:])
         for b, case_meshes in enumerate(meshes):
-            points, normals = boundary_points(labels[b], max_points=config.loss.sample_points, generator=generator)
-            mesh_terms = mesh_decoder_loss(case_meshes, points.to(device), normals.to(device), scale, config.loss)
+            surface = surfaces[b] if surfaces is not None else None
+            target = chamfer_target(labels[b], config.loss.target, config.loss.sample_points, surface)
+            points, normals = target.draw(generator)
+            mesh_terms = mesh_decoder_loss(
+                case_meshes, points.to(device), normals.to(device), scale, config.loss, voxel=voxel
+            )
             for k, v in mesh_terms.items():
                 terms[k] = terms.get(k, 0.0) + v / len(meshes)
         total = total + terms["total"]
@@ -55,8 +67,15 @@ class ImageToMeshTask(Task):
 
     def setup(self) -> None:
         run, config = self.run, self.config
+        dense = config.kind != "unet" and config.loss.target == "dense"
         self.split, self.train_cases, self.val_cases = prepare_split(
-            run.data_dir, run.out, config.grid, run.seed, progress=run.writer
+            run.data_dir,
+            run.out,
+            config.grid,
+            run.seed,
+            progress=run.writer,
+            surface_points=config.loss.target_points if dense else 0,
+            surface_smoothing=config.loss.target_smoothing,
         )
         self.model = build_model(config.kind, config.model).to(run.device)
         if self.init_from:
@@ -69,10 +88,12 @@ class ImageToMeshTask(Task):
         return {**super().on_load(), "scheduler": lambda saved: rescale_one_cycle(saved, self.config.steps)}
 
     def batch(self, generator):
-        return random_image_batch(self.train_cases, self.config.batch_size, self.config.augment, generator)
+        dense = self.config.kind != "unet" and self.config.loss.target == "dense"
+        c = self.config
+        return random_image_batch(self.train_cases, c.batch_size, c.augment, generator, return_surfaces=dense)
 
     def loss(self, batch, generator):
-        return image_to_mesh_loss(self.net, self.config, *batch, generator, self.run.device)
+        return image_to_mesh_loss(self.net, self.config, batch[0], batch[1], generator, self.run.device, *batch[2:])
 
     def validate(self) -> dict[str, float]:
         return segmentation_metrics(self.model, self.val_cases, self.run.device)

@@ -1,0 +1,213 @@
+"""The mesh-decoder loss of Voxel2Mesh / Pixel2Mesh-3D (issue 15): Pixel2Mesh's terms against loops,
+version 2's unit invariance, the dense Chamfer target and its augmentation, old configs and runs."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imagetomesh.geometry import edge_index_from_faces, edges_from_faces, icosphere, laplacian_change_loss, subdivide
+from imagetomesh.models.mesh_state import DecoderMesh
+from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
+from imagetomesh.preprocessing import GridSpec
+from imagetomesh.training.augment import AugmentConfig, augment
+from imagetomesh.training.configs import TrainConfig, image_configs
+from imagetomesh.training.data import augment_surface, chamfer_target
+from imagetomesh.training.engine import train
+from imagetomesh.training.losses import MeshLossWeights, mesh_decoder_loss, pixel2mesh_normal_loss
+from imagetomesh.training.udf_points import label_surface, surface_samples
+
+OLD = Path(__file__).parent / "data" / "pre_engine_runs"
+sys.path.insert(0, str(OLD))
+from make_fixtures import tiny_msd  # noqa: E402
+
+
+def _neighbours(faces, n):
+    nbrs = {i: set() for i in range(n)}
+    for i, j in edges_from_faces(faces).tolist():
+        nbrs[i].add(j)
+        nbrs[j].add(i)
+    return nbrs
+
+
+def _ball(shape=(20, 24, 18), centre=(9.0, 11.0, 8.5), radii=(6.0, 8.0, 5.0)):
+    k, j, i = np.indices(shape)
+    r = ((i - centre[2]) / radii[2]) ** 2 + ((j - centre[1]) / radii[1]) ** 2 + ((k - centre[0]) / radii[0]) ** 2
+    return torch.from_numpy((r <= 1).astype(np.uint8))
+
+
+def test_laplacian_change_loss_matches_loop():
+    verts, faces = icosphere(1, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    start = verts + 0.05 * torch.randn(verts.shape, dtype=torch.float64, generator=g)
+    moved = start + 0.1 * torch.randn(verts.shape, dtype=torch.float64, generator=g)
+    nbrs = _neighbours(faces, len(verts))
+
+    def delta(v, i):
+        return v[i] - v[sorted(nbrs[i])].mean(0)
+
+    ref = np.mean([float(((delta(moved, i) - delta(start, i)) ** 2).sum()) for i in nbrs])
+    ei = edge_index_from_faces(faces)
+    np.testing.assert_allclose(laplacian_change_loss(moved, start, ei).item(), ref, rtol=1e-12)
+    # a translation, rotation-free: no change of the Laplacian coordinates
+    assert laplacian_change_loss(start + torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64), start, ei) < 1e-28
+    v = moved.clone().requires_grad_()
+    torch.autograd.gradcheck(lambda x: laplacian_change_loss(x, start, ei), (v,))
+
+
+def test_pixel2mesh_normal_loss_matches_loop():
+    verts, faces = icosphere(1, dtype=torch.float64)
+    g = torch.Generator().manual_seed(2)
+    verts = verts + 0.05 * torch.randn(verts.shape, dtype=torch.float64, generator=g)
+    target = torch.randn(50, 3, dtype=torch.float64, generator=g)
+    normals = torch.nn.functional.normalize(torch.randn(50, 3, dtype=torch.float64, generator=g), dim=1)
+    edges = edges_from_faces(faces)
+    ref = []
+    for p, k in edges.tolist():
+        q = int(np.argmin([float(((verts[p] - t) ** 2).sum()) for t in target]))
+        e = (verts[p] - verts[k]) / (verts[p] - verts[k]).norm()
+        ref.append(float((e * normals[q]).sum()) ** 2)
+    np.testing.assert_allclose(pixel2mesh_normal_loss(verts, edges, target, normals).item(), np.mean(ref), rtol=1e-10)
+
+
+def _stage(scale):
+    """A bumpy level-2 sphere in grid coordinates and its pre-deformation positions."""
+    sphere, faces = icosphere(2)
+    g = torch.Generator().manual_seed(3)
+    start = sphere * 0.4 / scale
+    verts = start * (1 + 0.1 * torch.randn(len(sphere), 1, generator=g))
+    return DecoderMesh(verts, faces, sphere, start=start)
+
+
+@pytest.mark.parametrize("pixel2mesh", [False, True])
+def test_version_2_scales_every_term_by_the_square_of_the_unit(pixel2mesh):
+    shape = (40, 56, 48)
+    label = _ball(shape, (20.0, 28.0, 24.0), (10.0, 14.0, 9.0))
+    points, normals = chamfer_target(label, "faces", None).draw()
+    scale, voxel = isotropic_scale(shape), isotropic_voxel_size(shape)
+    mesh = _stage(scale)
+    weights = MeshLossWeights(version=2, pixel2mesh_normal=pixel2mesh, sample_points=500)
+
+    def terms(s, w):
+        g = torch.Generator().manual_seed(0)
+        return mesh_decoder_loss([mesh], points, normals, scale * s, w, generator=g, voxel=voxel * s)
+
+    base, big = terms(1.0, weights), terms(27.5, weights)  # grid units -> ~voxels
+    for key in ("chamfer", "normal", "laplacian", "edge", "total"):
+        np.testing.assert_allclose(float(big[key]), 27.5**2 * float(base[key]), rtol=1e-4, err_msg=key)
+    # version 1 does not: normal consistency keeps its value while the Chamfer grows with s^2
+    if not pixel2mesh:
+        old = MeshLossWeights(version=1, sample_points=500)
+        b1, g1 = terms(1.0, old), terms(27.5, old)
+        np.testing.assert_allclose(float(g1["normal"]), float(b1["normal"]), rtol=1e-5)
+        np.testing.assert_allclose(float(g1["chamfer"]), 27.5**2 * float(b1["chamfer"]), rtol=1e-4)
+
+
+def test_version_2_needs_the_voxel_length_and_pixel2mesh_its_start():
+    label = _ball()
+    points, normals = chamfer_target(label, "faces", None).draw()
+    scale = isotropic_scale(label.shape)
+    mesh = _stage(scale)
+    with pytest.raises(ValueError, match="voxel"):
+        mesh_decoder_loss([mesh], points, normals, scale, MeshLossWeights(version=2))
+    bare = DecoderMesh(mesh.verts, mesh.faces, mesh.sphere)
+    with pytest.raises(ValueError, match="start"):
+        mesh_decoder_loss([bare], points, normals, scale, MeshLossWeights(version=2, pixel2mesh_normal=True), voxel=0.1)
+    with pytest.raises(ValueError, match="version"):
+        MeshLossWeights(version=3)
+    with pytest.raises(ValueError, match="target"):
+        MeshLossWeights(target="voxels")
+
+
+def test_dense_target_lies_on_the_smoothed_label_surface_with_outward_normals():
+    from imagetomesh.metrics import point_to_mesh_distance
+
+    label = _ball()
+    points, normals = surface_samples(label, 2000, torch.Generator().manual_seed(0))
+    assert points.shape == normals.shape == (2000, 3)
+    scale = isotropic_scale(label.shape)
+    surface = label_surface(label)
+    assert point_to_mesh_distance((points * scale).numpy(), surface).max() < 1e-5
+    np.testing.assert_allclose(normals.norm(dim=1).numpy(), 1.0, rtol=1e-5)
+    centre = (points * scale).mean(0)
+    assert ((points * scale - centre) * normals).sum(1).gt(0).float().mean() > 0.99  # outward on a convex ball
+    target = chamfer_target(label, "dense", 10, (points, normals))
+    assert target.draw()[0] is points  # every dense point, every step
+    with pytest.raises(ValueError, match="surface"):
+        chamfer_target(label, "dense", 10)
+
+
+def test_augmented_surface_follows_the_augmented_label():
+    label = _ball()
+    image = label.float()
+    points, normals = surface_samples(label, 3000, torch.Generator().manual_seed(0))
+    config = AugmentConfig(flip=0.5, rotate_deg=15.0, scale=0.1, shift=0.05)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        _, moved_label, linear, shift = augment(image, label, config, g, return_transform=True)
+        moved, moved_normals = augment_surface(points, normals, linear, shift, label.shape)
+        ref_points, ref_normals = surface_samples(moved_label, 3000, torch.Generator().manual_seed(1))
+        scale = isotropic_scale(label.shape)
+        d = torch.cdist(moved * scale, ref_points * scale)
+        nearest = d.min(1)
+        assert nearest.values.mean() < isotropic_voxel_size(label.shape)  # nearest-neighbour resampling: < 1 voxel
+        agreement = (moved_normals * ref_normals[nearest.indices]).sum(1)
+        assert agreement.mean() > 0.9
+        np.testing.assert_allclose(moved_normals.norm(dim=1).numpy(), 1.0, rtol=1e-5)
+
+
+def test_old_loss_configs_load_as_version_1_and_the_named_configs_keep_their_meaning():
+    old = json.loads((OLD / "configs.json").read_text(encoding="utf-8"))
+    for kind in ("voxel2mesh", "pixel2mesh3d"):
+        for name in ("cpu", "gpu"):
+            d = dict(old[kind][name])
+            d.update({"accumulate_steps": 1, "bf16_autocast": False})
+            config = TrainConfig.from_dict(d)
+            assert (config.loss.version, config.loss.target) == (1, "faces")
+            assert image_configs()[kind][name].loss == config.loss
+        v2 = image_configs()[kind]["cpu-v2"]
+        assert (v2.loss.version, v2.loss.target) == (2, "dense")
+        assert TrainConfig.from_dict(json.loads(json.dumps(v2.to_dict()))) == v2
+
+
+@pytest.mark.parametrize("kind", ["voxel2mesh", "pixel2mesh3d"])
+def test_a_version_2_dense_run_trains_and_resumes(kind, tmp_path):
+    msd = tiny_msd(tmp_path / "msd")
+    out = tmp_path / "run"
+    unet = {"in_channels": 1, "num_classes": 2, "base": 4, "depth": 3, "norm": "batch"}
+    model = {"unet": unet, "hidden": 8, "stages": 2} if kind == "voxel2mesh" else {"unet": unet, "hidden": 8}
+    base = image_configs()[kind]["cpu-v2"]
+    loss = MeshLossWeights(**{**base.loss.__dict__, "sample_points": 200, "target_points": 300})
+
+    def config(steps):
+        return TrainConfig(
+            kind, model, GridSpec((16, 16, 16), (1.0, 1.0, 1.0)), steps, val_every=1, threads=1, loss=loss
+        )
+
+    train(config(1), msd, out, log=lambda m: None)
+    messages = []
+    train(config(2), msd, out, log=messages.append)
+    assert "resumed from step 1" in messages
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2]
+    assert all(math.isfinite(r["loss"]) for r in logged)
+    assert json.loads((out / "config.json").read_text())["loss"]["version"] == 2
+
+
+def test_subdivided_start_is_the_subdivision_of_the_previous_mesh():
+    """Pixel2Mesh-3D's blocks record their start: the previous block's mesh, subdivided."""
+    from imagetomesh.models.pixel2mesh3d import Pixel2Mesh3D, Pixel2Mesh3DConfig
+
+    unet = {"in_channels": 1, "num_classes": 2, "base": 4, "depth": 3, "norm": "batch"}
+    model = Pixel2Mesh3D(Pixel2Mesh3DConfig(unet=unet, hidden=8)).eval()
+    with torch.no_grad():
+        _, meshes = model(torch.randn(1, 1, 16, 16, 16))
+    stages = meshes[0]
+    for before, after in zip(stages[:-1], stages[1:]):
+        verts, faces, _, _ = subdivide(before.verts, before.faces, before.sphere)
+        assert torch.equal(faces, after.faces)
+        torch.testing.assert_close(after.start, verts)
