@@ -41,7 +41,10 @@ def prepare_case(case: Case, spec: GridSpec, labels: tuple[int, ...] | None = No
 
 
 def prepare_cases(cases: list[Case], spec: GridSpec, progress: bool = True) -> list[PreparedCase]:
-    return [prepare_case(c, spec) for c in tqdm(cases, desc="preparing cases", disable=not progress, leave=False)]
+    return [
+        prepare_case(c, spec)
+        for c in tqdm(cases, desc="preparing cases", disable=None if progress else True, leave=False)
+    ]
 
 
 def prepare_split(
