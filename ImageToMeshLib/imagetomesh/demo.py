@@ -27,14 +27,13 @@ def run_demo(out: str | Path, log=print) -> list[Path]:
     """Run the demo into folder ``out`` (created if its parent exists); returns the files written."""
     from imagetomesh.geometry.isosurface import labelmap_to_mesh
     from imagetomesh.inference import Segmenter
+    from imagetomesh.io.atomic import check_output_folder
     from imagetomesh.io.images import read_image, read_labelmap
     from imagetomesh.io.meshes import write_mesh
     from imagetomesh.metrics import evaluate_mesh
     from imagetomesh.preview import render_preview
 
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise InputError(f"output folder {out.parent} does not exist; create it first")
+    out = check_output_folder(out)
     out.mkdir(exist_ok=True)
     written: list[Path] = []
 

@@ -218,4 +218,4 @@ def test_train_dals_bad_data(tmp_path, capsys):
     argv = [str(a) for a in ["--shapes", "kidney", "--data", tmp_path / "nothing", "--out", tmp_path / "run"]]
     code = cli.main(["train", "dals", *argv])
     err = capsys.readouterr().err
-    assert code == 2 and "is not a folder" in err
+    assert code == 2 and "does not exist" in err

@@ -278,7 +278,7 @@ def test_train_unet_on_the_command_line_resumes(tmp_path, capsys, monkeypatch):
     assert cli.main(argv) == 0
     assert cli.main(argv[:-1] + ["2"]) == 0
     captured = capsys.readouterr()
-    assert "resumed from step 1" in captured.err and f"best model: {tmp_path / 'run' / 'best'}" in captured.out
+    assert "resumed from step 1" in captured.out and f"best model: {tmp_path / 'run' / 'best'}" in captured.out
     entries = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in entries] == [1, 2] and "val_dice" in entries[0] and "seg" in entries[0]
     card = json.loads((tmp_path / "run" / "final" / "card.json").read_text())

@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import warnings
+from typing import NoReturn
 
 from imagetomesh import __version__
 from imagetomesh.cli import demo, evaluate, fit, info, mesh_from_label, models, preview, segment, train
@@ -22,17 +23,29 @@ from imagetomesh.cli.models import _format_metrics
 from imagetomesh.cli.reporting import PROG
 from imagetomesh.errors import InputError
 
-__all__ = ["PROG", "build_parser", "main", "_format_metrics"]
+__all__ = ["PROG", "Parser", "build_parser", "main", "_format_metrics"]
 
 #: The commands, in the order ``imagetomesh --help`` lists them.
 COMMANDS = (mesh_from_label, evaluate, preview, info, segment, models, train, fit, demo)
 
 
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors keep the CLI's promise: one line on stderr
+    (``imagetomesh: error: COMMAND: problem (see 'imagetomesh COMMAND --help')``), exit code 2.
+    Sub-parsers are of the same class (argparse makes them so)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog[len(PROG) :].strip()
+        where = f"{command}: " if command else ""
+        message = " ".join(message.split())
+        if message.endswith("expected one argument"):  # ``--threshold -inf``: argparse took the value for an option
+            message += "; a value that starts with '-' must be attached: --option=-value"
+        self.exit(2, f"{PROG}: error: {where}{message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``imagetomesh`` parser with every command; each parsed command's ``func(args)`` runs it."""
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Medical images to watertight surface meshes (LPS millimetres)."
-    )
+    parser = Parser(prog=PROG, description="Medical images to watertight surface meshes (LPS millimetres).")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from imagetomesh.cli.options import path_arg
+
 
 def cmd_demo(args) -> int:
     from imagetomesh.demo import run_demo
@@ -18,7 +20,7 @@ def register(sub) -> None:
     p.add_argument(
         "-o",
         "--output",
-        type=Path,
+        type=path_arg,
         default=Path("imagetomesh-demo"),
         help="folder to write (default ./imagetomesh-demo)",
     )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+
+from imagetomesh.cli.options import path_arg, positive_number
 
 
 def cmd_evaluate(args) -> int:
@@ -27,9 +28,14 @@ def cmd_evaluate(args) -> int:
 def register(sub) -> None:
     """Add ``evaluate`` to the main parser's sub-parsers ``sub``."""
     p = sub.add_parser("evaluate", help="compare a mesh with a labelmap (Dice, IoU, Chamfer, HD95, ...)")
-    p.add_argument("mesh", type=Path, help="mesh file (LPS; STL headers are honoured)")
-    p.add_argument("label_file", metavar="LABEL", type=Path, help="reference labelmap")
+    p.add_argument("mesh", type=path_arg, help="mesh file (LPS; STL headers are honoured)")
+    p.add_argument("label_file", metavar="LABEL", type=path_arg, help="reference labelmap")
     p.add_argument("--label", type=int, default=None, help="label value of the reference (default: any non-zero)")
-    p.add_argument("--threshold", type=float, default=1.0, help="F-score distance threshold in mm (default 1)")
+    p.add_argument(
+        "--threshold",
+        type=positive_number("--threshold"),
+        default=1.0,
+        help="F-score distance threshold in mm (default 1)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_evaluate)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from imagetomesh.cli.options import DEVICES, add_output, add_space, finite_weight, positive_int, weight
+from imagetomesh.cli.options import DEVICES, add_output, add_space, finite_weight, path_arg, positive_int, weight
 from imagetomesh.cli.reporting import FractionBar, check_mesh_output, write_checked_mesh
 from imagetomesh.errors import InputError
 
@@ -34,7 +34,7 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--lambda-reg",
-        type=weight("--lambda-reg"),
+        type=finite_weight("--lambda-reg"),
         default=None,
         help="weight of the triangle-quality regulariser (default: the task's)",
     )
@@ -54,8 +54,8 @@ def _run_fit(args, label: str, read: Callable[[], Any], fit: Callable, summary: 
 
     check_mesh_output(args.output)
     device = resolve_device(args.device).type
+    observations = read()  # the user's files first: a bad one is reported before seconds of prior loading
     prior = load_prior(args.prior, device=device)
-    observations = read()
     bar = FractionBar(label)
     try:
         mesh = fit(
@@ -151,20 +151,20 @@ def register(sub) -> None:
         "points", help="fit to a point cloud (csv x,y,z LPS mm, a mesh file, or a .mrk.json point list)"
     )
     p.add_argument(
-        "points", metavar="POINTS", type=Path, help="csv/txt/xyz/fcsv (x,y,z LPS mm), mesh file, or .mrk.json"
+        "points", metavar="POINTS", type=path_arg, help="csv/txt/xyz/fcsv (x,y,z LPS mm), mesh file, or .mrk.json"
     )
     _add_fit_options(p)
     p.set_defaults(func=cmd_fit_points)
 
     p = fit_sub.add_parser("curves", help="fit to planar closed curves (Slicer .mrk.json, any number of planes)")
     p.add_argument(
-        "curves", metavar="CURVE.mrk.json", type=Path, nargs="+", help="Slicer markups files with closed curves"
+        "curves", metavar="CURVE.mrk.json", type=path_arg, nargs="+", help="Slicer markups files with closed curves"
     )
     _add_fit_options(p)
     p.set_defaults(func=cmd_fit_curves)
 
     p = sub.add_parser("refine", help="refine a labelmap with a DALS shape prior into a smooth watertight surface")
-    p.add_argument("label_file", metavar="LABEL", type=Path, help="labelmap image (NIfTI, NRRD, MHA, DICOM folder)")
+    p.add_argument("label_file", metavar="LABEL", type=path_arg, help="labelmap image (NIfTI, NRRD, MHA, DICOM folder)")
     p.add_argument("--label", type=int, default=None, help="label value to refine (default: every non-zero voxel)")
     p.add_argument(
         "--coverage",

@@ -6,16 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from imagetomesh.errors import InputError
+from imagetomesh.cli.options import path_arg
 
 
 def cmd_info(args) -> int:
     from imagetomesh.io.atomic import format_suffix
     from imagetomesh.io.meshes import MESH_SUFFIXES, read_mesh
 
-    path = Path(args.file)
-    if not path.exists():
-        raise InputError(f"{path} does not exist")
+    path = Path(args.file)  # the readers check it (io.inputs): missing, folder, unreadable, ...
     if format_suffix(path) in MESH_SUFFIXES:
         from imagetomesh.geometry.quality import check_mesh
 
@@ -47,5 +45,5 @@ def cmd_info(args) -> int:
 def register(sub) -> None:
     """Add ``info`` to the main parser's sub-parsers ``sub``."""
     p = sub.add_parser("info", help="geometry of an image or mesh file")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=path_arg)
     p.set_defaults(func=cmd_info)

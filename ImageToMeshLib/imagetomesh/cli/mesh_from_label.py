@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from imagetomesh.cli.options import add_output, add_space, fraction
+from imagetomesh.cli.options import add_output, add_space, fraction, path_arg
 from imagetomesh.cli.reporting import progress_bar, write_checked_mesh
 
 
@@ -33,7 +31,7 @@ def register(sub) -> None:
         help="labelmap -> watertight surface (marching cubes + smoothing)",
         description="Turn a labelmap into a watertight surface mesh, as Slicer's segmentation export does.",
     )
-    p.add_argument("label_file", metavar="LABEL", type=Path, help="labelmap image (NIfTI, NRRD, MHA, DICOM folder)")
+    p.add_argument("label_file", metavar="LABEL", type=path_arg, help="labelmap image (NIfTI, NRRD, MHA, DICOM folder)")
     add_output(p, "mesh file to write (.stl, .vtp, .vtk, .obj, .ply)")
     p.add_argument("--label", type=int, default=None, help="label value to mesh (default: every non-zero voxel)")
     p.add_argument(

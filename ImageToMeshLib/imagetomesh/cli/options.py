@@ -15,6 +15,11 @@ __all__ = [
     "weight",
     "finite_weight",
     "positive_int",
+    "positive_number",
+    "non_negative_int",
+    "seed",
+    "path_arg",
+    "checked_type",
     "add_output",
     "add_space",
 ]
@@ -73,14 +78,72 @@ def finite_weight(name: str) -> Callable[[str], float]:
     )
 
 
+#: The largest count (iterations, steps, batch size) an option takes: more is a typo, not a plan.
+MAX_COUNT = 10**9
+
+
 def positive_int(name: str) -> Callable[[str], int]:
-    """A whole number >= 1."""
-    return checked_number(name, int, "a whole number", lambda value, text: None if value >= 1 else f">= 1, got {value}")
+    """A whole number >= 1 (and at most :data:`MAX_COUNT`)."""
+    return checked_number(
+        name,
+        int,
+        "a whole number",
+        lambda value, text: None if 1 <= value <= MAX_COUNT else f"between 1 and {MAX_COUNT:.0e}, got {text}",
+    )
+
+
+def non_negative_int(name: str) -> Callable[[str], int]:
+    """A whole number >= 0 (and at most :data:`MAX_COUNT`)."""
+    return checked_number(
+        name,
+        int,
+        "a whole number",
+        lambda value, text: None if 0 <= value <= MAX_COUNT else f"between 0 and {MAX_COUNT:.0e}, got {text}",
+    )
+
+
+def seed(name: str) -> Callable[[str], int]:
+    """A random seed: a whole number in ``[0, 2**63)`` (what numpy and torch both accept)."""
+    return checked_number(
+        name,
+        int,
+        "a whole number",
+        lambda value, text: None if 0 <= value < 2**63 else f"between 0 and 2**63 - 1, got {text}",
+    )
+
+
+def positive_number(name: str) -> Callable[[str], float]:
+    """A finite number > 0 (a distance, a time)."""
+    return checked_number(
+        name,
+        float,
+        "a number",
+        lambda value, text: None if 0 < value < float("inf") else f"a finite number > 0, got {text}",
+    )
+
+
+def path_arg(text: str) -> Path:
+    """A path argument; an empty one (``""``, which ``Path`` would turn into the current folder) is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path was given; give a file or folder name")
+    return Path(text)
+
+
+def checked_type(flag: str, kind: Callable[[str], object]) -> Callable[[str], object]:
+    """The checked option type for a plain ``kind`` a library table declares: ``float`` -> a finite
+    number > 0, ``int`` -> a whole number >= 0, ``Path`` -> :func:`path_arg`; others unchanged."""
+    if kind is float:
+        return positive_number(flag)
+    if kind is int:
+        return non_negative_int(flag)
+    if kind is Path:
+        return path_arg
+    return kind
 
 
 def add_output(p: argparse.ArgumentParser, help_text: str) -> None:
     """``-o/--output`` (required), a path."""
-    p.add_argument("-o", "--output", required=True, type=Path, help=help_text)
+    p.add_argument("-o", "--output", required=True, type=path_arg, help=help_text)
 
 
 def add_space(p: argparse.ArgumentParser) -> None:

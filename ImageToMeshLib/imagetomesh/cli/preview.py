@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imagetomesh.cli.options import add_output
+from imagetomesh.cli.options import add_output, path_arg
 from imagetomesh.errors import InputError
 
 
@@ -27,7 +27,7 @@ def cmd_preview(args) -> int:
 def register(sub) -> None:
     """Add ``preview`` to the main parser's sub-parsers ``sub``."""
     p = sub.add_parser("preview", help="mesh outlines over three orthogonal slices, as PNG")
-    p.add_argument("image", type=Path)
-    p.add_argument("meshes", type=Path, nargs="+", metavar="MESH")
+    p.add_argument("image", type=path_arg)
+    p.add_argument("meshes", type=path_arg, nargs="+", metavar="MESH")
     add_output(p, "PNG file to write")
     p.set_defaults(func=cmd_preview)

@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from imagetomesh.cli.options import DEVICES, add_output, add_space, positive_int
+from imagetomesh.cli.options import DEVICES, add_output, add_space, path_arg, positive_int
 from imagetomesh.cli.reporting import PROG, progress_bar
 from imagetomesh.errors import InputError
 
@@ -99,10 +99,12 @@ def cmd_segment(args) -> int:
             print(f"wrote {targets[path]} ({mesh.num_vertices} vertices, {mesh.num_faces} triangles)")
     for path, err in failed:
         print(f"{PROG}: error: {path}: {err}", file=sys.stderr)
-    if failed and len(images) > 1:
-        written = len(images) - len(failed)
-        print(f"{PROG}: {len(failed)} of {len(images)} images failed; {written} mesh(es) written", file=sys.stderr)
-    return 2 if failed else 0
+    if failed:
+        if len(images) > 1:  # one image: its error line says it all
+            written = len(images) - len(failed)
+            print(f"{PROG}: {len(failed)} of {len(images)} images failed; {written} mesh(es) written", file=sys.stderr)
+        return 2
+    return 0
 
 
 def register(sub) -> None:
@@ -114,7 +116,7 @@ def register(sub) -> None:
         "trained model. With several images, -o is a folder and each mesh is named after "
         "its image; an image that fails is reported by name and the others are still written.",
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", type=path_arg)
     p.add_argument("--model", required=True, help="bundled model name (see 'imagetomesh models') or model folder")
     add_output(p, "mesh file (one image) or existing folder (several images)")
     p.add_argument("--device", default="auto", choices=DEVICES)

@@ -8,22 +8,23 @@ nothing here is specific to a kind. Resumable: running the same command again co
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-from imagetomesh.cli.options import DEVICES
+from imagetomesh.cli.options import DEVICES, checked_type, path_arg, positive_int, seed
 from imagetomesh.errors import InputError
 
 
 def cmd_train(args) -> int:
     """Train (or resume) the ``args.kind`` model described by the parsed arguments."""
     from imagetomesh.devices import resolve_device
+    from imagetomesh.io.atomic import check_output_folder
+    from imagetomesh.io.inputs import check_input_path
     from imagetomesh.training.engine import train
     from imagetomesh.training.tasks import TASKS, get_config
 
     entry = TASKS[args.kind]
-    if not Path(args.data).is_dir():
+    data = check_input_path(args.data, "--data", folder_ok=True)
+    if not data.is_dir():
         raise InputError(f"--data {args.data} is not a folder; give the {entry.data}")
+    check_output_folder(args.out, "--out")
     device = resolve_device(args.device)
     name = args.config or ("gpu" if device.type == "cuda" else "cpu")
     config = get_config(args.kind, name)
@@ -41,7 +42,7 @@ def cmd_train(args) -> int:
         device=device.type,
         seed=args.seed,
         config_name=name,
-        log=lambda m: print(m, file=sys.stderr, flush=True),
+        log=lambda m: print(m, flush=True),  # progress on stdout: stderr holds only warnings and the one error line
         **options,
     )
     print(f"{entry.result_label}: {best}")
@@ -61,14 +62,16 @@ def register(sub) -> None:
     kinds.required = True
     for kind, entry in TASKS.items():
         p = kinds.add_parser(kind, help=entry.help)
-        p.add_argument("--data", required=True, type=Path, help=entry.data)
-        p.add_argument("--out", required=True, type=Path, help="run folder: split, config, log, checkpoints, models")
+        p.add_argument("--data", required=True, type=path_arg, help=entry.data)
+        p.add_argument(
+            "--out", required=True, type=path_arg, help="run folder: split, config, log, checkpoints, models"
+        )
         p.add_argument("--config", default=entry.default_config, help=entry.configs)
         p.add_argument("--device", default="cpu", choices=DEVICES)
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=seed("--seed"), default=0)
         p.add_argument(
             "--steps",
-            type=int,
+            type=positive_int("--steps"),
             default=None,
             help="override the config's number of steps"
             + (" (and run them all: no time limit)" if entry.steps_without_time_limit else ""),
@@ -77,7 +80,7 @@ def register(sub) -> None:
             p.add_argument(
                 option.flag,
                 dest=option.dest,
-                type=option.type,
+                type=checked_type(option.flag, option.type),
                 default=None,
                 help=option.help,
                 choices=option.choices,

@@ -43,6 +43,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from imagetomesh.errors import InputError
 from imagetomesh.geometry.distances import chamfer_distance
 from imagetomesh.geometry.laplacian import combinatorial_laplacian
 from imagetomesh.geometry.mesh_losses import triangle_quality_regulariser
@@ -164,6 +165,14 @@ def _use_bf16(setting, device: torch.device) -> bool:
     return bool(setting)
 
 
+def _diverged(loss: float, settings: FitSettings) -> InputError:
+    """The error of a fit whose arithmetic overflowed (weights far too large): one clear line, not a traceback later."""
+    return InputError(
+        f"the fit diverged (its loss became {loss:g}): the loss weights (lambda_reg {settings.lambda_reg:g}, "
+        f"lambda_dir {settings.lambda_dir:g}) are too large; use values near the defaults"
+    )
+
+
 def run_fit(
     prior,
     task_loss: TaskLoss,
@@ -238,12 +247,16 @@ def run_fit(
         for _ in range(iterations):
             z = latents()
             verts = decode(template, z, bf16)
+            if not torch.isfinite(verts).all():  # the last step overflowed
+                raise _diverged(math.nan, settings)
             task = task_loss(verts, faces)
             loss = task
             if settings.lambda_reg > 0:
                 loss = loss + settings.lambda_reg * triangle_quality_regulariser(verts, faces)
             if laplacian is not None:
                 loss = loss + lambda_dir * latent_laplacian_energy(z, laplacian)
+            if not torch.isfinite(loss):  # a weight so large that float arithmetic overflows
+                raise _diverged(float(loss.detach()), settings)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -38,6 +38,7 @@ from imagetomesh.fitting.distance_field import DistanceField, sample_distance
 from imagetomesh.fitting.optimise import FitResult, FitSettings, chamfer, run_fit
 from imagetomesh.fitting.prior import Prior, load_prior
 from imagetomesh.fitting.remesh import finish_fitted_mesh
+from imagetomesh.geometry.isosurface import check_structure_size
 from imagetomesh.geometry.sampling import sample_points_on_mesh
 from imagetomesh.models.dals import ShapeNormalisation
 
@@ -194,6 +195,12 @@ def fit_curves(
     if isinstance(curves, np.ndarray) and curves.ndim == 2:
         curves = [curves]
     planes = planar_curves(list(curves) if curves is not None else [])
+    if len(planes) == 1:
+        warnings.warn(
+            "one curve gives a poor fit: across its plane the shape is only the prior's guess; "
+            "draw closed curves on two or three roughly orthogonal planes",
+            stacklevel=2,
+        )
     prior = load_prior(prior, dev)
     all_points = np.vstack([p.points for p in planes])
     frame = ShapeNormalisation.of_points(all_points)
@@ -288,10 +295,7 @@ def refine_labelmap(
     dev = resolve_device(device)
     if not isinstance(mask, Volume):
         raise InputError("refine_labelmap needs a Volume; load the labelmap with imagetomesh.io.read_labelmap first")
-    if not np.any(np.asarray(mask.array) != 0):
-        raise InputError(
-            "the labelmap is empty (no nonzero voxels); choose the right label or segment the structure first"
-        )
+    check_structure_size(np.asarray(mask.array))
     prior = load_prior(prior, dev)
     frame = labelmap_frame(mask)
     field = DistanceField(mask, device=dev)

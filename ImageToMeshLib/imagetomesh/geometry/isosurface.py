@@ -126,6 +126,29 @@ def _clean(polydata):
     return clean.GetOutput()
 
 
+#: The fewest voxels a structure needs for a surface worth meshing (2 x 2 x 2): smaller ones
+#: smooth down to a point or a sliver (one voxel gave a "watertight" mesh of 6 vertices at one point).
+MIN_STRUCTURE_VOXELS = 8
+
+
+def check_structure_size(array: np.ndarray) -> None:
+    """Refuse a labelmap without a structure big enough to mesh (nonzero voxels = the structure).
+
+    Raises:
+        InputError: no nonzero voxel, or fewer than :data:`MIN_STRUCTURE_VOXELS`.
+    """
+    count = int(np.count_nonzero(array))
+    if count == 0:
+        raise InputError(
+            "the labelmap is empty (no nonzero voxels); choose the right label or segment the structure first"
+        )
+    if count < MIN_STRUCTURE_VOXELS:
+        raise InputError(
+            f"the labelled structure is {count} voxel{'s' if count > 1 else ''}, too small to mesh (a surface "
+            f"needs at least {MIN_STRUCTURE_VOXELS}, e.g. 2 x 2 x 2); check the label, or resample the labelmap finer"
+        )
+
+
 def labelmap_to_mesh(
     mask: Volume,
     smoothing: float = DEFAULT_SMOOTHING,
@@ -150,7 +173,8 @@ def labelmap_to_mesh(
         A watertight, outward-facing :class:`Mesh` in LPS mm.
 
     Raises:
-        InputError: for an empty labelmap or parameters out of range.
+        InputError: for an empty labelmap, a structure too small to mesh
+            (:func:`check_structure_size`) or parameters out of range.
     """
     if not isinstance(mask, Volume):
         raise InputError("labelmap_to_mesh needs a Volume; load the labelmap with imagetomesh.io first")
@@ -163,11 +187,8 @@ def labelmap_to_mesh(
     if int(smoothing_iterations) < 1:
         raise InputError(f"smoothing_iterations must be at least 1, got {smoothing_iterations}")
     array = np.asarray(mask.array)
+    check_structure_size(array)
     box = bounding_box(array)
-    if box is None:
-        raise InputError(
-            "the labelmap is empty (no nonzero voxels); choose the right label or segment the structure first"
-        )
     cropped = np.pad((array[box] != 0).astype(np.uint8), _MARGIN)
     origin_ijk = np.array([box[2].start, box[1].start, box[0].start], dtype=np.float64) - _MARGIN
 

@@ -65,6 +65,35 @@ def check_output_path(path: str | os.PathLike) -> Path:
     return target
 
 
+def check_output_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Check that ``path`` can be (or already is) a folder this command writes into; return it.
+
+    Call it before anything is written: an existing folder is fine (a resumed run), a missing
+    one is created later by the caller.
+
+    Raises:
+        InputError: ``path`` is an existing file, its parent does not exist or is not a writable
+            folder, it is not writable, or it is a folder this process reads as an input.
+    """
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{what} {target} is a file, not a folder; choose a folder name")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not target.exists():
+        if not parent.exists():
+            raise InputError(f"{what} {target}: its parent folder {parent} does not exist; create it first")
+        if not parent.is_dir():
+            raise InputError(f"{what} {target}: {parent} is a file, not a folder; choose a path inside a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise InputError(f"{what} {target} cannot be created: {parent} is not writable")
+    elif not os.access(target, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {target} is not writable; choose another folder or fix its permissions")
+    source = read_input_owning(target)
+    if source is not None:
+        raise InputError(f"{what} {target} is an input of this command ({source}); choose another folder")
+    return target
+
+
 def _default_file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)

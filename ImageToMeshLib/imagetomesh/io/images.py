@@ -21,7 +21,8 @@ import SimpleITK as sitk
 from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
 from imagetomesh.io.atomic import atomic_write, check_output_path, format_suffix
-from imagetomesh.io.inputs import check_input_path
+from imagetomesh.io.inputs import SPACING_RANGE_MM, check_coordinates, check_input_path
+from imagetomesh.io.native import native_output_quiet
 
 #: Extensions :func:`write_image` accepts (one-file formats only, so the write can be atomic).
 WRITE_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -258,17 +259,8 @@ def _check_header(path: Path, dimension: int, size: tuple[int, ...], components:
         raise InputError(f"image {path} is {dimension}D; give a 3D volume")
 
 
-def read_image(path: str | os.PathLike) -> Volume:
-    """Read a 3D image file, or the largest DICOM series in a folder, as a :class:`Volume`.
-
-    Returns:
-        Volume with ``array`` ``(D, H, W)`` in the file's pixel type and LPS geometry.
-
-    Raises:
-        InputError: missing path, folder without DICOM, unreadable/truncated/non-image file,
-            2D, 4D or multi-component image, or NaN/Inf voxels.
-    """
-    path = check_input_path(path, "image", folder_ok=True)
+def _read_sitk(path: Path) -> sitk.Image:
+    """The image of a checked input path: a DICOM series folder or a single file (header checked first)."""
     if path.is_dir():
         image = _read_dicom_folder(path)
         _check_header(
@@ -303,10 +295,33 @@ def read_image(path: str | os.PathLike) -> Volume:
                 f"could not read {path} as an image (corrupt, truncated or not an image): "
                 f"{_short_itk_message(err)}; {_IMAGE_HINT}"
             ) from None
+    return image
+
+
+def read_image(path: str | os.PathLike) -> Volume:
+    """Read a 3D image file, or the largest DICOM series in a folder, as a :class:`Volume`.
+
+    Returns:
+        Volume with ``array`` ``(D, H, W)`` in the file's pixel type and LPS geometry.
+
+    Raises:
+        InputError: missing path, folder without DICOM, unreadable/truncated/non-image file,
+            2D, 4D or multi-component image, or NaN/Inf voxels.
+    """
+    path = check_input_path(path, "image", folder_ok=True)
+    with native_output_quiet():  # ITK/GDCM/MetaIO print around the one-line error raised here
+        image = _read_sitk(path)
     if image.GetDimension() > 3:
         size = list(image.GetSize())
         image = sitk.Extract(image, size[:3] + [0] * (len(size) - 3), [0] * len(size))
     volume = volume_from_sitk(image)
+    lo, hi = SPACING_RANGE_MM
+    if not np.all((volume.spacing >= lo) & (volume.spacing <= hi)):
+        raise InputError(
+            f"image {path} has voxel spacing {volume.spacing.tolist()} mm, outside {lo:g} .. {hi:g} mm; "
+            "fix the spacing in its header"
+        )
+    check_coordinates(volume.bounds_lps(), f"image {path}")
     array = volume.array
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise InputError(_NONFINITE_MESSAGE.format(path=path))
@@ -343,6 +358,11 @@ def read_labelmap(path: str | os.PathLike, label: int | None = None) -> Volume:
         mask = array != 0
         if not mask.any():
             raise InputError(f"labelmap {path} is empty (every voxel is 0); give a segmentation with a labelled region")
+    elif label == 0:
+        raise InputError(
+            "label 0 is the background (every unlabelled voxel); give the value of a labelled structure, "
+            "or no label for every non-zero voxel"
+        )
     else:
         mask = array == label
         if not mask.any():

@@ -17,6 +17,12 @@ from pathlib import Path
 
 from imagetomesh.errors import InputError
 
+#: The largest coordinate (mm, any axis) an input may hold: 1 km. Meshes are float32 (24-bit
+#: mantissa), so beyond this a millimetre is no longer representable and nearby points collapse.
+MAX_COORDINATE_MM = 1e6
+#: The voxel sizes (mm) an image may have: 10 nm .. 100 m.
+SPACING_RANGE_MM = (1e-5, 1e5)
+
 _read_files: dict = {}  # (st_dev, st_ino) -> the path it was read as
 _lock = threading.Lock()
 
@@ -61,6 +67,25 @@ def check_input_path(path: str | os.PathLike, what: str, folder_ok: bool = False
     with _lock:
         _read_files[_identity(status)] = path
     return path
+
+
+def check_coordinates(points, what: str) -> None:
+    """Refuse LPS coordinates (mm) a float32 mesh cannot hold to the millimetre (``|x| > MAX_COORDINATE_MM``).
+
+    Raises:
+        InputError: naming ``what`` (e.g. ``"points file p.csv"``), the largest coordinate and the limit.
+    """
+    import numpy as np
+
+    points = np.asarray(points, dtype=np.float64)
+    if not points.size:
+        return
+    largest = float(np.max(np.abs(points)))
+    if largest > MAX_COORDINATE_MM:
+        raise InputError(
+            f"{what} has coordinates up to {largest:.3g} mm, beyond the {MAX_COORDINATE_MM:.0e} mm a mesh "
+            "can hold to the millimetre (float32); are they in millimetres? shift or rescale them"
+        )
 
 
 def read_input_owning(path: str | os.PathLike) -> Path | None:

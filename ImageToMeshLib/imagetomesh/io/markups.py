@@ -21,7 +21,7 @@ import numpy as np
 from imagetomesh.core.transforms import lps_to_ras, ras_to_lps
 from imagetomesh.errors import InputError
 from imagetomesh.io.atomic import atomic_write, check_output_path, format_suffix
-from imagetomesh.io.inputs import check_input_path
+from imagetomesh.io.inputs import check_coordinates, check_input_path
 
 #: The schema URL 3D Slicer writes into ``.mrk.json`` files.
 MARKUPS_SCHEMA = (
@@ -149,7 +149,10 @@ def read_markups(path: str | os.PathLike) -> list[Markup]:
         )
     if not document["markups"]:
         raise InputError(f"{path} holds no markups; place some points in Slicer and save again")
-    return [_parse_markup(entry, index, path) for index, entry in enumerate(document["markups"])]
+    markups = [_parse_markup(entry, index, path) for index, entry in enumerate(document["markups"])]
+    for markup in markups:
+        check_coordinates(markup.points, f"markups file {path}")
+    return markups
 
 
 def _markup_json(markup: Markup, space: str) -> dict:
@@ -347,7 +350,9 @@ def read_points(path: str | os.PathLike, coordinate_system: str = "LPS") -> np.n
         )
     if len(points) < 1:
         raise InputError(f"{path} holds no points; give at least one point")
-    return np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    check_coordinates(points, f"points file {path}")
+    return points
 
 
 # --- regions of interest -----------------------------------------------------------------------

@@ -36,7 +36,7 @@ from imagetomesh.core.transforms import lps_to_ras, ras_to_lps
 from imagetomesh.errors import InputError
 from imagetomesh.geometry.vtk_convert import mesh_to_polydata, polydata_from_arrays, polydata_to_mesh
 from imagetomesh.io.atomic import atomic_write, check_output_path, format_suffix
-from imagetomesh.io.inputs import check_input_path
+from imagetomesh.io.inputs import check_coordinates, check_input_path
 
 #: Mesh file extensions read and written.
 MESH_SUFFIXES = (".stl", ".vtp", ".vtk", ".obj", ".ply")
@@ -107,7 +107,7 @@ class _VtkMessages:
         pass
 
     def first(self) -> str:
-        return self.errors[0] if self.errors else "unknown VTK error"
+        return self.errors[0] if self.errors else "the file is corrupt or ends early (truncated?)"
 
 
 @contextlib.contextmanager
@@ -218,6 +218,42 @@ class _LegacyStream:
         if self.binary:
             return not self.data[self.pos :].strip()
         return self.token >= len(self.tokens)
+
+
+def _check_stl(data: bytes) -> None:
+    """Validate an STL file before VTK reads it (vtkSTLReader skips what it cannot parse and
+    returns nothing, whatever the reason). Raises :class:`_Corrupt` naming the problem."""
+    if len(data) < 84 or data.lstrip()[:5].lower() == b"solid":
+        text = data.decode("ascii", "replace")
+        if data.lstrip()[:5].lower() == b"solid" and ("facet" in text or "endsolid" in text):
+            rows = [line.split()[1:4] for line in text.splitlines() if line.strip().lower().startswith("vertex")]
+            try:
+                values = np.array(rows, dtype=np.float64)
+            except ValueError:
+                raise _Corrupt("a vertex line of this ASCII STL does not hold three numbers") from None
+            if not len(rows):
+                raise _Corrupt("it holds no triangles (an empty mesh)")
+            if not np.isfinite(values).all():
+                raise _Corrupt("it has NaN or infinite vertex coordinates")
+            return
+        if len(data) < 84:
+            raise _Corrupt(f"it is {len(data)} bytes, too short for an STL file (an 84-byte header at least)")
+    count = int(np.frombuffer(data, "<u4", 1, 80)[0])
+    expected = 84 + 50 * count
+    if count == 0:
+        raise _Corrupt("it holds no triangles (an empty mesh)")
+    if len(data) < expected:
+        raise _Corrupt(
+            f"its header announces {count} triangles ({expected} bytes) but the file has {len(data)} bytes "
+            "(truncated, or not a binary STL)"
+        )
+    records = np.frombuffer(data, np.dtype([("normal", "<f4", 3), ("v", "<f4", (3, 3)), ("attr", "<u2")]), count, 84)
+    bad = ~np.isfinite(records["v"]).all(axis=(1, 2))
+    if bad.any():
+        raise _Corrupt(
+            f"{int(bad.sum())} of its {count} triangles have NaN or infinite vertex coordinates "
+            f"(the first is triangle {int(np.argmax(bad))})"
+        )
 
 
 def _check_legacy_vtk(data: bytes) -> None:
@@ -507,12 +543,15 @@ def _read_polydata(path: Path, suffix: str) -> tuple[vtkPolyData, str | None]:
             head = handle.read(512)
         if b"<VTKFile" not in head and not head.lstrip().startswith(b"<?xml"):
             raise InputError(f"could not read {path} as a mesh: it is not a VTK XML file; give a valid .vtp file")
-    if suffix in (".ply", ".vtk"):
+    if suffix in (".ply", ".vtk", ".stl"):
         data = path.read_bytes()
         try:
             if suffix == ".ply":
                 return _read_ply(data)
-            _check_legacy_vtk(data)
+            if suffix == ".stl":
+                _check_stl(data)
+            else:
+                _check_legacy_vtk(data)
         except _Corrupt as err:
             raise InputError(
                 f"could not read {path} as a mesh: {err}; check that it is a valid {suffix} file"
@@ -559,6 +598,14 @@ def _open_mesh_file(path: str | os.PathLike, coordinate_system: str) -> tuple[Pa
         raise InputError(f"mesh path {path} is a folder; give a mesh file ({', '.join(MESH_SUFFIXES)})")
     path = check_input_path(path, "mesh file")
     polydata, space = _read_polydata(path, suffix)
+    if polydata.GetPoints() is not None and polydata.GetNumberOfPoints():
+        points = vtk_to_numpy(polydata.GetPoints().GetData())
+        if not np.isfinite(points).all():
+            bad = int((~np.isfinite(points).all(axis=1)).sum())
+            raise InputError(
+                f"mesh file {path} has {bad} point(s) with NaN or infinite coordinates; repair or re-export it"
+            )
+        check_coordinates(points, f"mesh file {path}")
     return path, suffix, polydata, space or default_space
 
 
@@ -583,7 +630,10 @@ def read_mesh(path: str | os.PathLike, coordinate_system: str = "LPS") -> Mesh:
     except ValueError as err:
         raise InputError(f"could not read {path} as a mesh: {err}; check that it is a valid {suffix} file") from None
     if mesh.num_vertices == 0:
-        raise InputError(f"could not read any points from {path}; check that it is a valid, complete {suffix} file")
+        raise InputError(
+            f"could not read {path} as a mesh: it holds no points (empty, truncated or not a {suffix} file); "
+            "check that it is valid and complete"
+        )
     if mesh.num_faces == 0:
         raise InputError(f"{path} has no triangles; give a surface mesh ({', '.join(MESH_SUFFIXES)} with faces)")
     if space == "RAS":

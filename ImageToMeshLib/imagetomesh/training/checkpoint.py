@@ -15,6 +15,7 @@ The keys are the part names, so files written before the training engine existed
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Optional
@@ -110,10 +111,22 @@ class RunCheckpoint:
         """Restore every part from the file: ``(step, best, elapsed seconds)``, or None when there is no file."""
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location=device, weights_only=True)
+        what = f"checkpoint {self.path} is not one this program wrote"
+        remedy = "delete it (or the whole run folder) to start afresh, or choose another run folder"
+        try:
+            with warnings.catch_warnings():  # torch warns about a foreign pickle's protocol before refusing it
+                warnings.simplefilter("ignore")
+                state = torch.load(self.path, map_location=device, weights_only=True)  # never unpickles code
+        except Exception as err:  # UnpicklingError (a foreign pickle), RuntimeError/EOFError (corrupt, truncated)
+            reason = " ".join(str(err).split())[:160] or type(err).__name__
+            raise InputError(f"{what} ({reason}); {remedy}") from None
+        if not isinstance(state, dict) or "step" not in state:
+            raise InputError(f"{what} (no training state in it); {remedy}")
         for name, part in self.parts.items():
             if name in self.optional and name not in state:
                 continue
+            if name not in state:
+                raise InputError(f"{what} (it has no '{name}'); {remedy}")
             part.load_state_dict(self.on_load.get(name, lambda saved: saved)(state[name]))
         return int(state["step"]), state.get("best"), float(state.get("elapsed", 0.0))
 

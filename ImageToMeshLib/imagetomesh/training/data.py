@@ -68,7 +68,7 @@ def prepare_cases(
 ) -> list[PreparedCase]:
     return [
         prepare_case(c, spec, surface_points=surface_points, surface_smoothing=surface_smoothing)
-        for c in tqdm(cases, desc="preparing cases", disable=not progress, leave=False)
+        for c in tqdm(cases, desc="preparing cases", disable=None if progress else True, leave=False)
     ]
 
 

@@ -21,9 +21,11 @@ Under ``torchrun --nproc_per_node N`` a task may wrap its model with :meth:`Run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from imagetomesh.errors import InputError
 from imagetomesh.io.atomic import atomic_write
 from imagetomesh.nn.precision import bf16_autocast
 from imagetomesh.training.checkpoint import GeneratorState, RunCheckpoint
@@ -129,6 +132,7 @@ def train(
     from imagetomesh.training.tasks import task_class
 
     task = task_class(config.kind)(config, None, **options)  # checks the options before anything is written
+    existed = set(Path(out).rglob("*")) if Path(out).is_dir() else None
     run = start_run(config, data_dir, out, device, seed, config_name, log)
     task.run = run
     try:
@@ -137,9 +141,27 @@ def train(
             phase.run = run
             result = run_phase(phase, run)
         return result
+    except InputError:
+        if run.writer:
+            _undo_start(run.out, existed)
+        raise
     finally:
         if run.distributed:
             dist.destroy_process_group()
+
+
+def _undo_start(out: Path, existed: Optional[set]) -> None:
+    """Bad input found before this call saved any progress: remove what it wrote (the run folder
+    if it made it, else the files it added, such as ``config.json``), so a failed command leaves nothing."""
+    new = [p for p in out.rglob("*") if existed is None or p not in existed]
+    if any(p.suffix in (".pt", ".safetensors") for p in new):
+        return  # progress was saved: keep it, the run can resume
+    if existed is None:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for path in sorted(new, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            path.rmdir() if path.is_dir() else path.unlink()
 
 
 def run_phase(task: Task, run: Run) -> Optional[Path]:

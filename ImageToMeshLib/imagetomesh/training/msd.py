@@ -34,12 +34,20 @@ def read_msd(root: str | Path) -> dict[str, Case]:
     manifest = root / "dataset.json"
     if not manifest.is_file():
         raise InputError(f"{root} is not a Medical Segmentation Decathlon folder: no dataset.json in it")
+    needs = "it needs a 'training' list of {'image': ..., 'label': ...} entries"
     try:
-        entries = json.loads(manifest.read_text(encoding="utf-8"))["training"]
-    except (json.JSONDecodeError, KeyError) as err:
-        raise InputError(f"{manifest} is not a valid MSD dataset.json ({err}); it needs a 'training' list") from None
+        document = json.loads(manifest.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise InputError(f"{manifest} is not a valid MSD dataset.json ({err}); {needs}") from None
+    entries = document.get("training") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise InputError(f"{manifest} is not a valid MSD dataset.json (no 'training' list); {needs}")
     cases = {}
-    for entry in entries:
+    for n, entry in enumerate(entries):
+        if not (
+            isinstance(entry, dict) and isinstance(entry.get("image"), str) and isinstance(entry.get("label"), str)
+        ):
+            raise InputError(f"{manifest}: training entry {n} is {str(entry)[:60]!r}; {needs}")
         image, label = root / entry["image"], root / entry["label"]
         for path in (image, label):
             if not path.is_file():

@@ -87,7 +87,7 @@ def make_pools(cases: list[PreparedCase], config: UDFPointConfig, seed: int, pro
     generator = torch.Generator().manual_seed(seed)
     return [
         PointPool(c, *sample_udf_points(c.label, config, generator))
-        for c in tqdm(cases, desc="sampling points", disable=not progress, leave=False)
+        for c in tqdm(cases, desc="sampling points", disable=None if progress else True, leave=False)
     ]
 
 
