@@ -18,15 +18,6 @@ from typing import Optional
 #: Packages that ship with Slicer: never installed or upgraded by this module.
 SLICER_OWN_PACKAGES = ("numpy", "vtk", "SimpleITK")
 
-#: Import name of each requirement's distribution (for messages that name what Python imports).
-IMPORT_NAMES = {
-    "torch": "torch",
-    "scipy": "scipy",
-    "pymeshlab": "pymeshlab",
-    "safetensors": "safetensors",
-    "torch-geometric": "torch_geometric",
-}
-
 
 def _requirementClass():
     try:

@@ -11,6 +11,8 @@ import hashlib
 import os
 from dataclasses import dataclass
 
+from .libraryPath import extensionPath
+
 CATEGORY = "ImageToMesh"
 
 
@@ -43,15 +45,8 @@ SAMPLES = (
 
 def sampleDataFolder() -> str:
     """``Resources/SampleData`` of the extension (beside ``ImageToMeshLib`` in a checkout and when installed)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for levels in (1, 2):
-        root = here
-        for _ in range(levels):
-            root = os.path.dirname(root)
-        candidate = os.path.join(root, "Resources", "SampleData")
-        if os.path.isdir(candidate):
-            return candidate
-    return os.path.join(os.path.dirname(here), "Resources", "SampleData")
+    found = extensionPath("Resources", "SampleData")
+    return found or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "SampleData")
 
 
 def _sha256(path: str) -> str:

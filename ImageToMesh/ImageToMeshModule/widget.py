@@ -275,14 +275,7 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
             (self.ui.priorComboBox, priors),
             (self.ui.refinePriorComboBox, priors),
         ):
-            wasBlocked = combo.blockSignals(True)
-            current = combo.currentText
-            combo.clear()
-            for name in names:
-                combo.addItem(name)
-            if current and combo.findText(current) >= 0:
-                combo.currentIndex = combo.findText(current)
-            combo.blockSignals(wasBlocked)
+            _setItems(combo, names, combo.currentText)
         self._storeModelChoices()
         self._methodsListedFor = None  # the full list again: filter it for the volume anew
         if self._parameterNode is not None:
@@ -316,14 +309,7 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
             mismatches = {}
         allowed = [name for name in self.logic.segmentationMethods() if not mismatches.get(name)]
         combo = self.ui.methodComboBox
-        wasBlocked = combo.blockSignals(True)
-        current = p.method or combo.currentText
-        combo.clear()
-        for name in allowed:
-            combo.addItem(name)
-        if current and combo.findText(current) >= 0:
-            combo.currentIndex = combo.findText(current)
-        combo.blockSignals(wasBlocked)
+        _setItems(combo, allowed, p.method or combo.currentText)
         self._mismatches = {name: reason for name, reason in mismatches.items() if reason}
         if combo.currentText and combo.currentText != p.method:
             p.method = combo.currentText
@@ -766,6 +752,17 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
         if hasattr(self, "ui"):
             self.ui.logTextEdit.appendPlainText(str(message))
         logging.info("ImageToMesh: %s", message)
+
+
+def _setItems(combo, names, keep: str) -> None:
+    """Fill ``combo`` with ``names`` without emitting signals, keeping ``keep`` selected if it is still there."""
+    wasBlocked = combo.blockSignals(True)
+    combo.clear()
+    for name in names:
+        combo.addItem(name)
+    if keep and combo.findText(keep) >= 0:
+        combo.currentIndex = combo.findText(keep)
+    combo.blockSignals(wasBlocked)
 
 
 def _safeFileName(name: str) -> str:
