@@ -12,9 +12,12 @@ from imagetomesh.core.mesh import Mesh
 from imagetomesh.core.transforms import grid_volume  # noqa: F401  (re-exported: benchmarks import it from here)
 from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
+from imagetomesh.geometry.isosurface import DEFAULT_SMOOTHING, labelmap_to_mesh
 from imagetomesh.geometry.quality import check_mesh, orient_outward, repair_mesh
 from imagetomesh.geometry.untangle import untangle
+from imagetomesh.organs import Organ, organs_of
 from imagetomesh.preprocessing import GridSpec, prepare_image
+from imagetomesh.scan import organ_mask_volume, organ_masks, scan_spec, windowed_logits
 from imagetomesh.zoo import LoadedModel, load_model
 
 
@@ -79,7 +82,44 @@ class Segmenter:
         return [self._finish(m.transformed(t.grid_to_lps)) for m, (_, t) in zip(grid_meshes, prepared)]
 
     def segment(self, volume: Volume) -> Mesh:
+        if self.organs is not None:
+            raise InputError(
+                f"model {self.model.name} meshes several organs ({', '.join(o.name for o in self.organs)}): "
+                "use segment_organs (on the command line, -o is then a folder)"
+            )
         return self.segment_batch([volume])[0]
+
+    @property
+    def organs(self) -> list[Organ] | None:
+        """The organs of a several-organ model (its card's ``organs``), None for a one-object model."""
+        return organs_of(self.model.card)
+
+    @torch.no_grad()
+    def segment_organs(self, volume: Volume, organs: list[Organ] | None = None) -> dict[str, Mesh | None]:
+        """``{organ name: LPS-mm mesh, or None where the model found no such organ}`` for ``organs`` (default:
+        all) of a several-organ model, from the whole scan (:mod:`imagetomesh.scan`: any field of view
+        at the model's spacing, in blocks of at most the card's grid shape)."""
+        if self.organs is None:
+            raise InputError(f"model {self.model.name} meshes one structure: use segment")
+        _check_finite(volume)
+        if self.check_input:
+            check_image(volume, self.model.card, self.model.name)
+        image, transform = prepare_image(volume, scan_spec(volume, self.spec), warn=False)
+        logits = windowed_logits(self.model.module, image[None, None].to(self.model.device), self.spec.shape)
+        probabilities = logits.softmax(0)
+        chosen = organs if organs is not None else self.organs
+        smoothing = getattr(self.model.module.config, "smoothing", DEFAULT_SMOOTHING)
+        meshes: dict[str, Mesh | None] = {}
+        for organ, mask in zip(chosen, organ_masks(probabilities, chosen).values()):
+            meshes[organ.name] = None
+            if mask is None:
+                continue
+            fine = organ_mask_volume(probabilities[organ.index], mask, transform)
+            try:
+                meshes[organ.name] = finish_mesh(labelmap_to_mesh(fine, smoothing=smoothing), untangle_folds=False)
+            except InputError:  # too small to mesh: as good as not found
+                continue
+        return meshes
 
     def _finish(self, mesh: Mesh) -> Mesh:
         return orient_outward(mesh) if self.open_surface else finish_mesh(mesh, self.untangle)

@@ -29,11 +29,20 @@ class GridSpec:
         direction: 9 numbers, the row-major ``(3, 3)`` LPS direction of the grid's (i, j, k)
             axes: the orientation the model was trained in. ``None`` follows each image's own
             index axes (only right when every image is stored in the same layout).
+        intensity: how voxel values are normalised (:data:`INTENSITY_NORMALISATIONS`):
+            ``"zscore"`` per volume (MRI, arbitrary units) or ``"ct"`` (fixed Hounsfield window).
     """
 
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
     direction: tuple[float, ...] | None = None
+    intensity: str = "zscore"
+
+    def __post_init__(self) -> None:
+        if self.intensity not in INTENSITY_NORMALISATIONS:
+            raise ValueError(
+                f"grid intensity must be one of {sorted(INTENSITY_NORMALISATIONS)}, got {self.intensity!r}"
+            )
 
     def direction_matrix(self, volume: Volume) -> np.ndarray:
         if self.direction is None:
@@ -44,12 +53,19 @@ class GridSpec:
         d = {"shape": list(self.shape), "spacing": list(self.spacing)}
         if self.direction is not None:
             d["direction"] = list(self.direction)
+        if self.intensity != "zscore":
+            d["intensity"] = self.intensity
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> GridSpec:
         direction = tuple(float(x) for x in d["direction"]) if d.get("direction") is not None else None
-        return cls(tuple(int(s) for s in d["shape"]), tuple(float(s) for s in d["spacing"]), direction)
+        return cls(
+            tuple(int(s) for s in d["shape"]),
+            tuple(float(s) for s in d["spacing"]),
+            direction,
+            str(d.get("intensity", "zscore")),
+        )
 
 
 def model_grid_transform(volume: Volume, spec: GridSpec, centre_lps: np.ndarray | None = None) -> GridTransform:
@@ -105,6 +121,21 @@ def normalise_intensity(array: np.ndarray, low_pct: float = 0.5, high_pct: float
     return ((clipped - clipped.mean()) / (std if std > 1e-8 else 1.0)).astype(np.float32)
 
 
+#: CT window of :func:`normalise_ct`, in Hounsfield units: air to dense bone.
+CT_WINDOW_HU = (-1000.0, 2000.0)
+
+
+def normalise_ct(array: np.ndarray) -> np.ndarray:
+    """CT in Hounsfield units -> float32 ``HU / 1000`` clipped to :data:`CT_WINDOW_HU` (air -1, water 0,
+    dense bone 1-2): a fixed map, so a tissue keeps its value in every scan."""
+    lo, hi = CT_WINDOW_HU
+    return (np.clip(np.asarray(array, dtype=np.float32), lo, hi) / 1000.0).astype(np.float32)
+
+
+#: name -> per-volume intensity normalisation (``GridSpec.intensity``)
+INTENSITY_NORMALISATIONS = {"zscore": normalise_intensity, "ct": normalise_ct}
+
+
 def prepare_image(volume: Volume, spec: GridSpec, warn: bool = True) -> tuple[torch.Tensor, GridTransform]:
     """Normalise ``volume`` and resample it onto ``spec``; returns ``((D, H, W) float32, GridTransform)``.
 
@@ -128,7 +159,7 @@ def prepare_image(volume: Volume, spec: GridSpec, warn: bool = True) -> tuple[to
             f"{fov.tolist()} mm; the centre is used (crop the image around the organ for best results)",
             stacklevel=2,
         )
-    normalised = volume.with_array(normalise_intensity(volume.array))
+    normalised = volume.with_array(INTENSITY_NORMALISATIONS[spec.intensity](volume.array))
     transform = model_grid_transform(volume, spec)
     fill = float(normalised.array.min())
     return resample_to_grid(normalised, transform, "bilinear", fill), transform

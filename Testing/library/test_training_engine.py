@@ -21,7 +21,9 @@ sys.path.insert(0, str(OLD))
 from make_fixtures import tiny_msd  # noqa: E402  (the MSD folder the old runs were made on)
 
 GRID = GridSpec((16, 16, 16), (1.0, 1.0, 1.0))
-NEW_FIELDS = ("accumulate_steps", "bf16_autocast")
+NEW_FIELDS = ("accumulate_steps", "bf16_autocast", "channels_last")
+#: TrainConfig fields added for several organs (issue 16), with the defaults that keep one object
+NEW_IMAGE_FIELDS = {"organs": None, "patch": None, "foreground": 0.5}
 NEW_LOSS_FIELDS = {
     "version": 1,
     "target": "faces",
@@ -40,10 +42,12 @@ def test_named_configs_are_the_ones_of_the_trainers_before_the_engine():
             got = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as the fixture was written
             for key in NEW_FIELDS + (("bf16",) if kind == "dals" else ()):
                 got.pop(key)
+            if kind in ("voxel2mesh", "pixel2mesh3d", "unet"):
+                assert {k: got.pop(k) for k in NEW_IMAGE_FIELDS} == NEW_IMAGE_FIELDS, (kind, name)
             if "loss" in got and isinstance(got["loss"], dict) and "version" in got["loss"]:
                 assert {k: got["loss"].pop(k) for k in NEW_LOSS_FIELDS} == NEW_LOSS_FIELDS, (kind, name)
             assert got == expected, (kind, name)
-            assert config.accumulate_steps == 1 and config.bf16_autocast is False
+            assert config.accumulate_steps == 1 and config.bf16_autocast is False and config.channels_last is False
     assert set(TASKS) == set(old)
 
 

@@ -55,6 +55,68 @@ def _segment_one_by_one(segmenter, items: list) -> list:
     return out
 
 
+def _organ_targets(images: list[Path], output: Path, organs, model: str) -> dict[Path, dict[str, Path]]:
+    """``{image: {organ name: output path}}`` (``<image name>_<organ>.stl`` in the folder ``output``),
+    every one checked before any work starts."""
+    from imagetomesh.io.atomic import check_output_path
+    from imagetomesh.io.images import image_stem
+
+    if not output.is_dir():
+        raise InputError(
+            f"model {model} writes one mesh per organ, so -o must be an existing folder; {output} is not "
+            "(create it first)"
+        )
+    targets = {p: {o.name: output / f"{image_stem(p)}_{o.name}.stl" for o in organs} for p in images}
+    paths = [t for per_image in targets.values() for t in per_image.values()]
+    if len(set(paths)) != len(paths):
+        raise InputError("two input images have the same name, so their meshes would overwrite each other; rename one")
+    for path in paths:
+        check_output_path(path)
+    return targets
+
+
+def _segment_organs(args, segmenter, images: list[Path], roi) -> int:
+    """``segment`` with a several-organ model: each whole image in turn, one mesh per chosen organ.
+    An organ the model does not find is reported (nothing is written for it); the exit code is 2 when
+    an image failed, or when an organ named in ``--organs`` was not found."""
+    from imagetomesh.core.cropping import crop_volume
+    from imagetomesh.io.images import read_image
+    from imagetomesh.io.meshes import write_mesh
+    from imagetomesh.organs import choose_organs
+
+    organs = choose_organs(segmenter.organs, args.organs, args.model)
+    targets = _organ_targets(images, args.output, organs, args.model)
+    failed, missing = [], []
+    for path in progress_bar(images, "segmenting", total=len(images)):
+        with _warnings_named(path.name):
+            try:
+                volume = read_image(path)
+                meshes = segmenter.segment_organs(crop_volume(volume, roi) if roi is not None else volume, organs)
+            except InputError as err:
+                failed.append((path, err))
+                continue
+        for organ in organs:
+            mesh = meshes[organ.name]
+            if mesh is None:
+                missing.append(f"{path.name}: {organ.name}")
+                print(
+                    f"{PROG}: warning: {path.name}: no {organ.title.lower()} found; nothing written for it",
+                    file=sys.stderr,
+                )
+                continue
+            target = targets[path][organ.name]
+            write_mesh(mesh, target, args.coordinate_system)
+            print(f"wrote {target} ({organ.title}, {mesh.num_vertices} vertices, {mesh.num_faces} triangles)")
+    for path, err in failed:
+        print(f"{PROG}: error: {path}: {err}", file=sys.stderr)
+    if len(failed) and len(images) > 1:
+        print(f"{PROG}: {len(failed)} of {len(images)} images failed", file=sys.stderr)
+    if args.organs is not None and missing:
+        print(f"{PROG}: error: organs asked for with --organs were not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    return 2 if failed else 0
+
+
 def cmd_segment(args) -> int:
     """Segment each image into its own mesh; images are read a batch at a time (memory does not
     grow with their number). An image that fails is named and skipped; the others are written,
@@ -66,9 +128,13 @@ def cmd_segment(args) -> int:
     from imagetomesh.io.meshes import write_mesh
 
     images = [Path(p) for p in args.images]
-    targets = dict(zip(images, _targets(images, args.output)))
     segmenter = Segmenter(args.model, args.device, open_surface=args.open, check_input=not args.allow_mismatch)
     roi = read_roi(args.roi) if args.roi else None
+    if segmenter.organs is not None:
+        return _segment_organs(args, segmenter, images, roi)
+    if args.organs is not None:
+        raise InputError(f"--organs is for models of several organs; {args.model} meshes one structure")
+    targets = dict(zip(images, _targets(images, args.output)))
     failed = []
     batches = range(0, len(images), args.batch_size)
     for start in progress_bar(batches, "segmenting", total=len(batches)):
@@ -114,7 +180,9 @@ def register(sub) -> None:
         help="image(s) -> mesh(es) with a trained model",
         description="Segment each IMAGE into a watertight surface mesh (LPS mm) with a bundled or "
         "trained model. With several images, -o is a folder and each mesh is named after "
-        "its image; an image that fails is reported by name and the others are still written.",
+        "its image; an image that fails is reported by name and the others are still written. "
+        "A model of several organs (e.g. a head-and-neck CT model) takes whole scans and writes "
+        "IMAGE_ORGAN.stl per organ into the folder -o.",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", type=path_arg)
     p.add_argument("--model", required=True, help="bundled model name (see 'imagetomesh models') or model folder")
@@ -137,6 +205,12 @@ def register(sub) -> None:
         help="segment only inside this box: x0,y0,z0,x1,y1,z1 in LPS mm, or a Slicer ROI .mrk.json "
         "(lets a patch model such as the hippocampus ones run on a whole-head image; write --roi=-10,... "
         "when the first number is negative)",
+    )
+    p.add_argument(
+        "--organs",
+        metavar="NAMES",
+        help="models of several organs: mesh only these, comma-separated (e.g. mandible,brainstem; "
+        "'imagetomesh models' lists each model's organs); default: all",
     )
     p.add_argument(
         "--allow-mismatch",

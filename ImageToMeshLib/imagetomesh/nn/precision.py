@@ -1,4 +1,5 @@
-"""Mixed precision: whether the CPU computes bfloat16 natively, and one bf16 autocast switch."""
+"""Mixed precision and memory order: whether the CPU computes bfloat16 natively, one bf16 autocast
+switch, and channels-last 3D convolutions."""
 
 from __future__ import annotations
 
@@ -31,3 +32,11 @@ def bf16_autocast(enabled: bool, device: torch.device) -> AbstractContextManager
     if enabled and device.type in ("cpu", "cuda") and bf16_supported(device):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with its 5-D parameters (3D convolution weights) in ``torch.channels_last_3d`` order, in place.
+
+    Convolutions then compute in that order whatever the input's order (oneDNN follows the
+    weight), so inputs need no conversion; values are unchanged and checkpoints load either way."""
+    return model.to(memory_format=torch.channels_last_3d)

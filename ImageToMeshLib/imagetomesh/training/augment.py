@@ -40,7 +40,8 @@ def augment(
     generator: torch.Generator,
     return_transform: bool = False,
 ):
-    """Augment one case: ``image`` float ``(D, H, W)``, ``label`` uint8 ``(D, H, W)`` -> same shapes.
+    """Augment one case: ``image`` float ``(D, H, W)``, ``label`` uint8 ``(D, H, W)`` (binary or class
+    indices) -> same shapes.
 
     The spatial transform acts in an isotropic frame (millimetres on an isotropic grid) so
     rotations do not shear; labels are resampled by nearest neighbour. With ``return_transform``
@@ -67,6 +68,7 @@ def augment(
         -config.intensity_shift, config.intensity_shift
     )
     img = img + config.noise * torch.randn(img.shape, generator=generator)
+    lab = lab.round().to(torch.uint8)  # nearest sampling keeps each voxel's class (0/1 or an organ's index)
     if return_transform:
-        return img, (lab > 0.5).to(torch.uint8), linear, shift
-    return img, (lab > 0.5).to(torch.uint8)
+        return img, lab, linear, shift
+    return img, lab

@@ -7,8 +7,9 @@ not fit in the CPU budget; the GPU configs train from scratch.
 Voxel2Mesh's ablation variants of the paper are configs too: ``ps-umu``, ``hs-umu``,
 ``lns-umu`` and ``lns-amu`` (= Voxel2Mesh).
 
-``cpu-v2`` / ``gpu-v2`` (Voxel2Mesh, Pixel2Mesh-3D) are ``cpu`` / ``gpu`` with the version-2 mesh
-loss of issue 15 (:func:`~imagetomesh.training.losses.mesh_decoder_loss`: every term a length
+``cpu-v2`` / ``gpu-v2`` are ``cpu`` / ``gpu`` under bf16 autocast with channels-last convolutions
+(about 2x the U-Net's CPU steps per hour: ``Testing/benchmarks/training_throughput.py``) and, for
+Voxel2Mesh and Pixel2Mesh-3D, the version-2 mesh loss of issue 15 (:func:`~imagetomesh.training.losses.mesh_decoder_loss`: every term a length
 squared, unsquared Laplacian smoothing or Pixel2Mesh's change of Laplacian coordinates, a dense
 Chamfer target) and regulariser weights chosen on the validation split with
 ``Testing/benchmarks/mesh_loss_oracle.py`` (``docs/mesh-losses.md``). ``cpu`` and ``gpu`` keep
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field, replace
+from typing import Optional
 
 from imagetomesh.errors import InputError
 from imagetomesh.preprocessing import GridSpec
@@ -46,6 +48,13 @@ class TrainConfig(EngineOptions):
     loss: MeshLossWeights = field(default_factory=MeshLossWeights)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     threads: int = 2
+    #: several organs: ``[{"name", "label" (value in the label files), "colour" [r, g, b] 0-255,
+    #: "terminology"}, ...]``, class ``k`` = ``organs[k - 1]``; None: one object (every non-zero label)
+    organs: Optional[list] = None
+    #: train on random ``(D, H, W)`` crops of the grid (inference still sees the whole grid); None: whole grid
+    patch: Optional[list] = None
+    #: probability that a training crop is centred on a labelled voxel
+    foreground: float = 0.5
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -84,6 +93,47 @@ V2M_LOSS_V2 = MeshLossWeights(
 #: target's normals, is unit-free like normal consistency), its Laplacian ratio of Wang et al. (0.3,
 #: a mean of squared changes like the Chamfer's mean of squared distances); not yet measured by the oracle.
 P2M_LOSS_V2 = replace(V2M_LOSS_V2, pixel2mesh_normal=True)
+
+
+#: The head-and-neck CT grid: the whole scan around the image centre, 512 x 512 mm in-plane and
+#: 400 mm cranio-caudal at 4 x 4 x 2.5 mm (OpenKBP's 128 x 128 in-plane grid is 2.7-5.4 mm, most
+#: 3.9 mm; its slices 1.5-3.3 mm, most 2.5 mm), index axes along R, A, S, Hounsfield units.
+HEADNECK_CT_GRID = GridSpec((160, 128, 128), (4.0, 4.0, 2.5), (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0), "ct")
+
+
+def _sct(code: str, meaning: str, laterality: Optional[tuple[str, str]] = None) -> dict:
+    """A Slicer-style terminology entry (SNOMED CT anatomic region, optional laterality modifier)."""
+    entry = {"scheme": "SCT", "code": code, "meaning": meaning}
+    if laterality:
+        entry["modifier"] = {"scheme": "SCT", "code": laterality[0], "meaning": laterality[1]}
+    return entry
+
+
+_RIGHT, _LEFT = ("24028007", "Right"), ("7771000", "Left")
+#: The seven OpenKBP organs at risk: label value, colour, terminology.
+HEADNECK_CT_ORGANS = [
+    {"name": "brainstem", "label": 1, "colour": [250, 210, 160], "terminology": _sct("15926001", "Brainstem")},
+    {"name": "spinal_cord", "label": 2, "colour": [244, 214, 49], "terminology": _sct("2748008", "Spinal cord")},
+    {
+        "name": "right_parotid",
+        "label": 3,
+        "colour": [120, 170, 240],
+        "terminology": _sct("45289007", "Parotid gland", _RIGHT),
+    },
+    {
+        "name": "left_parotid",
+        "label": 4,
+        "colour": [240, 120, 200],
+        "terminology": _sct("45289007", "Parotid gland", _LEFT),
+    },
+    {"name": "esophagus", "label": 5, "colour": [211, 171, 143], "terminology": _sct("32849002", "Esophagus")},
+    {"name": "larynx", "label": 6, "colour": [140, 220, 150], "terminology": _sct("4596009", "Larynx")},
+    {"name": "mandible", "label": 7, "colour": [241, 238, 226], "terminology": _sct("91609006", "Mandible")},
+]
+#: CT augmentation: no flips (they would swap the left and right parotids), small Hounsfield changes.
+CT_AUGMENT = AugmentConfig(flip=0.0, rotate_deg=10.0, scale=0.1, intensity_scale=0.03, intensity_shift=0.02, noise=0.01)
+#: The head-and-neck U-Net: eight classes (background + seven organs), a wider first level.
+UNET_HEADNECK_CT = {"in_channels": 1, "num_classes": 8, "base": 16, "depth": 4, "norm": "batch"}
 
 
 def named_config(configs: dict, name: str, kind: str):
@@ -133,8 +183,26 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
         "cpu": TrainConfig("unet", {"unet": UNET_CPU}, steps=1200, batch_size=2, val_every=200),
         "gpu": TrainConfig("unet", {"unet": UNET_GPU}, steps=20000, batch_size=8),
     }
-    for named, loss in ((v2m, V2M_LOSS_V2), (p2m, P2M_LOSS_V2)):
+    unet["headneck-ct-cpu"] = TrainConfig(
+        "unet",
+        {"unet": UNET_HEADNECK_CT},
+        grid=HEADNECK_CT_GRID,
+        steps=2400,
+        batch_size=2,
+        lr=2e-3,
+        val_every=300,
+        augment=copy.deepcopy(CT_AUGMENT),
+        threads=1,
+        organs=copy.deepcopy(HEADNECK_CT_ORGANS),
+        patch=[48, 80, 80],
+        foreground=0.67,
+        bf16_autocast=True,
+        channels_last=True,
+    )
+    for named, loss in ((v2m, V2M_LOSS_V2), (p2m, P2M_LOSS_V2), (unet, None)):
         for name in ("cpu", "gpu"):
-            named[f"{name}-v2"] = copy.deepcopy(named[name])
-            named[f"{name}-v2"].loss = copy.deepcopy(loss)
+            v2 = named[f"{name}-v2"] = copy.deepcopy(named[name])
+            if loss is not None:
+                v2.loss = copy.deepcopy(loss)
+            v2.bf16_autocast = v2.channels_last = True
     return {"voxel2mesh": v2m, "pixel2mesh3d": p2m, "unet": unet}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from imagetomesh.core.transforms import GridTransform
@@ -25,13 +26,17 @@ from imagetomesh.training.udf_points import surface_samples
 class PreparedCase:
     """One case on the model grid: ``image`` float32 ``(D, H, W)`` normalised, ``label`` uint8 ``(D, H, W)``;
     ``surface``: the dense Chamfer target ``(points (P, 3) grid, normals (P, 3) isotropic frame)``
-    of the label (:func:`~imagetomesh.training.udf_points.surface_samples`), when asked for."""
+    of the label (:func:`~imagetomesh.training.udf_points.surface_samples`), when asked for.
+    For several organs ``label`` holds class indices (0 background, organ ``k`` -> ``k``) and
+    ``present`` ``(C,)`` bool says which classes were contoured in the case (class 0 always):
+    a voxel labelled 0 may belong to an organ that was not."""
 
     case_id: str
     image: torch.Tensor
     label: torch.Tensor
     transform: GridTransform
     surface: tuple[torch.Tensor, torch.Tensor] | None = None
+    present: torch.Tensor | None = None
 
 
 def prepare_case(
@@ -40,23 +45,32 @@ def prepare_case(
     labels: tuple[int, ...] | None = None,
     surface_points: int = 0,
     surface_smoothing: float = DEFAULT_SMOOTHING,
+    organs: tuple[int, ...] | None = None,
 ) -> PreparedCase:
     """Read and resample a case; ``labels`` None merges every non-zero label into one object.
     ``surface_points`` > 0 also samples that many points of the label's surface smoothed with
-    ``surface_smoothing`` (seeded by the case id, so every run draws the same ones)."""
+    ``surface_smoothing`` (seeded by the case id, so every run draws the same ones).
+    ``organs`` (label values) keeps them apart instead: organ ``organs[k - 1]`` becomes class ``k``
+    and :attr:`PreparedCase.present` records which were contoured (``case.labels_present``)."""
     image = read_image(case.image)
     label = read_image(case.label)
-    mask = label.array > 0 if labels is None else np.isin(label.array, labels)
     grid_image, transform = prepare_image(image, spec, warn=False)
-    grid_label = resample_to_grid(
-        label.with_array(mask.astype(np.float32)), model_grid_transform(label, spec), "nearest"
-    )
-    label_grid = (grid_label > 0.5).to(torch.uint8)
+    present = None
+    if organs is not None:
+        classes = np.zeros(label.array.shape, np.float32)
+        for k, value in enumerate(organs, start=1):
+            classes[label.array == value] = k
+        contoured = set(case.labels_present) if case.labels_present is not None else set(organs)
+        present = torch.tensor([True] + [value in contoured for value in organs])
+    else:
+        classes = (label.array > 0 if labels is None else np.isin(label.array, labels)).astype(np.float32)
+    grid_label = resample_to_grid(label.with_array(classes), model_grid_transform(label, spec), "nearest")
+    label_grid = grid_label.round().to(torch.uint8)
     surface = None
     if surface_points > 0:
         seed = int.from_bytes(hashlib.sha256(case.case_id.encode()).digest()[:8], "little")
         surface = surface_samples(label_grid, surface_points, torch.Generator().manual_seed(seed), surface_smoothing)
-    return PreparedCase(case.case_id, grid_image, label_grid, transform, surface)
+    return PreparedCase(case.case_id, grid_image, label_grid, transform, surface, present)
 
 
 def prepare_cases(
@@ -65,9 +79,10 @@ def prepare_cases(
     progress: bool = True,
     surface_points: int = 0,
     surface_smoothing: float = DEFAULT_SMOOTHING,
+    organs: tuple[int, ...] | None = None,
 ) -> list[PreparedCase]:
     return [
-        prepare_case(c, spec, surface_points=surface_points, surface_smoothing=surface_smoothing)
+        prepare_case(c, spec, surface_points=surface_points, surface_smoothing=surface_smoothing, organs=organs)
         for c in tqdm(cases, desc="preparing cases", disable=None if progress else True, leave=False)
     ]
 
@@ -80,14 +95,17 @@ def prepare_split(
     progress: bool = True,
     surface_points: int = 0,
     surface_smoothing: float = DEFAULT_SMOOTHING,
+    organs: tuple[int, ...] | None = None,
 ) -> tuple[dict, list[PreparedCase], list[PreparedCase]]:
     """An MSD folder's run split (``out/split.json``, made with ``seed`` if missing) and its
     training and validation cases prepared on ``spec``: ``(split, train cases, val cases)``
-    (with ``surface_points`` dense surface samples each, see :func:`prepare_case`)."""
+    (with ``surface_points`` dense surface samples each, or ``organs`` kept apart: see :func:`prepare_case`)."""
     cases = read_msd(data_dir)
     split = load_or_make_split(list(cases), out / "split.json", seed=seed)
-    train = prepare_cases([cases[c] for c in split["train"]], spec, progress, surface_points, surface_smoothing)
-    val = prepare_cases([cases[c] for c in split["val"]], spec, progress, surface_points, surface_smoothing)
+    train, val = (
+        prepare_cases([cases[c] for c in split[part]], spec, progress, surface_points, surface_smoothing, organs)
+        for part in ("train", "val")
+    )
     return split, train, val
 
 
@@ -112,6 +130,49 @@ def random_image_batch(
     if return_surfaces:
         return torch.stack(images)[:, None], torch.stack(labels), surfaces
     return torch.stack(images)[:, None], torch.stack(labels)
+
+
+def random_patch_batch(
+    cases: list[PreparedCase],
+    batch_size: int,
+    patch: tuple[int, int, int],
+    config: AugmentConfig,
+    generator: torch.Generator,
+    foreground: float = 0.5,
+):
+    """``batch_size`` augmented ``patch`` ``(d, h, w)`` crops of cases drawn with replacement:
+    ``(images (B, 1, d, h, w) float32, labels (B, d, h, w) uint8, present (B, C) bool)``.
+
+    With probability ``foreground`` a crop is centred on a random labelled voxel (the organs are
+    small in a whole scan), else anywhere; crops stay inside the grid (a grid smaller than the
+    patch along an axis is padded with its lowest value and label 0)."""
+    pick = torch.randint(len(cases), (batch_size,), generator=generator)
+    images, labels, present = [], [], []
+    for i in pick:
+        case = cases[int(i)]
+        image, label = _padded(case.image, case.label, patch)
+        if float(torch.rand(1, generator=generator)) < foreground and bool(label.any()):
+            voxels = torch.nonzero(label)
+            centre = voxels[int(torch.randint(len(voxels), (1,), generator=generator))]
+        else:
+            centre = torch.tensor([int(torch.randint(n, (1,), generator=generator)) for n in label.shape])
+        start = [min(max(int(c) - p // 2, 0), n - p) for c, p, n in zip(centre, patch, label.shape)]
+        window = tuple(slice(s0, s0 + p) for s0, p in zip(start, patch))
+        image, label = augment(image[window].float(), label[window], config, generator)
+        images.append(image)
+        labels.append(label)
+        present.append(case.present)
+    return torch.stack(images)[:, None], torch.stack(labels), torch.stack(present)
+
+
+def _padded(image: torch.Tensor, label: torch.Tensor, patch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``image`` and ``label`` padded at the far end of each axis shorter than ``patch``."""
+    pad = [max(p - n, 0) for p, n in zip(patch, label.shape)]
+    if not any(pad):
+        return image, label
+    widths = [w for p in reversed(pad) for w in (0, p)]
+    fill = float(image.min())
+    return F.pad(image, widths, value=fill), F.pad(label, widths, value=0)
 
 
 def augment_surface(

@@ -9,7 +9,7 @@ model kind happens here, once:
   generator (``seed + task.seed_offset + 1000 rank``, re-seeded ``+ step`` on resuming a file
   without a saved generator);
 - the loop: ``accumulate_steps`` mini-batches (losses under optional bf16 autocast, each
-  divided by their number) -> gradient clipping -> optimiser step -> scheduler step;
+  divided by their number; the model optionally in channels-last memory order) -> gradient clipping -> optimiser step -> scheduler step;
 - validation every ``val_every`` steps and at the last one, the ``best/`` model by the task's
   score, the ``final/`` model, their cards (safetensors + card.json);
 - the checkpoint (:class:`~imagetomesh.training.checkpoint.RunCheckpoint`, resumed by running
@@ -38,7 +38,7 @@ import torch.distributed as dist
 
 from imagetomesh.errors import InputError
 from imagetomesh.io.atomic import atomic_write
-from imagetomesh.nn.precision import bf16_autocast
+from imagetomesh.nn.precision import bf16_autocast, to_channels_last
 from imagetomesh.training.checkpoint import GeneratorState, RunCheckpoint
 from imagetomesh.training.tasks.base import LoopSettings, RunState, Task
 from imagetomesh.weights import save_weights
@@ -167,7 +167,7 @@ def _undo_start(out: Path, existed: Optional[set]) -> None:
 def run_phase(task: Task, run: Run) -> Optional[Path]:
     """Run one phase to its end (steps or time limit), resuming from its checkpoint; returns its result folder."""
     s = task.settings()
-    task.setup()
+    setup_phase(task, s)
     generator = torch.Generator().manual_seed(run.seed + task.seed_offset + 1000 * run.rank)
     parts = dict(task.checkpoint_parts())
     saved_generator = GeneratorState(generator)
@@ -236,6 +236,13 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
     if task.final_folder:
         run.save_model(task.model, task.final_folder, task.card(validated(task, state), state))
     return run.out / task.result_folder if task.result_folder else None
+
+
+def setup_phase(task: Task, s: LoopSettings) -> None:
+    """``task.setup()``, then its model in channels-last memory order if ``s.channels_last``."""
+    task.setup()
+    if s.channels_last:
+        to_channels_last(task.model)
 
 
 def optimiser_step(task: Task, s: LoopSettings, generator: torch.Generator, device: torch.device) -> dict[str, float]:

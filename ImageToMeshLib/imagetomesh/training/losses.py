@@ -140,6 +140,40 @@ def mesh_decoder_loss(
     return terms
 
 
+def partial_label_loss(logits: torch.Tensor, label: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy plus soft Dice for several organs when not every organ was contoured in every case.
+
+    ``logits (B, C, D, H, W)``, ``label (B, D, H, W)`` class indices, ``present (B, C)`` bool (the
+    classes contoured in each case; class 0, background, always). A voxel labelled 0 in a case is
+    "background or an organ not contoured there", so its cross-entropy is ``-log`` of the summed
+    probability of background and the missing classes (the marginal likelihood), never of background
+    alone. The soft Dice (smoothed by 1) is averaged over each case's contoured organs only.
+    Returns the mean over cases of ``CE + (1 - Dice)``.
+    """
+    log_probs = F.log_softmax(logits.float(), dim=1)
+    probs = log_probs.exp()
+    total = logits.new_zeros((), dtype=torch.float32)
+    for b in range(len(logits)):
+        lab = label[b].long()
+        unlabelled = torch.logsumexp(log_probs[b][~present[b] | _background(present[b])], dim=0)
+        picked = log_probs[b].gather(0, lab[None])[0]
+        ce = -torch.where(lab == 0, unlabelled, picked).mean()
+        organs = [k for k in range(1, logits.shape[1]) if bool(present[b, k])]
+        dice = []
+        for k in organs:
+            p, t = probs[b, k], (lab == k).float()
+            dice.append((2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1))
+        total = total + ce + (1 - torch.stack(dice).mean() if dice else 0.0)
+    return total / len(logits)
+
+
+def _background(present: torch.Tensor) -> torch.Tensor:
+    """``(C,)`` bool: class 0 only."""
+    mask = torch.zeros_like(present)
+    mask[0] = True
+    return mask
+
+
 def segmentation_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """Cross-entropy plus soft Dice of the foreground; ``logits`` ``(B, 2, D, H, W)``, ``label`` ``(B, D, H, W)``."""
     ce = F.cross_entropy(logits, label.long())

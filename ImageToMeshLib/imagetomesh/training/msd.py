@@ -18,11 +18,14 @@ from imagetomesh.io.images import image_stem
 
 @dataclass(frozen=True)
 class Case:
-    """One training case: its id (file name without extension), image and label paths."""
+    """One training case: its id (file name without extension), image and label paths, and the label
+    values contoured in it (``labels_present`` of its ``dataset.json`` entry; None: every label was
+    contoured, so a voxel labelled 0 is background for every organ)."""
 
     case_id: str
     image: Path
     label: Path
+    labels_present: tuple[int, ...] | None = None
 
 
 def read_msd(root: str | Path) -> dict[str, Case]:
@@ -52,7 +55,15 @@ def read_msd(root: str | Path) -> dict[str, Case]:
         for path in (image, label):
             if not path.is_file():
                 raise InputError(f"{manifest} lists {path.relative_to(root)}, which does not exist")
-        cases[image_stem(entry["image"])] = Case(image_stem(entry["image"]), image, label)
+        present = entry.get("labels_present")
+        if present is not None and not (
+            isinstance(present, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in present)
+        ):
+            raise InputError(
+                f"{manifest}: training entry {n} has labels_present {str(present)[:60]!r}; give a list of label values"
+            )
+        case_id = image_stem(entry["image"])
+        cases[case_id] = Case(case_id, image, label, tuple(present) if present is not None else None)
     if not cases:
         raise InputError(f"{manifest} lists no training cases")
     return dict(sorted(cases.items()))

@@ -30,10 +30,13 @@ class EngineOptions:
     ``accumulate_steps``: mini-batches whose gradients are summed (each loss divided by their
     number) before one optimiser step; 1 = a plain step. ``bf16_autocast``: compute the losses
     under bfloat16 autocast (CPU with native bf16, or CUDA); float32 where unsupported.
+    ``channels_last``: keep the model's 3D convolution weights (and so their activations) in
+    ``torch.channels_last_3d`` memory order, which oneDNN's bf16 kernels run fastest in.
     """
 
     accumulate_steps: int = 1
     bf16_autocast: bool = False
+    channels_last: bool = False
 
     def to_dict(self) -> dict:
         """The config as JSON-ready values (a ``grid`` :class:`GridSpec` by its own ``to_dict``)."""
@@ -64,6 +67,7 @@ class LoopSettings:
     clip_norm: Optional[float] = 5.0
     accumulate_steps: int = 1
     bf16_autocast: bool = False
+    channels_last: bool = False
 
 
 @dataclass
@@ -119,6 +123,7 @@ class Task:
             time_limit_s=getattr(c, "time_limit_s", None),
             accumulate_steps=c.accumulate_steps,
             bf16_autocast=c.bf16_autocast,
+            channels_last=c.channels_last,
         )
 
     def setup(self) -> None:

@@ -221,6 +221,7 @@ class DALSTask(Task):
             clip_norm=None,
             accumulate_steps=c.accumulate_steps,
             bf16_autocast=c.bf16_autocast,
+            channels_last=c.channels_last,
         )
 
     def setup(self) -> None:

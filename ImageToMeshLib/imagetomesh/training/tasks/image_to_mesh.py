@@ -4,23 +4,24 @@ Loss: ``ce CE(logits, label)`` plus, for the mesh models, the mean over cases of
 :func:`~imagetomesh.training.losses.mesh_decoder_loss` against the label's Chamfer target
 (``loss.target``: ``sample_points`` voxel-face midpoints of the augmented label, or the case's
 dense surface samples, computed once in data preparation and moved with the augmentation). AdamW, one-cycle learning rate, gradient norm clipped
-at 5. Best model: the lowest validation Chamfer (mm) for mesh models, the highest Dice for the
-U-Net. Configs: :func:`imagetomesh.training.configs.image_configs`.
+at 5. Best model: the highest validation Dice of the output mesh (``val_mesh_dice``) for mesh
+models, of the voxel head for the U-Net. Configs: :func:`imagetomesh.training.configs.image_configs`.
 """
 
 from __future__ import annotations
 
 import torch
 
+from imagetomesh.errors import InputError
 from imagetomesh.models.registry import build_model
 from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
 from imagetomesh.training.configs import TrainConfig, image_configs
-from imagetomesh.training.data import chamfer_target, prepare_split, random_image_batch
+from imagetomesh.training.data import chamfer_target, prepare_split, random_image_batch, random_patch_batch
 from imagetomesh.training.init_weights import init_from_model
-from imagetomesh.training.losses import mesh_decoder_loss, segmentation_loss
+from imagetomesh.training.losses import mesh_decoder_loss, partial_label_loss, segmentation_loss
 from imagetomesh.training.schedules import one_cycle, rescale_one_cycle
 from imagetomesh.training.tasks.base import RunState, Task, run_card
-from imagetomesh.training.validation import segmentation_metrics
+from imagetomesh.training.validation import organ_metrics, segmentation_metrics
 
 
 def image_to_mesh_loss(
@@ -76,7 +77,10 @@ class ImageToMeshTask(Task):
             progress=run.writer,
             surface_points=config.loss.target_points if dense else 0,
             surface_smoothing=config.loss.target_smoothing,
+            organs=tuple(o["label"] for o in config.organs) if config.organs else None,
         )
+        if config.organs and config.kind != "unet":
+            raise InputError(f"several organs (config.organs) are for the unet kind, not {config.kind}")
         self.model = build_model(config.kind, config.model).to(run.device)
         if self.init_from:
             init_from_model(self.model, config.kind, self.init_from, run.log)
@@ -90,17 +94,31 @@ class ImageToMeshTask(Task):
     def batch(self, generator):
         dense = self.config.kind != "unet" and self.config.loss.target == "dense"
         c = self.config
+        if c.patch:
+            return random_patch_batch(
+                self.train_cases, c.batch_size, tuple(c.patch), c.augment, generator, c.foreground
+            )
         return random_image_batch(self.train_cases, c.batch_size, c.augment, generator, return_surfaces=dense)
 
     def loss(self, batch, generator):
+        if self.config.organs:
+            images, labels, present = batch
+            logits, _ = self.net(images.to(self.run.device))
+            loss = partial_label_loss(logits, labels.to(self.run.device), present.to(self.run.device))
+            return loss, {"seg": float(loss.detach()), "loss": float(loss.detach())}
         return image_to_mesh_loss(self.net, self.config, batch[0], batch[1], generator, self.run.device, *batch[2:])
 
     def validate(self) -> dict[str, float]:
+        if self.config.organs:
+            return organ_metrics(self.model, self.val_cases, self.run.device, [o["name"] for o in self.config.organs])
         return segmentation_metrics(self.model, self.val_cases, self.run.device)
 
     def score(self, metrics: dict[str, float]) -> float:
-        return metrics.get("val_chamfer_mm", -metrics["val_dice"])
+        return -metrics.get("val_mesh_dice", metrics["val_dice"])
 
     def card(self, metrics: dict, state: RunState) -> dict:
         c = self.config
-        return run_card(self.run, c.kind, c.model, c.grid, self.split, metrics, state.step)
+        card = run_card(self.run, c.kind, c.model, c.grid, self.split, metrics, state.step)
+        if c.organs:
+            card["organs"] = c.organs
+        return card

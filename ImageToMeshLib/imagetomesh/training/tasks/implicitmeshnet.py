@@ -44,7 +44,7 @@ from imagetomesh.training.implicitmeshnet_losses import (
 from imagetomesh.training.implicitmeshnet_shapes import random_shape
 from imagetomesh.training.init_weights import init_from_model
 from imagetomesh.training.tasks.base import EngineOptions, LoopSettings, RunState, Task, run_card
-from imagetomesh.training.validation import mesh_dice, segmentation_metrics
+from imagetomesh.training.validation import segmentation_metrics
 from imagetomesh.weights import upgrade_state
 
 PRETRAINED = "sdf_pretrained.safetensors"
@@ -191,6 +191,7 @@ class SDFPretraining(Task):
             time_limit_s=c.pretrain_time_limit_s,
             accumulate_steps=c.accumulate_steps,
             bf16_autocast=c.bf16_autocast,
+            channels_last=c.channels_last,
         )
 
     def setup(self) -> None:
@@ -304,9 +305,7 @@ class ImplicitMeshNetTask(Task):
         )
 
     def validate(self) -> dict[str, float]:
-        metrics = segmentation_metrics(self.model, self.val_cases, self.run.device)
-        metrics["val_mesh_dice"] = mesh_dice(self.model, self.val_cases, self.run.device)
-        return metrics
+        return segmentation_metrics(self.model, self.val_cases, self.run.device)
 
     def score(self, metrics: dict[str, float]) -> float:
         return -metrics["val_mesh_dice"]

@@ -1,0 +1,124 @@
+"""Whole-scan inference for several-organ models: any field of view at the model's spacing, in
+bounded memory, and one mask (then one mesh) per organ.
+
+A several-organ model (a card with ``organs``) is fully convolutional: its card's grid gives the
+spacing, orientation and intensity window it was trained at and, as ``shape``, the largest block it
+is run on at once. :func:`scan_grid` lays that spacing over the whole image (however large, any
+direction matrix); :func:`windowed_logits` runs the network over it in overlapping blocks of at most
+the card's shape, so memory is bounded by the block, not the scan; :func:`organ_masks` turns the
+class probabilities into one mask per organ, and :func:`organ_mask_volume` resamples an organ's
+probability around it at a finer spacing so its surface is not the scan grid's staircase.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from imagetomesh.core.transforms import GridTransform, grid_volume
+from imagetomesh.core.volume import Volume
+from imagetomesh.organs import Organ
+from imagetomesh.preprocessing import GridSpec, model_grid_transform
+
+#: Scan-grid sizes are rounded up to a multiple of this (the U-Net's 3 poolings).
+GRID_MULTIPLE = 8
+#: Overlap of neighbouring blocks in :func:`windowed_logits`, as a fraction of the block.
+WINDOW_OVERLAP = 0.25
+#: Connected pieces of an organ's mask smaller than this fraction of its largest piece are dropped.
+MIN_PIECE_FRACTION = 0.1
+
+
+def scan_spec(volume: Volume, spec: GridSpec, multiple: int = GRID_MULTIPLE) -> GridSpec:
+    """``spec`` with its shape grown or shrunk to cover ``volume``'s whole extent along the grid's axes
+    at ``spec.spacing``, each size rounded up to a multiple of ``multiple``."""
+    to_grid_axes = np.abs(spec.direction_matrix(volume).T @ volume.direction)
+    extent = to_grid_axes @ (np.asarray(volume.size_ijk, dtype=np.float64) * volume.spacing)  # (x, y, z) mm
+    size = np.maximum(np.ceil(extent / np.asarray(spec.spacing) / multiple), 1) * multiple
+    return replace(spec, shape=tuple(int(s) for s in size[::-1]))
+
+
+def scan_grid(volume: Volume, spec: GridSpec, multiple: int = GRID_MULTIPLE) -> GridTransform:
+    """Where the whole-scan grid of :func:`scan_spec` lies: centred on the image centre."""
+    return model_grid_transform(volume, scan_spec(volume, spec, multiple))
+
+
+def _starts(size: int, block: int, overlap: float) -> list[int]:
+    """Block starts along one axis: from 0, stepping ``block (1 - overlap)``, the last ending at ``size``."""
+    if size <= block:
+        return [0]
+    step = max(1, int(block * (1.0 - overlap)))
+    starts = list(range(0, size - block, step))
+    return starts + [size - block]
+
+
+@torch.no_grad()
+def windowed_logits(
+    net, image: torch.Tensor, block: tuple[int, int, int], overlap: float = WINDOW_OVERLAP
+) -> torch.Tensor:
+    """``net``'s logits ``(C, D, H, W)`` over ``image (1, 1, D, H, W)``, computed in blocks of at most
+    ``block`` ``(d, h, w)`` voxels that overlap by ``overlap`` and are averaged where they do (one pass
+    when the image fits in a block). ``net(x) -> (logits (1, C, ...), ...)``."""
+    shape = image.shape[2:]
+    if all(n <= b for n, b in zip(shape, block)):
+        return net(image)[0][0].float()
+    sizes = [min(n, b) for n, b in zip(shape, block)]
+    total = count = None
+    for z in _starts(shape[0], sizes[0], overlap):
+        for y in _starts(shape[1], sizes[1], overlap):
+            for x in _starts(shape[2], sizes[2], overlap):
+                window = (slice(z, z + sizes[0]), slice(y, y + sizes[1]), slice(x, x + sizes[2]))
+                logits = net(image[(slice(None), slice(None), *window)])[0][0].float()
+                if total is None:
+                    total = torch.zeros((logits.shape[0], *shape), dtype=torch.float32, device=logits.device)
+                    count = torch.zeros(shape, dtype=torch.float32, device=logits.device)
+                total[(slice(None), *window)] += logits
+                count[window] += 1
+    return total / count
+
+
+def organ_masks(probabilities: torch.Tensor, organs: list[Organ]) -> dict[str, np.ndarray | None]:
+    """``{organ name: (D, H, W) bool mask or None when the organ was not found}`` from class
+    ``probabilities (C, D, H, W)``: the voxels whose most probable class is the organ's, without pieces
+    smaller than :data:`MIN_PIECE_FRACTION` of its largest (stray islands elsewhere in the scan)."""
+    winner = probabilities.argmax(0).cpu().numpy()
+    out: dict[str, np.ndarray | None] = {}
+    for organ in organs:
+        mask = winner == organ.index
+        pieces, count = ndimage.label(mask)
+        if count == 0:
+            out[organ.name] = None
+            continue
+        sizes = np.bincount(pieces.ravel())[1:]
+        keep = np.flatnonzero(sizes >= MIN_PIECE_FRACTION * sizes.max()) + 1
+        out[organ.name] = np.isin(pieces, keep)
+    return out
+
+
+def organ_mask_volume(
+    probability: torch.Tensor, mask: np.ndarray, transform: GridTransform, upsample: int = 2, margin: int = 2
+) -> Volume:
+    """An organ's mask around it at ``upsample`` times the scan grid's resolution, as an LPS :class:`Volume`.
+
+    ``probability (D, H, W)`` is the organ's class probability on the scan grid whose geometry is
+    ``transform``; ``mask (D, H, W)`` its voxels (:func:`organ_masks`). The box around ``mask`` (plus
+    ``margin`` voxels) is resampled trilinearly ``upsample`` times finer and kept where the probability
+    is at least 0.5 and within one scan voxel of ``mask`` (the mask's pieces only, not a neighbour's)."""
+    nonzero = np.nonzero(mask)
+    lo = [max(int(a.min()) - margin, 0) for a in nonzero]
+    hi = [min(int(a.max()) + margin + 1, n) for a, n in zip(nonzero, mask.shape)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    crop = probability[box].float()[None, None]
+    size = [(b - a - 1) * upsample + 1 for a, b in zip(lo, hi)]
+    fine = F.interpolate(crop, size=size, mode="trilinear", align_corners=True)[0, 0].cpu().numpy()
+    near = ndimage.binary_dilation(mask[box], iterations=1).astype(np.float32)
+    near_fine = F.interpolate(torch.from_numpy(near)[None, None], size=size, mode="nearest")[0, 0].numpy() > 0.5
+    volume = grid_volume(np.zeros(mask.shape, np.uint8), transform)
+    index_to_lps = volume.index_to_lps
+    origin = index_to_lps[:3, :3] @ np.array(lo[::-1], dtype=np.float64) + index_to_lps[:3, 3]
+    return Volume(
+        ((fine >= 0.5) & near_fine).astype(np.uint8), np.asarray(volume.spacing) / upsample, origin, volume.direction
+    )

@@ -1,0 +1,266 @@
+"""Several organs per model (issue 16): organs that were not contoured are never taught as background,
+whole scans of any size run in bounded blocks, and ``segment`` writes one mesh per organ."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imagetomesh import cli
+from imagetomesh.core.volume import Volume
+from imagetomesh.errors import InputError
+from imagetomesh.io.images import write_image
+from imagetomesh.organs import Organ, choose_organs, organs_of
+from imagetomesh.preprocessing import GridSpec
+from imagetomesh.scan import organ_masks, scan_spec, windowed_logits
+from imagetomesh.training.augment import AugmentConfig
+from imagetomesh.training.data import prepare_case, random_patch_batch
+from imagetomesh.training.losses import partial_label_loss
+from imagetomesh.training.msd import read_msd
+
+LPS_RAS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def slow_partial_label_loss(logits, label, present):
+    """The loss voxel by voxel, as its docstring says it."""
+    total = 0.0
+    for b in range(logits.shape[0]):
+        p = torch.softmax(logits[b].double(), 0).reshape(logits.shape[1], -1)
+        lab = label[b].reshape(-1)
+        nll = []
+        for v in range(lab.numel()):
+            if lab[v] == 0:
+                classes = [0] + [k for k in range(logits.shape[1]) if not present[b, k]]
+                nll.append(-torch.log(sum(p[k, v] for k in classes)))
+            else:
+                nll.append(-torch.log(p[lab[v], v]))
+        dices = [
+            (2 * (p[k] * (lab == k)).sum() + 1) / (p[k].sum() + (lab == k).sum() + 1)
+            for k in range(1, logits.shape[1])
+            if present[b, k]
+        ]
+        total += torch.stack(nll).mean() + (1 - torch.stack(dices).mean() if dices else 0.0)
+    return total / logits.shape[0]
+
+
+def test_partial_label_loss_equals_the_voxel_by_voxel_definition():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 3, 4, 5, generator=g)
+    label = torch.randint(0, 4, (2, 3, 4, 5), generator=g)
+    present = torch.tensor([[True, True, False, True], [True, False, False, False]])
+    label[0][label[0] == 2] = 0  # a class that was not contoured has no voxels
+    label[1] = 0
+    fast = partial_label_loss(logits, label, present)
+    assert torch.allclose(fast.double(), slow_partial_label_loss(logits, label, present), atol=1e-5)
+
+
+def test_an_uncontoured_organ_is_not_taught_as_background():
+    """Predicting the uncontoured organ where the label says 0 costs what predicting background does."""
+    label = torch.zeros(1, 2, 2, 2, dtype=torch.long)
+    label[0, 0, 0, 0] = 1
+    present = torch.tensor([[True, True, False]])
+    as_background = torch.zeros(1, 3, 2, 2, 2)
+    as_background[:, 0] = 10.0
+    as_missing = torch.zeros(1, 3, 2, 2, 2)
+    as_missing[:, 2] = 10.0
+    for logits in (as_background, as_missing):
+        logits[0, :, 0, 0, 0] = torch.tensor([0.0, 10.0, 0.0])
+    assert torch.allclose(
+        partial_label_loss(as_background, label, present), partial_label_loss(as_missing, label, present), atol=1e-4
+    )
+    contoured = torch.tensor([[True, True, True]])  # once contoured, the same prediction is wrong
+    assert partial_label_loss(as_missing, label, contoured) > partial_label_loss(as_background, label, contoured) + 1
+
+
+def _ct_case(shape=(24, 24, 32), seed=0, organs=((1, (6, 8, 10), -400.0), (2, (12, 14, 16), 1200.0))):
+    """A synthetic CT (HU) with cubes of organs at given voxel corners (x, y, z) and intensities
+    added to soft tissue (organ 1 fat-like, organ 2 bone-like: no organ looks like the rim of another)."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(0.0, 20.0, shape).astype(np.float32)
+    image[:, :, :3] = -1000.0  # air
+    label = np.zeros(shape, np.uint8)
+    for value, (x, y, z), hu in organs:
+        image[z : z + 4, y : y + 4, x : x + 4] += hu
+        label[z : z + 4, y : y + 4, x : x + 4] = value
+    return image, label
+
+
+def _write_ct_msd(root: Path, count: int, present_for=lambda n: [1, 2]) -> Path:
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    entries = []
+    for n in range(count):
+        image, label = _ct_case(seed=n)
+        present = present_for(n)
+        label[~np.isin(label, present)] = 0  # uncontoured: no mask, the organ is still in the image
+        name = f"ct_{n:03d}.nii.gz"
+        spacing = (4.0, 4.0, 4.0)
+        write_image(Volume(image, spacing, direction=np.diag([-1.0, -1.0, 1.0])), root / "imagesTr" / name)
+        write_image(Volume(label, spacing, direction=np.diag([-1.0, -1.0, 1.0])), root / "labelsTr" / name)
+        entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}", "labels_present": present})
+    (root / "dataset.json").write_text(json.dumps({"training": entries}))
+    return root
+
+
+def test_cases_keep_their_organs_apart_and_know_which_were_contoured(tmp_path):
+    msd = read_msd(_write_ct_msd(tmp_path / "msd", 2, present_for=lambda n: [1, 2] if n == 0 else [2]))
+    spec = GridSpec((24, 24, 32), (4.0, 4.0, 4.0), LPS_RAS, "ct")
+    first, second = (prepare_case(case, spec, organs=(2, 1)) for case in msd.values())
+    assert first.present.tolist() == [True, True, True] and second.present.tolist() == [True, True, False]
+    assert set(np.unique(first.label.numpy())) == {0, 1, 2}
+    assert (first.label == 1).sum() == 64 and (first.label == 2).sum() == 64  # class 1 = label value 2
+    assert float(first.image.min()) == pytest.approx(-1.0)  # the CT window: air is -1
+
+
+def test_patch_batches_are_inside_the_grid_and_mostly_on_organs(tmp_path):
+    msd = read_msd(_write_ct_msd(tmp_path / "msd", 2))
+    spec = GridSpec((24, 24, 32), (4.0, 4.0, 4.0), LPS_RAS, "ct")
+    cases = [prepare_case(case, spec, organs=(1, 2)) for case in msd.values()]
+    still = AugmentConfig(flip=0, rotate_deg=0, scale=0, intensity_scale=0, intensity_shift=0, noise=0)
+    images, labels, present = random_patch_batch(cases, 6, (8, 8, 8), still, torch.Generator().manual_seed(1), 1.0)
+    assert images.shape == (6, 1, 8, 8, 8) and labels.shape == (6, 8, 8, 8) and present.shape == (6, 3)
+    assert all(bool(label.any()) for label in labels)
+    # a grid smaller than the patch is padded
+    images, labels, _ = random_patch_batch(cases, 2, (32, 8, 8), still, torch.Generator().manual_seed(1), 0.0)
+    assert images.shape == (2, 1, 32, 8, 8)
+
+
+def test_windowed_logits_equal_one_pass():
+    """A pointwise network gives the same logits in blocks as in one pass; blocks overlap and cover the scan."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(1, 3, 1)
+
+    def net(x):
+        return conv(x), None
+
+    image = torch.randn(1, 1, 19, 24, 40)
+    with torch.no_grad():
+        whole = net(image)[0][0]
+    blocked = windowed_logits(net, image, (8, 16, 16))
+    assert torch.allclose(blocked, whole, atol=1e-5)
+
+
+def test_the_scan_grid_covers_any_field_of_view_and_orientation():
+    spec = GridSpec((160, 128, 128), (4.0, 4.0, 2.5), LPS_RAS, "ct")
+    small = Volume(np.zeros((40, 100, 120), np.float32), (1.0, 1.0, 2.0), direction=np.diag([-1.0, -1.0, 1.0]))
+    assert scan_spec(small, spec).shape == (32, 32, 32)  # 80 mm / 2.5 -> 32; 100 mm / 4 -> 25 -> 32; 120/4 -> 32
+    # the same scan stored with its axes permuted (x <-> z) covers the same grid
+    permuted = np.array([[0.0, 0.0, -1.0], [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]])
+    stored = Volume(np.zeros((120, 100, 40), np.float32), (2.0, 1.0, 1.0), direction=permuted)
+    assert scan_spec(stored, spec).shape == (32, 32, 32)
+    wide = Volume(np.zeros((600, 512, 512), np.float32), (0.9, 0.9, 1.0), direction=np.diag([-1.0, -1.0, 1.0]))
+    assert scan_spec(wide, spec).shape == (240, 120, 120)  # larger than the block: run in windows
+
+
+def test_organ_masks_drop_stray_islands_and_report_missing_organs():
+    probabilities = torch.zeros(3, 10, 10, 10)
+    probabilities[0] = 1.0
+    probabilities[:, 2:6, 2:6, 2:6] = torch.tensor([0.0, 1.0, 0.0])[:, None, None, None]
+    probabilities[:, 8, 8, 8] = torch.tensor([0.0, 1.0, 0.0])  # a one-voxel island far away
+    organs = [Organ("a", 1, 1), Organ("b", 2, 2)]
+    masks = organ_masks(probabilities, organs)
+    assert masks["b"] is None and masks["a"].sum() == 64 and not masks["a"][8, 8, 8]
+
+
+def test_choosing_organs_by_name():
+    organs = organs_of({"organs": [{"name": "brainstem", "label": 1}, {"name": "left_parotid", "label": 4}]})
+    assert [o.index for o in organs] == [1, 2] and organs[1].title == "Left parotid"
+    assert choose_organs(organs, "Left-Parotid, brainstem", "m") == organs
+    with pytest.raises(InputError, match="no organ liver; choose from brainstem, left_parotid"):
+        choose_organs(organs, "liver", "m")
+    assert organs_of({"kind": "unet"}) is None
+
+
+@pytest.fixture(scope="module")
+def organ_model(tmp_path_factory):
+    """A small two-organ U-Net trained here on synthetic CTs where organ 1 was contoured in half of
+    the cases only (intensity tells the organs apart, so a few steps teach it)."""
+    from imagetomesh.training.configs import TrainConfig
+    from imagetomesh.training.engine import train
+
+    root = tmp_path_factory.mktemp("organs")
+    msd = _write_ct_msd(root / "msd", 6, present_for=lambda n: [1, 2] if n % 2 == 0 else [2])
+    organs = [
+        {"name": "bright", "label": 1, "colour": [255, 0, 0]},
+        {"name": "brighter", "label": 2, "colour": [0, 0, 255]},
+    ]
+    config = TrainConfig(
+        "unet",
+        {"unet": {"in_channels": 1, "num_classes": 3, "base": 8, "depth": 2, "norm": "batch"}},
+        grid=GridSpec((24, 24, 32), (4.0, 4.0, 4.0), LPS_RAS, "ct"),  # the whole image, air included
+        steps=300,
+        lr=3e-2,
+        val_every=300,
+        threads=1,
+        organs=organs,
+        patch=[12, 12, 12],
+        foreground=0.7,
+        augment=AugmentConfig(flip=0, rotate_deg=0, scale=0, intensity_scale=0, intensity_shift=0, noise=0),
+    )
+    best = train(config, msd, root / "run", log=lambda m: None)
+    card = json.loads((best / "card.json").read_text())
+    card["input"] = {"modality": "CT", "body_region": "test", "organs": ["bright", "brighter"], "intensity": "HU"}
+    (best / "card.json").write_text(json.dumps(card))
+    return best, card
+
+
+def test_a_several_organ_model_learns_both_organs(organ_model):
+    _, card = organ_model
+    assert [o["name"] for o in card["organs"]] == ["bright", "brighter"]
+    metrics = card["metrics"]
+    assert metrics["val_dice_brighter"] > 0.8 and metrics.get("val_dice_bright", 1.0) > 0.8, metrics
+
+
+def test_segment_writes_one_mesh_per_organ(organ_model, tmp_path):
+    from imagetomesh.geometry.quality import winding_numbers
+    from imagetomesh.io.meshes import read_mesh
+
+    folder, _ = organ_model
+    image, _ = _ct_case(shape=(32, 24, 40), seed=9)  # a larger field of view than training
+    path = tmp_path / "scan_007.nii.gz"
+    write_image(Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0])), path)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["scan_007_bright.stl", "scan_007_brighter.stl"]
+    # the 16 x 16 x 16 mm cubes of the organs at voxels (6.., 8.., 10..) and (12.., 14.., 16..), in LPS (x, y flipped)
+    centres = {
+        organ: np.array([-1.0, -1.0, 1.0]) * (np.array(corner) + 1.5) * 4.0
+        for organ, corner in (("bright", (6, 8, 10)), ("brighter", (12, 14, 16)))
+    }
+    for organ, other in (("bright", "brighter"), ("brighter", "bright")):
+        mesh = read_mesh(out / f"scan_007_{organ}.stl")
+        inside = winding_numbers(mesh, np.stack([centres[organ], centres[other]])) > 0.5
+        assert inside.tolist() == [True, False], organ
+    again = tmp_path / "again"
+    again.mkdir()
+    assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(again), "--organs", "brighter"]) == 0
+    assert [p.name for p in again.iterdir()] == ["scan_007_brighter.stl"]
+
+
+def test_segment_reports_an_organ_it_cannot_find(organ_model, tmp_path, capsys):
+    folder, _ = organ_model
+    image, _ = _ct_case(organs=((2, (12, 14, 16), 1200.0),))  # no organ 1 in this scan
+    path = tmp_path / "scan.nii.gz"
+    write_image(Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0])), path)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(out)]) == 0
+    assert "no bright found" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["scan_brighter.stl"]
+    assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(out), "--organs", "bright"]) == 2
+    assert "were not found: scan.nii.gz: bright" in capsys.readouterr().err
+
+
+def test_segment_with_a_several_organ_model_needs_a_folder_and_known_organs(organ_model, tmp_path, capsys):
+    folder, _ = organ_model
+    image, _ = _ct_case()
+    path = tmp_path / "scan.nii.gz"
+    write_image(Volume(image, (4.0, 4.0, 4.0)), path)
+    assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(tmp_path / "x.stl")]) == 2
+    assert "one mesh per organ, so -o must be an existing folder" in capsys.readouterr().err
+    assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(tmp_path), "--organs", "liver"]) == 2
+    assert "has no organ liver" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz"]
