@@ -26,6 +26,7 @@ from . import annotation, dependencies
 from .parameterNode import DEVICES, ImageToMeshParameterNode
 from .sceneAdapters import (
     ResultTarget,
+    addOrganModels,
     addResultModel,
     check3D,
     meshFromModelNode,
@@ -369,7 +370,12 @@ class ImageToMeshLogic(ScriptedLoadableModuleLogic):
     # --- results into the scene ---------------------------------------------------------------
     @staticmethod
     def applyResult(mesh, target: ResultTarget):
-        """Put ``mesh`` (LPS) into the scene as ``target`` describes; all or nothing (see :func:`.sceneAdapters.addResultModel`)."""
+        """Put ``mesh`` (LPS) into the scene as ``target`` describes; all or nothing (see
+        :func:`.sceneAdapters.addResultModel`). A several-organ model's result (a list of
+        :class:`~imagetomesh.organs.OrganMesh`) becomes one model node per organ in a folder, and the
+        list of those nodes is returned (:func:`.sceneAdapters.addOrganModels`)."""
+        if isinstance(mesh, list):
+            return addOrganModels(mesh, target)
         return addResultModel(mesh, target)
 
     # --- export -------------------------------------------------------------------------------

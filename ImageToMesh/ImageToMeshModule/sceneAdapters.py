@@ -21,6 +21,7 @@ from imagetomesh.core.mesh import Mesh  # noqa: E402
 from imagetomesh.core.transforms import LPS_TO_RAS  # noqa: E402
 from imagetomesh.core.volume import Volume  # noqa: E402
 from imagetomesh.errors import InputError  # noqa: E402
+from imagetomesh.organs import OrganMesh  # noqa: E402
 
 #: Node attribute names the module writes.
 ATTRIBUTE_PREFIX = "ImageToMesh."
@@ -270,3 +271,56 @@ def addResultModel(mesh: Mesh, target: ResultTarget):
             output.SetAndObservePolyData(previous)
         raise
     return output
+
+
+def addOrganModels(results: list, target: ResultTarget) -> list:
+    """One model node per organ found (:class:`~imagetomesh.organs.OrganMesh` list, LPS meshes), named
+    after the organ and in its colour, in a new subject-hierarchy folder ``target.name`` beside the
+    input; all or nothing. Organs the model did not find are added to ``target.warnings``.
+    Returns the model nodes, in the model's organ order."""
+    found = [r for r in results if isinstance(r, OrganMesh) and r.mesh is not None and r.mesh.num_faces > 0]
+    if not found:
+        from imagetomesh.backend import BackendError
+
+        raise BackendError("the model found none of its organs in this image")
+    polydata = [meshToPolyData(r.mesh) for r in found]  # everything that can fail before the scene is touched
+    scene = slicer.mrmlScene
+    created = []
+    try:
+        for result, surface in zip(found, polydata):
+            node = scene.AddNewNodeByClass("vtkMRMLModelNode", scene.GenerateUniqueName(result.organ.title))
+            created.append(node)
+            node.SetAndObservePolyData(surface)
+            for key, value in {**target.attributes, "Organ": result.organ.name}.items():
+                node.SetAttribute(ATTRIBUTE_PREFIX + key, str(value))
+            node.CreateDefaultDisplayNodes()
+            display = node.GetDisplayNode()
+            created.append(display)
+            display.SetColor(*(c / 255.0 for c in result.organ.colour))
+            display.SetVisibility(True)
+            display.SetVisibility2D(True)
+            display.SetSliceIntersectionThickness(2)
+    except Exception:
+        for node in reversed(created):
+            if nodeInScene(node):
+                scene.RemoveNode(node)
+        raise
+    models = [node for node in created if node.IsA("vtkMRMLModelNode")]
+    shNode = subjectHierarchy()
+    if shNode is not None:  # the folder last: nothing above can leave an empty one behind
+        parent = shNode.GetSceneItemID()
+        if nodeInScene(target.referenceNode):
+            referenceItem = shNode.GetItemByDataNode(target.referenceNode)
+            if referenceItem:
+                parent = shNode.GetItemParent(referenceItem)
+        folder = shNode.CreateFolderItem(parent, scene.GenerateUniqueName(target.name))
+        for node in models:
+            item = shNode.GetItemByDataNode(node)
+            if item:
+                shNode.SetItemParent(item, folder)
+            else:
+                shNode.CreateItem(folder, node)
+    missing = [r.organ.title for r in results if r not in found]
+    if missing:
+        target.warnings.append(f"not found in this image: {', '.join(missing)}")
+    return models

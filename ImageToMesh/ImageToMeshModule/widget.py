@@ -698,7 +698,17 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
         if job is not None:
             job["button"].text = job["label"]
         self.ui.progressBar.setVisible(False)
-        if node is not None:
+        if isinstance(node, list):  # one model per organ, in a new folder
+            self._setStatus(
+                _("Created {count} organ model(s) in folder '{folder}'.").format(
+                    count=len(node), folder=job["target"].name
+                )
+            )
+            self._log("result: " + ", ".join(n.GetName() for n in node))
+            self._showWarnings(job["target"].warnings)
+            for organNode in node:
+                self.ui.exportModelsSelector.setCheckState(organNode, qt.Qt.Checked)
+        elif node is not None:
             self._setStatus(_("Created '{name}'.").format(name=node.GetName()))
             self._log(f"result: {node.GetName()}")
             self._selectOutput(job["kind"], node)

@@ -8,7 +8,8 @@ colour and a Slicer-style terminology entry. numpy-free: the Slicer module reads
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from imagetomesh.errors import InputError
 
@@ -29,6 +30,22 @@ class Organ:
     def title(self) -> str:
         """``"Left parotid"``: the name for people (model node names, messages)."""
         return self.name.replace("_", " ").capitalize()
+
+
+@dataclass
+class OrganMesh:
+    """One organ's result of a several-organ segmentation: its :class:`Organ` and its LPS
+    :class:`~imagetomesh.core.mesh.Mesh`, or None where the model did not find it."""
+
+    organ: Organ
+    mesh: Any = None
+
+    def organ_dict(self) -> dict:
+        return asdict(self.organ)
+
+    @classmethod
+    def from_dict(cls, organ: dict, mesh=None) -> OrganMesh:
+        return cls(Organ(**{**organ, "colour": tuple(organ["colour"])}), mesh)
 
 
 def organs_of(card: dict) -> list[Organ] | None:

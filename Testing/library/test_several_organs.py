@@ -264,3 +264,22 @@ def test_segment_with_a_several_organ_model_needs_a_folder_and_known_organs(orga
     assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(tmp_path), "--organs", "liver"]) == 2
     assert "has no organ liver" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz"]
+
+
+def test_the_worker_returns_every_organ_and_the_wire_carries_them(organ_model, tmp_path):
+    """The backend's segment task on a several-organ model: one OrganMesh per organ, through the wire format."""
+    from imagetomesh.backend import InProcessBackend, Job, wait_for
+    from imagetomesh.backend.wire import result_from_wire, result_to_wire
+    from imagetomesh.organs import OrganMesh
+
+    folder, _ = organ_model
+    image, _ = _ct_case(organs=((2, (12, 14, 16), 1200.0),))  # organ 1 is not in this scan
+    volume = Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0]))
+    backend = InProcessBackend()
+    result = wait_for(backend, Job("segment", {"model": str(folder), "device": "cpu"}, volume=volume))
+    assert [r.organ.name for r in result] == ["bright", "brighter"]
+    assert result[0].mesh is None and result[1].mesh.num_faces > 0
+    back = result_from_wire(json.loads(json.dumps(result_to_wire(result, tmp_path, "r"))))
+    assert all(isinstance(r, OrganMesh) for r in back) and back[0].mesh is None
+    assert back[1].organ == result[1].organ and back[1].organ.colour == (0, 0, 255)
+    np.testing.assert_array_equal(back[1].mesh.vertices, result[1].mesh.vertices)

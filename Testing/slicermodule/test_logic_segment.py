@@ -144,3 +144,73 @@ def test_segment_with_the_bundled_model_in_the_worker(itm, scene, hippo, h, work
     assert sh.GetItemParent(sh.GetItemByDataNode(model)) == folder
     dice, _ = mesh_dice_iou(sceneAdapters.meshFromModelNode(model), label)
     assert dice >= 0.7, f"{name}: Dice {dice:.3f} against the held-out label"
+
+
+def _organ_results():
+    """Two organs found (cubes), one not: what the worker returns for a several-organ model."""
+    from imagetomesh.geometry.isosurface import labelmap_to_mesh
+    from imagetomesh.io.images import Volume
+    from imagetomesh.organs import Organ, OrganMesh
+
+    def cube(corner):
+        array = np.zeros((12, 12, 12), np.uint8)
+        array[corner : corner + 4, corner : corner + 4, corner : corner + 4] = 1
+        return labelmap_to_mesh(Volume(array, (2.0, 2.0, 2.0)))
+
+    return [
+        OrganMesh(Organ("brainstem", 1, 1, (250, 210, 160)), cube(2)),
+        OrganMesh(Organ("left_parotid", 2, 4, (240, 120, 200)), None),
+        OrganMesh(Organ("mandible", 3, 7, (241, 238, 226)), cube(6)),
+    ]
+
+
+def test_a_several_organ_model_gives_one_named_coloured_model_per_organ_in_one_folder(itm, scene, hippo, h):
+    image, _ = hippo
+    node = h.volume_to_node(image, "ct")
+    parent = h.put_in_folder(scene, node)
+    logic = itm.ImageToMeshLogic(backend=h.FakeBackend(lambda job: _organ_results()))
+    job, target = logic.prepareSegment(node, "unet-headneck-ct")
+    nodes = logic.applyResult(_organ_results(), target)
+
+    assert [n.GetName() for n in nodes] == ["Brainstem", "Mandible"]
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    folders = {sh.GetItemParent(sh.GetItemByDataNode(n)) for n in nodes}
+    assert len(folders) == 1
+    folder = folders.pop()
+    assert sh.GetItemName(folder) == "ct unet-headneck-ct" and sh.GetItemParent(folder) == parent
+    assert np.allclose(nodes[0].GetDisplayNode().GetColor(), (250 / 255, 210 / 255, 160 / 255))
+    assert nodes[1].GetAttribute("ImageToMesh.Organ") == "mandible"
+    assert nodes[1].GetAttribute("ImageToMesh.Method") == "unet-headneck-ct"
+    assert target.warnings == ["not found in this image: Left parotid"]
+    # the mandible cube (voxels 6..9 at 2 mm, LPS) lands at the same place in RAS
+    bounds = np.zeros(6)
+    nodes[1].GetRASBounds(bounds)
+    assert np.allclose(bounds, [-19, -11, -19, -11, 11, 19], atol=1.0)
+
+
+def test_organ_models_are_all_or_nothing(itm, scene, hippo, h):
+    """A failure while adding the second organ removes the first one and the folder again."""
+    import vtk
+
+    from imagetomesh.organs import Organ
+
+    image, _ = hippo
+    node = h.volume_to_node(image, "ct")
+    logic = itm.ImageToMeshLogic(backend=h.FakeBackend(lambda job: None))
+    _, target = logic.prepareSegment(node, "unet-headneck-ct")
+    results = _organ_results()
+    results[2].organ = Organ("mandible", 3, 7, ("not", "a", "colour"))  # fails in the scene stage
+    before = h.scene_state(scene)
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+
+    def items():
+        ids = vtk.vtkIdList()
+        sh.GetItemChildren(sh.GetSceneItemID(), ids, True)
+        return [ids.GetId(i) for i in range(ids.GetNumberOfIds())]
+
+    before_items = items()
+    with pytest.raises(TypeError):
+        logic.applyResult(results, target)
+    assert h.scene_state(scene) == before and items() == before_items
+    with pytest.raises(Exception, match="found none of its organs"):
+        logic.applyResult([results[1]], target)

@@ -186,6 +186,24 @@ def test_apply_shows_progress_and_adds_the_result(itm, scene, h, label, mesh, pa
     assert model in widget.ui.exportModelsSelector.checkedNodes()
 
 
+def test_apply_with_a_several_organ_model_adds_one_model_per_organ(itm, scene, h, label, mesh, panel):
+    from imagetomesh.organs import Organ, OrganMesh
+
+    found = [OrganMesh(Organ("brainstem", 1, 1, (250, 210, 160)), mesh), OrganMesh(Organ("larynx", 2, 6), None)]
+    widget = panel(h.FakeBackend(lambda job: found))
+    image_node(h, label)
+    widget.ui.applyButton.click()
+    wait_until(lambda: widget._job is None, what="the job to finish")
+    (model,) = models(scene)
+    assert model.GetName() == "Brainstem" and model in widget.ui.exportModelsSelector.checkedNodes()
+    assert widget._parameterNode.outputModel is None  # a later run makes a new folder, it replaces nothing
+    assert (
+        widget.ui.statusLabel.text
+        == f"Created 1 organ model(s) in folder 'hippo {widget.ui.methodComboBox.currentText}'."
+    )
+    assert widget.ui.warningLabel.visible and "not found in this image: Larynx" in widget.ui.warningLabel.text
+
+
 def test_cancel_leaves_the_scene_unchanged(itm, scene, h, label, panel):
     fake = h.FakeBackend(lambda job: "hang")
     widget = panel(fake)

@@ -41,7 +41,9 @@ def _models(job: Job, progress: ProgressCallback, log: LogCallback, cache: dict)
 
 
 def _segment(job: Job, progress: ProgressCallback, log: LogCallback, cache: dict):
+    """A mesh, or for a model of several organs a list of :class:`~imagetomesh.organs.OrganMesh`."""
     from imagetomesh.inference import Segmenter
+    from imagetomesh.organs import OrganMesh
 
     volume = _require(job.volume, "an image", job.task)
     model = job.params.get("model")
@@ -56,6 +58,10 @@ def _segment(job: Job, progress: ProgressCallback, log: LogCallback, cache: dict
     progress(0.2, f"segmenting with {model}")
     segmenter = cache[key]
     segmenter.check_input = not bool(job.params.get("allow_mismatch", False))
+    if segmenter.organs is not None:  # a whole scan, one mesh per organ (None where not found)
+        meshes = segmenter.segment_organs(volume)
+        progress(1.0, "done")
+        return [OrganMesh(organ, meshes[organ.name]) for organ in segmenter.organs]
     mesh = segmenter.segment(volume)  # preprocessing resamples into the model's orientation
     progress(1.0, "done")
     return mesh

@@ -18,6 +18,7 @@ import numpy as np
 from imagetomesh.backend.jobs import Job
 from imagetomesh.core.mesh import Mesh
 from imagetomesh.core.volume import Volume
+from imagetomesh.organs import OrganMesh
 
 __all__ = ["job_to_wire", "job_from_wire", "result_to_wire", "result_from_wire", "wire_folder", "dumps"]
 
@@ -87,9 +88,22 @@ def job_from_wire(message: dict) -> Job:
 
 
 def result_to_wire(result: Any, folder: Path, stem: str) -> dict:
-    """A job's result as a message part: a mesh goes to ``folder/<stem>-{vertices,faces}.npy``, anything else as JSON."""
+    """A job's result as a message part: a mesh goes to ``folder/<stem>-{vertices,faces}.npy``, a list of
+    :class:`~imagetomesh.organs.OrganMesh` to one such pair per organ found (with the organ as JSON),
+    anything else as JSON."""
     if isinstance(result, Mesh):
         return {"type": "mesh", **_mesh_to_wire(result, folder, stem)}
+    if isinstance(result, list) and result and all(isinstance(r, OrganMesh) for r in result):
+        return {
+            "type": "organs",
+            "organs": [
+                {
+                    "organ": r.organ_dict(),
+                    "mesh": _mesh_to_wire(r.mesh, folder, f"{stem}-{n}") if r.mesh is not None else None,
+                }
+                for n, r in enumerate(result)
+            ],
+        }
     return {"type": "json", "value": result}
 
 
@@ -97,6 +111,11 @@ def result_from_wire(data: dict) -> Any:
     """The inverse of :func:`result_to_wire`."""
     if data.get("type") == "mesh":
         return _mesh_from_wire(data)
+    if data.get("type") == "organs":
+        return [
+            OrganMesh.from_dict(r["organ"], _mesh_from_wire(r["mesh"]) if r["mesh"] is not None else None)
+            for r in data["organs"]
+        ]
     return data.get("value")
 
 
