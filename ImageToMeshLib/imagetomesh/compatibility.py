@@ -7,8 +7,9 @@ A segmentation model's card states what it was trained on in its ``input`` block
 
 :func:`check_image` refuses, with one message naming the mismatch and what to do, an image that
 cannot be that: a CT given to an MRI model or the reverse (told apart by Hounsfield units: a CT
-holds air at about -1000), or a volume far larger than the crops a patch model was trained on (a
-whole head given to a hippocampus model: crop it, or give ``--roi``). Cards without an ``input``
+holds air at about -1000), a volume far larger than the crops a patch model was trained on (a
+whole head given to a hippocampus model: crop it, or give ``--roi``), or one too small to hold the
+organs of a whole-scan model (``min_extent_mm``). Cards without an ``input``
 block are not checked. numpy only: the Slicer module uses it to list the models that fit a volume.
 """
 
@@ -43,6 +44,8 @@ class InputSpec:
         intensity: how intensities are read (``"HU"``, ``"MR, normalised per volume"``).
         max_extent_mm: largest physical extent of an input, per axis, sorted ascending (patch
             models trained on crops); None for models that take a whole scan.
+        min_extent_mm: smallest physical extent, per axis, sorted ascending, that can hold the
+            organs (whole-scan models); None: no lower limit.
     """
 
     modality: str
@@ -50,19 +53,21 @@ class InputSpec:
     organs: tuple
     intensity: str
     max_extent_mm: tuple | None = None
+    min_extent_mm: tuple | None = None
 
     @classmethod
     def from_card(cls, card: dict) -> InputSpec | None:
         block = card.get("input")
         if not isinstance(block, dict):
             return None
-        extent = block.get("max_extent_mm")
+        extent, least = block.get("max_extent_mm"), block.get("min_extent_mm")
         return cls(
             str(block.get("modality", "")).upper(),
             str(block.get("body_region", "")),
             tuple(block.get("organs", ())),
             str(block.get("intensity", "")),
             tuple(sorted(float(e) for e in extent)) if extent else None,
+            tuple(sorted(float(e) for e in least)) if least else None,
         )
 
     def describe(self) -> str:
@@ -116,6 +121,16 @@ def mismatch(volume: Volume, card: dict, name: str) -> str | None:
             return (
                 f"the image covers {shown} mm, but {name} takes crops of at most {limit} mm around the "
                 f"{', '.join(spec.organs) or 'structure'}; crop the image to the structure (--roi)"
+            )
+    if spec.min_extent_mm is not None:
+        extent = extent_mm(volume)
+        if np.any(extent < np.asarray(spec.min_extent_mm)):
+            shown = " x ".join(f"{e:.0f}" for e in extent)
+            least = " x ".join(f"{e:.0f}" for e in spec.min_extent_mm)
+            return (
+                f"the image covers only {shown} mm, but {name} finds {', '.join(spec.organs) or 'its organs'} "
+                f"in whole scans of the {spec.body_region or 'body region'} (at least {least} mm); "
+                "give the whole scan, not a crop"
             )
     return None
 

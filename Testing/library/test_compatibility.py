@@ -57,6 +57,15 @@ def test_a_patch_model_refuses_a_whole_head(mri, cards):
     assert "covers 160 x 180 x 200 mm" in reason and "--roi" in reason
 
 
+def test_a_whole_scan_model_refuses_a_crop_too_small_for_its_organs(ct, cards):
+    _, ct_card = cards
+    card = dict(ct_card, input=dict(ct_card["input"], body_region="head and neck", min_extent_mm=[40, 100, 100]))
+    assert mismatch(ct, card, "unet-headneck-ct") is None
+    crop = Volume(np.ascontiguousarray(ct.array[:, :20, :20]), ct.spacing, ct.origin, ct.direction)  # 60 mm in-plane
+    reason = mismatch(crop, card, "unet-headneck-ct")
+    assert "covers only" in reason and "at least 40 x 100 x 100 mm" in reason and "whole scan" in reason
+
+
 def test_cards_without_an_input_block_are_not_checked(ct):
     assert InputSpec.from_card({"kind": "unet"}) is None
     assert mismatch(ct, {"kind": "unet"}, "third-party") is None
