@@ -46,7 +46,7 @@ KINDS: dict[str, Kind] = {
             "train voxel2mesh on a Medical Segmentation Decathlon folder",
             MSD,
             "named config: cpu, gpu, cpu-v2 or gpu-v2 (the version-2 mesh loss) or an ablation (ps-umu, hs-umu, lns-umu, lns-amu = cpu)",
-            (INIT_FROM,),
+            (INIT_FROM, TIME_LIMIT),
         ),
     ),
     "pixel2mesh3d": Kind(
@@ -56,7 +56,7 @@ KINDS: dict[str, Kind] = {
             "train pixel2mesh3d on a Medical Segmentation Decathlon folder",
             MSD,
             "named config: cpu, gpu, cpu-v2 or gpu-v2 (the version-2 mesh loss)",
-            (INIT_FROM,),
+            (INIT_FROM, TIME_LIMIT),
         ),
     ),
     "unet": Kind(
@@ -66,7 +66,7 @@ KINDS: dict[str, Kind] = {
             "train unet on a Medical Segmentation Decathlon folder",
             MSD,
             "named config: cpu, gpu, cpu-v2 or gpu-v2 (bf16 + channels-last)",
-            (INIT_FROM,),
+            (INIT_FROM, TIME_LIMIT),
         ),
     ),
     "nudf": Kind(

@@ -23,7 +23,7 @@ from make_fixtures import tiny_msd  # noqa: E402  (the MSD folder the old runs w
 GRID = GridSpec((16, 16, 16), (1.0, 1.0, 1.0))
 NEW_FIELDS = ("accumulate_steps", "bf16_autocast", "channels_last")
 #: TrainConfig fields added for several organs (issue 16), with the defaults that keep one object
-NEW_IMAGE_FIELDS = {"organs": None, "patch": None, "foreground": 0.5}
+NEW_IMAGE_FIELDS = {"organs": None, "patch": None, "foreground": 0.5, "time_limit_s": None}
 NEW_LOSS_FIELDS = {
     "version": 1,
     "target": "faces",
@@ -304,3 +304,50 @@ def test_data_licence_comes_from_the_datas_dataset_json_else_the_table(tmp_path)
         and "CC0" in stated["terms"]
         and stated["name"] == DATA_SOURCES["hippocampus"]["name"]
     )
+
+
+class _InterruptedTask(_LineTask):
+    """The line task, interrupted (Ctrl-C) during its fourth step."""
+
+    def settings(self):
+        return LoopSettings(steps=10, clip_norm=None)
+
+    def batch(self, generator):
+        if len(self.batches) == 6:
+            raise KeyboardInterrupt
+        return self.batches.pop(0)
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(4, 3, generator=g), torch.randn(4, 1, generator=g)) for _ in range(10)]
+    run = Run(tmp_path, tmp_path, torch.device("cpu"), 0, "", lambda m: None)
+    task = _InterruptedTask(list(batches), 1)
+    task.run = run
+    with pytest.raises(KeyboardInterrupt):
+        run_phase(task, run)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 4
+    messages = []
+    run = Run(tmp_path, tmp_path, torch.device("cpu"), 0, "", messages.append)
+    task = _LineTask(batches[4:], 1)
+    task.settings = lambda: LoopSettings(steps=10, clip_norm=None)
+    task.run = run
+    run_phase(task, run)
+    assert "resumed from step 4" in messages
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 10
+
+
+def test_a_run_folder_refuses_another_config_before_anything_is_written(tmp_path, capsys):
+    msd = tiny_msd(tmp_path / "msd")
+    out = tmp_path / "run"
+    args = ["train", "unet", "--data", str(msd), "--out", str(out), "--steps", "1", "--time-limit", "5"]
+    assert cli.main(args) == 0
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert cli.main(args[:-4] + ["--config", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "started with config 'cpu' and seed 0" in err and "differs in" in err and "model" in err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert cli.main(args[:-4] + ["--seed", "1"]) == 2 and "differs in seed" in capsys.readouterr().err
+    # more steps and another time limit resume the same run
+    assert cli.main(args[:-4] + ["--steps", "2", "--time-limit", "9"]) == 0
+    assert "resumed from step 1" in capsys.readouterr().out

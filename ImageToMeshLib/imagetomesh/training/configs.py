@@ -55,6 +55,8 @@ class TrainConfig(EngineOptions):
     patch: Optional[list] = None
     #: probability that a training crop is centred on a labelled voxel
     foreground: float = 0.5
+    #: stop after this many seconds of training, counted over resumptions (None: no limit)
+    time_limit_s: Optional[float] = None
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

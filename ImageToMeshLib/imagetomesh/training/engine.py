@@ -132,6 +132,7 @@ def train(
     from imagetomesh.training.tasks import task_class
 
     task = task_class(config.kind)(config, None, **options)  # checks the options before anything is written
+    check_resumable(out, config, config_name, seed)
     existed = set(Path(out).rglob("*")) if Path(out).is_dir() else None
     run = start_run(config, data_dir, out, device, seed, config_name, log)
     task.run = run
@@ -150,6 +151,33 @@ def train(
             dist.destroy_process_group()
 
 
+#: Config fields a resumed run may change: how long it runs and on how many threads.
+RESUMABLE_CHANGES = frozenset({"steps", "time_limit_s", "pretrain_time_limit_s", "threads"})
+
+
+def check_resumable(out, config, config_name: str, seed: int) -> None:
+    """:class:`InputError` when ``out`` holds a run started with another config or seed (every field but
+    :data:`RESUMABLE_CHANGES`; fields the saved ``config.json`` predates are not compared), before
+    anything is written: resuming it would mix two trainings, or fail half-way on mismatched weights."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise InputError(f"{path} is not a readable run config ({err}); give a new --out for a new run") from None
+    if not isinstance(saved, dict):
+        raise InputError(f"{path} is not a run config; give a new --out for a new run")
+    new = json.loads(json.dumps({"seed": seed, **config.to_dict()}))
+    differ = sorted(k for k in saved if k in new and k not in RESUMABLE_CHANGES and saved[k] != new[k])
+    if differ:
+        raise InputError(
+            f"{out} holds a run started with config {saved.get('config_name', '?')!r} and seed {saved.get('seed', '?')}; "
+            f"this command's config {config_name!r} differs in {', '.join(differ[:6])}: resume with the run's "
+            "--config and --seed (only --steps and time limits may change), or give a new --out"
+        )
+
+
 def _undo_start(out: Path, existed: Optional[set]) -> None:
     """Bad input found before this call saved any progress: remove what it wrote (the run folder
     if it made it, else the files it added, such as ``config.json``), so a failed command leaves nothing."""
@@ -165,7 +193,11 @@ def _undo_start(out: Path, existed: Optional[set]) -> None:
 
 
 def run_phase(task: Task, run: Run) -> Optional[Path]:
-    """Run one phase to its end (steps or time limit), resuming from its checkpoint; returns its result folder."""
+    """Run one phase to its end (steps or time limit), resuming from its checkpoint; returns its result folder.
+
+    A progress bar (on a terminal) shows the step and the loss; the checkpoint is saved at every
+    validation, every ``checkpoint_every`` steps, every :data:`CHECKPOINT_EVERY_S` seconds and on
+    Ctrl-C (so an interruption loses at most a few minutes)."""
     s = task.settings()
     setup_phase(task, s)
     generator = torch.Generator().manual_seed(run.seed + task.seed_offset + 1000 * run.rank)
@@ -183,6 +215,7 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
         run.log(f"{task.name + ' ' if task.name else ''}resumed from step {state.step}")
 
     started, window = time.time(), []
+    saved_at = started
 
     def now() -> float:
         return state.elapsed_s + time.time() - started
@@ -191,43 +224,60 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
         return bool(s.time_limit_s) and now() >= s.time_limit_s
 
     def save_checkpoint() -> None:
+        nonlocal saved_at
         checkpoint.save(state.step, state.best, now())
+        saved_at = time.time()
 
     task.model.train()
-    while state.step < s.steps:
-        if out_of_time():
-            run.log(
-                f"{task.name + ' ' if task.name else ''}time limit of {s.time_limit_s:.0f} s reached at step {state.step}"
-            )
-            state.stopped_by_time_limit = True
-            break
-        task.before_step(max(state.step / s.steps, now() / s.time_limit_s if s.time_limit_s else 0.0))
-        window.append(optimiser_step(task, s, generator, run.device))
-        state.step += 1
-        if not run.writer:
-            continue
-        last = state.step >= s.steps or out_of_time()
-        validating = s.val_every and (state.step % s.val_every == 0 or last)
-        if validating or (s.log_every and (state.step % s.log_every == 0 or last)):
-            metrics = validated(task) if validating else {}
-            entry = {
-                **task.log_fields,
-                "step": state.step,
-                "time_s": round(now(), 1),
-                "lr": task.optimizer.param_groups[0]["lr"],
-                **mean_terms(window),
-                **metrics,
-            }
-            window = []
-            run.append_log(entry)
-            if validating:
-                score = task.score(metrics)
-                if state.best is None or score < state.best:
-                    state.best = score
-                    run.save_model(task.model, "best", task.card(dict(metrics, step=state.step), state))
-                task.after_validation()
-        if validating or (s.checkpoint_every and state.step % s.checkpoint_every == 0):
+    bar = progress_bar(state.step, s.steps, task.name or "training", run.writer)
+    try:
+        while state.step < s.steps:
+            if out_of_time():
+                run.log(
+                    f"{task.name + ' ' if task.name else ''}time limit of {s.time_limit_s:.0f} s reached at step {state.step}"
+                )
+                state.stopped_by_time_limit = True
+                break
+            task.before_step(max(state.step / s.steps, now() / s.time_limit_s if s.time_limit_s else 0.0))
+            window.append(optimiser_step(task, s, generator, run.device))
+            state.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{window[-1].get('loss', float('nan')):.4g}", refresh=False)
+            if not run.writer:
+                continue
+            last = state.step >= s.steps or out_of_time()
+            validating = s.val_every and (state.step % s.val_every == 0 or last)
+            if validating or (s.log_every and (state.step % s.log_every == 0 or last)):
+                metrics = validated(task) if validating else {}
+                entry = {
+                    **task.log_fields,
+                    "step": state.step,
+                    "time_s": round(now(), 1),
+                    "lr": task.optimizer.param_groups[0]["lr"],
+                    **mean_terms(window),
+                    **metrics,
+                }
+                window = []
+                run.append_log(entry)
+                if validating:
+                    score = task.score(metrics)
+                    if state.best is None or score < state.best:
+                        state.best = score
+                        run.save_model(task.model, "best", task.card(dict(metrics, step=state.step), state))
+                    task.after_validation()
+            if (
+                validating
+                or (s.checkpoint_every and state.step % s.checkpoint_every == 0)
+                or time.time() - saved_at >= CHECKPOINT_EVERY_S
+            ):
+                save_checkpoint()
+    except KeyboardInterrupt:
+        if run.writer and state.step > 0:
             save_checkpoint()
+            run.log(f"interrupted: checkpoint saved at step {state.step}; run the same command to resume")
+        raise
+    finally:
+        bar.close()
     if not run.writer:
         return None
     state.elapsed_s, started = now(), time.time()
@@ -236,6 +286,28 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
     if task.final_folder:
         run.save_model(task.model, task.final_folder, task.card(validated(task, state), state))
     return run.out / task.result_folder if task.result_folder else None
+
+
+#: Seconds of training between checkpoints at most (besides validations and ``checkpoint_every``).
+CHECKPOINT_EVERY_S = 300.0
+
+
+def progress_bar(done: int, total: int, name: str, shown: bool):
+    """A tqdm bar of steps on stdout (shown on a terminal only, and only by the writing process)."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=done,
+        desc=name,
+        unit="step",
+        file=sys.stdout,
+        disable=None if shown else True,
+        dynamic_ncols=True,
+        leave=False,
+    )
 
 
 def setup_phase(task: Task, s: LoopSettings) -> None:
