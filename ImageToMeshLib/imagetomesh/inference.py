@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from imagetomesh.compatibility import check_image
+from imagetomesh.core.edges import cut_warning, mesh_touched_faces
 from imagetomesh.core.mesh import Mesh
 from imagetomesh.core.transforms import grid_volume  # noqa: F401  (re-exported: benchmarks import it from here)
 from imagetomesh.core.volume import Volume
@@ -98,7 +99,8 @@ class Segmenter:
     def segment_organs(self, volume: Volume, organs: list[Organ] | None = None) -> dict[str, Mesh | None]:
         """``{organ name: LPS-mm mesh, or None where the model found no such organ}`` for ``organs`` (default:
         all) of a several-organ model, from the whole scan (:mod:`imagetomesh.scan`: any field of view
-        at the model's spacing, in blocks of at most the card's grid shape)."""
+        at the model's spacing, in blocks of at most the card's grid shape). An organ that reaches the
+        edge of the scan is meshed capped there, with a warning naming it and the edge."""
         if self.organs is None:
             raise InputError(f"model {self.model.name} meshes one structure: use segment")
         _check_finite(volume)
@@ -116,9 +118,13 @@ class Segmenter:
                 continue
             fine = organ_mask_volume(probabilities[organ.index], mask, transform)
             try:
-                meshes[organ.name] = finish_mesh(labelmap_to_mesh(fine, smoothing=smoothing), untangle_folds=False)
+                mesh = finish_mesh(labelmap_to_mesh(fine, smoothing=smoothing), untangle_folds=False)
             except InputError:  # too small to mesh: as good as not found
                 continue
+            meshes[organ.name] = mesh
+            warning = cut_warning(organ.title, mesh_touched_faces(mesh.vertices, volume))
+            if warning:
+                warnings.warn(warning, stacklevel=2)
         return meshes
 
     def _finish(self, mesh: Mesh) -> Mesh:

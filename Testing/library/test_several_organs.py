@@ -283,3 +283,31 @@ def test_the_worker_returns_every_organ_and_the_wire_carries_them(organ_model, t
     assert all(isinstance(r, OrganMesh) for r in back) and back[0].mesh is None
     assert back[1].organ == result[1].organ and back[1].organ.colour == (0, 0, 255)
     np.testing.assert_array_equal(back[1].mesh.vertices, result[1].mesh.vertices)
+
+
+def test_organs_cut_by_the_edge_of_the_scan_are_named():
+    from imagetomesh.core.edges import cut_warning, face_names, mesh_touched_faces, touched_faces
+
+    ras = Volume(np.zeros((10, 12, 14), np.uint8), direction=np.diag([-1.0, -1.0, 1.0]))  # i -> R, j -> A, k -> S
+    assert face_names(ras) == [("left", "right"), ("posterior", "anterior"), ("inferior", "superior")]
+    mask = ras.with_array(ras.array.copy())
+    mask.array[9, 5:7, 5:7] = 1  # the last slice: superior
+    assert touched_faces(mask) == ["superior"]
+    mask.array[4, 5, 0] = 1  # i = 0: the left side (i runs towards the right)
+    assert touched_faces(mask) == ["left", "superior"]
+    assert cut_warning("Brainstem", ["superior"]).startswith("Brainstem reaches the superior edge of the image")
+    assert cut_warning("x", []) is None
+    inside = np.array([[-5.0, -5.0, 4.0], [-6.0, -6.0, 5.0]])  # LPS of voxels well inside
+    assert mesh_touched_faces(inside, ras) == []
+    assert mesh_touched_faces(np.vstack([inside, [[-5.0, -5.0, 8.8]]]), ras) == ["superior"]
+
+
+def test_segment_warns_about_an_organ_cut_by_the_scan(organ_model, tmp_path):
+    folder, _ = organ_model
+    image, _ = _ct_case(organs=((2, (12, 14, 0), 1200.0),))  # organ 2 in the first (inferior) slices
+    path = tmp_path / "scan.nii.gz"
+    write_image(Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0])), path)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.warns(UserWarning, match="scan.nii.gz: Brighter reaches the inferior edge of the image"):
+        assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(out), "--organs", "brighter"]) == 0

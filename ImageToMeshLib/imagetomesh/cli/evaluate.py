@@ -8,6 +8,7 @@ from imagetomesh.cli.options import path_arg, positive_number
 
 
 def cmd_evaluate(args) -> int:
+    from imagetomesh.core.edges import touched_faces
     from imagetomesh.io.images import read_labelmap
     from imagetomesh.io.meshes import read_mesh
     from imagetomesh.metrics import evaluate_mesh
@@ -15,6 +16,7 @@ def cmd_evaluate(args) -> int:
     mesh = read_mesh(args.mesh).require_triangles(str(args.mesh))
     label = read_labelmap(args.label_file, args.label)
     result = evaluate_mesh(mesh, label, threshold_mm=args.threshold)
+    result["label_cut_by_image_edge"] = ",".join(touched_faces(label)) or "no"
     if args.json:
         print(json.dumps(result, indent=1))
     else:

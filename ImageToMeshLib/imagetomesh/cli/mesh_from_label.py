@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 from imagetomesh.cli.options import add_output, add_space, fraction, path_arg
 from imagetomesh.cli.reporting import progress_bar, write_checked_mesh
 
 
 def cmd_mesh_from_label(args) -> int:
+    from imagetomesh.core.edges import cut_warning, touched_faces
     from imagetomesh.geometry.isosurface import labelmap_to_mesh
     from imagetomesh.io.atomic import check_output_path
     from imagetomesh.io.images import read_labelmap
@@ -14,6 +17,11 @@ def cmd_mesh_from_label(args) -> int:
     check_output_path(args.output)
     steps = progress_bar(range(3), "mesh-from-label")
     mask = read_labelmap(args.label_file, args.label)
+    warning = cut_warning(
+        f"label {args.label}" if args.label is not None else "the labelled object", touched_faces(mask)
+    )
+    if warning:
+        warnings.warn(warning, stacklevel=1)
     steps.update()
     smoothing = {} if args.smoothing is None else {"smoothing": args.smoothing}
     mesh = labelmap_to_mesh(mask, decimation=args.decimation, largest_component=args.largest_component, **smoothing)
