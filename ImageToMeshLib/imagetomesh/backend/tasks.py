@@ -19,6 +19,7 @@ import numpy as np
 
 from imagetomesh.backend.jobs import TASKS, Event, Job, LogCallback, ProgressCallback, _error_event
 from imagetomesh.errors import InputError
+from imagetomesh.threads import configure as configure_threads
 
 __all__ = ["TASK_TABLE", "Task", "execute", "run_captured", "preload"]
 
@@ -44,6 +45,7 @@ def _segment(job: Job, progress: ProgressCallback, log: LogCallback, cache: dict
     """A mesh, or for a model of several organs a list of :class:`~imagetomesh.organs.OrganMesh`."""
     from imagetomesh.inference import Segmenter
     from imagetomesh.organs import OrganMesh
+    from imagetomesh.threads import work_for_model
 
     volume = _require(job.volume, "an image", job.task)
     model = job.params.get("model")
@@ -57,6 +59,7 @@ def _segment(job: Job, progress: ProgressCallback, log: LogCallback, cache: dict
         log(f"loaded {model} on {cache[key].model.device}")
     progress(0.2, f"segmenting with {model}")
     segmenter = cache[key]
+    configure_threads(work_for_model(segmenter.model.kind), job.params.get("threads"))
     segmenter.check_input = not bool(job.params.get("allow_mismatch", False))
     if segmenter.organs is not None:  # a whole scan, one mesh per organ (None where not found)
         meshes = segmenter.segment_organs(volume)
@@ -69,6 +72,7 @@ def _segment(job: Job, progress: ProgressCallback, log: LogCallback, cache: dict
 
 def _fit(job: Job, progress: ProgressCallback, fit: Callable, observations: Callable[[], Any]):
     """The DALS fits' common run: ``fit(observations(), prior, progress=..., device=..., <options>)``."""
+    configure_threads("fit", job.params.get("threads"))
     prior = job.params.get("prior")
     if not prior:
         raise InputError("no DALS prior chosen; pick one of the bundled priors")

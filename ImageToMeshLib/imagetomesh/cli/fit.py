@@ -12,7 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from imagetomesh.cli.options import DEVICES, add_output, add_space, finite_weight, path_arg, positive_int, weight
+from imagetomesh.cli.options import (
+    DEVICES,
+    add_output,
+    add_space,
+    add_threads,
+    finite_weight,
+    path_arg,
+    positive_int,
+    weight,
+)
 from imagetomesh.cli.reporting import FractionBar, check_mesh_output, write_checked_mesh
 from imagetomesh.errors import InputError
 
@@ -43,6 +52,7 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--remesh", action="store_true", help="isotropic (Botsch-Kobbelt) remeshing of the result")
     p.add_argument("--device", default="cpu", choices=DEVICES, help="where to fit (default cpu)")
+    add_threads(p, "1: a fit is many small operations")
     add_space(p)
 
 
@@ -51,8 +61,10 @@ def _run_fit(args, label: str, read: Callable[[], Any], fit: Callable, summary: 
     observations, ``fit(observations, prior, ...)`` with a progress bar, write with ``summary(observations)``."""
     from imagetomesh.devices import resolve_device
     from imagetomesh.fitting import load_prior
+    from imagetomesh.threads import configure as configure_threads
 
     check_mesh_output(args.output)
+    configure_threads("fit", args.threads)
     device = resolve_device(args.device).type
     observations = read()  # the user's files first: a bad one is reported before seconds of prior loading
     prior = load_prior(args.prior, device=device)

@@ -155,3 +155,13 @@ def add_space(p: argparse.ArgumentParser) -> None:
         type=str.upper,
         help="space of the written mesh; STL headers record it as 3D Slicer does (default LPS)",
     )
+
+
+def add_threads(p: argparse.ArgumentParser, default_text: str) -> None:
+    """``--threads N``: CPU threads of the command's work (:mod:`imagetomesh.threads`)."""
+    p.add_argument(
+        "--threads",
+        type=positive_int("--threads"),
+        default=None,
+        help=f"CPU threads (default: ${{IMAGETOMESH_THREADS}}, else {default_text})",
+    )

@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from imagetomesh.cli.options import DEVICES, add_output, add_space, path_arg, positive_int
+from imagetomesh.cli.options import DEVICES, add_output, add_space, add_threads, path_arg, positive_int
 from imagetomesh.cli.reporting import PROG, progress_bar
 from imagetomesh.errors import InputError
 
@@ -126,9 +126,12 @@ def cmd_segment(args) -> int:
     from imagetomesh.io.images import read_image
     from imagetomesh.io.markups import read_roi
     from imagetomesh.io.meshes import write_mesh
+    from imagetomesh.threads import configure as configure_threads
+    from imagetomesh.threads import work_for_model
 
     images = [Path(p) for p in args.images]
     segmenter = Segmenter(args.model, args.device, open_surface=args.open, check_input=not args.allow_mismatch)
+    configure_threads(work_for_model(segmenter.model.kind), args.threads)
     roi = read_roi(args.roi) if args.roi else None
     if segmenter.organs is not None:
         return _segment_organs(args, segmenter, images, roi)
@@ -188,6 +191,7 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="bundled model name (see 'imagetomesh models') or model folder")
     add_output(p, "mesh file (one image) or existing folder (several images)")
     p.add_argument("--device", default="auto", choices=DEVICES)
+    add_threads(p, "1 for the mesh-decoder models, the cores (at most 4) for U-Net and NUDF")
     p.add_argument(
         "--batch-size",
         type=positive_int("--batch-size"),

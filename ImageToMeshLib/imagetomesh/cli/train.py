@@ -8,7 +8,7 @@ nothing here is specific to a kind. Resumable: running the same command again co
 
 from __future__ import annotations
 
-from imagetomesh.cli.options import DEVICES, checked_type, path_arg, positive_int, seed
+from imagetomesh.cli.options import DEVICES, add_threads, checked_type, path_arg, positive_int, seed
 from imagetomesh.errors import InputError
 
 
@@ -31,6 +31,8 @@ def cmd_train(args) -> int:
     options: dict = {}
     for option in entry.options:
         option.apply(getattr(args, option.dest), config, options)
+    if args.threads and hasattr(config, "threads"):
+        config.threads = args.threads
     if args.steps:
         config.steps = args.steps
         if entry.steps_without_time_limit:
@@ -76,6 +78,7 @@ def register(sub) -> None:
             help="override the config's number of steps"
             + (" (and run them all: no time limit)" if entry.steps_without_time_limit else ""),
         )
+        add_threads(p, "the config's (1 for the CPU configs of mesh-decoder models)")
         for option in entry.options:
             p.add_argument(
                 option.flag,
