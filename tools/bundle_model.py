@@ -2,15 +2,17 @@
 
 Usage:
     python tools/bundle_model.py RUN_DIR NAME --description TEXT --command "imagetomesh train ..." [--history TEXT]
-        [--which best|final] [--into Resources/Ablations]
+        [--which best|final] [--into Resources/Ablations] [--data hippocampus|openkbp-ct]
 
 ``--into`` another folder keeps a model out of the ``imagetomesh models`` list: the
 Voxel2Mesh ablation variants live in ``Resources/Ablations`` and only the results report
 loads them (by path).
 
 The card keeps what the trainer wrote (kind, architecture config, grid, split, seed,
-hardware, validation metrics, steps) and adds the description, the training data and its
-licence, the command that reproduces the weights, and the run's history.
+hardware, validation metrics, steps, organs) and adds the description, the training data and its
+licence, what the model takes (the ``input`` block of :mod:`imagetomesh.compatibility`), the
+command that reproduces the weights, the run's history and its training throughput (steps per
+hour, from its log). The run's split must be the data's split file.
 """
 
 from __future__ import annotations
@@ -32,6 +34,62 @@ HIPPOCAMPUS_DATA = {
 }
 
 
+OPENKBP_DATA = {
+    "name": "OpenKBP head-and-neck CT, 7 organs at risk (../shared/data/openkbp-ct, MSD layout; organs not "
+    "contoured in a case were masked out of the loss, never taught as background)",
+    "source": "OpenKBP grand challenge (A. Babier et al., Medical Physics 48:5549-5561, 2021; cite the paper), "
+    "images from The Cancer Imaging Archive",
+    "licence": "MIT-licensed repository (github.com/ababier/open-kbp); derived from TCIA collections; research use",
+    "split_file": "Resources/Splits/openkbp-ct.json",
+}
+#: data name -> (card data block, the model's input block)
+DATA = {
+    "hippocampus": (
+        HIPPOCAMPUS_DATA,
+        {
+            "modality": "MR",
+            "body_region": "brain",
+            "organs": ["hippocampus"],
+            "intensity": "T1 MRI, normalised per volume",
+            "max_extent_mm": [80, 96, 112],
+            "note": "patch model: training crops are 27-41 x 33-43 x 42-55 mm around the hippocampus; "
+            "the limit is twice the 40 x 48 x 56 mm model grid",
+        },
+    ),
+    "openkbp-ct": (
+        OPENKBP_DATA,
+        {
+            "modality": "CT",
+            "body_region": "head and neck",
+            "organs": [
+                "brainstem",
+                "spinal_cord",
+                "right_parotid",
+                "left_parotid",
+                "esophagus",
+                "larynx",
+                "mandible",
+            ],
+            "intensity": "HU",
+            "min_extent_mm": [40, 100, 100],
+            "note": "whole scans: trained on head-and-neck CT slabs of 55-420 mm, 350-690 mm fields of view",
+        },
+    ),
+}
+
+
+def steps_per_hour(run: Path) -> float | None:
+    """Optimiser steps per hour of training time, from the run's ``log.jsonl`` (last entry), or None."""
+    log = run / "log.jsonl"
+    if not log.is_file():
+        return None
+    entries = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    entries = [e for e in entries if e.get("time_s")]
+    if not entries:
+        return None
+    return round(3600.0 * entries[-1]["step"] / entries[-1]["time_s"], 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path)
@@ -41,7 +99,9 @@ def main() -> None:
     parser.add_argument("--history", default="", help="anything about this run that the command alone does not say")
     parser.add_argument("--which", default="best", choices=("best", "final"))
     parser.add_argument("--into", type=Path, default=REPO / "Resources" / "Models", help="folder of bundled models")
+    parser.add_argument("--data", default="hippocampus", choices=sorted(DATA), help="the training data")
     args = parser.parse_args()
+    data, input_block = DATA[args.data]
 
     source = args.run / args.which
     card = read_card(source)
@@ -55,13 +115,20 @@ def main() -> None:
         # every training image is stored in this orientation, so the model was trained in it
         card["grid"] = grid
     split = card["training"].pop("split")
-    card["training"]["data"] = HIPPOCAMPUS_DATA
+    saved = json.loads((REPO / data["split_file"]).read_text(encoding="utf-8"))
+    if any(sorted(split[k]) != sorted(saved[k]) for k in ("train", "val", "test")):
+        raise SystemExit(f"the run's split is not {data['split_file']}: its test cases would not be held out")
+    card["training"]["data"] = data
     card["training"]["split_sizes"] = {k: len(v) for k, v in split.items() if isinstance(v, list)}
     card["training"]["command"] = args.command
+    rate = steps_per_hour(args.run)
+    if rate is not None:
+        card["training"]["steps_per_hour"] = rate
     if args.history:
         card["training"]["history"] = args.history
-    card = {"name": args.name, "description": args.description, "data": HIPPOCAMPUS_DATA, **card}
+    card = {"name": args.name, "description": args.description, "data": data, **card}
     card["validation_metrics"] = card.pop("metrics", {})
+    card["input"] = input_block
     (target / CARD_NAME).write_text(json.dumps(card, indent=2))
     print(f"bundled {target}")
 
