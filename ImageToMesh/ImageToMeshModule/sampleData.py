@@ -34,6 +34,13 @@ SAMPLES = (
         ),
     ),
     SampleSource(
+        "ImageToMeshHeadNeckCT",
+        (
+            ("headneck-ct/openkbp_082.nii.gz", "openkbp_082", "VolumeFile"),
+            ("headneck-ct/openkbp_082_label.nii.gz", "openkbp_082_organs", "SegmentationFile"),
+        ),
+    ),
+    SampleSource(
         "ImageToMeshAbdomenCT",
         (
             ("ct-example/example_ct.nii.gz", "example_ct", "VolumeFile"),

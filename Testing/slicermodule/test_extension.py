@@ -64,7 +64,7 @@ def test_sample_data_is_registered_with_slicers_sample_data_module(itm, scene, m
     itm.ImageToMesh(types.SimpleNamespace())  # Slicer constructs the module at startup...
     slicer.app.emit("startupCompleted()")  # ...and registers the samples once it has started
     names = [entry["sampleName"] for entry in registered]
-    assert names == ["ImageToMeshHippocampus", "ImageToMeshAbdomenCT"]
+    assert names == ["ImageToMeshHippocampus", "ImageToMeshHeadNeckCT", "ImageToMeshAbdomenCT"]
     for entry in registered:
         assert entry["category"] == "ImageToMesh"
         assert len(entry["uris"]) == len(entry["fileNames"]) == len(entry["nodeNames"]) == len(entry["checksums"])
