@@ -601,6 +601,15 @@ def cases() -> list[Case]:
     add("preview-nan-mesh", ["preview", "{F}/image.nii.gz", "{F}/nan_vertex.stl", "-o", "{O}/p.png"], 2)
     add("preview-2d", ["preview", "{F}/2d.nii.gz", "{F}/mesh.stl", "-o", "{O}/p.png"], 2)
     add("preview-nan-image", ["preview", "{F}/nan.nii.gz", "{F}/mesh.stl", "-o", "{O}/p.png"], 2)
+    add("preview-image-only", ["preview", "{F}/image.nii.gz", "-o", "{O}/p.png"], 0)
+    add("preview-label-and-window", [*pv, "{O}/p.png", "--label", "{F}/label.nii.gz", "--window", "0,500"], 0)
+    for value in ("nan,1", "5,5", "9,1", "1", "1,2,3", "inf,1", ""):
+        add(f"preview-window-{value or 'empty'}", [*pv, "{O}/p.png", "--window=" + value], 2)
+    for value in ("1,2", "inf,0,0", "nan,0,0", "a,b,c", ""):
+        add(f"preview-centre-{value or 'empty'}", [*pv, "{O}/p.png", "--centre=" + value], 2)
+    add("preview-label-garbage", [*pv, "{O}/p.png", "--label", "{F}/garbage.nii.gz"], 2)
+    add("preview-label-float", [*pv, "{O}/p.png", "--label", "{F}/image.nii.gz"], 2)
+    add("preview-curves-garbage", [*pv, "{O}/p.png", "--curves", "{F}/garbage.nii.gz"], 2)
 
     # -- models
     add("models", ["models"], 0)
@@ -649,6 +658,9 @@ def cases() -> list[Case]:
         add(f"segment-batch-size-{value or 'empty'}", [*sg, "{O}/s.stl", "--batch-size", value], 2)
     add("segment-device-bad", [*sg[:5], "--device", "tpu", "-o", "{O}/s.stl"], 2)
     add("segment-open-unet", [*sg, "{O}/s.stl", "--open"], 2)
+    add("segment-organs-one-object-model", [*sg, "{O}/s.stl", "--organs", "mandible"], 2)
+    for value in ("0", "-2", "nan", "1.5", ""):
+        add(f"segment-threads-{value or 'empty'}", [*sg, "{O}/s.stl", "--threads", value], 2)
 
     # -- fit points
     fp = ["fit", "points"]
