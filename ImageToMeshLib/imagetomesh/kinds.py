@@ -93,8 +93,8 @@ KINDS: dict[str, Kind] = {
         None,
         TaskEntry(
             "imagetomesh.training.tasks.dals:DALSTask",
-            "train a DALS shape prior (hippocampus labels or KiTS19 kidneys)",
-            "hippocampus MSD folder or kits19-masks folder",
+            "train a DALS shape prior (hippocampus labels, KiTS19 kidneys, OpenKBP CT mandibles, parotids or brainstems)",
+            "hippocampus MSD folder, kits19-masks folder or openkbp-ct folder",
             "named config: cpu or gpu (default: cpu, gpu on cuda)",
             (SHAPES,),
             default_config=None,

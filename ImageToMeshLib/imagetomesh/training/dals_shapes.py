@@ -1,6 +1,6 @@
 """Shape data for DALS priors: surface point clouds of real organs, in LPS mm.
 
-Two sources:
+Five sources:
 
 - ``hippocampus``: the Medical Segmentation Decathlon Task04 labels (labels 1 + 2 together as
   one hippocampus), the split saved in ``Resources/Splits/hippocampus.json`` (the one every
@@ -13,6 +13,12 @@ Two sources:
   mirrored along L (``x -> -x`` in LPS) so every training shape is a left kidney. The split is
   by case (both kidneys of a patient on the same side of it), seeded, saved to
   ``Resources/Splits/kits19.json``.
+
+- ``mandible``, ``parotid`` and ``brainstem``: the OpenKBP head-and-neck CT contours
+  (``../shared/data/openkbp-ct``, label 7 Mandible, 1 Brainstem; 3 RightParotid and 4 LeftParotid, the right ones mirrored along L so every
+  training shape is a left parotid), only where the organ was contoured (``labels_present``) and
+  does not reach the edge of the scanned slab (a cut organ is not the organ's shape). Split: the
+  CT models' ``Resources/Splits/openkbp-ct.json``, so no test patient is seen.
 
 Each shape's surface is :func:`~imagetomesh.geometry.isosurface.labelmap_to_mesh` of its mask
 (cropped around the component first: the KiTS volumes are 611 x 512 x 512; for kidneys with
@@ -41,10 +47,13 @@ from imagetomesh.metrics import sample_surface
 from imagetomesh.models.dals import MIRROR_L
 from imagetomesh.training.msd import load_or_make_split, read_msd
 
-SHAPE_KINDS = ("hippocampus", "kidney")
+SHAPE_KINDS = ("hippocampus", "kidney", "mandible", "parotid", "brainstem")
 SPLITS_DIR = Path(__file__).resolve().parents[3] / "Resources" / "Splits"
 HIPPOCAMPUS_SPLIT = SPLITS_DIR / "hippocampus.json"
 KITS_SPLIT = SPLITS_DIR / "kits19.json"
+OPENKBP_SPLIT = SPLITS_DIR / "openkbp-ct.json"
+#: OpenKBP shape sources -> ((label value, side), ...): one organ, or a pair whose right one is mirrored
+OPENKBP_ORGANS = {"mandible": ((7, ""),), "parotid": ((4, "left"), (3, "right")), "brainstem": ((1, ""),)}
 #: The second-largest component is a kidney only when it has this fraction of the largest's voxels.
 MIN_SECOND_FRACTION = 0.2
 #: Zero voxels kept around a cropped component.
@@ -132,17 +141,41 @@ def shape_split(kind: str, data_dir: str | Path, split_path: str | Path | None =
         return load_or_make_split(list(read_msd(data_dir)), split_path or HIPPOCAMPUS_SPLIT, seed=0)
     if kind == "kidney":
         return load_or_make_split(kits_case_ids(data_dir), split_path or KITS_SPLIT, seed=0)
+    if kind in OPENKBP_ORGANS:
+        return load_or_make_split(list(read_msd(data_dir)), split_path or OPENKBP_SPLIT, seed=0)
     raise InputError(f"unknown shape source {kind!r}; use one of {', '.join(SHAPE_KINDS)}")
 
 
+def openkbp_masks(kind: str, data_dir: str | Path, case_id: str) -> list[OrganMask]:
+    """The contoured, uncut organs of ``kind`` (:data:`OPENKBP_ORGANS`) in one OpenKBP case."""
+    from imagetomesh.core.edges import touched_faces
+
+    case = read_msd(data_dir)[case_id]
+    present = set(case.labels_present) if case.labels_present is not None else None
+    label = read_image(case.label)
+    organs = []
+    for value, side in OPENKBP_ORGANS[kind]:
+        if present is not None and value not in present:
+            continue
+        whole = np.asarray(label.array) == value
+        box = bounding_box(whole)
+        if box is None or touched_faces(label.with_array(whole.astype(np.uint8))):
+            continue
+        mask = crop_to_box(label.with_array(whole.astype(np.uint8)), box, CROP_MARGIN)
+        organs.append(OrganMask(f"{case_id}_{side}" if side else case_id, mask, side))
+    return organs
+
+
 def organ_masks(kind: str, data_dir: str | Path, case_id: str) -> list[OrganMask]:
-    """The organ masks of one case: one hippocampus, or one or two kidneys."""
+    """The organ masks of one case: one hippocampus, one or two kidneys, a mandible or up to two parotids."""
     data_dir = Path(data_dir)
     if kind == "hippocampus":
         case = read_msd(data_dir)[case_id]
         return [hippocampus_mask(read_image(case.label), case_id)]
     if kind == "kidney":
         return split_kidneys(read_image(data_dir / f"{case_id}.nii.gz"), case_id)
+    if kind in OPENKBP_ORGANS:
+        return openkbp_masks(kind, data_dir, case_id)
     raise InputError(f"unknown shape source {kind!r}; use one of {', '.join(SHAPE_KINDS)}")
 
 
@@ -161,7 +194,7 @@ def fill_cavities(mask: np.ndarray) -> np.ndarray:
 
 
 #: Whether a shape source's training surfaces are taken from :func:`fill_cavities` of the mask.
-FILL_CAVITIES = {"hippocampus": False, "kidney": True}
+FILL_CAVITIES = {"hippocampus": False, "kidney": True, "mandible": False, "parotid": False, "brainstem": False}
 
 
 def surface_points(
@@ -208,7 +241,9 @@ def load_shapes(
         raise InputError(f"unknown split {split!r}; use train, val or test")
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise InputError(f"shape data folder {data_dir} does not exist; give the hippocampus or kits19-masks folder")
+        raise InputError(
+            f"shape data folder {data_dir} does not exist; give the hippocampus, kits19-masks or openkbp-ct folder"
+        )
     cases = shape_split(kind, data_dir, split_path)[split]
     cache = None
     if cache_dir is not None:

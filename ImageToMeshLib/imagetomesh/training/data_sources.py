@@ -32,6 +32,27 @@ DATA_SOURCES: dict[str, dict[str, str]] = {
         "split_file": "Resources/Splits/kits19.json",
     },
 }
+_OPENKBP = {
+    "source": "OpenKBP grand challenge (A. Babier et al., Medical Physics 48:5549-5561, 2021; cite the paper), "
+    "images from The Cancer Imaging Archive",
+    "licence": "MIT-licensed repository (github.com/ababier/open-kbp); derived from TCIA collections; cite the paper; "
+    "research use",
+    "terms": "Research use. Cite Babier et al. 2021 (OpenKBP); the TCIA data-use terms of the source collections apply.",
+    "split_file": "Resources/Splits/openkbp-ct.json",
+}
+DATA_SOURCES["mandible"] = {
+    "name": "OpenKBP head-and-neck CT contours, Mandible (label 7), contoured and not cut by the scanned slab",
+    **_OPENKBP,
+}
+DATA_SOURCES["brainstem"] = {
+    "name": "OpenKBP head-and-neck CT contours, Brainstem (label 1), contoured and not cut by the scanned slab",
+    **_OPENKBP,
+}
+DATA_SOURCES["parotid"] = {
+    "name": "OpenKBP head-and-neck CT contours, parotid glands (labels 3 right, 4 left; right ones mirrored to "
+    "the left), contoured and not cut by the scanned slab",
+    **_OPENKBP,
+}
 
 
 def data_description(source: str, data_dir: str | Path) -> dict[str, str]:

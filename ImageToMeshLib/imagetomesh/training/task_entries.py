@@ -99,7 +99,7 @@ SHAPES = Option(
     "--shapes",
     type=str,
     config_field="shapes",
-    choices=("hippocampus", "kidney"),
+    choices=("hippocampus", "kidney", "mandible", "parotid", "brainstem"),
     required=True,
     help="which organ's shapes to learn",
 )

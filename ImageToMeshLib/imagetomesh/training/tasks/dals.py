@@ -91,6 +91,10 @@ class DALSTrainConfig(EngineOptions):
         return d
 
 
+#: Shape sources of paired organs: right ones were mirrored to the left for training, fits try both.
+PAIRED_SHAPES = frozenset({"kidney", "parotid"})
+
+
 def get_dals_config(shapes: str, name: str = "cpu") -> DALSTrainConfig:
     """Named configs: ``cpu`` (about 25 min on 2 shared CPU cores, 1 thread) and ``gpu``; :class:`InputError` for another name."""
     configs = {
@@ -329,8 +333,8 @@ class DALSTask(Task):
             "config": config.model.to_dict(),
             "mean_latent": [float(v) for v in latents.mean(0).cpu()],
             "latent_std": float(latents.std()),
-            "paired": config.shapes == "kidney",
-            "mirror_axis": "L" if config.shapes == "kidney" else None,
+            "paired": config.shapes in PAIRED_SHAPES,
+            "mirror_axis": "L" if config.shapes in PAIRED_SHAPES else None,
             "normalisation": dict(
                 NORMALISATION_DOC,
                 mean_scale_mm=float(scales.mean()),
