@@ -12,7 +12,8 @@ The card keeps what the trainer wrote (kind, architecture config, grid, split, s
 hardware, validation metrics, steps, organs) and adds the description, the training data and its
 licence, what the model takes (the ``input`` block of :mod:`imagetomesh.compatibility`), the
 command that reproduces the weights, the run's history and its training throughput (steps per
-hour, from its log). The run's split must be the data's split file.
+hour, from its log; training image passes, steps x batch x accumulation plus ``--init-passes``).
+The run's split must be the data's split file.
 """
 
 from __future__ import annotations
@@ -100,6 +101,12 @@ def main() -> None:
     parser.add_argument("--which", default="best", choices=("best", "final"))
     parser.add_argument("--into", type=Path, default=REPO / "Resources" / "Models", help="folder of bundled models")
     parser.add_argument("--data", default="hippocampus", choices=sorted(DATA), help="the training data")
+    parser.add_argument(
+        "--init-passes",
+        type=int,
+        default=0,
+        help="training image passes of the model the run started from (--init-from), added to the run's own",
+    )
     args = parser.parse_args()
     data, input_block = DATA[args.data]
 
@@ -121,6 +128,11 @@ def main() -> None:
     card["training"]["data"] = data
     card["training"]["split_sizes"] = {k: len(v) for k, v in split.items() if isinstance(v, list)}
     card["training"]["command"] = args.command
+    run_config = json.loads((args.run / "config.json").read_text(encoding="utf-8"))
+    passes = card.get("steps", 0) * run_config.get("batch_size", 1) * run_config.get("accumulate_steps", 1)
+    if args.init_passes:
+        passes += args.init_passes
+    card["training"]["image_passes"] = passes
     rate = steps_per_hour(args.run)
     if rate is not None:
         card["training"]["steps_per_hour"] = rate
