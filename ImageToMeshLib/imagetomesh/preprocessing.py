@@ -100,7 +100,12 @@ def resample_to_grid(volume: Volume, target: GridTransform, mode: str = "bilinea
     """Sample ``volume`` on ``target``'s grid; returns float32 ``(D, H, W)``.
 
     ``mode`` is ``"bilinear"`` (trilinear in 3D) or ``"nearest"``; points outside the image get ``fill``.
+    Only the part of the image the grid covers is read (:func:`_footprint`): a small grid on a huge
+    image costs the grid's memory, not the image's.
     """
+    volume = _footprint(volume, target)
+    if volume is None:  # the grid lies wholly outside the image
+        return torch.full(tuple(target.shape), float(fill), dtype=torch.float32)
     # target grid -> LPS -> source index -> source grid, as one affine.
     theta = index_to_grid_affine(volume.size_ijk) @ volume.lps_to_index @ target.grid_to_lps
     theta_t = torch.tensor(theta[:3], dtype=torch.float32)[None]
@@ -110,6 +115,24 @@ def resample_to_grid(volume: Volume, target: GridTransform, mode: str = "bilinea
     inside = F.grid_sample(torch.ones_like(source), sample_at, mode="nearest", align_corners=True, padding_mode="zeros")
     values = F.grid_sample(source, sample_at, mode=mode, align_corners=True, padding_mode="border")
     return torch.where(inside > 0.5, values, torch.full_like(values, fill))[0, 0]
+
+
+def _footprint(volume: Volume, target: GridTransform) -> Volume | None:
+    """The part of ``volume`` that ``target``'s grid samples: the box around the grid's corners in the
+    image's index space, grown by two voxels (every trilinear neighbour is inside) and clipped to the
+    image; ``volume`` itself when that box is most of it; None when the grid misses the image."""
+    from imagetomesh.core.cropping import crop_to_box
+
+    corners = np.array([[x, y, z, 1.0] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)])
+    ijk = (volume.lps_to_index @ target.grid_to_lps @ corners.T).T[:, :3]
+    size = np.asarray(volume.size_ijk)
+    if np.any(ijk.max(0) < -1.0) or np.any(ijk.min(0) > size):
+        return None
+    lo = np.clip(np.floor(ijk.min(0)).astype(np.int64) - 2, 0, size - 1)
+    hi = np.clip(np.ceil(ijk.max(0)).astype(np.int64) + 2, 0, size - 1)
+    if np.prod(hi - lo + 1) > 0.5 * np.prod(size):
+        return volume
+    return crop_to_box(volume, tuple(slice(int(lo[a]), int(hi[a]) + 1) for a in (2, 1, 0)))
 
 
 def normalise_intensity(array: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:

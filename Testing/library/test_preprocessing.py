@@ -72,3 +72,37 @@ def test_spacing_warning_names_the_difference():
     coarse = Volume(np.zeros((8, 8, 8), np.float32), spacing=(2, 2, 2), direction=np.diag([-1.0, -1.0, 1.0]))
     with pytest.warns(UserWarning, match="spacing"):
         prepare_image(coarse, spec)
+
+
+def _resample_whole(volume, target, mode, fill):
+    """The resampling without reading only the footprint (the whole image through grid_sample)."""
+    import torch
+    import torch.nn.functional as F
+
+    from imagetomesh.core.transforms import index_to_grid_affine
+
+    theta = index_to_grid_affine(volume.size_ijk) @ volume.lps_to_index @ target.grid_to_lps
+    d, h, w = target.shape
+    at = F.affine_grid(torch.tensor(theta[:3], dtype=torch.float32)[None], [1, 1, d, h, w], align_corners=True)
+    source = torch.as_tensor(np.asarray(volume.array, dtype=np.float32))[None, None]
+    inside = F.grid_sample(torch.ones_like(source), at, mode="nearest", align_corners=True, padding_mode="zeros")
+    values = F.grid_sample(source, at, mode=mode, align_corners=True, padding_mode="border")
+    return torch.where(inside > 0.5, values, torch.full_like(values, fill))[0, 0]
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_a_small_grid_reads_only_its_footprint_with_the_same_result(mode):
+    from imagetomesh.preprocessing import model_grid_transform
+
+    rng = np.random.default_rng(0)
+    angle = 0.3
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]])
+    big = Volume(rng.normal(size=(60, 70, 80)).astype(np.float32), (1.0, 0.9, 1.3), (5.0, -3.0, 2.0), rotation)
+    spec = GridSpec((12, 10, 14), (1.1, 1.2, 0.8), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    for centre in ([30.0, 20.0, 40.0], [5.0, -3.0, 2.0], [90.0, 40.0, 70.0]):  # inside, at a corner, off the edge
+        target = model_grid_transform(big, spec, np.array(centre))
+        fast = resample_to_grid(big, target, mode, fill=-7.0)
+        slow = _resample_whole(big, target, mode, fill=-7.0)
+        assert torch.allclose(fast, slow, atol=1e-4), centre
+    far = model_grid_transform(big, spec, np.array([1e4, 0.0, 0.0]))
+    assert torch.all(resample_to_grid(big, far, mode, fill=-7.0) == -7.0)
