@@ -213,12 +213,12 @@ def test_a_several_organ_model_learns_both_organs(organ_model):
     assert metrics["val_dice_brighter"] > 0.8 and metrics.get("val_dice_bright", 1.0) > 0.8, metrics
 
 
-def test_segment_writes_one_mesh_per_organ(organ_model, tmp_path):
+def test_segment_writes_one_mesh_per_organ(organ_model, tmp_path, capsys):
     from imagetomesh.geometry.quality import winding_numbers
     from imagetomesh.io.meshes import read_mesh
 
     folder, _ = organ_model
-    image, _ = _ct_case(shape=(32, 24, 40), seed=9)  # a larger field of view than training
+    image, label = _ct_case(shape=(32, 24, 40), seed=9)  # a larger field of view than training
     path = tmp_path / "scan_007.nii.gz"
     write_image(Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0])), path)
     out = tmp_path / "out"
@@ -234,6 +234,15 @@ def test_segment_writes_one_mesh_per_organ(organ_model, tmp_path):
         mesh = read_mesh(out / f"scan_007_{organ}.stl")
         inside = winding_numbers(mesh, np.stack([centres[organ], centres[other]])) > 0.5
         assert inside.tolist() == [True, False], organ
+    # evaluate every organ mesh against its own label value, found from the model's organs
+    truth = write_image(Volume(label, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0])), tmp_path / "truth.nii.gz")
+    meshes = sorted(str(p) for p in out.iterdir())
+    capsys.readouterr()
+    assert cli.main(["evaluate", *meshes, str(truth), "--model", str(folder), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert set(scores) == {"bright", "brighter"} and min(s["dice"] for s in scores.values()) > 0.6
+    assert cli.main(["evaluate", *meshes, str(truth)]) == 2
+    assert "several meshes need --model" in capsys.readouterr().err
     again = tmp_path / "again"
     again.mkdir()
     assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(again), "--organs", "brighter"]) == 0
