@@ -269,3 +269,18 @@ def test_point_to_triangle_distance_sphere_and_gradients():
     tv = (tv + 0.05 * torch.randn(4, 3, dtype=torch.float64, generator=gen(7))).requires_grad_()
     p = (torch.randn(8, 3, dtype=torch.float64, generator=gen(8)) * 0.8 + 0.3).requires_grad_()
     torch.autograd.gradcheck(lambda x, v: point_to_triangle_distance(x, v, tf, chunk_points=4)[0], (p, tv))
+
+
+def test_large_clouds_on_the_cpu_use_the_k_d_tree_with_the_brute_force_answer():
+    from imagetomesh.geometry.distances import KD_TREE_PAIRS, knn_sqdist
+
+    g = torch.Generator().manual_seed(5)
+    a = (torch.randn(1100, 3, generator=g) + 50.0).requires_grad_()
+    b = torch.randn(1000, 3, generator=g) + 50.0
+    assert a.shape[0] * b.shape[0] >= KD_TREE_PAIRS
+    sq, idx = knn_sqdist(a, b)
+    d = ((a.detach()[:, None].double() - b[None].double()) ** 2).sum(-1)
+    assert torch.equal(idx, d.argmin(1))
+    assert torch.allclose(sq.double(), d.min(1).values, atol=1e-4)
+    sq.sum().backward()  # differentiable in a
+    assert torch.allclose(a.grad, 2 * (a.detach() - b[idx]))

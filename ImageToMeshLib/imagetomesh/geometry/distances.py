@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Union
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -26,14 +27,30 @@ def _check_points(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must have shape (N, 3), got {tuple(x.shape)}")
 
 
+#: On the CPU, nearest neighbours of clouds with at least this many point pairs are searched with a
+#: k-d tree (``O((N + M) log M)``) instead of all ``N x M`` distances: a Voxel2Mesh step's Chamfer
+#: terms (4,000 samples against about 6,000 target points, per stage) become several times cheaper.
+KD_TREE_PAIRS = 1_000_000
+
+
+def _kd_tree_nearest(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` int64 index of the nearest point of ``b (M, 3)`` for each point of ``a (N, 3)`` (float64 k-d tree)."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(b.detach().double().numpy())
+    _, idx = tree.query(a.detach().double().numpy(), k=1)
+    return torch.from_numpy(idx.astype(np.int64))
+
+
 def knn_sqdist(a: torch.Tensor, b: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """Squared distance from every point of ``a`` to its nearest point of ``b``.
 
     ``d_i = min_j |a_i - b_j|^2``, ``idx_i = argmin_j |a_i - b_j|^2``.
 
     Distances are searched with ``torch.cdist`` in ``chunk x chunk`` blocks (both clouds
-    shifted by the mean of ``b`` first to limit float cancellation), then recomputed exactly
-    as ``|a_i - b_idx_i|^2``, differentiable in ``a`` and ``b``.
+    shifted by the mean of ``b`` first to limit float cancellation) or, on the CPU for large
+    clouds (:data:`KD_TREE_PAIRS`), with a k-d tree; then recomputed exactly as
+    ``|a_i - b_idx_i|^2``, differentiable in ``a`` and ``b``.
 
     Args:
         a: ``(N, 3)``; b: ``(M, 3)`` with ``M >= 1``; chunk: block size (rows and columns).
@@ -48,6 +65,9 @@ def knn_sqdist(a: torch.Tensor, b: torch.Tensor, chunk: int = 4096) -> tuple[tor
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     n = a.shape[0]
+    if a.device.type == "cpu" and n * b.shape[0] >= KD_TREE_PAIRS:
+        idx = _kd_tree_nearest(a, b)
+        return ((a - b[idx]) ** 2).sum(dim=1), idx
     with torch.no_grad():
         centre = b.detach().mean(0, keepdim=True)
         a0, b0 = a.detach() - centre, b.detach() - centre
