@@ -122,6 +122,15 @@ def test_patch_batches_are_inside_the_grid_and_mostly_on_organs(tmp_path):
     images, labels, present = random_patch_batch(cases, 6, (8, 8, 8), still, torch.Generator().manual_seed(1), 1.0)
     assert images.shape == (6, 1, 8, 8, 8) and labels.shape == (6, 8, 8, 8) and present.shape == (6, 3)
     assert all(bool(label.any()) for label in labels)
+    # balanced: the small organ is centred as often as the large one
+    big = cases[0].label.clone()
+    corner = big[0:12, 0:12, 0:12]
+    corner[corner == 0] = 1  # organ 1 much larger than organ 2
+    case = type(cases[0])(cases[0].case_id, cases[0].image, big, cases[0].transform, None, cases[0].present)
+    g = torch.Generator().manual_seed(2)
+    _, labels, _ = random_patch_batch([case], 200, (4, 4, 4), still, g, 1.0, balance_classes=True)
+    centred_on_2 = sum(bool((label[1:3, 1:3, 1:3] == 2).any()) for label in labels)
+    assert 70 < centred_on_2 < 130, centred_on_2
     # a grid smaller than the patch is padded
     images, labels, _ = random_patch_batch(cases, 2, (32, 8, 8), still, torch.Generator().manual_seed(1), 0.0)
     assert images.shape == (2, 1, 32, 8, 8)

@@ -55,6 +55,8 @@ class TrainConfig(EngineOptions):
     patch: Optional[list] = None
     #: probability that a training crop is centred on a labelled voxel
     foreground: float = 0.5
+    #: centre foreground crops on each labelled class equally often (small organs as often as large ones)
+    balance_classes: bool = False
     #: stop after this many seconds of training, counted over resumptions (None: no limit)
     time_limit_s: Optional[float] = None
 

@@ -139,20 +139,29 @@ def random_patch_batch(
     config: AugmentConfig,
     generator: torch.Generator,
     foreground: float = 0.5,
+    balance_classes: bool = False,
 ):
     """``batch_size`` augmented ``patch`` ``(d, h, w)`` crops of cases drawn with replacement:
     ``(images (B, 1, d, h, w) float32, labels (B, d, h, w) uint8, present (B, C) bool)``.
 
     With probability ``foreground`` a crop is centred on a random labelled voxel (the organs are
-    small in a whole scan), else anywhere; crops stay inside the grid (a grid smaller than the
-    patch along an axis is padded with its lowest value and label 0)."""
+    small in a whole scan) — with ``balance_classes``, a voxel of one of the case's labelled
+    classes chosen uniformly, so small organs are centred as often as large ones — else anywhere;
+    crops stay inside the grid (a grid smaller than the patch along an axis is padded with its
+    lowest value and label 0)."""
     pick = torch.randint(len(cases), (batch_size,), generator=generator)
     images, labels, present = [], [], []
     for i in pick:
         case = cases[int(i)]
         image, label = _padded(case.image, case.label, patch)
         if float(torch.rand(1, generator=generator)) < foreground and bool(label.any()):
-            voxels = torch.nonzero(label)
+            if balance_classes:
+                classes = torch.unique(label)
+                classes = classes[classes > 0]
+                chosen = classes[int(torch.randint(len(classes), (1,), generator=generator))]
+                voxels = torch.nonzero(label == chosen)
+            else:
+                voxels = torch.nonzero(label)
             centre = voxels[int(torch.randint(len(voxels), (1,), generator=generator))]
         else:
             centre = torch.tensor([int(torch.randint(n, (1,), generator=generator)) for n in label.shape])

@@ -96,7 +96,7 @@ class ImageToMeshTask(Task):
         c = self.config
         if c.patch:
             return random_patch_batch(
-                self.train_cases, c.batch_size, tuple(c.patch), c.augment, generator, c.foreground
+                self.train_cases, c.batch_size, tuple(c.patch), c.augment, generator, c.foreground, c.balance_classes
             )
         return random_image_batch(self.train_cases, c.batch_size, c.augment, generator, return_surfaces=dense)
 
