@@ -140,6 +140,12 @@ def main() -> None:
         card["training"]["history"] = args.history
     card = {"name": args.name, "description": args.description, "data": data, **card}
     card["validation_metrics"] = card.pop("metrics", {})
+    if "val_mesh_dice" in card["validation_metrics"]:
+        card["validation_metrics_note"] = (
+            "val_mesh_dice: Dice of the mesh segment returns (rasterised on the model grid; the selection score); "
+            "val_dice: the network's voxel head, not the mesh; val_chamfer_mm: the last decoder stage's vertices "
+            "against the label boundary (mm)"
+        )
     card["input"] = input_block
     (target / CARD_NAME).write_text(json.dumps(card, indent=2))
     print(f"bundled {target}")
