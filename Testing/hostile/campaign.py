@@ -137,6 +137,7 @@ def make_inputs(folder: Path) -> Path:
     rng = np.random.default_rng(17)
     shutil.copy(SAMPLES / "hippocampus_024_label.nii.gz", f / "label.nii.gz")
     shutil.copy(SAMPLES / "hippocampus_024.nii.gz", f / "image.nii.gz")
+    shutil.copy(SAMPLES.parent / "headneck-ct" / "openkbp_082.nii.gz", f / "ct.nii.gz")
     label = sitk.ReadImage(str(f / "label.nii.gz"))
     image = sitk.ReadImage(str(f / "image.nii.gz"))
     for ext in ("nrrd", "mha", "vtk"):
@@ -659,6 +660,14 @@ def cases() -> list[Case]:
     add("segment-device-bad", [*sg[:5], "--device", "tpu", "-o", "{O}/s.stl"], 2)
     add("segment-open-unet", [*sg, "{O}/s.stl", "--open"], 2)
     add("segment-organs-one-object-model", [*sg, "{O}/s.stl", "--organs", "mandible"], 2)
+    ct = ["segment", "{F}/ct.nii.gz", "--model", "unet-headneck-ct", "-o"]
+    add("segment-ct-ok", [*ct, "{O}", "--organs", "mandible,brainstem"], 0, timeout=120, keeps_finished=True)
+    add("segment-ct-model-on-mri", ["segment", "{F}/image.nii.gz", "--model", "unet-headneck-ct", "-o", "{O}"], 2)
+    add("segment-mri-model-on-ct", ["segment", "{F}/ct.nii.gz", "--model", "unet-hippocampus", "-o", "{O}/s.stl"], 2)
+    add("segment-ct-to-a-file", [*ct, "{O}/s.stl"], 2)
+    add("segment-ct-missing-folder", [*ct, "{O}/no/such"], 2)
+    for value in ("liver", "", ",", "mandible,,liver"):
+        add(f"segment-ct-organs-{value or 'empty'}", [*ct, "{O}", "--organs=" + value], 2)
     for value in ("0", "-2", "nan", "1.5", ""):
         add(f"segment-threads-{value or 'empty'}", [*sg, "{O}/s.stl", "--threads", value], 2)
 
