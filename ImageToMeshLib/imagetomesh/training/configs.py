@@ -203,6 +203,11 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
         bf16_autocast=True,
         channels_last=True,
     )
+    # fine-tuning a trained head-and-neck U-Net (--init-from) with class-balanced crops, so the small
+    # organs (oesophagus, larynx) are centred as often as the mandible
+    unet["headneck-ct-cpu-balanced"] = replace(
+        copy.deepcopy(unet["headneck-ct-cpu"]), steps=700, lr=5e-4, val_every=350, balance_classes=True
+    )
     for named, loss in ((v2m, V2M_LOSS_V2), (p2m, P2M_LOSS_V2), (unet, None)):
         for name in ("cpu", "gpu"):
             v2 = named[f"{name}-v2"] = copy.deepcopy(named[name])
