@@ -51,7 +51,7 @@ def test_models_lists_the_good_ones_beside_the_bad_ones(bad_models, capsys):
 def test_models_can_list_priors_or_segmenters_alone(capsys):
     main(["models", "--kind", "priors"])
     names = [line for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
-    assert names == ["dals-hippocampus", "dals-kidney"]
+    assert {"dals-hippocampus", "dals-kidney"} <= set(names) and all(n.startswith("dals-") for n in names)
     main(["models", "--kind", "segmenters"])
     names = [line for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
     assert "unet-hippocampus" in names and not any(n.startswith("dals") for n in names)
