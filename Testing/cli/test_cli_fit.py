@@ -219,3 +219,22 @@ def test_train_dals_bad_data(tmp_path, capsys):
     code = cli.main(["train", "dals", *argv])
     err = capsys.readouterr().err
     assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.parametrize("prior, label", [("dals-parotid", 4), ("dals-brainstem", 1)])
+def test_annotate_three_slices_and_fit_on_the_ct_sample(prior, label, samples, tmp_path, capsys):
+    """The held-out CT sample: three orthogonal outlines of an organ -> the CT prior -> a surface close to it."""
+    from imagetomesh.metrics import mesh_dice_iou
+
+    if prior not in available_models():
+        pytest.skip(f"{prior} is not installed")
+    mask = read_labelmap(samples / "headneck-ct" / "openkbp_082_label.nii.gz", label)
+    centre = labelmap_to_mesh(mask).centroid()
+    curves = [mask_outline(mask, centre, mask.direction[:, axis]) for axis in (2, 1, 0)]
+    markups = write_markups(
+        [Markup("ClosedCurve", f"c{n}", c, True) for n, c in enumerate(curves)], tmp_path / "c.mrk.json"
+    )
+    out = tmp_path / "fit.stl"
+    code, _, err = run(["fit", "curves", markups, "--prior", prior, "-o", out], capsys)
+    assert code == 0, err
+    assert mesh_dice_iou(read_mesh(out), mask)[0] > 0.75
