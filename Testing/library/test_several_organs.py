@@ -23,7 +23,7 @@ from imagetomesh.training.msd import read_msd
 LPS_RAS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 
 
-def slow_partial_label_loss(logits, label, present):
+def slow_partial_label_loss(logits, label, present, balanced=False):
     """The loss voxel by voxel, as its docstring says it."""
     total = 0.0
     for b in range(logits.shape[0]):
@@ -41,7 +41,12 @@ def slow_partial_label_loss(logits, label, present):
             for k in range(1, logits.shape[1])
             if present[b, k]
         ]
-        total += torch.stack(nll).mean() + (1 - torch.stack(dices).mean() if dices else 0.0)
+        nll = torch.stack(nll)
+        if balanced:  # each class in the label weighs the same
+            ce = torch.stack([nll[lab == k].mean() for k in sorted(set(lab.tolist()))]).mean()
+        else:
+            ce = nll.mean()
+        total += ce + (1 - torch.stack(dices).mean() if dices else 0.0)
     return total / logits.shape[0]
 
 
@@ -52,8 +57,9 @@ def test_partial_label_loss_equals_the_voxel_by_voxel_definition():
     present = torch.tensor([[True, True, False, True], [True, False, False, False]])
     label[0][label[0] == 2] = 0  # a class that was not contoured has no voxels
     label[1] = 0
-    fast = partial_label_loss(logits, label, present)
-    assert torch.allclose(fast.double(), slow_partial_label_loss(logits, label, present), atol=1e-5)
+    for balanced in (False, True):
+        fast = partial_label_loss(logits, label, present, balanced)
+        assert torch.allclose(fast.double(), slow_partial_label_loss(logits, label, present, balanced), atol=1e-5)
 
 
 def test_an_uncontoured_organ_is_not_taught_as_background():

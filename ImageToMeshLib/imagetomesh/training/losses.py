@@ -140,7 +140,9 @@ def mesh_decoder_loss(
     return terms
 
 
-def partial_label_loss(logits: torch.Tensor, label: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+def partial_label_loss(
+    logits: torch.Tensor, label: torch.Tensor, present: torch.Tensor, balanced: bool = False
+) -> torch.Tensor:
     """Cross-entropy plus soft Dice for several organs when not every organ was contoured in every case.
 
     ``logits (B, C, D, H, W)``, ``label (B, D, H, W)`` class indices, ``present (B, C)`` bool (the
@@ -148,6 +150,10 @@ def partial_label_loss(logits: torch.Tensor, label: torch.Tensor, present: torch
     "background or an organ not contoured there", so its cross-entropy is ``-log`` of the summed
     probability of background and the missing classes (the marginal likelihood), never of background
     alone. The soft Dice (smoothed by 1) is averaged over each case's contoured organs only.
+    ``balanced``: the cross-entropy is the mean over the classes in the case's label of each class's
+    mean over its voxels (background-or-missing counting as one class), so an organ of a few hundred
+    voxels weighs as much as the background: with the plain voxel mean a small organ's probability can
+    be pushed to zero everywhere before the network tells it apart, and its softmax then saturates.
     Returns the mean over cases of ``CE + (1 - Dice)``.
     """
     log_probs = F.log_softmax(logits.float(), dim=1)
@@ -157,7 +163,11 @@ def partial_label_loss(logits: torch.Tensor, label: torch.Tensor, present: torch
         lab = label[b].long()
         unlabelled = torch.logsumexp(log_probs[b][~present[b] | _background(present[b])], dim=0)
         picked = log_probs[b].gather(0, lab[None])[0]
-        ce = -torch.where(lab == 0, unlabelled, picked).mean()
+        nll = -torch.where(lab == 0, unlabelled, picked)
+        if balanced:
+            ce = torch.stack([nll[lab == k].mean() for k in torch.unique(lab)]).mean()
+        else:
+            ce = nll.mean()
         organs = [k for k in range(1, logits.shape[1]) if bool(present[b, k])]
         dice = []
         for k in organs:
