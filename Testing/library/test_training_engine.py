@@ -23,7 +23,14 @@ from make_fixtures import tiny_msd  # noqa: E402  (the MSD folder the old runs w
 GRID = GridSpec((16, 16, 16), (1.0, 1.0, 1.0))
 NEW_FIELDS = ("accumulate_steps", "bf16_autocast", "channels_last")
 #: TrainConfig fields added for several organs (issue 16), with the defaults that keep one object
-NEW_IMAGE_FIELDS = {"organs": None, "patch": None, "foreground": 0.5, "time_limit_s": None, "balance_classes": False}
+NEW_IMAGE_FIELDS = {
+    "organs": None,
+    "patch": None,
+    "foreground": 0.5,
+    "time_limit_s": None,
+    "balance_classes": False,
+    "balanced_ce": False,
+}
 NEW_LOSS_FIELDS = {
     "version": 1,
     "target": "faces",

@@ -55,9 +55,10 @@ class TrainConfig(EngineOptions):
     patch: Optional[list] = None
     #: probability that a training crop is centred on a labelled voxel
     foreground: float = 0.5
-    #: centre foreground crops on each labelled class equally often (small organs as often as large ones),
-    #: and average the cross-entropy per class (:func:`~imagetomesh.training.losses.partial_label_loss`)
+    #: centre foreground crops on each labelled class equally often (small organs as often as large ones)
     balance_classes: bool = False
+    #: average the cross-entropy per class (:func:`~imagetomesh.training.losses.partial_label_loss`)
+    balanced_ce: bool = False
     #: stop after this many seconds of training, counted over resumptions (None: no limit)
     time_limit_s: Optional[float] = None
 
@@ -207,7 +208,7 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # fine-tuning a trained head-and-neck U-Net (--init-from) with class-balanced crops, so the small
     # organs (oesophagus, larynx) are centred as often as the mandible
     unet["headneck-ct-cpu-balanced"] = replace(
-        copy.deepcopy(unet["headneck-ct-cpu"]), steps=400, lr=5e-4, val_every=200, balance_classes=True
+        copy.deepcopy(unet["headneck-ct-cpu"]), steps=700, lr=5e-4, val_every=350, balance_classes=True
     )
     for named, loss in ((v2m, V2M_LOSS_V2), (p2m, P2M_LOSS_V2), (unet, None)):
         for name in ("cpu", "gpu"):

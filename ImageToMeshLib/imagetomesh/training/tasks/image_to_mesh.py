@@ -105,7 +105,7 @@ class ImageToMeshTask(Task):
             images, labels, present = batch
             logits, _ = self.net(images.to(self.run.device))
             loss = partial_label_loss(
-                logits, labels.to(self.run.device), present.to(self.run.device), self.config.balance_classes
+                logits, labels.to(self.run.device), present.to(self.run.device), self.config.balanced_ce
             )
             return loss, {"seg": float(loss.detach()), "loss": float(loss.detach())}
         return image_to_mesh_loss(self.net, self.config, batch[0], batch[1], generator, self.run.device, *batch[2:])
