@@ -4,7 +4,8 @@ Usage:
     python Testing/benchmarks/headneck_ct_report.py [--data ../shared/data/openkbp-ct] [--split val|test]
         [--models unet-headneck-ct ...] [--cases N] [--invariance 3] [--out docs/headneck-ct-results.md]
 
-For every case of the split named in each model's card (``training.split``), ``segment`` runs on the
+For every case of the split of each model's card (``training.split`` of a run, or a bundled card's
+``data.split_file``), ``segment`` runs on the
 whole scan as a user would give it (:meth:`~imagetomesh.inference.Segmenter.segment_organs`). Each
 organ is scored only in the cases where it was contoured (``labels_present``), against that organ's
 voxels: Dice of the mesh rasterised on the label grid, HD95 and Chamfer (mm, both ways, against the
@@ -154,7 +155,10 @@ def main() -> None:
         model = load_model(name, "cpu")
         segmenter = Segmenter(model)
         organs = segmenter.organs
-        ids = model.card["training"]["split"][args.split]
+        split = model.card.get("training", {}).get("split")
+        if split is None:  # a bundled card names its split file
+            split = json.loads((REPO / model.card["data"]["split_file"]).read_text(encoding="utf-8"))
+        ids = split[args.split]
         if args.cases:
             ids = ids[: args.cases]
         per_case, seconds = [], []
