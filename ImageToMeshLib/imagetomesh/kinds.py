@@ -96,7 +96,7 @@ KINDS: dict[str, Kind] = {
             "train a DALS shape prior (hippocampus labels, KiTS19 kidneys, OpenKBP CT mandibles, parotids or brainstems)",
             "hippocampus MSD folder, kits19-masks folder or openkbp-ct folder",
             "named config: cpu or gpu (default: cpu, gpu on cuda)",
-            (SHAPES,),
+            (SHAPES, TIME_LIMIT),
             default_config=None,
             result_label="DALS prior",
             steps_without_time_limit=True,

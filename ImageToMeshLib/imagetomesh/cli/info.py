@@ -39,6 +39,14 @@ def cmd_info(args) -> int:
         values = np.unique(array)
         if len(values) <= 32:
             print(f"        labels present {values.tolist()}")
+            from imagetomesh.core.edges import touched_faces
+
+            for value in values[values != 0][:32]:
+                faces = touched_faces(volume.with_array((array == value).astype(np.uint8)))
+                if faces:
+                    print(
+                        f"        label {int(value)} reaches the {', '.join(faces)} edge of the image (cut by the scan?)"
+                    )
     return 0
 
 

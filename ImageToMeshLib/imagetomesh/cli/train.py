@@ -35,7 +35,7 @@ def cmd_train(args) -> int:
         config.threads = args.threads
     if args.steps:
         config.steps = args.steps
-        if entry.steps_without_time_limit:
+        if entry.steps_without_time_limit and getattr(args, "time_limit", None) is None:
             config.time_limit_s = None
     best = train(
         config,
