@@ -82,7 +82,7 @@ def _run_fit(args, label: str, read: Callable[[], Any], fit: Callable, summary: 
         )
     finally:
         bar.close()
-    write_checked_mesh(mesh, args.output, args.coordinate_system, summary(observations))
+    write_checked_mesh(mesh, args.output, args.coordinate_system, summary(observations), self_intersections=True)
     return 0
 
 

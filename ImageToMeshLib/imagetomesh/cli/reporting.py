@@ -49,14 +49,19 @@ def check_mesh_output(path: Path) -> None:
         raise InputError(f"output {path} needs a mesh extension: one of {', '.join(MESH_SUFFIXES)}")
 
 
-def write_checked_mesh(mesh: Mesh, output: Path, coordinate_system: str, what: str = "") -> None:
-    """Write ``mesh`` and print ``wrote OUTPUT ([what: ]N vertices, F triangles, watertight|NOT watertight, SPACE)``."""
+def write_checked_mesh(
+    mesh: Mesh, output: Path, coordinate_system: str, what: str = "", self_intersections: bool = False
+) -> None:
+    """Write ``mesh`` and print ``wrote OUTPUT ([what: ]N vertices, F triangles, watertight|NOT watertight
+    [, K self-intersecting faces], SPACE)`` (the count when ``self_intersections``: "watertight" says the
+    surface is closed, not that no face crosses another)."""
     from imagetomesh.geometry.quality import check_mesh
     from imagetomesh.io.meshes import write_mesh
 
-    check = check_mesh(mesh, self_intersections=False)
+    check = check_mesh(mesh, self_intersections=self_intersections)
     write_mesh(mesh, output, coordinate_system)
+    crossing = f", {check.self_intersecting_faces} self-intersecting faces" if self_intersections else ""
     print(
         f"wrote {output} ({what + ': ' if what else ''}{mesh.num_vertices} vertices, {mesh.num_faces} triangles, "
-        f"{'watertight' if check.watertight else 'NOT watertight'}, {coordinate_system})"
+        f"{'watertight' if check.watertight else 'NOT watertight'}{crossing}, {coordinate_system})"
     )
