@@ -291,8 +291,8 @@ def _legacy_twin(layer):
 @pytest.mark.parametrize("folder", BUNDLED, ids=[f"{p.parent.name}/{p.name}" for p in BUNDLED])
 def test_bundled_weights_load_unchanged_and_graph_layers_compute_what_the_legacy_layers_did(folder):
     """Every bundled model loads (strictly: no missing or unexpected keys, checksum checked) with
-    parameter tensors equal to the file's; each graph layer, given the file's tensors under their
-    old names, equals the earlier hand-written layer on a real icosphere graph."""
+    parameter tensors equal to the file's; where the file holds the old names, each graph layer, given
+    the file's tensors under them, equals the earlier hand-written layer on a real icosphere graph."""
     card = read_card(folder)
     if card["kind"] == "dals":
         from imagetomesh.fitting.prior import load_prior
@@ -310,6 +310,8 @@ def test_bundled_weights_load_unchanged_and_graph_layers_compute_what_the_legacy
     torch.manual_seed(0)
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (GraphConv, ChebConv))]
     assert bool(layers) == (card["kind"] in ("voxel2mesh", "pixel2mesh3d", "implicitmeshnet"))
+    if set(upgraded) == set(raw):
+        return  # saved after the move to torch-geometric: no old names, nothing legacy to compare with
     for name, layer in layers:
         legacy = _legacy_twin(layer)
         legacy.load_state_dict({k[len(name) + 1 :]: v for k, v in raw.items() if k.startswith(name + ".")})
