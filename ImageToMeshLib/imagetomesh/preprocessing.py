@@ -117,6 +117,22 @@ def resample_to_grid(volume: Volume, target: GridTransform, mode: str = "bilinea
     return torch.where(inside > 0.5, values, torch.full_like(values, fill))[0, 0]
 
 
+def resample_volume(volume: Volume, spacing, size_ijk, mode: str = "bilinear", fill: float = 0.0) -> Volume:
+    """``volume`` on a new lattice of ``size_ijk`` (W, H, D) voxels of ``spacing`` mm along its own index
+    axes, the first voxel's outer corner kept in place (same direction; the same field of view when
+    ``size * spacing`` equals the old extent), sampled with :func:`resample_to_grid` (float32 values)."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    size = np.asarray(size_ijk, dtype=np.int64)
+    origin = volume.origin - 0.5 * volume.direction @ (volume.spacing - spacing)
+    index_to_lps = np.eye(4)
+    index_to_lps[:3, :3] = volume.direction * spacing[None, :]
+    index_to_lps[:3, 3] = origin
+    grid = GridTransform(
+        index_to_lps @ grid_to_index_affine(size.astype(np.float64)), tuple(int(s) for s in size[::-1])
+    )
+    return Volume(resample_to_grid(volume, grid, mode, fill).numpy(), spacing, origin, volume.direction)
+
+
 def _footprint(volume: Volume, target: GridTransform) -> Volume | None:
     """The part of ``volume`` that ``target``'s grid samples: the box around the grid's corners in the
     image's index space, grown by two voxels (every trilinear neighbour is inside) and clipped to the

@@ -34,22 +34,14 @@ MEASURE = (
 
 def clinical_copy(path: Path, out: Path) -> Path:
     """The scan resampled to 512 x 512 in-plane (same field of view) and half its slice spacing, int16 HU."""
-    from imagetomesh.core.transforms import GridTransform, grid_to_index_affine
-    from imagetomesh.core.volume import Volume
     from imagetomesh.io.images import read_image, write_image
-    from imagetomesh.preprocessing import resample_to_grid
+    from imagetomesh.preprocessing import resample_volume
 
     image = read_image(path)
     extent = image.size_ijk * image.spacing
     size = np.array([512, 512, int(round(extent[2] / (image.spacing[2] / 2)))])
-    spacing = extent / size
-    origin = image.origin - 0.5 * image.direction @ (image.spacing - spacing)
-    index_to_lps = np.eye(4)
-    index_to_lps[:3, :3] = image.direction * spacing[None, :]
-    index_to_lps[:3, 3] = origin
-    grid = GridTransform(index_to_lps @ grid_to_index_affine(size.astype(float)), tuple(int(s) for s in size[::-1]))
-    array = resample_to_grid(image, grid, "bilinear", fill=-1000.0).numpy()
-    return write_image(Volume(np.round(array).astype(np.int16), spacing, origin, image.direction), out)
+    copy = resample_volume(image, extent / size, size, fill=-1000.0)
+    return write_image(copy.with_array(np.round(copy.array).astype(np.int16)), out)
 
 
 def main() -> None:

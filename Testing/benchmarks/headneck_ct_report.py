@@ -29,12 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imagetomesh.core.transforms import GridTransform, grid_to_index_affine
 from imagetomesh.core.volume import Volume
 from imagetomesh.inference import Segmenter
 from imagetomesh.io.images import read_image
 from imagetomesh.metrics import evaluate_mesh
-from imagetomesh.preprocessing import resample_to_grid
+from imagetomesh.preprocessing import resample_volume
 from imagetomesh.training.msd import read_msd
 from imagetomesh.zoo import load_model
 
@@ -78,9 +77,7 @@ def resampled_in_plane(image: Volume, spacing_mm: float = 1.0) -> Volume:
     """``image`` resampled (trilinear) to ``spacing_mm`` along its first two index axes, same extent."""
     spacing = np.array([spacing_mm, spacing_mm, image.spacing[2]])
     size = np.maximum(np.round(image.size_ijk * image.spacing / spacing).astype(int), 1)
-    return _resampled(
-        image, spacing, size, image.direction, image.origin - 0.5 * image.direction @ (image.spacing - spacing)
-    )
+    return resample_volume(image, spacing, size, fill=-1000.0)
 
 
 def reoriented(image: Volume) -> Volume:
@@ -99,17 +96,6 @@ def padded(image: Volume, pad=((10, 30), (20, 0), (40, 12)), air: float = -1000.
     array = np.pad(image.array, ((z0, z1), (y0, y1), (x0, x1)), constant_values=air)
     origin = image.index_to_lps[:3, :3] @ np.array([-x0, -y0, -z0], dtype=float) + image.origin
     return Volume(array, image.spacing, origin, image.direction)
-
-
-def _resampled(image: Volume, spacing, size, direction, origin) -> Volume:
-    index_to_lps = np.eye(4)
-    index_to_lps[:3, :3] = direction * np.asarray(spacing)[None, :]
-    index_to_lps[:3, 3] = origin
-    grid = GridTransform(
-        index_to_lps @ grid_to_index_affine(np.asarray(size, float)), tuple(int(s) for s in size[::-1])
-    )
-    array = resample_to_grid(image, grid, "bilinear", fill=-1000.0).numpy()
-    return Volume(array.astype(np.float32), spacing, origin, direction)
 
 
 def summary_rows(per_case: list[dict], organs) -> list[dict]:

@@ -106,3 +106,20 @@ def test_a_small_grid_reads_only_its_footprint_with_the_same_result(mode):
         assert torch.allclose(fast, slow, atol=1e-4), centre
     far = model_grid_transform(big, spec, np.array([1e4, 0.0, 0.0]))
     assert torch.all(resample_to_grid(big, far, mode, fill=-7.0) == -7.0)
+
+
+def test_resample_volume_keeps_the_field_of_view():
+    from imagetomesh.preprocessing import resample_volume
+
+    rng = np.random.default_rng(1)
+    image = Volume(
+        rng.normal(size=(6, 7, 8)).astype(np.float32), (1.0, 2.0, 3.0), (4.0, 5.0, 6.0), np.diag([-1.0, -1.0, 1.0])
+    )
+    same = resample_volume(image, image.spacing, image.size_ijk)
+    np.testing.assert_allclose(same.array, image.array, atol=1e-5)
+    assert np.allclose(same.origin, image.origin)
+    finer = resample_volume(image, (0.5, 1.0, 1.5), (16, 14, 12))
+    # the voxel-edge box is the same: first corner and extent
+    corner = lambda v: v.origin - 0.5 * v.direction @ np.asarray(v.spacing)  # noqa: E731
+    assert np.allclose(corner(finer), corner(image))
+    assert np.allclose(finer.size_ijk * finer.spacing, image.size_ijk * image.spacing)
