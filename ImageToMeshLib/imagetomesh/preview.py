@@ -60,9 +60,7 @@ def plane_image(volume: Volume, axis: int, position: float, axes: tuple[int, int
     row ``r`` is at ``lps[axes[1]] = v0 + r step`` and column ``c`` at ``lps[axes[0]] = h0 + c step``."""
     from scipy import ndimage
 
-    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=np.float64)
-    corners = transform_points(volume.index_to_lps, corners * (volume.size_ijk - 1))
-    lo, hi = corners.min(0), corners.max(0)
+    lo, hi = volume.bounds_lps()
     step = max(float(np.min(volume.spacing)), float(np.max(hi - lo)) / MAX_PLANE_PIXELS)
     h = np.arange(lo[axes[0]], hi[axes[0]] + 1e-6, step)
     v = np.arange(lo[axes[1]], hi[axes[1]] + 1e-6, step)
