@@ -82,9 +82,7 @@ class Segmenter:
         """One mesh per volume, in the order given."""
         prepared = []
         for volume in volumes:
-            _check_finite(volume)
-            if self.check_input:
-                check_image(volume, self.model.card, self.model.name)
+            self._check(volume)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 prepared.append(prepare_image(volume, self.spec))
@@ -115,9 +113,7 @@ class Segmenter:
         edge of the scan is meshed capped there, with a warning naming it and the edge."""
         if self.organs is None:
             raise InputError(f"model {self.model.name} meshes one structure: use segment")
-        _check_finite(volume)
-        if self.check_input:
-            check_image(volume, self.model.card, self.model.name)
+        self._check(volume)
         body = body_crop(volume) if self.spec.intensity == "ct" else volume
         image, transform = prepare_image(body, scan_spec(body, self.spec), warn=False)
         with bf16_autocast(self.bf16, self.model.device):
@@ -140,6 +136,12 @@ class Segmenter:
             if warning:
                 warnings.warn(warning, stacklevel=2)
         return meshes
+
+    def _check(self, volume: Volume) -> None:
+        """:class:`InputError` for non-finite voxels, and (``check_input``) for an image the model was not made for."""
+        _check_finite(volume)
+        if self.check_input:
+            check_image(volume, self.model.card, self.model.name)
 
     def _finish(self, mesh: Mesh) -> Mesh:
         return orient_outward(mesh) if self.open_surface else finish_mesh(mesh, self.untangle)
