@@ -5,8 +5,8 @@ Usage:
     python Testing/benchmarks/ct_prior_fits.py PRIOR[=SHAPES] ... [--split val|test] [--organs 12]
 
 PRIOR is a bundled prior name (``dals-parotid``) or a run's model folder (``runs/dals-parotid/model``);
-SHAPES (default: the prior's card ``data`` shape source, or the part after ``dals-``) names the shape
-source whose held-out organs are fitted (:data:`~imagetomesh.training.dals_shapes.OPENKBP_ORGANS`).
+SHAPES (default: the shape source the prior was trained on, from its card) names the shape source
+whose held-out organs are fitted (:data:`~imagetomesh.training.dals_shapes.OPENKBP_ORGANS`).
 For each organ (contoured, not cut by the scan; both parotids of a case): three closed curves, the
 organ's outline on the axial, coronal and sagittal planes through its centroid (as a user would click
 them on the CT), fitted with ``fit_curves``; Dice, Chamfer and HD95 against the organ's voxels, as
@@ -27,6 +27,8 @@ from dals_report import curves_for, shape_metrics  # noqa: E402
 
 from imagetomesh.fitting import fit_curves  # noqa: E402
 from imagetomesh.training.dals_shapes import organ_masks, shape_split  # noqa: E402
+from imagetomesh.weights import read_card  # noqa: E402
+from imagetomesh.zoo import find_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data" / "openkbp-ct"
@@ -42,9 +44,7 @@ def main() -> None:
     print(f"{'prior':<34}{'organs':>7}{'Dice':>8}{'Chamfer mm':>12}{'HD95 mm':>9}{'s/fit':>7}")
     for spec in args.priors:
         prior, _, shapes = spec.partition("=")
-        shapes = shapes or Path(prior).name.removeprefix("dals-").split("-")[0]
-        if Path(prior).name == "model":
-            shapes = shapes if "=" in spec else Path(prior).parent.name.removeprefix("dals-")
+        shapes = shapes or read_card(find_model(prior))["training"]["config"]["shapes"]
         organs = []
         for case_id in shape_split(shapes, args.data)[args.split]:
             organs += organ_masks(shapes, args.data, case_id)
