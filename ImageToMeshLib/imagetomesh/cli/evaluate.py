@@ -34,7 +34,7 @@ def _organ_labels(meshes: list[Path], model: str) -> list[tuple[str, int]]:
 
 def cmd_evaluate(args) -> int:
     from imagetomesh.core.edges import touched_faces
-    from imagetomesh.io.images import read_labelmap
+    from imagetomesh.io.images import labelmap_mask, read_image
     from imagetomesh.io.meshes import read_mesh
     from imagetomesh.metrics import evaluate_mesh
 
@@ -50,19 +50,18 @@ def cmd_evaluate(args) -> int:
         if args.label is not None:
             raise InputError("--label and --model do not go together: with --model each mesh's name gives its label")
         targets = _organ_labels(meshes, args.model)
+    labels = read_image(args.label_file)  # once, however many meshes
     results = {}
     for mesh_path, (organ, label) in zip(meshes, targets):
         mesh = read_mesh(mesh_path).require_triangles(str(mesh_path))
-        reference = read_labelmap(args.label_file, label)
+        reference = labelmap_mask(labels, label, args.label_file)
         result = evaluate_mesh(mesh, reference, threshold_mm=args.threshold)
         result["label_cut_by_image_edge"] = ",".join(touched_faces(reference)) or "no"
-        results[organ or str(mesh_path)] = result
-    if args.model is None:
-        results = next(iter(results.values()))
-    if args.json:
-        print(json.dumps(results, indent=1))
+        results[organ] = result
+    if args.json:  # one mesh: its metrics; with --model: {organ: metrics}
+        print(json.dumps(results if args.model else results[None], indent=1))
         return 0
-    for name, result in results.items() if args.model else [("", results)]:
+    for name, result in results.items():
         if name:
             print(f"== {name}")
         width = max(len(k) for k in result)

@@ -348,7 +348,12 @@ def read_labelmap(path: str | os.PathLike, label: int | None = None) -> Volume:
         InputError: everything :func:`read_image` raises; non-integer values; empty labelmap;
             ``label`` not present (the message lists the labels that are).
     """
-    volume = read_image(path)
+    return labelmap_mask(read_image(path), label, path)
+
+
+def labelmap_mask(volume: Volume, label: int | None = None, path: str | os.PathLike = "the labelmap") -> Volume:
+    """The binary mask of one label (or of every nonzero label) of a labelmap already read; the checks and
+    messages of :func:`read_labelmap` (``path`` names it in them)."""
     array = volume.array
     if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
         raise InputError(
