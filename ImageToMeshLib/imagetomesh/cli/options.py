@@ -82,24 +82,24 @@ def finite_weight(name: str) -> Callable[[str], float]:
 MAX_COUNT = 10**9
 
 
-def positive_int(name: str) -> Callable[[str], int]:
-    """A whole number >= 1 (and at most :data:`MAX_COUNT`)."""
+def whole_number_from(name: str, low: int) -> Callable[[str], int]:
+    """A whole number from ``low`` to :data:`MAX_COUNT`."""
     return checked_number(
         name,
         int,
         "a whole number",
-        lambda value, text: None if 1 <= value <= MAX_COUNT else f"between 1 and {MAX_COUNT:.0e}, got {text}",
+        lambda value, text: None if low <= value <= MAX_COUNT else f"between {low} and {MAX_COUNT:.0e}, got {text}",
     )
+
+
+def positive_int(name: str) -> Callable[[str], int]:
+    """A whole number >= 1 (and at most :data:`MAX_COUNT`)."""
+    return whole_number_from(name, 1)
 
 
 def non_negative_int(name: str) -> Callable[[str], int]:
     """A whole number >= 0 (and at most :data:`MAX_COUNT`)."""
-    return checked_number(
-        name,
-        int,
-        "a whole number",
-        lambda value, text: None if 0 <= value <= MAX_COUNT else f"between 0 and {MAX_COUNT:.0e}, got {text}",
-    )
+    return whole_number_from(name, 0)
 
 
 def seed(name: str) -> Callable[[str], int]:
