@@ -26,7 +26,13 @@ def _targets(images: list[Path], output: Path) -> list[Path]:
         return [check_output_path(output)]
     if not output.is_dir():
         raise InputError(f"with several images, -o must be an existing folder; {output} is not (create it first)")
-    targets = [output / f"{image_stem(p)}.stl" for p in images]
+    return _checked_distinct([output / f"{image_stem(p)}.stl" for p in images])
+
+
+def _checked_distinct(targets: list[Path]) -> list[Path]:
+    """``targets``, each checked as an output path, refused when two are the same (two images of one name)."""
+    from imagetomesh.io.atomic import check_output_path
+
     if len(set(targets)) != len(targets):
         raise InputError("two input images have the same name, so their meshes would overwrite each other; rename one")
     return [check_output_path(t) for t in targets]
@@ -58,7 +64,6 @@ def _segment_one_by_one(segmenter, items: list) -> list:
 def _organ_targets(images: list[Path], output: Path, organs, model: str) -> dict[Path, dict[str, Path]]:
     """``{image: {organ name: output path}}`` (``<image name>_<organ>.stl`` in the folder ``output``),
     every one checked before any work starts."""
-    from imagetomesh.io.atomic import check_output_path
     from imagetomesh.io.images import image_stem
 
     if not output.is_dir():
@@ -67,11 +72,7 @@ def _organ_targets(images: list[Path], output: Path, organs, model: str) -> dict
             "(create it first)"
         )
     targets = {p: {o.name: output / f"{image_stem(p)}_{o.name}.stl" for o in organs} for p in images}
-    paths = [t for per_image in targets.values() for t in per_image.values()]
-    if len(set(paths)) != len(paths):
-        raise InputError("two input images have the same name, so their meshes would overwrite each other; rename one")
-    for path in paths:
-        check_output_path(path)
+    _checked_distinct([t for per_image in targets.values() for t in per_image.values()])
     return targets
 
 
