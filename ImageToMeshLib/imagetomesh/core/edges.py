@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from imagetomesh.core.volume import Volume
+from imagetomesh.core.volume import Volume, transform_points
 
 #: LPS axis -> (name of the face towards -axis, name of the face towards +axis)
 _SIDES = (("right", "left"), ("anterior", "posterior"), ("inferior", "superior"))
@@ -51,8 +51,6 @@ def mesh_touched_faces(vertices_lps: np.ndarray, volume: Volume) -> list[str]:
     """The faces of ``volume`` that a surface (``(N, 3)`` LPS vertices) made from it reaches within a
     voxel of (its vertices' index coordinates below 0.5 or above ``size - 1.5``): an organ found at the
     edge of the scan."""
-    from imagetomesh.core.volume import transform_points
-
     if len(vertices_lps) == 0:
         return []
     ijk = transform_points(volume.lps_to_index, np.asarray(vertices_lps, dtype=np.float64))
