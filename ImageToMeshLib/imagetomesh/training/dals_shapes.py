@@ -193,6 +193,11 @@ def fill_cavities(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Shape sources of paired organs: their right ones are mirrored to the left for training (the kidneys of
+#: :func:`split_kidneys`, the sided OpenKBP organs), so fits try both sides.
+PAIRED_SHAPES = frozenset(
+    {"kidney"} | {kind for kind, organs in OPENKBP_ORGANS.items() if any(side for _, side in organs)}
+)
 #: Whether a shape source's training surfaces are taken from :func:`fill_cavities` of the mask.
 FILL_CAVITIES = {"hippocampus": False, "kidney": True, "mandible": False, "parotid": False, "brainstem": False}
 

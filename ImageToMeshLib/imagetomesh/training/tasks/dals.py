@@ -42,7 +42,7 @@ from imagetomesh.nn.precision import bf16_autocast, cpu_has_bf16
 from imagetomesh.training.checkpoint import ExpectedValue, FloatListState, TensorState
 from imagetomesh.training.configs import named_config
 from imagetomesh.training.dals_augment import WolfConfig, random_rotations, wolf_deform
-from imagetomesh.training.dals_shapes import SHAPE_KINDS, load_shapes, shape_split
+from imagetomesh.training.dals_shapes import PAIRED_SHAPES, SHAPE_KINDS, load_shapes, shape_split
 from imagetomesh.training.data_sources import data_description
 from imagetomesh.training.tasks.base import EngineOptions, LoopSettings, RunState, Task
 
@@ -89,10 +89,6 @@ class DALSTrainConfig(EngineOptions):
         d = asdict(self)
         d["model"] = self.model.to_dict()
         return d
-
-
-#: Shape sources of paired organs: right ones were mirrored to the left for training, fits try both.
-PAIRED_SHAPES = frozenset({"kidney", "parotid"})
 
 
 def get_dals_config(shapes: str, name: str = "cpu") -> DALSTrainConfig:
