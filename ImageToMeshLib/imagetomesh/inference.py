@@ -122,7 +122,9 @@ class Segmenter:
         chosen = organs if organs is not None else self.organs
         smoothing = getattr(self.model.module.config, "smoothing", DEFAULT_SMOOTHING)
         meshes: dict[str, Mesh | None] = {}
-        for organ, mask in zip(chosen, organ_masks(probabilities, chosen).values()):
+        masks = organ_masks(probabilities, chosen)
+        for organ in chosen:
+            mask = masks[organ.name]
             meshes[organ.name] = None
             if mask is None:
                 continue
