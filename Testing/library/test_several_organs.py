@@ -39,7 +39,7 @@ def slow_partial_label_loss(logits, label, present, balanced=False):
         dices = [
             (2 * (p[k] * (lab == k)).sum() + 1) / (p[k].sum() + (lab == k).sum() + 1)
             for k in range(1, logits.shape[1])
-            if present[b, k]
+            if present[b, k] and (lab == k).any()
         ]
         nll = torch.stack(nll)
         if balanced:  # each class in the label weighs the same
@@ -57,6 +57,7 @@ def test_partial_label_loss_equals_the_voxel_by_voxel_definition():
     present = torch.tensor([[True, True, False, True], [True, False, False, False]])
     label[0][label[0] == 2] = 0  # a class that was not contoured has no voxels
     label[1] = 0
+    present[1, 3] = True  # contoured in the case, but not inside this crop: no Dice term
     for balanced in (False, True):
         fast = partial_label_loss(logits, label, present, balanced)
         assert torch.allclose(fast.double(), slow_partial_label_loss(logits, label, present, balanced), atol=1e-5)
@@ -78,6 +79,19 @@ def test_an_uncontoured_organ_is_not_taught_as_background():
     )
     contoured = torch.tensor([[True, True, True]])  # once contoured, the same prediction is wrong
     assert partial_label_loss(as_missing, label, contoured) > partial_label_loss(as_background, label, contoured) + 1
+
+
+def test_an_organ_outside_the_crop_is_taught_by_the_cross_entropy_alone():
+    """Its soft Dice would be 1 / (1 + sum p): a pull towards zero that saturates small organs' softmax."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, 3, 2, 3, 4, generator=g)
+    label = torch.zeros(1, 2, 3, 4, dtype=torch.long)
+    label[0, 0, :2, :2] = 1
+    present = torch.tensor([[True, True, True]])  # organ 2 contoured in the case, outside this crop
+    p1 = logits.softmax(1)[0, 1]
+    dice_1 = (2 * (p1 * (label[0] == 1)).sum() + 1) / (p1.sum() + (label[0] == 1).sum() + 1)
+    expected = torch.nn.functional.cross_entropy(logits, label) + 1 - dice_1
+    assert torch.allclose(partial_label_loss(logits, label, present), expected, atol=1e-5)
 
 
 def _ct_case(shape=(24, 24, 32), seed=0, organs=((1, (6, 8, 10), -400.0), (2, (12, 14, 16), 1200.0))):

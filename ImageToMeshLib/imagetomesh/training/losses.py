@@ -149,7 +149,12 @@ def partial_label_loss(
     classes contoured in each case; class 0, background, always). A voxel labelled 0 in a case is
     "background or an organ not contoured there", so its cross-entropy is ``-log`` of the summed
     probability of background and the missing classes (the marginal likelihood), never of background
-    alone. The soft Dice (smoothed by 1) is averaged over each case's contoured organs only.
+    alone. The soft Dice (smoothed by 1) is averaged over the organs that have voxels in each case's
+    label (contoured and inside the crop): an organ contoured in the case but outside a training crop
+    is taught by the cross-entropy alone, since its Dice there, ``1 / (1 + sum p)``, is minimised only
+    by driving the organ's probability to zero over the whole crop — which saturated the softmax of
+    the small, rarely contoured organs (oesophagus, larynx: probability ~1e-7 on their own voxels)
+    before the network could tell them apart.
     ``balanced``: the cross-entropy is the mean over the classes in the case's label of each class's
     mean over its voxels (background-or-missing counting as one class), so an organ of a few hundred
     voxels weighs as much as the background: with the plain voxel mean a small organ's probability can
@@ -168,7 +173,9 @@ def partial_label_loss(
             ce = torch.stack([nll[lab == k].mean() for k in torch.unique(lab)]).mean()
         else:
             ce = nll.mean()
-        organs = [k for k in range(1, logits.shape[1]) if bool(present[b, k])]
+        in_label = torch.zeros(logits.shape[1], dtype=torch.bool, device=lab.device)
+        in_label[torch.unique(lab)] = True
+        organs = [k for k in range(1, logits.shape[1]) if bool(present[b, k]) and bool(in_label[k])]
         dice = []
         for k in organs:
             p, t = probs[b, k], (lab == k).float()
