@@ -1,13 +1,15 @@
 """How many CPU threads each kind of work uses: decided here, once, for the CLI, training and the Slicer worker.
 
-Measured on 2-core machines (issue 18): work made of many small operations (the graph mesh
-decoders of Voxel2Mesh, Pixel2Mesh-3D and ImplicitMeshNet, DALS fits) runs fastest on one thread
-and several times slower on two when the machine is loaded (the threads spin-wait for each other);
-convolutional encoders (U-Net, NUDF) gain from more threads. So:
+Measured on 2-core machines (issue 18, ``Testing/benchmarks/threads_benchmark.py``): on a loaded
+machine every kind of work runs fastest on the cores nobody else is using — work made of many small
+operations (the graph mesh decoders of Voxel2Mesh, Pixel2Mesh-3D and ImplicitMeshNet, DALS fits)
+runs several times slower when its threads compete with another process (they spin-wait for each
+other), and so does the U-Net; on an idle machine the same work gains from a second thread. So the
+default is the cores idle right now (:func:`idle_cores`, sampled once at start-up), at least 1 and
+at most the kind's cap in :data:`WORK_KINDS`:
 
-- ``"graph"`` (mesh-decoder models) and ``"fit"`` (DALS fits and refinement): 1 thread;
-- ``"conv"`` (U-Net + marching cubes, NUDF, training): the available cores, at most
-  :data:`MAX_CONV_THREADS`;
+- ``"graph"`` (mesh-decoder models) and ``"fit"`` (DALS fits and refinement): at most 2;
+- ``"conv"`` (U-Net + marching cubes, NUDF, training): at most :data:`MAX_CONV_THREADS`;
 - ``--threads N`` on a command, else the environment variable ``IMAGETOMESH_THREADS``, overrides
   the default for every kind.
 
@@ -18,17 +20,21 @@ the user set them). No torch import here: the CLI calls it before any heavy impo
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+import time
 
 from imagetomesh.errors import InputError
 
 #: Environment variable that sets the thread count of every kind of work (an integer >= 1).
 ENV = "IMAGETOMESH_THREADS"
-#: Kinds of work and their default thread counts (None: the available cores, capped).
-WORK_KINDS = {"graph": 1, "fit": 1, "conv": None}
 #: Convolutional work uses at most this many threads by default (beyond it the gain is small).
 MAX_CONV_THREADS = 4
+#: Kinds of work and the most threads their default uses (small-op work gains nothing beyond 2).
+WORK_KINDS = {"graph": 2, "fit": 2, "conv": MAX_CONV_THREADS}
+#: Seconds over which :func:`idle_cores` watches the machine.
+LOAD_SAMPLE_S = 0.1
 #: Model kinds whose inference is small-op graph work; every other segmentation kind is "conv".
 GRAPH_MODEL_KINDS = frozenset({"voxel2mesh", "pixel2mesh3d", "implicitmeshnet"})
 _RUNTIME_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -47,9 +53,43 @@ def work_for_model(kind: str) -> str:
     return "graph" if kind in GRAPH_MODEL_KINDS else "conv"
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """``(idle, total)`` CPU time of the whole machine in clock ticks (Linux ``/proc/stat``), else None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 5:
+        return None
+    ticks = [int(v) for v in fields[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return idle, sum(ticks[:8])  # guest time is already counted in user time
+
+
+def idle_cores(sample_s: float = LOAD_SAMPLE_S) -> float:
+    """Cores of :func:`available_cores` that other processes leave idle now: the machine's idle
+    share of CPU time over ``sample_s`` seconds (``/proc/stat``) where the OS reports it, else the
+    1-minute load average, else every available core."""
+    cores = available_cores()
+    before = _cpu_times()
+    if before is not None:
+        time.sleep(sample_s)
+        after = _cpu_times()
+        if after is not None and after[1] > before[1]:
+            idle_share = (after[0] - before[0]) / (after[1] - before[1])
+            return min(cores, idle_share * (os.cpu_count() or cores))
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows
+        return float(cores)
+    return max(0.0, min(cores, (os.cpu_count() or cores) - load))
+
+
 def threads_for(work: str, requested: int | None = None) -> int:
     """Threads for ``work`` (a key of :data:`WORK_KINDS`): ``requested`` (``--threads``), else
-    ``$IMAGETOMESH_THREADS``, else the kind's default, never more than :func:`available_cores`."""
+    ``$IMAGETOMESH_THREADS``, else the idle cores (:func:`idle_cores`, rounded, at least 1) up to
+    the kind's cap; never more than :func:`available_cores`."""
     if work not in WORK_KINDS:
         raise ValueError(f"work must be one of {sorted(WORK_KINDS)}, got {work!r}")
     if requested is None:
@@ -63,8 +103,8 @@ def threads_for(work: str, requested: int | None = None) -> int:
                 raise InputError(f"{ENV}={text!r}: the number of threads must be 1 or more")
     if requested is not None:
         return max(1, min(int(requested), available_cores()))
-    default = WORK_KINDS[work]
-    return default if default is not None else min(available_cores(), MAX_CONV_THREADS)
+    idle = math.floor(idle_cores() + 0.5)
+    return max(1, min(idle, WORK_KINDS[work], available_cores()))
 
 
 def configure(work: str, requested: int | None = None) -> int:

@@ -7,17 +7,43 @@ from imagetomesh import threads
 from imagetomesh.errors import InputError
 
 
-def test_small_op_work_uses_one_thread_and_convolutions_the_cores(monkeypatch):
+def test_the_default_is_the_idle_cores_up_to_each_kinds_cap(monkeypatch):
     monkeypatch.delenv(threads.ENV, raising=False)
     monkeypatch.setattr(threads, "available_cores", lambda: 8)
-    assert threads.threads_for("graph") == 1 and threads.threads_for("fit") == 1
+    monkeypatch.setattr(threads, "idle_cores", lambda: 8.0)  # an idle machine
+    assert threads.threads_for("graph") == 2 and threads.threads_for("fit") == 2
     assert threads.threads_for("conv") == threads.MAX_CONV_THREADS
+    monkeypatch.setattr(threads, "idle_cores", lambda: 2.6)  # others keep 5.4 cores busy
+    assert threads.threads_for("conv") == 3 and threads.threads_for("fit") == 2
+    monkeypatch.setattr(threads, "idle_cores", lambda: 0.2)  # fully loaded: one thread, never none
+    assert threads.threads_for("conv") == 1 and threads.threads_for("graph") == 1
     monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    monkeypatch.setattr(threads, "idle_cores", lambda: 2.0)
     assert threads.threads_for("conv") == 2
     assert threads.work_for_model("voxel2mesh") == "graph" and threads.work_for_model("unet") == "conv"
     assert threads.work_for_model("nudf") == "conv" and threads.work_for_model("implicitmeshnet") == "graph"
     with pytest.raises(ValueError):
         threads.threads_for("gpu")
+
+
+def test_idle_cores_reads_the_machines_idle_share_of_cpu_time(monkeypatch):
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(threads.time, "sleep", lambda s: None)
+    samples = iter([(1000, 4000), (1100, 4400)])  # idle 100 of 400 ticks: one core's worth
+    monkeypatch.setattr(threads, "_cpu_times", lambda: next(samples))
+    assert threads.idle_cores() == pytest.approx(1.0)
+    monkeypatch.setattr(threads, "_cpu_times", lambda: None)  # no /proc/stat: the load average
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (3.5, 0.0, 0.0))
+    assert threads.idle_cores() == pytest.approx(0.5)
+
+
+def test_cpu_times_parses_proc_stat():
+    times = threads._cpu_times()
+    if times is None:
+        pytest.skip("no /proc/stat on this system")
+    idle, total = times
+    assert 0 <= idle <= total
 
 
 def test_the_option_beats_the_environment_which_beats_the_default(monkeypatch):
@@ -33,6 +59,7 @@ def test_the_option_beats_the_environment_which_beats_the_default(monkeypatch):
 
 def test_configure_sets_torch_and_the_runtimes_the_user_did_not_set(monkeypatch):
     monkeypatch.delenv(threads.ENV, raising=False)
+    monkeypatch.setattr(threads, "idle_cores", lambda: 0.0)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the user's choice stays
     before = torch.get_num_threads()
