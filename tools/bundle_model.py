@@ -80,12 +80,15 @@ DATA = {
 
 
 def steps_per_hour(run: Path) -> float | None:
-    """Optimiser steps per hour of training time, from the run's ``log.jsonl`` (last entry), or None."""
+    """Optimiser steps per hour of training time, from the run's ``log.jsonl`` (last entry), or None.
+
+    Entries of ImplicitMeshNet's ``g_phi`` pretraining phase (``"phase": "pretrain"``, its own step
+    count and clock) are not the bundled network's steps and are skipped."""
     log = run / "log.jsonl"
     if not log.is_file():
         return None
     entries = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
-    entries = [e for e in entries if e.get("time_s")]
+    entries = [e for e in entries if e.get("time_s") and e.get("phase") != "pretrain"]
     if not entries:
         return None
     return round(3600.0 * entries[-1]["step"] / entries[-1]["time_s"], 1)

@@ -22,6 +22,7 @@ from imagetomesh.training.task_entries import (
     PRETRAIN_TIME_LIMIT,
     SDF_FROM,
     SHAPES,
+    TAU,
     TIME_LIMIT,
     TaskEntry,
 )
@@ -85,8 +86,8 @@ KINDS: dict[str, Kind] = {
             "imagetomesh.training.tasks.implicitmeshnet:ImplicitMeshNetTask",
             "train implicitmeshnet on a Medical Segmentation Decathlon folder",
             MSD,
-            "named config: cpu, gpu or cpu-finetune",
-            (INIT_FROM, TIME_LIMIT, PRETRAIN_STEPS, PRETRAIN_TIME_LIMIT, SDF_FROM),
+            "named config: cpu, gpu, cpu-finetune or cpu-v2",
+            (INIT_FROM, TIME_LIMIT, PRETRAIN_STEPS, PRETRAIN_TIME_LIMIT, SDF_FROM, TAU),
         ),
     ),
     "dals": Kind(

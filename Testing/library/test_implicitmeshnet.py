@@ -24,6 +24,7 @@ from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.implicitmeshnet_losses import beta_at, lr_factor, sdf_step, sdf_targets, surface_terms
 from imagetomesh.training.implicitmeshnet_shapes import random_shape
 from imagetomesh.training.tasks.implicitmeshnet import (
+    ImplicitMeshNetTask,
     ImplicitMeshNetTrainConfig,
     get_implicitmeshnet_config,
     pretrain_sdf,
@@ -311,3 +312,185 @@ def test_bundled_model_segments_the_sample_hippocampus(samples):
     assert check.watertight and check.outward and len(mesh.vertices) == 2562
     dice, _ = mesh_dice_iou(mesh, read_labelmap(samples / "hippocampus" / "hippocampus_024_label.nii.gz"))
     assert dice > 0.7
+
+
+# --- issue 15: the cpu-v2 retraining recipe ------------------------------------------------
+def test_unet_gets_its_own_learning_rate_and_both_follow_the_schedule():
+    from imagetomesh.training.tasks.implicitmeshnet import parameter_groups
+
+    f = ImplicitMeshNet(ImplicitMeshNetConfig(**SMALL))
+    groups, base = parameter_groups(f, small_config(lr=3e-4, lr_unet=3e-5))
+    assert base == [3e-4, 3e-5] and [g["lr"] for g in groups] == [3e-4, 3e-5]
+    unet = {id(p) for p in f.unet.parameters()}
+    assert all(id(p) not in unet for p in groups[0]["params"]) and {id(p) for p in groups[1]["params"]} == unet
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(f.parameters()))
+    single, base = parameter_groups(f, small_config(lr=3e-4))
+    assert len(single) == 1 and base == [3e-4] and len(single[0]["params"]) == len(list(f.parameters()))
+
+
+def test_beta_anneals_over_the_first_fraction_then_stays_at_its_end():
+    config = small_config(beta_start=1000.0, beta_end=0.01, beta_anneal=0.3)
+    assert beta_at(0.0, config) == pytest.approx(1000.0)
+    assert beta_at(0.15, config) == pytest.approx((1000.0 + 0.01) / 2)
+    assert beta_at(0.075, config) == pytest.approx(0.01 + (1000.0 - 0.01) * (1 + 2**-0.5) / 2)
+    assert beta_at(0.3, config) == pytest.approx(0.01) and beta_at(0.9, config) == pytest.approx(0.01)
+    assert beta_at(0.5, small_config()) == pytest.approx((1000.0 + 0.01) / 2)  # default: over the whole run
+    for bad in ({"beta_anneal": 0.0}, {"seg_loss": "dice"}, {"fitted_shapes": 1.5}):
+        with pytest.raises(ValueError):
+            small_config(**bad)
+
+
+def test_dice_ce_segmentation_term():
+    from imagetomesh.training.losses import segmentation_loss
+
+    torch.manual_seed(6)
+    f, g = ImplicitMeshNet(ImplicitMeshNetConfig(**SMALL)), MeshToSDF(MeshToSDFConfig(**SMALL_SDF))
+    t = f.template(SHAPE)
+    lap = sym_norm_laplacian(t.edge_index, len(t.verts))
+    images, labels = torch.randn(1, 1, *SHAPE), blob_label(1)
+    config = small_config(seg_loss="dice_ce", gamma=1.0, alpha=0.0)
+    loss, terms, _, _ = surface_terms(f, g, images, labels, lap, 0.0, config)
+    logits, _ = f(images)
+    assert "ce" not in terms and terms["seg"] == pytest.approx(
+        float(segmentation_loss(logits, labels).detach()), rel=1e-5
+    )
+    assert float(loss.detach()) == pytest.approx(terms["seg"], rel=1e-5)
+
+
+def test_surface_loss_backpropagates_under_bf16_autocast_with_float32_vertices():
+    torch.manual_seed(7)
+    f, g = ImplicitMeshNet(ImplicitMeshNetConfig(**SMALL)), MeshToSDF(MeshToSDFConfig(**SMALL_SDF))
+    t = f.template(SHAPE)
+    lap = sym_norm_laplacian(t.edge_index, len(t.verts))
+    images, labels = torch.randn(2, 1, *SHAPE), blob_label(2)
+    config = small_config(seg_loss="dice_ce")
+    _, plain, verts32, _ = surface_terms(f, g, images, labels, lap, 10.0, config)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, terms, verts, _ = surface_terms(f, g, images, labels, lap, 10.0, config)
+    assert verts.dtype == torch.float32 and float((verts - verts32).detach().abs().max()) < 1e-3
+    assert terms["laplacian"] == pytest.approx(plain["laplacian"], rel=1e-2)
+    loss.backward()  # sparse Laplacian, splatting and graph convolutions stay float32
+    assert all(torch.isfinite(p.grad).all() for p in f.parameters() if p.grad is not None)
+
+
+def test_template_fit_keeps_the_faces_and_lies_on_the_label_surface():
+    from imagetomesh.nn.sdf import inside_mask
+    from imagetomesh.training.data import boundary_points
+    from imagetomesh.training.implicitmeshnet_shapes import augment_fitted_shape, fit_template_to_label
+    from imagetomesh.training.tasks.implicitmeshnet import FIT_WEIGHTS
+
+    shape = (24, 28, 20)
+    label = torch.zeros(shape, dtype=torch.uint8)
+    label[6:18, 8:16, 4:17] = 1  # a box, far from the sphere the template starts as
+    t = ImplicitMeshNet(ImplicitMeshNetConfig(**SMALL)).template(shape)
+    verts = fit_template_to_label(t.sphere, t.faces, label, FIT_WEIGHTS, steps=150, lr=0.01)
+    assert verts.shape == t.verts.shape
+    scale = isotropic_scale(shape)
+    points, _ = boundary_points(label)
+    voxel = 2 / (max(shape) - 1)
+    distance = torch.cdist(verts * scale, points * scale).min(1).values
+    assert float(distance.mean()) < 0.5 * voxel and float(distance.max()) < 2 * voxel
+    mask = inside_mask(verts, t.faces, shape).bool()
+    overlap = 2 * float((mask & label.bool()).sum()) / float(mask.sum() + label.sum())
+    assert overlap > 0.85
+    assert check_mesh(Mesh(verts.numpy(), t.faces.numpy()), self_intersections=False).watertight
+    varied = augment_fitted_shape(verts, scale, torch.Generator().manual_seed(0))
+    assert (
+        varied.shape == verts.shape and not torch.allclose(varied, verts) and float(varied.abs().max()) <= 0.92 + 1e-6
+    )
+
+
+def test_cpu_v2_config_is_the_retraining_recipe():
+    config = get_implicitmeshnet_config("cpu-v2")
+    assert config.lr_unet < config.lr and config.weight_decay == 1e-6 and config.seg_loss == "dice_ce"
+    assert config.bf16_autocast and config.channels_last and 0 < config.beta_anneal < 1 and config.fitted_shapes > 0
+    assert config.model == get_implicitmeshnet_config("cpu").model  # starts from a UNET_CPU head
+
+
+def test_config_json_round_trip_and_resume_check(tmp_path):
+    import copy
+
+    from imagetomesh.errors import InputError
+    from imagetomesh.training.engine import check_resumable, start_run
+
+    config = get_implicitmeshnet_config("cpu-v2")
+    start_run(config, tmp_path, tmp_path / "run", "cpu", 0, "cpu-v2", lambda m: None)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert ImplicitMeshNetTrainConfig.from_dict(saved) == config
+    check_resumable(tmp_path / "run", config, "cpu-v2", 0)  # the same command resumes
+    other = copy.deepcopy(config)
+    other.tau = 0.01
+    with pytest.raises(InputError, match="tau"):
+        check_resumable(tmp_path / "run", other, "cpu-v2", 0)
+    other.tau = 0.0
+    with pytest.raises(InputError, match="--tau must be a positive number"):
+        ImplicitMeshNetTask(other, None)
+
+
+def test_pretraining_fits_training_labels_only_caches_them_and_resumes(tmp_path, write_msd):
+    from imagetomesh.training.engine import Run, train
+    from imagetomesh.training.tasks.implicitmeshnet import TEMPLATE_FITS, template_fits
+
+    rng = np.random.default_rng(1)
+    cases = []
+    for _ in range(8):
+        label = np.zeros(SHAPE, np.uint8)
+        x0, y0 = rng.integers(3, 6, 2)
+        label[x0 : x0 + 8, y0 : y0 + 6, 2:6] = 1
+        cases.append((label + rng.normal(0, 0.1, SHAPE), label))
+    msd = write_msd(tmp_path / "msd", cases)
+    config = small_config(
+        steps=2,
+        val_every=1,
+        batch_size=1,
+        pretrain_steps=3,
+        pretrain_batch=2,
+        fitted_shapes=0.5,
+        fit_steps=5,
+        fit_cases=2,
+        lr_unet=1e-5,
+        seg_loss="dice_ce",
+        beta_anneal=0.5,
+    )
+    messages = []
+    train(config, msd, tmp_path / "run", log=messages.append)
+    from safetensors.torch import load_file
+
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    fits = load_file(str(tmp_path / "run" / TEMPLATE_FITS))
+    assert sorted(fits) == sorted(split["train"][:2])  # training cases only, never val or test
+    assert not set(fits) & set(split["val"] + split["test"])
+    assert all(v.shape == (162, 3) for v in fits.values())  # the template's vertices (level 2)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    end_to_end = [e for e in log if e["phase"] == "end-to-end"]
+    assert [e["lr"] for e in end_to_end] == pytest.approx([1e-4, 1e-4])
+    assert [e["lr_unet"] for e in end_to_end] == pytest.approx([1e-5, 1e-5])
+    assert "seg" in end_to_end[0] and "val_mesh_dice" in end_to_end[-1]
+    config.steps = 3
+    messages = []
+    train(config, msd, tmp_path / "run", log=messages.append)
+    assert any("resumed from step 2" in m for m in messages)
+    # the cache is extended, not refitted, when more cases are asked for
+    run = Run(tmp_path / "run", msd, torch.device("cpu"), 0, "", messages.append)
+    t = ImplicitMeshNet(ImplicitMeshNetConfig(**SMALL)).template(SHAPE)
+    config.fit_cases = 3
+    fitted = template_fits(run, config, t.sphere, t.faces)
+    assert len(fitted) == 3 and torch.equal(fitted[0], fits[split["train"][0]])
+    assert "fitting the template to 1 training labels (2 cached" in messages[-1]
+
+
+def test_bundled_steps_per_hour_counts_end_to_end_steps_only(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "bundle_model.py"
+    spec = importlib.util.spec_from_file_location("bundle_model", path)
+    bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle)
+    entries = [
+        {"phase": "pretrain", "step": 100, "time_s": 600.0},
+        {"phase": "end-to-end", "step": 50, "time_s": 360.0},
+        {"phase": "pretrain", "step": 2500, "time_s": 5000.0},  # pretraining entries never count, wherever they are
+    ]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    assert bundle.steps_per_hour(tmp_path) == pytest.approx(500.0)

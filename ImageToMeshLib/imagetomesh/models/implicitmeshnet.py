@@ -34,6 +34,7 @@ from imagetomesh.models.protocol import DeformedTemplateModel
 from imagetomesh.nn.feature_sampling import sample_features
 from imagetomesh.nn.graph import ChebConv
 from imagetomesh.nn.grid import isotropic_scale
+from imagetomesh.nn.precision import float32_region
 from imagetomesh.nn.splat import splat_features
 from imagetomesh.nn.unet import UNet3D, UNetConfig
 
@@ -108,8 +109,13 @@ class ImplicitMeshNet(nn.Module, DeformedTemplateModel):
     def decode_mesh(self, decoder_features: list[torch.Tensor], grid_shape) -> list[DecoderMesh]:
         """Deform the template for a batch; ``decoder_features`` each ``(B, C, d, h, w)``, coarsest first.
 
-        Returns ``[b][stage]`` meshes; all share the template's faces.
+        Returns ``[b][stage]`` meshes; all share the template's faces. Computed in float32 even under
+        bf16 autocast (:func:`~imagetomesh.nn.precision.float32_region`): only the U-Net runs in bf16.
         """
+        with float32_region(decoder_features[0].device):
+            return self._decode_mesh([f.float() for f in decoder_features], grid_shape)
+
+    def _decode_mesh(self, decoder_features: list[torch.Tensor], grid_shape) -> list[DecoderMesh]:
         c = self.config
         device = decoder_features[0].device
         scale = isotropic_scale(grid_shape).to(device)
@@ -197,7 +203,8 @@ def level_shapes(grid_shape, levels: int) -> list[tuple[int, int, int]]:
 class MeshToSDF(nn.Module):
     """``g_phi``: ``forward(verts (B, N, 3) grid coordinates, edge_index (2, E), grid_shape)`` ->
     list of SDF maps ``(B, 1, d, h, w)``, coarsest first, the last on the full grid (isotropic
-    grid units, negative inside)."""
+    grid units, negative inside). Under bf16 autocast the mesh encoder and the splatting stay
+    float32 (:func:`~imagetomesh.nn.precision.float32_region`); only the conv decoder runs in bf16."""
 
     def __init__(self, config: MeshToSDFConfig) -> None:
         super().__init__()
@@ -212,16 +219,20 @@ class MeshToSDF(nn.Module):
         self.heads = nn.ModuleList(nn.Conv3d(ch, 1, 1) for ch in c.channels)
 
     def forward(self, verts: torch.Tensor, edge_index: torch.Tensor, grid_shape) -> list[torch.Tensor]:
-        scale = isotropic_scale(grid_shape).to(verts)
         shapes = level_shapes(grid_shape, len(self.config.channels))
-        x = self.encode_in((verts * scale).transpose(0, 1), edge_index)  # (N, B, g): one graph for the batch
+        with float32_region(verts.device):
+            verts = verts.float()
+            scale = isotropic_scale(grid_shape).to(verts)
+            x = self.encode_in((verts * scale).transpose(0, 1), edge_index)  # (N, B, g): one graph for the batch
+            splatted = []
+            for block, project, shape in zip(self.blocks, self.project, shapes):
+                x = block(x, edge_index)
+                splatted.append(splat_features(project(x).transpose(0, 1), verts, shape))
         outputs, y = [], None
-        for level, (block, project, conv, head) in enumerate(zip(self.blocks, self.project, self.decoder, self.heads)):
-            x = block(x, edge_index)
-            grid = splat_features(project(x).transpose(0, 1), verts, shapes[level])
+        for level, (grid, conv, head) in enumerate(zip(splatted, self.decoder, self.heads)):
             if y is not None:
                 y = F.interpolate(y, size=shapes[level], mode="trilinear", align_corners=True)
-                grid = torch.cat([grid, y], dim=1)
+                grid = torch.cat([grid.to(y.dtype), y], dim=1)
             y = conv(grid)
             outputs.append(head(y))
         return outputs

@@ -34,6 +34,16 @@ def bf16_autocast(enabled: bool, device: torch.device) -> AbstractContextManager
     return contextlib.nullcontext()
 
 
+def float32_region(device: torch.device) -> AbstractContextManager:
+    """A block computed in float32 even inside :func:`bf16_autocast` (autocast off on ``device``):
+    graph convolutions, feature sampling and splatting of vertex positions, whose precision bf16's
+    8-bit mantissa would cut to ~0.4 % of a coordinate. Tensors made under autocast must be cast
+    with ``.float()`` on entering it."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with its 5-D parameters (3D convolution weights) in ``torch.channels_last_3d`` order, in place.
 

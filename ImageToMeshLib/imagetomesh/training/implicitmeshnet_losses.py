@@ -13,7 +13,9 @@ import torch.nn.functional as F
 
 from imagetomesh.models.implicitmeshnet import ImplicitMeshNet, MeshToSDF
 from imagetomesh.nn.grid import isotropic_scale
+from imagetomesh.nn.precision import float32_region
 from imagetomesh.nn.sdf import grid_sdf
+from imagetomesh.training.losses import segmentation_loss
 
 
 def sdf_loss(preds: list[torch.Tensor], target: torch.Tensor, config) -> torch.Tensor:
@@ -30,8 +32,9 @@ def sdf_loss(preds: list[torch.Tensor], target: torch.Tensor, config) -> torch.T
 
 
 def beta_at(progress: float, config) -> float:
-    """Cosine annealing of the Laplacian weight from ``beta_start`` (progress 0) to ``beta_end`` (1)."""
-    p = min(max(progress, 0.0), 1.0)
+    """Cosine annealing of the Laplacian weight from ``beta_start`` (progress 0) to ``beta_end`` (progress
+    ``beta_anneal``, 1 unless the config says otherwise), ``beta_end`` after."""
+    p = min(max(progress / getattr(config, "beta_anneal", 1.0), 0.0), 1.0)
     return config.beta_end + 0.5 * (config.beta_start - config.beta_end) * (1 + math.cos(math.pi * p))
 
 
@@ -45,8 +48,10 @@ def lr_factor(progress: float, config) -> float:
 
 
 def mean_vertex_laplacian_energy(verts: torch.Tensor, laplacian: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Mean over cases and vertices of ``||(L V)_i||^2``, ``V`` ``(B, N, 3)`` grid -> isotropic frame."""
-    return torch.stack([torch.sparse.mm(laplacian, v * scale).pow(2).sum(-1).mean() for v in verts]).mean()
+    """Mean over cases and vertices of ``||(L V)_i||^2``, ``V`` ``(B, N, 3)`` grid -> isotropic frame
+    (float32 even under bf16 autocast, whose sparse products have no bf16 backward)."""
+    with float32_region(verts.device):
+        return torch.stack([torch.sparse.mm(laplacian, v.float() * scale).pow(2).sum(-1).mean() for v in verts]).mean()
 
 
 def surface_terms(
@@ -59,6 +64,9 @@ def surface_terms(
     config,
 ):
     """The end-to-end loss of ``f_theta`` for a batch; ``g_phi`` is used frozen (its parameters get no gradient).
+
+    The segmentation term is ``config.seg_loss``: ``"ce"`` cross-entropy (term ``ce``) or ``"dice_ce"``
+    soft Dice + cross-entropy (:func:`~imagetomesh.training.losses.segmentation_loss`, term ``seg``).
 
     Returns ``(loss, terms dict, final vertices (B, N, 3) grid coordinates, faces)``.
     """
@@ -79,9 +87,12 @@ def surface_terms(
         g_net.train(was_training)
     bce = F.binary_cross_entropy_with_logits(-sdf / config.tau, labels.float())
     lap = mean_vertex_laplacian_energy(verts, laplacian, scale)
-    ce = F.cross_entropy(logits, labels.long())
-    loss = config.alpha * bce + beta * lap + config.gamma * ce
-    terms = {"bce": bce, "laplacian": lap, "ce": ce, "loss": loss}
+    if getattr(config, "seg_loss", "ce") == "dice_ce":
+        seg_name, seg = "seg", segmentation_loss(logits.float(), labels)
+    else:
+        seg_name, seg = "ce", F.cross_entropy(logits, labels.long())
+    loss = config.alpha * bce + beta * lap + config.gamma * seg
+    terms = {"bce": bce, "laplacian": lap, seg_name: seg, "loss": loss}
     return loss, dict({k: float(v.detach()) for k, v in terms.items()}, beta=beta), verts, faces
 
 

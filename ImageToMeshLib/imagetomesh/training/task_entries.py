@@ -95,6 +95,12 @@ SDF_FROM = Option(
     help="start the mesh-to-SDF network g_phi from this file (a run's sdf_net.safetensors) "
     "instead of pretraining it; used by --config cpu-finetune",
 )
+TAU = Option(
+    "--tau",
+    config_field="tau",
+    help="temperature of ImplicitMeshNet's surface loss sigmoid(-SDF / tau), isotropic grid units "
+    "(default: the config's; for the validation sweep of docs/implicitmeshnet.md)",
+)
 SHAPES = Option(
     "--shapes",
     type=str,
