@@ -44,6 +44,45 @@ def test_mesh_from_label_single_label(samples, tmp_path, capsys, label):
     assert dice >= 0.95
 
 
+def test_mesh_from_label_padded_into_a_big_image_is_the_same_surface(samples, tmp_path, capsys, monkeypatch):
+    """A label padded into a bigger image (cropped before the label is selected) gives the surface of the
+    tight image, at the same LPS place; the report line comes from edge statistics (no winding numbers)."""
+    import imagetomesh.geometry.quality as quality
+    from imagetomesh.geometry.isosurface import EXPORT_SMOOTHING, labelmap_to_mesh
+
+    def no_winding(*args, **kwargs):
+        raise AssertionError("the CLI's report must not run the winding-number outward test")
+
+    monkeypatch.setattr(quality, "_component_outward", no_winding)
+    image = sitk.ReadImage(str(samples / HIPPO_LABEL))
+    small = sitk.GetArrayFromImage(image)
+    big = np.zeros((small.shape[0] + 40, small.shape[1] + 30, small.shape[2] + 50), small.dtype)
+    big[25 : 25 + small.shape[0], 3 : 3 + small.shape[1], 44 : 44 + small.shape[2]] = small
+    padded = sitk.GetImageFromArray(big)
+    padded.SetSpacing(image.GetSpacing())
+    padded.SetDirection(image.GetDirection())
+    padded.SetOrigin(image.TransformIndexToPhysicalPoint((-44, -3, -25)))  # the label stays where it was
+    sitk.WriteImage(padded, str(tmp_path / "padded.nii.gz"))
+    for label in ("1", "2"):
+        out = tmp_path / f"padded{label}.vtp"
+        code, stdout, _ = run(["mesh-from-label", tmp_path / "padded.nii.gz", "--label", label, "-o", out], capsys)
+        assert code == 0 and ", watertight, LPS)" in stdout
+        tight = labelmap_to_mesh(
+            read_labelmap(samples / HIPPO_LABEL, int(label)), smoothing=EXPORT_SMOOTHING, smoothing_iterations=None
+        )
+        mesh = read_mesh(out)
+        np.testing.assert_array_equal(mesh.faces, tight.faces)
+        np.testing.assert_allclose(mesh.vertices, tight.vertices, atol=1e-3)
+
+
+def test_mesh_from_label_help_names_the_default_smoothing(capsys):
+    from imagetomesh.geometry.isosurface import EXPORT_SMOOTHING
+
+    with pytest.raises(SystemExit):
+        main(["mesh-from-label", "--help"])
+    assert f"default {EXPORT_SMOOTHING:g}," in " ".join(capsys.readouterr().out.split())
+
+
 def test_lps_and_ras_outputs_open_in_the_same_place(samples, tmp_path, capsys):
     label = read_labelmap(samples / HIPPO_LABEL)
     dices = []

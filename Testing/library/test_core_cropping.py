@@ -23,6 +23,51 @@ def test_bounding_box_is_tight_and_none_when_empty():
     assert bounding_box(np.zeros((2, 2, 2))) is None
 
 
+def _slow_box(mask):
+    """Obviously correct: the min and max index of every nonzero voxel."""
+    where = np.argwhere(np.asarray(mask) != 0)
+    if where.size == 0:
+        return None
+    lo, hi = where.min(0), where.max(0) + 1
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+@pytest.mark.parametrize("chunk", [1 << 24, 7])  # 7 voxels: one slice per slab, many slabs
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32, bool])
+def test_bounding_box_equals_the_slow_reference(monkeypatch, chunk, dtype):
+    import imagetomesh.core.cropping as cropping
+
+    monkeypatch.setattr(cropping, "_CHUNK_VOXELS", chunk)
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        shape = tuple(rng.integers(1, 12, size=3))
+        array = np.zeros(shape, dtype=np.float64)
+        n = int(rng.integers(0, 4))
+        idx = tuple(rng.integers(0, s, size=n) for s in shape)
+        array[idx] = rng.choice([1, 2, 3, -1] if dtype is not np.uint8 else [1, 2, 3], size=n)
+        array = array.astype(dtype)
+        assert bounding_box(array) == _slow_box(array), (trial, shape)
+        for value in (1, 2):
+            if dtype is bool and value == 2:
+                continue
+            assert bounding_box(array, value) == _slow_box(array == value), (trial, value)
+    nan = np.zeros((4, 5, 6), np.float32)
+    nan[2, 3, 1] = np.nan  # NaN != 0: counted, as ``array != 0`` counts it
+    assert bounding_box(nan) == (slice(2, 3), slice(3, 4), slice(1, 2))
+
+
+def test_bounding_box_of_a_value_crops_before_comparing():
+    """Only the nonzero box is compared with ``value``: a label far from the rest is still found,
+    and a value absent inside the nonzero box gives None."""
+    labels = np.zeros((40, 30, 20), np.uint8)
+    labels[3:5, 2:4, 1:3] = 1
+    labels[30:33, 20:28, 15:19] = 2
+    assert bounding_box(labels, 2) == (slice(30, 33), slice(20, 28), slice(15, 19))
+    assert bounding_box(labels, 1) == (slice(3, 5), slice(2, 4), slice(1, 3))
+    assert bounding_box(labels) == (slice(3, 33), slice(2, 28), slice(1, 19))
+    assert bounding_box(labels, 7) is None
+
+
 def test_crop_to_box_keeps_lps_positions_and_clips_the_margin():
     volume = oblique_volume()
     crop = crop_to_box(volume, (slice(2, 4), slice(0, 3), slice(5, 8)), margin=1)

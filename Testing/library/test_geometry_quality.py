@@ -11,6 +11,7 @@ from imagetomesh.geometry.quality import (
     MeshCheck,
     check_mesh,
     count_self_intersecting_faces,
+    is_closed_manifold,
     is_watertight,
     orient_outward,
     repair_mesh,
@@ -165,6 +166,27 @@ def test_edge_and_vertex_counts_match_slow_reference():
         assert (check.boundary_edges, check.non_manifold_edges, check.inconsistent_edges) == slow_edge_counts(mesh)
         assert check.non_manifold_vertices == slow_non_manifold_vertices(mesh)
         assert check.self_intersecting_faces == -1
+
+
+def test_is_closed_manifold_answers_like_check_mesh():
+    """The edge/fan-statistics shortcut (no components, no winding numbers) == check_mesh's verdict,
+    on closed, holed, flipped-face, bowtie and random meshes."""
+    holed = Mesh(CUBE_VERTICES, CUBE_FACES[1:])
+    flipped_face = CUBE_FACES.copy()
+    flipped_face[3] = flipped_face[3][::-1]
+    joined = join(cube(), cube(offset=(1, 1, 1)))
+    shared = np.where(np.all(joined.vertices == [1, 1, 1], axis=1))[0]
+    bowtie_faces = joined.faces.copy()
+    bowtie_faces[bowtie_faces == shared[1]] = shared[0]
+    meshes = [cube(), cube().flipped(), holed, Mesh(CUBE_VERTICES, flipped_face), Mesh(joined.vertices, bowtie_faces)]
+    rng = np.random.default_rng(1)
+    meshes += [Mesh(rng.normal(size=(12, 3)), np.array([rng.choice(12, 3, replace=False) for _ in range(20)]))]
+    verdicts = []
+    for mesh in meshes:
+        check = check_mesh(mesh, self_intersections=False)
+        verdicts.append(is_closed_manifold(mesh))
+        assert verdicts[-1] == (check.watertight and check.manifold), check.summary()
+    assert verdicts[:2] == [True, True] and not any(verdicts[2:])
 
 
 def test_self_intersections():

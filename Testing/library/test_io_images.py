@@ -324,6 +324,61 @@ def test_read_labelmap_rejects_probabilities(tmp_path):
         read_labelmap(path)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
+def test_read_labelmap_cropped_equals_crop_of_the_whole(tmp_path, dtype):
+    """``crop_margin`` (box first, label selected inside it, no whole-grid copy) == the whole-grid mask
+    cropped to its box + margin: same voxels at the same LPS positions, same image faces touched."""
+    from imagetomesh.core.cropping import bounding_box, crop_to_box
+    from imagetomesh.core.edges import touched_faces
+
+    direction = np.array([[0.0, 0.0, -1.0], [0.0, -1.0, 0.0], [-1.0, 0.0, 0.0]])
+    array = np.zeros((30, 26, 22), dtype)
+    array[4:9, 5:11, 3:7] = 1
+    array[0:6, 20:26, 15:22] = 2  # touches three faces of the image
+    array[6:8, 8:10, 4:6] = 3  # inside label 1's box
+    path = write_image(Volume(array, (0.8, 1.2, 2.0), (5.0, -7.0, 11.0), direction), tmp_path / "labels.nrrd")
+    for label in (None, 1, 2, 3):
+        whole = read_labelmap(path, label)
+        for margin in (1, 3):
+            cropped = read_labelmap(path, label, crop_margin=margin)
+            expected = crop_to_box(whole, bounding_box(whole.array), margin)
+            assert cropped.array.dtype == np.uint8
+            np.testing.assert_array_equal(cropped.array, expected.array)
+            np.testing.assert_allclose(cropped.origin, expected.origin, atol=1e-9)
+            np.testing.assert_allclose(cropped.direction, whole.direction)
+            assert touched_faces(cropped) == touched_faces(whole), label
+    with pytest.raises(InputError, match=r"label 4 is not in labelmap .*labels present: 1, 2, 3"):
+        read_labelmap(path, label=4, crop_margin=1)
+    with pytest.raises(InputError, match="label 0 is the background"):
+        read_labelmap(path, label=0, crop_margin=1)
+
+
+def test_read_labelmap_cropped_checks_like_the_whole(tmp_path):
+    empty = _labelmap(tmp_path, np.zeros((4, 5, 6)))
+    with pytest.raises(InputError, match="empty"):
+        read_labelmap(empty, crop_margin=1)
+    with pytest.raises(InputError, match="empty"):
+        read_labelmap(empty, label=1, crop_margin=1)
+    probabilities = write_image(Volume(np.full((4, 5, 6), 0.4, np.float32)), tmp_path / "prob.nii.gz")
+    with pytest.raises(InputError, match="non-integer"):
+        read_labelmap(probabilities, crop_margin=1)
+    nan = np.zeros((4, 5, 6), np.float32)
+    nan[1, 2, 3] = np.nan
+    with pytest.raises(InputError, match="contains NaN/Inf voxels"):
+        read_labelmap(write_image(Volume(nan), tmp_path / "nan.mha"), crop_margin=1)
+
+
+def test_all_finite_in_chunks_equals_isfinite(monkeypatch):
+    monkeypatch.setattr(images_module, "_CHUNK_VOXELS", 7)  # one slice per chunk
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        array = rng.normal(size=tuple(rng.integers(1, 6, size=3))).astype(np.float32)
+        if rng.random() < 0.6:
+            array[tuple(rng.integers(0, s) for s in array.shape)] = rng.choice([np.nan, np.inf, -np.inf])
+        assert images_module._all_finite(array) == bool(np.isfinite(array).all())
+    assert images_module._all_finite(np.zeros((3, 3, 3), np.int16))
+
+
 # --- writing errors ------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["img.mhd", "img.png", "img"])
 def test_write_image_unsupported_extension(tmp_path, name):

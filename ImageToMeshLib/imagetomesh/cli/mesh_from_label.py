@@ -10,21 +10,29 @@ from imagetomesh.cli.reporting import progress_bar, write_checked_mesh
 
 def cmd_mesh_from_label(args) -> int:
     from imagetomesh.core.edges import cut_warning, touched_faces
-    from imagetomesh.geometry.isosurface import labelmap_to_mesh
+    from imagetomesh.geometry.isosurface import EXPORT_SMOOTHING, labelmap_to_mesh
     from imagetomesh.io.atomic import check_output_path
     from imagetomesh.io.images import read_labelmap
 
     check_output_path(args.output)
     steps = progress_bar(range(3), "mesh-from-label")
-    mask = read_labelmap(args.label_file, args.label)
+    # only the label's bounding box (+1 voxel, so touched_faces still sees the image's faces) is ever
+    # selected and copied: a small structure in a 600^3 labelmap costs about the file's size in memory
+    mask = read_labelmap(args.label_file, args.label, crop_margin=1)
     warning = cut_warning(
         f"label {args.label}" if args.label is not None else "the labelled object", touched_faces(mask)
     )
     if warning:
         warnings.warn(warning, stacklevel=1)
     steps.update()
-    smoothing = {} if args.smoothing is None else {"smoothing": args.smoothing}
-    mesh = labelmap_to_mesh(mask, decimation=args.decimation, largest_component=args.largest_component, **smoothing)
+    smoothing = EXPORT_SMOOTHING if args.smoothing is None else args.smoothing
+    mesh = labelmap_to_mesh(
+        mask,
+        smoothing=smoothing,
+        smoothing_iterations=None,  # 3D Slicer's count: --smoothing F is Slicer's smoothing factor F
+        decimation=args.decimation,
+        largest_component=args.largest_component,
+    )
     steps.update()
     write_checked_mesh(mesh, args.output, args.coordinate_system)
     steps.update()
@@ -46,7 +54,9 @@ def register(sub) -> None:
         "--smoothing",
         type=fraction("--smoothing", 1.0),
         default=None,
-        help="0 (none) .. 1 (strong), non-shrinking windowed-sinc (default: the library's)",
+        help="0 (none) .. 1 (strong): 3D Slicer's smoothing factor (the same non-shrinking windowed-sinc "
+        "filter, pass band and iteration count as Slicer's closed-surface conversion, whose default is 0.5); "
+        "default 0.18, as faithful to the label as marching cubes + Taubin smoothing",
     )
     p.add_argument(
         "--decimation",

@@ -18,17 +18,43 @@ __all__ = ["bounding_box", "crop_to_box", "crop_volume"]
 Box = tuple[slice, slice, slice]
 
 
-def bounding_box(mask: np.ndarray) -> Box | None:
-    """Tight ``(k, j, i)`` slices around the nonzero voxels of the ``(D, H, W)`` ``mask``; None when there are none."""
-    mask = np.asarray(mask) != 0
-    k_any = mask.reshape(mask.shape[0], -1).any(1)
-    if not k_any.any():
+#: Voxels compared at a time by :func:`bounding_box` (bounds its temporary memory to ~16 MB).
+_CHUNK_VOXELS = 1 << 24
+
+
+def bounding_box(mask: np.ndarray, value=None) -> Box | None:
+    """Tight ``(k, j, i)`` slices around the nonzero voxels of the ``(D, H, W)`` ``mask`` (or around its
+    voxels equal to ``value``); None when there are none.
+
+    Bounded work and memory on big, mostly empty images: the slices holding a voxel are found with
+    one ``count_nonzero`` per slice (no temporary), and only the slabs between the first and the
+    last of those are compared, a few at a time (at most about ``_CHUNK_VOXELS`` bytes at once).
+    For ``value``, the nonzero box is found first and ``value`` is compared inside it only.
+    """
+    array = np.asarray(mask)
+    if array.ndim != 3:
+        raise ValueError(f"bounding_box needs a 3D (D, H, W) array, got shape {array.shape}")
+    depth = array.shape[0]
+    if array.size == 0:
         return None
-    k = np.flatnonzero(k_any)
-    sub = mask[k[0] : k[-1] + 1]
-    j = np.flatnonzero(sub.any(axis=(0, 2)))
-    i = np.flatnonzero(sub.any(axis=(0, 1)))
-    return slice(k[0], k[-1] + 1), slice(j[0], j[-1] + 1), slice(i[0], i[-1] + 1)
+    counts = np.fromiter((np.count_nonzero(array[k]) for k in range(depth)), dtype=np.int64, count=depth)
+    k = np.flatnonzero(counts)
+    if k.size == 0:
+        return None
+    k0, k1 = int(k[0]), int(k[-1]) + 1
+    step = max(1, _CHUNK_VOXELS // max(1, array[0].size))
+    projection = np.zeros(array.shape[1:], dtype=bool)
+    for start in range(k0, k1, step):
+        projection |= (array[start : min(start + step, k1)] != 0).any(axis=0)
+    j = np.flatnonzero(projection.any(axis=1))
+    i = np.flatnonzero(projection.any(axis=0))
+    box = slice(k0, k1), slice(int(j[0]), int(j[-1]) + 1), slice(int(i[0]), int(i[-1]) + 1)
+    if value is None:
+        return box
+    inner = bounding_box(array[box] == value)
+    if inner is None:
+        return None
+    return tuple(slice(outer.start + s.start, outer.start + s.stop) for outer, s in zip(box, inner))  # type: ignore[return-value]
 
 
 def crop_to_box(volume: Volume, box: Box, margin: int = 0) -> Volume:

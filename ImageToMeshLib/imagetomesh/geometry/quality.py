@@ -35,6 +35,7 @@ __all__ = [
     "repair_mesh",
     "orient_outward",
     "is_watertight",
+    "is_closed_manifold",
     "winding_numbers",
     "face_components",
 ]
@@ -293,6 +294,13 @@ def is_watertight(mesh: Mesh) -> bool:
     if mesh.num_faces == 0:
         return False
     return _edge_stats(mesh.faces, mesh.num_vertices) == (0, 0, 0)
+
+
+def is_closed_manifold(mesh: Mesh) -> bool:
+    """Watertight (:func:`is_watertight`) and without non-manifold vertices: what ``check.watertight and
+    check.manifold`` of :func:`check_mesh` says, from edge and vertex-fan statistics only (no
+    components, no winding numbers)."""
+    return is_watertight(mesh) and _non_manifold_vertex_count(mesh.faces, mesh.num_vertices) == 0
 
 
 def check_mesh(mesh: Mesh, self_intersections: bool = True) -> MeshCheck:

@@ -308,13 +308,23 @@ def read_image(path: str | os.PathLike) -> Volume:
         InputError: missing path, folder without DICOM, unreadable/truncated/non-image file,
             2D, 4D or multi-component image, or NaN/Inf voxels.
     """
+    path, image = _open_image(path)
+    return _checked_volume(volume_from_sitk(image), path)
+
+
+def _open_image(path: str | os.PathLike) -> tuple[Path, sitk.Image]:
+    """The checked path and its 3D ``sitk.Image`` (the first volume of a 4D one)."""
     path = check_input_path(path, "image", folder_ok=True)
     with native_output_quiet():  # ITK/GDCM/MetaIO print around the one-line error raised here
         image = _read_sitk(path)
     if image.GetDimension() > 3:
         size = list(image.GetSize())
         image = sitk.Extract(image, size[:3] + [0] * (len(size) - 3), [0] * len(size))
-    volume = volume_from_sitk(image)
+    return path, image
+
+
+def _checked_volume(volume: Volume, path: Path) -> Volume:
+    """``volume`` after the checks of :func:`read_image`: spacing, coordinates, finite voxels."""
     lo, hi = SPACING_RANGE_MM
     if not np.all((volume.spacing >= lo) & (volume.spacing <= hi)):
         raise InputError(
@@ -322,10 +332,21 @@ def read_image(path: str | os.PathLike) -> Volume:
             "fix the spacing in its header"
         )
     check_coordinates(volume.bounds_lps(), f"image {path}")
-    array = volume.array
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+    if not _all_finite(volume.array):
         raise InputError(_NONFINITE_MESSAGE.format(path=path))
     return volume
+
+
+#: Voxels checked at a time by the whole-image passes of this module (bounds their temporaries).
+_CHUNK_VOXELS = 1 << 24
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """No NaN/Inf voxel (always True for integer types), a few slices at a time."""
+    if not np.issubdtype(array.dtype, np.floating) or array.size == 0:
+        return True
+    step = max(1, _CHUNK_VOXELS // max(1, array[0].size))
+    return all(np.isfinite(array[k : k + step]).all() for k in range(0, array.shape[0], step))
 
 
 def _labels_present(array: np.ndarray) -> list:
@@ -334,26 +355,70 @@ def _labels_present(array: np.ndarray) -> list:
     return np.unique(array).tolist()
 
 
-def read_labelmap(path: str | os.PathLike, label: int | None = None) -> Volume:
+def read_labelmap(path: str | os.PathLike, label: int | None = None, crop_margin: int | None = None) -> Volume:
     """Read a labelmap and return a binary mask of one label (or of every nonzero label).
 
     Args:
         path: any image :func:`read_image` accepts.
         label: the label value to keep; ``None`` keeps every nonzero voxel.
+        crop_margin: None: the mask on the labelmap's whole grid. An integer: only the mask's
+            bounding box grown by this many voxels (clipped to the image), same LPS positions; the
+            label is selected inside the box of the nonzero voxels, and the voxels are never copied
+            out of the image read, so a small object in a big image costs about the file's size
+            in memory. With a margin of at least 1 the crop reaches an image face exactly when the
+            mask does, so :func:`imagetomesh.core.edges.touched_faces` answers as on the whole grid.
 
     Returns:
-        Volume with a ``uint8`` ``(D, H, W)`` array of 0/1 and the labelmap's geometry.
+        Volume with a ``uint8`` ``(D, H, W)`` array of 0/1 and the labelmap's geometry (moved to the
+        box when cropped).
 
     Raises:
         InputError: everything :func:`read_image` raises; non-integer values; empty labelmap;
             ``label`` not present (the message lists the labels that are).
     """
-    return labelmap_mask(read_image(path), label, path)
+    if crop_margin is None:
+        return labelmap_mask(read_image(path), label, path)
+    path, image = _open_image(path)
+    # a view of ITK's buffer (no copy); ``image`` stays alive until the crop below is copied out
+    whole = _checked_volume(
+        Volume(
+            sitk.GetArrayViewFromImage(image),
+            spacing=image.GetSpacing(),
+            origin=image.GetOrigin(),
+            direction=np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3),
+        ),
+        path,
+    )
+    return labelmap_mask(whole, label, path, crop_margin=crop_margin)
 
 
-def labelmap_mask(volume: Volume, label: int | None = None, path: str | os.PathLike = "the labelmap") -> Volume:
+_LABEL_ZERO_MESSAGE = (
+    "label 0 is the background (every unlabelled voxel); give the value of a labelled structure, "
+    "or no label for every non-zero voxel"
+)
+
+
+def labelmap_mask(
+    volume: Volume, label: int | None = None, path: str | os.PathLike = "the labelmap", crop_margin: int | None = None
+) -> Volume:
     """The binary mask of one label (or of every nonzero label) of a labelmap already read; the checks and
-    messages of :func:`read_labelmap` (``path`` names it in them)."""
+    messages of :func:`read_labelmap` (``path`` names it in them; ``crop_margin`` as there)."""
+    if crop_margin is not None:
+        if label == 0:
+            raise InputError(_LABEL_ZERO_MESSAGE)
+        from imagetomesh.core.cropping import bounding_box, crop_to_box
+
+        nonzero = bounding_box(volume.array)
+        if nonzero is None:
+            raise InputError(f"labelmap {path} is empty (every voxel is 0); give a segmentation with a labelled region")
+        # every voxel outside the nonzero box is 0: the checks and the label's box need only the inside
+        inside = crop_to_box(volume, nonzero)
+        mask = labelmap_mask(inside, label, path)
+        box = bounding_box(mask.array)
+        shifted = tuple(slice(outer.start + s.start, outer.start + s.stop) for outer, s in zip(nonzero, box))
+        crop = crop_to_box(volume, shifted, int(crop_margin))
+        selected = crop.array == label if label is not None else crop.array != 0
+        return crop.with_array(selected.astype(np.uint8))
     array = volume.array
     if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
         raise InputError(
@@ -364,10 +429,7 @@ def labelmap_mask(volume: Volume, label: int | None = None, path: str | os.PathL
         if not mask.any():
             raise InputError(f"labelmap {path} is empty (every voxel is 0); give a segmentation with a labelled region")
     elif label == 0:
-        raise InputError(
-            "label 0 is the background (every unlabelled voxel); give the value of a labelled structure, "
-            "or no label for every non-zero voxel"
-        )
+        raise InputError(_LABEL_ZERO_MESSAGE)
     else:
         mask = array == label
         if not mask.any():
