@@ -112,9 +112,21 @@ def resample_to_grid(volume: Volume, target: GridTransform, mode: str = "bilinea
     d, h, w = target.shape
     sample_at = F.affine_grid(theta_t, [1, 1, d, h, w], align_corners=True)
     source = torch.as_tensor(np.asarray(volume.array, dtype=np.float32))[None, None]
-    inside = F.grid_sample(torch.ones_like(source), sample_at, mode="nearest", align_corners=True, padding_mode="zeros")
     values = F.grid_sample(source, sample_at, mode=mode, align_corners=True, padding_mode="border")
-    return torch.where(inside > 0.5, values, torch.full_like(values, fill))[0, 0]
+    return torch.where(_inside(sample_at, source.shape[2:]), values, torch.full_like(values, fill))[0, 0]
+
+
+def _inside(sample_at: torch.Tensor, shape) -> torch.Tensor:
+    """``(1, 1, d, h, w)`` bool: whether each ``grid_sample`` point ``sample_at (1, d, h, w, 3)`` has its nearest
+    voxel inside a source of ``shape (D, H, W)``: what nearest sampling of a volume of ones with zero padding
+    gives (the same float32 arithmetic as ``grid_sample``: ``((x + 1) / 2) (n - 1)`` rounded half to even),
+    without that volume of ones (the source's size in memory)."""
+    inside = None
+    for axis, n in enumerate(tuple(shape)[::-1]):  # sample_at's last dimension is (x, y, z) = (W, H, D)
+        index = torch.round(((sample_at[..., axis] + 1) / 2) * (n - 1))
+        ok = (index >= 0) & (index <= n - 1)
+        inside = ok if inside is None else inside & ok
+    return inside[:, None]
 
 
 def resample_volume(volume: Volume, spacing, size_ijk, mode: str = "bilinear", fill: float = 0.0) -> Volume:
@@ -151,13 +163,24 @@ def _footprint(volume: Volume, target: GridTransform) -> Volume | None:
     return crop_to_box(volume, tuple(slice(int(lo[a]), int(hi[a]) + 1) for a in (2, 1, 0)))
 
 
-def normalise_intensity(array: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
-    """Per-volume normalisation: clip to percentiles, then zero mean and unit variance (float32)."""
+#: Percentiles of :func:`normalise_intensity`'s clipping.
+ZSCORE_PERCENTILES = (0.5, 99.5)
+#: Voxels handled at a time by the whole-image passes of :func:`intensity_map` (bounds their temporaries).
+CHUNK_VOXELS = 1 << 24
+
+
+def normalise_intensity(
+    array: np.ndarray, low_pct: float = ZSCORE_PERCENTILES[0], high_pct: float = ZSCORE_PERCENTILES[1]
+) -> np.ndarray:
+    """Per-volume normalisation: clip to percentiles, then zero mean and unit variance (float32).
+    The arithmetic is float64 (the percentiles are), in place on one float64 copy of ``array``."""
     array = np.asarray(array, dtype=np.float32)
     lo, hi = np.percentile(array, [low_pct, high_pct])
     clipped = np.clip(array, lo, hi)
     std = clipped.std()
-    return ((clipped - clipped.mean()) / (std if std > 1e-8 else 1.0)).astype(np.float32)
+    clipped -= clipped.mean()
+    clipped /= std if std > 1e-8 else 1.0
+    return clipped.astype(np.float32)
 
 
 #: CT window of :func:`normalise_ct`, in Hounsfield units: air to dense bone.
@@ -166,13 +189,66 @@ CT_WINDOW_HU = (-1000.0, 2000.0)
 
 def normalise_ct(array: np.ndarray) -> np.ndarray:
     """CT in Hounsfield units -> float32 ``HU / 1000`` clipped to :data:`CT_WINDOW_HU` (air -1, water 0,
-    dense bone 1-2): a fixed map, so a tissue keeps its value in every scan."""
+    dense bone 1-2): a fixed map, so a tissue keeps its value in every scan. One float32 copy of ``array``."""
     lo, hi = CT_WINDOW_HU
-    return (np.clip(np.asarray(array, dtype=np.float32), lo, hi) / 1000.0).astype(np.float32)
+    out = np.array(array, dtype=np.float32, copy=True)
+    np.clip(out, lo, hi, out=out)
+    out /= 1000.0
+    return out
 
 
 #: name -> per-volume intensity normalisation (``GridSpec.intensity``)
 INTENSITY_NORMALISATIONS = {"zscore": normalise_intensity, "ct": normalise_ct}
+
+
+@dataclass(frozen=True)
+class IntensityMap:
+    """A per-voxel normalisation ``(clip(v, low, high) - shift) / scale`` (float64 arithmetic, float32 out): what
+    :data:`INTENSITY_NORMALISATIONS` does to a whole volume, with its statistics fixed, so it can be
+    applied to a part of the volume (:func:`prepare_image` on an image much larger than the grid)."""
+
+    low: float
+    high: float
+    shift: float
+    scale: float
+
+    def __call__(self, array: np.ndarray) -> np.ndarray:
+        out = np.clip(np.asarray(array, dtype=np.float32).astype(np.float64), self.low, self.high)
+        out -= self.shift
+        out /= self.scale
+        return out.astype(np.float32)
+
+
+def _slabs(array: np.ndarray):
+    """``array`` in slabs along its first axis of about :data:`CHUNK_VOXELS` voxels."""
+    step = max(1, CHUNK_VOXELS // max(1, int(np.prod(array.shape[1:]))))
+    for start in range(0, array.shape[0], step):
+        yield array[start : start + step]
+
+
+def intensity_map(array: np.ndarray, intensity: str) -> IntensityMap:
+    """The :class:`IntensityMap` of normalisation ``intensity`` (``"zscore"`` or ``"ct"``) for a whole ``array``.
+
+    ``"zscore"``: the percentiles of :func:`normalise_intensity` (one copy of ``array`` in its own dtype,
+    for the partial sort), then the clipped values' mean and standard deviation accumulated in float64 a
+    slab at a time: no float copies of the whole volume. Equal to :func:`normalise_intensity` up to the
+    rounding of the mean and standard deviation.
+    """
+    if intensity == "ct":
+        lo, hi = CT_WINDOW_HU
+        return IntensityMap(lo, hi, 0.0, 1000.0)
+    if intensity != "zscore":
+        raise ValueError(f"unknown intensity normalisation {intensity!r}")
+    lo, hi = (float(v) for v in np.percentile(array, ZSCORE_PERCENTILES))
+    total = total_sq = 0.0
+    for slab in _slabs(array):  # sums of (clipped - lo) >= 0: no cancellation in the variance
+        offset = np.clip(np.asarray(slab, dtype=np.float32).astype(np.float64), lo, hi) - lo
+        total += float(offset.sum())
+        total_sq += float(np.square(offset).sum())
+    count = max(1, array.size)
+    mean = total / count
+    std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+    return IntensityMap(lo, hi, lo + mean, std if std > 1e-8 else 1.0)
 
 
 def prepare_image(volume: Volume, spec: GridSpec, warn: bool = True) -> tuple[torch.Tensor, GridTransform]:
@@ -180,6 +256,11 @@ def prepare_image(volume: Volume, spec: GridSpec, warn: bool = True) -> tuple[to
 
     Warns (does not fail) when the image's spacing differs from the model's or the image
     does not fit in the model's field of view, since the result may then be less accurate.
+
+    The intensities are normalised over the whole image (:data:`INTENSITY_NORMALISATIONS`). When the
+    grid covers only a small part of the image (a patch model on a whole head), only that part is
+    normalised and resampled, with the whole image's statistics (:func:`intensity_map`): memory of
+    about one copy of the image (for the percentiles), not several float32 copies.
     """
     # image spacing and extent along the model grid's axes, whatever the image's storage layout
     to_grid_axes = np.abs(spec.direction_matrix(volume).T @ volume.direction)
@@ -198,7 +279,13 @@ def prepare_image(volume: Volume, spec: GridSpec, warn: bool = True) -> tuple[to
             f"{fov.tolist()} mm; the centre is used (crop the image around the organ for best results)",
             stacklevel=2,
         )
-    normalised = volume.with_array(INTENSITY_NORMALISATIONS[spec.intensity](volume.array))
     transform = model_grid_transform(volume, spec)
-    fill = float(normalised.array.min())
-    return resample_to_grid(normalised, transform, "bilinear", fill), transform
+    part = _footprint(volume, transform)
+    if part is None or part is volume:  # the grid covers most of the image (or none of it): normalise it whole
+        normalised = volume.with_array(INTENSITY_NORMALISATIONS[spec.intensity](volume.array))
+        fill = float(normalised.array.min())
+        return resample_to_grid(normalised, transform, "bilinear", fill), transform
+    # a grid much smaller than the image: the whole image's statistics, applied to the grid's footprint only
+    mapping = intensity_map(volume.array, spec.intensity)
+    fill = float(mapping(np.asarray([volume.array.min()]))[0])
+    return resample_to_grid(part.with_array(mapping(part.array)), transform, "bilinear", fill), transform

@@ -41,13 +41,28 @@ BODY_MARGIN_MM = 16.0
 def body_crop(volume: Volume) -> Volume:
     """A CT cropped to the box around the body (voxels above :data:`BODY_HU`, plus :data:`BODY_MARGIN_MM`):
     the air around the patient costs time and holds no organ. The whole volume when nothing is above."""
-    from imagetomesh.core.cropping import bounding_box, crop_to_box
+    from imagetomesh.core.cropping import crop_to_box
 
-    box = bounding_box(np.asarray(volume.array) > BODY_HU)
+    box = _box_above(np.asarray(volume.array), BODY_HU)
     if box is None:
         return volume
     margin = int(np.ceil(BODY_MARGIN_MM / float(np.min(volume.spacing))))
     return crop_to_box(volume, box, margin)
+
+
+def _box_above(array: np.ndarray, threshold: float, chunk_voxels: int = 1 << 24):
+    """Tight ``(k, j, i)`` slices around the voxels of ``array`` above ``threshold``, None when there are none;
+    compared a slab of about ``chunk_voxels`` at a time (no whole-image mask)."""
+    step = max(1, chunk_voxels // max(1, int(np.prod(array.shape[1:]))))
+    k_hit, projection = [], np.zeros(array.shape[1:], dtype=bool)
+    for start in range(0, array.shape[0], step):
+        above = array[start : start + step] > threshold
+        k_hit += (start + np.flatnonzero(above.any(axis=(1, 2)))).tolist()
+        projection |= above.any(axis=0)
+    if not k_hit:
+        return None
+    j, i = np.flatnonzero(projection.any(axis=1)), np.flatnonzero(projection.any(axis=0))
+    return slice(k_hit[0], k_hit[-1] + 1), slice(int(j[0]), int(j[-1]) + 1), slice(int(i[0]), int(i[-1]) + 1)
 
 
 def scan_spec(volume: Volume, spec: GridSpec, multiple: int = GRID_MULTIPLE) -> GridSpec:

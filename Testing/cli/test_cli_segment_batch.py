@@ -88,3 +88,42 @@ def test_batch_size_must_be_a_positive_whole_number(images, tmp_path, capsys, si
         )
     assert exit_info.value.code == 2
     assert "--batch-size must be" in capsys.readouterr().err
+
+
+def test_images_are_read_when_their_batch_needs_them(tmp_path, capsys, monkeypatch):
+    """Streaming: no image is read before the batches before it are written; a batch holds at most
+    ``--batch-size`` images and at most the model's cap (``Segmenter.max_batch``)."""
+    import imagetomesh.inference as inference
+    import imagetomesh.io.images as images_module
+    from imagetomesh.inference import Segmenter
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    paths = []
+    for k in range(5):
+        paths.append(folder / f"h{k}.nii.gz")
+        shutil.copy(IMAGE, paths[-1])
+    events = []
+    real_read, real_predict = images_module.read_image, Segmenter.predict
+
+    def read(path):
+        events.append("read")
+        return real_read(path)
+
+    def predict(self, prepared):
+        events.append(f"predict {len(prepared)}")
+        return real_predict(self, prepared)
+
+    monkeypatch.setattr(images_module, "read_image", read)
+    monkeypatch.setattr(Segmenter, "predict", predict)
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, _ = run(["segment", *paths, "--model", MODEL, "-o", out, "--batch-size", "2"], capsys)
+    assert code == 0 and len(list(out.iterdir())) == 5
+    assert events == ["read", "read", "predict 2", "read", "read", "predict 2", "read", "predict 1"]
+
+    events.clear()
+    monkeypatch.setattr(inference, "MAX_BATCH_VOXELS", 2 * 48 * 56 * 40)  # the model's cap: 2 images
+    code, _, _ = run(["segment", *paths, "--model", MODEL, "-o", out, "--batch-size", "200"], capsys)
+    assert code == 0
+    assert events == ["read", "read", "predict 2", "read", "read", "predict 2", "read", "predict 1"]

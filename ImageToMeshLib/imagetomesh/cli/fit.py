@@ -18,6 +18,7 @@ from imagetomesh.cli.options import (
     add_space,
     add_threads,
     finite_weight,
+    non_negative_int,
     path_arg,
     positive_int,
     weight,
@@ -27,6 +28,9 @@ from imagetomesh.errors import InputError
 
 #: Markup kinds read as curves (an open ``Curve`` is closed, with a warning).
 CURVE_KINDS = ("ClosedCurve", "Curve")
+#: ``fit points --max-points`` default (:data:`imagetomesh.fitting.tasks.MAX_FIT_POINTS`; kept here so
+#: ``--help`` does not import torch).
+MAX_FIT_POINTS = 10_000
 
 
 def _add_fit_options(p: argparse.ArgumentParser) -> None:
@@ -91,12 +95,21 @@ def cmd_fit_points(args) -> int:
     from imagetomesh.fitting import fit_points
     from imagetomesh.io.markups import read_points
 
+    max_points = args.max_points or None  # 0: every point
+    if max_points is not None and max_points < 4:
+        raise InputError(f"--max-points must be 0 (every point) or at least 4, got {max_points}")
+
+    def summary(points) -> str:
+        if max_points is None or len(points) <= max_points:
+            return f"fitted to {len(points)} points"
+        return f"fitted to {max_points} of {len(points)} points (a seeded random subset; --max-points)"
+
     return _run_fit(
         args,
         "fit points",
         lambda: read_points(args.points),
-        fit_points,
-        lambda points: f"fitted to {len(points)} points",
+        lambda points, prior, **kwargs: fit_points(points, prior, max_points=max_points, **kwargs),
+        summary,
     )
 
 
@@ -143,7 +156,8 @@ def cmd_refine(args) -> int:
     return _run_fit(
         args,
         "refine",
-        lambda: read_labelmap(args.label_file, args.label),
+        # only the label's box (plus a voxel) is kept: memory of about the file, not of a whole-image mask
+        lambda: read_labelmap(args.label_file, args.label, crop_margin=1),
         lambda mask, prior, **kwargs: refine_labelmap(mask, prior, coverage=coverage, **kwargs),
         lambda mask: "refined labelmap",
     )
@@ -164,6 +178,13 @@ def register(sub) -> None:
     )
     p.add_argument(
         "points", metavar="POINTS", type=path_arg, help="csv/txt/xyz/fcsv (x,y,z LPS mm), mesh file, or .mrk.json"
+    )
+    p.add_argument(
+        "--max-points",
+        type=non_negative_int("--max-points"),
+        default=MAX_FIT_POINTS,
+        help=f"fit to at most this many points: a denser cloud is fitted through a seeded random subset "
+        f"(default {MAX_FIT_POINTS:,}; the fit does not improve past a few thousand; 0 = every point)",
     )
     _add_fit_options(p)
     p.set_defaults(func=cmd_fit_points)

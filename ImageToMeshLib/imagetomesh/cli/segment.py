@@ -49,13 +49,30 @@ def _warnings_named(name: str):
         warnings.warn(f"{name}: {w.message}", w.category, stacklevel=3)
 
 
-def _segment_one_by_one(segmenter, items: list) -> list:
-    """``[(path, mesh or InputError)]`` for ``items`` ``[(path, volume)]``, each segmented alone."""
+def _prepared(segmenter, path: Path, roi):
+    """Image ``path`` read, cropped to ``roi`` and put on the model's grid (:meth:`Segmenter.prepare`): the
+    image itself is dropped on return, so only its grid-sized tensor stays in memory."""
+    from imagetomesh.core.cropping import crop_volume
+    from imagetomesh.io.images import read_image
+
+    volume = read_image(path)
+    return segmenter.prepare(crop_volume(volume, roi) if roi is not None else volume)
+
+
+def _predict_batch(segmenter, batch: list) -> list:
+    """``[(path, mesh or InputError)]`` for ``batch`` ``[(path, prepared image)]``: predicted together, or
+    one by one when that fails (to find the image the model fails on, and keep the others)."""
+    if len(batch) > 1:
+        with _warnings_named(", ".join(p.name for p, _ in batch)) as caught:
+            try:
+                return list(zip([p for p, _ in batch], segmenter.predict([x for _, x in batch])))
+            except InputError:
+                caught.clear()  # one of them is bad: find which (its warnings come again), keep the others
     out = []
-    for path, volume in items:
+    for path, prepared in batch:
         with _warnings_named(path.name):
             try:
-                out.append((path, segmenter.segment(volume)))
+                out.append((path, segmenter.predict([prepared])[0]))
             except InputError as err:
                 out.append((path, err))
     return out
@@ -119,12 +136,12 @@ def _segment_organs(args, segmenter, images: list[Path], roi) -> int:
 
 
 def cmd_segment(args) -> int:
-    """Segment each image into its own mesh; images are read a batch at a time (memory does not
-    grow with their number). An image that fails is named and skipped; the others are written,
-    and the exit code is 2 when any failed."""
-    from imagetomesh.core.cropping import crop_volume
+    """Segment each image into its own mesh. Images are streamed: each is read when its batch needs it and
+    only its grid-sized tensor is kept until the batch is predicted; a batch holds at most ``--batch-size``
+    images and at most :attr:`~imagetomesh.inference.Segmenter.max_batch` (memory does not grow with the
+    number of images, nor past that cap with ``--batch-size``). An image that fails is named and skipped;
+    the others are written, and the exit code is 2 when any failed."""
     from imagetomesh.inference import Segmenter
-    from imagetomesh.io.images import read_image
     from imagetomesh.io.markups import read_roi
     from imagetomesh.io.meshes import write_mesh
     from imagetomesh.threads import configure as configure_threads
@@ -145,34 +162,28 @@ def cmd_segment(args) -> int:
     if args.organs is not None:
         raise InputError(f"--organs is for models of several organs; {args.model} meshes one structure")
     targets = dict(zip(images, _targets(images, args.output)))
-    failed = []
-    batches = range(0, len(images), args.batch_size)
-    for start in progress_bar(batches, "segmenting", total=len(batches)):
-        items = []
-        for path in images[start : start + args.batch_size]:
-            with _warnings_named(path.name):
-                try:
-                    volume = read_image(path)
-                    items.append((path, crop_volume(volume, roi) if roi is not None else volume))
-                except InputError as err:
-                    failed.append((path, err))
-        if not items:
-            continue
-        if len(items) == 1:
-            results = _segment_one_by_one(segmenter, items)
-        else:
-            with _warnings_named(", ".join(p.name for p, _ in items)) as caught:
-                try:
-                    results = list(zip([p for p, _ in items], segmenter.segment_batch([v for _, v in items])))
-                except InputError:
-                    caught.clear()  # one of them is bad: find which (its warnings come again), keep the others
-                    results = _segment_one_by_one(segmenter, items)
+    batch_size = min(args.batch_size, segmenter.max_batch)
+    failed, batch = [], []
+
+    def write(results) -> None:
         for path, mesh in results:
             if isinstance(mesh, InputError):
                 failed.append((path, mesh))
                 continue
             write_mesh(mesh, targets[path], args.coordinate_system)
             print(f"wrote {targets[path]} ({mesh.num_vertices} vertices, {mesh.num_faces} triangles)")
+
+    for path in progress_bar(images, "segmenting", total=len(images)):
+        with _warnings_named(path.name):
+            try:  # read when its batch needs it; only the grid-sized result is kept
+                batch.append((path, _prepared(segmenter, path, roi)))
+            except InputError as err:
+                failed.append((path, err))
+        if len(batch) == batch_size:
+            write(_predict_batch(segmenter, batch))
+            batch = []
+    if batch:
+        write(_predict_batch(segmenter, batch))
     for path, err in failed:
         print(f"{PROG}: error: {path}: {err}", file=sys.stderr)
     if failed:
@@ -203,7 +214,8 @@ def register(sub) -> None:
         "--batch-size",
         type=positive_int("--batch-size"),
         default=8,
-        help="images read and predicted together (default 8; memory grows with it)",
+        help="images predicted together (default 8; at most what the model's grid allows at once, "
+        "e.g. 9 hippocampus patches: memory stays bounded)",
     )
     p.add_argument(
         "--open",

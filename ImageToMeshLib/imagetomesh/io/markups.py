@@ -248,11 +248,38 @@ def _is_number(token: str) -> bool:
     return True
 
 
+def _read_plain_csv(text: str) -> np.ndarray | None:
+    """The points of a plain ``x,y,z`` file (an optional ``x,y,z`` header row, then three numbers per row,
+    comma or whitespace separated, no comments), parsed by numpy at once (a 250,000-point cloud in a
+    fraction of a second); None for anything else, which :func:`_read_text_points` reads row by row."""
+    lines = text.splitlines()
+    first = next((k for k, line in enumerate(lines) if line.strip()), None)
+    if first is None or "#" in text:
+        return None
+    head = _split_row(lines[first].strip())
+    if [h.lower() for h in head] == ["x", "y", "z"]:
+        first += 1
+    elif not all(_is_number(t) for t in head) or len(head) != 3:
+        return None
+    if not any(line.strip() for line in lines[first:]):
+        return None
+    try:
+        points = np.loadtxt(lines[first:], delimiter="," if "," in lines[first] else None, dtype=np.float64, ndmin=2)
+    except ValueError:
+        return None
+    return points if points.shape[1:] == (3,) and len(points) else None
+
+
 def _read_text_points(path: Path, default_space: str) -> np.ndarray:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise InputError(f"{path} is not a text file; give a CSV of x,y,z points") from None
+    plain = _read_plain_csv(text)
+    if plain is not None:
+        if not np.isfinite(plain).all():
+            raise InputError(f"{path} contains NaN/Inf coordinates; remove those rows")
+        return ras_to_lps(plain) if default_space == "RAS" else plain
     header: list[str] | None = None
     space, space_in_file = default_space, False
     rows: list[tuple[int, list[str]]] = []
@@ -295,10 +322,19 @@ def _read_text_points(path: Path, default_space: str) -> np.ndarray:
                 f"{path} has {width} columns and no header row; give exactly x,y,z per row or add a header naming x,y,z"
             )
         columns = [0, 1, 2]
-    points = np.empty((len(rows), 3), dtype=np.float64)
-    for row_index, (number, fields) in enumerate(rows):
+    for number, fields in rows:
         if len(fields) <= max(columns) or (header is None and len(fields) != 3):
             raise InputError(f"{path} line {number} has {len(fields)} values; every row needs x, y and z")
+    points = _parse_rows(path, rows, columns)
+    if not np.isfinite(points).all():
+        raise InputError(f"{path} contains NaN/Inf coordinates; remove those rows")
+    return ras_to_lps(points) if space == "RAS" else points
+
+
+def _parse_rows(path: Path, rows: list[tuple[int, list[str]]], columns: list[int]) -> np.ndarray:
+    """``rows``' ``columns`` as numbers one by one; :class:`InputError` naming the first that is not one."""
+    points = np.empty((len(rows), 3), dtype=np.float64)
+    for row_index, (number, fields) in enumerate(rows):
         for c, col in enumerate(columns):
             try:
                 points[row_index, c] = float(fields[col])
@@ -306,9 +342,7 @@ def _read_text_points(path: Path, default_space: str) -> np.ndarray:
                 raise InputError(
                     f"{path} line {number}: '{fields[col]}' is not a number; fix or remove that row"
                 ) from None
-    if not np.isfinite(points).all():
-        raise InputError(f"{path} contains NaN/Inf coordinates; remove those rows")
-    return ras_to_lps(points) if space == "RAS" else points
+    return points
 
 
 def read_points(path: str | os.PathLike, coordinate_system: str = "LPS") -> np.ndarray:
