@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from imagetomesh.core.transforms import GridTransform, centre_index, grid_to_index_affine, index_to_grid_affine
 from imagetomesh.core.volume import Volume
+from imagetomesh.nn.grid import grid_sample_index
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,11 @@ def resample_to_grid(volume: Volume, target: GridTransform, mode: str = "bilinea
 def _inside(sample_at: torch.Tensor, shape) -> torch.Tensor:
     """``(1, 1, d, h, w)`` bool: whether each ``grid_sample`` point ``sample_at (1, d, h, w, 3)`` has its nearest
     voxel inside a source of ``shape (D, H, W)``: what nearest sampling of a volume of ones with zero padding
-    gives (the same float32 arithmetic as ``grid_sample``: ``((x + 1) / 2) (n - 1)`` rounded half to even),
+    gives (the same float32 arithmetic as ``grid_sample``: :func:`~imagetomesh.nn.grid.grid_sample_index` rounded half to even),
     without that volume of ones (the source's size in memory)."""
     inside = None
     for axis, n in enumerate(tuple(shape)[::-1]):  # sample_at's last dimension is (x, y, z) = (W, H, D)
-        index = torch.round(((sample_at[..., axis] + 1) / 2) * (n - 1))
+        index = torch.round(grid_sample_index(sample_at[..., axis], n))
         ok = (index >= 0) & (index <= n - 1)
         inside = ok if inside is None else inside & ok
     return inside[:, None]

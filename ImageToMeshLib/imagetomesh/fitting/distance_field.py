@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from imagetomesh.core.transforms import index_to_grid_affine
+from imagetomesh.core.transforms import centre_index, index_to_grid_affine
 from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
 from imagetomesh.nn.grid import transform_points
@@ -46,7 +46,7 @@ def coarsen_mask(mask: Volume, factors) -> Volume:
     counts = padded.reshape(blocks[0], f[0], blocks[1], f[1], blocks[2], f[2]).sum(axis=(1, 3, 5), dtype=np.int32)
     fine_spacing = np.asarray(mask.spacing, dtype=np.float64)
     spacing = fine_spacing * f[::-1]
-    origin = mask.origin + mask.direction @ (fine_spacing * (f[::-1] - 1) / 2.0)
+    origin = mask.origin + mask.direction @ (fine_spacing * centre_index(f[::-1]))  # a block's centre
     inside = (2 * counts >= int(np.prod(f))).astype(np.uint8)
     return Volume(inside, spacing, origin, mask.direction)
 

@@ -46,6 +46,13 @@ def grid_to_index(grid: torch.Tensor, size_ijk) -> torch.Tensor:
     return (grid + 1.0) * half_extent(size_ijk, grid.dtype, grid.device)
 
 
+def grid_sample_index(grid: torch.Tensor, size: int) -> torch.Tensor:
+    """Grid coordinates along one axis of ``size`` voxels -> the voxel index ``grid_sample`` (``align_corners=True``)
+    reads there: ``((x + 1) / 2) (size - 1)`` in ``grid``'s dtype, the same operations in the same order, so a
+    nearest lookup rounds (half to even) exactly as ``grid_sample`` does; a 1-voxel axis maps every coordinate to 0."""
+    return ((grid + 1) / 2) * (size - 1)
+
+
 def grid_voxel_size(size_ijk, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """``(3,)`` length of one voxel in grid units along (x, y, z): ``2 / (size - 1)``."""
     return 1.0 / half_extent(size_ijk, dtype, device)
