@@ -37,6 +37,15 @@ NEW_LOSS_FIELDS = {
     "target_points": 6000,
     "target_smoothing": 0.2,
 }  # issue 15; the defaults keep the old loss
+#: ImplicitMeshNetTrainConfig fields of its cpu-v2 recipe (issue 15), with the defaults that keep the old runs
+NEW_IMPLICITMESHNET_FIELDS = {
+    "lr_unet": None,
+    "seg_loss": "ce",
+    "beta_anneal": 1.0,
+    "fitted_shapes": 0.0,
+    "fit_steps": 200,
+    "fit_cases": 0,
+}
 
 
 def test_named_configs_are_the_ones_of_the_trainers_before_the_engine():
@@ -51,6 +60,8 @@ def test_named_configs_are_the_ones_of_the_trainers_before_the_engine():
                 got.pop(key)
             if kind in ("voxel2mesh", "pixel2mesh3d", "unet"):
                 assert {k: got.pop(k) for k in NEW_IMAGE_FIELDS} == NEW_IMAGE_FIELDS, (kind, name)
+            if kind == "implicitmeshnet":
+                assert {k: got.pop(k) for k in NEW_IMPLICITMESHNET_FIELDS} == NEW_IMPLICITMESHNET_FIELDS, (kind, name)
             if "loss" in got and isinstance(got["loss"], dict) and "version" in got["loss"]:
                 assert {k: got["loss"].pop(k) for k in NEW_LOSS_FIELDS} == NEW_LOSS_FIELDS, (kind, name)
             assert got == expected, (kind, name)
