@@ -204,16 +204,21 @@ def test_sdf_net_starts_from_a_file_and_keeps_it_as_the_runs_pretrained_weights(
     assert not (tmp_path / "other.safetensors").exists()
 
 
-def test_tiny_run_then_a_fine_tuning_run_from_its_model_and_g_phi(tmp_path, write_msd):
-    from imagetomesh.training.engine import train
-
-    rng = np.random.default_rng(0)
+def box_cases(rng, count: int = 8) -> list:
+    """``count`` ``(noisy image, label)`` pairs of a box at a random place on the tiny grid."""
     cases = []
-    for _ in range(8):
+    for _ in range(count):
         label = np.zeros(SHAPE, np.uint8)
         x0, y0 = rng.integers(3, 6, 2)
         label[x0 : x0 + 8, y0 : y0 + 6, 2:6] = 1
         cases.append((label + rng.normal(0, 0.1, SHAPE), label))
+    return cases
+
+
+def test_tiny_run_then_a_fine_tuning_run_from_its_model_and_g_phi(tmp_path, write_msd):
+    from imagetomesh.training.engine import train
+
+    cases = box_cases(np.random.default_rng(0))
     msd = write_msd(tmp_path / "msd", cases)
     torch.manual_seed(5)
     best = train(
@@ -431,13 +436,7 @@ def test_pretraining_fits_training_labels_only_caches_them_and_resumes(tmp_path,
     from imagetomesh.training.engine import Run, train
     from imagetomesh.training.tasks.implicitmeshnet import TEMPLATE_FITS, template_fits
 
-    rng = np.random.default_rng(1)
-    cases = []
-    for _ in range(8):
-        label = np.zeros(SHAPE, np.uint8)
-        x0, y0 = rng.integers(3, 6, 2)
-        label[x0 : x0 + 8, y0 : y0 + 6, 2:6] = 1
-        cases.append((label + rng.normal(0, 0.1, SHAPE), label))
+    cases = box_cases(np.random.default_rng(1))
     msd = write_msd(tmp_path / "msd", cases)
     config = small_config(
         steps=2,
