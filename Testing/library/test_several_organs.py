@@ -349,3 +349,21 @@ def test_segment_warns_about_an_organ_cut_by_the_scan(organ_model, tmp_path):
     out.mkdir()
     with pytest.warns(UserWarning, match="scan.nii.gz: Brighter reaches the inferior edge of the image"):
         assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(out), "--organs", "brighter"]) == 0
+
+
+def test_restarted_classes_have_the_prior_times_the_background_probability_everywhere():
+    from imagetomesh.training.init_weights import restart_classes
+
+    torch.manual_seed(0)
+    head = torch.nn.Conv3d(6, 4, 1)
+    features = torch.randn(2, 6, 3, 4, 5) * 5
+    before = head(features).softmax(1)
+    kept = head.weight[1].detach().clone(), head.bias[1].detach().clone()
+    restart_classes(head, [2, 3], prior=0.01)
+    after = head(features).softmax(1)
+    assert torch.allclose(after[:, 2] / after[:, 0], torch.full_like(after[:, 0], 0.01), rtol=1e-4)
+    assert torch.allclose(after[:, 3], after[:, 2])
+    assert torch.equal(head.weight[1], kept[0]) and torch.equal(head.bias[1], kept[1])  # the others are kept
+    assert not torch.allclose(before[:, 2], after[:, 2])
+    with pytest.raises(ValueError, match="class 0"):
+        restart_classes(head, [0])

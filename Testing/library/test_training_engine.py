@@ -30,6 +30,7 @@ NEW_IMAGE_FIELDS = {
     "time_limit_s": None,
     "balance_classes": False,
     "balanced_ce": False,
+    "restart_classes": None,
 }
 NEW_LOSS_FIELDS = {
     "version": 1,

@@ -61,6 +61,9 @@ class TrainConfig(EngineOptions):
     balanced_ce: bool = False
     #: stop after this many seconds of training, counted over resumptions (None: no limit)
     time_limit_s: Optional[float] = None
+    #: organ names whose output channel restarts at a small prior when the run starts from
+    #: ``--init-from`` (:func:`~imagetomesh.training.init_weights.restart_classes`); None: none
+    restart_classes: Optional[list] = None
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -209,6 +212,12 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # organs (oesophagus, larynx) are centred as often as the mandible
     unet["headneck-ct-cpu-balanced"] = replace(
         copy.deepcopy(unet["headneck-ct-cpu"]), steps=700, lr=5e-4, val_every=350, balance_classes=True
+    )
+    # fine-tuning a head-and-neck U-Net whose oesophagus and larynx never came out (their softmax
+    # saturated under the soft Dice of organs outside the crop, since fixed): those two outputs restart
+    # at a 1 % prior, the rest of the network is kept
+    unet["headneck-ct-cpu-restart"] = replace(
+        copy.deepcopy(unet["headneck-ct-cpu-balanced"]), steps=1400, restart_classes=["esophagus", "larynx"]
     )
     for named, loss in ((v2m, V2M_LOSS_V2), (p2m, P2M_LOSS_V2), (unet, None)):
         for name in ("cpu", "gpu"):

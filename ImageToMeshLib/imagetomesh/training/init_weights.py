@@ -30,3 +30,21 @@ def init_from_model(model: torch.nn.Module, kind: str, folder: str | Path, log: 
     unet_state = {k: v for k, v in state.items() if k.startswith("unet.")}
     missing = model.load_state_dict(unet_state, strict=False)
     log(f"initialised {len(unet_state)} U-Net tensors from {folder} ({len(missing.missing_keys)} others fresh)")
+
+
+@torch.no_grad()
+def restart_classes(head: torch.nn.Conv3d, classes: list[int], prior: float = 0.01) -> None:
+    """Give each of ``classes`` (output channels of a segmentation ``head``, ``(C, F, 1, 1, 1)`` weights)
+    the background's (class 0) weights and its bias plus ``log(prior)``: the class then has ``prior``
+    times the background's probability at every voxel, whatever the features.
+
+    For a fine-tuning run (``--init-from``) whose model never learned an organ: its logits there can
+    sit ~15 nats below the background's, where the softmax is saturated and neither the soft Dice nor
+    the small share of the organ's voxels in the cross-entropy moves it in a CPU budget. Restarted at
+    a small prior (as rare classes are initialised from scratch), the class learns again from
+    unsaturated gradients while the rest of the network keeps what it learned."""
+    for k in classes:
+        if not 0 < k < head.out_channels:
+            raise ValueError(f"class {k} is not an organ class of a head with {head.out_channels} outputs")
+        head.weight[k] = head.weight[0]
+        head.bias[k] = head.bias[0] + torch.log(torch.tensor(float(prior)))

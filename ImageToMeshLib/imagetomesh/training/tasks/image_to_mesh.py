@@ -17,7 +17,7 @@ from imagetomesh.models.registry import build_model
 from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
 from imagetomesh.training.configs import TrainConfig, image_configs
 from imagetomesh.training.data import chamfer_target, prepare_split, random_image_batch, random_patch_batch
-from imagetomesh.training.init_weights import init_from_model
+from imagetomesh.training.init_weights import init_from_model, restart_classes
 from imagetomesh.training.losses import mesh_decoder_loss, partial_label_loss, segmentation_loss
 from imagetomesh.training.schedules import one_cycle, rescale_one_cycle
 from imagetomesh.training.tasks.base import RunState, Task, run_card
@@ -84,6 +84,13 @@ class ImageToMeshTask(Task):
         self.model = build_model(config.kind, config.model).to(run.device)
         if self.init_from:
             init_from_model(self.model, config.kind, self.init_from, run.log)
+            if config.restart_classes:
+                names = [o["name"] for o in config.organs or []]
+                unknown = [n for n in config.restart_classes if n not in names]
+                if unknown:
+                    raise InputError(f"restart_classes {unknown} are not organs of this config ({', '.join(names)})")
+                restart_classes(self.model.unet.head, [names.index(n) + 1 for n in config.restart_classes])
+                run.log(f"restarted the outputs of {', '.join(config.restart_classes)} at a 1 % prior")
         self.net = run.wrap(self.model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = one_cycle(self.optimizer, config.lr, config.steps)
