@@ -175,7 +175,7 @@ def main() -> None:
         lines.append(
             f"\nMean Dice over the {len(rows)} organs (each scored where contoured): **{organ_mean:.3f}**. "
             f"Wall time per whole scan, all organs: median {np.median(seconds):.1f} s, max {np.max(seconds):.1f} s "
-            f"({args.threads} CPU threads, model loaded).\n"
+            f"({args.threads} CPU thread{'s' if args.threads != 1 else ''}, model loaded).\n"
         )
         if args.invariance:
             lines.append("Invariance (per-organ Dice of the changed scan minus the original's, mean over cases):\n")
