@@ -48,6 +48,15 @@ def blob_label(batch=1):
     return label
 
 
+def small_networks(seed: int):
+    """``(f_theta, g_phi, L)``: the small networks, made after ``torch.manual_seed(seed)``, and the
+    symmetric normalised Laplacian of f_theta's template on the test grid."""
+    torch.manual_seed(seed)
+    f, g = ImplicitMeshNet(ImplicitMeshNetConfig(**SMALL)), MeshToSDF(MeshToSDFConfig(**SMALL_SDF))
+    t = f.template(SHAPE)
+    return f, g, sym_norm_laplacian(t.edge_index, len(t.verts))
+
+
 def test_residual_unet_option_and_unchanged_default_layout():
     net = UNet3D(UNetConfig(base=4, depth=3, norm="instance", block="residual", dropout=0.1))
     logits, decoder = net(torch.randn(2, 1, 8, 16, 12))
@@ -91,10 +100,7 @@ def test_mesh_to_sdf_levels():
 
 def test_surface_loss_gradient_reaches_f_theta_and_not_g_phi():
     """The reference code's surface loss passed no gradient to the shape network; ours must."""
-    torch.manual_seed(1)
-    f, g = ImplicitMeshNet(ImplicitMeshNetConfig(**SMALL)), MeshToSDF(MeshToSDFConfig(**SMALL_SDF))
-    t = f.template(SHAPE)
-    lap = sym_norm_laplacian(t.edge_index, len(t.verts))
+    f, g, lap = small_networks(1)
     config = small_config(gamma=0.0, beta_start=0.0, beta_end=0.0)  # the BCE through g_phi alone
     loss, terms, verts, _ = surface_terms(f, g, torch.randn(1, 1, *SHAPE), blob_label(), lap, 0.0, config)
     loss.backward()
@@ -106,11 +112,9 @@ def test_surface_loss_gradient_reaches_f_theta_and_not_g_phi():
 
 
 def test_training_step_updates_both_networks_and_targets_are_signed():
-    torch.manual_seed(2)
-    f, g = ImplicitMeshNet(ImplicitMeshNetConfig(**SMALL)), MeshToSDF(MeshToSDFConfig(**SMALL_SDF))
+    f, g, lap = small_networks(2)
     config = small_config()
-    t = f.template(SHAPE)
-    lap = sym_norm_laplacian(t.edge_index, len(t.verts))
+    t = f.template(SHAPE)  # its edges for the g_phi step
     opt_f, opt_g = torch.optim.AdamW(f.parameters(), 1e-3), torch.optim.AdamW(g.parameters(), 1e-3)
     before_f = [p.detach().clone() for p in f.stages.parameters()]
     before_g = [p.detach().clone() for p in g.parameters()]
@@ -348,10 +352,7 @@ def test_beta_anneals_over_the_first_fraction_then_stays_at_its_end():
 def test_dice_ce_segmentation_term():
     from imagetomesh.training.losses import segmentation_loss
 
-    torch.manual_seed(6)
-    f, g = ImplicitMeshNet(ImplicitMeshNetConfig(**SMALL)), MeshToSDF(MeshToSDFConfig(**SMALL_SDF))
-    t = f.template(SHAPE)
-    lap = sym_norm_laplacian(t.edge_index, len(t.verts))
+    f, g, lap = small_networks(6)
     images, labels = torch.randn(1, 1, *SHAPE), blob_label(1)
     config = small_config(seg_loss="dice_ce", gamma=1.0, alpha=0.0)
     loss, terms, _, _ = surface_terms(f, g, images, labels, lap, 0.0, config)
@@ -363,10 +364,7 @@ def test_dice_ce_segmentation_term():
 
 
 def test_surface_loss_backpropagates_under_bf16_autocast_with_float32_vertices():
-    torch.manual_seed(7)
-    f, g = ImplicitMeshNet(ImplicitMeshNetConfig(**SMALL)), MeshToSDF(MeshToSDFConfig(**SMALL_SDF))
-    t = f.template(SHAPE)
-    lap = sym_norm_laplacian(t.edge_index, len(t.verts))
+    f, g, lap = small_networks(7)
     images, labels = torch.randn(2, 1, *SHAPE), blob_label(2)
     config = small_config(seg_loss="dice_ce")
     _, plain, verts32, _ = surface_terms(f, g, images, labels, lap, 10.0, config)
