@@ -2,7 +2,9 @@
 the loop's options (gradient accumulation, bf16 autocast), and ``imagetomesh train`` end to end."""
 
 import json
+import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import torch
 from imagetomesh import cli
 from imagetomesh.nn.precision import bf16_autocast, bf16_supported
 from imagetomesh.preprocessing import GridSpec
-from imagetomesh.training.engine import Run, run_phase, train
+from imagetomesh.training.engine import Run, Stopped, run_phase, train
 from imagetomesh.training.tasks import TASKS, get_config
 from imagetomesh.training.tasks.base import LoopSettings, Task
 
@@ -354,6 +356,35 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path):
     run_phase(task, run)
     assert "resumed from step 4" in messages
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 10
+
+
+class _TerminatedTask(_LineTask):
+    """The line task, sent SIGTERM (as ``kill PID`` or a batch scheduler does) during its fourth step."""
+
+    def settings(self):
+        return LoopSettings(steps=10, clip_norm=None)
+
+    def batch(self, generator):
+        if len(self.batches) == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.batches.pop(0)
+
+
+def test_sigterm_saves_a_checkpoint_and_restores_the_handler(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(4, 3, generator=g), torch.randn(4, 1, generator=g)) for _ in range(10)]
+    messages = []
+    run = Run(tmp_path, tmp_path, torch.device("cpu"), 0, "", messages.append)
+    task = _TerminatedTask(list(batches), 1)
+    task.run = run
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stopped) as stopped:
+        run_phase(task, run)
+    assert stopped.value.exit_code == 143 and isinstance(stopped.value, KeyboardInterrupt)
+    # the signal arrives inside batch(): the step it interrupted is not counted
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 4
+    assert any("interrupted: checkpoint saved at step 4" in m for m in messages)
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_a_run_folder_refuses_another_config_before_anything_is_written(tmp_path, capsys):

@@ -61,7 +61,8 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the command of ``argv`` (default ``sys.argv[1:]``); returns the exit code.
 
-    Bad input (:class:`InputError`) is one line on stderr and exit code 2; Ctrl-C is 130.
+    Bad input (:class:`InputError`) is one line on stderr and exit code 2; Ctrl-C is 130 (a training
+    run stopped by SIGTERM, which checkpoints first, 143).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -71,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return getattr(err, "exit_code", 130)
     except BrokenPipeError:  # the reader went away (``imagetomesh models --json | head``): stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

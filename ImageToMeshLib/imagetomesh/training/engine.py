@@ -26,6 +26,8 @@ import json
 import os
 import platform
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -197,7 +199,7 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
 
     A progress bar (on a terminal) shows the step and the loss; the checkpoint is saved at every
     validation, every ``checkpoint_every`` steps, every :data:`CHECKPOINT_EVERY_S` seconds and on
-    Ctrl-C (so an interruption loses at most a few minutes)."""
+    Ctrl-C or SIGTERM (so an interruption loses at most a few minutes; see :func:`sigterm_stops`)."""
     s = task.settings()
     setup_phase(task, s)
     generator = torch.Generator().manual_seed(run.seed + task.seed_offset + 1000 * run.rank)
@@ -230,54 +232,55 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
 
     task.model.train()
     bar = progress_bar(state.step, s.steps, task.name or "training", run.writer)
-    try:
-        while state.step < s.steps:
-            if out_of_time():
-                run.log(
-                    f"{task.name + ' ' if task.name else ''}time limit of {s.time_limit_s:.0f} s reached at step {state.step}"
-                )
-                state.stopped_by_time_limit = True
-                break
-            task.before_step(max(state.step / s.steps, now() / s.time_limit_s if s.time_limit_s else 0.0))
-            window.append(optimiser_step(task, s, generator, run.device))
-            state.step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{window[-1].get('loss', float('nan')):.4g}", refresh=False)
-            if not run.writer:
-                continue
-            last = state.step >= s.steps or out_of_time()
-            validating = s.val_every and (state.step % s.val_every == 0 or last)
-            if validating or (s.log_every and (state.step % s.log_every == 0 or last)):
-                metrics = validated(task) if validating else {}
-                entry = {
-                    **task.log_fields,
-                    "step": state.step,
-                    "time_s": round(now(), 1),
-                    "lr": task.optimizer.param_groups[0]["lr"],
-                    **mean_terms(window),
-                    **metrics,
-                }
-                window = []
-                run.append_log(entry)
-                if validating:
-                    score = task.score(metrics)
-                    if state.best is None or score < state.best:
-                        state.best = score
-                        run.save_model(task.model, "best", task.card(dict(metrics, step=state.step), state))
-                    task.after_validation()
-            if (
-                validating
-                or (s.checkpoint_every and state.step % s.checkpoint_every == 0)
-                or time.time() - saved_at >= CHECKPOINT_EVERY_S
-            ):
+    with sigterm_stops():
+        try:
+            while state.step < s.steps:
+                if out_of_time():
+                    run.log(
+                        f"{task.name + ' ' if task.name else ''}time limit of {s.time_limit_s:.0f} s reached at step {state.step}"
+                    )
+                    state.stopped_by_time_limit = True
+                    break
+                task.before_step(max(state.step / s.steps, now() / s.time_limit_s if s.time_limit_s else 0.0))
+                window.append(optimiser_step(task, s, generator, run.device))
+                state.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{window[-1].get('loss', float('nan')):.4g}", refresh=False)
+                if not run.writer:
+                    continue
+                last = state.step >= s.steps or out_of_time()
+                validating = s.val_every and (state.step % s.val_every == 0 or last)
+                if validating or (s.log_every and (state.step % s.log_every == 0 or last)):
+                    metrics = validated(task) if validating else {}
+                    entry = {
+                        **task.log_fields,
+                        "step": state.step,
+                        "time_s": round(now(), 1),
+                        "lr": task.optimizer.param_groups[0]["lr"],
+                        **mean_terms(window),
+                        **metrics,
+                    }
+                    window = []
+                    run.append_log(entry)
+                    if validating:
+                        score = task.score(metrics)
+                        if state.best is None or score < state.best:
+                            state.best = score
+                            run.save_model(task.model, "best", task.card(dict(metrics, step=state.step), state))
+                        task.after_validation()
+                if (
+                    validating
+                    or (s.checkpoint_every and state.step % s.checkpoint_every == 0)
+                    or time.time() - saved_at >= CHECKPOINT_EVERY_S
+                ):
+                    save_checkpoint()
+        except KeyboardInterrupt:
+            if run.writer and state.step > 0:
                 save_checkpoint()
-    except KeyboardInterrupt:
-        if run.writer and state.step > 0:
-            save_checkpoint()
-            run.log(f"interrupted: checkpoint saved at step {state.step}; run the same command to resume")
-        raise
-    finally:
-        bar.close()
+                run.log(f"interrupted: checkpoint saved at step {state.step}; run the same command to resume")
+            raise
+        finally:
+            bar.close()
     if not run.writer:
         return None
     state.elapsed_s, started = now(), time.time()
@@ -286,6 +289,32 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
     if task.final_folder:
         run.save_model(task.model, task.final_folder, task.card(validated(task, state), state))
     return run.out / task.result_folder if task.result_folder else None
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM asked a training run to stop (a scheduler, ``kill PID``): handled as Ctrl-C is, with the
+    shell's exit status for SIGTERM."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped()
+
+
+@contextlib.contextmanager
+def sigterm_stops():
+    """While the block runs, SIGTERM raises :class:`Stopped` (main thread only), so the loop saves its
+    checkpoint as on Ctrl-C. Needed because a run started in the background (``nohup ... &``) ignores
+    SIGINT, and batch schedulers stop jobs with SIGTERM."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 #: Seconds of training between checkpoints at most (besides validations and ``checkpoint_every``).
