@@ -1,6 +1,8 @@
 """Print CPU training throughput (optimiser steps per hour) of the U-Net and Voxel2Mesh: the way they trained
 before issue 15 (fp32, nearest neighbours of the Chamfer terms by all pairwise distances) against now
-(bf16 autocast, channels-last convolutions, k-d tree nearest neighbours), through the engine's own step.
+(bf16 autocast, channels-last convolutions, k-d tree nearest neighbours), through the engine's own step;
+for the mesh models also "frozen": now, with the bundled model's U-Net frozen (``cpu-v2-frozen``: only
+the mesh decoder learns).
 
 Usage: python Testing/benchmarks/training_throughput.py [--kinds unet voxel2mesh] [--steps 12] [--threads 1]
 
@@ -42,19 +44,20 @@ def small_dataset(folder: Path, count: int = 6) -> Path:
     return folder
 
 
-def steps_per_hour(kind: str, fast: bool, data: Path, steps: int) -> float:
+def steps_per_hour(kind: str, fast: bool, data: Path, steps: int, frozen: bool = False) -> float:
     import torch
 
     import imagetomesh.geometry.distances as distances
     from imagetomesh.training.engine import Run, optimiser_step, setup_phase
     from imagetomesh.training.tasks import get_config, task_class
 
-    config = get_config(kind, CONFIGS[kind])
+    config = get_config(kind, "cpu-v2-frozen" if frozen else CONFIGS[kind])
     config.bf16_autocast = fast
     config.channels_last = fast
     distances.KD_TREE_PAIRS = KD_TREE_PAIRS if fast else float("inf")
     run = Run(data / "run", data, torch.device("cpu"), 0, CONFIGS[kind], lambda m: None)
-    task = task_class(kind)(config, run)
+    init_from = REPO / "Resources" / "Models" / f"{kind}-hippocampus" if frozen else None
+    task = task_class(kind)(config, run, init_from=init_from)
     settings = task.settings()
     setup_phase(task, settings)
     generator = torch.Generator().manual_seed(0)
@@ -80,13 +83,19 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     print(f"CPU native bf16: {cpu_has_bf16()}; torch {torch.__version__}; {args.threads} thread(s)")
-    print(f"{'kind':<14}{'before steps/h':>16}{'now steps/h':>13}{'speed-up':>10}")
+    print(
+        f"{'kind':<14}{'before steps/h':>16}{'now steps/h':>13}{'speed-up':>10}{'frozen steps/h':>16}{'speed-up':>10}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         data = small_dataset(Path(tmp))
         for kind in args.kinds:
             base = steps_per_hour(kind, False, data, args.steps)
             fast = steps_per_hour(kind, True, data, args.steps)
-            print(f"{kind:<14}{base:>16.0f}{fast:>13.0f}{fast / base:>9.2f}x", flush=True)
+            row = f"{kind:<14}{base:>16.0f}{fast:>13.0f}{fast / base:>9.2f}x"
+            if kind != "unet":
+                frozen = steps_per_hour(kind, True, data, args.steps, frozen=True)
+                row += f"{frozen:>16.0f}{frozen / base:>9.2f}x"
+            print(row, flush=True)
     sys.exit(0)
 
 

@@ -198,6 +198,43 @@ def test_a_version_2_dense_run_trains_and_resumes(kind, tmp_path):
     assert json.loads((out / "config.json").read_text())["loss"]["version"] == 2
 
 
+@pytest.mark.parametrize("kind", ["voxel2mesh", "pixel2mesh3d"])
+def test_a_frozen_unet_run_changes_only_the_mesh_decoder(kind, tmp_path):
+    from safetensors.torch import load_file
+
+    from imagetomesh.errors import InputError
+
+    msd = tiny_msd(tmp_path / "msd")
+    unet = {"in_channels": 1, "num_classes": 2, "base": 4, "depth": 3, "norm": "batch"}
+    model = {"unet": unet, "hidden": 8, "stages": 2} if kind == "voxel2mesh" else {"unet": unet, "hidden": 8}
+    base = image_configs()[kind]["cpu-v2-frozen"]
+    assert base.freeze_unet and not image_configs()[kind]["cpu-v2"].freeze_unet
+    loss = MeshLossWeights(**{**base.loss.__dict__, "sample_points": 200, "target_points": 300})
+
+    def config(steps, freeze):
+        return TrainConfig(
+            kind,
+            model,
+            GridSpec((16, 16, 16), (1.0, 1.0, 1.0)),
+            steps,
+            val_every=steps,
+            threads=1,
+            loss=loss,
+            freeze_unet=freeze,
+        )
+
+    train(config(2, False), msd, tmp_path / "start", log=lambda m: None)
+    start, tuned = tmp_path / "start" / "final", tmp_path / "tuned" / "final"
+    with pytest.raises(InputError, match="--init-from"):
+        train(config(1, True), msd, tmp_path / "no-init", log=lambda m: None)
+    train(config(3, True), msd, tmp_path / "tuned", log=lambda m: None, init_from=start)
+    before, after = load_file(str(start / "model.safetensors")), load_file(str(tuned / "model.safetensors"))
+    unet_keys = [k for k in before if k.startswith("unet.")]
+    assert any("running_mean" in k for k in unet_keys)  # batch-norm statistics are kept too
+    assert all(torch.equal(before[k], after[k]) for k in unet_keys)
+    assert any(not torch.equal(before[k], after[k]) for k in before if not k.startswith("unet."))
+
+
 def test_subdivided_start_is_the_subdivision_of_the_previous_mesh():
     """Pixel2Mesh-3D's blocks record their start: the previous block's mesh, subdivided."""
     from imagetomesh.models.pixel2mesh3d import Pixel2Mesh3D, Pixel2Mesh3DConfig

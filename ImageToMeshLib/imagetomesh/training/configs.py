@@ -64,6 +64,9 @@ class TrainConfig(EngineOptions):
     #: organ names whose output channel restarts at a small prior when the run starts from
     #: ``--init-from`` (:func:`~imagetomesh.training.init_weights.restart_classes`); None: none
     restart_classes: Optional[list] = None
+    #: mesh models fine-tuned from ``--init-from``: the U-Net (encoder, decoder, voxel head) keeps its
+    #: weights and batch-norm statistics, only the mesh decoder learns (no backward pass through the U-Net)
+    freeze_unet: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -226,4 +229,6 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
             if loss is not None:
                 v2.loss = copy.deepcopy(loss)
             v2.bf16_autocast = v2.channels_last = True
+    for named in (v2m, p2m):
+        named["cpu-v2-frozen"] = replace(copy.deepcopy(named["cpu-v2"]), freeze_unet=True)
     return {"voxel2mesh": v2m, "pixel2mesh3d": p2m, "unet": unet}

@@ -5,7 +5,9 @@ Loss: ``ce CE(logits, label)`` plus, for the mesh models, the mean over cases of
 (``loss.target``: ``sample_points`` voxel-face midpoints of the augmented label, or the case's
 dense surface samples, computed once in data preparation and moved with the augmentation). AdamW, one-cycle learning rate, gradient norm clipped
 at 5. Best model: the highest validation Dice of the output mesh (``val_mesh_dice``) for mesh
-models, of the voxel head for the U-Net. Configs: :func:`imagetomesh.training.configs.image_configs`.
+models, of the voxel head for the U-Net. ``freeze_unet`` (configs ``cpu-v2-frozen``): the U-Net of
+the ``--init-from`` model is kept as it is (eval mode, no gradient), only the mesh decoder trains.
+Configs: :func:`imagetomesh.training.configs.image_configs`.
 """
 
 from __future__ import annotations
@@ -91,12 +93,24 @@ class ImageToMeshTask(Task):
                     raise InputError(f"restart_classes {unknown} are not organs of this config ({', '.join(names)})")
                 restart_classes(self.model.unet.head, [names.index(n) + 1 for n in config.restart_classes])
                 run.log(f"restarted the outputs of {', '.join(config.restart_classes)} at a 1 % prior")
+        if config.freeze_unet:
+            if config.kind == "unet" or not self.init_from:
+                raise InputError(
+                    "freeze_unet fine-tunes the mesh decoder of a voxel2mesh or pixel2mesh3d model on a trained "
+                    "U-Net: give --init-from a trained model (and a mesh-model kind)"
+                )
+            self.model.unet.requires_grad_(False)
         self.net = run.wrap(self.model)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        learned = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(learned, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = one_cycle(self.optimizer, config.lr, config.steps)
 
     def on_load(self) -> dict:
         return {**super().on_load(), "scheduler": lambda saved: rescale_one_cycle(saved, self.config.steps)}
+
+    def before_step(self, progress: float) -> None:
+        if self.config.freeze_unet:  # the engine sets train mode (after each validation too)
+            self.model.unet.eval()
 
     def batch(self, generator):
         dense = self.config.kind != "unet" and self.config.loss.target == "dense"
