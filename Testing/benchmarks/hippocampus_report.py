@@ -8,7 +8,8 @@ Also: paired differences of each method against U-Net+MC (mean and 95 % bootstra
 cases) and each model's training image passes (from its card).
 
 Rows: U-Net (voxels), U-Net+MC, each mesh model (and its uniform/adaptive unpooling variants
-when asked for with NAME@uniform / NAME@adaptive; NAME may be a model folder, as for the
+when asked for with NAME@uniform / NAME@adaptive, and ``segment --snap``'s optional refinement with
+NAME@snap; NAME may be a model folder, as for the
 Voxel2Mesh ablation models in Resources/Ablations, trained alike for the ablation rows). Columns: IoU, Dice, Chamfer (mm), HD95
 (mm), NUDF's accuracy (90th percentile of mesh -> label distances, mm) and completion (fraction of
 the label surface within 2 mm of the mesh), vertices, watertight %, self-intersection % of the
@@ -40,7 +41,7 @@ from imagetomesh.zoo import load_model
 REPO = Path(__file__).resolve().parents[2]
 ABLATIONS = REPO / "Resources" / "Ablations"
 #: The paper's row names for the models, by folder name (NAME@uniform / @adaptive: the same weights
-#: without / with adaptive pruning).
+#: without / with adaptive pruning; NAME@snap: ``segment --snap``, the optional refinement).
 ROW_NAMES = {
     "voxel2mesh-ps-umu": "PS + UMU (ablation)",
     "voxel2mesh-hs-umu": "HS + UMU (ablation)",
@@ -48,6 +49,7 @@ ROW_NAMES = {
     "voxel2mesh-lns-umu@adaptive": "LNS + AMU (ablation)",
     "voxel2mesh-hippocampus@uniform": "LNS + UMU (Voxel2Mesh weights)",
     "voxel2mesh-hippocampus": "LNS + AMU (Voxel2Mesh)",
+    "voxel2mesh-hippocampus@snap": "Voxel2Mesh + snap (optional refinement, `segment --snap`)",
     "pixel2mesh3d-hippocampus": "Pixel2Mesh-3D",
     "nudf-hippocampus": "NUDF",
     "implicitmeshnet-hippocampus": "ImplicitMeshNet",
@@ -57,9 +59,12 @@ ROW_NAMES = {
 def _load(spec: str):
     name, _, variant = spec.partition("@")
     model = load_model(name, "cpu")
-    if variant:
+    if variant in ("uniform", "adaptive"):
         model.module.config.unpooling = variant
-    return spec, Segmenter(model, untangle=False)  # untangled (and timed) by main, as segment does
+    elif variant and variant != "snap":
+        raise SystemExit(f"unknown variant @{variant} (known: @uniform, @adaptive, @snap)")
+    # untangled (and timed) by main, as segment does
+    return spec, Segmenter(model, untangle=False, snap=variant == "snap")
 
 
 def voxel_scores(segmenter: Segmenter, image, label) -> tuple[float, float]:

@@ -75,3 +75,47 @@ def test_segmenter_maps_predicted_grid_meshes_to_lps():
     np.testing.assert_allclose(meshes[0].vertices, expected.vertices, atol=1e-4)
     with pytest.raises(InputError, match="closed surfaces"):
         Segmenter(LoadedModel("fake", card, _Sphere(), torch.device("cpu")), open_surface=True)
+
+
+class _BallHead(nn.Module):
+    """A voxel head whose foreground is a ball of radius ``radius`` voxels about the grid centre, whatever the image."""
+
+    def __init__(self, radius: float) -> None:
+        super().__init__()
+        self.radius = radius
+
+    def forward(self, images):
+        d, h, w = images.shape[2:]
+        k, j, i = torch.meshgrid(
+            *(torch.arange(n, dtype=torch.float32) - (n - 1) / 2 for n in (d, h, w)), indexing="ij"
+        )
+        logit = (self.radius - torch.sqrt(i**2 + j**2 + k**2)) / 0.5
+        logits = torch.stack([torch.zeros_like(logit), logit])[None].expand(len(images), -1, -1, -1, -1)
+        return (logits,)
+
+
+class _SphereInBall(nn.Module, DeformedTemplateModel):
+    """A fake template model: a sphere of radius 7 voxels inside its own voxel head's ball of radius 8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unet = _BallHead(8.0)
+
+    def predict_meshes(self, images, open_surface=False):
+        size = torch.tensor(images.shape[2:][::-1], dtype=torch.float32)
+        verts, faces = icosphere(3, 7.0)
+        grid = verts / ((size - 1) / 2)  # about the centre, voxels -> grid units
+        return [Mesh(grid.numpy(), faces.numpy()) for _ in range(images.shape[0])]
+
+
+def test_snap_moves_a_template_mesh_onto_its_own_voxel_head_and_is_refused_for_other_kinds():
+    card = {"kind": "voxel2mesh", "grid": {"shape": [24, 26, 28], "spacing": [1.0, 1.0, 1.0]}}
+    volume = Volume(np.random.default_rng(0).normal(size=(24, 26, 28)).astype(np.float32), spacing=(1.0, 1.0, 1.0))
+    plain = Segmenter(LoadedModel("fake", card, _SphereInBall(), torch.device("cpu")), untangle=False)
+    snapped = Segmenter(LoadedModel("fake", card, _SphereInBall(), torch.device("cpu")), untangle=False, snap=True)
+    centre = volume.index_to_lps[:3, :3] @ ((np.array(volume.size_ijk) - 1) / 2) + volume.origin
+    for segmenter, radius in ((plain, 7.0), (snapped, 8.0)):
+        r = np.linalg.norm(segmenter.segment(volume).vertices - centre, axis=1)
+        assert abs(r.mean() - radius) < 0.05 and r.std() < 0.05
+    with pytest.raises(InputError, match="--snap"):
+        Segmenter(LoadedModel("fake", {**card, "kind": "fake"}, _Sphere(), torch.device("cpu")), snap=True)

@@ -154,6 +154,7 @@ def cmd_segment(args) -> int:
         open_surface=args.open,
         check_input=not args.allow_mismatch,
         precision="fp32" if args.fp32 else "auto",
+        snap=args.snap,
     )
     configure_threads(work_for_model(segmenter.model.kind), args.threads)
     roi = read_roi(args.roi) if args.roi else None
@@ -221,6 +222,13 @@ def register(sub) -> None:
         "--open",
         action="store_true",
         help="keep the surface open where the model found no surface (NUDF models only; default: watertight)",
+    )
+    p.add_argument(
+        "--snap",
+        action="store_true",
+        help="optional refinement for Voxel2Mesh, Pixel2Mesh-3D and ImplicitMeshNet models: move each vertex "
+        "of the network's mesh along its normal (at most 2 voxels) onto its own voxel head's surface, "
+        "averaged over flips of the image (8 passes of the U-Net; docs/hippocampus-results.md has its row)",
     )
     p.add_argument(
         "--roi",
