@@ -90,8 +90,8 @@ def grid_sdf(
 
     Exact in the band: every voxel within ``truncation`` of a triangle lies in that triangle's
     bounding box grown by ``truncation``, so each triangle is measured against the voxels of
-    such a box (one box size for all, vectorised; ``chunk`` bounds the (triangle, voxel) pairs
-    held at once) and each voxel keeps its minimum (``scatter_reduce`` "amin").
+    such a box (vectorised over the triangles whose boxes have the same size; ``chunk`` bounds the
+    (triangle, voxel) pairs held at once) and each voxel keeps its minimum (``scatter_reduce`` "amin").
 
     With ``far_field`` the values beyond the band are not clamped but continued by the Euclidean
     distance transform of the rasterised inside mask (``scipy.ndimage``; distance to the nearest
@@ -110,23 +110,27 @@ def grid_sdf(
     tri = ijk[faces]  # (F, 3, 3)
     lo = torch.floor(tri.min(1).values - grow).long()
     hi = torch.ceil(tri.max(1).values + grow).long()
-    extent = (hi - lo + 1).max(0).values.tolist()
-    offsets = torch.stack(
-        torch.meshgrid(*[torch.arange(e, device=verts.device) for e in extent], indexing="ij"), -1
-    ).reshape(-1, 3)
     tri_iso = verts[faces] * scale  # (F, 3, 3)
     limits = torch.tensor([w, h, d], device=verts.device)
     out = torch.full((d * h * w,), float(truncation), dtype=verts.dtype, device=verts.device)
-    step = max(1, chunk // len(offsets))
-    for start in range(0, len(faces), step):
-        vox = lo[start : start + step, None, :] + offsets[None]  # (f, M, 3)
-        valid = ((vox >= 0) & (vox < limits)).all(-1)
-        points = index_to_grid(vox.to(verts.dtype), (w, h, d)) * scale
-        t = tri_iso[start : start + step, None]  # (f, 1, 3, 3)
-        q = closest_point_on_triangle(points, t[..., 0, :], t[..., 1, :], t[..., 2, :])
-        dist = (q - points).norm(dim=-1)
-        flat = (vox[..., 2] * h + vox[..., 1]) * w + vox[..., 0]
-        out.scatter_reduce_(0, flat[valid], dist[valid], reduce="amin")
+    # triangles grouped by the size of their box, so a few long triangles do not make every box big
+    sizes, group = torch.unique(hi - lo + 1, dim=0, return_inverse=True)
+    for g, extent in enumerate(sizes.tolist()):
+        members = torch.nonzero(group == g)[:, 0]
+        offsets = torch.stack(
+            torch.meshgrid(*[torch.arange(e, device=verts.device) for e in extent], indexing="ij"), -1
+        ).reshape(-1, 3)
+        step = max(1, chunk // len(offsets))
+        for start in range(0, len(members), step):
+            chosen = members[start : start + step]
+            vox = lo[chosen, None, :] + offsets[None]  # (f, M, 3)
+            valid = ((vox >= 0) & (vox < limits)).all(-1)
+            points = index_to_grid(vox.to(verts.dtype), (w, h, d)) * scale
+            t = tri_iso[chosen, None]  # (f, 1, 3, 3)
+            q = closest_point_on_triangle(points, t[..., 0, :], t[..., 1, :], t[..., 2, :])
+            dist = (q - points).norm(dim=-1)
+            flat = (vox[..., 2] * h + vox[..., 1]) * w + vox[..., 0]
+            out.scatter_reduce_(0, flat[valid], dist[valid], reduce="amin")
     dist = out.clamp(max=truncation).view(d, h, w)
     inside = inside_mask(verts, faces, shape)
     if far_field:
