@@ -214,6 +214,12 @@ def test_models_lists_every_bundled_model_with_flat_metrics(capsys):
     from imagetomesh.zoo import available_models
 
     assert _format_metrics({"a": 0.12345, "mesh": {"b": 1, "c": {"d": 2.0}}}) == "a 0.123, mesh.b 1, mesh.c.d 2.000"
+    # a mesh model's card tells its mesh from its voxel head
+    assert (
+        _format_metrics({"val_dice": 0.9, "val_mesh_dice": 0.8})
+        == "val_dice (voxel head) 0.900, val_mesh_dice (mesh) 0.800"
+    )
+    assert _format_metrics({"val_dice": 0.9}) == "val_dice 0.900"  # a U-Net's Dice is its output's
     code, out, _ = run(["models"], capsys)
     assert code == 0
     for name in available_models():

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import json
 
+#: What a mesh model's validation metrics measure (:func:`~imagetomesh.training.validation.segmentation_metrics`):
+#: its voxel head and its mesh are told apart wherever the card is shown.
+MESH_MODEL_METRICS = {
+    "val_mesh_dice": "mesh",
+    "val_dice": "voxel head",
+    "val_chamfer_mm": "network's vertices",
+}
+
 
 def _format_metrics(metrics: dict, prefix: str = "") -> str:
-    """``{"a": 0.12345, "mesh": {"b": 1}}`` -> ``"a 0.123, mesh.b 1"`` (nested blocks flattened)."""
+    """``{"a": 0.12345, "mesh": {"b": 1}}`` -> ``"a 0.123, mesh.b 1"`` (nested blocks flattened); a mesh
+    model's metrics (those with ``val_mesh_dice``) say what they measure (:data:`MESH_MODEL_METRICS`)."""
+    labels = MESH_MODEL_METRICS if "val_mesh_dice" in metrics else {}
     parts = []
     for key, value in metrics.items():
+        name = f"{prefix}{key}" + (f" ({labels[key]})" if key in labels else "")
         if isinstance(value, dict):
             parts.append(_format_metrics(value, f"{prefix}{key}."))
         elif isinstance(value, float):
-            parts.append(f"{prefix}{key} {value:.3f}")
+            parts.append(f"{name} {value:.3f}")
         else:
-            parts.append(f"{prefix}{key} {value}")
+            parts.append(f"{name} {value}")
     return ", ".join(parts)
 
 
