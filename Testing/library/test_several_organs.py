@@ -16,7 +16,7 @@ from imagetomesh.organs import Organ, choose_organs, organs_of
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.scan import organ_masks, scan_spec, windowed_logits
 from imagetomesh.training.augment import AugmentConfig
-from imagetomesh.training.data import prepare_case, random_patch_batch
+from imagetomesh.training.data import UNKNOWN, mark_uncontoured_slices, prepare_case, random_patch_batch
 from imagetomesh.training.losses import partial_label_loss
 from imagetomesh.training.msd import read_msd
 
@@ -30,14 +30,23 @@ def slow_partial_label_loss(logits, label, present, balanced=False):
         p = torch.softmax(logits[b].double(), 0).reshape(logits.shape[1], -1)
         lab = label[b].reshape(-1)
         nll = []
+        unknown_of = [
+            {k for k in range(1, 8) if int(lab[v]) & (1 << (k - 1))} if int(lab[v]) >= 128 else set()
+            for v in range(lab.numel())
+        ]  # organs not contoured at the voxel (UNKNOWN codes)
+        lab = torch.where(lab >= 128, torch.zeros_like(lab), lab)
         for v in range(lab.numel()):
             if lab[v] == 0:
-                classes = [0] + [k for k in range(logits.shape[1]) if not present[b, k]]
+                classes = [0] + [k for k in range(logits.shape[1]) if not present[b, k] or k in unknown_of[v]]
                 nll.append(-torch.log(sum(p[k, v] for k in classes)))
             else:
                 nll.append(-torch.log(p[lab[v], v]))
+        counted = [  # organ k's Dice leaves out the voxels where k was not contoured
+            torch.tensor([k not in unknown_of[v] for v in range(lab.numel())], dtype=torch.float64)
+            for k in range(logits.shape[1])
+        ]
         dices = [
-            (2 * (p[k] * (lab == k)).sum() + 1) / (p[k].sum() + (lab == k).sum() + 1)
+            (2 * (p[k] * (lab == k)).sum() + 1) / ((p[k] * counted[k]).sum() + (lab == k).sum() + 1)
             for k in range(1, logits.shape[1])
             if present[b, k] and (lab == k).any()
         ]
@@ -61,6 +70,35 @@ def test_partial_label_loss_equals_the_voxel_by_voxel_definition():
     for balanced in (False, True):
         fast = partial_label_loss(logits, label, present, balanced)
         assert torch.allclose(fast.double(), slow_partial_label_loss(logits, label, present, balanced), atol=1e-5)
+
+
+def test_partial_label_loss_with_slices_beyond_a_contour_equals_the_voxel_by_voxel_definition():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 5, 4, 3, 5, generator=g)
+    label = torch.randint(0, 5, (2, 4, 3, 5), generator=g)
+    present = torch.tensor([[True, True, True, True, True], [True, True, False, True, True]])
+    label[1][label[1] == 2] = 0
+    marked = torch.stack([mark_uncontoured_slices(label[0], [3], axis=0), mark_uncontoured_slices(label[1], [3, 4], 0)])
+    marked[0, 0, 0, 0] = UNKNOWN | 0b0110  # a voxel beyond two organs' contours (classes 2 and 3)
+    assert (marked >= UNKNOWN).any()
+    for balanced in (False, True):
+        fast = partial_label_loss(logits, marked, present, balanced)
+        assert torch.allclose(fast.double(), slow_partial_label_loss(logits, marked, present, balanced), atol=1e-5)
+
+
+def test_slices_beyond_a_partly_contoured_organ_are_marked_unknown():
+    label = torch.zeros(8, 3, 4, dtype=torch.uint8)
+    label[2:5, 1, 1] = 5  # class 5 contoured on slices 2-4 only
+    label[6, 0, 0] = 2  # another organ beyond it stays itself
+    marked = mark_uncontoured_slices(label, [5, 3], axis=0)  # class 3 has no voxels: left alone
+    assert torch.equal(marked[2:5], label[2:5])
+    beyond = torch.cat([marked[:2], marked[5:]])
+    assert set(beyond.unique().tolist()) == {UNKNOWN | 16, 2}
+    assert marked[6, 0, 0] == 2
+    both = mark_uncontoured_slices(mark_uncontoured_slices(label, [5], 0), [2], 0)
+    assert both[0, 2, 2] == UNKNOWN | 16 | 2 and both[3, 2, 2] == UNKNOWN | 2  # slice 3 holds class 5, not 2
+    with pytest.raises(ValueError, match="1-7"):
+        mark_uncontoured_slices(label, [8], 0)
 
 
 def test_an_uncontoured_organ_is_not_taught_as_background():
@@ -154,6 +192,24 @@ def test_patch_batches_are_inside_the_grid_and_mostly_on_organs(tmp_path):
     # a grid smaller than the patch is padded
     images, labels, _ = random_patch_batch(cases, 2, (32, 8, 8), still, torch.Generator().manual_seed(1), 0.0)
     assert images.shape == (2, 1, 32, 8, 8)
+
+
+def test_a_partly_contoured_organ_is_unknown_beyond_its_slices_and_crops_centre_on_organs(tmp_path):
+    msd = read_msd(_write_ct_msd(tmp_path / "msd", 1))
+    spec = GridSpec((24, 24, 32), (4.0, 4.0, 4.0), LPS_RAS, "ct")  # array axis 0 runs along S
+    case = next(iter(msd.values()))
+    plain = prepare_case(case, spec, organs=(1, 2))
+    marked = prepare_case(case, spec, organs=(1, 2), partly_contoured=(2,))
+    slices = torch.nonzero((plain.label == 2).any(dim=(1, 2)))[:, 0]
+    inside = slice(int(slices[0]), int(slices[-1]) + 1)
+    assert torch.equal(marked.label[inside], plain.label[inside])
+    outside = torch.ones(len(plain.label), dtype=torch.bool)
+    outside[inside] = False
+    expected = torch.where(plain.label[outside] == 0, UNKNOWN | 2, plain.label[outside])
+    assert torch.equal(marked.label[outside], expected.to(torch.uint8))
+    still = AugmentConfig(flip=0, rotate_deg=0, scale=0, intensity_scale=0, intensity_shift=0, noise=0)
+    _, labels, _ = random_patch_batch([marked], 40, (2, 2, 2), still, torch.Generator().manual_seed(3), 1.0)
+    assert all(bool(((label > 0) & (label < UNKNOWN)).any()) for label in labels)  # on an organ, not on unknown
 
 
 def test_windowed_logits_equal_one_pass():

@@ -33,6 +33,8 @@ NEW_IMAGE_FIELDS = {
     "balance_classes": False,
     "balanced_ce": False,
     "restart_classes": None,
+    "partly_contoured": None,
+    "freeze_unet": False,  # issue 15
 }
 NEW_LOSS_FIELDS = {
     "version": 1,

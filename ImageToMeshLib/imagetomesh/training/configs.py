@@ -64,6 +64,10 @@ class TrainConfig(EngineOptions):
     #: organ names whose output channel restarts at a small prior when the run starts from
     #: ``--init-from`` (:func:`~imagetomesh.training.init_weights.restart_classes`); None: none
     restart_classes: Optional[list] = None
+    #: organ names contoured over part of their length in the training labels (the oesophagus in
+    #: OpenKBP): unknown, not background, in the slices beyond their contour
+    #: (:func:`~imagetomesh.training.data.mark_uncontoured_slices`); None: every contour is whole
+    partly_contoured: Optional[list] = None
     #: mesh models fine-tuned from ``--init-from``: the U-Net (encoder, decoder, voxel head) keeps its
     #: weights and batch-norm statistics, only the mesh decoder learns (no backward pass through the U-Net)
     freeze_unet: bool = False
@@ -222,6 +226,16 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # at a 1 % prior, the rest of the network is kept
     unet["headneck-ct-cpu-restart"] = replace(
         copy.deepcopy(unet["headneck-ct-cpu-balanced"]), steps=1400, restart_classes=["esophagus", "larynx"]
+    )
+    # fine-tuning a head-and-neck U-Net (--init-from) whose oesophagus output was pushed down by the slices
+    # below the oesophagus contour, labelled background though the organ goes on there: the spinal cord and
+    # the oesophagus are unknown beyond their contours, and the oesophagus output restarts at a 1 % prior
+    unet["headneck-ct-cpu-partly"] = replace(
+        copy.deepcopy(unet["headneck-ct-cpu"]),
+        steps=2400,
+        lr=1e-3,
+        partly_contoured=["spinal_cord", "esophagus"],
+        restart_classes=["esophagus"],
     )
     for named, loss in ((v2m, V2M_LOSS_V2), (p2m, P2M_LOSS_V2), (unet, None)):
         for name in ("cpu", "gpu"):

@@ -39,6 +39,38 @@ class PreparedCase:
     present: torch.Tensor | None = None
 
 
+#: Label values from this up are "background, or one of the organs of the low bits, not contoured here":
+#: ``UNKNOWN | 2**(k - 1)`` for class ``k`` (classes 1-7), combined with ``|`` (see :func:`mark_uncontoured_slices`).
+UNKNOWN = 128
+
+
+def mark_uncontoured_slices(label: torch.Tensor, classes: list[int], axis: int) -> torch.Tensor:
+    """``label (D, H, W)`` (class indices) with the background voxels of the slices (along ``axis``) beyond the
+    contoured extent of each of ``classes`` marked :data:`UNKNOWN` ``| 2**(k - 1)``: there the organ may
+    be present but was not contoured, so no loss may call it background there.
+
+    Some organs are contoured over part of their length only: in OpenKBP the oesophagus contour stops
+    where the planner stopped (often 50 mm or more above the end of the scan) though the organ goes on.
+    Taught as background below that, the oesophagus output was pushed to log-probability -10 on its
+    own voxels while the larynx (contoured whole) was learned. A class with no voxels is left alone
+    (it was not contoured at all: the case's ``present`` says so)."""
+    out = label.clone()
+    for k in classes:
+        if not 1 <= k <= 7:
+            raise ValueError(f"only classes 1-7 can be marked as partly contoured, got {k}")
+        other = tuple(a for a in range(3) if a != axis)
+        slices = torch.nonzero((label == k).any(dim=other))[:, 0]
+        if len(slices) == 0:
+            continue
+        beyond = torch.ones(label.shape[axis], dtype=torch.bool)
+        beyond[int(slices[0]) : int(slices[-1]) + 1] = False
+        shape = [1, 1, 1]
+        shape[axis] = -1
+        where = beyond.view(shape).expand_as(label) & ((out == 0) | (out >= UNKNOWN))
+        out[where] = out[where] | UNKNOWN | (1 << (k - 1))
+    return out
+
+
 def prepare_case(
     case: Case,
     spec: GridSpec,
@@ -46,12 +78,16 @@ def prepare_case(
     surface_points: int = 0,
     surface_smoothing: float = DEFAULT_SMOOTHING,
     organs: tuple[int, ...] | None = None,
+    partly_contoured: tuple[int, ...] = (),
 ) -> PreparedCase:
     """Read and resample a case; ``labels`` None merges every non-zero label into one object.
     ``surface_points`` > 0 also samples that many points of the label's surface smoothed with
     ``surface_smoothing`` (seeded by the case id, so every run draws the same ones).
     ``organs`` (label values) keeps them apart instead: organ ``organs[k - 1]`` becomes class ``k``
-    and :attr:`PreparedCase.present` records which were contoured (``case.labels_present``)."""
+    and :attr:`PreparedCase.present` records which were contoured (``case.labels_present``);
+    the organs of ``partly_contoured`` (label values) are unknown, not background, in the axial
+    slices beyond their contour (:func:`mark_uncontoured_slices`; the grid axis nearest to the
+    patient's superior-inferior one)."""
     image = read_image(case.image)
     label = read_image(case.label)
     grid_image, transform = prepare_image(image, spec, warn=False)
@@ -66,6 +102,9 @@ def prepare_case(
         classes = (label.array > 0 if labels is None else np.isin(label.array, labels)).astype(np.float32)
     grid_label = resample_to_grid(label.with_array(classes), model_grid_transform(label, spec), "nearest")
     label_grid = grid_label.round().to(torch.uint8)
+    if organs is not None and partly_contoured:
+        axial = 2 - int(np.argmax(np.abs(spec.direction_matrix(label)[2])))  # array axis along S (D, H, W order)
+        label_grid = mark_uncontoured_slices(label_grid, [organs.index(v) + 1 for v in partly_contoured], axial)
     surface = None
     if surface_points > 0:
         seed = int.from_bytes(hashlib.sha256(case.case_id.encode()).digest()[:8], "little")
@@ -80,9 +119,17 @@ def prepare_cases(
     surface_points: int = 0,
     surface_smoothing: float = DEFAULT_SMOOTHING,
     organs: tuple[int, ...] | None = None,
+    partly_contoured: tuple[int, ...] = (),
 ) -> list[PreparedCase]:
     return [
-        prepare_case(c, spec, surface_points=surface_points, surface_smoothing=surface_smoothing, organs=organs)
+        prepare_case(
+            c,
+            spec,
+            surface_points=surface_points,
+            surface_smoothing=surface_smoothing,
+            organs=organs,
+            partly_contoured=partly_contoured,
+        )
         for c in tqdm(cases, desc="preparing cases", disable=None if progress else True, leave=False)
     ]
 
@@ -96,6 +143,7 @@ def prepare_split(
     surface_points: int = 0,
     surface_smoothing: float = DEFAULT_SMOOTHING,
     organs: tuple[int, ...] | None = None,
+    partly_contoured: tuple[int, ...] = (),
 ) -> tuple[dict, list[PreparedCase], list[PreparedCase]]:
     """An MSD folder's run split (``out/split.json``, made with ``seed`` if missing) and its
     training and validation cases prepared on ``spec``: ``(split, train cases, val cases)``
@@ -103,7 +151,15 @@ def prepare_split(
     cases = read_msd(data_dir)
     split = load_or_make_split(list(cases), out / "split.json", seed=seed)
     train, val = (
-        prepare_cases([cases[c] for c in split[part]], spec, progress, surface_points, surface_smoothing, organs)
+        prepare_cases(
+            [cases[c] for c in split[part]],
+            spec,
+            progress,
+            surface_points,
+            surface_smoothing,
+            organs,
+            partly_contoured,
+        )
         for part in ("train", "val")
     )
     return split, train, val
@@ -144,7 +200,7 @@ def random_patch_batch(
     """``batch_size`` augmented ``patch`` ``(d, h, w)`` crops of cases drawn with replacement:
     ``(images (B, 1, d, h, w) float32, labels (B, d, h, w) uint8, present (B, C) bool)``.
 
-    With probability ``foreground`` a crop is centred on a random labelled voxel (the organs are
+    With probability ``foreground`` a crop is centred on a random organ voxel (the organs are
     small in a whole scan) — with ``balance_classes``, a voxel of one of the case's labelled
     classes chosen uniformly, so small organs are centred as often as large ones — else anywhere;
     crops stay inside the grid (a grid smaller than the patch along an axis is padded with its
@@ -154,14 +210,14 @@ def random_patch_batch(
     for i in pick:
         case = cases[int(i)]
         image, label = _padded(case.image, case.label, patch)
-        if float(torch.rand(1, generator=generator)) < foreground and bool(label.any()):
+        organ = (label > 0) & (label < UNKNOWN)
+        if float(torch.rand(1, generator=generator)) < foreground and bool(organ.any()):
             if balance_classes:
-                classes = torch.unique(label)
-                classes = classes[classes > 0]
+                classes = torch.unique(label[organ])
                 chosen = classes[int(torch.randint(len(classes), (1,), generator=generator))]
                 voxels = torch.nonzero(label == chosen)
             else:
-                voxels = torch.nonzero(label)
+                voxels = torch.nonzero(organ)
             centre = voxels[int(torch.randint(len(voxels), (1,), generator=generator))]
         else:
             centre = torch.tensor([int(torch.randint(n, (1,), generator=generator)) for n in label.shape])

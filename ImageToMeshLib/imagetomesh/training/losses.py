@@ -17,6 +17,7 @@ from imagetomesh.geometry.mesh_losses import (
 from imagetomesh.geometry.sampling import sample_points_on_mesh
 from imagetomesh.geometry.topology import edges_from_faces
 from imagetomesh.models.mesh_state import DecoderMesh
+from imagetomesh.training.data import UNKNOWN
 
 
 @dataclass
@@ -155,6 +156,9 @@ def partial_label_loss(
     by driving the organ's probability to zero over the whole crop — which saturated the softmax of
     the small, rarely contoured organs (oesophagus, larynx: probability ~1e-7 on their own voxels)
     before the network could tell them apart.
+    A voxel labelled :data:`~imagetomesh.training.data.UNKNOWN` ``| 2**(k - 1) | ...`` lies beyond the
+    contoured extent of the organs ``k`` of its bits (:func:`~imagetomesh.training.data.mark_uncontoured_slices`):
+    its cross-entropy also counts those organs' probability, and their soft Dice leaves it out.
     ``balanced``: the cross-entropy is the mean over the classes in the case's label of each class's
     mean over its voxels (background-or-missing counting as one class), so an organ of a few hundred
     voxels weighs as much as the background: with the plain voxel mean a small organ's probability can
@@ -166,22 +170,38 @@ def partial_label_loss(
     total = logits.new_zeros((), dtype=torch.float32)
     for b in range(len(logits)):
         lab = label[b].long()
+        unknown = lab >= UNKNOWN
+        organ_lab = torch.where(unknown, torch.zeros_like(lab), lab)  # unknown voxels: background-like
         unlabelled = torch.logsumexp(log_probs[b][~present[b] | _background(present[b])], dim=0)
-        picked = log_probs[b].gather(0, lab[None])[0]
-        nll = -torch.where(lab == 0, unlabelled, picked)
+        if bool(unknown.any()):  # background, a missing organ, or an organ of the voxel's bits
+            base = ~present[b] | _background(present[b])
+            allowed = base[:, None, None, None].expand(-1, *lab.shape).clone()
+            for k in range(1, min(logits.shape[1], 8)):
+                allowed[k] |= unknown & _bit(lab, k)
+            either = torch.logsumexp(log_probs[b].masked_fill(~allowed, float("-inf")), dim=0)
+            unlabelled = torch.where(unknown, either, unlabelled)
+        picked = log_probs[b].gather(0, organ_lab[None])[0]
+        nll = -torch.where(organ_lab == 0, unlabelled, picked)
         if balanced:
-            ce = torch.stack([nll[lab == k].mean() for k in torch.unique(lab)]).mean()
+            ce = torch.stack([nll[organ_lab == k].mean() for k in torch.unique(organ_lab)]).mean()
         else:
             ce = nll.mean()
         in_label = torch.zeros(logits.shape[1], dtype=torch.bool, device=lab.device)
-        in_label[torch.unique(lab)] = True
+        in_label[torch.unique(organ_lab)] = True
         organs = [k for k in range(1, logits.shape[1]) if bool(present[b, k]) and bool(in_label[k])]
         dice = []
         for k in organs:
-            p, t = probs[b, k], (lab == k).float()
+            p, t = probs[b, k], (organ_lab == k).float()
+            if k <= 7 and bool(unknown.any()):  # not counted where the organ was not contoured
+                p = p * ~(unknown & _bit(lab, k))
             dice.append((2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1))
         total = total + ce + (1 - torch.stack(dice).mean() if dice else 0.0)
     return total / len(logits)
+
+
+def _bit(label: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool: the label value holds class ``k``'s bit (``2**(k - 1)``; meaningful on unknown voxels)."""
+    return ((label >> (k - 1)) & 1).bool()
 
 
 def _background(present: torch.Tensor) -> torch.Tensor:

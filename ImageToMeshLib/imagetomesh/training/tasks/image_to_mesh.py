@@ -80,6 +80,7 @@ class ImageToMeshTask(Task):
             surface_points=config.loss.target_points if dense else 0,
             surface_smoothing=config.loss.target_smoothing,
             organs=tuple(o["label"] for o in config.organs) if config.organs else None,
+            partly_contoured=self._partly_contoured_labels(),
         )
         if config.organs and config.kind != "unet":
             raise InputError(f"several organs (config.organs) are for the unet kind, not {config.kind}")
@@ -104,6 +105,15 @@ class ImageToMeshTask(Task):
         learned = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(learned, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = one_cycle(self.optimizer, config.lr, config.steps)
+
+    def _partly_contoured_labels(self) -> tuple[int, ...]:
+        """Label values of ``config.partly_contoured`` (organ names); :class:`InputError` for an unknown name."""
+        names = self.config.partly_contoured or []
+        labels = {o["name"]: o["label"] for o in self.config.organs or []}
+        unknown = [n for n in names if n not in labels]
+        if unknown:
+            raise InputError(f"partly_contoured {unknown} are not organs of this config ({', '.join(labels)})")
+        return tuple(labels[n] for n in names)
 
     def on_load(self) -> dict:
         return {**super().on_load(), "scheduler": lambda saved: rescale_one_cycle(saved, self.config.steps)}
