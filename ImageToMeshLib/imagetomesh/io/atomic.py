@@ -107,21 +107,25 @@ class Terminated(SystemExit):
         super().__init__(128 + signal.SIGTERM)
 
 
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated()
-
-
 @contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """While the block runs, SIGTERM raises :class:`Terminated` (main thread only; others keep theirs)."""
+def sigterm_raises(exception: type[BaseException] = Terminated, replace: bool = False) -> Iterator[None]:
+    """While the block runs, SIGTERM raises ``exception()`` (main thread only; others keep theirs).
+
+    A handler the program already installed is left to handle it unless ``replace`` (a training loop,
+    which turns SIGTERM into its checkpointing stop, replaces the default; a file written inside that
+    loop then raises the loop's exception, and is cleaned up all the same)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.getsignal(signal.SIGTERM)
-    if previous not in (signal.SIG_DFL, None):  # the program handles SIGTERM itself: leave it to it
+    if not replace and previous not in (signal.SIG_DFL, None):  # the program handles SIGTERM itself
         yield
         return
-    signal.signal(signal.SIGTERM, _raise_terminated)
+
+    def raise_exception(signum, frame) -> None:
+        raise exception()
+
+    signal.signal(signal.SIGTERM, raise_exception)
     try:
         yield
     finally:
@@ -145,7 +149,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     suffix = format_suffix(target)
     name = target.name
     stem = name[: len(name) - len(suffix)] if suffix and name.lower().endswith(suffix) else name
-    with _sigterm_raises():
+    with sigterm_raises():
         try:
             fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.tmp-", suffix=suffix, dir=target.parent)
         except OSError as err:

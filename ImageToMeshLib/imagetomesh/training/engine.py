@@ -27,7 +27,6 @@ import os
 import platform
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ import torch
 import torch.distributed as dist
 
 from imagetomesh.errors import InputError
-from imagetomesh.io.atomic import atomic_write
+from imagetomesh.io.atomic import atomic_write, sigterm_raises
 from imagetomesh.nn.precision import bf16_autocast, to_channels_last
 from imagetomesh.training.checkpoint import GeneratorState, RunCheckpoint
 from imagetomesh.training.tasks.base import LoopSettings, RunState, Task
@@ -199,7 +198,7 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
 
     A progress bar (on a terminal) shows the step and the loss; the checkpoint is saved at every
     validation, every ``checkpoint_every`` steps, every :data:`CHECKPOINT_EVERY_S` seconds and on
-    Ctrl-C or SIGTERM (so an interruption loses at most a few minutes; see :func:`sigterm_stops`)."""
+    Ctrl-C or SIGTERM (:class:`Stopped`; so an interruption loses at most a few minutes)."""
     s = task.settings()
     setup_phase(task, s)
     generator = torch.Generator().manual_seed(run.seed + task.seed_offset + 1000 * run.rank)
@@ -232,7 +231,7 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
 
     task.model.train()
     bar = progress_bar(state.step, s.steps, task.name or "training", run.writer)
-    with sigterm_stops():
+    with sigterm_raises(Stopped, replace=True):
         try:
             while state.step < s.steps:
                 if out_of_time():
@@ -293,28 +292,10 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
 
 class Stopped(KeyboardInterrupt):
     """SIGTERM asked a training run to stop (a scheduler, ``kill PID``): handled as Ctrl-C is, with the
-    shell's exit status for SIGTERM."""
+    shell's exit status for SIGTERM. Needed because a run started in the background (``nohup ... &``)
+    ignores SIGINT, and batch schedulers stop jobs with SIGTERM."""
 
     exit_code = 128 + signal.SIGTERM
-
-
-def _raise_stopped(signum, frame) -> None:
-    raise Stopped()
-
-
-@contextlib.contextmanager
-def sigterm_stops():
-    """While the block runs, SIGTERM raises :class:`Stopped` (main thread only), so the loop saves its
-    checkpoint as on Ctrl-C. Needed because a run started in the background (``nohup ... &``) ignores
-    SIGINT, and batch schedulers stop jobs with SIGTERM."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_stopped)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 #: Seconds of training between checkpoints at most (besides validations and ``checkpoint_every``).
