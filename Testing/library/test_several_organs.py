@@ -199,7 +199,7 @@ def test_a_partly_contoured_organ_is_unknown_beyond_its_slices_and_crops_centre_
     spec = GridSpec((24, 24, 32), (4.0, 4.0, 4.0), LPS_RAS, "ct")  # array axis 0 runs along S
     case = next(iter(msd.values()))
     plain = prepare_case(case, spec, organs=(1, 2))
-    marked = prepare_case(case, spec, organs=(1, 2), partly_contoured=(2,))
+    marked = prepare_case(case, spec, organs=(1, 2), partly_contoured=(2,))  # class 2: label value 2
     slices = torch.nonzero((plain.label == 2).any(dim=(1, 2)))[:, 0]
     inside = slice(int(slices[0]), int(slices[-1]) + 1)
     assert torch.equal(marked.label[inside], plain.label[inside])

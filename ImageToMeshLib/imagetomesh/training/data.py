@@ -85,7 +85,7 @@ def prepare_case(
     ``surface_smoothing`` (seeded by the case id, so every run draws the same ones).
     ``organs`` (label values) keeps them apart instead: organ ``organs[k - 1]`` becomes class ``k``
     and :attr:`PreparedCase.present` records which were contoured (``case.labels_present``);
-    the organs of ``partly_contoured`` (label values) are unknown, not background, in the axial
+    the organs of ``partly_contoured`` (classes) are unknown, not background, in the axial
     slices beyond their contour (:func:`mark_uncontoured_slices`; the grid axis nearest to the
     patient's superior-inferior one)."""
     image = read_image(case.image)
@@ -104,7 +104,7 @@ def prepare_case(
     label_grid = grid_label.round().to(torch.uint8)
     if organs is not None and partly_contoured:
         axial = 2 - int(np.argmax(np.abs(spec.direction_matrix(label)[2])))  # array axis along S (D, H, W order)
-        label_grid = mark_uncontoured_slices(label_grid, [organs.index(v) + 1 for v in partly_contoured], axial)
+        label_grid = mark_uncontoured_slices(label_grid, list(partly_contoured), axial)
     surface = None
     if surface_points > 0:
         seed = int.from_bytes(hashlib.sha256(case.case_id.encode()).digest()[:8], "little")

@@ -80,7 +80,7 @@ class ImageToMeshTask(Task):
             surface_points=config.loss.target_points if dense else 0,
             surface_smoothing=config.loss.target_smoothing,
             organs=tuple(o["label"] for o in config.organs) if config.organs else None,
-            partly_contoured=self._partly_contoured_labels(),
+            partly_contoured=self._organ_classes("partly_contoured", config.partly_contoured),
         )
         if config.organs and config.kind != "unet":
             raise InputError(f"several organs (config.organs) are for the unet kind, not {config.kind}")
@@ -88,11 +88,7 @@ class ImageToMeshTask(Task):
         if self.init_from:
             init_from_model(self.model, config.kind, self.init_from, run.log)
             if config.restart_classes:
-                names = [o["name"] for o in config.organs or []]
-                unknown = [n for n in config.restart_classes if n not in names]
-                if unknown:
-                    raise InputError(f"restart_classes {unknown} are not organs of this config ({', '.join(names)})")
-                restart_classes(self.model.unet.head, [names.index(n) + 1 for n in config.restart_classes])
+                restart_classes(self.model.unet.head, self._organ_classes("restart_classes", config.restart_classes))
                 run.log(f"restarted the outputs of {', '.join(config.restart_classes)} at a 1 % prior")
         if config.freeze_unet:
             if config.kind == "unet" or not self.init_from:
@@ -106,14 +102,14 @@ class ImageToMeshTask(Task):
         self.optimizer = torch.optim.AdamW(learned, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = one_cycle(self.optimizer, config.lr, config.steps)
 
-    def _partly_contoured_labels(self) -> tuple[int, ...]:
-        """Label values of ``config.partly_contoured`` (organ names); :class:`InputError` for an unknown name."""
-        names = self.config.partly_contoured or []
-        labels = {o["name"]: o["label"] for o in self.config.organs or []}
-        unknown = [n for n in names if n not in labels]
+    def _organ_classes(self, field: str, names: list[str] | None) -> tuple[int, ...]:
+        """Output classes of the organs ``names`` of ``config.organs`` (class ``k`` = ``organs[k - 1]``);
+        :class:`InputError` naming the config ``field`` for a name that is not one of them."""
+        organs = [o["name"] for o in self.config.organs or []]
+        unknown = [n for n in names or [] if n not in organs]
         if unknown:
-            raise InputError(f"partly_contoured {unknown} are not organs of this config ({', '.join(labels)})")
-        return tuple(labels[n] for n in names)
+            raise InputError(f"{field} {unknown} are not organs of this config ({', '.join(organs)})")
+        return tuple(organs.index(n) + 1 for n in names or [])
 
     def on_load(self) -> dict:
         return {**super().on_load(), "scheduler": lambda saved: rescale_one_cycle(saved, self.config.steps)}
