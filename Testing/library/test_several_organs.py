@@ -2,11 +2,11 @@
 whole scans of any size run in bounded blocks, and ``segment`` writes one mesh per organ."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from synthetic_ct import LPS_RAS, ct_case, write_ct_msd
 
 from imagetomesh import cli
 from imagetomesh.core.volume import Volume
@@ -19,8 +19,6 @@ from imagetomesh.training.augment import AugmentConfig
 from imagetomesh.training.data import UNKNOWN, mark_uncontoured_slices, prepare_case, random_patch_batch
 from imagetomesh.training.losses import partial_label_loss
 from imagetomesh.training.msd import read_msd
-
-LPS_RAS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 
 
 def slow_partial_label_loss(logits, label, present, balanced=False):
@@ -132,38 +130,8 @@ def test_an_organ_outside_the_crop_is_taught_by_the_cross_entropy_alone():
     assert torch.allclose(partial_label_loss(logits, label, present), expected, atol=1e-5)
 
 
-def _ct_case(shape=(24, 24, 32), seed=0, organs=((1, (6, 8, 10), -400.0), (2, (12, 14, 16), 1200.0))):
-    """A synthetic CT (HU) with cubes of organs at given voxel corners (x, y, z) and intensities
-    added to soft tissue (organ 1 fat-like, organ 2 bone-like: no organ looks like the rim of another)."""
-    rng = np.random.default_rng(seed)
-    image = rng.normal(0.0, 20.0, shape).astype(np.float32)
-    image[:, :, :3] = -1000.0  # air
-    label = np.zeros(shape, np.uint8)
-    for value, (x, y, z), hu in organs:
-        image[z : z + 4, y : y + 4, x : x + 4] += hu
-        label[z : z + 4, y : y + 4, x : x + 4] = value
-    return image, label
-
-
-def _write_ct_msd(root: Path, count: int, present_for=lambda n: [1, 2]) -> Path:
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    entries = []
-    for n in range(count):
-        image, label = _ct_case(seed=n)
-        present = present_for(n)
-        label[~np.isin(label, present)] = 0  # uncontoured: no mask, the organ is still in the image
-        name = f"ct_{n:03d}.nii.gz"
-        spacing = (4.0, 4.0, 4.0)
-        write_image(Volume(image, spacing, direction=np.diag([-1.0, -1.0, 1.0])), root / "imagesTr" / name)
-        write_image(Volume(label, spacing, direction=np.diag([-1.0, -1.0, 1.0])), root / "labelsTr" / name)
-        entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}", "labels_present": present})
-    (root / "dataset.json").write_text(json.dumps({"training": entries}))
-    return root
-
-
 def test_cases_keep_their_organs_apart_and_know_which_were_contoured(tmp_path):
-    msd = read_msd(_write_ct_msd(tmp_path / "msd", 2, present_for=lambda n: [1, 2] if n == 0 else [2]))
+    msd = read_msd(write_ct_msd(tmp_path / "msd", 2, present_for=lambda n: [1, 2] if n == 0 else [2]))
     spec = GridSpec((24, 24, 32), (4.0, 4.0, 4.0), LPS_RAS, "ct")
     first, second = (prepare_case(case, spec, organs=(2, 1)) for case in msd.values())
     assert first.present.tolist() == [True, True, True] and second.present.tolist() == [True, True, False]
@@ -173,7 +141,7 @@ def test_cases_keep_their_organs_apart_and_know_which_were_contoured(tmp_path):
 
 
 def test_patch_batches_are_inside_the_grid_and_mostly_on_organs(tmp_path):
-    msd = read_msd(_write_ct_msd(tmp_path / "msd", 2))
+    msd = read_msd(write_ct_msd(tmp_path / "msd", 2))
     spec = GridSpec((24, 24, 32), (4.0, 4.0, 4.0), LPS_RAS, "ct")
     cases = [prepare_case(case, spec, organs=(1, 2)) for case in msd.values()]
     still = AugmentConfig(flip=0, rotate_deg=0, scale=0, intensity_scale=0, intensity_shift=0, noise=0)
@@ -195,7 +163,7 @@ def test_patch_batches_are_inside_the_grid_and_mostly_on_organs(tmp_path):
 
 
 def test_a_partly_contoured_organ_is_unknown_beyond_its_slices_and_crops_centre_on_organs(tmp_path):
-    msd = read_msd(_write_ct_msd(tmp_path / "msd", 1))
+    msd = read_msd(write_ct_msd(tmp_path / "msd", 1))
     spec = GridSpec((24, 24, 32), (4.0, 4.0, 4.0), LPS_RAS, "ct")  # array axis 0 runs along S
     case = next(iter(msd.values()))
     plain = prepare_case(case, spec, organs=(1, 2))
@@ -258,39 +226,6 @@ def test_choosing_organs_by_name():
     assert organs_of({"kind": "unet"}) is None
 
 
-@pytest.fixture(scope="module")
-def organ_model(tmp_path_factory):
-    """A small two-organ U-Net trained here on synthetic CTs where organ 1 was contoured in half of
-    the cases only (intensity tells the organs apart, so a few steps teach it)."""
-    from imagetomesh.training.configs import TrainConfig
-    from imagetomesh.training.engine import train
-
-    root = tmp_path_factory.mktemp("organs")
-    msd = _write_ct_msd(root / "msd", 6, present_for=lambda n: [1, 2] if n % 2 == 0 else [2])
-    organs = [
-        {"name": "bright", "label": 1, "colour": [255, 0, 0]},
-        {"name": "brighter", "label": 2, "colour": [0, 0, 255]},
-    ]
-    config = TrainConfig(
-        "unet",
-        {"unet": {"in_channels": 1, "num_classes": 3, "base": 8, "depth": 2, "norm": "batch"}},
-        grid=GridSpec((24, 24, 32), (4.0, 4.0, 4.0), LPS_RAS, "ct"),  # the whole image, air included
-        steps=300,
-        lr=3e-2,
-        val_every=300,
-        threads=1,
-        organs=organs,
-        patch=[12, 12, 12],
-        foreground=0.7,
-        augment=AugmentConfig(flip=0, rotate_deg=0, scale=0, intensity_scale=0, intensity_shift=0, noise=0),
-    )
-    best = train(config, msd, root / "run", log=lambda m: None)
-    card = json.loads((best / "card.json").read_text())
-    card["input"] = {"modality": "CT", "body_region": "test", "organs": ["bright", "brighter"], "intensity": "HU"}
-    (best / "card.json").write_text(json.dumps(card))
-    return best, card
-
-
 def test_a_several_organ_model_learns_both_organs(organ_model):
     _, card = organ_model
     assert [o["name"] for o in card["organs"]] == ["bright", "brighter"]
@@ -303,7 +238,7 @@ def test_segment_writes_one_mesh_per_organ(organ_model, tmp_path, capsys):
     from imagetomesh.io.meshes import read_mesh
 
     folder, _ = organ_model
-    image, label = _ct_case(shape=(32, 24, 40), seed=9)  # a larger field of view than training
+    image, label = ct_case(shape=(32, 24, 40), seed=9)  # a larger field of view than training
     path = tmp_path / "scan_007.nii.gz"
     write_image(Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0])), path)
     out = tmp_path / "out"
@@ -336,7 +271,7 @@ def test_segment_writes_one_mesh_per_organ(organ_model, tmp_path, capsys):
 
 def test_segment_reports_an_organ_it_cannot_find(organ_model, tmp_path, capsys):
     folder, _ = organ_model
-    image, _ = _ct_case(organs=((2, (12, 14, 16), 1200.0),))  # no organ 1 in this scan
+    image, _ = ct_case(organs=((2, (12, 14, 16), 1200.0),))  # no organ 1 in this scan
     path = tmp_path / "scan.nii.gz"
     write_image(Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0])), path)
     out = tmp_path / "out"
@@ -350,7 +285,7 @@ def test_segment_reports_an_organ_it_cannot_find(organ_model, tmp_path, capsys):
 
 def test_segment_with_a_several_organ_model_needs_a_folder_and_known_organs(organ_model, tmp_path, capsys):
     folder, _ = organ_model
-    image, _ = _ct_case()
+    image, _ = ct_case()
     path = tmp_path / "scan.nii.gz"
     write_image(Volume(image, (4.0, 4.0, 4.0)), path)
     assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(tmp_path / "x.stl")]) == 2
@@ -367,7 +302,7 @@ def test_the_worker_returns_every_organ_and_the_wire_carries_them(organ_model, t
     from imagetomesh.organs import OrganMesh
 
     folder, _ = organ_model
-    image, _ = _ct_case(organs=((2, (12, 14, 16), 1200.0),))  # organ 1 is not in this scan
+    image, _ = ct_case(organs=((2, (12, 14, 16), 1200.0),))  # organ 1 is not in this scan
     volume = Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0]))
     backend = InProcessBackend()
     result = wait_for(backend, Job("segment", {"model": str(folder), "device": "cpu"}, volume=volume))
@@ -398,7 +333,7 @@ def test_organs_cut_by_the_edge_of_the_scan_are_named():
 
 def test_segment_warns_about_an_organ_cut_by_the_scan(organ_model, tmp_path):
     folder, _ = organ_model
-    image, _ = _ct_case(organs=((2, (12, 14, 0), 1200.0),))  # organ 2 in the first (inferior) slices
+    image, _ = ct_case(organs=((2, (12, 14, 0), 1200.0),))  # organ 2 in the first (inferior) slices
     path = tmp_path / "scan.nii.gz"
     write_image(Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0])), path)
     out = tmp_path / "out"

@@ -1,0 +1,42 @@
+"""Fixtures shared by the library's tests."""
+
+import json
+
+import pytest
+from synthetic_ct import LPS_RAS, write_ct_msd
+
+from imagetomesh.preprocessing import GridSpec
+from imagetomesh.training.augment import AugmentConfig
+
+
+@pytest.fixture(scope="session")
+def organ_model(tmp_path_factory):
+    """A small two-organ U-Net trained here on synthetic CTs where organ 1 was contoured in half of
+    the cases only (intensity tells the organs apart, so a few steps teach it)."""
+    from imagetomesh.training.configs import TrainConfig
+    from imagetomesh.training.engine import train
+
+    root = tmp_path_factory.mktemp("organs")
+    msd = write_ct_msd(root / "msd", 6, present_for=lambda n: [1, 2] if n % 2 == 0 else [2])
+    organs = [
+        {"name": "bright", "label": 1, "colour": [255, 0, 0]},
+        {"name": "brighter", "label": 2, "colour": [0, 0, 255]},
+    ]
+    config = TrainConfig(
+        "unet",
+        {"unet": {"in_channels": 1, "num_classes": 3, "base": 8, "depth": 2, "norm": "batch"}},
+        grid=GridSpec((24, 24, 32), (4.0, 4.0, 4.0), LPS_RAS, "ct"),  # the whole image, air included
+        steps=300,
+        lr=3e-2,
+        val_every=300,
+        threads=1,
+        organs=organs,
+        patch=[12, 12, 12],
+        foreground=0.7,
+        augment=AugmentConfig(flip=0, rotate_deg=0, scale=0, intensity_scale=0, intensity_shift=0, noise=0),
+    )
+    best = train(config, msd, root / "run", log=lambda m: None)
+    card = json.loads((best / "card.json").read_text())
+    card["input"] = {"modality": "CT", "body_region": "test", "organs": ["bright", "brighter"], "intensity": "HU"}
+    (best / "card.json").write_text(json.dumps(card))
+    return best, card
