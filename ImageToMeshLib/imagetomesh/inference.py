@@ -21,7 +21,17 @@ from imagetomesh.models.snapping import flip_averaged_probability, snap_vertices
 from imagetomesh.nn.precision import bf16_autocast, bf16_supported, to_channels_last
 from imagetomesh.organs import Organ, organs_of
 from imagetomesh.preprocessing import GridSpec, prepare_image
-from imagetomesh.scan import body_crop, organ_mask_volume, organ_masks, scan_spec, windowed_logits
+from imagetomesh.scan import (
+    body_crop,
+    box_centre,
+    crop_padded,
+    crop_start,
+    crop_to_scan_grid,
+    organ_mask_volume,
+    organ_masks,
+    scan_spec,
+    windowed_logits,
+)
 from imagetomesh.zoo import LoadedModel, load_model
 
 #: Grid voxels run through a one-object model at once: a batch of more images is split (``segment
@@ -82,6 +92,10 @@ class Segmenter:
                 f"{self.model.kind} model: use voxel2mesh, pixel2mesh3d or implicitmeshnet, or drop --snap"
             )
         self.snap = snap
+        if snap and self.organs is not None:
+            raise InputError(
+                f"--snap refines a one-object model's mesh; model {self.model.name} meshes several organs: drop --snap"
+            )
         if open_surface and not self.model.module.supports_open_surface:
             raise InputError(
                 f"model {self.model.name} ({self.model.kind}) only makes closed surfaces; "
@@ -160,15 +174,19 @@ class Segmenter:
     def segment_organs(self, volume: Volume, organs: list[Organ] | None = None) -> dict[str, Mesh | None]:
         """``{organ name: LPS-mm mesh, or None where the model found no such organ}`` for ``organs`` (default:
         all) of a several-organ model, from the whole scan (:mod:`imagetomesh.scan`: any field of view
-        at the model's spacing, in blocks of at most the card's grid shape). An organ that reaches the
-        edge of the scan is meshed capped there, with a warning naming it and the edge."""
+        at the model's spacing, in blocks of at most the card's grid shape). A U-Net meshes each organ's
+        voxels; a Voxel2Mesh with one decoder per organ runs its U-Net over the scan to find each organ,
+        then that organ's decoder on a crop around it (:meth:`_organ_decoder_mesh`). An organ that reaches
+        the edge of the scan is meshed capped there, with a warning naming it and the edge."""
         if self.organs is None:
             raise InputError(f"model {self.model.name} meshes one structure: use segment")
         self._check(volume)
         body = body_crop(volume) if self.spec.intensity == "ct" else volume
         image, transform = prepare_image(body, scan_spec(body, self.spec), warn=False)
+        net = self.model.module
+        decoders = getattr(net.config, "organ_crops", None) is not None
         with bf16_autocast(self.bf16, self.model.device):
-            logits = windowed_logits(self.model.module, image[None, None].to(self.model.device), self.spec.shape)
+            logits = windowed_logits(net.unet, image[None, None].to(self.model.device), self.spec.shape)
         probabilities = logits.softmax(0)
         chosen = organs if organs is not None else self.organs
         smoothing = getattr(self.model.module.config, "smoothing", DEFAULT_SMOOTHING)
@@ -179,9 +197,12 @@ class Segmenter:
             meshes[organ.name] = None
             if mask is None:
                 continue
-            fine = organ_mask_volume(probabilities[organ.index], mask, transform)
             try:
-                mesh = finish_mesh(labelmap_to_mesh(fine, smoothing=smoothing), untangle_folds=False)
+                if decoders:
+                    mesh = self._organ_decoder_mesh(image, mask, organ, transform)
+                else:
+                    fine = organ_mask_volume(probabilities[organ.index], mask, transform)
+                    mesh = finish_mesh(labelmap_to_mesh(fine, smoothing=smoothing), untangle_folds=False)
             except InputError:  # too small to mesh: as good as not found
                 continue
             meshes[organ.name] = mesh
@@ -189,6 +210,20 @@ class Segmenter:
             if warning:
                 warnings.warn(warning, stacklevel=2)
         return meshes
+
+    def _organ_decoder_mesh(
+        self, image: torch.Tensor, mask: np.ndarray, organ: Organ, transform: GridTransform
+    ) -> Mesh:
+        """Organ ``organ``'s decoder run on its crop (``config.organ_crops``) of the scan-grid ``image (D, H, W)``
+        centred on the box around its ``mask`` (the U-Net's voxels of it), as a finished LPS-mm mesh; the
+        scan grid lies at ``transform``."""
+        net = self.model.module
+        crop = tuple(net.config.organ_crops[organ.index - 1])
+        start = crop_start(box_centre(mask), crop)
+        window = crop_padded(image, start, crop, float(image.min()))
+        grid_mesh = net.predict_meshes(window[None, None].to(self.model.device), organ=organ.index)[0]
+        verts = crop_to_scan_grid(grid_mesh.vertices, start, crop, tuple(image.shape))
+        return self._finish(Mesh(verts.astype(np.float32), grid_mesh.faces).transformed(transform.grid_to_lps))
 
     def _check(self, volume: Volume) -> None:
         """:class:`InputError` for non-finite voxels, and (``check_input``) for an image the model was not made for."""

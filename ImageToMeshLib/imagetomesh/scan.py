@@ -8,6 +8,9 @@ the model's spacing over the whole image (however large, any direction matrix); 
 the card's shape, so memory is bounded by the block, not the scan; :func:`organ_masks` turns the
 class probabilities into one mask per organ, and :func:`organ_mask_volume` resamples an organ's
 probability around it at a finer spacing so its surface is not the scan grid's staircase.
+A model with one mesh decoder per organ meshes each organ in a crop of the scan grid centred on its
+mask (:func:`box_centre`, :func:`crop_padded`, :func:`crop_to_scan_grid`); training draws the same
+crops around the labelled organ.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from imagetomesh.core.transforms import GridTransform, grid_volume
+from imagetomesh.core.transforms import GridTransform, grid_to_index, grid_volume, index_to_grid
 from imagetomesh.core.volume import Volume
 from imagetomesh.organs import Organ
 from imagetomesh.preprocessing import GridSpec, model_grid_transform
@@ -155,3 +158,43 @@ def organ_mask_volume(
     return Volume(
         ((fine >= 0.5) & near_fine).astype(np.uint8), np.asarray(volume.spacing) / upsample, origin, volume.direction
     )
+
+
+def box_centre(mask: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The centre ``(k, j, i)`` (voxel index, may be half-integer) of the box around the voxels of a
+    non-empty ``(D, H, W)`` mask."""
+    nonzero = np.nonzero(np.asarray(mask))
+    if len(nonzero[0]) == 0:
+        raise ValueError("box_centre of an empty mask")
+    return np.array([(int(a.min()) + int(a.max())) / 2.0 for a in nonzero])
+
+
+def crop_start(centre: np.ndarray, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The first voxel ``(k, j, i)`` of the crop of ``shape`` ``(d, h, w)`` centred on ``centre`` ``(k, j, i)``
+    (to the nearest voxel; it may lie outside the array: :func:`crop_padded` pads)."""
+    return tuple(int(np.floor(c - (n - 1) / 2.0 + 0.5)) for c, n in zip(centre, shape))
+
+
+def crop_padded(
+    array: torch.Tensor, start: tuple[int, int, int], shape: tuple[int, int, int], fill: float
+) -> torch.Tensor:
+    """The ``shape`` window of ``array (D, H, W)`` from ``start`` ``(k, j, i)``, ``fill`` where it lies outside."""
+    out = torch.full(tuple(shape), fill, dtype=array.dtype, device=array.device)
+    src, dst = [], []
+    for s0, n, size in zip(start, shape, array.shape):
+        lo, hi = max(s0, 0), min(s0 + n, size)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s0, hi - s0))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+def crop_to_scan_grid(
+    points: np.ndarray, start: tuple[int, int, int], crop_shape: tuple[int, int, int], scan_shape: tuple[int, int, int]
+) -> np.ndarray:
+    """``(N, 3)`` grid coordinates (x, y, z) of the crop of ``crop_shape`` ``(d, h, w)`` starting at voxel
+    ``start`` ``(k, j, i)`` of the scan grid of ``scan_shape`` -> ``(N, 3)`` grid coordinates of the scan grid."""
+    index = grid_to_index(np.asarray(points, dtype=np.float64), tuple(crop_shape)[::-1]) + np.asarray(start[::-1])
+    return index_to_grid(index, tuple(scan_shape)[::-1])

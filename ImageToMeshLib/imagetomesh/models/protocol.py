@@ -61,7 +61,9 @@ class DeformedTemplateModel(SegmentationModel):
     with ``meshes[b]`` the list of per-stage :class:`~imagetomesh.models.mesh_state.DecoderMesh`;
     the prediction is each image's last-stage mesh."""
 
-    def predict_meshes(self, images: torch.Tensor, open_surface: bool = False) -> list[Mesh]:
+    def predict_meshes(self, images: torch.Tensor, open_surface: bool = False, organ: int | None = None) -> list[Mesh]:
+        """As :meth:`SegmentationModel.predict_meshes`; ``organ`` ``k`` runs organ ``k``'s decoder of a
+        model with one per organ (Voxel2Mesh with ``organ_templates``)."""
         self._check_open_surface(open_surface)
-        _, meshes = self(images)
+        _, meshes = self(images) if organ is None else self(images, organ=organ)
         return [Mesh(stages[-1].verts.detach().cpu().numpy(), stages[-1].faces.cpu().numpy()) for stages in meshes]

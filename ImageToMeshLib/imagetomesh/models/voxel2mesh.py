@@ -7,11 +7,17 @@ learned neighbourhood sampling, LNS), then
 Delta_l are four distance-weighted graph convolutions each. Between stages the mesh is
 unpooled uniformly (UMU) or adaptively (AMU: new vertices that stay close to their parent
 edge are dropped and connectivity is rebuilt from the template sphere).
+
+Several organs (``organ_templates``): one mesh decoder per organ, as the paper does for several
+classes, all reading the same U-Net (whose classes are the organs). Each organ is meshed in a crop
+around it (:mod:`imagetomesh.organ_crops`), its decoder starting from an ellipsoid of the organ's
+typical size there.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Optional
 
 import torch
 from torch import nn
@@ -37,6 +43,11 @@ class Voxel2MeshConfig:
     (a new vertex closer than it to its parent edge is dropped). 0.001 (~0.03 voxel) was chosen on the hippocampus
     validation split: with the step-4050 weights 0.003 / 0.001 / 0.0003 kept 414 / 1062 / 1936 of
     2562 vertices at IoU 0.774 / 0.781 / 0.783 (uniform unpooling: 0.783).
+
+    ``organ_templates`` (several organs): organ ``k``'s decoder (``organ=k``, class ``k`` of the U-Net)
+    starts from an ellipsoid of semi-axes ``organ_templates[k - 1]`` ``(x, y, z)`` in the grid
+    coordinates of its crop, ``organ_crops[k - 1]`` ``(d, h, w)`` voxels of the model's grid around the
+    organ (``template_radius`` is then unused); None: one object, one decoder.
     """
 
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -49,6 +60,8 @@ class Voxel2MeshConfig:
     num_offsets: int = 27
     amu_threshold: float = 0.001
     graph_layers: int = 4
+    organ_templates: Optional[list[list[float]]] = None
+    organ_crops: Optional[list[list[int]]] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
@@ -59,6 +72,30 @@ class Voxel2MeshConfig:
             raise ValueError(f"unpooling must be one of {UNPOOLING_MODES}, got {self.unpooling!r}")
         if not 1 <= self.stages <= self.unet.depth:
             raise ValueError(f"stages must be between 1 and the U-Net depth {self.unet.depth}, got {self.stages}")
+        if self.organ_templates is not None:
+            if len(self.organ_templates) != self.unet.num_classes - 1:
+                raise ValueError(
+                    f"organ_templates gives {len(self.organ_templates)} organs for a U-Net of "
+                    f"{self.unet.num_classes - 1} organ classes: give one (x, y, z) semi-axes triple per organ"
+                )
+            if any(len(r) != 3 or min(r) <= 0 for r in self.organ_templates):
+                raise ValueError(f"organ_templates must be positive (x, y, z) semi-axes, got {self.organ_templates}")
+            multiple = 2 ** (self.unet.depth - 1)
+            crops = self.organ_crops or []
+            if len(crops) != len(self.organ_templates) or any(
+                len(c) != 3 or min(c) < multiple or any(n % multiple for n in c) for c in crops
+            ):
+                raise ValueError(
+                    f"organ_crops must give one (d, h, w) crop per organ, each size a multiple of {multiple} "
+                    f"(the U-Net's poolings), got {self.organ_crops}"
+                )
+        elif self.organ_crops is not None:
+            raise ValueError("organ_crops needs organ_templates (one template per organ)")
+
+    @property
+    def organs(self) -> int:
+        """Number of organ decoders (0: one object)."""
+        return len(self.organ_templates) if self.organ_templates else 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,22 +180,46 @@ class MeshStage(nn.Module):
 
 
 class Voxel2Mesh(nn.Module, DeformedTemplateModel):
-    """U-Net + mesh decoder. ``forward(image (B, 1, D, H, W))`` -> (logits, per-case list of stage meshes)."""
+    """U-Net + mesh decoder. ``forward(image (B, 1, D, H, W), organ=None)`` -> (logits, per-case list of
+    stage meshes); ``organ`` ``k`` (several-organ models only) runs organ ``k``'s decoder."""
 
     def __init__(self, config: Voxel2MeshConfig) -> None:
         super().__init__()
         self.config = config
         self.unet = UNet3D(config.unet)
         channels = self.unet.decoder_channels[-config.stages :]
-        self.stages = nn.ModuleList(MeshStage(c, config, first=(i == 0)) for i, c in enumerate(channels))
 
-    def decode_mesh(self, decoder_features: list[torch.Tensor], grid_shape) -> list[DecoderMesh]:
-        """Run the mesh stages for one case; ``decoder_features`` each ``(1, C, d, h, w)``. Returns every stage's mesh."""
+        def decoder() -> nn.ModuleList:
+            return nn.ModuleList(MeshStage(c, config, first=(i == 0)) for i, c in enumerate(channels))
+
+        if config.organs:
+            self.organ_stages = nn.ModuleList(decoder() for _ in range(config.organs))
+        else:
+            self.stages = decoder()
+
+    def _decoder(self, organ: int | None) -> tuple[nn.ModuleList, torch.Tensor | None]:
+        """Organ ``organ``'s stages and template semi-axes (grid), or the one decoder's (and None) for ``organ`` None."""
+        organs = self.config.organs
+        if organ is None:
+            if organs:
+                raise ValueError(f"this Voxel2Mesh has one decoder per organ (1-{organs}): say which organ")
+            return self.stages, None
+        if not 1 <= organ <= organs:
+            raise ValueError(f"organ must be between 1 and {organs} (the decoders of this model), got {organ}")
+        return self.organ_stages[organ - 1], torch.tensor(self.config.organ_templates[organ - 1], dtype=torch.float32)
+
+    def decode_mesh(
+        self, decoder_features: list[torch.Tensor], grid_shape, organ: int | None = None
+    ) -> list[DecoderMesh]:
+        """Run the mesh stages for one case (of ``organ``'s decoder: several-organ models); ``decoder_features``
+        each ``(1, C, d, h, w)``. Returns every stage's mesh."""
         c = self.config
+        stages, semi_axes = self._decoder(organ)
         scale = isotropic_scale(grid_shape).to(decoder_features[0].device)
-        mesh = DecoderMesh.template(c.template_level, c.template_radius / scale, device=scale.device)
+        radius = c.template_radius / scale if semi_axes is None else semi_axes.to(scale.device)
+        mesh = DecoderMesh.template(c.template_level, radius, device=scale.device)
         meshes = []
-        for i, (stage, features) in enumerate(zip(self.stages, decoder_features[-c.stages :])):
+        for i, (stage, features) in enumerate(zip(stages, decoder_features[-c.stages :])):
             if i > 0:
                 mesh = mesh.subdivided()
             mesh = stage(mesh, features)
@@ -167,8 +228,8 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
             meshes.append(mesh)
         return meshes
 
-    def forward(self, image: torch.Tensor):
+    def forward(self, image: torch.Tensor, organ: int | None = None):
         logits, decoder = self.unet(image)
         grid_shape = image.shape[2:]
-        meshes = [self.decode_mesh([f[b : b + 1] for f in decoder], grid_shape) for b in range(image.shape[0])]
+        meshes = [self.decode_mesh([f[b : b + 1] for f in decoder], grid_shape, organ) for b in range(image.shape[0])]
         return logits, meshes

@@ -22,6 +22,8 @@ import copy
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
+import numpy as np
+
 from imagetomesh.errors import InputError
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.augment import AugmentConfig
@@ -71,6 +73,9 @@ class TrainConfig(EngineOptions):
     #: mesh models fine-tuned from ``--init-from``: the U-Net (encoder, decoder, voxel head) keeps its
     #: weights and batch-norm statistics, only the mesh decoder learns (no backward pass through the U-Net)
     freeze_unet: bool = False
+    #: Voxel2Mesh with one decoder per organ: each training crop's centre is moved by up to this many
+    #: voxels along each axis from the organ's box centre (a localiser's box is off by a few voxels)
+    crop_jitter: float = 3.0
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -151,6 +156,43 @@ HEADNECK_CT_ORGANS = [
 CT_AUGMENT = AugmentConfig(flip=0.0, rotate_deg=10.0, scale=0.1, intensity_scale=0.03, intensity_shift=0.02, noise=0.01)
 #: The head-and-neck U-Net: eight classes (background + seven organs), a wider first level.
 UNET_HEADNECK_CT = {"in_channels": 1, "num_classes": 8, "base": 16, "depth": 4, "norm": "batch"}
+
+
+#: Voxel2Mesh's crop around each head-and-neck organ, (d, h, w) voxels of :data:`HEADNECK_CT_GRID`: the
+#: organ's largest box in the OpenKBP labels (brainstem 81 x 42 x 59 mm z, y, x; spinal cord 261 x 117 x 33;
+#: parotids 78 x 70 x 59, one 113-mm-wide outlier aside; oesophagus 136 x 66 x 39; larynx 78 x 56 x 55;
+#: mandible 108 x 119 x 133) plus 16 mm on each side, rounded up to 8 voxels.
+HEADNECK_CT_CROPS = {
+    "brainstem": [48, 24, 24],
+    "spinal_cord": [120, 40, 24],
+    "right_parotid": [48, 32, 32],
+    "left_parotid": [48, 32, 32],
+    "esophagus": [72, 32, 24],
+    "larynx": [48, 24, 24],
+    "mandible": [56, 40, 48],
+}
+#: Semi-axes (x, y, z) mm of each organ's template ellipsoid: half its median box in the OpenKBP labels,
+#: but for the spinal cord's and the oesophagus's y, their cross-section (their box's y is their curve).
+HEADNECK_CT_TEMPLATE_MM = {
+    "brainstem": [16.5, 14.0, 22.5],
+    "spinal_cord": [10.0, 8.0, 82.0],
+    "right_parotid": [17.5, 21.5, 26.0],
+    "left_parotid": [17.5, 21.5, 26.0],
+    "esophagus": [13.5, 10.0, 36.0],
+    "larynx": [18.0, 19.0, 17.5],
+    "mandible": [58.5, 49.0, 35.5],
+}
+
+
+def organ_decoders(organs: list[dict], grid: GridSpec) -> dict:
+    """Voxel2Mesh's ``organ_crops`` and ``organ_templates`` (semi-axes in each crop's grid coordinates)
+    for ``organs`` (their ``name`` keys :data:`HEADNECK_CT_CROPS` and :data:`HEADNECK_CT_TEMPLATE_MM`) on ``grid``."""
+    crops = [HEADNECK_CT_CROPS[o["name"]] for o in organs]
+    templates = []
+    for organ, crop in zip(organs, crops):
+        half_mm = np.asarray(grid.spacing) * (np.asarray(crop[::-1]) - 1) / 2.0  # (x, y, z)
+        templates.append([round(float(v), 4) for v in np.asarray(HEADNECK_CT_TEMPLATE_MM[organ["name"]]) / half_mm])
+    return {"organ_crops": crops, "organ_templates": templates}
 
 
 def named_config(configs: dict, name: str, kind: str):
@@ -245,4 +287,26 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
             v2.bf16_autocast = v2.channels_last = True
     for named in (v2m, p2m):
         named["cpu-v2-frozen"] = replace(copy.deepcopy(named["cpu-v2"]), freeze_unet=True)
+    # one mesh decoder per head-and-neck organ, each in a crop around its organ, on a trained
+    # several-organ U-Net (--init-from unet-headneck-ct, kept frozen: it is also the localiser)
+    organs = copy.deepcopy(HEADNECK_CT_ORGANS)
+    v2m["headneck-ct-cpu-frozen"] = TrainConfig(
+        "voxel2mesh",
+        {**_v2m("lns", "adaptive", UNET_HEADNECK_CT, 64), **organ_decoders(organs, HEADNECK_CT_GRID)},
+        grid=HEADNECK_CT_GRID,
+        steps=4200,
+        batch_size=2,
+        lr=v2m["cpu-v2"].lr,
+        val_every=300,
+        loss=copy.deepcopy(V2M_LOSS_V2),
+        augment=copy.deepcopy(CT_AUGMENT),
+        threads=1,
+        organs=organs,
+        partly_contoured=["spinal_cord", "esophagus"],
+        freeze_unet=True,
+        # float32: under bf16 autocast a step on these crops took 9-35x longer on this CPU (the frozen
+        # U-Net's convolutions fell to a slow path: 13-51 s against 1.3-3.2 s per step of batch 2)
+        bf16_autocast=False,
+        channels_last=False,
+    )
     return {"voxel2mesh": v2m, "pixel2mesh3d": p2m, "unet": unet}

@@ -8,6 +8,7 @@ import torch
 from imagetomesh.metrics import dice
 from imagetomesh.nn.sdf import inside_mask
 from imagetomesh.training.data import PreparedCase, boundary_points
+from imagetomesh.training.organ_crops import meshable, organ_crop
 
 
 @torch.no_grad()
@@ -59,4 +60,36 @@ def organ_metrics(model, cases: list[PreparedCase], device, organs: list[str]) -
     model.train()
     out = {f"val_dice_{name}": float(np.mean(v)) for name, v in scores.items() if v}
     out["val_dice"] = float(np.mean(list(out.values())))
+    return out
+
+
+@torch.no_grad()
+def organ_mesh_metrics(
+    model, cases: list[PreparedCase], device, organs: list[str], crops: list[list[int]]
+) -> dict[str, float]:
+    """A Voxel2Mesh with one decoder per organ, on the crop of each case around each organ that it can be
+    scored on (:func:`~imagetomesh.training.organ_crops.meshable`; ``crops[k - 1]`` ``(d, h, w)`` for class
+    ``k``, centred on the labelled organ): the Dice of the mesh ``segment`` returns, rasterised in the
+    crop (``val_mesh_dice_<organ>``, mean ``val_mesh_dice``) and of the voxel head in the same crop
+    (``val_dice_<organ>``, mean ``val_dice``). ``organs[k - 1]`` names class ``k``."""
+    model.eval()
+    out: dict[str, float] = {}
+    for k, name in enumerate(organs, start=1):
+        mesh_dices, voxel_dices = [], []
+        for case in cases:
+            if not meshable(case, k):
+                continue
+            image, label = organ_crop(case, k, tuple(crops[k - 1]))
+            truth = (label == k).numpy()
+            logits, meshes = model(image[None, None].to(device), organ=k)
+            voxel_dices.append(dice(logits.argmax(1)[0].cpu().numpy() == k, truth))
+            mesh = meshes[0][-1]
+            inside = inside_mask(mesh.verts.detach().float().cpu(), mesh.faces.cpu(), truth.shape)
+            mesh_dices.append(dice(inside.numpy(), truth))
+        if mesh_dices:
+            out[f"val_dice_{name}"] = float(np.mean(voxel_dices))
+            out[f"val_mesh_dice_{name}"] = float(np.mean(mesh_dices))
+    model.train()
+    out["val_dice"] = float(np.mean([v for key, v in out.items() if key.startswith("val_dice_")]))
+    out["val_mesh_dice"] = float(np.mean([v for key, v in out.items() if key.startswith("val_mesh_dice_")]))
     return out

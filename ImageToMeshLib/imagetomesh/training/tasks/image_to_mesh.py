@@ -7,7 +7,10 @@ dense surface samples, computed once in data preparation and moved with the augm
 at 5. Best model: the highest validation Dice of the output mesh (``val_mesh_dice``) for mesh
 models, of the voxel head for the U-Net. ``freeze_unet`` (configs ``cpu-v2-frozen``): the U-Net of
 the ``--init-from`` model is kept as it is (eval mode, no gradient), only the mesh decoder trains.
-Configs: :func:`imagetomesh.training.configs.image_configs`.
+Voxel2Mesh with one decoder per organ (``organ_crops`` in the model config, ``headneck-ct-cpu-frozen``)
+trains its decoders on a trained several-organ U-Net kept frozen, each step on crops around one organ
+(:mod:`imagetomesh.training.organ_crops`), and is selected by the mean over organs of the mesh Dice in
+those crops. Configs: :func:`imagetomesh.training.configs.image_configs`.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from imagetomesh.training.configs import TrainConfig, image_configs
 from imagetomesh.training.data import chamfer_target, prepare_split, random_image_batch, random_patch_batch
 from imagetomesh.training.init_weights import init_from_model, restart_classes
 from imagetomesh.training.losses import mesh_decoder_loss, partial_label_loss, segmentation_loss
+from imagetomesh.training.organ_crops import organ_cases, random_organ_crop_batch
 from imagetomesh.training.schedules import one_cycle, rescale_one_cycle
 from imagetomesh.training.tasks.base import RunState, Task, run_card
-from imagetomesh.training.validation import organ_metrics, segmentation_metrics
+from imagetomesh.training.udf_points import surface_samples
+from imagetomesh.training.validation import organ_mesh_metrics, organ_metrics, segmentation_metrics
 
 
 def image_to_mesh_loss(
@@ -57,6 +62,30 @@ def image_to_mesh_loss(
     return total, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
 
 
+def organ_decoder_loss(
+    net, config: TrainConfig, organ: int, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, device
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The mesh loss of organ ``organ``'s decoder on a batch of crops around that organ (``images (B, 1, d, h, w)``,
+    ``labels (B, d, h, w)`` class indices): each case's target is ``loss.target_points`` samples of the
+    organ's smoothed surface in the crop (``loss.target_smoothing``), the terms averaged over cases."""
+    _, meshes = net(images.to(device), organ=organ)
+    scale = isotropic_scale(images.shape[2:]).to(device)
+    voxel = isotropic_voxel_size(images.shape[2:])
+    terms: dict[str, torch.Tensor] = {}
+    for case_meshes, label in zip(meshes, labels):
+        points, normals = surface_samples(
+            label == organ, config.loss.target_points, generator, config.loss.target_smoothing
+        )
+        case_terms = mesh_decoder_loss(
+            case_meshes, points.to(device), normals.to(device), scale, config.loss, voxel=voxel
+        )
+        for k, v in case_terms.items():
+            terms[k] = terms.get(k, 0.0) + v / len(meshes)
+    total = terms["total"]
+    logged = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
+    return total, {**logged, "loss": float(total.detach())}
+
+
 class ImageToMeshTask(Task):
     """``unet``, ``voxel2mesh`` or ``pixel2mesh3d`` (``config.kind``) on an MSD folder; ``init_from``: a model folder."""
 
@@ -82,8 +111,22 @@ class ImageToMeshTask(Task):
             organs=tuple(o["label"] for o in config.organs) if config.organs else None,
             partly_contoured=self._organ_classes("partly_contoured", config.partly_contoured),
         )
-        if config.organs and config.kind != "unet":
-            raise InputError(f"several organs (config.organs) are for the unet kind, not {config.kind}")
+        self.organ_decoders = bool(config.model.get("organ_crops"))
+        if config.organs and config.kind != "unet" and not self.organ_decoders:
+            raise InputError(
+                f"several organs (config.organs) are for the unet kind or a voxel2mesh with organ_crops, not {config.kind}"
+            )
+        if self.organ_decoders:
+            if not config.freeze_unet:
+                raise InputError(
+                    "a voxel2mesh with one decoder per organ trains its decoders on a trained several-organ U-Net: "
+                    "set freeze_unet and give --init-from a unet model of the same organs (e.g. unet-headneck-ct)"
+                )
+            self.cases_by_organ = organ_cases(self.train_cases, len(config.organs))
+            run.log(
+                "cases teaching each organ's mesh: "
+                + ", ".join(f"{o['name']} {len(self.cases_by_organ[k])}" for k, o in enumerate(config.organs, 1))
+            )
         self.model = build_model(config.kind, config.model).to(run.device)
         if self.init_from:
             init_from_model(self.model, config.kind, self.init_from, run.log)
@@ -121,6 +164,11 @@ class ImageToMeshTask(Task):
     def batch(self, generator):
         dense = self.config.kind != "unet" and self.config.loss.target == "dense"
         c = self.config
+        if self.organ_decoders:
+            crops = c.model["organ_crops"]
+            return random_organ_crop_batch(
+                self.cases_by_organ, crops, c.batch_size, c.augment, generator, c.crop_jitter
+            )
         if c.patch:
             return random_patch_batch(
                 self.train_cases, c.batch_size, tuple(c.patch), c.augment, generator, c.foreground, c.balance_classes
@@ -128,6 +176,8 @@ class ImageToMeshTask(Task):
         return random_image_batch(self.train_cases, c.batch_size, c.augment, generator, return_surfaces=dense)
 
     def loss(self, batch, generator):
+        if self.organ_decoders:
+            return organ_decoder_loss(self.net, self.config, *batch, generator, self.run.device)
         if self.config.organs:
             images, labels, present = batch
             logits, _ = self.net(images.to(self.run.device))
@@ -138,8 +188,13 @@ class ImageToMeshTask(Task):
         return image_to_mesh_loss(self.net, self.config, batch[0], batch[1], generator, self.run.device, *batch[2:])
 
     def validate(self) -> dict[str, float]:
+        names = [o["name"] for o in self.config.organs or []]
+        if self.organ_decoders:
+            return organ_mesh_metrics(
+                self.model, self.val_cases, self.run.device, names, self.config.model["organ_crops"]
+            )
         if self.config.organs:
-            return organ_metrics(self.model, self.val_cases, self.run.device, [o["name"] for o in self.config.organs])
+            return organ_metrics(self.model, self.val_cases, self.run.device, names)
         return segmentation_metrics(self.model, self.val_cases, self.run.device)
 
     def score(self, metrics: dict[str, float]) -> float:

@@ -1,0 +1,73 @@
+"""Crops around one labelled organ, for a model with one mesh decoder per organ (Voxel2Mesh with
+``organ_crops``): the crops :meth:`imagetomesh.inference.Segmenter.segment_organs` meshes each organ
+in, centred on the box around the organ (jittered in training, since a localiser's box is off by a
+few voxels), cut from a case prepared on the whole-scan grid (:mod:`imagetomesh.training.data`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from imagetomesh.scan import box_centre, crop_padded, crop_start
+from imagetomesh.training.augment import AugmentConfig, augment
+from imagetomesh.training.data import UNKNOWN, PreparedCase
+
+
+def meshable(case: PreparedCase, organ: int) -> bool:
+    """Whether ``case`` can teach (or validate) class ``organ``'s mesh: the organ was contoured, has voxels,
+    and not over part of its length only (no voxel marked "maybe this organ",
+    :func:`~imagetomesh.training.data.mark_uncontoured_slices`): a mesh cannot know where a contour stopped."""
+    if case.present is not None and not bool(case.present[organ]):
+        return False
+    label = case.label
+    if not bool((label == organ).any()):
+        return False
+    maybe = (label >= UNKNOWN) & ((label & (1 << (organ - 1))) > 0)
+    return not bool(maybe.any())
+
+
+def organ_crop(
+    case: PreparedCase, organ: int, shape: tuple[int, int, int], offset: np.ndarray | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(image (d, h, w) float32, label (d, h, w) uint8)``: the ``shape`` crop of ``case`` centred on the box
+    around class ``organ`` (moved by ``offset`` ``(k, j, i)`` voxels), padded with the image's lowest value
+    (air) and label 0 where it leaves the grid."""
+    centre = box_centre(case.label == organ) + (0.0 if offset is None else np.asarray(offset, dtype=np.float64))
+    start = crop_start(centre, shape)
+    return (
+        crop_padded(case.image.float(), start, shape, float(case.image.min())),
+        crop_padded(case.label, start, shape, 0),
+    )
+
+
+def organ_cases(cases: list[PreparedCase], organs: int) -> dict[int, list[PreparedCase]]:
+    """``{class k: the cases that can teach organ k's mesh}`` (:func:`meshable`) for classes ``1..organs``."""
+    return {k: [c for c in cases if meshable(c, k)] for k in range(1, organs + 1)}
+
+
+def random_organ_crop_batch(
+    cases_by_organ: dict[int, list[PreparedCase]],
+    crops: list[list[int]],
+    batch_size: int,
+    config: AugmentConfig,
+    generator: torch.Generator,
+    jitter: float,
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """One organ drawn uniformly (among those with cases), then ``batch_size`` of its cases with replacement,
+    each cropped around the organ (``crops[k - 1]`` ``(d, h, w)`` for class ``k``; centre moved by up to
+    ``jitter`` voxels along each axis) and augmented: ``(k, images (B, 1, d, h, w), labels (B, d, h, w))``,
+    labels as prepared (class indices, :data:`~imagetomesh.training.data.UNKNOWN` codes)."""
+    organs = [k for k, cases in cases_by_organ.items() if cases]
+    if not organs:
+        raise ValueError("no case can teach any organ's mesh")
+    organ = organs[int(torch.randint(len(organs), (1,), generator=generator))]
+    cases = cases_by_organ[organ]
+    shape = tuple(crops[organ - 1])
+    images, labels = [], []
+    for i in torch.randint(len(cases), (batch_size,), generator=generator):
+        offset = (torch.rand(3, generator=generator, dtype=torch.float64) * 2 - 1) * jitter
+        image, label = organ_crop(cases[int(i)], organ, shape, offset.numpy())
+        image, label = augment(image, label, config, generator)
+        images.append(image)
+        labels.append(label)
+    return organ, torch.stack(images)[:, None], torch.stack(labels)

@@ -1,0 +1,238 @@
+"""Voxel2Mesh with one mesh decoder per organ (issue 16): each organ meshed by its own decoder in a crop
+of the scan around it, found by the model's own U-Net; crops, their geometry, training and ``segment``."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from synthetic_ct import ct_case, write_ct_msd
+
+from imagetomesh import cli
+from imagetomesh.core.transforms import grid_to_index, index_to_grid
+from imagetomesh.core.volume import Volume
+from imagetomesh.io.images import write_image
+from imagetomesh.models.voxel2mesh import Voxel2Mesh, Voxel2MeshConfig
+from imagetomesh.preprocessing import GridSpec
+from imagetomesh.scan import box_centre, crop_padded, crop_start, crop_to_scan_grid
+from imagetomesh.training.augment import AugmentConfig
+from imagetomesh.training.configs import HEADNECK_CT_GRID, HEADNECK_CT_TEMPLATE_MM, image_configs
+from imagetomesh.training.data import UNKNOWN, PreparedCase
+from imagetomesh.training.organ_crops import meshable, organ_crop, random_organ_crop_batch
+
+UNET = {"in_channels": 1, "num_classes": 3, "base": 8, "depth": 2, "norm": "batch"}
+NO_AUGMENT = AugmentConfig(flip=0, rotate_deg=0, scale=0, intensity_scale=0, intensity_shift=0, noise=0)
+
+
+def slow_crop(array: np.ndarray, start, shape, fill):
+    """The crop voxel by voxel: the array's value where the index is inside, ``fill`` elsewhere."""
+    out = np.full(shape, fill, dtype=array.dtype)
+    for index in np.ndindex(*shape):
+        source = tuple(s + i for s, i in zip(start, index))
+        if all(0 <= v < n for v, n in zip(source, array.shape)):
+            out[index] = array[source]
+    return out
+
+
+@pytest.mark.parametrize("start", [(0, 0, 0), (-3, 2, 5), (4, -6, -1), (7, 9, 11), (-20, 0, 0)])
+def test_padded_crops_equal_the_voxel_by_voxel_crop(start):
+    array = torch.arange(8 * 10 * 12, dtype=torch.float32).reshape(8, 10, 12)
+    crop = crop_padded(array, start, (6, 5, 4), -1.0)
+    assert np.array_equal(crop.numpy(), slow_crop(array.numpy(), start, (6, 5, 4), -1.0))
+
+
+def test_a_crop_is_centred_on_the_box_around_the_mask():
+    mask = np.zeros((20, 20, 20), bool)
+    mask[4:9, 10:12, 3:4] = True  # box centre (6, 10.5, 3)
+    assert box_centre(mask).tolist() == [6.0, 10.5, 3.0]
+    start = crop_start(box_centre(mask), (8, 6, 5))
+    # the crop's centre (start + (n - 1) / 2) is the box centre to the nearest voxel
+    assert [s + (n - 1) / 2 for s, n in zip(start, (8, 6, 5))] == pytest.approx([6.5, 10.5, 3.0])
+    with pytest.raises(ValueError, match="empty"):
+        box_centre(np.zeros((3, 3, 3), bool))
+
+
+def test_crop_grid_coordinates_map_to_the_scan_voxels_they_came_from():
+    rng = np.random.default_rng(0)
+    scan, crop, start = (30, 20, 25), (8, 6, 10), (5, -2, 17)
+    index = rng.uniform(-0.5, 9.5, (50, 3))  # (i, j, k) in the crop
+    points = index_to_grid(index, crop[::-1])
+    expected = index_to_grid(index + np.array(start[::-1]), scan[::-1])
+    assert np.allclose(crop_to_scan_grid(points, start, crop, scan), expected)
+    assert np.allclose(grid_to_index(crop_to_scan_grid(points, start, crop, scan), scan[::-1]) - start[::-1], index)
+
+
+def _organ_config(**change) -> Voxel2MeshConfig:
+    fields = {
+        "unet": UNET,
+        "stages": 2,
+        "hidden": 16,
+        "template_level": 1,
+        "organ_templates": [[0.5, 0.5, 0.5], [0.3, 0.4, 0.6]],
+        "organ_crops": [[8, 8, 8], [8, 8, 16]],
+    }
+    return Voxel2MeshConfig(**{**fields, **change})
+
+
+def test_organ_decoder_configs_are_checked():
+    with pytest.raises(ValueError, match="2 organ classes"):
+        _organ_config(organ_templates=[[0.5, 0.5, 0.5]])
+    with pytest.raises(ValueError, match="multiple of 2"):
+        _organ_config(organ_crops=[[8, 8, 8], [8, 8, 15]])
+    with pytest.raises(ValueError, match="positive"):
+        _organ_config(organ_templates=[[0.5, 0.5, 0.5], [0.3, 0.0, 0.6]])
+    with pytest.raises(ValueError, match="needs organ_templates"):
+        _organ_config(organ_templates=None)
+
+
+def test_each_organ_has_its_own_decoder_starting_from_its_ellipsoid():
+    torch.manual_seed(0)
+    model = Voxel2Mesh(_organ_config()).eval()
+    image = torch.randn(1, 1, 8, 8, 16)
+    with pytest.raises(ValueError, match="say which organ"):
+        model(image)
+    with pytest.raises(ValueError, match="between 1 and 2"):
+        model(image, organ=3)
+    _, meshes = model(image, organ=2)
+    first = meshes[0][0].verts.detach()
+    # the last graph layer starts near zero: the first stage is about the template ellipsoid
+    assert (first.abs().max(0).values - torch.tensor([0.3, 0.4, 0.6])).abs().max() < 0.05
+    model.train()
+    _, meshes = model(image, organ=2)
+    meshes[0][-1].verts.sum().backward()
+    assert all(p.grad is None for p in model.organ_stages[0].parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.organ_stages[1].parameters())
+
+
+def test_the_bundled_templates_are_the_organs_sizes_in_their_crops():
+    config = image_configs()["voxel2mesh"]["headneck-ct-cpu-frozen"]
+    model = config.model
+    assert len(model["organ_crops"]) == len(config.organs) == model["unet"]["num_classes"] - 1
+    spacing = np.asarray(HEADNECK_CT_GRID.spacing)
+    for organ, crop, semi_axes in zip(config.organs, model["organ_crops"], model["organ_templates"]):
+        mm = np.asarray(semi_axes) * spacing * (np.asarray(crop[::-1]) - 1) / 2
+        assert mm == pytest.approx(HEADNECK_CT_TEMPLATE_MM[organ["name"]], abs=0.01)
+        assert max(semi_axes) < 1.0, organ["name"]  # the template fits in its crop
+    Voxel2MeshConfig(**model)  # a valid architecture
+
+
+def _case(label: np.ndarray, present=(True, True, True)) -> PreparedCase:
+    label = torch.from_numpy(label)
+    return PreparedCase(
+        "c", torch.linspace(-1, 1, label.numel()).reshape(label.shape), label, None, None, torch.tensor(present)
+    )
+
+
+def test_only_cases_with_a_whole_contour_teach_an_organ_mesh():
+    label = np.zeros((16, 12, 12), np.uint8)
+    label[4:8, 4:8, 4:8] = 1
+    label[9:12, 2:5, 2:5] = 2
+    assert meshable(_case(label), 1) and meshable(_case(label), 2)
+    assert not meshable(_case(label, (True, False, True)), 1)  # not contoured
+    partly = label.copy()
+    partly[12:] = UNKNOWN | 2  # "maybe organ 2" beyond its contour
+    assert meshable(_case(partly), 1) and not meshable(_case(partly), 2)
+    empty = label.copy()
+    empty[empty == 1] = 0
+    assert not meshable(_case(empty), 1)
+
+
+def test_organ_crops_hold_the_organ_and_batches_one_organ():
+    label = np.zeros((16, 12, 12), np.uint8)
+    label[4:8, 4:8, 4:8] = 1
+    label[9:12, 2:5, 2:5] = 2
+    case = _case(label)
+    image, crop = organ_crop(case, 1, (8, 8, 8))
+    assert (crop == 1).sum() == 64 and image.shape == (8, 8, 8)
+    # the organ's box centre (5.5, 5.5, 5.5) is the crop's centre: the organ fills its middle
+    assert torch.nonzero(crop == 1).float().mean(0).tolist() == [3.5, 3.5, 3.5]
+    _, shifted = organ_crop(case, 2, (8, 8, 8), np.array([0.0, 0.0, 20.0]))  # past the grid: padding
+    assert (shifted == 2).sum() == 0
+    generator = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(12):
+        organ, images, labels = random_organ_crop_batch(
+            {1: [case], 2: [case]}, [[8, 8, 8], [8, 8, 16]], 3, NO_AUGMENT, generator, jitter=1.0
+        )
+        seen.add(organ)
+        assert images.shape == (3, 1, *([8, 8, 8] if organ == 1 else [8, 8, 16]))
+        assert all((lab == organ).sum() == (label == organ).sum() for lab in labels)  # jitter keeps it inside
+    assert seen == {1, 2}
+
+
+@pytest.fixture(scope="module")
+def organ_decoder_model(organ_model, tmp_path_factory):
+    """Voxel2Mesh decoders (one per organ) trained briefly on the frozen two-organ U-Net of ``organ_model``."""
+    from imagetomesh.training.configs import TrainConfig
+    from imagetomesh.training.engine import train
+    from imagetomesh.training.losses import MeshLossWeights
+
+    unet_folder, unet_card = organ_model
+    root = tmp_path_factory.mktemp("organ_decoders")
+    msd = write_ct_msd(root / "msd", 6, present_for=lambda n: [1, 2] if n % 2 == 0 else [2])
+    # organs are 16 mm cubes (4 voxels of 4 mm): templates of 8 mm semi-axes in 8-voxel crops
+    semi_axes = 8.0 / (4.0 * 7 / 2)
+    config = TrainConfig(
+        "voxel2mesh",
+        {
+            "unet": unet_card["config"]["unet"],
+            "stages": 2,
+            "hidden": 16,
+            "template_level": 2,
+            "organ_templates": [[semi_axes] * 3] * 2,
+            "organ_crops": [[8, 8, 8]] * 2,
+        },
+        grid=GridSpec.from_dict(unet_card["grid"]),
+        steps=30,
+        lr=3e-3,
+        val_every=30,
+        threads=1,
+        organs=unet_card["organs"],
+        freeze_unet=True,
+        augment=NO_AUGMENT,
+        loss=MeshLossWeights(normal=0.3, laplacian=0.3, edge=0.0, version=2, target="dense", target_points=500),
+    )
+    log = []
+    best = train(config, msd, root / "run", init_from=unet_folder, log=log.append)
+    card = json.loads((best / "card.json").read_text())
+    card["input"] = unet_card["input"]
+    (best / "card.json").write_text(json.dumps(card))
+    return best, card, log
+
+
+def test_organ_decoders_train_on_the_frozen_unet(organ_model, organ_decoder_model):
+    from imagetomesh.weights import load_state
+
+    folder, card, log = organ_decoder_model
+    assert any("cases teaching each organ's mesh: bright 3, brighter" in line for line in log), log
+    metrics = card["metrics"]
+    assert {"val_mesh_dice_brighter", "val_dice_brighter"} <= set(metrics)  # "bright": scored where contoured
+    assert metrics["val_mesh_dice"] > 0.5, metrics  # the template alone, at the organ, overlaps it
+    unet = load_state(organ_model[0], organ_model[1])
+    state = load_state(folder, card)
+    assert all(torch.equal(state[k], v) for k, v in unet.items() if k.startswith("unet.")), "the U-Net changed"
+
+
+def test_segment_meshes_each_organ_with_its_decoder_where_the_unet_found_it(organ_decoder_model, tmp_path):
+    from imagetomesh.geometry.quality import check_mesh, winding_numbers
+    from imagetomesh.io.meshes import read_mesh
+
+    folder, _, _ = organ_decoder_model
+    image, _ = ct_case(shape=(32, 24, 40), seed=9)  # a larger field of view than training
+    path = tmp_path / "scan_007.nii.gz"
+    write_image(Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0])), path)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["scan_007_bright.stl", "scan_007_brighter.stl"]
+    centres = {
+        organ: np.array([-1.0, -1.0, 1.0]) * (np.array(corner) + 1.5) * 4.0
+        for organ, corner in (("bright", (6, 8, 10)), ("brighter", (12, 14, 16)))
+    }
+    for organ, other in (("bright", "brighter"), ("brighter", "bright")):
+        mesh = read_mesh(out / f"scan_007_{organ}.stl")
+        assert check_mesh(mesh, self_intersections=False).watertight
+        inside = winding_numbers(mesh, np.stack([centres[organ], centres[other]])) > 0.5
+        assert inside.tolist() == [True, False], organ
+        assert np.abs(mesh.vertices.mean(0) - centres[organ]).max() < 4.0, organ  # centred within a voxel
+    assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(out), "--snap"]) == 2
