@@ -46,7 +46,7 @@ KINDS: dict[str, Kind] = {
             _IMAGE,
             "train voxel2mesh on a Medical Segmentation Decathlon folder",
             MSD,
-            "named config: cpu, gpu, cpu-v2 or gpu-v2 (the version-2 mesh loss), cpu-v2-frozen (its mesh decoder fine-tuned on the --init-from model's frozen U-Net) or an ablation (ps-umu, hs-umu, lns-umu, lns-amu = cpu)",
+            "named config: cpu, gpu, cpu-v2 or gpu-v2 (the version-2 mesh loss), cpu-v2-frozen (its mesh decoder fine-tuned on the --init-from model's frozen U-Net), headneck-ct-cpu-frozen (one decoder per head-and-neck organ on the frozen U-Net of --init-from unet-headneck-ct) or an ablation (ps-umu, hs-umu, lns-umu, lns-amu = cpu)",
             (INIT_FROM, TIME_LIMIT),
         ),
     ),

@@ -9,7 +9,7 @@ import torch
 from synthetic_ct import ct_case, write_ct_msd
 
 from imagetomesh import cli
-from imagetomesh.core.transforms import grid_to_index, index_to_grid
+from imagetomesh.core.transforms import GridTransform, grid_to_index, index_to_grid
 from imagetomesh.core.volume import Volume
 from imagetomesh.io.images import write_image
 from imagetomesh.models.voxel2mesh import Voxel2Mesh, Voxel2MeshConfig
@@ -116,25 +116,31 @@ def test_the_bundled_templates_are_the_organs_sizes_in_their_crops():
     Voxel2MeshConfig(**model)  # a valid architecture
 
 
-def _case(label: np.ndarray, present=(True, True, True)) -> PreparedCase:
+def _case(label: np.ndarray, present=(True, True, True), superior=1.0) -> PreparedCase:
+    """A prepared case of ``label`` on a grid whose array axis 0 runs towards superior (``superior`` 1) or inferior (-1)."""
     label = torch.from_numpy(label)
-    return PreparedCase(
-        "c", torch.linspace(-1, 1, label.numel()).reshape(label.shape), label, None, None, torch.tensor(present)
-    )
+    transform = GridTransform(np.diag([-10.0, -10.0, 10.0 * superior, 1.0]), tuple(label.shape))
+    image = torch.linspace(-1, 1, label.numel()).reshape(label.shape)
+    return PreparedCase("c", image, label, transform, None, torch.tensor(present))
 
 
-def test_only_cases_with_a_whole_contour_teach_an_organ_mesh():
+def test_only_cases_with_an_organ_contoured_to_its_inferior_end_teach_its_mesh():
     label = np.zeros((16, 12, 12), np.uint8)
     label[4:8, 4:8, 4:8] = 1
     label[9:12, 2:5, 2:5] = 2
     assert meshable(_case(label), 1) and meshable(_case(label), 2)
     assert not meshable(_case(label, (True, False, True)), 1)  # not contoured
-    partly = label.copy()
-    partly[12:] = UNKNOWN | 2  # "maybe organ 2" beyond its contour
-    assert meshable(_case(partly), 1) and not meshable(_case(partly), 2)
     empty = label.copy()
     empty[empty == 1] = 0
     assert not meshable(_case(empty), 1)
+    stopped_short = label.copy()
+    stopped_short[:9][stopped_short[:9] == 0] = UNKNOWN | 2  # "maybe organ 2" below its contour (slices 0-8)
+    assert meshable(_case(stopped_short), 1) and not meshable(_case(stopped_short), 2)
+    # the same slices lie above the contour when axis 0 runs towards inferior: an anatomical end, meshable
+    assert meshable(_case(stopped_short, superior=-1.0), 2)
+    above = label.copy()
+    above[12:] = UNKNOWN | 2  # beyond its upper end only (the cord meeting the brainstem)
+    assert meshable(_case(above), 2) and not meshable(_case(above, superior=-1.0), 2)
 
 
 def test_organ_crops_hold_the_organ_and_batches_one_organ():

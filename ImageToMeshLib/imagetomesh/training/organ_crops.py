@@ -15,15 +15,34 @@ from imagetomesh.training.data import UNKNOWN, PreparedCase
 
 def meshable(case: PreparedCase, organ: int) -> bool:
     """Whether ``case`` can teach (or validate) class ``organ``'s mesh: the organ was contoured, has voxels,
-    and not over part of its length only (no voxel marked "maybe this organ",
-    :func:`~imagetomesh.training.data.mark_uncontoured_slices`): a mesh cannot know where a contour stopped."""
+    and its contour was not cut short at its inferior end — no voxel marked "maybe this organ"
+    (:func:`~imagetomesh.training.data.mark_uncontoured_slices`) in the axial slices below it. That is
+    where OpenKBP's partly contoured organs stop short (the oesophagus above the end of the scan); their
+    upper ends are anatomical (the spinal cord meets the brainstem, the oesophagus the pharynx), and an
+    organ cut by the scan's own edge is meshed as the scan cuts it. ``case.transform`` says which
+    array axis runs inferior to superior."""
     if case.present is not None and not bool(case.present[organ]):
         return False
     label = case.label
-    if not bool((label == organ).any()):
+    inside = label == organ
+    if not bool(inside.any()):
         return False
     maybe = (label >= UNKNOWN) & ((label & (1 << (organ - 1))) > 0)
-    return not bool(maybe.any())
+    if not bool(maybe.any()):
+        return True
+    axis, upward = _superior_axis(case.transform.grid_to_lps)
+    others = tuple(a for a in range(3) if a != axis)
+    organ_slices = torch.nonzero(inside.any(dim=others))[:, 0]
+    maybe_slices = torch.nonzero(maybe.any(dim=others))[:, 0]
+    below = maybe_slices < organ_slices.min() if upward else maybe_slices > organ_slices.max()
+    return not bool(below.any())
+
+
+def _superior_axis(grid_to_lps: np.ndarray) -> tuple[int, bool]:
+    """``(array axis (D, H, W order) nearest to the patient's inferior-superior one, whether its index grows
+    towards superior)`` of a grid whose ``(4, 4)`` grid-to-LPS map is ``grid_to_lps`` (S is LPS +z)."""
+    column = int(np.argmax(np.abs(grid_to_lps[2, :3])))  # grid x, y or z
+    return 2 - column, bool(grid_to_lps[2, column] > 0)
 
 
 def organ_crop(
