@@ -40,3 +40,36 @@ def write_ct_msd(root: Path, count: int, present_for=lambda n: [1, 2]) -> Path:
         entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}", "labels_present": present})
     (root / "dataset.json").write_text(json.dumps({"training": entries}))
     return root
+
+
+#: LPS centres (mm) of the two organ cubes of :func:`ct_case` (16 mm cubes at voxels (6.., 8.., 10..) and
+#: (12.., 14.., 16..) of 4 mm; x and y negated: the index axes run along R and A)
+ORGAN_CENTRES = {
+    organ: np.array([-1.0, -1.0, 1.0]) * (np.array(corner) + 1.5) * 4.0
+    for organ, corner in (("bright", (6, 8, 10)), ("brighter", (12, 14, 16)))
+}
+
+
+def segment_synthetic_scan(model_folder: Path, folder: Path) -> tuple[Path, Path, np.ndarray]:
+    """``segment`` (the CLI) of a synthetic scan with a larger field of view than training, by the two-organ
+    model in ``model_folder``, into ``folder/out``: ``(out folder, scan path, label array)``; checks that it
+    wrote one mesh per organ."""
+    from imagetomesh import cli
+
+    image, label = ct_case(shape=(32, 24, 40), seed=9)
+    path = folder / "scan_007.nii.gz"
+    write_image(Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0])), path)
+    out = folder / "out"
+    out.mkdir()
+    assert cli.main(["segment", str(path), "--model", str(model_folder), "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["scan_007_bright.stl", "scan_007_brighter.stl"]
+    return out, path, label
+
+
+def holds_only_its_organ(mesh, organ: str) -> bool:
+    """Whether ``mesh`` holds the centre of ``organ`` (of :data:`ORGAN_CENTRES`) and not the other organ's."""
+    from imagetomesh.geometry.quality import winding_numbers
+
+    other = next(name for name in ORGAN_CENTRES if name != organ)
+    inside = winding_numbers(mesh, np.stack([ORGAN_CENTRES[organ], ORGAN_CENTRES[other]])) > 0.5
+    return inside.tolist() == [True, False]

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from synthetic_ct import LPS_RAS, ct_case, write_ct_msd
+from synthetic_ct import LPS_RAS, ct_case, holds_only_its_organ, segment_synthetic_scan, write_ct_msd
 
 from imagetomesh import cli
 from imagetomesh.core.volume import Volume
@@ -234,26 +234,12 @@ def test_a_several_organ_model_learns_both_organs(organ_model):
 
 
 def test_segment_writes_one_mesh_per_organ(organ_model, tmp_path, capsys):
-    from imagetomesh.geometry.quality import winding_numbers
     from imagetomesh.io.meshes import read_mesh
 
     folder, _ = organ_model
-    image, label = ct_case(shape=(32, 24, 40), seed=9)  # a larger field of view than training
-    path = tmp_path / "scan_007.nii.gz"
-    write_image(Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0])), path)
-    out = tmp_path / "out"
-    out.mkdir()
-    assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["scan_007_bright.stl", "scan_007_brighter.stl"]
-    # the 16 x 16 x 16 mm cubes of the organs at voxels (6.., 8.., 10..) and (12.., 14.., 16..), in LPS (x, y flipped)
-    centres = {
-        organ: np.array([-1.0, -1.0, 1.0]) * (np.array(corner) + 1.5) * 4.0
-        for organ, corner in (("bright", (6, 8, 10)), ("brighter", (12, 14, 16)))
-    }
-    for organ, other in (("bright", "brighter"), ("brighter", "bright")):
-        mesh = read_mesh(out / f"scan_007_{organ}.stl")
-        inside = winding_numbers(mesh, np.stack([centres[organ], centres[other]])) > 0.5
-        assert inside.tolist() == [True, False], organ
+    out, path, label = segment_synthetic_scan(folder, tmp_path)
+    for organ in ("bright", "brighter"):
+        assert holds_only_its_organ(read_mesh(out / f"scan_007_{organ}.stl"), organ), organ
     # evaluate every organ mesh against its own label value, found from the model's organs
     truth = write_image(Volume(label, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0])), tmp_path / "truth.nii.gz")
     meshes = sorted(str(p) for p in out.iterdir())

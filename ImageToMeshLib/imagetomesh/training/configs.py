@@ -294,7 +294,7 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
         "voxel2mesh",
         {**_v2m("lns", "adaptive", UNET_HEADNECK_CT, 64), **organ_decoders(organs, HEADNECK_CT_GRID)},
         grid=HEADNECK_CT_GRID,
-        steps=4200,
+        steps=8400,  # one organ per step: 1,200 steps (2,400 crops) per decoder
         batch_size=2,
         lr=v2m["cpu-v2"].lr,
         val_every=300,
