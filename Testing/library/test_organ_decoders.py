@@ -139,6 +139,12 @@ def test_only_cases_with_an_organ_contoured_to_its_inferior_end_teach_its_mesh()
     above = label.copy()
     above[12:] = UNKNOWN | 2  # beyond its upper end only (the cord meeting the brainstem)
     assert meshable(_case(above), 2) and not meshable(_case(above, superior=-1.0), 2)
+    # below its contour, but in the grid's padding beyond the scan (slices 0-6 hold only the lowest value)
+    padded = _case(stopped_short)
+    padded.image[:7] = padded.image.min()
+    assert meshable(padded, 2)
+    padded.image[6, 0, 0] = 0.5  # three scanned slices below: cut short
+    assert not meshable(padded, 2)
 
 
 def test_organ_crops_hold_the_organ_and_batches_one_organ():

@@ -12,15 +12,20 @@ from imagetomesh.scan import box_centre, crop_padded, crop_start
 from imagetomesh.training.augment import AugmentConfig, augment
 from imagetomesh.training.data import UNKNOWN, PreparedCase
 
+#: Scanned slices below an organ's contour that :func:`meshable` forgives (a contour ending a slice or two
+#: short of the scan's end is whole)
+GAP_SLICES = 2
+
 
 def meshable(case: PreparedCase, organ: int) -> bool:
     """Whether ``case`` can teach (or validate) class ``organ``'s mesh: the organ was contoured, has voxels,
     and its contour was not cut short at its inferior end — no voxel marked "maybe this organ"
-    (:func:`~imagetomesh.training.data.mark_uncontoured_slices`) in the axial slices below it. That is
-    where OpenKBP's partly contoured organs stop short (the oesophagus above the end of the scan); their
-    upper ends are anatomical (the spinal cord meets the brainstem, the oesophagus the pharynx), and an
-    organ cut by the scan's own edge is meshed as the scan cuts it. ``case.transform`` says which
-    array axis runs inferior to superior."""
+    (:func:`~imagetomesh.training.data.mark_uncontoured_slices`) in the scanned axial slices below it
+    (those holding more than the grid's padding; at most :data:`GAP_SLICES` of them are forgiven). That
+    is where OpenKBP's partly contoured organs stop short (the oesophagus above the end of the scan);
+    their upper ends are anatomical (the spinal cord meets the brainstem, the oesophagus the pharynx),
+    and an organ cut by the scan's own edge is meshed as the scan cuts it. ``case.transform`` says
+    which array axis runs inferior to superior."""
     if case.present is not None and not bool(case.present[organ]):
         return False
     label = case.label
@@ -33,9 +38,10 @@ def meshable(case: PreparedCase, organ: int) -> bool:
     axis, upward = _superior_axis(case.transform.grid_to_lps)
     others = tuple(a for a in range(3) if a != axis)
     organ_slices = torch.nonzero(inside.any(dim=others))[:, 0]
-    maybe_slices = torch.nonzero(maybe.any(dim=others))[:, 0]
+    scanned = case.image.amax(dim=others) > case.image.min()
+    maybe_slices = torch.nonzero(maybe.any(dim=others) & scanned)[:, 0]
     below = maybe_slices < organ_slices.min() if upward else maybe_slices > organ_slices.max()
-    return not bool(below.any())
+    return int(below.sum()) <= GAP_SLICES
 
 
 def _superior_axis(grid_to_lps: np.ndarray) -> tuple[int, bool]:
