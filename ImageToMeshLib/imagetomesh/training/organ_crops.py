@@ -15,6 +15,9 @@ from imagetomesh.training.data import UNKNOWN, PreparedCase
 #: Scanned slices below an organ's contour that :func:`meshable` forgives (a contour ending a slice or two
 #: short of the scan's end is whole)
 GAP_SLICES = 2
+#: A slice whose voxels all lie within this of the image's lowest value is padding (or air), not scan:
+#: resampling leaves the air of a normalised CT at -1 +- 1e-7, the padding at -1
+PADDING_TOLERANCE = 1e-3
 
 
 def meshable(case: PreparedCase, organ: int) -> bool:
@@ -38,7 +41,7 @@ def meshable(case: PreparedCase, organ: int) -> bool:
     axis, upward = _superior_axis(case.transform.grid_to_lps)
     others = tuple(a for a in range(3) if a != axis)
     organ_slices = torch.nonzero(inside.any(dim=others))[:, 0]
-    scanned = case.image.amax(dim=others) > case.image.min()
+    scanned = case.image.amax(dim=others) > case.image.min() + PADDING_TOLERANCE
     maybe_slices = torch.nonzero(maybe.any(dim=others) & scanned)[:, 0]
     below = maybe_slices < organ_slices.min() if upward else maybe_slices > organ_slices.max()
     return int(below.sum()) <= GAP_SLICES
