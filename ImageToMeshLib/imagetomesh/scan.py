@@ -172,7 +172,8 @@ def box_centre(mask: np.ndarray | torch.Tensor) -> np.ndarray:
 def crop_start(centre: np.ndarray, shape: tuple[int, int, int]) -> tuple[int, int, int]:
     """The first voxel ``(k, j, i)`` of the crop of ``shape`` ``(d, h, w)`` centred on ``centre`` ``(k, j, i)``
     (to the nearest voxel; it may lie outside the array: :func:`crop_padded` pads)."""
-    return tuple(int(np.floor(c - (n - 1) / 2.0 + 0.5)) for c, n in zip(centre, shape))
+    middle = grid_to_index(np.zeros((1, 3)), tuple(shape)[::-1])[0][::-1]  # the crop's centre voxel (k, j, i)
+    return tuple(int(np.floor(c - m + 0.5)) for c, m in zip(centre, middle))
 
 
 def crop_padded(

@@ -24,6 +24,7 @@ from typing import Optional
 
 import numpy as np
 
+from imagetomesh.core.transforms import grid_to_index_affine
 from imagetomesh.errors import InputError
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.augment import AugmentConfig
@@ -190,7 +191,7 @@ def organ_decoders(organs: list[dict], grid: GridSpec) -> dict:
     crops = [HEADNECK_CT_CROPS[o["name"]] for o in organs]
     templates = []
     for organ, crop in zip(organs, crops):
-        half_mm = np.asarray(grid.spacing) * (np.asarray(crop[::-1]) - 1) / 2.0  # (x, y, z)
+        half_mm = np.asarray(grid.spacing) * np.diag(grid_to_index_affine(crop[::-1]))[:3]  # (x, y, z)
         templates.append([round(float(v), 4) for v in np.asarray(HEADNECK_CT_TEMPLATE_MM[organ["name"]]) / half_mm])
     return {"organ_crops": crops, "organ_templates": templates}
 
