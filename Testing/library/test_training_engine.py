@@ -35,6 +35,7 @@ NEW_IMAGE_FIELDS = {
     "restart_classes": None,
     "partly_contoured": None,
     "freeze_unet": False,  # issue 15
+    "crop_jitter": 3.0,  # issue 16
 }
 NEW_LOSS_FIELDS = {
     "version": 1,
