@@ -10,8 +10,8 @@ edge are dropped and connectivity is rebuilt from the template sphere).
 
 Several organs (``organ_templates``): one mesh decoder per organ, as the paper does for several
 classes, all reading the same U-Net (whose classes are the organs). Each organ is meshed in a crop
-around it (:mod:`imagetomesh.organ_crops`), its decoder starting from an ellipsoid of the organ's
-typical size there.
+around it (:func:`imagetomesh.scan.crop_padded`; in training :mod:`imagetomesh.training.organ_crops`),
+its decoder starting from an ellipsoid of the organ's typical size there.
 """
 
 from __future__ import annotations
