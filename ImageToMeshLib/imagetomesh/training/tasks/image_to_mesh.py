@@ -46,20 +46,39 @@ def image_to_mesh_loss(
     terms = {"seg": segmentation_loss(logits, labels.to(device))}
     total = config.loss.ce * terms["seg"]
     if meshes is not None:
-        scale = isotropic_scale(images.shape[2:]).to(device)
-        voxel = isotropic_voxel_size(images.shape[2:])
-        for b, case_meshes in enumerate(meshes):
-            surface = surfaces[b] if surfaces is not None else None
-            target = chamfer_target(labels[b], config.loss.target, config.loss.sample_points, surface)
-            points, normals = target.draw(generator)
-            mesh_terms = mesh_decoder_loss(
-                case_meshes, points.to(device), normals.to(device), scale, config.loss, voxel=voxel
-            )
-            for k, v in mesh_terms.items():
-                terms[k] = terms.get(k, 0.0) + v / len(meshes)
+        targets = [
+            chamfer_target(
+                label, config.loss.target, config.loss.sample_points, surfaces[b] if surfaces is not None else None
+            ).draw(generator)
+            for b, label in enumerate(labels)
+        ]
+        terms.update(mean_mesh_terms(meshes, targets, images.shape[2:], config, device))
         total = total + terms["total"]
     terms["loss"] = total
-    return total, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
+    return total, logged_terms(terms)
+
+
+def mean_mesh_terms(
+    meshes: list, targets: list[tuple[torch.Tensor, torch.Tensor]], grid_shape, config: TrainConfig, device
+) -> dict[str, torch.Tensor]:
+    """:func:`~imagetomesh.training.losses.mesh_decoder_loss` of each case's ``meshes[b]`` against its
+    ``targets[b]`` (``points (P, 3)``, ``normals (P, 3)`` grid coordinates), averaged over the cases of a
+    batch on a grid of ``grid_shape`` ``(D, H, W)``: ``{term: tensor}``, ``total`` the loss."""
+    scale = isotropic_scale(grid_shape).to(device)
+    voxel = isotropic_voxel_size(grid_shape)
+    terms: dict[str, torch.Tensor] = {}
+    for case_meshes, (points, normals) in zip(meshes, targets):
+        case_terms = mesh_decoder_loss(
+            case_meshes, points.to(device), normals.to(device), scale, config.loss, voxel=voxel
+        )
+        for k, v in case_terms.items():
+            terms[k] = terms.get(k, 0.0) + v / len(meshes)
+    return terms
+
+
+def logged_terms(terms: dict) -> dict[str, float]:
+    """Loss terms (tensors or numbers) as floats for the log."""
+    return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
 
 
 def organ_decoder_loss(
@@ -69,21 +88,13 @@ def organ_decoder_loss(
     ``labels (B, d, h, w)`` class indices): each case's target is ``loss.target_points`` samples of the
     organ's smoothed surface in the crop (``loss.target_smoothing``), the terms averaged over cases."""
     _, meshes = net(images.to(device), organ=organ)
-    scale = isotropic_scale(images.shape[2:]).to(device)
-    voxel = isotropic_voxel_size(images.shape[2:])
-    terms: dict[str, torch.Tensor] = {}
-    for case_meshes, label in zip(meshes, labels):
-        points, normals = surface_samples(
-            label == organ, config.loss.target_points, generator, config.loss.target_smoothing
-        )
-        case_terms = mesh_decoder_loss(
-            case_meshes, points.to(device), normals.to(device), scale, config.loss, voxel=voxel
-        )
-        for k, v in case_terms.items():
-            terms[k] = terms.get(k, 0.0) + v / len(meshes)
-    total = terms["total"]
-    logged = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
-    return total, {**logged, "loss": float(total.detach())}
+    targets = [
+        surface_samples(label == organ, config.loss.target_points, generator, config.loss.target_smoothing)
+        for label in labels
+    ]
+    terms = mean_mesh_terms(meshes, targets, images.shape[2:], config, device)
+    terms["loss"] = terms["total"]
+    return terms["total"], logged_terms(terms)
 
 
 class ImageToMeshTask(Task):
