@@ -175,8 +175,9 @@ class Segmenter:
         """``{organ name: LPS-mm mesh, or None where the model found no such organ}`` for ``organs`` (default:
         all) of a several-organ model, from the whole scan (:mod:`imagetomesh.scan`: any field of view
         at the model's spacing, in blocks of at most the card's grid shape). A U-Net meshes each organ's
-        voxels; a Voxel2Mesh with one decoder per organ runs its U-Net over the scan to find each organ,
-        then that organ's decoder on a crop around it (:meth:`_organ_decoder_mesh`). An organ that reaches
+        voxels; a mesh model with one decoder per organ (``organ_crops`` in its config: Voxel2Mesh, NUDF)
+        runs its U-Net over the scan to find each organ, then that organ's decoder on a crop around it
+        (:meth:`_organ_decoder_mesh`). An organ that reaches
         the edge of the scan is meshed capped there, with a warning naming it and the edge."""
         if self.organs is None:
             raise InputError(f"model {self.model.name} meshes one structure: use segment")
@@ -221,7 +222,9 @@ class Segmenter:
         crop = tuple(net.config.organ_crops[organ.index - 1])
         start = crop_start(box_centre(mask), crop)
         window = crop_padded(image, start, crop, float(image.min()))
-        grid_mesh = net.predict_meshes(window[None, None].to(self.model.device), organ=organ.index)[0]
+        grid_mesh = net.predict_meshes(
+            window[None, None].to(self.model.device), open_surface=self.open_surface, organ=organ.index
+        )[0]
         verts = crop_to_scan_grid(grid_mesh.vertices, start, crop, tuple(image.shape))
         return self._finish(Mesh(verts.astype(np.float32), grid_mesh.faces).transformed(transform.grid_to_lps))
 

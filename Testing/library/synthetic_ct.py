@@ -4,9 +4,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from imagetomesh.core.transforms import GridTransform
 from imagetomesh.core.volume import Volume
 from imagetomesh.io.images import write_image
+from imagetomesh.training.data import PreparedCase
 
 #: The grid direction of the CT models: index axes along R, A, S.
 LPS_RAS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
@@ -73,3 +76,11 @@ def holds_only_its_organ(mesh, organ: str) -> bool:
     other = next(name for name in ORGAN_CENTRES if name != organ)
     inside = winding_numbers(mesh, np.stack([ORGAN_CENTRES[organ], ORGAN_CENTRES[other]])) > 0.5
     return inside.tolist() == [True, False]
+
+
+def prepared_case(label: np.ndarray, present=(True, True, True), superior=1.0) -> PreparedCase:
+    """A prepared case of ``label`` on a grid whose array axis 0 runs towards superior (``superior`` 1) or inferior (-1)."""
+    label = torch.from_numpy(label)
+    transform = GridTransform(np.diag([-10.0, -10.0, 10.0 * superior, 1.0]), tuple(label.shape))
+    image = torch.linspace(-1, 1, label.numel()).reshape(label.shape)
+    return PreparedCase("c", image, label, transform, None, torch.tensor(present))

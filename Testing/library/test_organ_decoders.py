@@ -6,16 +6,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from synthetic_ct import ORGAN_CENTRES, holds_only_its_organ, segment_synthetic_scan, write_ct_msd
+from synthetic_ct import ORGAN_CENTRES, holds_only_its_organ, prepared_case, segment_synthetic_scan, write_ct_msd
 
 from imagetomesh import cli
-from imagetomesh.core.transforms import GridTransform, grid_to_index, index_to_grid
+from imagetomesh.core.transforms import grid_to_index, index_to_grid
 from imagetomesh.models.voxel2mesh import Voxel2Mesh, Voxel2MeshConfig
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.scan import box_centre, crop_padded, crop_start, crop_to_scan_grid
 from imagetomesh.training.augment import AugmentConfig
 from imagetomesh.training.configs import HEADNECK_CT_GRID, HEADNECK_CT_TEMPLATE_MM, image_configs
-from imagetomesh.training.data import UNKNOWN, PreparedCase
+from imagetomesh.training.data import UNKNOWN
 from imagetomesh.training.organ_crops import meshable, organ_crop, random_organ_crop_batch
 
 UNET = {"in_channels": 1, "num_classes": 3, "base": 8, "depth": 2, "norm": "batch"}
@@ -114,33 +114,25 @@ def test_the_bundled_templates_are_the_organs_sizes_in_their_crops():
     Voxel2MeshConfig(**model)  # a valid architecture
 
 
-def _case(label: np.ndarray, present=(True, True, True), superior=1.0) -> PreparedCase:
-    """A prepared case of ``label`` on a grid whose array axis 0 runs towards superior (``superior`` 1) or inferior (-1)."""
-    label = torch.from_numpy(label)
-    transform = GridTransform(np.diag([-10.0, -10.0, 10.0 * superior, 1.0]), tuple(label.shape))
-    image = torch.linspace(-1, 1, label.numel()).reshape(label.shape)
-    return PreparedCase("c", image, label, transform, None, torch.tensor(present))
-
-
 def test_only_cases_with_an_organ_contoured_to_its_inferior_end_teach_its_mesh():
     label = np.zeros((16, 12, 12), np.uint8)
     label[4:8, 4:8, 4:8] = 1
     label[9:12, 2:5, 2:5] = 2
-    assert meshable(_case(label), 1) and meshable(_case(label), 2)
-    assert not meshable(_case(label, (True, False, True)), 1)  # not contoured
+    assert meshable(prepared_case(label), 1) and meshable(prepared_case(label), 2)
+    assert not meshable(prepared_case(label, (True, False, True)), 1)  # not contoured
     empty = label.copy()
     empty[empty == 1] = 0
-    assert not meshable(_case(empty), 1)
+    assert not meshable(prepared_case(empty), 1)
     stopped_short = label.copy()
     stopped_short[:9][stopped_short[:9] == 0] = UNKNOWN | 2  # "maybe organ 2" below its contour (slices 0-8)
-    assert meshable(_case(stopped_short), 1) and not meshable(_case(stopped_short), 2)
+    assert meshable(prepared_case(stopped_short), 1) and not meshable(prepared_case(stopped_short), 2)
     # the same slices lie above the contour when axis 0 runs towards inferior: an anatomical end, meshable
-    assert meshable(_case(stopped_short, superior=-1.0), 2)
+    assert meshable(prepared_case(stopped_short, superior=-1.0), 2)
     above = label.copy()
     above[12:] = UNKNOWN | 2  # beyond its upper end only (the cord meeting the brainstem)
-    assert meshable(_case(above), 2) and not meshable(_case(above, superior=-1.0), 2)
+    assert meshable(prepared_case(above), 2) and not meshable(prepared_case(above, superior=-1.0), 2)
     # below its contour, but in the grid's padding beyond the scan (slices 0-6 hold only the lowest value)
-    padded = _case(stopped_short)
+    padded = prepared_case(stopped_short)
     padded.image[:7] = padded.image.min()
     assert meshable(padded, 2)
     padded.image[6, 0, 0] = 0.5  # three scanned slices below: cut short
@@ -151,7 +143,7 @@ def test_organ_crops_hold_the_organ_and_batches_one_organ():
     label = np.zeros((16, 12, 12), np.uint8)
     label[4:8, 4:8, 4:8] = 1
     label[9:12, 2:5, 2:5] = 2
-    case = _case(label)
+    case = prepared_case(label)
     image, crop = organ_crop(case, 1, (8, 8, 8))
     assert (crop == 1).sum() == 64 and image.shape == (8, 8, 8)
     # the organ's box centre (5.5, 5.5, 5.5) is the crop's centre: the organ fills its middle

@@ -19,11 +19,17 @@ clamp of 0.1 units is therefore 2.75 mm there.
 
 Meshing (:meth:`NUDF.predict_meshes`) is in :mod:`imagetomesh.geometry.udf_meshing`:
 projection along the UDF gradient, screened Poisson, support trimming.
+
+Several organs (``unet`` and ``organ_crops``): the model also holds a trained several-organ U-Net, kept
+as it was trained, that finds each organ in the whole scan (as a Voxel2Mesh with one decoder per organ
+does); NUDF then meshes organ ``k`` in the crop ``organ_crops[k - 1]`` around it, its encoder reading
+that crop and output ``k`` of the point decoder (one output per organ) giving that organ's distances.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
@@ -32,7 +38,7 @@ from torch import nn
 from imagetomesh.models.protocol import SegmentationModel
 from imagetomesh.nn.feature_sampling import sample_features
 from imagetomesh.nn.grid import grid_voxel_size, isotropic_scale, isotropic_voxel_size
-from imagetomesh.nn.unet import DoubleConv
+from imagetomesh.nn.unet import DoubleConv, UNet3D, UNetConfig
 
 
 @dataclass
@@ -40,7 +46,12 @@ class NUDFConfig:
     """``channels`` per encoder level (finest first); ``norm`` "batch" | "instance" | "group";
     ``hidden`` MLP width; ``offset_voxels`` the 6 neighbour offsets in grid voxels; ``clamp``
     the distance clamp (normalised units, see the module docstring); ``chunk`` query points per
-    decoder pass; ``meshing`` keyword arguments of :class:`~imagetomesh.geometry.udf_meshing.UDFMeshingConfig`."""
+    decoder pass; ``meshing`` keyword arguments of :class:`~imagetomesh.geometry.udf_meshing.UDFMeshingConfig`.
+    Several organs: ``unet`` the :class:`~imagetomesh.nn.unet.UNetConfig` (as a dict) of the localising
+    U-Net, whose classes ``1..K`` are the organs, and ``organ_crops`` one ``(d, h, w)`` crop per organ,
+    each size a multiple of ``2 ** (len(channels) - 1)`` (the encoder's poolings); ``norm`` then "group" or
+    "instance" (a batch holds one organ's crops: measured on synthetic CTs, batch norm's mixed running
+    statistics made the validation error grow while the training loss fell)."""
 
     in_channels: int = 1
     channels: tuple[int, ...] = (16, 32, 64, 64)
@@ -50,15 +61,43 @@ class NUDFConfig:
     clamp: float = 0.1
     chunk: int = 8192
     meshing: dict = field(default_factory=dict)
+    unet: Optional[dict] = None
+    organ_crops: Optional[list[list[int]]] = None
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
+        if (self.unet is None) != (self.organ_crops is None):
+            raise ValueError(
+                "a several-organ NUDF needs both unet (the localiser) and organ_crops; give both or neither"
+            )
+        if self.unet is not None:
+            if self.norm == "batch":
+                raise ValueError(
+                    "a several-organ NUDF trains on one organ's crops per batch, so batch norm's running statistics "
+                    "would mix organs that no batch mixed: use norm 'group' or 'instance'"
+                )
+            organs = UNetConfig(**self.unet).num_classes - 1
+            multiple = 2 ** (len(self.channels) - 1)
+            if (
+                organs < 1
+                or len(self.organ_crops) != organs
+                or any(len(c) != 3 or min(c) < multiple or any(v % multiple for v in c) for c in self.organ_crops)
+            ):
+                raise ValueError(
+                    f"organ_crops must give one (d, h, w) crop per organ class of the U-Net ({organs}), each size a "
+                    f"multiple of {multiple} (the encoder's poolings), got {self.organ_crops}"
+                )
         if not self.channels or min(self.channels) < 1 or self.in_channels < 1:
             raise ValueError(f"NUDF channels must be positive, got {self.channels}")
         if self.hidden < 1 or self.chunk < 1:
             raise ValueError("NUDF hidden and chunk must be positive")
         if not self.clamp > 0 or self.offset_voxels < 0:
             raise ValueError("NUDF clamp must be positive and offset_voxels non-negative")
+
+    @property
+    def organs(self) -> int:
+        """Organs meshed (one decoder output each); 0 for a one-object model."""
+        return len(self.organ_crops) if self.organ_crops else 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -67,8 +106,9 @@ class NUDFConfig:
 
 
 class NUDF(nn.Module, SegmentationModel):
-    """``encode(image (B, 1, D, H, W))`` -> feature list; ``query(features, points (B, N, 3))`` -> ``(B, N)``
-    unsigned distances; ``forward(image, points)`` does both."""
+    """``encode(image (B, 1, D, H, W))`` -> feature list; ``query(features, points (B, N, 3), organ=None)`` ->
+    ``(B, N)`` unsigned distances (of organ ``k``: several-organ models); ``forward(image, points, organ=None)``
+    does both. A several-organ model's :attr:`unet` is its localiser."""
 
     #: ``segment --open`` is allowed: the surface can be returned without being closed.
     supports_open_surface = True
@@ -85,8 +125,10 @@ class NUDF(nn.Module, SegmentationModel):
             nn.ReLU(inplace=True),
             nn.Linear(c.hidden, c.hidden),
             nn.ReLU(inplace=True),
-            nn.Linear(c.hidden, 1),
+            nn.Linear(c.hidden, max(1, c.organs)),
         )
+        if c.unet is not None:
+            self.unet = UNet3D(UNetConfig(**c.unet))
 
     def encode(self, image: torch.Tensor) -> list[torch.Tensor]:
         """``[image, level 0, level 1, ...]``, each ``(B, C_l, D_l, H_l, W_l)``."""
@@ -105,34 +147,52 @@ class NUDF(nn.Module, SegmentationModel):
         eye = torch.eye(3, device=device) * voxel * self.config.offset_voxels
         return torch.cat([torch.zeros(1, 3, device=device), eye, -eye])
 
-    def _query_block(self, features: list[torch.Tensor], points: torch.Tensor) -> torch.Tensor:
+    def _output(self, organ: int | None) -> int:
+        """The decoder output of ``organ`` (required, 1..K, for a several-organ model; None otherwise)."""
+        organs = self.config.organs
+        if organ is None:
+            if organs:
+                raise ValueError(f"this NUDF meshes {organs} organs: say which organ (1-{organs})")
+            return 0
+        if not 1 <= organ <= organs:
+            raise ValueError(f"organ must be between 1 and {organs} (the organs of this model), got {organ}")
+        return organ - 1
+
+    def _query_block(self, features: list[torch.Tensor], points: torch.Tensor, output: int) -> torch.Tensor:
         b, n, _ = points.shape
         moved = points[:, None, :, :] + self.offsets(features[0].shape[2:], points.device)[None, :, None, :]
         moved = moved.reshape(b, 7 * n, 3)
         sampled = torch.cat([sample_features(f, moved) for f in features], dim=2)  # (B, 7N, C)
         sampled = sampled.view(b, 7, n, -1).permute(0, 2, 1, 3).reshape(b, n, -1)
-        return self.decoder(sampled)[..., 0].abs()
+        return self.decoder(sampled)[..., output].abs()
 
-    def query(self, features: list[torch.Tensor], points: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-        """Unsigned distances ``(B, N)`` (normalised units) at ``points (B, N, 3)`` grid coordinates,
-        ``chunk`` points at a time (default ``config.chunk``) so memory is bounded whatever ``N``."""
+    def query(
+        self, features: list[torch.Tensor], points: torch.Tensor, chunk: int | None = None, organ: int | None = None
+    ) -> torch.Tensor:
+        """Unsigned distances ``(B, N)`` (normalised units) at ``points (B, N, 3)`` grid coordinates (to organ
+        ``organ``'s surface: several-organ models), ``chunk`` points at a time (default ``config.chunk``) so
+        memory is bounded whatever ``N``."""
         if points.dim() != 3 or points.shape[2] != 3 or points.shape[0] != features[0].shape[0]:
             raise ValueError(f"points must be (B, N, 3) with B = {features[0].shape[0]}, got {tuple(points.shape)}")
+        output = self._output(organ)
         chunk = chunk or self.config.chunk
         if points.shape[1] <= chunk:
-            return self._query_block(features, points)
+            return self._query_block(features, points, output)
         return torch.cat(
-            [self._query_block(features, points[:, i : i + chunk]) for i in range(0, points.shape[1], chunk)], 1
+            [self._query_block(features, points[:, i : i + chunk], output) for i in range(0, points.shape[1], chunk)],
+            1,
         )
 
-    def forward(self, image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        return self.query(self.encode(image), points)
+    def forward(self, image: torch.Tensor, points: torch.Tensor, organ: int | None = None) -> torch.Tensor:
+        return self.query(self.encode(image), points, organ=organ)
 
-    def predict_meshes(self, images: torch.Tensor, open_surface: bool = False):
-        """One :class:`~imagetomesh.core.mesh.Mesh` per image ``(B, C, D, H, W)``, in model grid coordinates.
+    def predict_meshes(self, images: torch.Tensor, open_surface: bool = False, organ: int | None = None):
+        """One :class:`~imagetomesh.core.mesh.Mesh` per image ``(B, C, D, H, W)``, in model grid coordinates
+        (of organ ``organ``, whose crops ``images`` are: several-organ models).
 
         Closed (the caller repairs it to watertight) unless ``open_surface``.
         """
+        self._output(organ)  # a missing or unknown organ fails before the encoder runs
         from imagetomesh.geometry.udf_meshing import UDFMeshingConfig, mesh_udf
 
         config = UDFMeshingConfig(**self.config.meshing)
@@ -146,7 +206,7 @@ class NUDF(nn.Module, SegmentationModel):
 
             def udf(points_iso: torch.Tensor, feats=feats) -> torch.Tensor:  # CPU points in, CPU distances out
                 grid = points_iso.to(images.device) / scale
-                return self.query(feats, grid[None], chunk=self.config.chunk)[0].cpu()
+                return self.query(feats, grid[None], chunk=self.config.chunk, organ=organ)[0].cpu()
 
             mesh = mesh_udf(udf, (-scale).cpu().numpy(), scale.cpu().numpy(), voxel, config, open_surface=open_surface)
             meshes.append(mesh.transformed(_diag_affine(1.0 / scale.cpu().numpy())))

@@ -36,8 +36,40 @@ from imagetomesh.training.tasks.base import EngineOptions
 HIPPOCAMPUS_GRID = GridSpec((48, 56, 40), (1.0, 1.0, 1.0), (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
 
 
+@dataclass(kw_only=True)
+class OrganOptions:
+    """Several-organ options (a base of the config dataclasses of the kinds that can learn several organs)."""
+
+    #: several organs: ``[{"name", "label" (value in the label files), "colour" [r, g, b] 0-255,
+    #: "terminology"}, ...]``, class ``k`` = ``organs[k - 1]``; None: one object (every non-zero label)
+    organs: Optional[list] = None
+    #: organ names contoured over part of their length in the training labels (the oesophagus in
+    #: OpenKBP): unknown, not background, in the slices beyond their contour
+    #: (:func:`~imagetomesh.training.data.mark_uncontoured_slices`); None: every contour is whole
+    partly_contoured: Optional[list] = None
+    #: models with one decoder per organ (``organ_crops``): each training crop's centre is moved by up to
+    #: this many voxels along each axis from the organ's box centre (a localiser's box is off by a few voxels)
+    crop_jitter: float = 3.0
+
+    def organ_classes(self, option: str) -> tuple[int, ...]:
+        """Output classes of the organs the config's list ``option`` (e.g. ``"partly_contoured"``) names
+        (class ``k`` = ``organs[k - 1]``); :class:`InputError` naming ``option`` for a name that is not one
+        of :attr:`organs`."""
+        names = getattr(self, option)
+        organs = [o["name"] for o in self.organs or []]
+        unknown = [n for n in names or [] if n not in organs]
+        if unknown:
+            raise InputError(f"{option} {unknown} are not organs of this config ({', '.join(organs)})")
+        return tuple(organs.index(n) + 1 for n in names or [])
+
+    @property
+    def organ_labels(self) -> Optional[tuple[int, ...]]:
+        """The label values of :attr:`organs` (class ``k`` = ``organ_labels[k - 1]``), None for one object."""
+        return tuple(o["label"] for o in self.organs) if self.organs else None
+
+
 @dataclass
-class TrainConfig(EngineOptions):
+class TrainConfig(EngineOptions, OrganOptions):
     """Everything a U-Net, Voxel2Mesh or Pixel2Mesh-3D run needs besides the data; saved as ``config.json``."""
 
     kind: str
@@ -51,9 +83,6 @@ class TrainConfig(EngineOptions):
     loss: MeshLossWeights = field(default_factory=MeshLossWeights)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     threads: int = 2
-    #: several organs: ``[{"name", "label" (value in the label files), "colour" [r, g, b] 0-255,
-    #: "terminology"}, ...]``, class ``k`` = ``organs[k - 1]``; None: one object (every non-zero label)
-    organs: Optional[list] = None
     #: train on random ``(D, H, W)`` crops of the grid (inference still sees the whole grid); None: whole grid
     patch: Optional[list] = None
     #: probability that a training crop is centred on a labelled voxel
@@ -67,16 +96,9 @@ class TrainConfig(EngineOptions):
     #: organ names whose output channel restarts at a small prior when the run starts from
     #: ``--init-from`` (:func:`~imagetomesh.training.init_weights.restart_classes`); None: none
     restart_classes: Optional[list] = None
-    #: organ names contoured over part of their length in the training labels (the oesophagus in
-    #: OpenKBP): unknown, not background, in the slices beyond their contour
-    #: (:func:`~imagetomesh.training.data.mark_uncontoured_slices`); None: every contour is whole
-    partly_contoured: Optional[list] = None
     #: mesh models fine-tuned from ``--init-from``: the U-Net (encoder, decoder, voxel head) keeps its
     #: weights and batch-norm statistics, only the mesh decoder learns (no backward pass through the U-Net)
     freeze_unet: bool = False
-    #: Voxel2Mesh with one decoder per organ: each training crop's centre is moved by up to this many
-    #: voxels along each axis from the organ's box centre (a localiser's box is off by a few voxels)
-    crop_jitter: float = 3.0
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

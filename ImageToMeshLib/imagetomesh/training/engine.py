@@ -158,7 +158,8 @@ RESUMABLE_CHANGES = frozenset({"steps", "time_limit_s", "pretrain_time_limit_s",
 
 def check_resumable(out, config, config_name: str, seed: int) -> None:
     """:class:`InputError` when ``out`` holds a run started with another config or seed (every field but
-    :data:`RESUMABLE_CHANGES`; fields the saved ``config.json`` predates are not compared), before
+    :data:`RESUMABLE_CHANGES`; fields, and keys of its dictionaries, that the saved ``config.json`` predates
+    are not compared), before
     anything is written: resuming it would mix two trainings, or fail half-way on mismatched weights."""
     path = Path(out) / "config.json"
     if not path.is_file():
@@ -170,13 +171,21 @@ def check_resumable(out, config, config_name: str, seed: int) -> None:
     if not isinstance(saved, dict):
         raise InputError(f"{path} is not a run config; give a new --out for a new run")
     new = json.loads(json.dumps({"seed": seed, **config.to_dict()}))
-    differ = sorted(k for k in saved if k in new and k not in RESUMABLE_CHANGES and saved[k] != new[k])
+    differ = sorted(k for k in saved if k in new and k not in RESUMABLE_CHANGES and _differs(saved[k], new[k]))
     if differ:
         raise InputError(
             f"{out} holds a run started with config {saved.get('config_name', '?')!r} and seed {saved.get('seed', '?')}; "
             f"this command's config {config_name!r} differs in {', '.join(differ[:6])}: resume with the run's "
             "--config and --seed (only --steps and time limits may change), or give a new --out"
         )
+
+
+def _differs(saved, new) -> bool:
+    """Whether a saved config value differs from the new one; in dictionaries (a model's architecture) only
+    the keys the saved one has are compared (a later version's keys have defaults that keep it)."""
+    if isinstance(saved, dict) and isinstance(new, dict):
+        return any(k not in new or _differs(v, new[k]) for k, v in saved.items())
+    return saved != new
 
 
 def _undo_start(out: Path, existed: Optional[set]) -> None:

@@ -32,6 +32,18 @@ def init_from_model(model: torch.nn.Module, kind: str, folder: str | Path, log: 
     log(f"initialised {len(unet_state)} U-Net tensors from {folder} ({len(missing.missing_keys)} others fresh)")
 
 
+def check_same_organs(folder: str | Path, organs: list[dict]) -> None:
+    """:class:`InputError` unless the model saved in ``folder`` has the classes ``organs`` (names, in order):
+    its U-Net's class ``k`` must be the config's organ ``k``."""
+    theirs = [o.get("name") for o in read_card(folder).get("organs") or []]
+    ours = [o["name"] for o in organs]
+    if theirs != ours:
+        raise InputError(
+            f"{folder} has the classes {theirs or ['one object']}, this config the organs {ours}: "
+            "start from a model trained on the same organs (e.g. unet-headneck-ct)"
+        )
+
+
 @torch.no_grad()
 def restart_classes(head: torch.nn.Conv3d, classes: list[int], prior: float = 0.01) -> None:
     """Give each of ``classes`` (output channels of a segmentation ``head``, ``(C, F, 1, 1, 1)`` weights)

@@ -1,4 +1,4 @@
-"""Crops around one labelled organ, for a model with one mesh decoder per organ (Voxel2Mesh with
+"""Crops around one labelled organ, for a model with one mesh decoder per organ (Voxel2Mesh or NUDF with
 ``organ_crops``): the crops :meth:`imagetomesh.inference.Segmenter.segment_organs` meshes each organ
 in, centred on the box around the organ (jittered in training, since a localiser's box is off by a
 few voxels), cut from a case prepared on the whole-scan grid (:mod:`imagetomesh.training.data`)."""
@@ -54,14 +54,22 @@ def _superior_axis(grid_to_lps: np.ndarray) -> tuple[int, bool]:
     return 2 - column, bool(grid_to_lps[2, column] > 0)
 
 
+def organ_crop_start(
+    case: PreparedCase, organ: int, shape: tuple[int, int, int], offset: np.ndarray | None = None
+) -> tuple[int, int, int]:
+    """The first voxel ``(k, j, i)`` of the ``shape`` crop of ``case`` centred on the box around class ``organ``
+    (moved by ``offset`` ``(k, j, i)`` voxels)."""
+    centre = box_centre(case.label == organ) + (0.0 if offset is None else np.asarray(offset, dtype=np.float64))
+    return crop_start(centre, shape)
+
+
 def organ_crop(
     case: PreparedCase, organ: int, shape: tuple[int, int, int], offset: np.ndarray | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(image (d, h, w) float32, label (d, h, w) uint8)``: the ``shape`` crop of ``case`` centred on the box
     around class ``organ`` (moved by ``offset`` ``(k, j, i)`` voxels), padded with the image's lowest value
     (air) and label 0 where it leaves the grid."""
-    centre = box_centre(case.label == organ) + (0.0 if offset is None else np.asarray(offset, dtype=np.float64))
-    start = crop_start(centre, shape)
+    start = organ_crop_start(case, organ, shape, offset)
     return (
         crop_padded(case.image.float(), start, shape, float(case.image.min())),
         crop_padded(case.label, start, shape, 0),
@@ -71,6 +79,26 @@ def organ_crop(
 def organ_cases(cases: list[PreparedCase], organs: int) -> dict[int, list[PreparedCase]]:
     """``{class k: the cases that can teach organ k's mesh}`` (:func:`meshable`) for classes ``1..organs``."""
     return {k: [c for c in cases if meshable(c, k)] for k in range(1, organs + 1)}
+
+
+def describe_organ_cases(cases_by_organ: dict[int, list[PreparedCase]], organs: list[dict]) -> str:
+    """A log line: how many cases teach each organ (``organs[k - 1]`` names class ``k``)."""
+    return "cases teaching each organ's mesh: " + ", ".join(
+        f"{o['name']} {len(cases_by_organ[k])}" for k, o in enumerate(organs, 1)
+    )
+
+
+def random_organ(cases_by_organ: dict[int, list], generator: torch.Generator) -> int:
+    """An organ class drawn uniformly among those of ``cases_by_organ`` with at least one entry."""
+    organs = [k for k, cases in cases_by_organ.items() if cases]
+    if not organs:
+        raise ValueError("no case can teach any organ's mesh")
+    return organs[int(torch.randint(len(organs), (1,), generator=generator))]
+
+
+def random_offset(jitter: float, generator: torch.Generator) -> np.ndarray:
+    """A crop-centre offset ``(k, j, i)`` voxels, uniform in ``[-jitter, jitter]`` along each axis."""
+    return ((torch.rand(3, generator=generator, dtype=torch.float64) * 2 - 1) * jitter).numpy()
 
 
 def random_organ_crop_batch(
@@ -85,16 +113,12 @@ def random_organ_crop_batch(
     each cropped around the organ (``crops[k - 1]`` ``(d, h, w)`` for class ``k``; centre moved by up to
     ``jitter`` voxels along each axis) and augmented: ``(k, images (B, 1, d, h, w), labels (B, d, h, w))``,
     labels as prepared (class indices, :data:`~imagetomesh.training.data.UNKNOWN` codes)."""
-    organs = [k for k, cases in cases_by_organ.items() if cases]
-    if not organs:
-        raise ValueError("no case can teach any organ's mesh")
-    organ = organs[int(torch.randint(len(organs), (1,), generator=generator))]
+    organ = random_organ(cases_by_organ, generator)
     cases = cases_by_organ[organ]
     shape = tuple(crops[organ - 1])
     images, labels = [], []
     for i in torch.randint(len(cases), (batch_size,), generator=generator):
-        offset = (torch.rand(3, generator=generator, dtype=torch.float64) * 2 - 1) * jitter
-        image, label = organ_crop(cases[int(i)], organ, shape, offset.numpy())
+        image, label = organ_crop(cases[int(i)], organ, shape, random_offset(jitter, generator))
         image, label = augment(image, label, config, generator)
         images.append(image)
         labels.append(label)

@@ -22,9 +22,9 @@ from imagetomesh.models.registry import build_model
 from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
 from imagetomesh.training.configs import TrainConfig, image_configs
 from imagetomesh.training.data import chamfer_target, prepare_split, random_image_batch, random_patch_batch
-from imagetomesh.training.init_weights import init_from_model, restart_classes
+from imagetomesh.training.init_weights import check_same_organs, init_from_model, restart_classes
 from imagetomesh.training.losses import mesh_decoder_loss, partial_label_loss, segmentation_loss
-from imagetomesh.training.organ_crops import organ_cases, random_organ_crop_batch
+from imagetomesh.training.organ_crops import describe_organ_cases, organ_cases, random_organ_crop_batch
 from imagetomesh.training.schedules import one_cycle, rescale_one_cycle
 from imagetomesh.training.tasks.base import RunState, Task, run_card
 from imagetomesh.training.udf_points import surface_samples
@@ -119,8 +119,8 @@ class ImageToMeshTask(Task):
             progress=run.writer,
             surface_points=config.loss.target_points if dense else 0,
             surface_smoothing=config.loss.target_smoothing,
-            organs=tuple(o["label"] for o in config.organs) if config.organs else None,
-            partly_contoured=self._organ_classes("partly_contoured", config.partly_contoured),
+            organs=config.organ_labels,
+            partly_contoured=config.organ_classes("partly_contoured"),
         )
         self.organ_decoders = bool(config.model.get("organ_crops"))
         if config.organs and config.kind != "unet" and not self.organ_decoders:
@@ -134,15 +134,14 @@ class ImageToMeshTask(Task):
                     "set freeze_unet and give --init-from a unet model of the same organs (e.g. unet-headneck-ct)"
                 )
             self.cases_by_organ = organ_cases(self.train_cases, len(config.organs))
-            run.log(
-                "cases teaching each organ's mesh: "
-                + ", ".join(f"{o['name']} {len(self.cases_by_organ[k])}" for k, o in enumerate(config.organs, 1))
-            )
+            run.log(describe_organ_cases(self.cases_by_organ, config.organs))
         self.model = build_model(config.kind, config.model).to(run.device)
         if self.init_from:
+            if config.organs:
+                check_same_organs(self.init_from, config.organs)
             init_from_model(self.model, config.kind, self.init_from, run.log)
             if config.restart_classes:
-                restart_classes(self.model.unet.head, self._organ_classes("restart_classes", config.restart_classes))
+                restart_classes(self.model.unet.head, config.organ_classes("restart_classes"))
                 run.log(f"restarted the outputs of {', '.join(config.restart_classes)} at a 1 % prior")
         if config.freeze_unet:
             if config.kind == "unet" or not self.init_from:
@@ -155,15 +154,6 @@ class ImageToMeshTask(Task):
         learned = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(learned, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = one_cycle(self.optimizer, config.lr, config.steps)
-
-    def _organ_classes(self, field: str, names: list[str] | None) -> tuple[int, ...]:
-        """Output classes of the organs ``names`` of ``config.organs`` (class ``k`` = ``organs[k - 1]``);
-        :class:`InputError` naming the config ``field`` for a name that is not one of them."""
-        organs = [o["name"] for o in self.config.organs or []]
-        unknown = [n for n in names or [] if n not in organs]
-        if unknown:
-            raise InputError(f"{field} {unknown} are not organs of this config ({', '.join(organs)})")
-        return tuple(organs.index(n) + 1 for n in names or [])
 
     def on_load(self) -> dict:
         return {**super().on_load(), "scheduler": lambda saved: rescale_one_cycle(saved, self.config.steps)}

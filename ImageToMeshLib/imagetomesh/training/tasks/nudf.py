@@ -9,10 +9,19 @@ the points with the image and scales their distances with it. Loss (Juhl et al.)
 AdamW, one-cycle learning rate, gradient norm clipped at 5. The best model is the one with the
 lowest clamped L1 on the validation cases' (unaugmented) points. The run also stops after
 ``time_limit_s`` (checkpointed, resumable). Run folder: as :mod:`imagetomesh.training.engine` writes it.
+
+Several organs (``organ_crops`` in the model config, ``headneck-ct-cpu``): the model's localising U-Net
+comes from ``--init-from`` (a trained several-organ ``unet`` model of the same organs) and is not trained;
+each (case, organ) that can teach the organ's surface (:func:`~imagetomesh.training.organ_crops.meshable`)
+gets a pool of points around that organ's surface in its crop centred on the labelled organ; each step
+draws one organ, crops its cases with the centre jittered by up to ``crop_jitter`` voxels (the pool's
+points moved with the crop), augments them, and trains that organ's decoder output. Validation: clamped
+L1 per organ on the validation cases' crops (``val_l1_<organ>``), their mean ``val_l1`` selects.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,16 +31,34 @@ from tqdm import tqdm
 from imagetomesh.errors import InputError
 from imagetomesh.models.nudf import NUDF, NUDFConfig
 from imagetomesh.preprocessing import GridSpec
+from imagetomesh.scan import crop_padded, crop_to_scan_grid
 from imagetomesh.training.augment import AugmentConfig, augment
-from imagetomesh.training.configs import HIPPOCAMPUS_GRID, named_config
+from imagetomesh.training.configs import (
+    CT_AUGMENT,
+    HEADNECK_CT_CROPS,
+    HEADNECK_CT_GRID,
+    HEADNECK_CT_ORGANS,
+    HIPPOCAMPUS_GRID,
+    UNET_HEADNECK_CT,
+    OrganOptions,
+    named_config,
+)
 from imagetomesh.training.data import PreparedCase, prepare_split
+from imagetomesh.training.init_weights import check_same_organs, init_from_model
+from imagetomesh.training.organ_crops import (
+    describe_organ_cases,
+    organ_cases,
+    organ_crop_start,
+    random_offset,
+    random_organ,
+)
 from imagetomesh.training.schedules import one_cycle, rescale_one_cycle
 from imagetomesh.training.tasks.base import EngineOptions, RunState, Task, run_card
 from imagetomesh.training.udf_points import UDFPointConfig, sample_udf_points
 
 
 @dataclass
-class NUDFTrainConfig(EngineOptions):
+class NUDFTrainConfig(EngineOptions, OrganOptions):
     """Everything a NUDF run needs besides the data; saved next to every checkpoint."""
 
     model: dict
@@ -55,12 +82,34 @@ class NUDFTrainConfig(EngineOptions):
 
 
 def nudf_configs() -> dict[str, NUDFTrainConfig]:
-    """``cpu``: a small encoder, about 55 minutes on one CPU thread; ``gpu``: the paper's sizes."""
+    """``cpu``: a small encoder, about 55 minutes on one CPU thread; ``gpu``: the paper's sizes;
+    ``headneck-ct-cpu``: the seven OpenKBP organs, each in its crop of the head-and-neck grid, found by
+    the U-Net of ``--init-from`` (``unet-headneck-ct``)."""
     cpu_model = NUDFConfig(channels=(16, 32, 64, 64), hidden=256).to_dict()
     gpu_model = NUDFConfig(channels=(32, 64, 128, 128), hidden=256).to_dict()
+    organs = copy.deepcopy(HEADNECK_CT_ORGANS)
+    ct_model = NUDFConfig(
+        channels=(16, 32, 64, 64),
+        norm="group",
+        hidden=256,
+        unet=dict(UNET_HEADNECK_CT),
+        organ_crops=[HEADNECK_CT_CROPS[o["name"]] for o in organs],
+    ).to_dict()
     return {
         "cpu": NUDFTrainConfig(
             cpu_model, steps=2400, batch_size=2, points_per_case=3000, time_limit_s=55 * 60, threads=1
+        ),
+        "headneck-ct-cpu": NUDFTrainConfig(
+            ct_model,
+            grid=HEADNECK_CT_GRID,
+            steps=4200,  # one organ per step: 600 steps (1,200 crops) per organ
+            batch_size=2,
+            points_per_case=3000,
+            val_every=300,
+            augment=copy.deepcopy(CT_AUGMENT),
+            threads=1,
+            organs=organs,
+            partly_contoured=["spinal_cord", "esophagus"],
         ),
         "gpu": NUDFTrainConfig(
             gpu_model,
@@ -96,18 +145,94 @@ def clamped_l1(pred: torch.Tensor, target: torch.Tensor, clamp: float) -> torch.
     return (pred.clamp(max=clamp) - target.clamp(max=clamp)).abs().mean()
 
 
+@dataclass
+class OrganPointPool:
+    """Organ ``organ`` of ``case``: its training points around the organ's surface in the crop of the
+    organ's ``shape`` ``(d, h, w)`` starting at voxel ``start`` ``(k, j, i)`` (centred on the labelled
+    organ): ``points (N, 3)`` grid coordinates of that crop, ``distances (N,)``."""
+
+    case: PreparedCase
+    organ: int
+    shape: tuple[int, int, int]
+    start: tuple[int, int, int]
+    points: torch.Tensor
+    distances: torch.Tensor
+
+    def crop(self, offset: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(image (d, h, w), label (d, h, w), points (N, 3))``: the crop with its centre moved by ``offset``
+        ``(k, j, i)`` voxels (none: the pool's own crop), the pool's points in its grid coordinates."""
+        start = self.start if offset is None else organ_crop_start(self.case, self.organ, self.shape, offset)
+        image = crop_padded(self.case.image.float(), start, self.shape, float(self.case.image.min()))
+        label = crop_padded(self.case.label, start, self.shape, 0)
+        if start == self.start:
+            return image, label, self.points
+        moved_from = tuple(a - b for a, b in zip(self.start, start))  # the pool's crop inside the new one
+        points = crop_to_scan_grid(self.points.double().numpy(), moved_from, self.shape, self.shape)
+        return image, label, torch.from_numpy(points).float()
+
+
+def make_organ_pools(
+    cases_by_organ: dict[int, list[PreparedCase]],
+    crops: list[list[int]],
+    config: UDFPointConfig,
+    seed: int,
+    progress: bool = True,
+) -> dict[int, list[OrganPointPool]]:
+    """``{class k: one pool per case of cases_by_organ[k]}``, each from the organ's crop ``crops[k - 1]``."""
+    generator = torch.Generator().manual_seed(seed)
+    pairs = [(k, case) for k, cases in cases_by_organ.items() for case in cases]
+    pools: dict[int, list[OrganPointPool]] = {k: [] for k in cases_by_organ}
+    for k, case in tqdm(pairs, desc="sampling points", disable=None if progress else True, leave=False):
+        shape = tuple(crops[k - 1])
+        start = organ_crop_start(case, k, shape)
+        label = crop_padded(case.label, start, shape, 0) == k
+        pools[k].append(OrganPointPool(case, k, shape, start, *sample_udf_points(label, config, generator)))
+    return pools
+
+
+def augmented_points(
+    image: torch.Tensor,
+    label: torch.Tensor,
+    points: torch.Tensor,
+    distances: torch.Tensor,
+    config: NUDFTrainConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``image (D, H, W)`` augmented, with ``points_per_case`` of its ``points (N, 3)`` (grid) drawn and moved
+    with it and their ``distances (N,)`` scaled with it: ``(image, points (P, 3), distances (P,))``."""
+    image, _, linear, shift = augment(image, label, config.augment, generator, return_transform=True)
+    pick = torch.randint(len(points), (config.points_per_case,), generator=generator)
+    moved = (points[pick] - shift) @ torch.linalg.inv(linear).T
+    return image, moved, distances[pick] * abs(float(torch.linalg.det(linear))) ** (-1.0 / 3.0)
+
+
 def training_batch(pools: list[PointPool], config: NUDFTrainConfig, generator: torch.Generator):
     """Augmented ``images (B, 1, D, H, W)``, ``points (B, P, 3)`` grid, ``distances (B, P)``."""
-    images, points, distances = [], [], []
-    for pool in pools:
-        image, _, linear, shift = augment(
-            pool.case.image, pool.case.label, config.augment, generator, return_transform=True
-        )
-        pick = torch.randint(len(pool.points), (config.points_per_case,), generator=generator)
-        moved = (pool.points[pick] - shift) @ torch.linalg.inv(linear).T
-        images.append(image)
-        points.append(moved)
-        distances.append(pool.distances[pick] * abs(float(torch.linalg.det(linear))) ** (-1.0 / 3.0))
+    cases = [
+        augmented_points(pool.case.image, pool.case.label, pool.points, pool.distances, config, generator)
+        for pool in pools
+    ]
+    return _stacked(cases)
+
+
+def organ_training_batch(
+    pools_by_organ: dict[int, list[OrganPointPool]], config: NUDFTrainConfig, generator: torch.Generator
+):
+    """One organ ``k`` drawn uniformly (among those with pools), ``batch_size`` of its pools with replacement,
+    each cropped with a jittered centre and augmented: ``(k, images (B, 1, d, h, w), points (B, P, 3),
+    distances (B, P))``."""
+    organ = random_organ(pools_by_organ, generator)
+    pools = pools_by_organ[organ]
+    cases = []
+    for i in torch.randint(len(pools), (config.batch_size,), generator=generator):
+        pool = pools[int(i)]
+        image, label, points = pool.crop(random_offset(config.crop_jitter, generator))
+        cases.append(augmented_points(image, label, points, pool.distances, config, generator))
+    return (organ, *_stacked(cases))
+
+
+def _stacked(cases: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+    images, points, distances = zip(*cases)
     return torch.stack(images)[:, None], torch.stack(points), torch.stack(distances)
 
 
@@ -116,25 +241,52 @@ def validate(model: NUDF, pools: list[PointPool], n_points: int, device) -> dict
     """Clamped L1 on every validation case's first ``n_points`` points (unaugmented), overall and
     for points within 0.02 units of the surface (``val_l1_near``)."""
     model.eval()
-    losses, near = [], []
-    clamp = model.config.clamp
-    for pool in pools:
-        pts, dist = pool.points[:n_points].to(device), pool.distances[:n_points].to(device)
-        pred = model(pool.case.image[None, None].to(device), pts[None])[0]
-        losses.append(float(clamped_l1(pred, dist, clamp)))
-        mask = dist < 0.02
-        near.append(float((pred[mask] - dist[mask]).abs().mean()))
+    losses, near = zip(*(_pool_errors(model, pool.case.image, pool, n_points, device) for pool in pools))
     model.train()
     return {"val_l1": float(np.mean(losses)), "val_l1_near": float(np.mean(near))}
+
+
+@torch.no_grad()
+def validate_organs(
+    model: NUDF, pools_by_organ: dict[int, list[OrganPointPool]], n_points: int, device, organs: list[str]
+) -> dict[str, float]:
+    """:func:`validate` per organ on its pools' own crops (``organs[k - 1]`` names class ``k``):
+    ``val_l1_<organ>``, ``val_l1_near_<organ>``, and their means over organs ``val_l1``, ``val_l1_near``."""
+    model.eval()
+    l1, near = {}, {}
+    for k, pools in pools_by_organ.items():
+        if pools:
+            errors = np.array([_pool_errors(model, pool.crop()[0], pool, n_points, device, organ=k) for pool in pools])
+            l1[organs[k - 1]], near[organs[k - 1]] = errors.mean(0)
+    model.train()
+    out = {f"val_l1_{name}": float(v) for name, v in l1.items()}
+    out.update({f"val_l1_near_{name}": float(v) for name, v in near.items()})
+    return {**out, "val_l1": float(np.mean(list(l1.values()))), "val_l1_near": float(np.mean(list(near.values())))}
+
+
+def _pool_errors(model: NUDF, image: torch.Tensor, pool, n_points: int, device, organ: int | None = None):
+    """``(clamped L1, mean error within 0.02 units of the surface)`` of ``model`` on ``image (D, H, W)`` at
+    the first ``n_points`` points of ``pool``."""
+    pts, dist = pool.points[:n_points].to(device), pool.distances[:n_points].to(device)
+    pred = model(image[None, None].float().to(device), pts[None], organ=organ)[0]
+    mask = dist < 0.02
+    return float(clamped_l1(pred, dist, model.config.clamp)), float((pred[mask] - dist[mask]).abs().mean())
 
 
 class NUDFTask(Task):
     """NUDF on an MSD folder: point pools made once per case, clamped L1 on augmented batches."""
 
     def __init__(self, config: NUDFTrainConfig, run, init_from=None) -> None:
-        if init_from:
+        self.organ_model = bool(config.model.get("organ_crops"))
+        if init_from and not self.organ_model:
             raise InputError("NUDF trains from scratch (its encoder is not a U-Net); drop --init-from")
+        if self.organ_model and not init_from:
+            raise InputError(
+                "a several-organ NUDF finds its organs with a trained several-organ U-Net: give --init-from a unet "
+                "model of the same organs (e.g. Resources/Models/unet-headneck-ct)"
+            )
         super().__init__(config, run)
+        self.init_from = init_from
 
     @classmethod
     def configs(cls, kind: str = "nudf") -> dict[str, NUDFTrainConfig]:
@@ -142,34 +294,69 @@ class NUDFTask(Task):
 
     def setup(self) -> None:
         run, config = self.run, self.config
-        self.split, train_cases, val_cases = prepare_split(run.data_dir, run.out, config.grid, run.seed)
-        self.train_pools = make_pools(train_cases, config.points, run.seed)
-        self.val_pools = make_pools(val_cases, config.points, run.seed + 1)
+        self.split, train_cases, val_cases = prepare_split(
+            run.data_dir,
+            run.out,
+            config.grid,
+            run.seed,
+            progress=run.writer,
+            organs=config.organ_labels,
+            partly_contoured=config.organ_classes("partly_contoured"),
+        )
         self.model = NUDF(NUDFConfig(**config.model)).to(run.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        if self.organ_model:
+            if not config.organs or len(config.organs) != self.model.config.organs:
+                raise InputError("a several-organ NUDF config needs organs, one per organ_crops entry")
+            check_same_organs(self.init_from, config.organs)
+            init_from_model(self.model, "nudf", self.init_from, run.log)
+            self.model.unet.requires_grad_(False)
+            crops = config.model["organ_crops"]
+            train_by_organ = organ_cases(train_cases, len(config.organs))
+            run.log(describe_organ_cases(train_by_organ, config.organs))
+            self.train_pools = make_organ_pools(train_by_organ, crops, config.points, run.seed, run.writer)
+            val_by_organ = organ_cases(val_cases, len(config.organs))
+            self.val_pools = make_organ_pools(val_by_organ, crops, config.points, run.seed + 1, run.writer)
+        else:
+            self.train_pools = make_pools(train_cases, config.points, run.seed)
+            self.val_pools = make_pools(val_cases, config.points, run.seed + 1)
+        learned = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(learned, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = one_cycle(self.optimizer, config.lr, config.steps)
 
     def on_load(self) -> dict:
         return {**super().on_load(), "scheduler": lambda saved: rescale_one_cycle(saved, self.config.steps)}
 
+    def before_step(self, progress: float) -> None:
+        if self.organ_model:  # the localiser keeps its batch-norm statistics (the engine sets train mode)
+            self.model.unet.eval()
+
     def batch(self, generator):
+        if self.organ_model:
+            return organ_training_batch(self.train_pools, self.config, generator)
         pick = torch.randint(len(self.train_pools), (self.config.batch_size,), generator=generator)
-        return training_batch([self.train_pools[i] for i in pick], self.config, generator)
+        return (None, *training_batch([self.train_pools[i] for i in pick], self.config, generator))
 
     def loss(self, batch, generator):
-        images, points, distances = batch
+        organ, images, points, distances = batch
         dev = self.run.device
-        loss = clamped_l1(self.model(images.to(dev), points.to(dev)), distances.to(dev), self.model.config.clamp)
+        predicted = self.model(images.to(dev), points.to(dev), organ=organ)
+        loss = clamped_l1(predicted, distances.to(dev), self.model.config.clamp)
         return loss, {"loss": float(loss.detach())}
 
     def validate(self) -> dict[str, float]:
+        if self.organ_model:
+            names = [o["name"] for o in self.config.organs]
+            return validate_organs(self.model, self.val_pools, self.config.val_points, self.run.device, names)
         return validate(self.model, self.val_pools, self.config.val_points, self.run.device)
 
     def score(self, metrics: dict[str, float]) -> float:
         return metrics["val_l1"]
 
     def card(self, metrics: dict, state: RunState) -> dict:
-        return run_card(self.run, "nudf", self.config.model, self.config.grid, self.split, metrics, state.step)
+        card = run_card(self.run, "nudf", self.config.model, self.config.grid, self.split, metrics, state.step)
+        if self.config.organs:
+            card["organs"] = self.config.organs
+        return card
 
 
 def get_nudf_config(name: str) -> NUDFTrainConfig:

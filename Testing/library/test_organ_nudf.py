@@ -1,0 +1,156 @@
+"""NUDF with one distance output per organ (issue 16): each organ's field learned in a crop of the scan around
+it, found by a trained several-organ U-Net the model carries; pools, crops, training and ``segment``."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from synthetic_ct import ORGAN_CENTRES, holds_only_its_organ, prepared_case, segment_synthetic_scan, write_ct_msd
+
+from imagetomesh.models.nudf import NUDF, NUDFConfig
+from imagetomesh.preprocessing import GridSpec
+from imagetomesh.scan import crop_to_scan_grid
+from imagetomesh.training.augment import AugmentConfig
+from imagetomesh.training.organ_crops import organ_crop_start
+from imagetomesh.training.tasks.nudf import get_nudf_config, make_organ_pools, organ_training_batch
+from imagetomesh.training.udf_points import UDFPointConfig
+
+UNET = {"in_channels": 1, "num_classes": 3, "base": 8, "depth": 2, "norm": "batch"}
+NO_AUGMENT = AugmentConfig(flip=0, rotate_deg=0, scale=0, intensity_scale=0, intensity_shift=0, noise=0)
+
+
+def _organ_config(**change) -> NUDFConfig:
+    fields = {"channels": (4, 8), "norm": "group", "hidden": 16, "unet": UNET, "organ_crops": [[8, 8, 8], [8, 8, 16]]}
+    return NUDFConfig(**{**fields, **change})
+
+
+def test_organ_nudf_configs_are_checked():
+    with pytest.raises(ValueError, match="both or neither"):
+        _organ_config(organ_crops=None)
+    with pytest.raises(ValueError, match="one \\(d, h, w\\) crop per organ class of the U-Net \\(2\\)"):
+        _organ_config(organ_crops=[[8, 8, 8]])
+    with pytest.raises(ValueError, match="multiple of 2"):
+        _organ_config(organ_crops=[[8, 8, 8], [8, 8, 15]])
+    with pytest.raises(ValueError, match="use norm 'group' or 'instance'"):
+        _organ_config(norm="batch")
+    config = get_nudf_config("headneck-ct-cpu")
+    assert len(config.organs) == NUDFConfig(**config.model).organs == 7  # a valid architecture
+
+
+def test_each_organ_has_its_own_distance_output():
+    torch.manual_seed(0)
+    model = NUDF(_organ_config()).eval()
+    image, points = torch.randn(1, 1, 8, 8, 16), torch.rand(1, 50, 3) * 2 - 1
+    with pytest.raises(ValueError, match="say which organ"):
+        model(image, points)
+    with pytest.raises(ValueError, match="between 1 and 2"):
+        model(image, points, organ=3)
+    with pytest.raises(ValueError, match="say which organ"):
+        model.predict_meshes(image)
+    features = model.encode(image)
+    full = model.decoder  # one output per organ: organ k's distances are |output k - 1|
+    second = model.query(features, points, organ=2)
+    assert full[-1].out_features == 2
+    assert not torch.allclose(model.query(features, points, organ=1), second)
+    model.train()
+    second.sum().backward()
+    assert model.decoder[-1].weight.grad[0].abs().sum() == 0 < model.decoder[-1].weight.grad[1].abs().sum()
+
+
+def test_pool_points_keep_their_place_in_the_scan_when_the_crop_moves():
+    label = np.zeros((16, 12, 12), np.uint8)
+    label[4:8, 4:8, 4:8] = 1
+    label[9:12, 2:5, 2:5] = 2
+    case = prepared_case(label)
+    config = UDFPointConfig(count=400)
+    pools = make_organ_pools({1: [case], 2: [case]}, [[8, 8, 8], [8, 8, 16]], config, seed=0, progress=False)
+    pool = pools[2][0]
+    _, crop, same = pool.crop()
+    assert same is pool.points and int((crop == 2).sum()) == 27
+    generator = torch.Generator().manual_seed(0)
+    for offset in ([0.0, 0.0, 0.0], [2.0, -1.0, 3.0], [-3.0, 2.6, 0.0]):
+        image, crop, points = pool.crop(np.array(offset))
+        start = organ_crop_start(case, 2, pool.shape, np.array(offset))
+        # each point is where it was in the scan, whichever crop it is given in
+        before = crop_to_scan_grid(pool.points.double().numpy(), pool.start, pool.shape, label.shape)
+        after = crop_to_scan_grid(points.double().numpy(), start, pool.shape, label.shape)
+        assert np.allclose(before, after, atol=1e-5)
+        assert int((crop == 2).sum()) == 27  # the jittered crop still holds the organ
+    # a batch is of one organ, its points as many as asked, its distances those of the pool (no augmentation)
+    train = get_nudf_config("headneck-ct-cpu")
+    train.batch_size, train.points_per_case, train.augment, train.crop_jitter = 3, 100, NO_AUGMENT, 1.0
+    organ, images, points, distances = organ_training_batch(pools, train, generator)
+    assert images.shape == (3, 1, *pools[organ][0].shape) and points.shape == (3, 100, 3)
+    assert set(distances.flatten().tolist()) <= set(pools[organ][0].distances.tolist())
+
+
+@pytest.fixture(scope="module")
+def organ_nudf_model(organ_model, tmp_path_factory):
+    """A small organ NUDF trained here on the synthetic CTs, its organs found by ``organ_model``'s U-Net."""
+    from imagetomesh.training.engine import train
+    from imagetomesh.training.tasks.nudf import NUDFTrainConfig
+
+    unet_folder, unet_card = organ_model
+    root = tmp_path_factory.mktemp("organ_nudf")
+    msd = write_ct_msd(root / "msd", 6, present_for=lambda n: [1, 2] if n % 2 == 0 else [2])
+    model = _organ_config(channels=(8, 16), hidden=64, unet=unet_card["config"]["unet"], organ_crops=[[8, 8, 8]] * 2)
+    config = NUDFTrainConfig(
+        model.to_dict(),
+        grid=GridSpec.from_dict(unet_card["grid"]),
+        steps=300,
+        lr=3e-3,
+        val_every=300,
+        points_per_case=1000,
+        val_points=1000,
+        points=UDFPointConfig(count=3000),
+        augment=NO_AUGMENT,
+        threads=1,
+        organs=unet_card["organs"],
+        crop_jitter=1.0,  # of 8-voxel crops around 4-voxel organs
+    )
+    log = []
+    best = train(config, msd, root / "run", init_from=unet_folder, log=log.append)
+    card = json.loads((best / "card.json").read_text())
+    card["input"] = unet_card["input"]
+    (best / "card.json").write_text(json.dumps(card))
+    return best, card, log
+
+
+def test_organ_nudf_learns_each_organ_on_the_unet_it_carries(organ_model, organ_nudf_model):
+    from imagetomesh.weights import load_state
+
+    folder, card, log = organ_nudf_model
+    assert any("cases teaching each organ's mesh: bright 3, brighter" in line for line in log), log
+    assert card["organs"] == organ_model[1]["organs"]
+    metrics = card["metrics"]
+    assert {"val_l1_brighter", "val_l1_near_brighter"} <= set(metrics)  # "bright": scored where contoured
+    assert metrics["val_l1"] < 0.02, metrics  # clamp 0.1: the fields are learned
+    unet = load_state(organ_model[0], organ_model[1])
+    state = load_state(folder, card)
+    assert all(torch.equal(state[k], v) for k, v in unet.items()), "the localising U-Net changed"
+
+
+def test_organ_nudf_needs_a_unet_of_its_organs(organ_model, tmp_path):
+    from imagetomesh.errors import InputError
+    from imagetomesh.training.engine import train
+
+    config = get_nudf_config("headneck-ct-cpu")
+    with pytest.raises(InputError, match="--init-from a unet model"):
+        train(config, tmp_path / "msd", tmp_path / "run")
+    msd = write_ct_msd(tmp_path / "msd", 2)
+    with pytest.raises(InputError, match="has the classes \\['bright', 'brighter'\\]"):
+        train(config, msd, tmp_path / "run", init_from=organ_model[0], log=lambda m: None)
+
+
+def test_segment_meshes_each_organ_with_its_field_where_the_unet_found_it(organ_nudf_model, tmp_path):
+    from imagetomesh.geometry.quality import check_mesh
+    from imagetomesh.io.meshes import read_mesh
+
+    folder, _, _ = organ_nudf_model
+    out, _, _ = segment_synthetic_scan(folder, tmp_path)
+    for organ, centre in ORGAN_CENTRES.items():
+        mesh = read_mesh(out / f"scan_007_{organ}.stl")
+        assert check_mesh(mesh, self_intersections=False).watertight
+        assert holds_only_its_organ(mesh, organ), organ
+        assert np.abs(mesh.vertices.mean(0) - centre).max() < 4.0, organ  # centred within a voxel
