@@ -25,7 +25,7 @@ from scipy import ndimage
 from imagetomesh.core.transforms import GridTransform, grid_to_index, grid_volume, index_to_grid
 from imagetomesh.core.volume import Volume
 from imagetomesh.organs import Organ
-from imagetomesh.preprocessing import GridSpec, model_grid_transform
+from imagetomesh.preprocessing import CT_WINDOW_HU, GridSpec, model_grid_transform
 
 #: Scan-grid sizes are rounded up to a multiple of this (the U-Net's 3 poolings).
 GRID_MULTIPLE = 8
@@ -42,15 +42,22 @@ BODY_MARGIN_MM = 16.0
 
 
 def body_crop(volume: Volume) -> Volume:
-    """A CT cropped to the box around the body (voxels above :data:`BODY_HU`, plus :data:`BODY_MARGIN_MM`):
-    the air around the patient costs time and holds no organ. The whole volume when nothing is above."""
+    """A CT cropped to the box around the body (voxels above :data:`BODY_HU`), grown by :data:`BODY_MARGIN_MM`
+    on every side, with air (the CT window's lowest value) where that leaves the image: the air around the
+    patient costs time and holds no organ, and the same body gives the same crop whatever the field of view
+    (a body cut by the scan's edge as well: the scan's end gets the air margin that a wider scan's has).
+    The whole volume when nothing is above."""
     from imagetomesh.core.cropping import crop_to_box
 
     box = _box_above(np.asarray(volume.array), BODY_HU)
     if box is None:
         return volume
     margin = int(np.ceil(BODY_MARGIN_MM / float(np.min(volume.spacing))))
-    return crop_to_box(volume, box, margin)
+    dtype = volume.array.dtype
+    air = CT_WINDOW_HU[0]
+    if dtype.kind in "iu" and np.iinfo(dtype).min > air:  # an unsigned array cannot hold HU air: its lowest value
+        air = float(np.min(volume.array))
+    return crop_to_box(volume, box, margin, fill=air)
 
 
 def _box_above(array: np.ndarray, threshold: float, chunk_voxels: int = 1 << 24):

@@ -25,14 +25,15 @@ def organ_model(tmp_path_factory):
     config = TrainConfig(
         "unet",
         {"unet": {"in_channels": 1, "num_classes": 3, "base": 8, "depth": 2, "norm": "batch"}},
-        grid=GridSpec((24, 24, 32), (4.0, 4.0, 4.0), LPS_RAS, "ct"),  # the whole image, air included
-        steps=300,
+        # the whole image and air around it (as the head-and-neck grid holds air beyond a scan's ends)
+        grid=GridSpec((32, 32, 40), (4.0, 4.0, 4.0), LPS_RAS, "ct"),
+        steps=500,
         lr=3e-2,
-        val_every=300,
+        val_every=500,
         threads=1,
         organs=organs,
         patch=[12, 12, 12],
-        foreground=0.7,
+        foreground=0.5,  # air and padding too: air must not look like the fat-like organ
         augment=AugmentConfig(flip=0, rotate_deg=0, scale=0, intensity_scale=0, intensity_shift=0, noise=0),
     )
     best = train(config, msd, root / "run", log=lambda m: None)

@@ -15,7 +15,11 @@ from imagetomesh.training.data import PreparedCase
 LPS_RAS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 
 
-def ct_case(shape=(24, 24, 32), seed=0, organs=((1, (6, 8, 10), -400.0), (2, (12, 14, 16), 1200.0))):
+#: The organs of :func:`ct_case`: (label value, voxel corner (x, y, z) of its 4-voxel cube, HU added)
+ORGANS = ((1, (6, 8, 10), -400.0), (2, (12, 14, 16), 1200.0))
+
+
+def ct_case(shape=(24, 24, 32), seed=0, organs=ORGANS):
     """A synthetic CT (HU) with cubes of organs at given voxel corners (x, y, z) and intensities
     added to soft tissue (organ 1 fat-like, organ 2 bone-like: no organ looks like the rim of another)."""
     rng = np.random.default_rng(seed)
@@ -29,11 +33,18 @@ def ct_case(shape=(24, 24, 32), seed=0, organs=((1, (6, 8, 10), -400.0), (2, (12
 
 
 def write_ct_msd(root: Path, count: int, present_for=lambda n: [1, 2]) -> Path:
+    """An MSD folder of ``count`` :func:`ct_case` scans, each organ moved by up to 2 voxels along each axis
+    (so that a model must tell organs by how they look, not where they are), the organs ``present_for(n)``
+    contoured in case ``n``."""
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     entries = []
     for n in range(count):
-        image, label = ct_case(seed=n)
+        rng = np.random.default_rng(1000 + n)
+        organs = tuple(
+            (v, tuple(int(c) for c in np.add(corner, rng.integers(-2, 3, 3))), hu) for v, corner, hu in ORGANS
+        )
+        image, label = ct_case(seed=n, organs=organs)
         present = present_for(n)
         label[~np.isin(label, present)] = 0  # uncontoured: no mask, the organ is still in the image
         name = f"ct_{n:03d}.nii.gz"

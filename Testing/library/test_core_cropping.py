@@ -77,6 +77,18 @@ def test_crop_to_box_keeps_lps_positions_and_clips_the_margin():
     assert np.allclose(crop.origin, first[0])
 
 
+def test_crop_to_box_with_fill_equals_the_voxel_by_voxel_lookup():
+    volume = oblique_volume()
+    crop = crop_to_box(volume, (slice(0, 3), slice(4, 7), slice(2, 5)), margin=2, fill=-7)
+    assert crop.shape == (7, 7, 7)  # the whole grown box, though it leaves the image on four sides
+    # each voxel of the crop, by its LPS position, is the image's voxel there, or the fill outside the image
+    ijk = np.stack(np.meshgrid(*(np.arange(n) for n in crop.size_ijk), indexing="ij"), -1).reshape(-1, 3)
+    source = np.rint(transform_points(volume.lps_to_index, transform_points(crop.index_to_lps, ijk))).astype(int)
+    for (i, j, k), (si, sj, sk) in zip(ijk, source):
+        inside = all(0 <= v < n for v, n in zip((si, sj, sk), volume.size_ijk))
+        assert crop.array[k, j, i] == (volume.array[sk, sj, si] if inside else -7)
+
+
 def test_crop_volume_by_lps_corners_equals_the_index_box():
     volume = oblique_volume()
     corners = transform_points(volume.index_to_lps, [[1.2, 2.0, 0.0], [4.7, 5.0, 3.0]])

@@ -14,7 +14,7 @@ from imagetomesh.errors import InputError
 from imagetomesh.io.images import write_image
 from imagetomesh.organs import Organ, choose_organs, organs_of
 from imagetomesh.preprocessing import GridSpec
-from imagetomesh.scan import organ_masks, scan_spec, windowed_logits
+from imagetomesh.scan import body_crop, organ_masks, scan_spec, windowed_logits
 from imagetomesh.training.augment import AugmentConfig
 from imagetomesh.training.data import UNKNOWN, mark_uncontoured_slices, prepare_case, random_patch_batch
 from imagetomesh.training.losses import partial_label_loss
@@ -205,6 +205,23 @@ def test_the_scan_grid_covers_any_field_of_view_and_orientation():
     assert scan_spec(stored, spec).shape == (32, 32, 32)
     wide = Volume(np.zeros((600, 512, 512), np.float32), (0.9, 0.9, 1.0), direction=np.diag([-1.0, -1.0, 1.0]))
     assert scan_spec(wide, spec).shape == (240, 120, 120)  # larger than the block: run in windows
+
+
+def test_the_body_crop_does_not_depend_on_the_field_of_view():
+    image, _ = ct_case(shape=(24, 20, 30))  # air in the first 3 x columns; the body runs to the other edges
+    scan = Volume(image.astype(np.int16), (3.0, 3.0, 2.0), (5.0, -7.0, 11.0), np.diag([-1.0, -1.0, 1.0]))
+    pad = ((4, 9), (0, 6), (12, 2))  # (k, j, i): air around, more on some sides
+    wider = Volume(
+        np.pad(scan.array, pad, constant_values=-1000),
+        scan.spacing,
+        scan.origin - scan.direction @ (np.array([pad[2][0], pad[1][0], pad[0][0]]) * scan.spacing),
+        scan.direction,
+    )
+    crop, wide_crop = body_crop(scan), body_crop(wider)
+    assert np.array_equal(crop.array, wide_crop.array)
+    assert np.allclose(crop.origin, wide_crop.origin) and crop.shape != scan.shape
+    # the body reaches the scan's ends: the crop has the air margin there too (16 mm = 8 slices of 2 mm)
+    assert crop.shape[0] == 24 + 2 * 8 and (crop.array[:8] == -1000).all()
 
 
 def test_organ_masks_drop_stray_islands_and_report_missing_organs():

@@ -57,12 +57,21 @@ def bounding_box(mask: np.ndarray, value=None) -> Box | None:
     return tuple(slice(outer.start + s.start, outer.start + s.stop) for outer, s in zip(box, inner))  # type: ignore[return-value]
 
 
-def crop_to_box(volume: Volume, box: Box, margin: int = 0) -> Volume:
-    """The sub-volume ``box`` (``(k, j, i)`` slices) grown by ``margin`` voxels and clipped to the image."""
-    grown = tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, volume.shape))
+def crop_to_box(volume: Volume, box: Box, margin: int = 0, fill: float | None = None) -> Volume:
+    """The sub-volume ``box`` (``(k, j, i)`` slices) grown by ``margin`` voxels: clipped to the image, or with
+    ``fill`` the whole grown box, ``fill`` where it leaves the image (so the result does not depend on how
+    much lies beyond the box)."""
+    if fill is None:
+        grown = tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, volume.shape))
+        array = np.ascontiguousarray(volume.array[grown])
+    else:
+        grown = tuple(slice(s.start - margin, s.stop + margin) for s in box)
+        array = np.full(tuple(s.stop - s.start for s in grown), fill, dtype=volume.array.dtype)
+        inside = tuple(slice(max(s.start, 0), min(s.stop, n)) for s, n in zip(grown, volume.shape))
+        array[tuple(slice(i.start - g.start, i.stop - g.start) for i, g in zip(inside, grown))] = volume.array[inside]
     start_ijk = np.array([grown[2].start, grown[1].start, grown[0].start], dtype=np.float64)
     origin = volume.index_to_lps[:3, :3] @ start_ijk + volume.origin
-    return Volume(np.ascontiguousarray(volume.array[grown]), volume.spacing, origin, volume.direction)
+    return Volume(array, volume.spacing, origin, volume.direction)
 
 
 def crop_volume(volume: Volume, corners_lps: np.ndarray, margin: int = 0) -> Volume:
