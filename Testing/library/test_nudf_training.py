@@ -116,3 +116,20 @@ def test_tiny_training_run_resumes_and_saves_a_loadable_model(fake_msd, tmp_path
     assert card["kind"] == "nudf" and card["config"]["channels"] == [2, 4]
     model = load_model(str(best), "cpu")
     assert model.module.config.hidden == 8
+
+
+def test_the_live_clamped_l1_is_the_clamped_l1_with_a_gradient_beyond_the_clamp():
+    from imagetomesh.training.tasks.nudf import clamped_l1
+
+    target = torch.tensor([0.0, 0.05, 0.05, 0.2, 0.2, 0.3])
+    pred = torch.tensor([0.02, 0.04, 0.5, 0.05, 0.4, 0.1], requires_grad=True)
+    # element by element: |min(p, c) - min(d, c)|, or |p - d| where d < c (live)
+    plain = sum(abs(min(p, 0.1) - min(d, 0.1)) for p, d in zip(pred.tolist(), target.tolist())) / 6
+    live = sum(abs(p - d) if d < 0.1 else abs(min(p, 0.1) - 0.1) for p, d in zip(pred.tolist(), target.tolist())) / 6
+    assert float(clamped_l1(pred, target, 0.1)) == pytest.approx(plain)
+    assert float(clamped_l1(pred, target, 0.1, live=True)) == pytest.approx(live)
+    clamped_l1(pred, target, 0.1).backward()
+    assert pred.grad[2] == 0  # above the clamp where the surface is near: no way back under the plain loss
+    pred.grad = None
+    clamped_l1(pred, target, 0.1, live=True).backward()
+    assert pred.grad[2] > 0 and pred.grad[4] == 0  # live pulls it down; a far point above the clamp is right

@@ -37,8 +37,8 @@ NEW_IMAGE_FIELDS = {
     "freeze_unet": False,  # issue 15
     "crop_jitter": 3.0,  # issue 16
 }
-#: NUDFTrainConfig fields added for several organs (issue 16), and its model's, with the defaults of one object
-NEW_ORGAN_FIELDS = {"organs": None, "partly_contoured": None, "crop_jitter": 3.0}
+#: NUDFTrainConfig fields added for several organs (issue 16), and its model's, with the defaults of the old runs
+NEW_NUDF_FIELDS = {"organs": None, "partly_contoured": None, "crop_jitter": 3.0, "live_clamp": False}
 NEW_NUDF_MODEL_FIELDS = {"unet": None, "organ_crops": None}
 NEW_LOSS_FIELDS = {
     "version": 1,
@@ -70,7 +70,7 @@ def test_named_configs_are_the_ones_of_the_trainers_before_the_engine():
             if kind in ("voxel2mesh", "pixel2mesh3d", "unet"):
                 assert {k: got.pop(k) for k in NEW_IMAGE_FIELDS} == NEW_IMAGE_FIELDS, (kind, name)
             if kind == "nudf":
-                assert {k: got.pop(k) for k in NEW_ORGAN_FIELDS} == NEW_ORGAN_FIELDS, (kind, name)
+                assert {k: got.pop(k) for k in NEW_NUDF_FIELDS} == NEW_NUDF_FIELDS, (kind, name)
                 assert {k: got["model"].pop(k) for k in NEW_NUDF_MODEL_FIELDS} == NEW_NUDF_MODEL_FIELDS, (kind, name)
             if kind == "implicitmeshnet":
                 assert {k: got.pop(k) for k in NEW_IMPLICITMESHNET_FIELDS} == NEW_IMPLICITMESHNET_FIELDS, (kind, name)
