@@ -1,9 +1,7 @@
 """Fixtures shared by the library's tests."""
 
-import json
-
 import pytest
-from synthetic_ct import LPS_RAS, write_ct_msd
+from synthetic_ct import LPS_RAS, train_on_synthetic_cts
 
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.augment import AugmentConfig
@@ -14,10 +12,7 @@ def organ_model(tmp_path_factory):
     """A small two-organ U-Net trained here on synthetic CTs where organ 1 was contoured in half of
     the cases only (intensity tells the organs apart, so a few steps teach it)."""
     from imagetomesh.training.configs import TrainConfig
-    from imagetomesh.training.engine import train
 
-    root = tmp_path_factory.mktemp("organs")
-    msd = write_ct_msd(root / "msd", 6, present_for=lambda n: [1, 2] if n % 2 == 0 else [2])
     organs = [
         {"name": "bright", "label": 1, "colour": [255, 0, 0]},
         {"name": "brighter", "label": 2, "colour": [0, 0, 255]},
@@ -36,8 +31,6 @@ def organ_model(tmp_path_factory):
         foreground=0.5,  # air and padding too: air must not look like the fat-like organ
         augment=AugmentConfig(flip=0, rotate_deg=0, scale=0, intensity_scale=0, intensity_shift=0, noise=0),
     )
-    best = train(config, msd, root / "run", log=lambda m: None)
-    card = json.loads((best / "card.json").read_text())
-    card["input"] = {"modality": "CT", "body_region": "test", "organs": ["bright", "brighter"], "intensity": "HU"}
-    (best / "card.json").write_text(json.dumps(card))
+    card_input = {"modality": "CT", "body_region": "test", "organs": ["bright", "brighter"], "intensity": "HU"}
+    best, card, _ = train_on_synthetic_cts(config, tmp_path_factory.mktemp("organs"), card_input=card_input)
     return best, card

@@ -95,3 +95,19 @@ def prepared_case(label: np.ndarray, present=(True, True, True), superior=1.0) -
     transform = GridTransform(np.diag([-10.0, -10.0, 10.0 * superior, 1.0]), tuple(label.shape))
     image = torch.linspace(-1, 1, label.numel()).reshape(label.shape)
     return PreparedCase("c", image, label, transform, None, torch.tensor(present))
+
+
+def train_on_synthetic_cts(config, root: Path, init_from=None, card_input=None) -> tuple[Path, dict, list[str]]:
+    """Train ``config`` (from ``init_from``) on a new MSD folder under ``root`` of six :func:`write_ct_msd` scans,
+    organ 1 contoured in every other one; the best model's card gets ``card_input`` (its ``input``, as a
+    bundled card has). ``(model folder, card, log lines)``."""
+    from imagetomesh.training.engine import train
+
+    msd = write_ct_msd(root / "msd", 6, present_for=lambda n: [1, 2] if n % 2 == 0 else [2])
+    log: list[str] = []
+    best = train(config, msd, root / "run", init_from=init_from, log=log.append)
+    card = json.loads((best / "card.json").read_text())
+    if card_input is not None:
+        card["input"] = card_input
+        (best / "card.json").write_text(json.dumps(card))
+    return best, card, log

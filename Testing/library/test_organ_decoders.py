@@ -1,12 +1,16 @@
 """Voxel2Mesh with one mesh decoder per organ (issue 16): each organ meshed by its own decoder in a crop
 of the scan around it, found by the model's own U-Net; crops, their geometry, training and ``segment``."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from synthetic_ct import ORGAN_CENTRES, holds_only_its_organ, prepared_case, segment_synthetic_scan, write_ct_msd
+from synthetic_ct import (
+    ORGAN_CENTRES,
+    holds_only_its_organ,
+    prepared_case,
+    segment_synthetic_scan,
+    train_on_synthetic_cts,
+)
 
 from imagetomesh import cli
 from imagetomesh.core.transforms import grid_to_index, index_to_grid
@@ -166,12 +170,9 @@ def test_organ_crops_hold_the_organ_and_batches_one_organ():
 def organ_decoder_model(organ_model, tmp_path_factory):
     """Voxel2Mesh decoders (one per organ) trained briefly on the frozen two-organ U-Net of ``organ_model``."""
     from imagetomesh.training.configs import TrainConfig
-    from imagetomesh.training.engine import train
     from imagetomesh.training.losses import MeshLossWeights
 
     unet_folder, unet_card = organ_model
-    root = tmp_path_factory.mktemp("organ_decoders")
-    msd = write_ct_msd(root / "msd", 6, present_for=lambda n: [1, 2] if n % 2 == 0 else [2])
     # organs are 16 mm cubes (4 voxels of 4 mm): templates of 8 mm semi-axes in 8-voxel crops
     semi_axes = 8.0 / (4.0 * 7 / 2)
     config = TrainConfig(
@@ -194,12 +195,7 @@ def organ_decoder_model(organ_model, tmp_path_factory):
         augment=NO_AUGMENT,
         loss=MeshLossWeights(normal=0.3, laplacian=0.3, edge=0.0, version=2, target="dense", target_points=500),
     )
-    log = []
-    best = train(config, msd, root / "run", init_from=unet_folder, log=log.append)
-    card = json.loads((best / "card.json").read_text())
-    card["input"] = unet_card["input"]
-    (best / "card.json").write_text(json.dumps(card))
-    return best, card, log
+    return train_on_synthetic_cts(config, tmp_path_factory.mktemp("organ_decoders"), unet_folder, unet_card["input"])
 
 
 def test_organ_decoders_train_on_the_frozen_unet(organ_model, organ_decoder_model):

@@ -1,12 +1,17 @@
 """NUDF with one distance output per organ (issue 16): each organ's field learned in a crop of the scan around
 it, found by a trained several-organ U-Net the model carries; pools, crops, training and ``segment``."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from synthetic_ct import ORGAN_CENTRES, holds_only_its_organ, prepared_case, segment_synthetic_scan, write_ct_msd
+from synthetic_ct import (
+    ORGAN_CENTRES,
+    holds_only_its_organ,
+    prepared_case,
+    segment_synthetic_scan,
+    train_on_synthetic_cts,
+    write_ct_msd,
+)
 
 from imagetomesh.models.nudf import NUDF, NUDFConfig
 from imagetomesh.preprocessing import GridSpec
@@ -88,12 +93,9 @@ def test_pool_points_keep_their_place_in_the_scan_when_the_crop_moves():
 @pytest.fixture(scope="module")
 def organ_nudf_model(organ_model, tmp_path_factory):
     """A small organ NUDF trained here on the synthetic CTs, its organs found by ``organ_model``'s U-Net."""
-    from imagetomesh.training.engine import train
     from imagetomesh.training.tasks.nudf import NUDFTrainConfig
 
     unet_folder, unet_card = organ_model
-    root = tmp_path_factory.mktemp("organ_nudf")
-    msd = write_ct_msd(root / "msd", 6, present_for=lambda n: [1, 2] if n % 2 == 0 else [2])
     model = _organ_config(channels=(8, 16), hidden=64, unet=unet_card["config"]["unet"], organ_crops=[[8, 8, 8]] * 2)
     config = NUDFTrainConfig(
         model.to_dict(),
@@ -109,12 +111,7 @@ def organ_nudf_model(organ_model, tmp_path_factory):
         organs=unet_card["organs"],
         crop_jitter=1.0,  # of 8-voxel crops around 4-voxel organs
     )
-    log = []
-    best = train(config, msd, root / "run", init_from=unet_folder, log=log.append)
-    card = json.loads((best / "card.json").read_text())
-    card["input"] = unet_card["input"]
-    (best / "card.json").write_text(json.dumps(card))
-    return best, card, log
+    return train_on_synthetic_cts(config, tmp_path_factory.mktemp("organ_nudf"), unet_folder, unet_card["input"])
 
 
 def test_organ_nudf_learns_each_organ_on_the_unet_it_carries(organ_model, organ_nudf_model):
