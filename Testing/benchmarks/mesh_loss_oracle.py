@@ -14,6 +14,12 @@ stage, at the template radius), or, with ``--model``, that model's final mesh fo
 ``--steps`` steps (learning rate cosine-decayed from ``--lr`` to a tenth), one case at a time, on
 :func:`~imagetomesh.training.losses.mesh_decoder_loss` with the target that training builds.
 
+With ``--organ NAME`` (a several-organ Voxel2Mesh config, e.g. ``--base voxel2mesh:headneck-ct-cpu-frozen
+--data ../shared/data/openkbp-ct``), each validation case that can teach the organ's mesh is cut to the
+organ's crop centred on its label, as training does (:mod:`imagetomesh.training.organ_crops`); the start is
+the organ's template (its ellipsoid, bent along its arc if the config gives one), the target the organ's smoothed surface samples in the crop, and Dice/IoU
+are those of the mesh rasterised in the crop (as validation scores them).
+
 Each ``--setting`` is a comma-separated list of :class:`~imagetomesh.training.losses.MeshLossWeights`
 fields (unnamed ones keep their defaults; ``--base`` names a training config whose loss is the
 default, ``voxel2mesh:cpu`` unless given). Printed per setting: the mean IoU and Dice of the
@@ -41,7 +47,7 @@ from imagetomesh.metrics import mesh_dice_iou, self_intersection_percent
 from imagetomesh.models.mesh_state import DecoderMesh
 from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
 from imagetomesh.training.configs import image_configs
-from imagetomesh.training.data import chamfer_target, prepare_case
+from imagetomesh.training.data import ChamferTarget, chamfer_target, prepare_case
 from imagetomesh.training.losses import MeshLossWeights, mesh_decoder_loss
 from imagetomesh.training.msd import read_msd
 
@@ -61,8 +67,15 @@ def parse_setting(text: str, base: MeshLossWeights) -> MeshLossWeights:
     return replace(base, **changes)
 
 
-def start_mesh(config, case, model) -> DecoderMesh:
+def start_mesh(config, case, model, organ: int | None = None) -> DecoderMesh:
     """The optimisation's starting mesh for ``case`` on the model grid (see the module docstring)."""
+    if organ is not None:
+        c = config.model
+        arc = (c.get("organ_arcs") or [None] * organ)[organ - 1]
+        mesh = DecoderMesh.template(c.get("template_level", 2), torch.tensor(c["organ_templates"][organ - 1]), arc=arc)
+        for _ in range(c.get("stages", 3) - 1):
+            mesh = mesh.subdivided()
+        return DecoderMesh(mesh.verts.detach(), mesh.faces, mesh.sphere)
     if model is not None:
         with torch.no_grad():
             _, meshes = model(case.image[None, None])
@@ -76,17 +89,19 @@ def start_mesh(config, case, model) -> DecoderMesh:
     return DecoderMesh(mesh.verts.detach(), mesh.faces, mesh.sphere)
 
 
-def optimise(mesh: DecoderMesh, case, weights: MeshLossWeights, steps: int, lr: float, seed: int):
-    """Adam on the vertex positions of ``mesh`` against ``case``'s label; returns ``(verts (N, 3), terms)``."""
+def optimise(
+    mesh: DecoderMesh, grid_shape, target: ChamferTarget, weights: MeshLossWeights, steps: int, lr: float, seed: int
+):
+    """Adam on the vertex positions of ``mesh`` against ``target`` on a grid of ``grid_shape`` ``(D, H, W)``;
+    returns ``(verts (N, 3), terms)``."""
     generator = torch.Generator().manual_seed(seed)
-    target = chamfer_target(case.label, weights.target, weights.sample_points, case.surface)
     verts = mesh.verts.detach().clone().requires_grad_(True)
     optimiser = torch.optim.Adam([verts], lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))
     )
-    scale = isotropic_scale(case.label.shape)
-    voxel = isotropic_voxel_size(case.label.shape)
+    scale = isotropic_scale(grid_shape)
+    voxel = isotropic_voxel_size(grid_shape)
     terms = {}
     for _ in range(steps):
         points, normals = target.draw(generator)
@@ -108,6 +123,7 @@ def main() -> None:
     parser.add_argument("--base", default="voxel2mesh:cpu", help="KIND:CONFIG whose grid, template and loss are used")
     parser.add_argument("--model", default=None, help="start from this model's predicted mesh (name or folder)")
     parser.add_argument("--setting", action="append", default=None, help="loss fields, e.g. normal=0.01,edge=0.1")
+    parser.add_argument("--organ", default=None, help="an organ of a several-organ --base config: its crops")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
@@ -120,6 +136,9 @@ def main() -> None:
         from imagetomesh.zoo import load_model
 
         model = load_model(args.model, "cpu").module.eval()
+    if args.organ:
+        organ_oracle(args, config)
+        return
     split = json.loads((REPO / "Resources" / "Splits" / "hippocampus.json").read_text(encoding="utf-8"))
     msd = read_msd(args.data)
     ids = split["val"][: args.cases]
@@ -142,7 +161,8 @@ def main() -> None:
         scores, si, last = [], [], []
         for n, (case, label) in enumerate(zip(cases, labels)):
             mesh = start_mesh(config, case, model)
-            verts, terms = optimise(mesh, case, weights, args.steps, args.lr, args.seed + n)
+            target = chamfer_target(case.label, weights.target, weights.sample_points, case.surface)
+            verts, terms = optimise(mesh, case.label.shape, target, weights, args.steps, args.lr, args.seed + n)
             grid_mesh = Mesh(verts.numpy().astype(np.float32), mesh.faces.numpy())
             lps = grid_mesh.transformed(case.transform.grid_to_lps)
             scores.append(mesh_dice_iou(lps, label))
@@ -159,6 +179,60 @@ def main() -> None:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
+    print_rows(rows, args.json)
+
+
+def organ_oracle(args, config) -> None:
+    """The oracle on one organ's crops of the validation cases that can teach its mesh (module docstring)."""
+    from imagetomesh.metrics import dice
+    from imagetomesh.nn.sdf import inside_mask
+    from imagetomesh.training.organ_crops import meshable, organ_crop
+    from imagetomesh.training.udf_points import surface_samples
+
+    names = [o["name"] for o in config.organs]
+    if args.organ not in names:
+        raise SystemExit(f"--organ must be one of {', '.join(names)}")
+    organ = names.index(args.organ) + 1
+    split = json.loads((REPO / "Resources" / "Splits" / f"{args.data.name}.json").read_text(encoding="utf-8"))
+    msd = read_msd(args.data)
+    labels = tuple(o["label"] for o in config.organs)
+    partly = config.organ_classes("partly_contoured")
+    crops = []
+    for c in split["val"]:
+        case = prepare_case(msd[c], config.grid, organs=labels, partly_contoured=partly)
+        if meshable(case, organ):
+            crops.append(organ_crop(case, organ, tuple(config.model["organ_crops"][organ - 1]))[1] == organ)
+        if len(crops) == args.cases:
+            break
+    rows = []
+    for text in args.setting or [""]:
+        weights = parse_setting(text, config.loss)
+        started = time.perf_counter()
+        scores, last = [], []
+        for n, label in enumerate(crops):
+            generator = torch.Generator().manual_seed(args.seed + n)
+            target = ChamferTarget(*surface_samples(label, weights.target_points, generator, weights.target_smoothing))
+            mesh = start_mesh(config, None, None, organ)
+            verts, terms = optimise(mesh, label.shape, target, weights, args.steps, args.lr, args.seed + n)
+            inside = inside_mask(verts.float(), mesh.faces, tuple(label.shape)).numpy()
+            start = inside_mask(mesh.verts.float(), mesh.faces, tuple(label.shape)).numpy()
+            scores.append((dice(inside, label.numpy()), dice(start, label.numpy())))
+            last.append(terms)
+        row = {
+            "setting": text or "(config)",
+            "organ": args.organ,
+            "cases": len(crops),
+            "dice": float(np.mean([s[0] for s in scores])),
+            "template_dice": float(np.mean([s[1] for s in scores])),
+            "min_dice": float(np.min([s[0] for s in scores])),
+            "terms": {k: float(np.mean([t[k] for t in last])) for k in last[0]},
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+
+def print_rows(rows: list[dict], json_path) -> None:
     print()
     print("| setting | IoU | Dice | min IoU | self-int. % |")
     print("|---|---|---|---|---|")
@@ -166,8 +240,8 @@ def main() -> None:
         print(
             f"| `{r['setting']}` | {r['iou']:.3f} | {r['dice']:.3f} | {r['min_iou']:.3f} | {r['self_intersection_pct']:.2f} |"
         )
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    if json_path:
+        json_path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -83,8 +83,42 @@ def test_organ_decoder_configs_are_checked():
         _organ_config(organ_crops=[[8, 8, 8], [8, 8, 15]])
     with pytest.raises(ValueError, match="positive"):
         _organ_config(organ_templates=[[0.5, 0.5, 0.5], [0.3, 0.0, 0.6]])
-    with pytest.raises(ValueError, match="needs organ_templates"):
+    with pytest.raises(ValueError, match="need organ_templates"):
         _organ_config(organ_templates=None)
+    with pytest.raises(ValueError, match="organ_arcs must give, per organ"):
+        _organ_config(organ_arcs=[None])
+    with pytest.raises(ValueError, match="organ_arcs must give, per organ"):
+        _organ_config(organ_arcs=[None, [190.0, 0.3, 0.8]])
+    assert _organ_config(organ_arcs=[None, [95.0, 0.3, 0.8]]).organ_arcs[1] == [95.0, 0.3, 0.8]
+
+
+def test_a_horseshoe_template_is_the_sphere_swept_along_its_arc():
+    import math
+
+    from imagetomesh.core.mesh import Mesh
+    from imagetomesh.geometry.quality import check_mesh, winding_numbers
+    from imagetomesh.models.mesh_state import DecoderMesh
+
+    semi_axes, (angle, ty, tz) = torch.tensor([1.0, 0.8, 0.5]), (95.0, 0.3, 0.8)
+    template = DecoderMesh.template(3, semi_axes, arc=[angle, ty, tz])
+    # each vertex by the formula, one at a time: the arc's point at theta = angle * u_x, moved along its normal
+    a = math.radians(angle)
+    for u, v in zip(template.sphere.tolist()[::37], template.verts.tolist()[::37]):
+        t = a * u[0]
+        x = math.sin(t) / math.sin(a) * (1 - ty) + ty * u[1] * math.sin(t)
+        y = ((math.cos(t) - math.cos(a)) / (1 - math.cos(a)) * 2 - 1) * (1 - ty) + ty * u[1] * math.cos(t)
+        assert v == pytest.approx([x * 1.0, y * 0.8, tz * u[2] * 0.5], abs=1e-5)
+    mesh = Mesh(template.verts.numpy(), template.faces.numpy())
+    quality = check_mesh(mesh)
+    assert quality.watertight and quality.self_intersecting_faces == 0
+    # the centre line near each end (theta = +-0.8 angle, where the tube is still 0.6 of its thickness)
+    t = 0.8 * a
+    near_end = [math.sin(t) / math.sin(a) * 0.7, ((math.cos(t) - math.cos(a)) / (1 - math.cos(a)) * 2 - 1) * 0.7 * 0.8]
+    chin, hollow = [0.0, 0.7 * 0.8, 0.0], [0.0, 0.0, 0.0]
+    points = np.array([chin, [*near_end, 0.0], [-near_end[0], near_end[1], 0.0], hollow])
+    inside = winding_numbers(mesh, points) > 0.5
+    assert inside.tolist() == [True, True, True, False]  # a horseshoe opening towards -y
+    assert near_end[1] < 0
 
 
 def test_each_organ_has_its_own_decoder_starting_from_its_ellipsoid():

@@ -410,3 +410,23 @@ def test_a_run_folder_refuses_another_config_before_anything_is_written(tmp_path
     # more steps and another time limit resume the same run
     assert cli.main(args[:-4] + ["--steps", "2", "--time-limit", "9"]) == 0
     assert "resumed from step 1" in capsys.readouterr().out
+
+
+def test_a_model_option_added_after_a_run_started_resumes_only_while_unset(tmp_path):
+    from imagetomesh.errors import InputError
+    from imagetomesh.training.engine import check_resumable
+
+    saved = {"seed": 0, "steps": 5, "model": {"hidden": 8, "unet": {"base": 4}}}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+
+    class Config:
+        def __init__(self, model):
+            self.model = model
+
+        def to_dict(self):
+            return {"steps": 9, "model": self.model}
+
+    check_resumable(tmp_path, Config({"hidden": 8, "unet": {"base": 4}, "organ_arcs": None}), "c", 0)
+    for changed in ({"hidden": 8, "unet": {"base": 4}, "organ_arcs": [None]}, {"hidden": 8, "unet": {"base": 8}}):
+        with pytest.raises(InputError, match="differs in model"):
+            check_resumable(tmp_path, Config(changed), "c", 0)

@@ -11,6 +11,27 @@ from scipy.spatial import ConvexHull
 from imagetomesh.geometry.topology import edge_index_from_faces, icosphere, subdivide
 
 
+def arc_sphere(sphere: torch.Tensor, angle_deg: float, thickness_y: float, thickness_z: float) -> torch.Tensor:
+    """Unit-sphere points ``(N, 3)`` swept along a circular arc: a horseshoe (the mandible's shape) in the box
+    ``[-1, 1]^3``, to be scaled by an organ's semi-axes.
+
+    A point ``u`` goes to the arc's centre line at angle ``theta = angle * u_x`` (from ``-angle`` to
+    ``+angle``; the arc's middle at ``+y``, its ends bending towards ``-y``), moved ``thickness_y * u_y`` along
+    the arc's normal in the x-y plane and ``thickness_z * u_z`` along z. The centre line is scaled to fill
+    the box less the thickness, so the ends (``theta = +-angle``) touch ``x = +-1`` (for ``angle <= 90``
+    degrees) and the middle ``y = +1``. Closed and free of self-intersections for ``thickness_y`` below the
+    arc's radius there (as the uses here are)."""
+    angle = torch.deg2rad(torch.tensor(float(angle_deg), dtype=sphere.dtype, device=sphere.device))
+    theta = angle * sphere[:, 0]
+    inner = 1.0 - thickness_y
+    centre_x = torch.sin(theta) / torch.sin(angle).clamp(min=1e-6) * inner
+    centre_y = ((torch.cos(theta) - torch.cos(angle)) / (1 - torch.cos(angle)) * 2 - 1) * inner
+    offset = thickness_y * sphere[:, 1]
+    return torch.stack(
+        [centre_x + offset * torch.sin(theta), centre_y + offset * torch.cos(theta), thickness_z * sphere[:, 2]], 1
+    )
+
+
 @dataclass
 class DecoderMesh:
     """One mesh inside a decoder.
@@ -38,11 +59,15 @@ class DecoderMesh:
         return edge_index_from_faces(self.faces)
 
     @classmethod
-    def template(cls, level: int, radius_grid: torch.Tensor, device=None) -> DecoderMesh:
-        """An icosphere of ``level`` scaled per axis by ``radius_grid`` ``(3,)``."""
+    def template(
+        cls, level: int, radius_grid: torch.Tensor, device=None, arc: list[float] | None = None
+    ) -> DecoderMesh:
+        """An icosphere of ``level`` (bent along an ``arc``: :func:`arc_sphere`) scaled per axis by
+        ``radius_grid`` ``(3,)``."""
         sphere, faces = icosphere(level)
         sphere, faces = sphere.to(device), faces.to(device)
-        return cls(sphere * radius_grid.to(device), faces, sphere)
+        shape = sphere if arc is None else arc_sphere(sphere, *arc)
+        return cls(shape * radius_grid.to(device), faces, sphere)
 
     def subdivided(self) -> DecoderMesh:
         """Edge-midpoint subdivision; new vertices inherit the mean of their parents' features."""

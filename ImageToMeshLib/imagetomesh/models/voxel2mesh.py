@@ -47,7 +47,9 @@ class Voxel2MeshConfig:
     ``organ_templates`` (several organs): organ ``k``'s decoder (``organ=k``, class ``k`` of the U-Net)
     starts from an ellipsoid of semi-axes ``organ_templates[k - 1]`` ``(x, y, z)`` in the grid
     coordinates of its crop, ``organ_crops[k - 1]`` ``(d, h, w)`` voxels of the model's grid around the
-    organ (``template_radius`` is then unused); None: one object, one decoder.
+    organ (``template_radius`` is then unused); None: one object, one decoder. ``organ_arcs[k - 1]``
+    ``[angle_deg, thickness_y, thickness_z]`` bends organ ``k``'s ellipsoid into a horseshoe
+    (:func:`~imagetomesh.models.mesh_state.arc_sphere`; the mandible), None keeps it an ellipsoid.
     """
 
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -62,6 +64,7 @@ class Voxel2MeshConfig:
     graph_layers: int = 4
     organ_templates: Optional[list[list[float]]] = None
     organ_crops: Optional[list[list[int]]] = None
+    organ_arcs: Optional[list[Optional[list[float]]]] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
@@ -89,8 +92,17 @@ class Voxel2MeshConfig:
                     f"organ_crops must give one (d, h, w) crop per organ, each size a multiple of {multiple} "
                     f"(the U-Net's poolings), got {self.organ_crops}"
                 )
-        elif self.organ_crops is not None:
-            raise ValueError("organ_crops needs organ_templates (one template per organ)")
+            arcs = self.organ_arcs
+            if arcs is not None and (
+                len(arcs) != len(self.organ_templates)
+                or any(a is not None and (len(a) != 3 or not 0 < a[0] < 180 or not 0 < min(a[1:]) <= 1) for a in arcs)
+            ):
+                raise ValueError(
+                    "organ_arcs must give, per organ, null or [angle_deg in (0, 180), thickness_y and thickness_z "
+                    f"in (0, 1]], got {arcs}"
+                )
+        elif self.organ_crops is not None or self.organ_arcs is not None:
+            raise ValueError("organ_crops and organ_arcs need organ_templates (one template per organ)")
 
     @property
     def organs(self) -> int:
@@ -197,16 +209,19 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
         else:
             self.stages = decoder()
 
-    def _decoder(self, organ: int | None) -> tuple[nn.ModuleList, torch.Tensor | None]:
-        """Organ ``organ``'s stages and template semi-axes (grid), or the one decoder's (and None) for ``organ`` None."""
+    def _decoder(self, organ: int | None) -> tuple[nn.ModuleList, torch.Tensor | None, list[float] | None]:
+        """Organ ``organ``'s stages, template semi-axes (grid) and arc, or the one decoder's (and None, None)
+        for ``organ`` None."""
         organs = self.config.organs
         if organ is None:
             if organs:
                 raise ValueError(f"this Voxel2Mesh has one decoder per organ (1-{organs}): say which organ")
-            return self.stages, None
+            return self.stages, None, None
         if not 1 <= organ <= organs:
             raise ValueError(f"organ must be between 1 and {organs} (the decoders of this model), got {organ}")
-        return self.organ_stages[organ - 1], torch.tensor(self.config.organ_templates[organ - 1], dtype=torch.float32)
+        semi_axes = torch.tensor(self.config.organ_templates[organ - 1], dtype=torch.float32)
+        arc = self.config.organ_arcs[organ - 1] if self.config.organ_arcs else None
+        return self.organ_stages[organ - 1], semi_axes, arc
 
     def decode_mesh(
         self, decoder_features: list[torch.Tensor], grid_shape, organ: int | None = None
@@ -214,10 +229,10 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
         """Run the mesh stages for one case (of ``organ``'s decoder: several-organ models); ``decoder_features``
         each ``(1, C, d, h, w)``. Returns every stage's mesh."""
         c = self.config
-        stages, semi_axes = self._decoder(organ)
+        stages, semi_axes, arc = self._decoder(organ)
         scale = isotropic_scale(grid_shape).to(decoder_features[0].device)
         radius = c.template_radius / scale if semi_axes is None else semi_axes.to(scale.device)
-        mesh = DecoderMesh.template(c.template_level, radius, device=scale.device)
+        mesh = DecoderMesh.template(c.template_level, radius, device=scale.device, arc=arc)
         meshes = []
         for i, (stage, features) in enumerate(zip(stages, decoder_features[-c.stages :])):
             if i > 0:

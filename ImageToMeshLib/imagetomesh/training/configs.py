@@ -207,15 +207,25 @@ HEADNECK_CT_TEMPLATE_MM = {
 }
 
 
+#: Organs whose template ellipsoid is bent into a horseshoe, ``[angle_deg, thickness_y, thickness_z]``
+#: (:func:`~imagetomesh.models.mesh_state.arc_sphere`). The mandible's was chosen with
+#: ``Testing/benchmarks/mesh_loss_oracle.py --organ mandible`` on 3 validation cases (vertices optimised
+#: 200 steps under the config's loss): its ellipsoid reached Dice 0.475 (0.64 after 500 steps), arcs of
+#: 80 / 95 / 110 / 125 degrees 0.884 / 0.898 / 0.882 / 0.790 (thickness 0.3, 0.8).
+HEADNECK_CT_ARCS = {"mandible": [95.0, 0.3, 0.8]}
+
+
 def organ_decoders(organs: list[dict], grid: GridSpec) -> dict:
-    """Voxel2Mesh's ``organ_crops`` and ``organ_templates`` (semi-axes in each crop's grid coordinates)
-    for ``organs`` (their ``name`` keys :data:`HEADNECK_CT_CROPS` and :data:`HEADNECK_CT_TEMPLATE_MM`) on ``grid``."""
+    """Voxel2Mesh's ``organ_crops``, ``organ_templates`` (semi-axes in each crop's grid coordinates) and
+    ``organ_arcs`` for ``organs`` (their ``name`` keys :data:`HEADNECK_CT_CROPS`, :data:`HEADNECK_CT_TEMPLATE_MM`
+    and :data:`HEADNECK_CT_ARCS`) on ``grid``."""
     crops = [HEADNECK_CT_CROPS[o["name"]] for o in organs]
     templates = []
     for organ, crop in zip(organs, crops):
         half_mm = np.asarray(grid.spacing) * np.diag(grid_to_index_affine(crop[::-1]))[:3]  # (x, y, z)
         templates.append([round(float(v), 4) for v in np.asarray(HEADNECK_CT_TEMPLATE_MM[organ["name"]]) / half_mm])
-    return {"organ_crops": crops, "organ_templates": templates}
+    arcs = [HEADNECK_CT_ARCS.get(o["name"]) for o in organs]
+    return {"organ_crops": crops, "organ_templates": templates, "organ_arcs": arcs}
 
 
 def named_config(configs: dict, name: str, kind: str):

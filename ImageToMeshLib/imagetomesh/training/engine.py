@@ -181,10 +181,12 @@ def check_resumable(out, config, config_name: str, seed: int) -> None:
 
 
 def _differs(saved, new) -> bool:
-    """Whether a saved config value differs from the new one; in dictionaries (a model's architecture) only
-    the keys the saved one has are compared (a later version's keys have defaults that keep it)."""
+    """Whether a saved config value differs from the new one. In dictionaries (a model's architecture) a key
+    the saved one predates counts only when the new value is set (not None): a later version's option left
+    unset keeps the saved architecture, one that is set changes it."""
     if isinstance(saved, dict) and isinstance(new, dict):
-        return any(k not in new or _differs(v, new[k]) for k, v in saved.items())
+        added = any(v is not None for k, v in new.items() if k not in saved)
+        return added or any(k not in new or _differs(v, new[k]) for k, v in saved.items())
     return saved != new
 
 
