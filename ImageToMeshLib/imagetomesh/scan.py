@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from imagetomesh.core.cropping import crop_to_box, window_slices
 from imagetomesh.core.transforms import GridTransform, grid_to_index, grid_volume, index_to_grid
 from imagetomesh.core.volume import Volume
 from imagetomesh.organs import Organ
@@ -47,8 +48,6 @@ def body_crop(volume: Volume) -> Volume:
     patient costs time and holds no organ, and the same body gives the same crop whatever the field of view
     (a body cut by the scan's edge as well: the scan's end gets the air margin that a wider scan's has).
     The whole volume when nothing is above."""
-    from imagetomesh.core.cropping import crop_to_box
-
     box = _box_above(np.asarray(volume.array), BODY_HU)
     if box is None:
         return volume
@@ -188,14 +187,9 @@ def crop_padded(
 ) -> torch.Tensor:
     """The ``shape`` window of ``array (D, H, W)`` from ``start`` ``(k, j, i)``, ``fill`` where it lies outside."""
     out = torch.full(tuple(shape), fill, dtype=array.dtype, device=array.device)
-    src, dst = [], []
-    for s0, n, size in zip(start, shape, array.shape):
-        lo, hi = max(s0, 0), min(s0 + n, size)
-        if hi <= lo:
-            return out
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - s0, hi - s0))
-    out[tuple(dst)] = array[tuple(src)]
+    overlap = window_slices(start, shape, array.shape)
+    if overlap is not None:
+        out[overlap[1]] = array[overlap[0]]
     return out
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from imagetomesh.core.volume import Volume, transform_points
 from imagetomesh.errors import InputError
 
-__all__ = ["bounding_box", "crop_to_box", "crop_volume"]
+__all__ = ["bounding_box", "crop_to_box", "crop_volume", "window_slices"]
 
 #: ``(k, j, i)`` slices into a ``(D, H, W)`` array.
 Box = tuple[slice, slice, slice]
@@ -57,6 +57,20 @@ def bounding_box(mask: np.ndarray, value=None) -> Box | None:
     return tuple(slice(outer.start + s.start, outer.start + s.stop) for outer, s in zip(box, inner))  # type: ignore[return-value]
 
 
+def window_slices(start, shape, array_shape) -> tuple[Box, Box] | None:
+    """Where the window of ``shape`` ``(d, h, w)`` starting at voxel ``start`` ``(k, j, i)`` (anywhere, inside
+    the array or not) overlaps an array of ``array_shape``: ``(slices into the array, slices into the window)``,
+    None when they do not overlap."""
+    src, dst = [], []
+    for s0, n, size in zip(start, shape, array_shape):
+        lo, hi = max(s0, 0), min(s0 + n, size)
+        if hi <= lo:
+            return None
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s0, hi - s0))
+    return tuple(src), tuple(dst)
+
+
 def crop_to_box(volume: Volume, box: Box, margin: int = 0, fill: float | None = None) -> Volume:
     """The sub-volume ``box`` (``(k, j, i)`` slices) grown by ``margin`` voxels: clipped to the image, or with
     ``fill`` the whole grown box, ``fill`` where it leaves the image (so the result does not depend on how
@@ -66,9 +80,10 @@ def crop_to_box(volume: Volume, box: Box, margin: int = 0, fill: float | None = 
         array = np.ascontiguousarray(volume.array[grown])
     else:
         grown = tuple(slice(s.start - margin, s.stop + margin) for s in box)
-        array = np.full(tuple(s.stop - s.start for s in grown), fill, dtype=volume.array.dtype)
-        inside = tuple(slice(max(s.start, 0), min(s.stop, n)) for s, n in zip(grown, volume.shape))
-        array[tuple(slice(i.start - g.start, i.stop - g.start) for i, g in zip(inside, grown))] = volume.array[inside]
+        shape = tuple(s.stop - s.start for s in grown)
+        array = np.full(shape, fill, dtype=volume.array.dtype)
+        src, dst = window_slices(tuple(s.start for s in grown), shape, volume.shape)  # the box is in the image
+        array[dst] = volume.array[src]
     start_ijk = np.array([grown[2].start, grown[1].start, grown[0].start], dtype=np.float64)
     origin = volume.index_to_lps[:3, :3] @ start_ijk + volume.origin
     return Volume(array, volume.spacing, origin, volume.direction)
