@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imagetomesh.models.organ_decoders import check_organ_crops, organ_index
 from imagetomesh.models.protocol import SegmentationModel
 from imagetomesh.nn.feature_sampling import sample_features
 from imagetomesh.nn.grid import grid_voxel_size, isotropic_scale, isotropic_voxel_size
@@ -77,16 +78,9 @@ class NUDFConfig:
                     "would mix organs that no batch mixed: use norm 'group' or 'instance'"
                 )
             organs = UNetConfig(**self.unet).num_classes - 1
-            multiple = 2 ** (len(self.channels) - 1)
-            if (
-                organs < 1
-                or len(self.organ_crops) != organs
-                or any(len(c) != 3 or min(c) < multiple or any(v % multiple for v in c) for c in self.organ_crops)
-            ):
-                raise ValueError(
-                    f"organ_crops must give one (d, h, w) crop per organ class of the U-Net ({organs}), each size a "
-                    f"multiple of {multiple} (the encoder's poolings), got {self.organ_crops}"
-                )
+            if organs < 1:
+                raise ValueError(f"a several-organ NUDF's U-Net needs organ classes, got {self.unet}")
+            check_organ_crops(self.organ_crops, organs, 2 ** (len(self.channels) - 1), "the encoder's poolings")
         if not self.channels or min(self.channels) < 1 or self.in_channels < 1:
             raise ValueError(f"NUDF channels must be positive, got {self.channels}")
         if self.hidden < 1 or self.chunk < 1:
@@ -149,14 +143,8 @@ class NUDF(nn.Module, SegmentationModel):
 
     def _output(self, organ: int | None) -> int:
         """The decoder output of ``organ`` (required, 1..K, for a several-organ model; None otherwise)."""
-        organs = self.config.organs
-        if organ is None:
-            if organs:
-                raise ValueError(f"this NUDF meshes {organs} organs: say which organ (1-{organs})")
-            return 0
-        if not 1 <= organ <= organs:
-            raise ValueError(f"organ must be between 1 and {organs} (the organs of this model), got {organ}")
-        return organ - 1
+        index = organ_index(organ, self.config.organs, "NUDF")
+        return 0 if index is None else index
 
     def _query_block(self, features: list[torch.Tensor], points: torch.Tensor, output: int) -> torch.Tensor:
         b, n, _ = points.shape

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from imagetomesh.models.mesh_state import DecoderMesh
+from imagetomesh.models.organ_decoders import check_organ_crops, organ_index
 from imagetomesh.models.protocol import DeformedTemplateModel
 from imagetomesh.nn.feature_sampling import neighbourhood_offsets, sample_features
 from imagetomesh.nn.graph import DistanceWeightedGraphConv
@@ -83,15 +84,9 @@ class Voxel2MeshConfig:
                 )
             if any(len(r) != 3 or min(r) <= 0 for r in self.organ_templates):
                 raise ValueError(f"organ_templates must be positive (x, y, z) semi-axes, got {self.organ_templates}")
-            multiple = 2 ** (self.unet.depth - 1)
-            crops = self.organ_crops or []
-            if len(crops) != len(self.organ_templates) or any(
-                len(c) != 3 or min(c) < multiple or any(n % multiple for n in c) for c in crops
-            ):
-                raise ValueError(
-                    f"organ_crops must give one (d, h, w) crop per organ, each size a multiple of {multiple} "
-                    f"(the U-Net's poolings), got {self.organ_crops}"
-                )
+            check_organ_crops(
+                self.organ_crops or [], len(self.organ_templates), 2 ** (self.unet.depth - 1), "the U-Net's poolings"
+            )
             arcs = self.organ_arcs
             if arcs is not None and (
                 len(arcs) != len(self.organ_templates)
@@ -212,16 +207,12 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
     def _decoder(self, organ: int | None) -> tuple[nn.ModuleList, torch.Tensor | None, list[float] | None]:
         """Organ ``organ``'s stages, template semi-axes (grid) and arc, or the one decoder's (and None, None)
         for ``organ`` None."""
-        organs = self.config.organs
-        if organ is None:
-            if organs:
-                raise ValueError(f"this Voxel2Mesh has one decoder per organ (1-{organs}): say which organ")
+        index = organ_index(organ, self.config.organs, "Voxel2Mesh")
+        if index is None:
             return self.stages, None, None
-        if not 1 <= organ <= organs:
-            raise ValueError(f"organ must be between 1 and {organs} (the decoders of this model), got {organ}")
-        semi_axes = torch.tensor(self.config.organ_templates[organ - 1], dtype=torch.float32)
-        arc = self.config.organ_arcs[organ - 1] if self.config.organ_arcs else None
-        return self.organ_stages[organ - 1], semi_axes, arc
+        semi_axes = torch.tensor(self.config.organ_templates[index], dtype=torch.float32)
+        arc = self.config.organ_arcs[index] if self.config.organ_arcs else None
+        return self.organ_stages[index], semi_axes, arc
 
     def decode_mesh(
         self, decoder_features: list[torch.Tensor], grid_shape, organ: int | None = None

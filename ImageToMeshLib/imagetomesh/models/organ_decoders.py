@@ -1,0 +1,30 @@
+"""What every model with one decoder (or decoder output) per organ checks: its crops and the organ asked for.
+
+Such a model (Voxel2Mesh with ``organ_templates``, NUDF with ``unet``) meshes organ ``k`` (class ``k`` of
+its U-Net, ``1..K``) in a crop ``organ_crops[k - 1]`` ``(d, h, w)`` of the model's grid around it.
+"""
+
+from __future__ import annotations
+
+
+def check_organ_crops(crops, organs: int, multiple: int, poolings: str) -> None:
+    """``ValueError`` unless ``crops`` gives one ``(d, h, w)`` crop per organ (``organs`` of them), each size a
+    positive multiple of ``multiple`` (what ``poolings`` names divides it)."""
+    if len(crops) != organs or any(len(c) != 3 or min(c) < multiple or any(n % multiple for n in c) for c in crops):
+        raise ValueError(
+            f"organ_crops must give one (d, h, w) crop per organ class of the U-Net ({organs}), each size a "
+            f"multiple of {multiple} ({poolings}), got {crops}"
+        )
+
+
+def organ_index(organ: int | None, organs: int, model: str) -> int | None:
+    """``organ - 1`` (the index of organ ``organ``'s decoder), or None for a one-object model (``organs`` 0)
+    asked for no organ; ``ValueError`` when a several-organ ``model`` is not told which organ, or for an
+    organ outside ``1..organs``."""
+    if organ is None:
+        if organs:
+            raise ValueError(f"this {model} meshes {organs} organs, one decoder each: say which organ (1-{organs})")
+        return None
+    if not 1 <= organ <= organs:
+        raise ValueError(f"organ must be between 1 and {organs} (the organs of this {model}), got {organ}")
+    return organ - 1
