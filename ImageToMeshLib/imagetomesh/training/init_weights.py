@@ -11,10 +11,19 @@ from imagetomesh.errors import InputError
 from imagetomesh.weights import load_state, read_card
 
 
-def init_from_model(model: torch.nn.Module, kind: str, folder: str | Path, log: Callable[[str], None] = print) -> None:
+def init_from_model(
+    model: torch.nn.Module,
+    kind: str,
+    folder: str | Path,
+    log: Callable[[str], None] = print,
+    organs: list[dict] | None = None,
+) -> None:
     """Start ``model`` (of ``kind``) from the model saved in ``folder`` (checked weights): all of
     its tensors when that model is of the same kind (a fine-tuning run), else only its ``unet.*``
-    tensors, the other parameters keeping their fresh initialisation."""
+    tensors, the other parameters keeping their fresh initialisation. A several-organ ``model`` (its
+    config's ``organs``) starts only from a model of the same organs (:func:`check_same_organs`)."""
+    if organs:
+        check_same_organs(folder, organs)
     card = read_card(folder)
     state = load_state(folder, card)
     if card.get("kind") == kind:

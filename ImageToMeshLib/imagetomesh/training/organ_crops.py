@@ -69,7 +69,14 @@ def organ_crop(
     """``(image (d, h, w) float32, label (d, h, w) uint8)``: the ``shape`` crop of ``case`` centred on the box
     around class ``organ`` (moved by ``offset`` ``(k, j, i)`` voxels), padded with the image's lowest value
     (air) and label 0 where it leaves the grid."""
-    start = organ_crop_start(case, organ, shape, offset)
+    return case_crop(case, organ_crop_start(case, organ, shape, offset), shape)
+
+
+def case_crop(
+    case: PreparedCase, start: tuple[int, int, int], shape: tuple[int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(image (d, h, w) float32, label (d, h, w) uint8)``: the ``shape`` window of ``case`` from voxel ``start``
+    ``(k, j, i)``, padded with the image's lowest value (air) and label 0 where it leaves the grid."""
     return (
         crop_padded(case.image.float(), start, shape, float(case.image.min())),
         crop_padded(case.label, start, shape, 0),

@@ -22,7 +22,7 @@ from imagetomesh.models.registry import build_model
 from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
 from imagetomesh.training.configs import TrainConfig, image_configs
 from imagetomesh.training.data import chamfer_target, prepare_split, random_image_batch, random_patch_batch
-from imagetomesh.training.init_weights import check_same_organs, init_from_model, restart_classes
+from imagetomesh.training.init_weights import init_from_model, restart_classes
 from imagetomesh.training.losses import mesh_decoder_loss, partial_label_loss, segmentation_loss
 from imagetomesh.training.organ_crops import describe_organ_cases, organ_cases, random_organ_crop_batch
 from imagetomesh.training.schedules import one_cycle, rescale_one_cycle
@@ -137,9 +137,7 @@ class ImageToMeshTask(Task):
             run.log(describe_organ_cases(self.cases_by_organ, config.organs))
         self.model = build_model(config.kind, config.model).to(run.device)
         if self.init_from:
-            if config.organs:
-                check_same_organs(self.init_from, config.organs)
-            init_from_model(self.model, config.kind, self.init_from, run.log)
+            init_from_model(self.model, config.kind, self.init_from, run.log, config.organs)
             if config.restart_classes:
                 restart_classes(self.model.unet.head, config.organ_classes("restart_classes"))
                 run.log(f"restarted the outputs of {', '.join(config.restart_classes)} at a 1 % prior")

@@ -44,8 +44,9 @@ from imagetomesh.training.configs import (
     named_config,
 )
 from imagetomesh.training.data import PreparedCase, prepare_split
-from imagetomesh.training.init_weights import check_same_organs, init_from_model
+from imagetomesh.training.init_weights import init_from_model
 from imagetomesh.training.organ_crops import (
+    case_crop,
     describe_organ_cases,
     organ_cases,
     organ_crop_start,
@@ -171,8 +172,7 @@ class OrganPointPool:
         """``(image (d, h, w), label (d, h, w), points (N, 3))``: the crop with its centre moved by ``offset``
         ``(k, j, i)`` voxels (none: the pool's own crop), the pool's points in its grid coordinates."""
         start = self.start if offset is None else organ_crop_start(self.case, self.organ, self.shape, offset)
-        image = crop_padded(self.case.image.float(), start, self.shape, float(self.case.image.min()))
-        label = crop_padded(self.case.label, start, self.shape, 0)
+        image, label = case_crop(self.case, start, self.shape)
         if start == self.start:
             return image, label, self.points
         moved_from = tuple(a - b for a, b in zip(self.start, start))  # the pool's crop inside the new one
@@ -316,8 +316,7 @@ class NUDFTask(Task):
         if self.organ_model:
             if not config.organs or len(config.organs) != self.model.config.organs:
                 raise InputError("a several-organ NUDF config needs organs, one per organ_crops entry")
-            check_same_organs(self.init_from, config.organs)
-            init_from_model(self.model, "nudf", self.init_from, run.log)
+            init_from_model(self.model, "nudf", self.init_from, run.log, config.organs)
             self.model.unet.requires_grad_(False)
             crops = config.model["organ_crops"]
             train_by_organ = organ_cases(train_cases, len(config.organs))
