@@ -76,7 +76,7 @@ KINDS: dict[str, Kind] = {
             "imagetomesh.training.tasks.nudf:NUDFTask",
             "train nudf on a Medical Segmentation Decathlon folder",
             MSD,
-            "named config: cpu or gpu",
+            "named config: cpu, gpu or headneck-ct-cpu (seven CT organs, found by the --init-from unet model)",
             (INIT_FROM, TIME_LIMIT),
         ),
     ),

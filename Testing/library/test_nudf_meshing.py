@@ -99,3 +99,48 @@ def test_trimming_and_largest_component():
     big = Mesh(np.vstack([mesh.vertices, [[0, 0, 1]]]), np.vstack([mesh.faces, [[0, 1, 6]]]))
     kept = largest_component(big)
     assert kept.num_faces == 2 and kept.num_vertices == 4
+
+
+def two_spheres_udf(p):
+    """Distance to two spheres of radius R / 2, centred at x = -0.5 and x = +0.5."""
+    centres = torch.tensor([[-0.5, 0.0, 0.0], [0.5, 0.0, 0.0]], dtype=p.dtype)
+    return ((p[:, None] - centres[None]).norm(dim=2) - R / 2).abs().min(1).values
+
+
+def test_a_region_keeps_the_surface_it_holds_and_only_that():
+    for side in (-1.0, 1.0):  # unrestricted, meshing keeps one sphere (the largest component)
+
+        def on_side(points, side=side):
+            return points[:, 0] * side > 0
+
+        mesh = mesh_udf(two_spheres_udf, *BOX, VOXEL, FAST, inside=on_side)
+        check = check_mesh(mesh, self_intersections=False)
+        assert check.watertight and check.components == 1
+        centred = mesh.vertices - np.array([0.5 * side, 0.0, 0.0])
+        assert np.abs(np.linalg.norm(centred, axis=1) - R / 2).mean() < 0.02 * R
+        assert np.abs(centred[:, 0]).max() > R / 2 - VOXEL  # the whole sphere, both poles along x
+
+
+def test_a_region_without_surface_is_an_input_error():
+    with pytest.raises(InputError, match="no surface"):
+        mesh_udf(two_spheres_udf, *BOX, VOXEL, FAST, inside=lambda p: p[:, 1] > 0.6)
+
+
+def test_voxel_region_is_the_grown_mask_at_the_nearest_voxel():
+    from imagetomesh.models.nudf import voxel_region
+    from imagetomesh.nn.grid import isotropic_scale
+
+    shape = (7, 9, 11)
+    voxels = torch.zeros(shape, dtype=torch.bool)
+    voxels[3, 4, 2] = voxels[5, 1, 8] = True
+    scale = isotropic_scale(shape)
+    inside = voxel_region(voxels, 2.0, scale)
+    points = (torch.rand(3000, 3, generator=torch.Generator().manual_seed(0)) * 2.2 - 1.1) * scale
+    got = inside(points)
+    # slow: the voxel nearest the point (clamped into the grid), its distance to each True voxel
+    true = torch.nonzero(voxels).float()  # (k, j, i)
+    for p, g in zip(points, got):
+        ijk = [min(max(round(float((p[a] / scale[a] + 1) / 2 * (n - 1))), 0), n - 1) for a, n in enumerate(shape[::-1])]
+        kji = torch.tensor(ijk[::-1], dtype=torch.float32)
+        assert bool(g) == bool(((true - kji).norm(dim=1) <= 2.0).any())
+    assert got.any() and not got.all()

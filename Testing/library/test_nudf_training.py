@@ -133,3 +133,28 @@ def test_the_live_clamped_l1_is_the_clamped_l1_with_a_gradient_beyond_the_clamp(
     pred.grad = None
     clamped_l1(pred, target, 0.1, live=True).backward()
     assert pred.grad[2] > 0 and pred.grad[4] == 0  # live pulls it down; a far point above the clamp is right
+
+
+def test_validation_errors_use_points_from_the_whole_pool():
+    from types import SimpleNamespace
+
+    from imagetomesh.models.nudf import NUDF, NUDFConfig
+    from imagetomesh.training.tasks.nudf import _pool_errors
+
+    torch.manual_seed(0)
+    model = NUDF(NUDFConfig(channels=(2, 4), hidden=8)).eval()
+    image = torch.rand(8, 8, 8)
+    points = torch.rand(101, 3) * 2 - 1
+    distances = torch.cat([torch.rand(60) * 0.02, 0.05 + torch.rand(41) * 0.2])  # near first, far last
+    pool = SimpleNamespace(points=points, distances=distances)
+    with torch.no_grad():
+        l1, near, spurious = _pool_errors(model, image, pool, 11, "cpu")
+        pred_all = model(image[None, None], points[None])[0]
+    picked = [round(i * 100 / 10) for i in range(11)]  # 0, 10, ..., 100: both ends of the pool
+    c = model.config.clamp
+    pred, dist = pred_all[picked].tolist(), distances[picked].tolist()
+    assert l1 == pytest.approx(np.mean([abs(min(p, c) - min(d, c)) for p, d in zip(pred, dist)]), rel=1e-5)
+    assert near == pytest.approx(np.mean([abs(p - d) for p, d in zip(pred, dist) if d < 0.02]), rel=1e-5)
+    far = [p for p, d in zip(pred, dist) if d >= c / 2]
+    assert len(far) > 0
+    assert spurious == pytest.approx(np.mean([p < c / 10 for p in far]))

@@ -5,11 +5,13 @@ The field is any callable ``udf(points (N, 3) tensor) -> (N,)`` unsigned distanc
 after NDF):
 
 1. ``initial_points`` uniform points in the box ``[lo, hi]``; those with ``udf < keep_voxels``
-   voxels are kept;
+   voxels are kept (and, given a region ``inside``, only those in it: a field trained near one
+   organ can be near zero far from it, where its training points were sparse);
 2. each is projected ``iterations`` times, ``p <- p - f(p) grad f(p) / |grad f(p)|`` (gradient by
-   autograd), and dropped when still farther than ``drop_voxels`` from the surface;
+   autograd), and dropped when still farther than ``drop_voxels`` from the surface (or outside
+   the region);
 3. ``rounds`` times: ``dense_points`` points drawn around the survivors with Gaussian noise of
-   ``resample_sigma_voxels`` and projected the same way -- the dense cloud;
+   ``resample_sigma_voxels`` and projected and filtered the same way -- the dense cloud;
 4. Poisson-disk subsampling to about ``poisson_points`` (pymeshlab ``generate_sampling_poisson_disk``);
 5. normals: the direction of least spread of the ``normal_neighbours`` nearest dense points,
    oriented consistently by propagation along a minimum spanning tree of the neighbour graph
@@ -42,6 +44,8 @@ from imagetomesh.errors import InputError
 from imagetomesh.geometry.quality import is_watertight
 
 UDF = Callable[[torch.Tensor], torch.Tensor]
+#: ``inside(points (N, 3)) -> (N,) bool``: where surface points may lie (same frame as the field).
+Region = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -69,6 +73,8 @@ class UDFMeshingConfig:
     closed_hole_edges: int = 100000
     chunk: int = 8192
     seed: int = 0
+    #: a region given as voxels (NUDF's localiser's voxels of an organ) is grown by this many voxels
+    region_margin_voxels: float = 3.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,12 +108,19 @@ def project_points(
     return projected, evaluate_udf(udf, projected, chunk)
 
 
-def dense_surface_points(udf: UDF, lo, hi, voxel: float, config: UDFMeshingConfig) -> torch.Tensor:
-    """Steps 1-3 of the module docstring: ``(M, 3)`` points on the field's zero level set."""
+def dense_surface_points(
+    udf: UDF, lo, hi, voxel: float, config: UDFMeshingConfig, inside: Region | None = None
+) -> torch.Tensor:
+    """Steps 1-3 of the module docstring: ``(M, 3)`` points on the field's zero level set (within
+    ``inside`` when given)."""
+
+    def within(points: torch.Tensor) -> torch.Tensor:
+        return points if inside is None or len(points) == 0 else points[inside(points)]
+
     generator = torch.Generator().manual_seed(config.seed)
     lo_t = torch.as_tensor(np.asarray(lo, dtype=np.float32))
     hi_t = torch.as_tensor(np.asarray(hi, dtype=np.float32))
-    start = lo_t + (hi_t - lo_t) * torch.rand(config.initial_points, 3, generator=generator)
+    start = within(lo_t + (hi_t - lo_t) * torch.rand(config.initial_points, 3, generator=generator))
     f = evaluate_udf(udf, start, config.chunk)
     survivors = start[f < config.keep_voxels * voxel]
     if len(survivors) == 0:
@@ -115,7 +128,7 @@ def dense_surface_points(udf: UDF, lo, hi, voxel: float, config: UDFMeshingConfi
             "the model found no surface in the image; check that it shows the organ the model was trained on"
         )
     survivors, f = project_points(udf, survivors, config.iterations, config.chunk)
-    survivors = survivors[f < config.drop_voxels * voxel]
+    survivors = within(survivors[f < config.drop_voxels * voxel])
     for _ in range(config.rounds):
         if len(survivors) == 0:
             break
@@ -125,7 +138,7 @@ def dense_surface_points(udf: UDF, lo, hi, voxel: float, config: UDFMeshingConfi
         )
         noisy = torch.maximum(torch.minimum(noisy, hi_t), lo_t)
         projected, f = project_points(udf, noisy, config.iterations, config.chunk)
-        survivors = projected[f < config.drop_voxels * voxel]
+        survivors = within(projected[f < config.drop_voxels * voxel])
     if len(survivors) < 20:
         raise InputError(
             "the model found no surface in the image; check that it shows the organ the model was trained on"
@@ -247,13 +260,20 @@ def close_holes(mesh: Mesh, max_hole_edges: int) -> Mesh:
 
 
 def mesh_udf(
-    udf: UDF, lo, hi, voxel: float, config: UDFMeshingConfig | None = None, open_surface: bool = False
+    udf: UDF,
+    lo,
+    hi,
+    voxel: float,
+    config: UDFMeshingConfig | None = None,
+    open_surface: bool = False,
+    inside: Region | None = None,
 ) -> Mesh:
     """The surface where ``udf`` vanishes inside the box ``[lo, hi]`` (``(3,)`` each, the field's
-    frame), as a :class:`Mesh` in that frame. ``voxel`` is the field's resolution (the unit of
-    the config's lengths). Raises :class:`InputError` when the field has no zero level set there."""
+    frame) and, given ``inside``, within that region, as a :class:`Mesh` in that frame. ``voxel`` is
+    the field's resolution (the unit of the config's lengths). Raises :class:`InputError` when the
+    field has no zero level set there."""
     config = config or UDFMeshingConfig()
-    dense = dense_surface_points(udf, lo, hi, voxel, config).cpu().numpy().astype(np.float64)
+    dense = dense_surface_points(udf, lo, hi, voxel, config, inside).cpu().numpy().astype(np.float64)
     samples = poisson_disk_subsample(dense, config.poisson_points)
     normals = oriented_normals(samples, config.normal_neighbours, reference=dense)
     poisson = screened_poisson(samples, normals, config.poisson_depth)

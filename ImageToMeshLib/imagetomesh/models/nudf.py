@@ -24,6 +24,9 @@ Several organs (``unet`` and ``organ_crops``): the model also holds a trained se
 as it was trained, that finds each organ in the whole scan (as a Voxel2Mesh with one decoder per organ
 does); NUDF then meshes organ ``k`` in the crop ``organ_crops[k - 1]`` around it, its encoder reading
 that crop and output ``k`` of the point decoder (one output per organ) giving that organ's distances.
+The surface is sought only near the U-Net's voxels of the organ (``near`` of :meth:`NUDF.predict_meshes`,
+grown by the meshing config's ``region_margin_voxels``): the field is trained on points concentrated
+around the organ and can fall to near zero far from it, in parts of the crop its training barely sampled.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from torch import nn
 from imagetomesh.models.organ_decoders import check_organ_crops, organ_index
 from imagetomesh.models.protocol import SegmentationModel
 from imagetomesh.nn.feature_sampling import sample_features
-from imagetomesh.nn.grid import grid_voxel_size, isotropic_scale, isotropic_voxel_size
+from imagetomesh.nn.grid import grid_to_index, grid_voxel_size, isotropic_scale, isotropic_voxel_size
 from imagetomesh.nn.unet import DoubleConv, UNet3D, UNetConfig
 
 
@@ -174,9 +177,17 @@ class NUDF(nn.Module, SegmentationModel):
     def forward(self, image: torch.Tensor, points: torch.Tensor, organ: int | None = None) -> torch.Tensor:
         return self.query(self.encode(image), points, organ=organ)
 
-    def predict_meshes(self, images: torch.Tensor, open_surface: bool = False, organ: int | None = None):
+    def predict_meshes(
+        self,
+        images: torch.Tensor,
+        open_surface: bool = False,
+        organ: int | None = None,
+        near: torch.Tensor | None = None,
+    ):
         """One :class:`~imagetomesh.core.mesh.Mesh` per image ``(B, C, D, H, W)``, in model grid coordinates
-        (of organ ``organ``, whose crops ``images`` are: several-organ models).
+        (of organ ``organ``, whose crops ``images`` are: several-organ models). ``near`` ``(B, D, H, W)``
+        bool: the surface of image ``b`` is sought only within the meshing config's ``region_margin_voxels``
+        of ``near[b]``'s voxels (the localiser's voxels of the organ).
 
         Closed (the caller repairs it to watertight) unless ``open_surface``.
         """
@@ -196,9 +207,30 @@ class NUDF(nn.Module, SegmentationModel):
                 grid = points_iso.to(images.device) / scale
                 return self.query(feats, grid[None], chunk=self.config.chunk, organ=organ)[0].cpu()
 
-            mesh = mesh_udf(udf, (-scale).cpu().numpy(), scale.cpu().numpy(), voxel, config, open_surface=open_surface)
+            inside = None if near is None else voxel_region(near[b], config.region_margin_voxels, scale.cpu())
+            lo, hi = (-scale).cpu().numpy(), scale.cpu().numpy()
+            mesh = mesh_udf(udf, lo, hi, voxel, config, open_surface=open_surface, inside=inside)
             meshes.append(mesh.transformed(_diag_affine(1.0 / scale.cpu().numpy())))
         return meshes
+
+
+def voxel_region(voxels: torch.Tensor, margin: float, scale: torch.Tensor):
+    """``inside(points (N, 3)) -> (N,) bool`` for points in the isotropic grid frame of ``scale``
+    (:func:`~imagetomesh.nn.grid.isotropic_scale`): whether the voxel nearest each point lies within
+    ``margin`` voxels (Euclidean, centre to centre) of a True voxel of ``voxels (D, H, W)``."""
+    from scipy.ndimage import distance_transform_edt
+
+    mask = voxels.cpu().numpy().astype(bool)
+    grown = torch.as_tensor(distance_transform_edt(~mask) <= margin if mask.any() else mask)
+    size_ijk = tuple(grown.shape)[::-1]
+    upper = torch.tensor(size_ijk) - 1
+
+    def inside(points: torch.Tensor) -> torch.Tensor:
+        index = grid_to_index(points.detach().cpu().float() / scale, size_ijk).round().long()
+        i, j, k = torch.minimum(index.clamp(min=0), upper).unbind(-1)
+        return grown[k, j, i]
+
+    return inside
 
 
 def _diag_affine(diag) -> np.ndarray:
