@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -100,6 +101,7 @@ def main() -> None:
             *(str(ABLATIONS / f"voxel2mesh-{v}") for v in ("ps-umu", "hs-umu", "lns-umu", "lns-umu@adaptive")),
             "voxel2mesh-hippocampus@uniform",
             "voxel2mesh-hippocampus",
+            "voxel2mesh-hippocampus@snap",
             "pixel2mesh3d-hippocampus",
             "implicitmeshnet-hippocampus",
             "nudf-hippocampus",
@@ -116,6 +118,7 @@ def main() -> None:
     images = [read_image(cases[c].image) for c in ids]
     labels = [read_labelmap(cases[c].label) for c in ids]
     rows, per_model_meshes = [], {}
+    load_at_start = os.getloadavg()[0]
     for spec in args.models:
         try:
             name, segmenter = _load(spec)
@@ -158,7 +161,10 @@ def main() -> None:
         f"Held-out `{args.split}` split of `Resources/Splits/hippocampus.json`: {len(ids)} cases never used for "
         "training or model selection. Surface metrics compare each mesh with marching cubes of the label; "
         "Dice/IoU rasterise the mesh on the label grid. CPU seconds per case: batches of 8, model loaded, "
-        "2 threads (process time, so both cores count), untangling included. Self-intersecting faces: *network* = "
+        f"2 threads (process time, so both cores count), untangling included; machine load (1-min average) "
+        f"{load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (above 2, other jobs shared the 2 "
+        "cores and the time columns are inflated; `Testing/benchmarks/segment_benchmark.py` times on its own). "
+        "Self-intersecting faces: *network* = "
         "the mesh as the network made it; *segment* = what `imagetomesh segment` returns, after local folds are "
         "smoothed away (`geometry/untangle.py`); every other column is measured on the latter.",
         "",
@@ -222,12 +228,14 @@ def main() -> None:
         "with the same command (`imagetomesh train voxel2mesh --config ps-umu|hs-umu|lns-umu --steps 1200 "
         "--init-from` the U-Net at step 200, seed 0), one 1,200-step one-cycle schedule on one CPU thread; the "
         "weights are in `Resources/Ablations` with their cards. LNS + UMU and LNS + AMU share one set of weights: "
-        "adaptive unpooling prunes at inference only (`models/voxel2mesh.py` explains why). The bundled models "
-        "were trained on 2 shared CPU cores for 600-5,400 steps from a U-Net initialisation (see their cards). "
-        "At 1,200 steps the three sampling variants are equal within noise and adaptive pruning costs 0.01 IoU; "
-        "the bundled Voxel2Mesh, the same LNS architecture after 5,400 steps, is 0.05 IoU better than its "
-        "1,200-step ablation: every mesh model here is under-trained, and the ablation rows say more about "
-        "training budget than about the sampling schemes.",
+        "adaptive unpooling prunes at inference only (`models/voxel2mesh.py` explains why). At 1,200 steps the "
+        "three sampling variants are equal within noise and adaptive pruning costs 0.01 IoU, while the bundled "
+        "Voxel2Mesh, the same LNS architecture with many more image passes (table above), is well ahead of its "
+        "ablation: the ablation rows say more about training budget than about the sampling schemes. The "
+        "bundled models were trained on one CPU thread each, from a U-Net initialisation; their cards hold the "
+        "command, the history and the checkpoint selection (on the validation split's mesh metrics). "
+        "*Voxel2Mesh + snap* is `segment --snap`, an optional refinement that moves each vertex onto the "
+        "model's own flip-averaged voxel probabilities: not the method's output.",
         "",
     ]
     if per_model_meshes:
