@@ -144,3 +144,33 @@ def test_voxel_region_is_the_grown_mask_at_the_nearest_voxel():
         kji = torch.tensor(ijk[::-1], dtype=torch.float32)
         assert bool(g) == bool(((true - kji).norm(dim=1) <= 2.0).any())
     assert got.any() and not got.all()
+
+
+def test_radius_normals_see_through_a_dense_thick_band():
+    # 20,000 points within +-0.02 of a sphere of radius R: their 12 nearest neighbours span the band's
+    # thickness as much as the surface, the points within 0.1 span the surface
+    g = np.random.default_rng(0)
+    d = g.normal(size=(20000, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    dense = d * (R + g.uniform(-0.02, 0.02, size=(20000, 1)))
+    samples = dense[:2000]
+    nearest = np.abs(np.einsum("ij,ij->i", oriented_normals(samples, 12, reference=dense), d[:2000]))
+    ball = np.abs(np.einsum("ij,ij->i", oriented_normals(samples, 12, reference=dense, radius=0.1), d[:2000]))
+    assert np.median(ball) > 0.99 and np.median(nearest) < 0.9
+
+
+def test_ball_covariance_is_the_scatter_of_each_ball():
+    from scipy.spatial import cKDTree
+
+    from imagetomesh.geometry.udf_meshing import _ball_covariance
+
+    g = np.random.default_rng(1)
+    reference, points = g.uniform(size=(300, 3)), g.uniform(size=(40, 3))
+    tree = cKDTree(reference)
+    balls = tree.query_ball_point(points, 0.15)
+    _, nearest = tree.query(points, k=5)
+    got = _ball_covariance(points, reference, balls, nearest)
+    for n in range(len(points)):
+        members = sorted(set(balls[n]) | (set(nearest[n]) if len(balls[n]) < 5 else set()))
+        local = reference[members] - reference[members].mean(0)
+        assert np.allclose(got[n], local.T @ local)

@@ -13,7 +13,8 @@ after NDF):
 3. ``rounds`` times: ``dense_points`` points drawn around the survivors with Gaussian noise of
    ``resample_sigma_voxels`` and projected and filtered the same way -- the dense cloud;
 4. Poisson-disk subsampling to about ``poisson_points`` (pymeshlab ``generate_sampling_poisson_disk``);
-5. normals: the direction of least spread of the ``normal_neighbours`` nearest dense points,
+5. normals: the direction of least spread of the ``normal_neighbours`` nearest dense points (or
+   of those within ``normal_radius_voxels``),
    oriented consistently by propagation along a minimum spanning tree of the neighbour graph
    (edge cost ``distance * (1.1 - |n_i . n_j|)``, so orientation flows between nearby, parallel
    normals; a UDF has no inside, so the global sign is arbitrary and fixed later by the caller);
@@ -66,6 +67,8 @@ class UDFMeshingConfig:
     resample_sigma_voxels: float = 1.0
     poisson_points: int = 10000
     normal_neighbours: int = 12
+    #: normals from the dense points within this many voxels (None: from the ``normal_neighbours`` nearest)
+    normal_radius_voxels: float | None = None
     poisson_depth: int = 6
     support_voxels: float = 1.0
     trim_closed: bool = True
@@ -158,10 +161,16 @@ def poisson_disk_subsample(points: np.ndarray, count: int) -> np.ndarray:
     return meshset.current_mesh().vertex_matrix().copy()
 
 
-def oriented_normals(points: np.ndarray, neighbours: int = 12, reference: np.ndarray | None = None) -> np.ndarray:
+def oriented_normals(
+    points: np.ndarray, neighbours: int = 12, reference: np.ndarray | None = None, radius: float | None = None
+) -> np.ndarray:
     """Unit normals ``(N, 3)`` of ``points (N, 3)``: least-spread direction of the ``neighbours``
-    nearest ``reference`` points (default: ``points``), made consistent along a minimum spanning
-    tree of the ``neighbours``-nearest graph of ``points`` (one arbitrary sign per connected part)."""
+    nearest ``reference`` points (default: ``points``) -- or, given ``radius``, of the reference points
+    within that distance (at least the ``neighbours`` nearest) --, made consistent along a minimum
+    spanning tree of the ``neighbours``-nearest graph of ``points`` (one arbitrary sign per connected part).
+
+    A radius matters where the reference cloud is dense across the thickness of the band it was
+    projected into: there the nearest points lie as much across the surface as along it."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import breadth_first_order, connected_components, minimum_spanning_tree
     from scipy.spatial import cKDTree
@@ -169,9 +178,14 @@ def oriented_normals(points: np.ndarray, neighbours: int = 12, reference: np.nda
     points = np.asarray(points, dtype=np.float64)
     reference = points if reference is None else np.asarray(reference, dtype=np.float64)
     k = min(neighbours, len(reference))
-    _, idx = cKDTree(reference).query(points, k=k)
-    local = reference[idx] - reference[idx].mean(1, keepdims=True)
-    _, vectors = np.linalg.eigh(np.einsum("nki,nkj->nij", local, local))
+    tree = cKDTree(reference)
+    _, idx = tree.query(points, k=k)
+    if radius is None:
+        local = reference[idx] - reference[idx].mean(1, keepdims=True)
+        covariance = np.einsum("nki,nkj->nij", local, local)
+    else:
+        covariance = _ball_covariance(points, reference, tree.query_ball_point(points, radius), idx)
+    _, vectors = np.linalg.eigh(covariance)
     normals = vectors[:, :, 0]
 
     k_graph = min(neighbours, len(points))
@@ -193,6 +207,24 @@ def oriented_normals(points: np.ndarray, neighbours: int = 12, reference: np.nda
             if normals[node] @ normals[parents[node]] < 0:
                 normals[node] = -normals[node]
     return normals
+
+
+def _ball_covariance(points: np.ndarray, reference: np.ndarray, balls, nearest: np.ndarray) -> np.ndarray:
+    """``(N, 3, 3)`` scatter matrices of the ``reference`` points in each of ``points``'s ``balls``
+    (index lists), each ball grown to at least its ``nearest (N, k)`` indices."""
+    groups = [
+        np.union1d(ball, near) if len(ball) < len(near) else np.asarray(ball) for ball, near in zip(balls, nearest)
+    ]
+    sizes = np.array([len(g) for g in groups])
+    flat = np.concatenate(groups).astype(np.int64)
+    owner = np.repeat(np.arange(len(points)), sizes)
+    mean = np.stack([np.bincount(owner, reference[flat, a], len(points)) for a in range(3)], 1) / sizes[:, None]
+    centred = reference[flat] - mean[owner]
+    covariance = np.empty((len(points), 3, 3))
+    for a in range(3):
+        for b in range(a, 3):
+            covariance[:, a, b] = covariance[:, b, a] = np.bincount(owner, centred[:, a] * centred[:, b], len(points))
+    return covariance
 
 
 def screened_poisson(points: np.ndarray, normals: np.ndarray, depth: int) -> Mesh:
@@ -275,7 +307,8 @@ def mesh_udf(
     config = config or UDFMeshingConfig()
     dense = dense_surface_points(udf, lo, hi, voxel, config, inside).cpu().numpy().astype(np.float64)
     samples = poisson_disk_subsample(dense, config.poisson_points)
-    normals = oriented_normals(samples, config.normal_neighbours, reference=dense)
+    radius = None if config.normal_radius_voxels is None else config.normal_radius_voxels * voxel
+    normals = oriented_normals(samples, config.normal_neighbours, reference=dense, radius=radius)
     poisson = screened_poisson(samples, normals, config.poisson_depth)
     if not (open_surface or config.trim_closed):
         return largest_component(poisson)

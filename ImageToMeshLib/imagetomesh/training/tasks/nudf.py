@@ -22,13 +22,16 @@ L1 per organ on the validation cases' crops (``val_l1_<organ>``), their mean ``v
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from imagetomesh.errors import InputError
+from imagetomesh.io.atomic import atomic_write
 from imagetomesh.models.nudf import NUDF, NUDFConfig
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.scan import crop_padded, crop_to_scan_grid
@@ -203,6 +206,50 @@ def make_organ_pools(
     return pools
 
 
+def cached_organ_pools(
+    path: Path,
+    cases_by_organ: dict[int, list[PreparedCase]],
+    crops: list[list[int]],
+    config: UDFPointConfig,
+    seed: int,
+    progress: bool = True,
+) -> dict[int, list[OrganPointPool]]:
+    """:func:`make_organ_pools`, saved at ``path`` (written atomically) and read back from there by a later
+    start or resume of the run when it was made from the same cases, crops, point config and seed (sampling
+    the head-and-neck pools takes minutes; reading them, seconds)."""
+    key = json.dumps(
+        {
+            "cases": {str(k): [c.case_id for c in cases] for k, cases in cases_by_organ.items()},
+            "crops": [list(c) for c in crops],
+            "points": config.to_dict(),
+            "seed": seed,
+        },
+        sort_keys=True,
+    )
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        if saved.get("key") == key:
+            by_id = {c.case_id: c for cases in cases_by_organ.values() for c in cases}
+            return {
+                int(k): [
+                    OrganPointPool(by_id[case_id], int(k), tuple(crops[int(k) - 1]), tuple(start), points, distances)
+                    for case_id, start, points, distances in entries
+                ]
+                for k, entries in saved["pools"].items()
+            }
+    pools = make_organ_pools(cases_by_organ, crops, config, seed, progress)
+    saved = {
+        "key": key,
+        "pools": {
+            str(k): [(p.case.case_id, list(p.start), p.points, p.distances) for p in entries]
+            for k, entries in pools.items()
+        },
+    }
+    with atomic_write(path) as tmp:
+        torch.save(saved, tmp)
+    return pools
+
+
 def augmented_points(
     image: torch.Tensor,
     label: torch.Tensor,
@@ -338,9 +385,13 @@ class NUDFTask(Task):
             crops = config.model["organ_crops"]
             train_by_organ = organ_cases(train_cases, len(config.organs))
             run.log(describe_organ_cases(train_by_organ, config.organs))
-            self.train_pools = make_organ_pools(train_by_organ, crops, config.points, run.seed, run.writer)
+            self.train_pools = cached_organ_pools(
+                run.out / "train_pools.pt", train_by_organ, crops, config.points, run.seed, run.writer
+            )
             val_by_organ = organ_cases(val_cases, len(config.organs))
-            self.val_pools = make_organ_pools(val_by_organ, crops, config.points, run.seed + 1, run.writer)
+            self.val_pools = cached_organ_pools(
+                run.out / "val_pools.pt", val_by_organ, crops, config.points, run.seed + 1, run.writer
+            )
         else:
             self.train_pools = make_pools(train_cases, config.points, run.seed)
             self.val_pools = make_pools(val_cases, config.points, run.seed + 1)
