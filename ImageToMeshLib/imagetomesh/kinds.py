@@ -76,7 +76,7 @@ KINDS: dict[str, Kind] = {
             "imagetomesh.training.tasks.nudf:NUDFTask",
             "train nudf on a Medical Segmentation Decathlon folder",
             MSD,
-            "named config: cpu, gpu or headneck-ct-cpu (seven CT organs, found by the --init-from unet model)",
+            "named config: cpu, gpu, headneck-ct-cpu (seven CT organs, found by the --init-from unet model) or headneck-ct-cpu-guided (its encoder also reading that U-Net's probability of the organ)",
             (INIT_FROM, TIME_LIMIT),
         ),
     ),

@@ -63,6 +63,28 @@ def test_each_organ_has_its_own_distance_output():
     assert model.decoder[-1].weight.grad[0].abs().sum() == 0 < model.decoder[-1].weight.grad[1].abs().sum()
 
 
+def test_a_guided_encoder_reads_the_localisers_probability_of_the_organ():
+    with pytest.raises(ValueError, match="localiser_input needs the localising U-Net"):
+        NUDFConfig(channels=(4, 8), localiser_input=True)
+    torch.manual_seed(0)
+    model = NUDF(_organ_config(localiser_input=True)).eval()
+    image, points = torch.randn(1, 1, 8, 8, 16), torch.rand(1, 30, 3) * 2 - 1
+    for organ in (1, 2):
+        features = model.encode(image, organ)
+        probability = torch.softmax(model.unet(image)[0], 1)[:, organ]
+        assert features[0].shape == (1, 2, 8, 8, 16)
+        assert torch.equal(features[0][:, 0], image[:, 0]) and torch.allclose(features[0][:, 1], probability)
+    with pytest.raises(ValueError, match="say which organ"):
+        model.encode(image)
+    model.train()
+    model.unet.requires_grad_(False)
+    model(image, points, organ=2).sum().backward()
+    assert model.encoder[0][0].weight.grad[:, 1].abs().sum() > 0  # the probability channel is read
+    for name in ("headneck-ct-cpu", "headneck-ct-cpu-guided"):
+        config = get_nudf_config(name)
+        assert NUDFConfig(**config.model).localiser_input == name.endswith("guided")
+
+
 def test_pool_points_keep_their_place_in_the_scan_when_the_crop_moves():
     label = np.zeros((16, 12, 12), np.uint8)
     label[4:8, 4:8, 4:8] = 1

@@ -24,6 +24,9 @@ Several organs (``unet`` and ``organ_crops``): the model also holds a trained se
 as it was trained, that finds each organ in the whole scan (as a Voxel2Mesh with one decoder per organ
 does); NUDF then meshes organ ``k`` in the crop ``organ_crops[k - 1]`` around it, its encoder reading
 that crop and output ``k`` of the point decoder (one output per organ) giving that organ's distances.
+With ``localiser_input`` the encoder reads, besides the crop, the U-Net's probability of organ ``k`` on it
+(the U-Net run on the same crop, in training as in use): the field then refines where the U-Net puts the
+organ rather than finding the organ from the image alone.
 The surface is sought only near the U-Net's voxels of the organ (``near`` of :meth:`NUDF.predict_meshes`,
 grown by the meshing config's ``region_margin_voxels``): the field is trained on points concentrated
 around the organ and can fall to near zero far from it, in parts of the crop its training barely sampled.
@@ -53,6 +56,7 @@ class NUDFConfig:
     decoder pass; ``meshing`` keyword arguments of :class:`~imagetomesh.geometry.udf_meshing.UDFMeshingConfig`.
     Several organs: ``unet`` the :class:`~imagetomesh.nn.unet.UNetConfig` (as a dict) of the localising
     U-Net, whose classes ``1..K`` are the organs, and ``organ_crops`` one ``(d, h, w)`` crop per organ,
+    ``localiser_input`` whether the encoder also reads that U-Net's probability of the organ on the crop,
     each size a multiple of ``2 ** (len(channels) - 1)`` (the encoder's poolings); ``norm`` then "group" or
     "instance" (a batch holds one organ's crops: measured on synthetic CTs, batch norm's mixed running
     statistics made the validation error grow while the training loss fell)."""
@@ -67,6 +71,7 @@ class NUDFConfig:
     meshing: dict = field(default_factory=dict)
     unet: Optional[dict] = None
     organ_crops: Optional[list[list[int]]] = None
+    localiser_input: bool = False
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -74,6 +79,8 @@ class NUDFConfig:
             raise ValueError(
                 "a several-organ NUDF needs both unet (the localiser) and organ_crops; give both or neither"
             )
+        if self.localiser_input and self.unet is None:
+            raise ValueError("localiser_input needs the localising U-Net (unet, organ_crops)")
         if self.unet is not None:
             if self.norm == "batch":
                 raise ValueError(
@@ -84,6 +91,9 @@ class NUDFConfig:
             if organs < 1:
                 raise ValueError(f"a several-organ NUDF's U-Net needs organ classes, got {self.unet}")
             check_organ_crops(self.organ_crops, organs, 2 ** (len(self.channels) - 1), "the encoder's poolings")
+            if self.localiser_input:  # the U-Net runs on the crops too
+                depth = UNetConfig(**self.unet).depth
+                check_organ_crops(self.organ_crops, organs, 2 ** (depth - 1), "the localising U-Net's poolings")
         if not self.channels or min(self.channels) < 1 or self.in_channels < 1:
             raise ValueError(f"NUDF channels must be positive, got {self.channels}")
         if self.hidden < 1 or self.chunk < 1:
@@ -113,10 +123,11 @@ class NUDF(nn.Module, SegmentationModel):
     def __init__(self, config: NUDFConfig) -> None:
         super().__init__()
         self.config = c = config
-        cins = (c.in_channels,) + c.channels[:-1]
+        inputs = c.in_channels + int(c.localiser_input)
+        cins = (inputs,) + c.channels[:-1]
         self.encoder = nn.ModuleList(DoubleConv(cin, cout, c.norm) for cin, cout in zip(cins, c.channels))
         self.pool = nn.MaxPool3d(2)
-        width = 7 * (c.in_channels + sum(c.channels))
+        width = 7 * (inputs + sum(c.channels))
         self.decoder = nn.Sequential(
             nn.Linear(width, c.hidden),
             nn.ReLU(inplace=True),
@@ -127,12 +138,18 @@ class NUDF(nn.Module, SegmentationModel):
         if c.unet is not None:
             self.unet = UNet3D(UNetConfig(**c.unet))
 
-    def encode(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """``[image, level 0, level 1, ...]``, each ``(B, C_l, D_l, H_l, W_l)``."""
+    def encode(self, image: torch.Tensor, organ: int | None = None) -> list[torch.Tensor]:
+        """``[input, level 0, level 1, ...]``, each ``(B, C_l, D_l, H_l, W_l)``; the input is the image and,
+        with ``localiser_input``, the localising U-Net's probability of ``organ`` on it."""
         if image.dim() != 5 or image.shape[1] != self.config.in_channels:
             raise ValueError(f"NUDF expects images (B, {self.config.in_channels}, D, H, W), got {tuple(image.shape)}")
-        features = [image]
         x = image
+        if self.config.localiser_input:
+            self._output(organ)
+            with torch.no_grad():
+                probability = self.unet(image)[0].float().softmax(1)[:, organ : organ + 1]
+            x = torch.cat([image, probability.to(image.dtype)], 1)
+        features = [x]
         for level, block in enumerate(self.encoder):
             x = block(x if level == 0 else self.pool(x))
             features.append(x)
@@ -175,7 +192,7 @@ class NUDF(nn.Module, SegmentationModel):
         )
 
     def forward(self, image: torch.Tensor, points: torch.Tensor, organ: int | None = None) -> torch.Tensor:
-        return self.query(self.encode(image), points, organ=organ)
+        return self.query(self.encode(image, organ), points, organ=organ)
 
     def predict_meshes(
         self,
@@ -199,7 +216,7 @@ class NUDF(nn.Module, SegmentationModel):
         voxel = isotropic_voxel_size(images.shape[2:])  # one grid voxel in the isotropic frame
         meshes = []
         with torch.no_grad():
-            features = self.encode(images)
+            features = self.encode(images, organ)
         for b in range(images.shape[0]):
             feats = [f[b : b + 1] for f in features]
 

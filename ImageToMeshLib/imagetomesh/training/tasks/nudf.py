@@ -90,7 +90,8 @@ class NUDFTrainConfig(EngineOptions, OrganOptions):
 def nudf_configs() -> dict[str, NUDFTrainConfig]:
     """``cpu``: a small encoder, about 55 minutes on one CPU thread; ``gpu``: the paper's sizes;
     ``headneck-ct-cpu``: the seven OpenKBP organs, each in its crop of the head-and-neck grid, found by
-    the U-Net of ``--init-from`` (``unet-headneck-ct``)."""
+    the U-Net of ``--init-from`` (``unet-headneck-ct``); ``headneck-ct-cpu-guided``: the same with that
+    U-Net's probability of the organ as a second encoder input."""
     cpu_model = NUDFConfig(channels=(16, 32, 64, 64), hidden=256).to_dict()
     gpu_model = NUDFConfig(channels=(32, 64, 128, 128), hidden=256).to_dict()
     organs = copy.deepcopy(HEADNECK_CT_ORGANS)
@@ -120,6 +121,21 @@ def nudf_configs() -> dict[str, NUDFTrainConfig]:
             # an organ fills ~1 % of its crop: with the hippocampus mix (15 % uniform points, mid 0.05) the
             # field fell to near zero 3-10 voxels from the organ in ~10 % of the crop, which meshing turned
             # into surface (measured on 3 validation cases; val_spurious now watches it)
+            points=UDFPointConfig(near=0.3, mid=0.3, mid_sigma=0.1),
+        ),
+        # the same, its encoder also reading the localiser's probability of the organ on the crop
+        "headneck-ct-cpu-guided": NUDFTrainConfig(
+            {**ct_model, "localiser_input": True},
+            grid=HEADNECK_CT_GRID,
+            steps=4200,
+            batch_size=2,
+            points_per_case=3000,
+            val_every=300,
+            augment=copy.deepcopy(CT_AUGMENT),
+            threads=1,
+            organs=copy.deepcopy(organs),
+            partly_contoured=["spinal_cord", "esophagus"],
+            live_clamp=True,
             points=UDFPointConfig(near=0.3, mid=0.3, mid_sigma=0.1),
         ),
         "gpu": NUDFTrainConfig(
