@@ -2,7 +2,7 @@
 
 Usage:
     python tools/bundle_model.py RUN_DIR NAME --description TEXT --command "imagetomesh train ..." [--history TEXT]
-        [--which best|final] [--into Resources/Ablations] [--data hippocampus|openkbp-ct]
+        [--which best|final] [--into Resources/Ablations] [--data hippocampus|openkbp-ct] [--meshing JSON]
 
 ``--into`` another folder keeps a model out of the ``imagetomesh models`` list: the
 Voxel2Mesh ablation variants live in ``Resources/Ablations`` and only the results report
@@ -110,6 +110,13 @@ def main() -> None:
         default=0,
         help="training image passes of the model the run started from (--init-from), added to the run's own",
     )
+    parser.add_argument(
+        "--meshing",
+        type=json.loads,
+        default=None,
+        help="NUDF: meshing settings chosen on the validation split after training (JSON of UDFMeshingConfig "
+        "fields), stored in the card's config.meshing and noted in its history",
+    )
     args = parser.parse_args()
     data, input_block = DATA[args.data]
 
@@ -117,6 +124,17 @@ def main() -> None:
     card = read_card(source)
     if sha256_of(source / WEIGHTS_NAME) != card["sha256"]:
         raise SystemExit(f"{source} weights do not match their card")
+    if args.meshing is not None:
+        if card["kind"] != "nudf":
+            raise SystemExit("--meshing is for NUDF models")
+        from imagetomesh.geometry.udf_meshing import UDFMeshingConfig
+
+        meshing = {**card["config"].get("meshing", {}), **args.meshing}
+        UDFMeshingConfig(**meshing)  # unknown fields fail here
+        card["config"]["meshing"] = meshing
+        args.history = (args.history + " " if args.history else "") + (
+            f"Meshing settings chosen on the validation split after training: {json.dumps(args.meshing)}."
+        )
     target = args.into / args.name
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source / WEIGHTS_NAME, target / WEIGHTS_NAME)

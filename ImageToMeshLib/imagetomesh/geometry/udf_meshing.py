@@ -4,9 +4,9 @@ The field is any callable ``udf(points (N, 3) tensor) -> (N,)`` unsigned distanc
 (isotropic, metric) frame as the points, differentiable in the points. Pipeline (Juhl et al. 2022,
 after NDF):
 
-1. ``initial_points`` uniform points in the box ``[lo, hi]``; those with ``udf < keep_voxels``
-   voxels are kept (and, given a region ``inside``, only those in it: a field trained near one
-   organ can be near zero far from it, where its training points were sparse);
+1. ``initial_points`` uniform points in the box ``[lo, hi]`` (given a region ``inside``, in that
+   region: a field trained near one organ can be near zero far from it, where its training points
+   were sparse); those with ``udf < keep_voxels`` voxels are kept;
 2. each is projected ``iterations`` times, ``p <- p - f(p) grad f(p) / |grad f(p)|`` (gradient by
    autograd), and dropped when still farther than ``drop_voxels`` from the surface (or outside
    the region);
@@ -123,7 +123,7 @@ def dense_surface_points(
     generator = torch.Generator().manual_seed(config.seed)
     lo_t = torch.as_tensor(np.asarray(lo, dtype=np.float32))
     hi_t = torch.as_tensor(np.asarray(hi, dtype=np.float32))
-    start = within(lo_t + (hi_t - lo_t) * torch.rand(config.initial_points, 3, generator=generator))
+    start = _uniform_points(lo_t, hi_t, config.initial_points, generator, inside)
     f = evaluate_udf(udf, start, config.chunk)
     survivors = start[f < config.keep_voxels * voxel]
     if len(survivors) == 0:
@@ -147,6 +147,28 @@ def dense_surface_points(
             "the model found no surface in the image; check that it shows the organ the model was trained on"
         )
     return survivors
+
+
+def _uniform_points(
+    lo: torch.Tensor, hi: torch.Tensor, count: int, generator: torch.Generator, inside: Region | None = None
+) -> torch.Tensor:
+    """``count`` points ``(count, 3)`` uniform in the box ``[lo, hi]`` (and in ``inside``: drawn in rounds
+    of ``count`` until that many fell in it, at most :data:`MAX_DRAW_ROUNDS` rounds -- fewer where
+    the region is smaller than a 1/MAX_DRAW_ROUNDS of the box)."""
+    kept, found = [], 0
+    for _ in range(1 if inside is None else MAX_DRAW_ROUNDS):
+        points = lo + (hi - lo) * torch.rand(count, 3, generator=generator)
+        if inside is not None:
+            points = points[inside(points)]
+        kept.append(points)
+        found += len(points)
+        if found >= count:
+            break
+    return torch.cat(kept)[:count]
+
+
+#: Rounds of :func:`_uniform_points` at most.
+MAX_DRAW_ROUNDS = 50
 
 
 def poisson_disk_subsample(points: np.ndarray, count: int) -> np.ndarray:
