@@ -174,3 +174,18 @@ def test_ball_covariance_is_the_scatter_of_each_ball():
         members = sorted(set(balls[n]) | (set(nearest[n]) if len(balls[n]) < 5 else set()))
         local = reference[members] - reference[members].mean(0)
         assert np.allclose(got[n], local.T @ local)
+
+
+def test_initial_points_fill_a_small_region_uniformly():
+    from imagetomesh.geometry.udf_meshing import _uniform_points
+
+    lo, hi = -torch.ones(3), torch.ones(3)
+
+    def corner(p):  # 1/8 of the box: about 250 of each round of 2000
+        return (p > 0).all(1)
+
+    points = _uniform_points(lo, hi, 2000, torch.Generator().manual_seed(0), corner)
+    assert points.shape == (2000, 3) and bool(corner(points).all())
+    assert abs(float(points.mean()) - 0.5) < 0.02  # uniform within the corner
+    tiny = _uniform_points(lo, hi, 100, torch.Generator().manual_seed(0), lambda p: p.norm(dim=1) < 0.01)
+    assert len(tiny) < 100  # a region too small for the rounds allowed: what was found
