@@ -200,6 +200,21 @@ def test_organ_crops_hold_the_organ_and_batches_one_organ():
     assert seen == {1, 2}
 
 
+def test_a_crop_left_too_little_of_its_organ_is_drawn_again():
+    from imagetomesh.geometry.isosurface import MIN_STRUCTURE_VOXELS
+
+    tiny, whole = np.zeros((16, 12, 12), np.uint8), np.zeros((16, 12, 12), np.uint8)
+    tiny[4, 4, 4:7] = 1  # 3 voxels: no crop of it can be meshed
+    whole[4:7, 4:7, 4:7] = 1
+    cases = {1: [prepared_case(tiny), prepared_case(whole)]}
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        _, _, labels = random_organ_crop_batch(cases, [[8, 8, 8]], 4, NO_AUGMENT, generator, jitter=1.0)
+        assert all(int((lab == 1).sum()) >= MIN_STRUCTURE_VOXELS for lab in labels)
+    with pytest.raises(ValueError, match="too little of it to mesh"):
+        random_organ_crop_batch({1: cases[1][:1]}, [[8, 8, 8]], 1, NO_AUGMENT, generator, jitter=1.0)
+
+
 @pytest.fixture(scope="module")
 def organ_decoder_model(organ_model, tmp_path_factory):
     """Voxel2Mesh decoders (one per organ) trained briefly on the frozen two-organ U-Net of ``organ_model``."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from imagetomesh.geometry.isosurface import MIN_STRUCTURE_VOXELS
 from imagetomesh.scan import box_centre, crop_padded, crop_start
 from imagetomesh.training.augment import AugmentConfig, augment
 from imagetomesh.training.data import UNKNOWN, PreparedCase
@@ -119,14 +120,27 @@ def random_organ_crop_batch(
     """One organ drawn uniformly (among those with cases), then ``batch_size`` of its cases with replacement,
     each cropped around the organ (``crops[k - 1]`` ``(d, h, w)`` for class ``k``; centre moved by up to
     ``jitter`` voxels along each axis) and augmented: ``(k, images (B, 1, d, h, w), labels (B, d, h, w))``,
-    labels as prepared (class indices, :data:`~imagetomesh.training.data.UNKNOWN` codes)."""
+    labels as prepared (class indices, :data:`~imagetomesh.training.data.UNKNOWN` codes). A crop whose organ
+    was left too small to mesh (:data:`~imagetomesh.geometry.isosurface.MIN_STRUCTURE_VOXELS`: an organ cut by
+    the scan, moved to the crop's edge and shrunk by the augmentation) is drawn again, up to
+    :data:`REDRAWS` times."""
     organ = random_organ(cases_by_organ, generator)
     cases = cases_by_organ[organ]
     shape = tuple(crops[organ - 1])
     images, labels = [], []
-    for i in torch.randint(len(cases), (batch_size,), generator=generator):
-        image, label = organ_crop(cases[int(i)], organ, shape, random_offset(jitter, generator))
-        image, label = augment(image, label, config, generator)
+    while len(images) < batch_size:
+        for _ in range(REDRAWS):
+            case = cases[int(torch.randint(len(cases), (1,), generator=generator))]
+            image, label = organ_crop(case, organ, shape, random_offset(jitter, generator))
+            image, label = augment(image, label, config, generator)
+            if int((label == organ).sum()) >= MIN_STRUCTURE_VOXELS:
+                break
+        else:
+            raise ValueError(f"{REDRAWS} crops of organ {organ} in a row held too little of it to mesh")
         images.append(image)
         labels.append(label)
     return organ, torch.stack(images)[:, None], torch.stack(labels)
+
+
+#: Crops :func:`random_organ_crop_batch` draws at most for one batch entry.
+REDRAWS = 20
