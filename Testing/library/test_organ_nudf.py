@@ -112,24 +112,22 @@ def test_pool_points_keep_their_place_in_the_scan_when_the_crop_moves():
     assert set(distances.flatten().tolist()) <= set(pools[organ][0].distances.tolist())
 
 
-def test_cached_pools_are_read_back_as_made_and_remade_when_their_inputs_change(tmp_path):
-    from imagetomesh.training.tasks.nudf import cached_organ_pools
-
+def test_pools_are_cached_read_back_as_made_and_remade_when_their_inputs_change(tmp_path):
     label = np.zeros((16, 12, 12), np.uint8)
     label[4:8, 4:8, 4:8] = 1
     label[9:12, 2:5, 2:5] = 2
     case = prepared_case(label)
     cases, crops, path = {1: [case], 2: [case]}, [[8, 8, 8], [8, 8, 16]], tmp_path / "pools.pt"
-    made = cached_organ_pools(path, cases, crops, UDFPointConfig(count=400), seed=0, progress=False)
+    made = make_organ_pools(cases, crops, UDFPointConfig(count=400), seed=0, progress=False, cache=path)
     assert path.exists()
-    again = cached_organ_pools(path, cases, crops, UDFPointConfig(count=400), seed=0, progress=False)
+    again = make_organ_pools(cases, crops, UDFPointConfig(count=400), seed=0, progress=False, cache=path)
     direct = make_organ_pools(cases, crops, UDFPointConfig(count=400), seed=0, progress=False)
     for k in (1, 2):
         for a, b in zip(again[k], direct[k]):
             assert a.case is case and (a.organ, a.shape, a.start) == (b.organ, b.shape, b.start)
             assert torch.equal(a.points, b.points) and torch.equal(a.distances, b.distances)
     assert torch.equal(made[2][0].points, again[2][0].points)
-    other = cached_organ_pools(path, cases, crops, UDFPointConfig(count=300), seed=0, progress=False)
+    other = make_organ_pools(cases, crops, UDFPointConfig(count=300), seed=0, progress=False, cache=path)
     assert other[1][0].points.shape == (300, 3)  # another point config: sampled anew, and saved
     assert torch.load(path, weights_only=True)["pools"]["1"][0][2].shape == (300, 3)
 

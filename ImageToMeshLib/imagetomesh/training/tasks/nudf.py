@@ -209,8 +209,16 @@ def make_organ_pools(
     config: UDFPointConfig,
     seed: int,
     progress: bool = True,
+    cache: Path | None = None,
 ) -> dict[int, list[OrganPointPool]]:
-    """``{class k: one pool per case of cases_by_organ[k]}``, each from the organ's crop ``crops[k - 1]``."""
+    """``{class k: one pool per case of cases_by_organ[k]}``, each from the organ's crop ``crops[k - 1]``.
+    With ``cache`` the pools are saved there (written atomically) and read back from there by a later start
+    or resume of the run when they were made from the same cases, crops, point config and seed (sampling
+    the head-and-neck pools takes minutes; reading them, seconds)."""
+    key = _pools_key(cases_by_organ, crops, config, seed)
+    saved = _read_pools(cache, key, cases_by_organ, crops) if cache is not None else None
+    if saved is not None:
+        return saved
     generator = torch.Generator().manual_seed(seed)
     pairs = [(k, case) for k, cases in cases_by_organ.items() for case in cases]
     pools: dict[int, list[OrganPointPool]] = {k: [] for k in cases_by_organ}
@@ -219,51 +227,41 @@ def make_organ_pools(
         start = organ_crop_start(case, k, shape)
         label = crop_padded(case.label, start, shape, 0) == k
         pools[k].append(OrganPointPool(case, k, shape, start, *sample_udf_points(label, config, generator)))
+    if cache is not None:
+        _write_pools(cache, key, pools)
     return pools
 
 
-def cached_organ_pools(
-    path: Path,
-    cases_by_organ: dict[int, list[PreparedCase]],
-    crops: list[list[int]],
-    config: UDFPointConfig,
-    seed: int,
-    progress: bool = True,
-) -> dict[int, list[OrganPointPool]]:
-    """:func:`make_organ_pools`, saved at ``path`` (written atomically) and read back from there by a later
-    start or resume of the run when it was made from the same cases, crops, point config and seed (sampling
-    the head-and-neck pools takes minutes; reading them, seconds)."""
-    key = json.dumps(
-        {
-            "cases": {str(k): [c.case_id for c in cases] for k, cases in cases_by_organ.items()},
-            "crops": [list(c) for c in crops],
-            "points": config.to_dict(),
-            "seed": seed,
-        },
-        sort_keys=True,
-    )
-    if path.exists():
-        saved = torch.load(path, weights_only=True)
-        if saved.get("key") == key:
-            by_id = {c.case_id: c for cases in cases_by_organ.values() for c in cases}
-            return {
-                int(k): [
-                    OrganPointPool(by_id[case_id], int(k), tuple(crops[int(k) - 1]), tuple(start), points, distances)
-                    for case_id, start, points, distances in entries
-                ]
-                for k, entries in saved["pools"].items()
-            }
-    pools = make_organ_pools(cases_by_organ, crops, config, seed, progress)
-    saved = {
-        "key": key,
-        "pools": {
-            str(k): [(p.case.case_id, list(p.start), p.points, p.distances) for p in entries]
-            for k, entries in pools.items()
-        },
+def _pools_key(cases_by_organ: dict[int, list[PreparedCase]], crops, config: UDFPointConfig, seed: int) -> str:
+    """What a set of organ pools was made from, as a string to compare."""
+    cases = {str(k): [c.case_id for c in entries] for k, entries in cases_by_organ.items()}
+    made_from = {"cases": cases, "crops": [list(c) for c in crops], "points": config.to_dict(), "seed": seed}
+    return json.dumps(made_from, sort_keys=True)
+
+
+def _write_pools(cache: Path, key: str, pools: dict[int, list[OrganPointPool]]) -> None:
+    entries = {str(k): [(p.case.case_id, list(p.start), p.points, p.distances) for p in ps] for k, ps in pools.items()}
+    with atomic_write(cache) as tmp:
+        torch.save({"key": key, "pools": entries}, tmp)
+
+
+def _read_pools(
+    cache: Path, key: str, cases_by_organ: dict[int, list[PreparedCase]], crops
+) -> dict[int, list[OrganPointPool]] | None:
+    """The pools saved at ``cache`` if they were made from ``key``, else None."""
+    if not cache.exists():
+        return None
+    saved = torch.load(cache, weights_only=True)
+    if saved.get("key") != key:
+        return None
+    by_id = {c.case_id: c for entries in cases_by_organ.values() for c in entries}
+    return {
+        int(k): [
+            OrganPointPool(by_id[case_id], int(k), tuple(crops[int(k) - 1]), tuple(start), points, distances)
+            for case_id, start, points, distances in entries
+        ]
+        for k, entries in saved["pools"].items()
     }
-    with atomic_write(path) as tmp:
-        torch.save(saved, tmp)
-    return pools
 
 
 def augmented_points(
@@ -401,12 +399,12 @@ class NUDFTask(Task):
             crops = config.model["organ_crops"]
             train_by_organ = organ_cases(train_cases, len(config.organs))
             run.log(describe_organ_cases(train_by_organ, config.organs))
-            self.train_pools = cached_organ_pools(
-                run.out / "train_pools.pt", train_by_organ, crops, config.points, run.seed, run.writer
+            self.train_pools = make_organ_pools(
+                train_by_organ, crops, config.points, run.seed, run.writer, cache=run.out / "train_pools.pt"
             )
             val_by_organ = organ_cases(val_cases, len(config.organs))
-            self.val_pools = cached_organ_pools(
-                run.out / "val_pools.pt", val_by_organ, crops, config.points, run.seed + 1, run.writer
+            self.val_pools = make_organ_pools(
+                val_by_organ, crops, config.points, run.seed + 1, run.writer, cache=run.out / "val_pools.pt"
             )
         else:
             self.train_pools = make_pools(train_cases, config.points, run.seed)
