@@ -56,10 +56,11 @@ class NUDFConfig:
     decoder pass; ``meshing`` keyword arguments of :class:`~imagetomesh.geometry.udf_meshing.UDFMeshingConfig`.
     Several organs: ``unet`` the :class:`~imagetomesh.nn.unet.UNetConfig` (as a dict) of the localising
     U-Net, whose classes ``1..K`` are the organs, and ``organ_crops`` one ``(d, h, w)`` crop per organ,
-    ``localiser_input`` whether the encoder also reads that U-Net's probability of the organ on the crop,
     each size a multiple of ``2 ** (len(channels) - 1)`` (the encoder's poolings); ``norm`` then "group" or
     "instance" (a batch holds one organ's crops: measured on synthetic CTs, batch norm's mixed running
-    statistics made the validation error grow while the training loss fell)."""
+    statistics made the validation error grow while the training loss fell); ``localiser_input`` whether the
+    encoder also reads that U-Net's probability of the organ on the crop (crop sizes then also a multiple of
+    the U-Net's ``2 ** (depth - 1)``)."""
 
     in_channels: int = 1
     channels: tuple[int, ...] = (16, 32, 64, 64)

@@ -102,7 +102,7 @@ def nudf_configs() -> dict[str, NUDFTrainConfig]:
         unet=dict(UNET_HEADNECK_CT),
         organ_crops=[HEADNECK_CT_CROPS[o["name"]] for o in organs],
     ).to_dict()
-    return {
+    configs = {
         "cpu": NUDFTrainConfig(
             cpu_model, steps=2400, batch_size=2, points_per_case=3000, time_limit_s=55 * 60, threads=1
         ),
@@ -123,21 +123,6 @@ def nudf_configs() -> dict[str, NUDFTrainConfig]:
             # into surface (measured on 3 validation cases; val_spurious now watches it)
             points=UDFPointConfig(near=0.3, mid=0.3, mid_sigma=0.1),
         ),
-        # the same, its encoder also reading the localiser's probability of the organ on the crop
-        "headneck-ct-cpu-guided": NUDFTrainConfig(
-            {**ct_model, "localiser_input": True},
-            grid=HEADNECK_CT_GRID,
-            steps=4200,
-            batch_size=2,
-            points_per_case=3000,
-            val_every=300,
-            augment=copy.deepcopy(CT_AUGMENT),
-            threads=1,
-            organs=copy.deepcopy(organs),
-            partly_contoured=["spinal_cord", "esophagus"],
-            live_clamp=True,
-            points=UDFPointConfig(near=0.3, mid=0.3, mid_sigma=0.1),
-        ),
         "gpu": NUDFTrainConfig(
             gpu_model,
             steps=30000,
@@ -148,6 +133,10 @@ def nudf_configs() -> dict[str, NUDFTrainConfig]:
             threads=4,
         ),
     }
+    # the same, its encoder also reading the localiser's probability of the organ on the crop
+    guided = copy.deepcopy(configs["headneck-ct-cpu"])
+    guided.model["localiser_input"] = True
+    return {**configs, "headneck-ct-cpu-guided": guided}
 
 
 @dataclass
