@@ -39,7 +39,7 @@ NEW_IMAGE_FIELDS = {
 }
 #: NUDFTrainConfig fields added for several organs (issue 16), and its model's, with the defaults of the old runs
 NEW_NUDF_FIELDS = {"organs": None, "partly_contoured": None, "crop_jitter": 3.0, "live_clamp": False}
-NEW_NUDF_MODEL_FIELDS = {"unet": None, "organ_crops": None}
+NEW_NUDF_MODEL_FIELDS = {"unet": None, "organ_crops": None, "localiser_input": False}
 NEW_LOSS_FIELDS = {
     "version": 1,
     "target": "faces",
