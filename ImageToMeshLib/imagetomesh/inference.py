@@ -217,14 +217,12 @@ class Segmenter:
     ) -> Mesh:
         """Organ ``organ``'s decoder run on its crop (``config.organ_crops``) of the scan-grid ``image (D, H, W)``
         centred on the box around its ``mask`` (the U-Net's voxels of it), as a finished LPS-mm mesh; the
-        scan grid lies at ``transform``. NUDF seeks the surface only near ``mask`` (its ``near``)."""
+        scan grid lies at ``transform``. A model that ``meshes_near_mask`` (NUDF) seeks the surface only near ``mask``."""
         net = self.model.module
         crop = tuple(net.config.organ_crops[organ.index - 1])
         start = crop_start(box_centre(mask), crop)
         window = crop_padded(image, start, crop, float(image.min()))
-        near = {}
-        if self.model.kind == "nudf":
-            near["near"] = crop_padded(torch.as_tensor(mask), start, crop, False)[None]
+        near = {"near": crop_padded(torch.as_tensor(mask), start, crop, False)[None]} if net.meshes_near_mask else {}
         grid_mesh = net.predict_meshes(
             window[None, None].to(self.model.device), open_surface=self.open_surface, organ=organ.index, **near
         )[0]

@@ -120,6 +120,8 @@ class NUDF(nn.Module, SegmentationModel):
 
     #: ``segment --open`` is allowed: the surface can be returned without being closed.
     supports_open_surface = True
+    #: ``predict_meshes(..., near=)`` seeks each surface only near the given voxels.
+    meshes_near_mask = True
 
     def __init__(self, config: NUDFConfig) -> None:
         super().__init__()

@@ -13,7 +13,8 @@ observations, not a segmenter, and is not one.
 - The U-Net baseline meshes its voxel segmentation (marching cubes,
   :func:`~imagetomesh.geometry.isosurface.labelmap_to_mesh`).
 - NUDF meshes its unsigned distance field, and is the one kind that can also return the open
-  surface as it found it (``supports_open_surface``).
+  surface as it found it (``supports_open_surface``) and that seeks an organ's surface only near
+  the localiser's voxels of it (``meshes_near_mask``).
 """
 
 from __future__ import annotations
@@ -31,9 +32,12 @@ class SegmentationModel(abc.ABC):
 
     Attributes:
         supports_open_surface: whether ``predict_meshes(..., open_surface=True)`` is allowed.
+        meshes_near_mask: whether ``predict_meshes`` takes ``near`` ``(B, D, H, W)`` bool, the voxels
+            (the localiser's, of the organ) near which each image's surface is sought.
     """
 
     supports_open_surface: ClassVar[bool] = False
+    meshes_near_mask: ClassVar[bool] = False
 
     @abc.abstractmethod
     def predict_meshes(self, images: torch.Tensor, open_surface: bool = False) -> list[Mesh]:
