@@ -40,6 +40,20 @@ def test_untangle_pulls_out_a_fold_and_keeps_the_rest():
     assert np.allclose(fixed.vertices[far], mesh.vertices[far])
 
 
+def test_untangle_pulls_a_deep_cap_back_through_the_surface():
+    """A 7-ring cap pushed 25 units through the far side: the former 30 rounds left 96 faces crossing."""
+    verts, faces = icosphere(3)
+    verts = verts.numpy().astype(np.float64) * 10.0
+    folded = verts.copy()
+    cap = verts[:, 2] > 6.5
+    folded[cap, 2] -= 25.0
+    mesh = Mesh(folded, faces.numpy())
+    assert count_self_intersecting_faces(mesh) > 100
+    assert count_self_intersecting_faces(untangle(mesh, rounds=30, smoothing_steps=3, grow_every=5)) > 0
+    fixed = untangle(mesh)
+    assert count_self_intersecting_faces(fixed) == 0 and is_watertight(fixed)
+
+
 def test_predicted_meshes_are_untangled_by_segment_post_processing():
     from imagetomesh.inference import finish_mesh
 

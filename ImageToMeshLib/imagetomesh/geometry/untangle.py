@@ -15,16 +15,29 @@ from scipy import sparse
 from imagetomesh.core.mesh import Mesh
 from imagetomesh.geometry.quality import self_intersecting_faces
 
-UNTANGLE_ROUNDS = 30
+# Chosen on the hippocampus validation split (21 ImplicitMeshNet meshes, 13.5 % of whose faces cross
+# another; session 12): the former 30 rounds of 3 steps, one more ring every 5 rounds, left 0.92 % of
+# the faces crossing (11 of 21 meshes) at mesh Dice 0.8766; 100 rounds of 6 steps with one more ring
+# every 10 rounds leave none at Dice 0.8785 in the same time (0.46 s per mesh). Growing the region
+# more slowly smooths less of the surface; more steps per round need fewer (costly) intersection tests.
+UNTANGLE_ROUNDS = 100
+SMOOTHING_STEPS = 6
+GROW_EVERY = 10
 
 
-def untangle(mesh: Mesh, rounds: int = UNTANGLE_ROUNDS, smoothing_steps: int = 3, rings: int = 1) -> Mesh:
+def untangle(
+    mesh: Mesh,
+    rounds: int = UNTANGLE_ROUNDS,
+    smoothing_steps: int = SMOOTHING_STEPS,
+    rings: int = 1,
+    grow_every: int = GROW_EVERY,
+) -> Mesh:
     """Smooth away self-intersections locally, keeping the connectivity.
 
     Each round finds the faces that cross another face, grows their vertices by ``rings``
-    neighbourhoods (one more every 5 rounds) and moves only those vertices ``smoothing_steps``
-    times halfway to the mean of their neighbours (uniform Laplacian smoothing, which retracts a
-    fold). At most ``rounds`` rounds: callers that need none left check
+    neighbourhoods (one more every ``grow_every`` rounds) and moves only those vertices
+    ``smoothing_steps`` times halfway to the mean of their neighbours (uniform Laplacian smoothing,
+    which retracts a fold). At most ``rounds`` rounds: callers that need none left check
     :func:`~imagetomesh.geometry.quality.self_intersecting_faces` afterwards.
 
     Args:
@@ -47,7 +60,7 @@ def untangle(mesh: Mesh, rounds: int = UNTANGLE_ROUNDS, smoothing_steps: int = 3
             break
         region = np.zeros(n, dtype=bool)
         region[faces[crossing].ravel()] = True
-        for _ in range(rings + number // 5):
+        for _ in range(rings + number // grow_every):
             region |= (adjacency @ region.astype(np.float64)) > 0
         for _ in range(smoothing_steps):
             mean = (adjacency @ verts) / degree[:, None]
