@@ -66,7 +66,7 @@ KINDS: dict[str, Kind] = {
             _IMAGE,
             "train unet on a Medical Segmentation Decathlon folder",
             MSD,
-            "named config: cpu, gpu, cpu-v2 or gpu-v2 (bf16 + channels-last), headneck-ct-cpu (seven CT organs), headneck-ct-cpu-balanced, headneck-ct-cpu-restart or headneck-ct-cpu-partly (fine-tuning it)",
+            "named config: cpu, gpu, cpu-v2 or gpu-v2 (bf16 + channels-last), headneck-ct-cpu (seven CT organs), headneck-ct-cpu-balanced, headneck-ct-cpu-restart, headneck-ct-cpu-partly or headneck-ct-cpu-long (fine-tuning it)",
             (INIT_FROM, TIME_LIMIT),
         ),
     ),

@@ -312,6 +312,12 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
         partly_contoured=["spinal_cord", "esophagus"],
         restart_classes=["esophagus"],
     )
+    # a longer second cycle for the bundled head-and-neck U-Net (--init-from unet-headneck-ct, 4,290 steps,
+    # whose last cycle ended on a validation plateau at a low rate): the partly-contoured loss, all
+    # outputs kept, a one-cycle rate of at most 1e-3 over 6,000 steps (several sessions; it resumes)
+    unet["headneck-ct-cpu-long"] = replace(
+        copy.deepcopy(unet["headneck-ct-cpu-partly"]), steps=6000, restart_classes=None
+    )
     for named, loss in ((v2m, V2M_LOSS_V2), (p2m, P2M_LOSS_V2), (unet, None)):
         for name in ("cpu", "gpu"):
             v2 = named[f"{name}-v2"] = copy.deepcopy(named[name])
