@@ -189,3 +189,79 @@ def test_initial_points_fill_a_small_region_uniformly():
     assert abs(float(points.mean()) - 0.5) < 0.02  # uniform within the corner
     tiny = _uniform_points(lo, hi, 100, torch.Generator().manual_seed(0), lambda p: p.norm(dim=1) < 0.01)
     assert len(tiny) < 100  # a region too small for the rounds allowed: what was found
+
+
+def ring_sdf(p, radius=0.6, half_thickness=0.7 * VOXEL, half_height=0.25):
+    """Signed distance (positive outside) to a ring: a tube wall 1.4 voxels thick around the z axis,
+    like a mandible's thin plate at 4 mm voxels."""
+    q = torch.stack([(p[:, :2].norm(dim=1) - radius).abs() - half_thickness, p[:, 2].abs() - half_height], 1)
+    return q.clamp(min=0).norm(dim=1) + q.max(dim=1).values.clamp(max=0)
+
+
+RING_VOLUME = 2 * np.pi * 0.6 * (2 * 0.7 * VOXEL) * (2 * 0.25)
+
+
+def ring_outward(points: np.ndarray) -> np.ndarray:
+    p = torch.as_tensor(points).requires_grad_(True)
+    (grad,) = torch.autograd.grad(ring_sdf(p).sum(), p)
+    return grad.numpy()
+
+
+def test_agree_with_flips_normals_against_the_direction_only():
+    from imagetomesh.geometry.udf_meshing import agree_with
+
+    normals = np.array([[0.0, 0, 1], [0, 0, 1], [1, 0, 0], [0, 1, 0]])
+    directions = np.array([[0.0, 0, 2], [0, 0.1, -3], [0, 0, 0], [1, 0, 0]])
+    assert np.array_equal(agree_with(normals, directions), [[0, 0, 1], [0, 0, -1], [1, 0, 0], [0, 1, 0]])
+
+
+def test_an_outward_direction_meshes_a_thin_ring_closed_and_outward():
+    config = UDFMeshingConfig(**{**FAST.to_dict(), "normal_radius_voxels": 1.5, "drop_voxels": 1.0})
+    # without it, orientation propagated along the spanning tree crosses the wall and turns the inner face
+    # inside out: Poisson then fills the ring's hole (about 5x its volume)
+    unguided = mesh_udf(lambda p: ring_sdf(p).abs(), *BOX, VOXEL, config)
+    assert abs(abs(unguided.signed_volume()) / RING_VOLUME - 1) > 0.5
+    mesh = mesh_udf(lambda p: ring_sdf(p).abs(), *BOX, VOXEL, config, outward=ring_outward)
+    check = check_mesh(mesh, self_intersections=False)
+    assert check.watertight and check.components == 1
+    assert 0.9 < mesh.signed_volume() / RING_VOLUME < 1.1  # outward, the wall's volume
+    v = mesh.vertices.astype(np.float64)
+    a, b, c = (v[mesh.faces[:, n]] for n in range(3))
+    facing = np.einsum("ij,ij->i", np.cross(b - a, c - a), ring_outward((a + b + c) / 3))
+    assert np.mean(facing > 0) > 0.95  # faces point out of the wall on both of its sides
+
+
+def test_an_open_poisson_surface_is_closed_as_the_fallback():
+    from imagetomesh.geometry.topology import icosphere
+    from imagetomesh.geometry.udf_meshing import closed_largest_component
+
+    verts, faces = icosphere(3, 0.5)
+    holed = Mesh(verts.numpy(), faces.numpy()[faces.numpy()[:, 0] != 0])  # a hole around vertex 0
+    assert not check_mesh(holed, self_intersections=False).watertight
+    closed = closed_largest_component(holed, 100)
+    assert check_mesh(closed, self_intersections=False).watertight and closed.signed_volume() > 0
+    sphere = Mesh(verts.numpy(), faces.numpy())
+    assert closed_largest_component(sphere, 100).num_faces == sphere.num_faces  # closed: unchanged
+
+
+def test_voxel_outward_points_out_of_a_voxel_ball():
+    from imagetomesh.models.nudf import voxel_outward
+    from imagetomesh.nn.grid import isotropic_scale
+
+    shape = (24, 30, 36)  # (D, H, W): an anisotropic grid, one frame unit per voxel on every axis
+    k, j, i = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    centre = np.array([17.5, 14.5, 11.5])  # (i, j, k)
+    radius = 7.0
+    ball = (i - centre[0]) ** 2 + (j - centre[1]) ** 2 + (k - centre[2]) ** 2 <= radius**2
+    scale = isotropic_scale(shape)
+    outward = voxel_outward(torch.as_tensor(ball), scale)
+    g = np.random.default_rng(0)
+    radial = g.normal(size=(500, 3))
+    radial /= np.linalg.norm(radial, axis=1, keepdims=True)
+    index = centre + radial * (radius + g.uniform(-1.5, 1.5, size=(500, 1)))  # within 1.5 voxels of its surface
+    half = (np.array(shape[::-1]) - 1) / 2
+    points = (index / half - 1) * scale.numpy()  # (i, j, k) -> grid -> isotropic frame
+    got = outward(points)
+    cos = np.einsum("ij,ij->i", got, radial) / np.linalg.norm(got, axis=1)
+    assert np.median(cos) > 0.95 and cos.min() > 0.5
+    assert voxel_outward(torch.zeros(shape, dtype=torch.bool), scale) is None

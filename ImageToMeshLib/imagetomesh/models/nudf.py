@@ -30,6 +30,8 @@ organ rather than finding the organ from the image alone.
 The surface is sought only near the U-Net's voxels of the organ (``near`` of :meth:`NUDF.predict_meshes`,
 grown by the meshing config's ``region_margin_voxels``): the field is trained on points concentrated
 around the organ and can fall to near zero far from it, in parts of the crop its training barely sampled.
+Those voxels also orient the surface's normals (:func:`voxel_outward`): a UDF has no inside, and
+orienting its point cloud by propagation alone turned part of thin organs (the mandible) inside out.
 """
 
 from __future__ import annotations
@@ -227,9 +229,12 @@ class NUDF(nn.Module, SegmentationModel):
                 grid = points_iso.to(images.device) / scale
                 return self.query(feats, grid[None], chunk=self.config.chunk, organ=organ)[0].cpu()
 
-            inside = None if near is None else voxel_region(near[b], config.region_margin_voxels, scale.cpu())
+            inside = outward = None
+            if near is not None:
+                inside = voxel_region(near[b], config.region_margin_voxels, scale.cpu())
+                outward = voxel_outward(near[b], scale.cpu())
             lo, hi = (-scale).cpu().numpy(), scale.cpu().numpy()
-            mesh = mesh_udf(udf, lo, hi, voxel, config, open_surface=open_surface, inside=inside)
+            mesh = mesh_udf(udf, lo, hi, voxel, config, open_surface=open_surface, inside=inside, outward=outward)
             meshes.append(mesh.transformed(_diag_affine(1.0 / scale.cpu().numpy())))
         return meshes
 
@@ -251,6 +256,28 @@ def voxel_region(voxels: torch.Tensor, margin: float, scale: torch.Tensor):
         return grown[k, j, i]
 
     return inside
+
+
+def voxel_outward(voxels: torch.Tensor, scale: torch.Tensor):
+    """``outward(points (N, 3) array) -> (N, 3)`` for points in the isotropic grid frame of ``scale``: the
+    gradient of the signed distance (voxels, positive outside) to the boundary of ``voxels (D, H, W)``'s
+    True voxels, trilinear at each point (the frame is a voxel-index frame up to one factor, so the index
+    gradient is the frame's direction); None when ``voxels`` has no boundary (all or none True)."""
+    from scipy.ndimage import distance_transform_edt, map_coordinates
+
+    mask = voxels.cpu().numpy().astype(bool)
+    if mask.all() or not mask.any():
+        return None
+    signed = distance_transform_edt(~mask) - distance_transform_edt(mask)
+    gradient_xyz = np.gradient(signed)[::-1]  # d/di, d/dj, d/dk: along x, y, z
+    size_ijk = tuple(mask.shape)[::-1]
+
+    def outward(points: np.ndarray) -> np.ndarray:
+        index = grid_to_index(torch.as_tensor(points, dtype=torch.float64) / scale.double(), size_ijk).numpy()
+        at = index[:, ::-1].T  # (k, j, i) rows, as the arrays are indexed
+        return np.stack([map_coordinates(g, at, order=1, mode="nearest") for g in gradient_xyz], 1)
+
+    return outward
 
 
 def _diag_affine(diag) -> np.ndarray:
