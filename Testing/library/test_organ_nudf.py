@@ -152,6 +152,7 @@ def organ_nudf_model(organ_model, tmp_path_factory):
         threads=1,
         organs=unet_card["organs"],
         crop_jitter=1.0,  # of 8-voxel crops around 4-voxel organs
+        val_mesh_cases=2,
     )
     return train_on_synthetic_cts(config, tmp_path_factory.mktemp("organ_nudf"), unet_folder, unet_card["input"])
 
@@ -165,9 +166,42 @@ def test_organ_nudf_learns_each_organ_on_the_unet_it_carries(organ_model, organ_
     metrics = card["metrics"]
     assert {"val_l1_brighter", "val_l1_near_brighter"} <= set(metrics)  # "bright": scored where contoured
     assert metrics["val_l1"] < 0.02, metrics  # clamp 0.1: the fields are learned
+    # and meshed as segment meshes them, in the validation crops: the mesh Dice that selects the checkpoint
+    per_organ = [v for k, v in metrics.items() if k.startswith("val_mesh_dice_")]
+    assert "val_mesh_dice_brighter" in metrics and metrics["val_mesh_dice"] == pytest.approx(np.mean(per_organ))
+    assert metrics["val_mesh_dice"] > 0.6, metrics
     unet = load_state(organ_model[0], organ_model[1])
     state = load_state(folder, card)
     assert all(torch.equal(state[k], v) for k, v in unet.items()), "the localising U-Net changed"
+
+
+def test_mesh_dice_validation_scores_an_organ_the_localiser_misses_as_zero(organ_nudf_model, tmp_path):
+    from imagetomesh.training.data import prepare_split
+    from imagetomesh.training.organ_crops import organ_cases
+    from imagetomesh.training.tasks.nudf import NUDFTask, make_organ_pools, organ_mesh_dice
+    from imagetomesh.zoo import load_model
+
+    folder, card, _ = organ_nudf_model
+    model = load_model(folder, "cpu").module
+    msd = write_ct_msd(tmp_path / "msd", 4)
+    _, train_cases, val_cases = prepare_split(
+        msd, tmp_path / "run", GridSpec.from_dict(card["grid"]), 0, progress=False, organs=[1, 2]
+    )
+    cases = organ_cases(train_cases + val_cases, 2)
+    pools = make_organ_pools(cases, [[8, 8, 8]] * 2, UDFPointConfig(count=500), seed=0, progress=False)
+    names = ["bright", "brighter"]
+    found = organ_mesh_dice(model, pools, 2, "cpu", names)
+    assert found["val_mesh_dice_bright"] > 0.6 and found["val_mesh_dice_brighter"] > 0.6, found
+    with torch.no_grad():  # the localiser now sees background everywhere
+        last = [m for m in model.unet.modules() if isinstance(m, torch.nn.Conv3d)][-1]
+        last.bias[0] += 1e4
+    missed = organ_mesh_dice(model, pools, 2, "cpu", names)
+    assert missed == {"val_mesh_dice_bright": 0.0, "val_mesh_dice_brighter": 0.0, "val_mesh_dice": 0.0}
+    # the mesh Dice, when measured, is what selects (the higher the better); otherwise the clamped L1
+    assert NUDFTask.score(None, {"val_l1": 0.01, "val_mesh_dice": 0.8}) == -0.8
+    assert NUDFTask.score(None, {"val_l1": 0.01}) == 0.01
+    selected = get_nudf_config("headneck-ct-cpu-guided-meshsel")
+    assert selected.val_mesh_cases == 4 and selected.model["meshing"]["initial_points"] == 1500
 
 
 def test_organ_nudf_needs_a_unet_of_its_organs(organ_model, tmp_path):

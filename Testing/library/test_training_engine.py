@@ -38,7 +38,13 @@ NEW_IMAGE_FIELDS = {
     "crop_jitter": 3.0,  # issue 16
 }
 #: NUDFTrainConfig fields added for several organs (issue 16), and its model's, with the defaults of the old runs
-NEW_NUDF_FIELDS = {"organs": None, "partly_contoured": None, "crop_jitter": 3.0, "live_clamp": False}
+NEW_NUDF_FIELDS = {
+    "organs": None,
+    "partly_contoured": None,
+    "crop_jitter": 3.0,
+    "live_clamp": False,
+    "val_mesh_cases": 0,
+}
 NEW_NUDF_MODEL_FIELDS = {"unet": None, "organ_crops": None, "localiser_input": False}
 NEW_LOSS_FIELDS = {
     "version": 1,

@@ -16,7 +16,10 @@ each (case, organ) that can teach the organ's surface (:func:`~imagetomesh.train
 gets a pool of points around that organ's surface in its crop centred on the labelled organ; each step
 draws one organ, crops its cases with the centre jittered by up to ``crop_jitter`` voxels (the pool's
 points moved with the crop), augments them, and trains that organ's decoder output. Validation: clamped
-L1 per organ on the validation cases' crops (``val_l1_<organ>``), their mean ``val_l1`` selects.
+L1 per organ on the validation cases' crops (``val_l1_<organ>``), their mean ``val_l1`` selects -- or, with
+``val_mesh_cases``, the mean Dice of the meshes ``segment`` would make in the crops of that many validation
+cases per organ (``val_mesh_dice``): the L1 does not rank checkpoints as their meshes do (a run's step 8,400
+had a lower L1 than its step 4,200 and a lower whole-scan mesh Dice, 0.605 against 0.630 on 4 cases).
 """
 
 from __future__ import annotations
@@ -32,9 +35,12 @@ from tqdm import tqdm
 
 from imagetomesh.errors import InputError
 from imagetomesh.io.atomic import atomic_write
+from imagetomesh.metrics import dice
 from imagetomesh.models.nudf import NUDF, NUDFConfig
+from imagetomesh.nn.sdf import inside_mask
+from imagetomesh.organs import Organ
 from imagetomesh.preprocessing import GridSpec
-from imagetomesh.scan import crop_padded, crop_to_scan_grid
+from imagetomesh.scan import crop_padded, crop_to_scan_grid, organ_masks
 from imagetomesh.training.augment import AugmentConfig, augment
 from imagetomesh.training.configs import (
     CT_AUGMENT,
@@ -78,6 +84,9 @@ class NUDFTrainConfig(EngineOptions, OrganOptions):
     time_limit_s: float = 0.0  # 0: no limit
     #: train with :func:`clamped_l1`'s ``live`` form (validation reports the plain clamped L1)
     live_clamp: bool = False
+    #: several-organ models: also mesh every organ in the crops of the first ``val_mesh_cases`` validation cases
+    #: that have it, as ``segment`` does (:func:`organ_mesh_dice`), and select by that mesh Dice (0: by ``val_l1``)
+    val_mesh_cases: int = 0
     points: UDFPointConfig = field(default_factory=UDFPointConfig)
     augment: AugmentConfig = field(
         default_factory=lambda: AugmentConfig(
@@ -91,7 +100,8 @@ def nudf_configs() -> dict[str, NUDFTrainConfig]:
     """``cpu``: a small encoder, about 55 minutes on one CPU thread; ``gpu``: the paper's sizes;
     ``headneck-ct-cpu``: the seven OpenKBP organs, each in its crop of the head-and-neck grid, found by
     the U-Net of ``--init-from`` (``unet-headneck-ct``); ``headneck-ct-cpu-guided``: the same with that
-    U-Net's probability of the organ as a second encoder input."""
+    U-Net's probability of the organ as a second encoder input; ``headneck-ct-cpu-guided-meshsel``: that, with
+    :data:`HEADNECK_CT_MESHING` and the checkpoint selected by the validation mesh Dice (``val_mesh_cases``)."""
     cpu_model = NUDFConfig(channels=(16, 32, 64, 64), hidden=256).to_dict()
     gpu_model = NUDFConfig(channels=(32, 64, 128, 128), hidden=256).to_dict()
     organs = copy.deepcopy(HEADNECK_CT_ORGANS)
@@ -136,7 +146,27 @@ def nudf_configs() -> dict[str, NUDFTrainConfig]:
     # the same, its encoder also reading the localiser's probability of the organ on the crop
     guided = copy.deepcopy(configs["headneck-ct-cpu"])
     guided.model["localiser_input"] = True
-    return {**configs, "headneck-ct-cpu-guided": guided}
+    # the same, selected by the validation mesh Dice (4 cases per organ), meshed as nudf-headneck-ct is (settings
+    # chosen on validation cases: docs/headneck-ct-results.md)
+    selected = copy.deepcopy(guided)
+    selected.model["meshing"] = dict(HEADNECK_CT_MESHING)
+    selected.val_mesh_cases = 4
+    return {**configs, "headneck-ct-cpu-guided": guided, "headneck-ct-cpu-guided-meshsel": selected}
+
+
+#: NUDF meshing of head-and-neck organ crops (:class:`~imagetomesh.geometry.udf_meshing.UDFMeshingConfig` fields),
+#: chosen on validation scans: the surface within 3 voxels of the localiser's voxels of the organ, normals from
+#: the points within 1.5 voxels, projected points kept within 1 voxel of the surface, and point counts that mesh
+#: a whole scan in about 10 s at the Dice of counts 3-5 times larger.
+HEADNECK_CT_MESHING = {
+    "region_margin_voxels": 3.0,
+    "normal_radius_voxels": 1.5,
+    "drop_voxels": 1.0,
+    "initial_points": 1500,
+    "dense_points": 3000,
+    "poisson_points": 2500,
+    "iterations": 2,
+}
 
 
 @dataclass
@@ -333,6 +363,41 @@ def validate_organs(
     return {**out, **{metric: float(means[i]) for i, metric in enumerate(VALIDATION_ERRORS)}}
 
 
+@torch.no_grad()
+def organ_mesh_dice(
+    model: NUDF, pools_by_organ: dict[int, list[OrganPointPool]], cases: int, device, organs: list[str]
+) -> dict[str, float]:
+    """Per organ (``organs[k - 1]`` names class ``k``), the Dice of the mesh ``segment`` makes in the crops of its
+    first ``cases`` pools (centred on the labelled organ): the surface sought near the localiser's voxels of the
+    organ in the crop (:func:`~imagetomesh.scan.organ_masks`), rasterised in the crop against the organ's label
+    (``val_mesh_dice_<organ>``; 0 where the localiser finds nothing or no surface is found), and their mean over
+    organs (``val_mesh_dice``)."""
+    model.eval()
+    out: dict[str, float] = {}
+    for k, pools in pools_by_organ.items():
+        dices = []
+        for pool in pools[:cases]:
+            image, label, _ = pool.crop()
+            batch = image[None, None].float().to(device)
+            probabilities = model.unet(batch)[0][0].float().softmax(0)
+            near = organ_masks(probabilities, [Organ(organs[k - 1], k, k)])[organs[k - 1]]
+            truth = (label == k).numpy()
+            try:
+                if near is None:
+                    raise InputError("not found")
+                mesh = model.predict_meshes(batch, organ=k, near=torch.from_numpy(near)[None])[0]
+            except InputError:
+                dices.append(0.0)
+                continue
+            inside = inside_mask(torch.from_numpy(mesh.vertices), torch.from_numpy(mesh.faces), truth.shape)
+            dices.append(dice(inside.numpy(), truth))
+        if dices:
+            out[f"val_mesh_dice_{organs[k - 1]}"] = float(np.mean(dices))
+    model.train()
+    out["val_mesh_dice"] = float(np.mean(list(out.values())))
+    return out
+
+
 def _pool_errors(model: NUDF, image: torch.Tensor, pool, n_points: int, device, organ: int | None = None):
     """``(clamped L1, mean error within 0.02 units of the surface, spurious fraction)`` of ``model`` on ``image
     (D, H, W)`` at ``n_points`` of ``pool``'s points, evenly spaced through the pool (which holds its
@@ -425,11 +490,15 @@ class NUDFTask(Task):
     def validate(self) -> dict[str, float]:
         if self.organ_model:
             names = [o["name"] for o in self.config.organs]
-            return validate_organs(self.model, self.val_pools, self.config.val_points, self.run.device, names)
+            metrics = validate_organs(self.model, self.val_pools, self.config.val_points, self.run.device, names)
+            if self.config.val_mesh_cases:
+                cases = self.config.val_mesh_cases
+                metrics.update(organ_mesh_dice(self.model, self.val_pools, cases, self.run.device, names))
+            return metrics
         return validate(self.model, self.val_pools, self.config.val_points, self.run.device)
 
     def score(self, metrics: dict[str, float]) -> float:
-        return metrics["val_l1"]
+        return -metrics["val_mesh_dice"] if "val_mesh_dice" in metrics else metrics["val_l1"]
 
     def card(self, metrics: dict, state: RunState) -> dict:
         card = run_card(self.run, "nudf", self.config.model, self.config.grid, self.split, metrics, state.step)
