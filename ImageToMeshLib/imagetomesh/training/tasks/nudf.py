@@ -375,27 +375,29 @@ def organ_mesh_dice(
     model.eval()
     out: dict[str, float] = {}
     for k, pools in pools_by_organ.items():
-        dices = []
-        for pool in pools[:cases]:
-            image, label, _ = pool.crop()
-            batch = image[None, None].float().to(device)
-            probabilities = model.unet(batch)[0][0].float().softmax(0)
-            near = organ_masks(probabilities, [Organ(organs[k - 1], k, k)])[organs[k - 1]]
-            truth = (label == k).numpy()
-            try:
-                if near is None:
-                    raise InputError("not found")
-                mesh = model.predict_meshes(batch, organ=k, near=torch.from_numpy(near)[None])[0]
-            except InputError:
-                dices.append(0.0)
-                continue
-            inside = inside_mask(torch.from_numpy(mesh.vertices), torch.from_numpy(mesh.faces), truth.shape)
-            dices.append(dice(inside.numpy(), truth))
+        dices = [_crop_mesh_dice(model, pool, k, organs[k - 1], device) for pool in pools[:cases]]
         if dices:
             out[f"val_mesh_dice_{organs[k - 1]}"] = float(np.mean(dices))
     model.train()
     out["val_mesh_dice"] = float(np.mean(list(out.values())))
     return out
+
+
+def _crop_mesh_dice(model: NUDF, pool: OrganPointPool, organ: int, name: str, device) -> float:
+    """:func:`organ_mesh_dice` of one pool's crop of class ``organ`` (named ``name``)."""
+    image, label, _ = pool.crop()
+    batch = image[None, None].float().to(device)
+    probabilities = model.unet(batch)[0][0].float().softmax(0)
+    near = organ_masks(probabilities, [Organ(name, organ, organ)])[name]
+    if near is None:  # the localiser finds nothing
+        return 0.0
+    try:
+        mesh = model.predict_meshes(batch, organ=organ, near=torch.from_numpy(near)[None])[0]
+    except InputError:  # no surface near the localiser's voxels
+        return 0.0
+    truth = (label == organ).numpy()
+    inside = inside_mask(torch.from_numpy(mesh.vertices), torch.from_numpy(mesh.faces), truth.shape)
+    return dice(inside.numpy(), truth)
 
 
 def _pool_errors(model: NUDF, image: torch.Tensor, pool, n_points: int, device, organ: int | None = None):
