@@ -11,6 +11,21 @@ from imagetomesh.training.data import PreparedCase, boundary_points
 from imagetomesh.training.organ_crops import meshable, organ_crop
 
 
+def rasterised_dice(verts, faces, truth: np.ndarray) -> float:
+    """Dice of a closed mesh, ``verts (V, 3)`` in the grid coordinates of ``truth``'s grid and ``faces (F, 3)``
+    (tensors or arrays), rasterised on that grid, against ``truth (D, H, W)`` bool."""
+    inside = inside_mask(torch.as_tensor(verts), torch.as_tensor(faces), truth.shape)
+    return dice(inside.numpy(), truth)
+
+
+def organ_means(scores: dict[str, list[float]], key: str) -> dict[str, float]:
+    """``{key}_<organ>``: the mean of each organ's scores (organs without any are left out), and ``key``: the
+    mean of those means."""
+    out = {f"{key}_{name}": float(np.mean(v)) for name, v in scores.items() if v}
+    out[key] = float(np.mean(list(out.values())))
+    return out
+
+
 @torch.no_grad()
 def segmentation_metrics(model, cases: list[PreparedCase], device) -> dict[str, float]:
     """Voxel Dice of the segmentation head (``val_dice``), and for mesh models the Dice of the mesh
@@ -26,8 +41,7 @@ def segmentation_metrics(model, cases: list[PreparedCase], device) -> dict[str, 
         dices.append(dice(logits.argmax(1)[0].cpu().numpy(), case.label.numpy()))
         if meshes is not None:
             output = model.predict_meshes(image)[0]
-            mask = inside_mask(torch.from_numpy(output.vertices), torch.from_numpy(output.faces), case.label.shape)
-            mesh_dices.append(dice(mask.numpy(), case.label.numpy()))
+            mesh_dices.append(rasterised_dice(output.vertices, output.faces, case.label.numpy()))
             half_mm = (
                 torch.tensor(case.transform.grid_to_lps[:3, :3]).norm(dim=0).float()
             )  # mm per grid unit, (x, y, z)
@@ -58,9 +72,7 @@ def organ_metrics(model, cases: list[PreparedCase], device, organs: list[str]) -
             if case.present is None or bool(case.present[k]):
                 scores[name].append(dice(predicted == k, label == k))
     model.train()
-    out = {f"val_dice_{name}": float(np.mean(v)) for name, v in scores.items() if v}
-    out["val_dice"] = float(np.mean(list(out.values())))
-    return out
+    return organ_means(scores, "val_dice")
 
 
 @torch.no_grad()
@@ -73,23 +85,16 @@ def organ_mesh_metrics(
     crop (``val_mesh_dice_<organ>``, mean ``val_mesh_dice``) and of the voxel head in the same crop
     (``val_dice_<organ>``, mean ``val_dice``). ``organs[k - 1]`` names class ``k``."""
     model.eval()
-    out: dict[str, float] = {}
+    mesh_dices: dict[str, list[float]] = {name: [] for name in organs}
+    voxel_dices: dict[str, list[float]] = {name: [] for name in organs}
     for k, name in enumerate(organs, start=1):
-        mesh_dices, voxel_dices = [], []
         for case in cases:
             if not meshable(case, k):
                 continue
             image, label = organ_crop(case, k, tuple(crops[k - 1]))
             truth = (label == k).numpy()
             logits, meshes = model(image[None, None].to(device), organ=k)
-            voxel_dices.append(dice(logits.argmax(1)[0].cpu().numpy() == k, truth))
-            mesh = meshes[0][-1]
-            inside = inside_mask(mesh.verts.detach().float().cpu(), mesh.faces.cpu(), truth.shape)
-            mesh_dices.append(dice(inside.numpy(), truth))
-        if mesh_dices:
-            out[f"val_dice_{name}"] = float(np.mean(voxel_dices))
-            out[f"val_mesh_dice_{name}"] = float(np.mean(mesh_dices))
+            voxel_dices[name].append(dice(logits.argmax(1)[0].cpu().numpy() == k, truth))
+            mesh_dices[name].append(rasterised_dice(meshes[0][-1].verts, meshes[0][-1].faces, truth))
     model.train()
-    out["val_dice"] = float(np.mean([v for key, v in out.items() if key.startswith("val_dice_")]))
-    out["val_mesh_dice"] = float(np.mean([v for key, v in out.items() if key.startswith("val_mesh_dice_")]))
-    return out
+    return {**organ_means(voxel_dices, "val_dice"), **organ_means(mesh_dices, "val_mesh_dice")}

@@ -35,9 +35,7 @@ from tqdm import tqdm
 
 from imagetomesh.errors import InputError
 from imagetomesh.io.atomic import atomic_write
-from imagetomesh.metrics import dice
 from imagetomesh.models.nudf import NUDF, NUDFConfig
-from imagetomesh.nn.sdf import inside_mask
 from imagetomesh.organs import Organ
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.scan import crop_padded, crop_to_scan_grid, organ_masks
@@ -65,6 +63,7 @@ from imagetomesh.training.organ_crops import (
 from imagetomesh.training.schedules import one_cycle, rescale_one_cycle
 from imagetomesh.training.tasks.base import EngineOptions, RunState, Task, run_card
 from imagetomesh.training.udf_points import UDFPointConfig, sample_udf_points
+from imagetomesh.training.validation import organ_means, rasterised_dice
 
 
 @dataclass
@@ -373,14 +372,12 @@ def organ_mesh_dice(
     (``val_mesh_dice_<organ>``; 0 where the localiser finds nothing or no surface is found), and their mean over
     organs (``val_mesh_dice``)."""
     model.eval()
-    out: dict[str, float] = {}
-    for k, pools in pools_by_organ.items():
-        dices = [_crop_mesh_dice(model, pool, k, organs[k - 1], device) for pool in pools[:cases]]
-        if dices:
-            out[f"val_mesh_dice_{organs[k - 1]}"] = float(np.mean(dices))
+    dices = {
+        organs[k - 1]: [_crop_mesh_dice(model, pool, k, organs[k - 1], device) for pool in pools[:cases]]
+        for k, pools in pools_by_organ.items()
+    }
     model.train()
-    out["val_mesh_dice"] = float(np.mean(list(out.values())))
-    return out
+    return organ_means(dices, "val_mesh_dice")
 
 
 def _crop_mesh_dice(model: NUDF, pool: OrganPointPool, organ: int, name: str, device) -> float:
@@ -395,9 +392,7 @@ def _crop_mesh_dice(model: NUDF, pool: OrganPointPool, organ: int, name: str, de
         mesh = model.predict_meshes(batch, organ=organ, near=torch.from_numpy(near)[None])[0]
     except InputError:  # no surface near the localiser's voxels
         return 0.0
-    truth = (label == organ).numpy()
-    inside = inside_mask(torch.from_numpy(mesh.vertices), torch.from_numpy(mesh.faces), truth.shape)
-    return dice(inside.numpy(), truth)
+    return rasterised_dice(mesh.vertices, mesh.faces, (label == organ).numpy())
 
 
 def _pool_errors(model: NUDF, image: torch.Tensor, pool, n_points: int, device, organ: int | None = None):

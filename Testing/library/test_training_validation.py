@@ -1,0 +1,43 @@
+"""Validation scores shared by the trainers: a mesh's Dice rasterised in a crop, per-organ means."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from imagetomesh.metrics import dice
+from imagetomesh.nn.grid import index_to_grid
+from imagetomesh.training.validation import organ_means, rasterised_dice
+
+
+def box_mesh(lo, hi) -> tuple[np.ndarray, np.ndarray]:
+    """Closed, outward axis-aligned box ``lo..hi`` (x, y, z): 8 vertices, 12 triangles."""
+    verts = np.array([[(lo, hi)[b][a] for a, b in enumerate(bits)] for bits in itertools.product((0, 1), repeat=3)])
+    quads = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+    faces = [tri for a, b, c, d in quads for tri in ((a, b, c), (a, c, d))]
+    return verts.astype(np.float64), np.array(faces)
+
+
+def test_rasterised_dice_is_the_dice_of_the_voxel_centres_inside_the_mesh():
+    shape = (10, 12, 14)  # (D, H, W)
+    lo, hi = np.array([-0.55, -0.3, -0.62]), np.array([0.41, 0.52, 0.2])
+    verts, faces = box_mesh(lo, hi)
+    # slow and obvious: every voxel centre in grid coordinates, tested against the box
+    k, j, i = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    ijk = torch.tensor(np.stack([i, j, k], -1), dtype=torch.float64)
+    centres = index_to_grid(ijk, shape[::-1]).numpy()
+    inside = np.all((centres > lo) & (centres < hi), axis=-1)
+    truth = np.zeros(shape, bool)
+    truth[2:8, 3:10, 1:9] = True
+    expected = dice(inside, truth)
+    assert 0.2 < expected < 0.9
+    assert rasterised_dice(verts, faces, truth) == pytest.approx(expected)
+    assert rasterised_dice(torch.tensor(verts, dtype=torch.float32), torch.tensor(faces), truth) == pytest.approx(
+        expected
+    )
+
+
+def test_organ_means_leave_out_organs_without_scores():
+    out = organ_means({"brainstem": [0.8, 0.6], "larynx": [], "mandible": [0.9]}, "val_dice")
+    assert out == pytest.approx({"val_dice_brainstem": 0.7, "val_dice_mandible": 0.9, "val_dice": 0.8})
