@@ -50,6 +50,29 @@ def test_voxel2mesh_outputs_closed_outward_meshes(sampling, unpooling):
     assert check.watertight and check.outward
 
 
+def test_voxel2mesh_refine_stages_move_the_finest_mesh_again_before_pruning():
+    torch.manual_seed(0)
+    config = Voxel2MeshConfig(unet=SMALL_UNET, hidden=8, refine_stages=2, amu_threshold=0.05)
+    model = Voxel2Mesh(config)
+    image = torch.randn(1, 1, 16, 16, 16)
+    _, meshes = model(image)
+    # training: no unpooling between the last level's stage and the refinements
+    assert [len(m.verts) for m in meshes[0]] == [162, 642, 2562, 2562, 2562]
+    assert all(torch.equal(m.faces, meshes[0][2].faces) for m in meshes[0][3:])
+    model.eval()
+    with torch.no_grad():
+        _, meshes = model(image)
+    last_level, first_refined, refined = meshes[0][2], meshes[0][3], meshes[0][4]
+    # the last level is pruned once, after its last refinement
+    assert last_level.parent_edges is not None and len(first_refined.verts) == len(last_level.verts)
+    assert refined.parent_edges is None and len(refined.verts) < len(last_level.verts)
+    # fresh refinement stages start near the identity (last graph layer initialised at 1e-3)
+    assert (first_refined.verts - last_level.verts).abs().max() < 0.05
+    assert torch.cdist(refined.verts, last_level.verts).min(1).values.max() < 0.05
+    check = check_mesh(Mesh(refined.verts.numpy(), refined.faces.numpy()), self_intersections=False)
+    assert check.watertight and check.outward
+
+
 def test_adaptive_pruning_drops_flat_midpoints_and_keeps_bent_ones():
     mesh = DecoderMesh.template(1, torch.ones(3)).subdivided()
     n_old = 42
@@ -82,3 +105,5 @@ def test_voxel2mesh_config_validation():
         Voxel2MeshConfig(sampling="xyz")
     with pytest.raises(ValueError, match="stages"):
         Voxel2MeshConfig(unet=UNetConfig(depth=2), stages=3)
+    with pytest.raises(ValueError, match="refine_stages"):
+        Voxel2MeshConfig(refine_stages=-1)

@@ -114,6 +114,20 @@ def test_init_from_model_copies_the_unet_of_another_kind_and_all_of_the_same_kin
     with pytest.raises(InputError, match="another architecture"):
         init_from_model(wider, "voxel2mesh", tmp_path / "v2m")
 
+    # a model grown by a refinement stage starts every saved tensor; the new stage keeps its own
+    torch.manual_seed(3)
+    grown = build_model("voxel2mesh", dict(v2m, refine_stages=1))
+    new_stage = {k: v.clone() for k, v in grown.state_dict().items() if k.startswith("stages.2.")}
+    assert new_stage
+    init_from_model(grown, "voxel2mesh", tmp_path / "v2m", seen.append)
+    assert all(torch.equal(grown.state_dict()[k], v) for k, v in target.state_dict().items())
+    assert all(torch.equal(grown.state_dict()[k], v) for k, v in new_stage.items())
+    assert f"({len(new_stage)} others fresh)" in seen[2]
+    # ... but a saved model with more than this config has is another architecture
+    save_weights(grown, tmp_path / "grown", {"kind": "voxel2mesh", "config": dict(v2m, refine_stages=1)})
+    with pytest.raises(InputError, match="another architecture"):
+        init_from_model(build_model("voxel2mesh", v2m), "voxel2mesh", tmp_path / "grown")
+
 
 def test_run_checkpoint_round_trip(tmp_path):
     from imagetomesh.training.checkpoint import RunCheckpoint

@@ -6,7 +6,9 @@ learned neighbourhood sampling, LNS), then
 ``z_l = h_l(x_l, z_{l-1}, v_{l-1})`` and ``v_l = v_{l-1} + Delta_l(z_l)``, where h_l and
 Delta_l are four distance-weighted graph convolutions each. Between stages the mesh is
 unpooled uniformly (UMU) or adaptively (AMU: new vertices that stay close to their parent
-edge are dropped and connectivity is rebuilt from the template sphere).
+edge are dropped and connectivity is rebuilt from the template sphere). Optional refinement
+stages (``refine_stages``, not in the paper) repeat the last stage's step on the finest level
+without unpooling: each gathers features again where the previous stage left the vertices.
 
 Several organs (``organ_templates``): one mesh decoder per organ, as the paper does for several
 classes, all reading the same U-Net (whose classes are the organs). Each organ is meshed in a crop
@@ -45,6 +47,10 @@ class Voxel2MeshConfig:
     validation split: with the step-4050 weights 0.003 / 0.001 / 0.0003 kept 414 / 1062 / 1936 of
     2562 vertices at IoU 0.774 / 0.781 / 0.783 (uniform unpooling: 0.783).
 
+    ``refine_stages`` more stages follow the last one on the finest decoder level, on the same
+    vertices (no unpooling; adaptive pruning then comes after the last of them): each gathers the
+    image features again at the vertices' new positions and moves them once more.
+
     ``organ_templates`` (several organs): organ ``k``'s decoder (``organ=k``, class ``k`` of the U-Net)
     starts from an ellipsoid of semi-axes ``organ_templates[k - 1]`` ``(x, y, z)`` in the grid
     coordinates of its crop, ``organ_crops[k - 1]`` ``(d, h, w)`` voxels of the model's grid around the
@@ -63,6 +69,7 @@ class Voxel2MeshConfig:
     num_offsets: int = 27
     amu_threshold: float = 0.001
     graph_layers: int = 4
+    refine_stages: int = 0
     organ_templates: Optional[list[list[float]]] = None
     organ_crops: Optional[list[list[int]]] = None
     organ_arcs: Optional[list[Optional[list[float]]]] = None
@@ -76,6 +83,8 @@ class Voxel2MeshConfig:
             raise ValueError(f"unpooling must be one of {UNPOOLING_MODES}, got {self.unpooling!r}")
         if not 1 <= self.stages <= self.unet.depth:
             raise ValueError(f"stages must be between 1 and the U-Net depth {self.unet.depth}, got {self.stages}")
+        if not 0 <= self.refine_stages <= 4:
+            raise ValueError(f"refine_stages must be between 0 and 4, got {self.refine_stages}")
         if self.organ_templates is not None:
             if len(self.organ_templates) != self.unet.num_classes - 1:
                 raise ValueError(
@@ -194,7 +203,8 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
         super().__init__()
         self.config = config
         self.unet = UNet3D(config.unet)
-        channels = self.unet.decoder_channels[-config.stages :]
+        levels = self.unet.decoder_channels[-config.stages :]
+        channels = levels + levels[-1:] * config.refine_stages
 
         def decoder() -> nn.ModuleList:
             return nn.ModuleList(MeshStage(c, config, first=(i == 0)) for i, c in enumerate(channels))
@@ -218,18 +228,22 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
         self, decoder_features: list[torch.Tensor], grid_shape, organ: int | None = None
     ) -> list[DecoderMesh]:
         """Run the mesh stages for one case (of ``organ``'s decoder: several-organ models); ``decoder_features``
-        each ``(1, C, d, h, w)``. Returns every stage's mesh."""
+        each ``(1, C, d, h, w)``. Returns every stage's mesh (``stages + refine_stages`` of them)."""
         c = self.config
         stages, semi_axes, arc = self._decoder(organ)
         scale = isotropic_scale(grid_shape).to(decoder_features[0].device)
         radius = c.template_radius / scale if semi_axes is None else semi_axes.to(scale.device)
         mesh = DecoderMesh.template(c.template_level, radius, device=scale.device, arc=arc)
+        levels = decoder_features[-c.stages :]
+        levels = levels + levels[-1:] * c.refine_stages
+        last = len(levels) - 1
         meshes = []
-        for i, (stage, features) in enumerate(zip(stages, decoder_features[-c.stages :])):
-            if i > 0:
+        for i, (stage, features) in enumerate(zip(stages, levels)):
+            if 0 < i < c.stages:
                 mesh = mesh.subdivided()
             mesh = stage(mesh, features)
-            if i > 0 and c.unpooling == "adaptive" and not self.training:
+            # prune each unpooled level once its last stage has moved the new vertices
+            if 0 < i and (i < c.stages - 1 or i == last) and c.unpooling == "adaptive" and not self.training:
                 mesh = mesh.adaptively_pruned(c.amu_threshold, scale)
             meshes.append(mesh)
         return meshes

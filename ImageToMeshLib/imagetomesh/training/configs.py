@@ -326,6 +326,11 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
             v2.bf16_autocast = v2.channels_last = True
     for named in (v2m, p2m):
         named["cpu-v2-frozen"] = replace(copy.deepcopy(named["cpu-v2"]), freeze_unet=True)
+    # the bundled Voxel2Mesh's decoder (--init-from voxel2mesh-hippocampus) grown by one refinement stage on
+    # the finest level (fresh; the other stages start from the model), fine-tuned on its frozen U-Net
+    v2m["cpu-v2-refine"] = replace(
+        copy.deepcopy(v2m["cpu-v2-frozen"]), model={**v2m["cpu-v2-frozen"].model, "refine_stages": 1}, steps=2400
+    )
     # one mesh decoder per head-and-neck organ, each in a crop around its organ, on a trained
     # several-organ U-Net (--init-from unet-headneck-ct, kept frozen: it is also the localiser)
     organs = copy.deepcopy(HEADNECK_CT_ORGANS)

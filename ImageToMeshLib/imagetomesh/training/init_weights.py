@@ -19,7 +19,8 @@ def init_from_model(
     organs: list[dict] | None = None,
 ) -> None:
     """Start ``model`` (of ``kind``) from the model saved in ``folder`` (checked weights): all of
-    its tensors when that model is of the same kind (a fine-tuning run), else only its ``unet.*``
+    its tensors when that model is of the same kind (a fine-tuning run; ``model`` may have more, e.g.
+    Voxel2Mesh's ``refine_stages``, which keep their fresh initialisation), else only its ``unet.*``
     tensors, the other parameters keeping their fresh initialisation. A several-organ ``model`` (its
     config's ``organs``) starts only from a model of the same organs (:func:`check_same_organs`)."""
     if organs:
@@ -27,14 +28,18 @@ def init_from_model(
     card = read_card(folder)
     state = load_state(folder, card)
     if card.get("kind") == kind:
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
+        ours = model.state_dict()
+        if any(k not in ours or ours[k].shape != v.shape for k, v in state.items()):
             raise InputError(
                 f"{folder} is a {kind} model of another architecture than this config's; "
                 f"fine-tune it with the config that trained it ({card.get('train_config', '?')})"
-            ) from err
-        log(f"initialised all {len(state)} tensors from the {kind} model in {folder}")
+            )
+        model.load_state_dict(state, strict=False)
+        fresh = len(ours) - len(state)
+        log(
+            f"initialised all {len(state)} tensors from the {kind} model in {folder}"
+            + (f" ({fresh} others fresh)" if fresh else "")
+        )
         return
     unet_state = {k: v for k, v in state.items() if k.startswith("unet.")}
     missing = model.load_state_dict(unet_state, strict=False)
