@@ -74,8 +74,13 @@ def test_a_guided_encoder_reads_the_localisers_probability_of_the_organ():
         probability = torch.softmax(model.unet(image)[0], 1)[:, organ]
         assert features[0].shape == (1, 2, 8, 8, 16)
         assert torch.equal(features[0][:, 0], image[:, 0]) and torch.allclose(features[0][:, 1], probability)
+        # the caller's own softmax of the U-Net (as the mesh validation has it) gives the same features
+        given = model.encode(image, organ, torch.softmax(model.unet(image)[0], 1))
+        assert all(torch.allclose(a, b) for a, b in zip(given, features))
     with pytest.raises(ValueError, match="say which organ"):
         model.encode(image)
+    with pytest.raises(ValueError, match="the U-Net's softmax"):
+        model.encode(image, 1, torch.rand(1, 2, 8, 8, 16))
     model.train()
     model.unet.requires_grad_(False)
     model(image, points, organ=2).sum().backward()

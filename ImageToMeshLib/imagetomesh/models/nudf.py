@@ -143,17 +143,26 @@ class NUDF(nn.Module, SegmentationModel):
         if c.unet is not None:
             self.unet = UNet3D(UNetConfig(**c.unet))
 
-    def encode(self, image: torch.Tensor, organ: int | None = None) -> list[torch.Tensor]:
+    def encode(
+        self, image: torch.Tensor, organ: int | None = None, probabilities: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         """``[input, level 0, level 1, ...]``, each ``(B, C_l, D_l, H_l, W_l)``; the input is the image and,
-        with ``localiser_input``, the localising U-Net's probability of ``organ`` on it."""
+        with ``localiser_input``, the localising U-Net's probability of ``organ`` on it: ``probabilities``
+        ``(B, K + 1, D, H, W)``, that U-Net's softmax on ``image`` when the caller has it, else computed here."""
         if image.dim() != 5 or image.shape[1] != self.config.in_channels:
             raise ValueError(f"NUDF expects images (B, {self.config.in_channels}, D, H, W), got {tuple(image.shape)}")
         x = image
         if self.config.localiser_input:
             self._output(organ)
-            with torch.no_grad():
-                probability = self.unet(image)[0].float().softmax(1)[:, organ : organ + 1]
-            x = torch.cat([image, probability.to(image.dtype)], 1)
+            if probabilities is None:
+                with torch.no_grad():
+                    probabilities = self.unet(image)[0].float().softmax(1)
+            expected = (image.shape[0], self.config.organs + 1, *image.shape[2:])
+            if tuple(probabilities.shape) != expected:
+                raise ValueError(
+                    f"probabilities must be {expected} (the U-Net's softmax), got {tuple(probabilities.shape)}"
+                )
+            x = torch.cat([image, probabilities[:, organ : organ + 1].to(image.dtype)], 1)
         features = [x]
         for level, block in enumerate(self.encoder):
             x = block(x if level == 0 else self.pool(x))
@@ -205,11 +214,12 @@ class NUDF(nn.Module, SegmentationModel):
         open_surface: bool = False,
         organ: int | None = None,
         near: torch.Tensor | None = None,
+        probabilities: torch.Tensor | None = None,
     ):
         """One :class:`~imagetomesh.core.mesh.Mesh` per image ``(B, C, D, H, W)``, in model grid coordinates
         (of organ ``organ``, whose crops ``images`` are: several-organ models). ``near`` ``(B, D, H, W)``
         bool: the surface of image ``b`` is sought only within the meshing config's ``region_margin_voxels``
-        of ``near[b]``'s voxels (the localiser's voxels of the organ).
+        of ``near[b]``'s voxels (the localiser's voxels of the organ). ``probabilities``: see :meth:`encode`.
 
         Closed (the caller repairs it to watertight) unless ``open_surface``.
         """
@@ -221,7 +231,7 @@ class NUDF(nn.Module, SegmentationModel):
         voxel = isotropic_voxel_size(images.shape[2:])  # one grid voxel in the isotropic frame
         meshes = []
         with torch.no_grad():
-            features = self.encode(images, organ)
+            features = self.encode(images, organ, probabilities)
         for b in range(images.shape[0]):
             feats = [f[b : b + 1] for f in features]
 

@@ -384,12 +384,14 @@ def _crop_mesh_dice(model: NUDF, pool: OrganPointPool, organ: int, name: str, de
     """:func:`organ_mesh_dice` of one pool's crop of class ``organ`` (named ``name``)."""
     image, label, _ = pool.crop()
     batch = image[None, None].float().to(device)
-    probabilities = model.unet(batch)[0][0].float().softmax(0)
-    near = organ_masks(probabilities, [Organ(name, organ, organ)])[name]
+    probabilities = model.unet(batch)[0].float().softmax(1)
+    near = organ_masks(probabilities[0], [Organ(name, organ, organ)])[name]
     if near is None:  # the localiser finds nothing
         return 0.0
     try:
-        mesh = model.predict_meshes(batch, organ=organ, near=torch.from_numpy(near)[None])[0]
+        mesh = model.predict_meshes(batch, organ=organ, near=torch.from_numpy(near)[None], probabilities=probabilities)[
+            0
+        ]
     except InputError:  # no surface near the localiser's voxels
         return 0.0
     return rasterised_dice(mesh.vertices, mesh.faces, (label == organ).numpy())
