@@ -126,15 +126,15 @@ def test_a_region_without_surface_is_an_input_error():
         mesh_udf(two_spheres_udf, *BOX, VOXEL, FAST, inside=lambda p: p[:, 1] > 0.6)
 
 
-def test_voxel_region_is_the_grown_mask_at_the_nearest_voxel():
-    from imagetomesh.models.nudf import voxel_region
+def test_voxel_guide_region_is_the_grown_mask_at_the_nearest_voxel():
+    from imagetomesh.models.nudf import VoxelGuide
     from imagetomesh.nn.grid import isotropic_scale
 
     shape = (7, 9, 11)
     voxels = torch.zeros(shape, dtype=torch.bool)
     voxels[3, 4, 2] = voxels[5, 1, 8] = True
     scale = isotropic_scale(shape)
-    inside = voxel_region(voxels, 2.0, scale)
+    inside = VoxelGuide(voxels, scale).region(2.0)
     points = (torch.rand(3000, 3, generator=torch.Generator().manual_seed(0)) * 2.2 - 1.1) * scale
     got = inside(points)
     # slow: the voxel nearest the point (clamped into the grid), its distance to each True voxel
@@ -244,8 +244,8 @@ def test_an_open_poisson_surface_is_closed_as_the_fallback():
     assert closed_largest_component(sphere, 100).num_faces == sphere.num_faces  # closed: unchanged
 
 
-def test_voxel_outward_points_out_of_a_voxel_ball():
-    from imagetomesh.models.nudf import voxel_outward
+def test_voxel_guide_outward_points_out_of_a_voxel_ball():
+    from imagetomesh.models.nudf import VoxelGuide
     from imagetomesh.nn.grid import isotropic_scale
 
     shape = (24, 30, 36)  # (D, H, W): an anisotropic grid, one frame unit per voxel on every axis
@@ -254,7 +254,7 @@ def test_voxel_outward_points_out_of_a_voxel_ball():
     radius = 7.0
     ball = (i - centre[0]) ** 2 + (j - centre[1]) ** 2 + (k - centre[2]) ** 2 <= radius**2
     scale = isotropic_scale(shape)
-    outward = voxel_outward(torch.as_tensor(ball), scale)
+    outward = VoxelGuide(torch.as_tensor(ball), scale).outward()
     g = np.random.default_rng(0)
     radial = g.normal(size=(500, 3))
     radial /= np.linalg.norm(radial, axis=1, keepdims=True)
@@ -264,4 +264,4 @@ def test_voxel_outward_points_out_of_a_voxel_ball():
     got = outward(points)
     cos = np.einsum("ij,ij->i", got, radial) / np.linalg.norm(got, axis=1)
     assert np.median(cos) > 0.95 and cos.min() > 0.5
-    assert voxel_outward(torch.zeros(shape, dtype=torch.bool), scale) is None
+    assert VoxelGuide(torch.zeros(shape, dtype=torch.bool), scale).outward() is None

@@ -30,13 +30,14 @@ organ rather than finding the organ from the image alone.
 The surface is sought only near the U-Net's voxels of the organ (``near`` of :meth:`NUDF.predict_meshes`,
 grown by the meshing config's ``region_margin_voxels``): the field is trained on points concentrated
 around the organ and can fall to near zero far from it, in parts of the crop its training barely sampled.
-Those voxels also orient the surface's normals (:func:`voxel_outward`): a UDF has no inside, and
+Those voxels also orient the surface's normals (:meth:`VoxelGuide.outward`): a UDF has no inside, and
 orienting its point cloud by propagation alone turned part of thin organs (the mandible) inside out.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Optional
 
 import numpy as np
@@ -241,53 +242,64 @@ class NUDF(nn.Module, SegmentationModel):
 
             inside = outward = None
             if near is not None:
-                inside = voxel_region(near[b], config.region_margin_voxels, scale.cpu())
-                outward = voxel_outward(near[b], scale.cpu())
+                guide = VoxelGuide(near[b], scale)
+                inside, outward = guide.region(config.region_margin_voxels), guide.outward()
             lo, hi = (-scale).cpu().numpy(), scale.cpu().numpy()
             mesh = mesh_udf(udf, lo, hi, voxel, config, open_surface=open_surface, inside=inside, outward=outward)
             meshes.append(mesh.transformed(_diag_affine(1.0 / scale.cpu().numpy())))
         return meshes
 
 
-def voxel_region(voxels: torch.Tensor, margin: float, scale: torch.Tensor):
-    """``inside(points (N, 3)) -> (N,) bool`` for points in the isotropic grid frame of ``scale``
-    (:func:`~imagetomesh.nn.grid.isotropic_scale`): whether the voxel nearest each point lies within
-    ``margin`` voxels (Euclidean, centre to centre) of a True voxel of ``voxels (D, H, W)``."""
-    from scipy.ndimage import distance_transform_edt
+class VoxelGuide:
+    """What the localiser's voxels of an organ, ``voxels (D, H, W)`` bool, tell the meshing of its field, for
+    points in the isotropic grid frame of ``scale`` (:func:`~imagetomesh.nn.grid.isotropic_scale`): where to
+    seek the surface (:meth:`region`) and which way is out (:meth:`outward`). The distance transform both
+    read is computed once."""
 
-    mask = voxels.cpu().numpy().astype(bool)
-    grown = torch.as_tensor(distance_transform_edt(~mask) <= margin if mask.any() else mask)
-    size_ijk = tuple(grown.shape)[::-1]
-    upper = torch.tensor(size_ijk) - 1
+    def __init__(self, voxels: torch.Tensor, scale: torch.Tensor) -> None:
+        self.mask = voxels.cpu().numpy().astype(bool)
+        self.scale = scale.cpu()
+        self.size_ijk = tuple(self.mask.shape)[::-1]
 
-    def inside(points: torch.Tensor) -> torch.Tensor:
-        index = grid_to_index(points.detach().cpu().float() / scale, size_ijk).round().long()
-        i, j, k = torch.minimum(index.clamp(min=0), upper).unbind(-1)
-        return grown[k, j, i]
+    @cached_property
+    def outside(self) -> np.ndarray:
+        """``(D, H, W)``: each voxel's distance (voxels, centre to centre) to the nearest True voxel (0 on them)."""
+        from scipy.ndimage import distance_transform_edt
 
-    return inside
+        return distance_transform_edt(~self.mask)
 
+    def region(self, margin: float):
+        """``inside(points (N, 3)) -> (N,) bool``: whether the voxel nearest each point lies within ``margin``
+        voxels (Euclidean, centre to centre) of a True voxel."""
+        grown = torch.as_tensor(self.outside <= margin if self.mask.any() else self.mask)
+        upper = torch.tensor(self.size_ijk) - 1
 
-def voxel_outward(voxels: torch.Tensor, scale: torch.Tensor):
-    """``outward(points (N, 3) array) -> (N, 3)`` for points in the isotropic grid frame of ``scale``: the
-    gradient of the signed distance (voxels, positive outside) to the boundary of ``voxels (D, H, W)``'s
-    True voxels, trilinear at each point (the frame is a voxel-index frame up to one factor, so the index
-    gradient is the frame's direction); None when ``voxels`` has no boundary (all or none True)."""
-    from scipy.ndimage import distance_transform_edt, map_coordinates
+        def inside(points: torch.Tensor) -> torch.Tensor:
+            index = grid_to_index(points.detach().cpu().float() / self.scale, self.size_ijk).round().long()
+            i, j, k = torch.minimum(index.clamp(min=0), upper).unbind(-1)
+            return grown[k, j, i]
 
-    mask = voxels.cpu().numpy().astype(bool)
-    if mask.all() or not mask.any():
-        return None
-    signed = distance_transform_edt(~mask) - distance_transform_edt(mask)
-    gradient_xyz = np.gradient(signed)[::-1]  # d/di, d/dj, d/dk: along x, y, z
-    size_ijk = tuple(mask.shape)[::-1]
+        return inside
 
-    def outward(points: np.ndarray) -> np.ndarray:
-        index = grid_to_index(torch.as_tensor(points, dtype=torch.float64) / scale.double(), size_ijk).numpy()
-        at = index[:, ::-1].T  # (k, j, i) rows, as the arrays are indexed
-        return np.stack([map_coordinates(g, at, order=1, mode="nearest") for g in gradient_xyz], 1)
+    def outward(self):
+        """``outward(points (N, 3) array) -> (N, 3)``: the gradient of the signed distance (voxels, positive
+        outside) to the boundary of the True voxels, trilinear at each point (the frame is a voxel-index frame
+        up to one factor, so the index gradient is the frame's direction); None when there is no boundary
+        (all or none True)."""
+        from scipy.ndimage import distance_transform_edt, map_coordinates
 
-    return outward
+        if self.mask.all() or not self.mask.any():
+            return None
+        signed = self.outside - distance_transform_edt(self.mask)
+        gradient_xyz = np.gradient(signed)[::-1]  # d/di, d/dj, d/dk: along x, y, z
+        scale = self.scale.double()
+
+        def outward(points: np.ndarray) -> np.ndarray:
+            index = grid_to_index(torch.as_tensor(points, dtype=torch.float64) / scale, self.size_ijk).numpy()
+            at = index[:, ::-1].T  # (k, j, i) rows, as the arrays are indexed
+            return np.stack([map_coordinates(g, at, order=1, mode="nearest") for g in gradient_xyz], 1)
+
+        return outward
 
 
 def _diag_affine(diag) -> np.ndarray:
