@@ -3,6 +3,7 @@
 Usage:
     python tools/bundle_model.py RUN_DIR NAME --description TEXT --command "imagetomesh train ..." [--history TEXT]
         [--which best|final] [--into Resources/Ablations] [--data hippocampus|openkbp-ct] [--meshing JSON]
+        [--average-with MODEL ...]
 
 ``--into`` another folder keeps a model out of the ``imagetomesh models`` list: the
 Voxel2Mesh ablation variants live in ``Resources/Ablations`` and only the results report
@@ -13,7 +14,9 @@ hardware, validation metrics, steps, organs) and adds the description, the train
 licence, what the model takes (the ``input`` block of :mod:`imagetomesh.compatibility`), the
 command that reproduces the weights, the run's history and its training throughput (steps per
 hour, from its log; training image passes, steps x batch x accumulation plus ``--init-passes``).
-The run's split must be the data's split file.
+The run's split must be the data's split file. ``--average-with`` bundles the mean of the run's weights and
+those of other models of the same architecture (a weight average of models fine-tuned from one another,
+chosen on the validation split); the card names each (``training.averaged_with``: name and SHA-256).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import shutil
 from pathlib import Path
 
 from imagetomesh.training.configs import HIPPOCAMPUS_GRID
-from imagetomesh.weights import CARD_NAME, WEIGHTS_NAME, read_card, sha256_of
+from imagetomesh.weights import CARD_NAME, WEIGHTS_NAME, average_states, load_state, read_card, sha256_of
 
 REPO = Path(__file__).resolve().parents[1]
 HIPPOCAMPUS_DATA = {
@@ -94,6 +97,26 @@ def steps_per_hour(run: Path) -> float | None:
     return round(3600.0 * entries[-1]["step"] / entries[-1]["time_s"], 1)
 
 
+def averaged(source: Path, card: dict, others: list[Path], out: Path) -> list[dict]:
+    """Write to ``out`` the mean of the weights in ``source`` (of ``card``) and in the model folders ``others``
+    (each of ``card``'s kind and architecture config); returns ``[{name, sha256}]`` of the others."""
+    from safetensors.torch import save_file
+
+    from imagetomesh.io.atomic import atomic_write
+
+    states, named = [load_state(source, card)], []
+    for folder in others:
+        theirs = read_card(folder)
+        if theirs.get("kind") != card["kind"] or theirs.get("config") != card["config"]:
+            raise SystemExit(f"{folder} is not a {card['kind']} model of the run's architecture: it cannot be averaged")
+        states.append(load_state(folder, theirs))
+        named.append({"name": theirs.get("name", folder.name), "sha256": theirs["sha256"]})
+    mean = {k: v.contiguous() for k, v in average_states(states).items()}
+    with atomic_write(out) as tmp:
+        save_file(mean, str(tmp))
+    return named
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path)
@@ -117,6 +140,13 @@ def main() -> None:
         help="NUDF: meshing settings chosen on the validation split after training (JSON of UDFMeshingConfig "
         "fields), stored in the card's config.meshing and noted in its history",
     )
+    parser.add_argument(
+        "--average-with",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="model folders of the same kind and architecture: bundle the mean of their weights and the run's",
+    )
     args = parser.parse_args()
     data, input_block = DATA[args.data]
 
@@ -137,7 +167,11 @@ def main() -> None:
         )
     target = args.into / args.name
     target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source / WEIGHTS_NAME, target / WEIGHTS_NAME)
+    if args.average_with:
+        card["training"]["averaged_with"] = averaged(source, card, args.average_with, target / WEIGHTS_NAME)
+        card["sha256"] = sha256_of(target / WEIGHTS_NAME)
+    else:
+        shutil.copyfile(source / WEIGHTS_NAME, target / WEIGHTS_NAME)
     grid = HIPPOCAMPUS_GRID.to_dict()
     if card["grid"]["shape"] == grid["shape"] and card["grid"]["spacing"] == grid["spacing"]:
         # every training image is stored in this orientation, so the model was trained in it

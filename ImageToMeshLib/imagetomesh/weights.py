@@ -137,6 +137,22 @@ def load_state(folder: str | Path, card: dict) -> dict:
         raise InputError(f"{path} is not a valid safetensors file ({err})") from None
 
 
+def average_states(states: list[dict]) -> dict:
+    """The element-wise mean of same-architecture ``states`` (``{name: tensor}``, same names and shapes): a
+    weight average ("model soup") of models fine-tuned from one another. Floating tensors are averaged in
+    float64 and stored in their own dtype; integer ones (batch-norm step counters) are taken from the first."""
+    import torch
+
+    first = states[0]
+    for other in states[1:]:
+        if other.keys() != first.keys() or any(other[k].shape != v.shape for k, v in first.items()):
+            raise InputError("models to average must have the same architecture (tensor names and shapes)")
+    return {
+        name: (torch.stack([s[name].double() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v)
+        for name, v in first.items()
+    }
+
+
 def build_from_card(folder: str | Path, card: dict, build, required: tuple[str, ...] = ("config",)):
     """Instantiate a module from its card and load its checked weights.
 

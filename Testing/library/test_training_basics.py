@@ -1,5 +1,7 @@
 """Training plumbing: split determinism, boundary targets, schedule rescaling, augmentation shapes."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -153,3 +155,51 @@ def test_run_checkpoint_round_trip(tmp_path):
         assert torch.equal(a, b)
     assert fresh_opt.state_dict()["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"]
     assert not list(tmp_path.glob("*tmp*"))
+
+
+def test_bundling_with_average_with_writes_the_mean_of_each_tensor(tmp_path):
+    import importlib.util
+
+    from safetensors.torch import load_file
+
+    from imagetomesh.errors import InputError
+    from imagetomesh.models.registry import build_model
+    from imagetomesh.weights import average_states, read_card, save_weights
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "bundle_model.py"
+    spec = importlib.util.spec_from_file_location("bundle_model", path)
+    bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle)
+    unet = {"in_channels": 1, "num_classes": 3, "base": 4, "depth": 2, "norm": "batch"}
+    states = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build_model("unet", {"unet": unet})
+        model(torch.randn(2, 1, 8, 8, 8))  # moves the batch-norm statistics and step counters
+        save_weights(model, tmp_path / f"m{seed}", {"kind": "unet", "config": {"unet": unet}, "name": f"m{seed}"})
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+    states[1] = {k: (v + 3 if not v.is_floating_point() else v) for k, v in states[1].items()}
+    model = build_model("unet", {"unet": unet})
+    model.load_state_dict(states[1])
+    save_weights(model, tmp_path / "m1", {"kind": "unet", "config": {"unet": unet}, "name": "m1"})
+
+    named = bundle.averaged(
+        tmp_path / "m0", read_card(tmp_path / "m0"), [tmp_path / "m1"], tmp_path / "mean.safetensors"
+    )
+    mean = load_file(str(tmp_path / "mean.safetensors"))
+    assert named == [{"name": "m1", "sha256": read_card(tmp_path / "m1")["sha256"]}]
+    assert mean.keys() == states[0].keys()
+    for key, first in states[0].items():
+        if first.is_floating_point():  # slow and obvious: half the sum, tensor by tensor
+            assert torch.allclose(mean[key], (first + states[1][key]) / 2, atol=1e-6), key
+        else:  # step counters: the first model's
+            assert torch.equal(mean[key], first), key
+    with pytest.raises(InputError, match="same architecture"):
+        average_states([states[0], {k: v for k, v in states[1].items() if "head" not in k}])
+    save_weights(
+        build_model("unet", {"unet": dict(unet, base=8)}),
+        tmp_path / "wide",
+        {"kind": "unet", "config": {"unet": dict(unet, base=8)}},
+    )
+    with pytest.raises(SystemExit, match="cannot be averaged"):
+        bundle.averaged(tmp_path / "m0", read_card(tmp_path / "m0"), [tmp_path / "wide"], tmp_path / "x.safetensors")
