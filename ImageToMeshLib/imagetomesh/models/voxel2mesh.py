@@ -83,8 +83,8 @@ class Voxel2MeshConfig:
             raise ValueError(f"unpooling must be one of {UNPOOLING_MODES}, got {self.unpooling!r}")
         if not 1 <= self.stages <= self.unet.depth:
             raise ValueError(f"stages must be between 1 and the U-Net depth {self.unet.depth}, got {self.stages}")
-        if not 0 <= self.refine_stages <= 4:
-            raise ValueError(f"refine_stages must be between 0 and 4, got {self.refine_stages}")
+        if self.refine_stages < 0:
+            raise ValueError(f"refine_stages must be 0 or more, got {self.refine_stages}")
         if self.organ_templates is not None:
             if len(self.organ_templates) != self.unet.num_classes - 1:
                 raise ValueError(

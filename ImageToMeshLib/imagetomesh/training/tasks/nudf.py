@@ -389,9 +389,8 @@ def _crop_mesh_dice(model: NUDF, pool: OrganPointPool, organ: int, name: str, de
     if near is None:  # the localiser finds nothing
         return 0.0
     try:
-        mesh = model.predict_meshes(batch, organ=organ, near=torch.from_numpy(near)[None], probabilities=probabilities)[
-            0
-        ]
+        around = torch.from_numpy(near)[None]
+        mesh = model.predict_meshes(batch, organ=organ, near=around, probabilities=probabilities)[0]
     except InputError:  # no surface near the localiser's voxels
         return 0.0
     return rasterised_dice(mesh.vertices, mesh.faces, (label == organ).numpy())
