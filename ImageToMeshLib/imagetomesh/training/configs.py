@@ -179,6 +179,9 @@ HEADNECK_CT_ORGANS = [
 CT_AUGMENT = AugmentConfig(flip=0.0, rotate_deg=10.0, scale=0.1, intensity_scale=0.03, intensity_shift=0.02, noise=0.01)
 #: The head-and-neck U-Net: eight classes (background + seven organs), a wider first level.
 UNET_HEADNECK_CT = {"in_channels": 1, "num_classes": 8, "base": 16, "depth": 4, "norm": "batch"}
+#: A wider head-and-neck U-Net (1.5x the channels, ~2.25x the compute): the base-16 one plateaus with its
+#: training loss where its validation Dice is (no overfitting to blame), so capacity is tried next.
+UNET_HEADNECK_CT_WIDE = dict(UNET_HEADNECK_CT, base=24)
 
 
 #: Voxel2Mesh's crop around each head-and-neck organ, (d, h, w) voxels of :data:`HEADNECK_CT_GRID`: the
@@ -317,6 +320,15 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # outputs kept, a one-cycle rate of at most 1e-3 over 6,000 steps (several sessions; it resumes)
     unet["headneck-ct-cpu-long"] = replace(
         copy.deepcopy(unet["headneck-ct-cpu-partly"]), steps=6000, restart_classes=None
+    )
+    # the wider U-Net from scratch with the loss the bundled one ended with (partly contoured organs), one
+    # one-cycle schedule over 9,000 steps (several sessions on one CPU thread; it resumes)
+    unet["headneck-ct-cpu-wide"] = replace(
+        copy.deepcopy(unet["headneck-ct-cpu-partly"]),
+        model={"unet": copy.deepcopy(UNET_HEADNECK_CT_WIDE)},
+        steps=9000,
+        lr=2e-3,
+        restart_classes=None,
     )
     for named, loss in ((v2m, V2M_LOSS_V2), (p2m, P2M_LOSS_V2), (unet, None)):
         for name in ("cpu", "gpu"):
