@@ -108,6 +108,12 @@ class Voxel2MeshConfig:
         elif self.organ_crops is not None or self.organ_arcs is not None:
             raise ValueError("organ_crops and organ_arcs need organ_templates (one template per organ)")
 
+    def per_stage(self, levels: list) -> list:
+        """What each mesh stage reads of ``levels`` (one item per decoder level, coarsest first: channel counts
+        or feature maps): the finest ``stages`` levels, then the finest again for each of ``refine_stages``."""
+        finest = list(levels[-self.stages :])
+        return finest + finest[-1:] * self.refine_stages
+
     @property
     def organs(self) -> int:
         """Number of organ decoders (0: one object)."""
@@ -203,8 +209,7 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
         super().__init__()
         self.config = config
         self.unet = UNet3D(config.unet)
-        levels = self.unet.decoder_channels[-config.stages :]
-        channels = levels + levels[-1:] * config.refine_stages
+        channels = config.per_stage(self.unet.decoder_channels)
 
         def decoder() -> nn.ModuleList:
             return nn.ModuleList(MeshStage(c, config, first=(i == 0)) for i, c in enumerate(channels))
@@ -234,8 +239,7 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
         scale = isotropic_scale(grid_shape).to(decoder_features[0].device)
         radius = c.template_radius / scale if semi_axes is None else semi_axes.to(scale.device)
         mesh = DecoderMesh.template(c.template_level, radius, device=scale.device, arc=arc)
-        levels = decoder_features[-c.stages :]
-        levels = levels + levels[-1:] * c.refine_stages
+        levels = c.per_stage(decoder_features)
         last = len(levels) - 1
         meshes = []
         for i, (stage, features) in enumerate(zip(stages, levels)):
