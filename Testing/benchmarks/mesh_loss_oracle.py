@@ -90,10 +90,17 @@ def start_mesh(config, case, model, organ: int | None = None) -> DecoderMesh:
 
 
 def optimise(
-    mesh: DecoderMesh, grid_shape, target: ChamferTarget, weights: MeshLossWeights, steps: int, lr: float, seed: int
+    mesh: DecoderMesh,
+    label: torch.Tensor,
+    target: ChamferTarget,
+    weights: MeshLossWeights,
+    steps: int,
+    lr: float,
+    seed: int,
 ):
-    """Adam on the vertex positions of ``mesh`` against ``target`` on a grid of ``grid_shape`` ``(D, H, W)``;
-    returns ``(verts (N, 3), terms)``."""
+    """Adam on the vertex positions of ``mesh`` against ``target`` and the organ's ``label`` ``(D, H, W)`` on the
+    model grid (the raster term's); returns ``(verts (N, 3), terms)``."""
+    grid_shape = label.shape
     generator = torch.Generator().manual_seed(seed)
     verts = mesh.verts.detach().clone().requires_grad_(True)
     optimiser = torch.optim.Adam([verts], lr=lr)
@@ -106,7 +113,9 @@ def optimise(
     for _ in range(steps):
         points, normals = target.draw(generator)
         stage = DecoderMesh(verts, mesh.faces, mesh.sphere, start=mesh.verts)
-        terms = mesh_decoder_loss([stage], points, normals, scale, weights, generator=generator, voxel=voxel)
+        terms = mesh_decoder_loss(
+            [stage], points, normals, scale, weights, generator=generator, voxel=voxel, label=label > 0
+        )
         optimiser.zero_grad()
         terms["total"].backward()
         optimiser.step()
@@ -162,7 +171,7 @@ def main() -> None:
         for n, (case, label) in enumerate(zip(cases, labels)):
             mesh = start_mesh(config, case, model)
             target = chamfer_target(case.label, weights.target, weights.sample_points, case.surface)
-            verts, terms = optimise(mesh, case.label.shape, target, weights, args.steps, args.lr, args.seed + n)
+            verts, terms = optimise(mesh, case.label, target, weights, args.steps, args.lr, args.seed + n)
             grid_mesh = Mesh(verts.numpy().astype(np.float32), mesh.faces.numpy())
             lps = grid_mesh.transformed(case.transform.grid_to_lps)
             scores.append(mesh_dice_iou(lps, label))
@@ -213,7 +222,7 @@ def organ_oracle(args, config) -> None:
             generator = torch.Generator().manual_seed(args.seed + n)
             target = ChamferTarget(*surface_samples(label, weights.target_points, generator, weights.target_smoothing))
             mesh = start_mesh(config, None, None, organ)
-            verts, terms = optimise(mesh, label.shape, target, weights, args.steps, args.lr, args.seed + n)
+            verts, terms = optimise(mesh, label, target, weights, args.steps, args.lr, args.seed + n)
             inside = inside_mask(verts.float(), mesh.faces, tuple(label.shape)).numpy()
             start = inside_mask(mesh.verts.float(), mesh.faces, tuple(label.shape)).numpy()
             scores.append((dice(inside, label.numpy()), dice(start, label.numpy())))

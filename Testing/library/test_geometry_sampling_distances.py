@@ -11,6 +11,7 @@ from imagetomesh.geometry import (
     face_normals,
     icosphere,
     knn_sqdist,
+    near_surface_distance,
     point_to_triangle_distance,
     sample_points_on_mesh,
 )
@@ -284,3 +285,25 @@ def test_large_clouds_on_the_cpu_use_the_k_d_tree_with_the_brute_force_answer():
     assert torch.allclose(sq.double(), d.min(1).values, atol=1e-4)
     sq.sum().backward()  # differentiable in a
     assert torch.allclose(a.grad, 2 * (a.detach() - b[idx]))
+
+
+def test_near_surface_distance_is_the_exact_distance_near_a_mesh_with_its_gradients():
+    verts, faces = icosphere(3, dtype=torch.float64)
+    rng = np.random.default_rng(9)
+    verts = verts * torch.tensor([1.0, 0.8, 1.3], dtype=torch.float64)
+    verts = verts + torch.tensor(rng.normal(size=verts.shape)) * 0.01
+    # points within about two edge lengths (~0.15) of the surface, both sides
+    direction = torch.nn.functional.normalize(torch.tensor(rng.normal(size=(400, 3))), dim=1)
+    on = direction * torch.tensor([1.0, 0.8, 1.3], dtype=torch.float64)
+    pts = on * (1 + torch.tensor(rng.uniform(-0.25, 0.25, size=(400, 1))))
+    v_fast = verts.clone().requires_grad_()
+    v_slow = verts.clone().requires_grad_()
+    fast, fast_face = near_surface_distance(pts, v_fast, faces, chunk=64)
+    slow, slow_face = point_to_triangle_distance(pts, v_slow, faces)
+    np.testing.assert_allclose(fast.detach().numpy(), slow.detach().numpy(), rtol=0, atol=1e-12)
+    w = torch.tensor(rng.normal(size=400))
+    (w * fast).sum().backward()
+    (w * slow).sum().backward()
+    np.testing.assert_allclose(v_fast.grad.numpy(), v_slow.grad.numpy(), rtol=0, atol=1e-10)
+    # a point far from the mesh may miss its nearest face: the search is local by design
+    assert fast_face.shape == slow_face.shape == (400,)

@@ -11,14 +11,16 @@ import pytest
 import torch
 
 from imagetomesh.geometry import edge_index_from_faces, edges_from_faces, icosphere, laplacian_change_loss, subdivide
+from imagetomesh.geometry.distances import point_to_triangle_distance
 from imagetomesh.models.mesh_state import DecoderMesh
-from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
+from imagetomesh.nn.grid import index_to_grid, isotropic_scale, isotropic_voxel_size
+from imagetomesh.nn.sdf import winding_number
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.augment import AugmentConfig, augment
 from imagetomesh.training.configs import TrainConfig, image_configs
 from imagetomesh.training.data import augment_surface, chamfer_target
 from imagetomesh.training.engine import train
-from imagetomesh.training.losses import MeshLossWeights, mesh_decoder_loss, pixel2mesh_normal_loss
+from imagetomesh.training.losses import MeshLossWeights, mesh_decoder_loss, pixel2mesh_normal_loss, voxel_margin_loss
 from imagetomesh.training.udf_points import label_surface, surface_samples
 
 OLD = Path(__file__).parent / "data" / "pre_engine_runs"
@@ -90,14 +92,17 @@ def test_version_2_scales_every_term_by_the_square_of_the_unit(pixel2mesh):
     points, normals = chamfer_target(label, "faces", None).draw()
     scale, voxel = isotropic_scale(shape), isotropic_voxel_size(shape)
     mesh = _stage(scale)
-    weights = MeshLossWeights(version=2, pixel2mesh_normal=pixel2mesh, sample_points=500)
+    weights = MeshLossWeights(version=2, pixel2mesh_normal=pixel2mesh, sample_points=500, raster=1.0)
 
     def terms(s, w):
         g = torch.Generator().manual_seed(0)
-        return mesh_decoder_loss([mesh], points, normals, scale * s, w, generator=g, voxel=voxel * s)
+        return mesh_decoder_loss(
+            [mesh], points, normals, scale * s, w, generator=g, voxel=voxel * s, label=label.bool()
+        )
 
     base, big = terms(1.0, weights), terms(27.5, weights)  # grid units -> ~voxels
-    for key in ("chamfer", "normal", "laplacian", "edge", "total"):
+    assert float(base["raster"]) > 0
+    for key in ("chamfer", "normal", "laplacian", "edge", "raster", "total"):
         np.testing.assert_allclose(float(big[key]), 27.5**2 * float(base[key]), rtol=1e-4, err_msg=key)
     # version 1 does not: normal consistency keeps its value while the Chamfer grows with s^2
     if not pixel2mesh:
@@ -121,6 +126,95 @@ def test_version_2_needs_the_voxel_length_and_pixel2mesh_its_start():
         MeshLossWeights(version=3)
     with pytest.raises(ValueError, match="target"):
         MeshLossWeights(target="voxels")
+    with pytest.raises(ValueError, match="version 2"):
+        MeshLossWeights(raster=1.0)
+    with pytest.raises(ValueError, match="label"):
+        mesh_decoder_loss([mesh], points, normals, scale, MeshLossWeights(version=2, raster=1.0), voxel=0.1)
+
+
+def _slow_voxel_margin_loss(verts, faces, label, scale, voxel, margin):
+    """Every voxel centre, one by one: inside by the exact winding number, the distance to every face,
+    the band by looking at the 26 neighbours."""
+    lab = label.numpy().astype(bool)
+    d, h, w = lab.shape
+    total, count = 0.0, 0
+    tri_verts = verts * scale
+    for k in range(d):
+        for j in range(h):
+            for i in range(w):
+                around = lab[max(k - 1, 0) : k + 2, max(j - 1, 0) : j + 2, max(i - 1, 0) : i + 2]
+                p = index_to_grid(torch.tensor([[i, j, k]], dtype=verts.dtype), (w, h, d))
+                inside = bool(winding_number(p, verts.detach(), faces)[0] > 0.5)
+                if around.all() == around.any() and inside == lab[k, j, i]:
+                    continue  # not in the band, and on its right side
+                dist = point_to_triangle_distance(p * scale, tri_verts, faces)[0][0]
+                signed = dist if inside == lab[k, j, i] else -dist
+                total = total + torch.relu(margin * voxel - signed) ** 2
+                count += 1
+    return total / count
+
+
+def test_voxel_margin_loss_matches_a_slow_reference_with_its_gradient():
+    shape = (14, 16, 12)
+    label = _ball(shape, (6.6, 7.4, 5.3), (4.2, 5.1, 3.6))
+    scale, voxel = isotropic_scale(shape).double(), isotropic_voxel_size(shape)
+    sphere, faces = icosphere(3, dtype=torch.float64)
+    g = torch.Generator().manual_seed(2)
+    # an ellipsoid like the label's, two voxels off along i and bumpy: wrong voxels beyond the band, both sides
+    centre = index_to_grid(torch.tensor([7.4, 7.2, 6.8], dtype=torch.float64), shape[::-1])
+    radii = torch.tensor([3.4, 5.0, 4.6], dtype=torch.float64) * 2 / (torch.tensor(shape[::-1]) - 1)
+    verts = centre + sphere * radii * (1 + 0.05 * torch.randn(len(sphere), 1, dtype=torch.float64, generator=g))
+    fast_v, slow_v = verts.clone().requires_grad_(), verts.clone().requires_grad_()
+    fast = voxel_margin_loss(fast_v, faces, label.bool(), scale, voxel, 0.5)
+    slow = _slow_voxel_margin_loss(slow_v, faces, label, scale, voxel, 0.5)
+    np.testing.assert_allclose(float(fast.detach()), float(slow.detach()), rtol=1e-9)
+    fast.backward()
+    slow.backward()
+    np.testing.assert_allclose(
+        fast_v.grad.numpy(), slow_v.grad.numpy(), rtol=0, atol=1e-9 * float(slow_v.grad.abs().max())
+    )
+
+
+def test_voxel_margin_loss_is_zero_midway_between_the_label_centres_and_grows_a_small_mesh():
+    from imagetomesh.geometry import subdivide
+
+    shape = (10, 12, 14)
+    label = torch.zeros(shape, dtype=torch.bool)
+    label[3:7, 2:9, 4:11] = True  # index boxes k 3..6, j 2..8, i 4..10
+    scale, voxel = isotropic_scale(shape).double(), isotropic_voxel_size(shape)
+    lo, hi = torch.tensor([3.5, 1.5, 2.5], dtype=torch.float64), torch.tensor([10.5, 8.5, 6.5], dtype=torch.float64)
+    corners = torch.tensor([[(0, 1)[b] for b in ((n >> 0) & 1, (n >> 1) & 1, (n >> 2) & 1)] for n in range(8)])
+    cube_faces = torch.tensor(
+        [
+            [0, 2, 3],
+            [0, 3, 1],
+            [4, 5, 7],
+            [4, 7, 6],
+            [0, 1, 5],
+            [0, 5, 4],
+            [2, 6, 7],
+            [2, 7, 3],
+            [0, 4, 6],
+            [0, 6, 2],
+            [1, 3, 7],
+            [1, 7, 5],
+        ]
+    )
+    cube_verts, cube_faces = subdivide(corners.double(), cube_faces)[:2]
+    cube_verts, cube_faces = subdivide(cube_verts, cube_faces)[:2]
+    assert len(edges_from_faces(cube_faces)) * 2 == 3 * len(cube_faces)  # closed: every edge has two faces
+    midway = index_to_grid(lo + cube_verts * (hi - lo), shape[::-1])
+    assert float(voxel_margin_loss(midway, cube_faces, label, scale, voxel, 0.5)) < 1e-20
+    # shrunk by 0.3 voxel on every side: a loss whose gradient moves every vertex outward
+    centre = (lo + hi) / 2
+    small_ijk = centre + (lo + cube_verts * (hi - lo) - centre) * (1 - 0.6 / (hi - lo))
+    small = index_to_grid(small_ijk, shape[::-1]).requires_grad_()
+    loss = voxel_margin_loss(small, cube_faces, label, scale, voxel, 0.5)
+    assert float(loss) > 0
+    loss.backward()
+    outward = small.detach() - index_to_grid(centre, shape[::-1])
+    assert ((-small.grad * outward).sum(1) >= 0).all()
+    assert ((-small.grad * outward).sum(1) > 0).float().mean() > 0.5
 
 
 def test_dense_target_lies_on_the_smoothed_label_surface_with_outward_normals():

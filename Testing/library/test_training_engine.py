@@ -51,6 +51,8 @@ NEW_LOSS_FIELDS = {
     "target": "faces",
     "target_points": 6000,
     "target_smoothing": 0.2,
+    "raster": 0.0,
+    "raster_margin": 0.5,
 }  # issue 15; the defaults keep the old loss
 #: ImplicitMeshNetTrainConfig fields of its cpu-v2 recipe (issue 15), with the defaults that keep the old runs
 NEW_IMPLICITMESHNET_FIELDS = {

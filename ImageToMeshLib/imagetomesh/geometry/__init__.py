@@ -10,7 +10,14 @@ package (``vtk_convert``, ``isosurface``, ``quality``, ``raster``) does not impo
 import importlib
 
 _HOME = {
-    "distances": ("chamfer_distance", "closest_point_on_triangle", "knn_sqdist", "point_to_triangle_distance"),
+    "distances": (
+        "chamfer_distance",
+        "closest_point_on_triangle",
+        "knn_sqdist",
+        "near_surface_distance",
+        "point_to_triangle_distance",
+        "near_surface_distance",
+    ),
     "laplacian": ("combinatorial_laplacian", "laplacian_coordinates", "sym_norm_laplacian", "uniform_laplacian"),
     "mesh_losses": (
         "edge_length_loss",

@@ -19,6 +19,7 @@ __all__ = [
     "chamfer_distance",
     "closest_point_on_triangle",
     "point_to_triangle_distance",
+    "near_surface_distance",
 ]
 
 
@@ -250,4 +251,63 @@ def point_to_triangle_distance(
     q = closest_point_on_triangle(points, verts[f[:, 0]], verts[f[:, 1]], verts[f[:, 2]])
     if squared:
         return ((points - q) ** 2).sum(-1), best_face
+    return torch.linalg.vector_norm(points - q, dim=-1), best_face
+
+
+def _vertex_faces(faces: torch.Tensor, num_verts: int) -> torch.Tensor:
+    """``(N, M)`` int64: the faces around each vertex (``M`` the largest valence), a row padded with its
+    vertex's first face (a vertex no face uses gets face 0)."""
+    corner_face = torch.arange(faces.shape[0], device=faces.device).repeat_interleave(3)
+    vert = faces.reshape(-1)
+    order = torch.argsort(vert, stable=True)
+    vert, corner_face = vert[order], corner_face[order]
+    counts = torch.bincount(vert, minlength=num_verts)
+    first = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(vert.shape[0], device=faces.device) - first[vert]
+    out = torch.zeros((num_verts, max(int(counts.max()), 1)), dtype=torch.int64, device=faces.device)
+    out[vert, slot] = corner_face
+    pad = torch.arange(out.shape[1], device=faces.device)[None, :] >= counts[:, None]
+    return torch.where(pad, out[:, :1], out)
+
+
+def near_surface_distance(
+    points: torch.Tensor, verts: torch.Tensor, faces: torch.Tensor, k: int = 4, chunk: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distance from points near a mesh to it, searched among the faces around each point's ``k``
+    nearest vertices: ``dist_i = min over those faces f of |p_i - closest_point_on_triangle(p_i, f)|``.
+
+    The same value as :func:`point_to_triangle_distance` whenever the nearest face touches one of the
+    ``k`` nearest vertices, which holds for points within about an edge length of a mesh whose
+    triangles are not slivers (Voxel2Mesh's training meshes); ``O(P (N + k M))`` instead of ``O(P F)``
+    (``M`` the largest valence). The search runs without autograd; the distance to the winning face is
+    recomputed differentiably in ``points`` and ``verts``.
+
+    Args:
+        points: ``(P, 3)``; verts: ``(N, 3)``; faces: ``(F, 3)`` int64, ``F >= 1``; k: vertices searched
+            around per point; chunk: points per ``cdist`` block.
+
+    Returns:
+        dist ``(P,)``, face_idx ``(P,)`` int64 of the nearest face found.
+    """
+    _check_points(points, "points")
+    _check_points(verts, "verts")
+    faces = faces.long().to(verts.device)
+    if faces.dim() != 2 or faces.shape[1] != 3 or faces.shape[0] == 0:
+        raise ValueError(f"faces must have shape (F, 3) with F >= 1, got {tuple(faces.shape)}")
+    k = min(k, verts.shape[0])
+    with torch.no_grad():
+        around = _vertex_faces(faces, verts.shape[0])
+        centre = verts.detach().mean(0, keepdim=True)
+        p0 = (points.detach() - centre).to(verts.dtype)
+        v0 = verts.detach() - centre
+        best_face = torch.zeros((points.shape[0],), dtype=torch.int64, device=verts.device)
+        for i in range(0, points.shape[0], chunk):
+            p = p0[i : i + chunk]
+            near = torch.cdist(p, v0).topk(k, dim=1, largest=False).indices  # (p, k)
+            cand = around[near].reshape(p.shape[0], -1)  # (p, k M)
+            tri = v0[faces[cand]]  # (p, k M, 3, 3)
+            q = closest_point_on_triangle(p[:, None, :], tri[..., 0, :], tri[..., 1, :], tri[..., 2, :])
+            best_face[i : i + chunk] = cand.gather(1, ((q - p[:, None, :]) ** 2).sum(-1).argmin(1, keepdim=True))[:, 0]
+    f = faces[best_face]
+    q = closest_point_on_triangle(points, verts[f[:, 0]], verts[f[:, 1]], verts[f[:, 2]])
     return torch.linalg.vector_norm(points - q, dim=-1), best_face

@@ -348,6 +348,11 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     v2m["cpu-v2-frozen-lightreg"] = replace(
         copy.deepcopy(v2m["cpu-v2-frozen"]), loss=replace(V2M_LOSS_V2, normal=0.1, laplacian=0.1), steps=2400
     )
+    # the same fine-tuning with the rasterised-voxel margin term (training.losses.voxel_margin_loss) at the
+    # weight whose oracle reaches the highest IoU (docs/mesh-losses.md)
+    v2m["cpu-v2-frozen-raster"] = replace(
+        copy.deepcopy(v2m["cpu-v2-frozen"]), loss=replace(V2M_LOSS_V2, raster=3.0), steps=2400
+    )
     # one mesh decoder per head-and-neck organ, each in a crop around its organ, on a trained
     # several-organ U-Net (--init-from unet-headneck-ct, kept frozen: it is also the localiser)
     organs = copy.deepcopy(HEADNECK_CT_ORGANS)
@@ -369,5 +374,10 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
         # U-Net's convolutions fell to a slow path: 13-51 s against 1.3-3.2 s per step of batch 2)
         bf16_autocast=False,
         channels_last=False,
+    )
+    # its decoders fine-tuned with the rasterised-voxel margin term (--init-from a headneck-ct-cpu-frozen model;
+    # its U-Net stays frozen): 400 steps per organ
+    v2m["headneck-ct-cpu-frozen-raster"] = replace(
+        copy.deepcopy(v2m["headneck-ct-cpu-frozen"]), loss=replace(V2M_LOSS_V2, raster=3.0), steps=2800
     )
     return {"voxel2mesh": v2m, "pixel2mesh3d": p2m, "unet": unet}

@@ -52,24 +52,30 @@ def image_to_mesh_loss(
             ).draw(generator)
             for b, label in enumerate(labels)
         ]
-        terms.update(mean_mesh_terms(meshes, targets, images.shape[2:], config, device))
+        terms.update(mean_mesh_terms(meshes, targets, images.shape[2:], config, device, labels > 0))
         total = total + terms["total"]
     terms["loss"] = total
     return total, logged_terms(terms)
 
 
 def mean_mesh_terms(
-    meshes: list, targets: list[tuple[torch.Tensor, torch.Tensor]], grid_shape, config: TrainConfig, device
+    meshes: list,
+    targets: list[tuple[torch.Tensor, torch.Tensor]],
+    grid_shape,
+    config: TrainConfig,
+    device,
+    masks: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
     """:func:`~imagetomesh.training.losses.mesh_decoder_loss` of each case's ``meshes[b]`` against its
-    ``targets[b]`` (``points (P, 3)``, ``normals (P, 3)`` grid coordinates), averaged over the cases of a
-    batch on a grid of ``grid_shape`` ``(D, H, W)``: ``{term: tensor}``, ``total`` the loss."""
+    ``targets[b]`` (``points (P, 3)``, ``normals (P, 3)`` grid coordinates) and its organ's ``masks[b]``
+    (``(B, D, H, W)`` bool, for the raster term), averaged over the cases of a batch on a grid of
+    ``grid_shape`` ``(D, H, W)``: ``{term: tensor}``, ``total`` the loss."""
     scale = isotropic_scale(grid_shape).to(device)
     voxel = isotropic_voxel_size(grid_shape)
     terms: dict[str, torch.Tensor] = {}
-    for case_meshes, (points, normals) in zip(meshes, targets):
+    for case_meshes, (points, normals), mask in zip(meshes, targets, masks):
         case_terms = mesh_decoder_loss(
-            case_meshes, points.to(device), normals.to(device), scale, config.loss, voxel=voxel
+            case_meshes, points.to(device), normals.to(device), scale, config.loss, voxel=voxel, label=mask.to(device)
         )
         for k, v in case_terms.items():
             terms[k] = terms.get(k, 0.0) + v / len(meshes)
@@ -92,7 +98,7 @@ def organ_decoder_loss(
         surface_samples(label == organ, config.loss.target_points, generator, config.loss.target_smoothing)
         for label in labels
     ]
-    terms = mean_mesh_terms(meshes, targets, images.shape[2:], config, device)
+    terms = mean_mesh_terms(meshes, targets, images.shape[2:], config, device, labels == organ)
     terms["loss"] = terms["total"]
     return terms["total"], logged_terms(terms)
 
