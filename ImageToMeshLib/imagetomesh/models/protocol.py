@@ -70,4 +70,10 @@ class DeformedTemplateModel(SegmentationModel):
         model with one per organ (Voxel2Mesh with ``organ_templates``)."""
         self._check_open_surface(open_surface)
         _, meshes = self(images) if organ is None else self(images, organ=organ)
-        return [Mesh(stages[-1].verts.detach().cpu().numpy(), stages[-1].faces.cpu().numpy()) for stages in meshes]
+        return last_stage_meshes(meshes)
+
+
+def last_stage_meshes(meshes) -> list[Mesh]:
+    """Each image's prediction from a :class:`DeformedTemplateModel`'s ``forward`` output ``meshes`` (per image,
+    the per-stage :class:`~imagetomesh.models.mesh_state.DecoderMesh`): its last stage, as a :class:`Mesh`."""
+    return [Mesh(stages[-1].verts.detach().cpu().numpy(), stages[-1].faces.cpu().numpy()) for stages in meshes]

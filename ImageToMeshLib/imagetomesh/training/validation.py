@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from imagetomesh.metrics import dice
+from imagetomesh.models.protocol import last_stage_meshes
 from imagetomesh.nn.sdf import inside_mask
 from imagetomesh.training.data import PreparedCase, boundary_points
 from imagetomesh.training.organ_crops import meshable, organ_crop
@@ -29,8 +30,9 @@ def organ_means(scores: dict[str, list[float]], key: str) -> dict[str, float]:
 @torch.no_grad()
 def segmentation_metrics(model, cases: list[PreparedCase], device) -> dict[str, float]:
     """Voxel Dice of the segmentation head (``val_dice``), and for mesh models the Dice of the mesh
-    ``segment`` returns (``val_mesh_dice``: :meth:`predict_meshes`, pruned and unpooled as at
-    inference, rasterised on the model grid) and the symmetric Chamfer in mm (``val_chamfer_mm``:
+    ``segment`` returns (``val_mesh_dice``: the eval-mode forward's last stage, as :meth:`predict_meshes`
+    returns it, pruned and unpooled as at inference, rasterised on the model grid) and the symmetric
+    Chamfer in mm (``val_chamfer_mm``:
     mean distance, both ways, between the last decoder stage's vertices and the label boundary).
     ``model(image (1, 1, D, H, W)) -> (logits (1, C, D, H, W), meshes or None)``."""
     model.eval()
@@ -40,7 +42,7 @@ def segmentation_metrics(model, cases: list[PreparedCase], device) -> dict[str, 
         logits, meshes = model(image)
         dices.append(dice(logits.argmax(1)[0].cpu().numpy(), case.label.numpy()))
         if meshes is not None:
-            output = model.predict_meshes(image)[0]
+            output = last_stage_meshes(meshes)[0]  # what predict_meshes returns, without a second forward
             mesh_dices.append(rasterised_dice(output.vertices, output.faces, case.label.numpy()))
             half_mm = (
                 torch.tensor(case.transform.grid_to_lps[:3, :3]).norm(dim=0).float()
