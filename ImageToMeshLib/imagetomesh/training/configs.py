@@ -353,6 +353,9 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     v2m["cpu-v2-frozen-raster"] = replace(
         copy.deepcopy(v2m["cpu-v2-frozen"]), loss=replace(V2M_LOSS_V2, raster=3.0), steps=2400
     )
+    # U-Net and decoder trained together (--init-from voxel2mesh-hippocampus) with the raster term, so the image
+    # features can serve the mesh: the frozen-U-Net fine-tunings all stopped at the bundled model's IoU
+    v2m["cpu-v2-raster"] = replace(copy.deepcopy(v2m["cpu-v2"]), loss=replace(V2M_LOSS_V2, raster=3.0), steps=6000)
     # one mesh decoder per head-and-neck organ, each in a crop around its organ, on a trained
     # several-organ U-Net (--init-from unet-headneck-ct, kept frozen: it is also the localiser)
     organs = copy.deepcopy(HEADNECK_CT_ORGANS)
