@@ -438,3 +438,24 @@ def test_a_model_option_added_after_a_run_started_resumes_only_while_unset(tmp_p
     for changed in ({"hidden": 8, "unet": {"base": 4}, "organ_arcs": [None]}, {"hidden": 8, "unet": {"base": 8}}):
         with pytest.raises(InputError, match="differs in model"):
             check_resumable(tmp_path, Config(changed), "c", 0)
+
+
+def test_a_loss_field_added_after_a_run_started_resumes_only_at_its_default(tmp_path):
+    import copy
+    from dataclasses import asdict
+
+    from imagetomesh.errors import InputError
+    from imagetomesh.training.configs import image_configs
+    from imagetomesh.training.engine import check_resumable
+    from imagetomesh.training.losses import MeshLossWeights
+
+    config = copy.deepcopy(image_configs()["unet"]["headneck-ct-cpu-wide"])
+    saved = {"seed": 0, **json.loads(json.dumps(config.to_dict()))}
+    for key in NEW_LOSS_FIELDS:  # a run saved before the loss had these fields
+        saved["loss"].pop(key)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_resumable(tmp_path, config, "headneck-ct-cpu-wide", 0)
+    raster = copy.deepcopy(config)
+    raster.loss = MeshLossWeights(**{**asdict(config.loss), "version": 2, "raster": 3.0})
+    with pytest.raises(InputError, match="differs in loss"):
+        check_resumable(tmp_path, raster, "headneck-ct-cpu-wide", 0)

@@ -22,6 +22,7 @@ Under ``torchrun --nproc_per_node N`` a task may wrap its model with :meth:`Run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -171,6 +172,7 @@ def check_resumable(out, config, config_name: str, seed: int) -> None:
     if not isinstance(saved, dict):
         raise InputError(f"{path} is not a run config; give a new --out for a new run")
     new = json.loads(json.dumps({"seed": seed, **config.to_dict()}))
+    saved = _with_loss_defaults(saved, config)
     differ = sorted(k for k in saved if k in new and k not in RESUMABLE_CHANGES and _differs(saved[k], new[k]))
     if differ:
         raise InputError(
@@ -178,6 +180,17 @@ def check_resumable(out, config, config_name: str, seed: int) -> None:
             f"this command's config {config_name!r} differs in {', '.join(differ[:6])}: resume with the run's "
             "--config and --seed (only --steps and time limits may change), or give a new --out"
         )
+
+
+def _with_loss_defaults(saved: dict, config) -> dict:
+    """``saved`` with the fields of the config's loss (a dataclass, e.g. ``MeshLossWeights``) that it predates at
+    their defaults: a loss field is added with the default that keeps the older loss, so a run saved before it
+    resumes while the field keeps that default, and not once it is changed."""
+    loss = getattr(config, "loss", None)
+    if not (isinstance(saved.get("loss"), dict) and dataclasses.is_dataclass(loss)):
+        return saved
+    defaults = {f.name: f.default for f in dataclasses.fields(loss) if f.default is not dataclasses.MISSING}
+    return {**saved, "loss": {**json.loads(json.dumps(defaults)), **saved["loss"]}}
 
 
 def _differs(saved, new) -> bool:
