@@ -16,7 +16,6 @@ _HOME = {
         "knn_sqdist",
         "near_surface_distance",
         "point_to_triangle_distance",
-        "near_surface_distance",
     ),
     "laplacian": ("combinatorial_laplacian", "laplacian_coordinates", "sym_norm_laplacian", "uniform_laplacian"),
     "mesh_losses": (
@@ -78,6 +77,7 @@ __all__ = [
     "chamfer_distance",
     "closest_point_on_triangle",
     "point_to_triangle_distance",
+    "near_surface_distance",
     # mesh losses
     "edge_length_loss",
     "normal_consistency_loss",
