@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from boxes import box_mesh
 
 from imagetomesh.geometry import edge_index_from_faces, edges_from_faces, icosphere, laplacian_change_loss, subdivide
 from imagetomesh.geometry.distances import point_to_triangle_distance
@@ -176,38 +177,20 @@ def test_voxel_margin_loss_matches_a_slow_reference_with_its_gradient():
 
 
 def test_voxel_margin_loss_is_zero_midway_between_the_label_centres_and_grows_a_small_mesh():
-    from imagetomesh.geometry import subdivide
-
     shape = (10, 12, 14)
     label = torch.zeros(shape, dtype=torch.bool)
     label[3:7, 2:9, 4:11] = True  # index boxes k 3..6, j 2..8, i 4..10
     scale, voxel = isotropic_scale(shape).double(), isotropic_voxel_size(shape)
     lo, hi = torch.tensor([3.5, 1.5, 2.5], dtype=torch.float64), torch.tensor([10.5, 8.5, 6.5], dtype=torch.float64)
-    corners = torch.tensor([[(0, 1)[b] for b in ((n >> 0) & 1, (n >> 1) & 1, (n >> 2) & 1)] for n in range(8)])
-    cube_faces = torch.tensor(
-        [
-            [0, 2, 3],
-            [0, 3, 1],
-            [4, 5, 7],
-            [4, 7, 6],
-            [0, 1, 5],
-            [0, 5, 4],
-            [2, 6, 7],
-            [2, 7, 3],
-            [0, 4, 6],
-            [0, 6, 2],
-            [1, 3, 7],
-            [1, 7, 5],
-        ]
-    )
-    cube_verts, cube_faces = subdivide(corners.double(), cube_faces)[:2]
+    box_verts, box_faces = (torch.from_numpy(a) for a in box_mesh(lo.numpy(), hi.numpy()))
+    cube_verts, cube_faces = subdivide(box_verts, box_faces)[:2]
     cube_verts, cube_faces = subdivide(cube_verts, cube_faces)[:2]
     assert len(edges_from_faces(cube_faces)) * 2 == 3 * len(cube_faces)  # closed: every edge has two faces
-    midway = index_to_grid(lo + cube_verts * (hi - lo), shape[::-1])
+    midway = index_to_grid(cube_verts, shape[::-1])
     assert float(voxel_margin_loss(midway, cube_faces, label, scale, voxel, 0.5)) < 1e-20
     # shrunk by 0.3 voxel on every side: a loss whose gradient moves every vertex outward
     centre = (lo + hi) / 2
-    small_ijk = centre + (lo + cube_verts * (hi - lo) - centre) * (1 - 0.6 / (hi - lo))
+    small_ijk = centre + (cube_verts - centre) * (1 - 0.6 / (hi - lo))
     small = index_to_grid(small_ijk, shape[::-1]).requires_grad_()
     loss = voxel_margin_loss(small, cube_faces, label, scale, voxel, 0.5)
     assert float(loss) > 0
