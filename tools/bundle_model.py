@@ -201,6 +201,11 @@ def main() -> None:
             "val_dice: the network's voxel head, not the mesh; val_chamfer_mm: the last decoder stage's vertices "
             "against the label boundary (mm)"
         )
+    if args.average_with:
+        note = card.get("validation_metrics_note")
+        card["validation_metrics_note"] = (f"{note}; " if note else "") + (
+            f"of the run's {args.which} checkpoint before averaging (the average's own validation is in the history)"
+        )
     card["input"] = input_block
     (target / CARD_NAME).write_text(json.dumps(card, indent=2))
     print(f"bundled {target}")
