@@ -16,7 +16,8 @@ command that reproduces the weights, the run's history and its training throughp
 hour, from its log; training image passes, steps x batch x accumulation plus ``--init-passes``).
 The run's split must be the data's split file. ``--average-with`` bundles the mean of the run's weights and
 those of other models of the same architecture (a weight average of models fine-tuned from one another,
-chosen on the validation split); the card names each (``training.averaged_with``: name and SHA-256).
+chosen on the validation split); the card names each (``training.averaged_with``: name and SHA-256), and its
+steps and image passes are the largest of the averaged models'.
 """
 
 from __future__ import annotations
@@ -145,7 +146,9 @@ def main() -> None:
         nargs="+",
         type=Path,
         default=[],
-        help="model folders of the same kind and architecture: bundle the mean of their weights and the run's",
+        help="model folders of the same kind and architecture: bundle the mean of their weights and the run's; "
+        "the card's steps and image passes are the largest of the averaged models' (bundle each with the same "
+        "--init-passes)",
     )
     args = parser.parse_args()
     data, input_block = DATA[args.data]
@@ -187,6 +190,10 @@ def main() -> None:
     passes = card.get("steps", 0) * run_config.get("batch_size", 1) * run_config.get("accumulate_steps", 1)
     if args.init_passes:
         passes += args.init_passes
+    for theirs in map(read_card, args.average_with):
+        # an average embodies the training of its most-trained model (e.g. a run's best and final steps)
+        card["steps"] = max(card.get("steps", 0), theirs.get("steps", 0))
+        passes = max(passes, theirs.get("training", {}).get("image_passes", 0))
     card["training"]["image_passes"] = passes
     rate = steps_per_hour(args.run)
     if rate is not None:
