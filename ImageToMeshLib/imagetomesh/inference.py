@@ -182,13 +182,8 @@ class Segmenter:
         if self.organs is None:
             raise InputError(f"model {self.model.name} meshes one structure: use segment")
         self._check(volume)
-        body = body_crop(volume) if self.spec.intensity == "ct" else volume
-        image, transform = prepare_image(body, scan_spec(body, self.spec), warn=False)
-        net = self.model.module
-        decoders = getattr(net.config, "organ_crops", None) is not None
-        with bf16_autocast(self.bf16, self.model.device):
-            logits = windowed_logits(net.unet, image[None, None].to(self.model.device), self.spec.shape)
-        probabilities = logits.softmax(0)
+        image, transform, probabilities = self.scan_probabilities(volume)
+        decoders = getattr(self.model.module.config, "organ_crops", None) is not None
         chosen = organs if organs is not None else self.organs
         smoothing = getattr(self.model.module.config, "smoothing", DEFAULT_SMOOTHING)
         meshes: dict[str, Mesh | None] = {}
@@ -211,6 +206,18 @@ class Segmenter:
             if warning:
                 warnings.warn(warning, stacklevel=2)
         return meshes
+
+    @torch.no_grad()
+    def scan_probabilities(self, volume: Volume) -> tuple[torch.Tensor, GridTransform, torch.Tensor]:
+        """A several-organ model's U-Net over the whole scan ``volume`` (a CT cropped to the body first):
+        ``(image (D, H, W), its GridTransform, class probabilities (C, D, H, W))`` on the scan grid
+        (:func:`~imagetomesh.scan.scan_spec`), run in blocks of at most the card's grid shape. Unchecked:
+        :meth:`segment_organs` checks the image first."""
+        body = body_crop(volume) if self.spec.intensity == "ct" else volume
+        image, transform = prepare_image(body, scan_spec(body, self.spec), warn=False)
+        with bf16_autocast(self.bf16, self.model.device):
+            logits = windowed_logits(self.model.module.unet, image[None, None].to(self.model.device), self.spec.shape)
+        return image, transform, logits.softmax(0)
 
     def _organ_decoder_mesh(
         self, image: torch.Tensor, mask: np.ndarray, organ: Organ, transform: GridTransform

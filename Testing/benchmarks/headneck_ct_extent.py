@@ -22,26 +22,25 @@ lower and upper ends) and how long it is. Numbers only; nothing is written.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from imagetomesh.inference import Segmenter
-from imagetomesh.io.images import read_image
-from imagetomesh.nn.precision import bf16_autocast
-from imagetomesh.preprocessing import prepare_image, resample_to_grid
-from imagetomesh.scan import body_crop, organ_masks, scan_spec, windowed_logits
-from imagetomesh.training.msd import read_msd
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from headneck_ct_report import model_split, scored_organs  # noqa: E402
+
+from imagetomesh.inference import Segmenter  # noqa: E402
+from imagetomesh.io.images import read_image  # noqa: E402
+from imagetomesh.metrics import dice  # noqa: E402
+from imagetomesh.preprocessing import resample_to_grid  # noqa: E402
+from imagetomesh.scan import organ_masks  # noqa: E402
+from imagetomesh.training.msd import read_msd  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 #: columns of the per-organ table: the voxels kept in each
 VARIANTS = ("dice", "within contour", "below", "above")
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
 def beyond_removed(mask: np.ndarray, first: int, last: int, below: bool, above: bool) -> np.ndarray:
@@ -56,15 +55,12 @@ def beyond_removed(mask: np.ndarray, first: int, last: int, below: bool, above: 
 
 def case_scores(segmenter: Segmenter, image, label, organs) -> dict[str, tuple[float, ...]]:
     """``{organ name: Dice per VARIANTS}`` of one whole scan on the model's scan grid."""
-    body = body_crop(image)
-    prepared, transform = prepare_image(body, scan_spec(body, segmenter.spec), warn=False)
+    _, transform, probabilities = segmenter.scan_probabilities(image)
     if abs(transform.grid_to_lps[2, 2]) < abs(transform.grid_to_lps[2, :3]).max():
         raise SystemExit("the model grid's third axis is not the patient's superior-inferior one")
     labels = resample_to_grid(label.with_array(label.array.astype(np.float32)), transform, "nearest", 0.0)
     labels = labels.numpy().astype(np.int64)
-    with bf16_autocast(segmenter.bf16, segmenter.model.device):
-        logits = windowed_logits(segmenter.model.module.unet, prepared[None, None], segmenter.spec.shape)
-    masks = organ_masks(logits.softmax(0), organs)
+    masks = organ_masks(probabilities, organs)
     flipped = transform.grid_to_lps[2, 2] < 0  # axis 0 runs superior -> inferior
     scores = {}
     for organ in organs:
@@ -130,16 +126,12 @@ def main() -> None:
     split = None
     for name in args.models:
         segmenter = Segmenter(name, device="cpu")
-        card = segmenter.model.card
-        split = card.get("training", {}).get("split")
-        if split is None:
-            split = json.loads((REPO / card["data"]["split_file"]).read_text(encoding="utf-8"))
+        split = model_split(segmenter.model.card)
         ids = split[args.split][: args.cases or None]
         per_organ: dict[str, list[tuple[float, ...]]] = {}
         for case_id in ids:
             case = msd[case_id]
-            present = set(case.labels_present) if case.labels_present is not None else None
-            organs = [o for o in segmenter.organs if present is None or o.label in present]
+            organs = scored_organs(case, segmenter.organs)
             scores = case_scores(segmenter, read_image(case.image), read_image(case.label), organs)
             for organ_name, values in scores.items():
                 per_organ.setdefault(organ_name, []).append(values)

@@ -47,6 +47,15 @@ def scored_organs(case, organs):
     return [o for o in organs if present is None or o.label in present]
 
 
+def model_split(card: dict) -> dict[str, list[str]]:
+    """The ``{"train"|"val"|"test": case ids}`` split of a model: its run's (``training.split``) or, for a bundled
+    card, its ``data.split_file``."""
+    split = card.get("training", {}).get("split")
+    if split is None:
+        split = json.loads((REPO / card["data"]["split_file"]).read_text(encoding="utf-8"))
+    return split
+
+
 def evaluate_case(segmenter: Segmenter, image: Volume, label: Volume, organs) -> tuple[dict, float, dict]:
     """``({organ name: metrics}, wall seconds, meshes)`` of one whole scan."""
     start = time.perf_counter()
@@ -141,10 +150,7 @@ def main() -> None:
         model = load_model(name, "cpu")
         segmenter = Segmenter(model)
         organs = segmenter.organs
-        split = model.card.get("training", {}).get("split")
-        if split is None:  # a bundled card names its split file
-            split = json.loads((REPO / model.card["data"]["split_file"]).read_text(encoding="utf-8"))
-        ids = split[args.split]
+        ids = model_split(model.card)[args.split]
         if args.cases:
             ids = ids[: args.cases]
         per_case, seconds = [], []
