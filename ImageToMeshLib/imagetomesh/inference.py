@@ -54,6 +54,22 @@ def finish_mesh(mesh: Mesh, untangle_folds: bool = True) -> Mesh:
     return untangle(mesh) if untangle_folds else mesh
 
 
+def voxel_organ_mesh(
+    probability: torch.Tensor,
+    mask: np.ndarray,
+    transform: GridTransform,
+    smoothing: float = DEFAULT_SMOOTHING,
+    level: float = 0.5,
+    upsample: int = 2,
+) -> Mesh:
+    """A several-organ U-Net's mesh of one organ: its class ``probability (D, H, W)`` on the scan grid at
+    ``transform``, ``upsample`` times finer, kept at ``level`` near its voxels ``mask (D, H, W)``
+    (:func:`~imagetomesh.scan.organ_mask_volume`), meshed with ``smoothing`` and finished (LPS mm).
+    :class:`InputError` for a structure too small to mesh."""
+    fine = organ_mask_volume(probability, mask, transform, upsample=upsample, level=level)
+    return finish_mesh(labelmap_to_mesh(fine, smoothing=smoothing), untangle_folds=False)
+
+
 class Segmenter:
     """Loads a model once and turns images into LPS-millimetre meshes.
 
@@ -197,8 +213,7 @@ class Segmenter:
                 if decoders:
                     mesh = self._organ_decoder_mesh(image, mask, organ, transform)
                 else:
-                    fine = organ_mask_volume(probabilities[organ.index], mask, transform)
-                    mesh = finish_mesh(labelmap_to_mesh(fine, smoothing=smoothing), untangle_folds=False)
+                    mesh = voxel_organ_mesh(probabilities[organ.index], mask, transform, smoothing)
             except InputError:  # too small to mesh: as good as not found
                 continue
             meshes[organ.name] = mesh

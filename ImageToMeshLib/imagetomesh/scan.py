@@ -141,14 +141,20 @@ def organ_masks(probabilities: torch.Tensor, organs: list[Organ]) -> dict[str, n
 
 
 def organ_mask_volume(
-    probability: torch.Tensor, mask: np.ndarray, transform: GridTransform, upsample: int = 2, margin: int = 2
+    probability: torch.Tensor,
+    mask: np.ndarray,
+    transform: GridTransform,
+    upsample: int = 2,
+    margin: int = 2,
+    level: float = 0.5,
 ) -> Volume:
     """An organ's mask around it at ``upsample`` times the scan grid's resolution, as an LPS :class:`Volume`.
 
     ``probability (D, H, W)`` is the organ's class probability on the scan grid whose geometry is
     ``transform``; ``mask (D, H, W)`` its voxels (:func:`organ_masks`). The box around ``mask`` (plus
     ``margin`` voxels) is resampled trilinearly ``upsample`` times finer and kept where the probability
-    is at least 0.5 and within one scan voxel of ``mask`` (the mask's pieces only, not a neighbour's)."""
+    is at least ``level`` and within one scan voxel of ``mask`` (the mask's pieces only, not a neighbour's).
+    0.5 and 2 were chosen on the validation split (``Testing/benchmarks/headneck_ct_meshing_sweep.py``)."""
     nonzero = np.nonzero(mask)
     lo = [max(int(a.min()) - margin, 0) for a in nonzero]
     hi = [min(int(a.max()) + margin + 1, n) for a, n in zip(nonzero, mask.shape)]
@@ -162,7 +168,7 @@ def organ_mask_volume(
     index_to_lps = volume.index_to_lps
     origin = index_to_lps[:3, :3] @ np.array(lo[::-1], dtype=np.float64) + index_to_lps[:3, 3]
     return Volume(
-        ((fine >= 0.5) & near_fine).astype(np.uint8), np.asarray(volume.spacing) / upsample, origin, volume.direction
+        ((fine >= level) & near_fine).astype(np.uint8), np.asarray(volume.spacing) / upsample, origin, volume.direction
     )
 
 

@@ -9,12 +9,13 @@ import torch
 from synthetic_ct import LPS_RAS, ct_case, holds_only_its_organ, segment_synthetic_scan, write_ct_msd
 
 from imagetomesh import cli
+from imagetomesh.core.transforms import GridTransform
 from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
 from imagetomesh.io.images import write_image
 from imagetomesh.organs import Organ, choose_organs, organs_of
 from imagetomesh.preprocessing import GridSpec
-from imagetomesh.scan import body_crop, organ_masks, scan_spec, windowed_logits
+from imagetomesh.scan import body_crop, organ_mask_volume, organ_masks, scan_spec, windowed_logits
 from imagetomesh.training.augment import AugmentConfig
 from imagetomesh.training.data import UNKNOWN, mark_uncontoured_slices, prepare_case, random_patch_batch
 from imagetomesh.training.losses import partial_label_loss
@@ -232,6 +233,19 @@ def test_organ_masks_drop_stray_islands_and_report_missing_organs():
     organs = [Organ("a", 1, 1), Organ("b", 2, 2)]
     masks = organ_masks(probabilities, organs)
     assert masks["b"] is None and masks["a"].sum() == 64 and not masks["a"][8, 8, 8]
+
+
+@pytest.mark.parametrize("level", [0.3, 0.5, 0.75])
+def test_an_organ_mask_is_kept_where_its_finer_probability_reaches_the_level(level):
+    probability = torch.linspace(0.0, 1.0, 10).expand(6, 6, 10).contiguous()  # rises along W (x)
+    mask = np.ones((6, 6, 10), bool)
+    transform = GridTransform.of_volume(Volume(np.zeros((6, 6, 10), np.float32), (4.0, 4.0, 2.5)))
+    volume = organ_mask_volume(probability, mask, transform, upsample=2, level=level)
+    assert volume.shape == (11, 11, 19) and np.allclose(volume.spacing, [2.0, 2.0, 1.25])
+    # twice finer, trilinear: the fine sample f of 0..18 along x has probability f / 18
+    kept = [f for f in range(19) if f / 18 >= level - 1e-6]
+    assert np.array_equal(np.flatnonzero(volume.array[5, 5]), kept)
+    assert (volume.array == volume.array[:1, :1]).all()  # the same in every row
 
 
 def test_choosing_organs_by_name():
