@@ -154,7 +154,8 @@ def organ_mask_volume(
     ``transform``; ``mask (D, H, W)`` its voxels (:func:`organ_masks`). The box around ``mask`` (plus
     ``margin`` voxels) is resampled trilinearly ``upsample`` times finer and kept where the probability
     is at least ``level`` and within one scan voxel of ``mask`` (the mask's pieces only, not a neighbour's).
-    0.5 and 2 were chosen on the validation split (``Testing/benchmarks/headneck_ct_meshing_sweep.py``)."""
+    At 0.5 and 2x the head-and-neck U-Net's validation meshes score as well as at any level from 0.35 to 0.6 with
+    2x or 3x (``Testing/benchmarks/headneck_ct_meshing_sweep.py``; docs/headneck-ct-results.md)."""
     nonzero = np.nonzero(mask)
     lo = [max(int(a.min()) - margin, 0) for a in nonzero]
     hi = [min(int(a.max()) + margin + 1, n) for a, n in zip(nonzero, mask.shape)]
