@@ -186,6 +186,17 @@ class Segmenter:
         """The organs of a several-organ model (its card's ``organs``), None for a one-object model."""
         return organs_of(self.model.card)
 
+    @property
+    def organ_decoders(self) -> bool:
+        """Whether a several-organ model meshes each organ with its own decoder on a crop (``organ_crops`` in its
+        config: Voxel2Mesh, NUDF) rather than from its U-Net's voxels."""
+        return getattr(self.model.module.config, "organ_crops", None) is not None
+
+    @property
+    def voxel_smoothing(self) -> float:
+        """The smoothing of the meshes made from a U-Net's voxels (its config's ``smoothing``, else the default)."""
+        return getattr(self.model.module.config, "smoothing", DEFAULT_SMOOTHING)
+
     @torch.no_grad()
     def segment_organs(self, volume: Volume, organs: list[Organ] | None = None) -> dict[str, Mesh | None]:
         """``{organ name: LPS-mm mesh, or None where the model found no such organ}`` for ``organs`` (default:
@@ -199,9 +210,7 @@ class Segmenter:
             raise InputError(f"model {self.model.name} meshes one structure: use segment")
         self._check(volume)
         image, transform, probabilities = self.scan_probabilities(volume)
-        decoders = getattr(self.model.module.config, "organ_crops", None) is not None
         chosen = organs if organs is not None else self.organs
-        smoothing = getattr(self.model.module.config, "smoothing", DEFAULT_SMOOTHING)
         meshes: dict[str, Mesh | None] = {}
         masks = organ_masks(probabilities, chosen)
         for organ in chosen:
@@ -210,10 +219,10 @@ class Segmenter:
             if mask is None:
                 continue
             try:
-                if decoders:
+                if self.organ_decoders:
                     mesh = self._organ_decoder_mesh(image, mask, organ, transform)
                 else:
-                    mesh = voxel_organ_mesh(probabilities[organ.index], mask, transform, smoothing)
+                    mesh = voxel_organ_mesh(probabilities[organ.index], mask, transform, self.voxel_smoothing)
             except InputError:  # too small to mesh: as good as not found
                 continue
             meshes[organ.name] = mesh

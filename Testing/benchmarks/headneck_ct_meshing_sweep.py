@@ -75,9 +75,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     segmenter = Segmenter(args.model, device="cpu")
-    if segmenter.organs is None or getattr(segmenter.model.module.config, "organ_crops", None) is not None:
+    if segmenter.organs is None or segmenter.organ_decoders:
         raise SystemExit(f"{args.model} is not a several-organ U-Net: its meshes do not come from its voxels")
-    default = (0.5, getattr(segmenter.model.module.config, "smoothing", DEFAULT_SMOOTHING), 2)
+    default = (0.5, segmenter.voxel_smoothing, 2)
     settings = sorted(set(itertools.product(args.levels, args.smoothing, args.upsample)) | {default})
     msd = read_msd(args.data)
     ids = model_split(segmenter.model.card)[args.split][: args.cases or None]

@@ -16,7 +16,8 @@ whole scan, all organs (model loaded, ``--threads`` torch threads).
 ``--invariance K`` also segments the first K cases again after (a) resampling to 1 mm in-plane,
 (b) the same with white noise of a 1 mm reconstruction (:data:`NOISE_HU`; not a target of issue 16,
 a check that the model is not thrown by native-resolution noise), (c) storing the voxels with another
-direction matrix (axes permuted and flipped) and (d) padding with a wider field of view (air), and reports the per-organ Dice change against the original scan.
+direction matrix (axes permuted and flipped) and (d) padding with a wider field of view (air), and reports
+the per-organ Dice change against the original scan.
 Tune on ``--split val``; run ``--split test`` once, at the end, for the page.
 """
 
