@@ -13,9 +13,8 @@ from imagetomesh.core.mesh import Mesh
 from imagetomesh.core.transforms import GridTransform, grid_volume  # noqa: F401  (re-exported: benchmarks import it from here)
 from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
-from imagetomesh.geometry.isosurface import DEFAULT_SMOOTHING, labelmap_to_mesh
-from imagetomesh.geometry.quality import check_mesh, orient_outward, repair_mesh
-from imagetomesh.geometry.untangle import untangle
+from imagetomesh.geometry.isosurface import DEFAULT_SMOOTHING
+from imagetomesh.geometry.quality import orient_outward
 from imagetomesh.models.protocol import DeformedTemplateModel
 from imagetomesh.models.snapping import flip_averaged_probability, snap_vertices
 from imagetomesh.nn.precision import bf16_autocast, bf16_supported, to_channels_last
@@ -27,11 +26,11 @@ from imagetomesh.scan import (
     crop_padded,
     crop_start,
     crop_to_scan_grid,
-    organ_mask_volume,
     organ_masks,
     scan_spec,
     windowed_logits,
 )
+from imagetomesh.voxel_meshing import finish_mesh, voxel_organ_mesh
 from imagetomesh.zoo import LoadedModel, load_model
 
 #: Grid voxels run through a one-object model at once: a batch of more images is split (``segment
@@ -41,33 +40,6 @@ MAX_BATCH_VOXELS = 1 << 20
 
 #: An image on a model's grid: ``((D, H, W) float32 tensor, its GridTransform)`` (:meth:`Segmenter.prepare`).
 Prepared = tuple[torch.Tensor, GridTransform]
-
-
-def finish_mesh(mesh: Mesh, untangle_folds: bool = True) -> Mesh:
-    """Post-processing of every predicted closed mesh: outward faces; repaired if it is not
-    watertight; local folds smoothed away (:func:`~imagetomesh.geometry.untangle.untangle`:
-    template-deforming models can push a few vertices through the opposite wall of a thin part)
-    unless ``untangle_folds`` is False."""
-    mesh = orient_outward(mesh)
-    if not check_mesh(mesh, self_intersections=False).watertight:
-        mesh = repair_mesh(mesh, remove_self_intersections=False)
-    return untangle(mesh) if untangle_folds else mesh
-
-
-def voxel_organ_mesh(
-    probability: torch.Tensor,
-    mask: np.ndarray,
-    transform: GridTransform,
-    smoothing: float = DEFAULT_SMOOTHING,
-    level: float = 0.5,
-    upsample: int = 2,
-) -> Mesh:
-    """A several-organ U-Net's mesh of one organ: its class ``probability (D, H, W)`` on the scan grid at
-    ``transform``, ``upsample`` times finer, kept at ``level`` near its voxels ``mask (D, H, W)``
-    (:func:`~imagetomesh.scan.organ_mask_volume`), meshed with ``smoothing`` and finished (LPS mm).
-    :class:`InputError` for a structure too small to mesh."""
-    fine = organ_mask_volume(probability, mask, transform, upsample=upsample, level=level)
-    return finish_mesh(labelmap_to_mesh(fine, smoothing=smoothing), untangle_folds=False)
 
 
 class Segmenter:

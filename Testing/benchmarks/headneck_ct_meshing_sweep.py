@@ -6,7 +6,7 @@ Usage:
         [--upsample 2 3] [--threads 1]
 
 ``segment`` meshes each organ of a U-Net from its class probability resampled twice finer and kept at
-0.5 near the organ's voxels, smoothed at the model's smoothing (:func:`imagetomesh.inference.voxel_organ_mesh`).
+0.5 near the organ's voxels, smoothed at the model's smoothing (:func:`imagetomesh.voxel_meshing.voxel_organ_mesh`).
 For every case of the split (the model card's split, as ``headneck_ct_report.py`` reads it) the whole scan's
 probabilities are computed once, then every combination of the settings is meshed and scored as the
 report scores it (the mesh rasterised on the label's grid, per organ where it was contoured; an organ
@@ -29,7 +29,8 @@ from headneck_ct_report import model_split, scored_organs  # noqa: E402
 
 from imagetomesh.errors import InputError  # noqa: E402
 from imagetomesh.geometry.isosurface import DEFAULT_SMOOTHING  # noqa: E402
-from imagetomesh.inference import Segmenter, voxel_organ_mesh  # noqa: E402
+from imagetomesh.inference import Segmenter  # noqa: E402
+from imagetomesh.voxel_meshing import voxel_organ_mesh  # noqa: E402
 from imagetomesh.io.images import read_image  # noqa: E402
 from imagetomesh.metrics import mesh_dice_iou  # noqa: E402
 from imagetomesh.scan import organ_masks  # noqa: E402

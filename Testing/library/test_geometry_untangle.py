@@ -55,7 +55,7 @@ def test_untangle_pulls_a_deep_cap_back_through_the_surface():
 
 
 def test_predicted_meshes_are_untangled_by_segment_post_processing():
-    from imagetomesh.inference import finish_mesh
+    from imagetomesh.voxel_meshing import finish_mesh
 
     _, mesh, _ = _spiked_sphere()
     finished = finish_mesh(mesh)
@@ -64,7 +64,7 @@ def test_predicted_meshes_are_untangled_by_segment_post_processing():
 
 
 def test_untangling_can_be_left_out_to_measure_the_network():
-    from imagetomesh.inference import finish_mesh
+    from imagetomesh.voxel_meshing import finish_mesh
 
     _, mesh, _ = _spiked_sphere()
     kept = finish_mesh(mesh, untangle_folds=False)

@@ -47,7 +47,7 @@ def isotropic_remesh(mesh: Mesh, target_length: float | None = None, iterations:
 
 def finish_fitted_mesh(mesh: Mesh, remesh: bool = False) -> Mesh:
     """A DALS fit's output: outward faces; remeshed when asked (if the remeshed surface stays
-    closed); then untangled. (Predicted meshes get :func:`imagetomesh.inference.finish_mesh`.)
+    closed); then untangled. (Predicted meshes get :func:`imagetomesh.voxel_meshing.finish_mesh`.)
 
     A warning says how many faces still cross another face after :func:`untangle`.
     """
