@@ -127,17 +127,18 @@ def organ_masks(probabilities: torch.Tensor, organs: list[Organ]) -> dict[str, n
     ``probabilities (C, D, H, W)``: the voxels whose most probable class is the organ's, without pieces
     smaller than :data:`MIN_PIECE_FRACTION` of its largest (stray islands elsewhere in the scan)."""
     winner = probabilities.argmax(0).cpu().numpy()
-    out: dict[str, np.ndarray | None] = {}
-    for organ in organs:
-        mask = winner == organ.index
-        pieces, count = ndimage.label(mask)
-        if count == 0:
-            out[organ.name] = None
-            continue
-        sizes = np.bincount(pieces.ravel())[1:]
-        keep = np.flatnonzero(sizes >= MIN_PIECE_FRACTION * sizes.max()) + 1
-        out[organ.name] = np.isin(pieces, keep)
-    return out
+    return {organ.name: class_mask(winner, organ.index) for organ in organs}
+
+
+def class_mask(winner: np.ndarray, index: int) -> np.ndarray | None:
+    """The ``(D, H, W)`` bool mask of class ``index`` in the most probable classes ``winner (D, H, W)``, without
+    pieces smaller than :data:`MIN_PIECE_FRACTION` of its largest; None where the class has no voxel."""
+    pieces, count = ndimage.label(winner == index)
+    if count == 0:
+        return None
+    sizes = np.bincount(pieces.ravel())[1:]
+    keep = np.flatnonzero(sizes >= MIN_PIECE_FRACTION * sizes.max()) + 1
+    return np.isin(pieces, keep)
 
 
 def organ_mask_volume(

@@ -215,9 +215,9 @@ def test_a_crop_left_too_little_of_its_organ_is_drawn_again():
         random_organ_crop_batch({1: cases[1][:1]}, [[8, 8, 8]], 1, NO_AUGMENT, generator, jitter=1.0)
 
 
-@pytest.fixture(scope="module")
-def organ_decoder_model(organ_model, tmp_path_factory):
-    """Voxel2Mesh decoders (one per organ) trained briefly on the frozen two-organ U-Net of ``organ_model``."""
+def _train_organ_decoders(organ_model, root, steps: int, **model):
+    """Voxel2Mesh decoders (one per organ, ``model`` config changes) trained ``steps`` steps on the frozen two-organ
+    U-Net of ``organ_model``: ``(model folder, card, log lines)``."""
     from imagetomesh.training.configs import TrainConfig
     from imagetomesh.training.losses import MeshLossWeights
 
@@ -233,18 +233,32 @@ def organ_decoder_model(organ_model, tmp_path_factory):
             "template_level": 2,
             "organ_templates": [[semi_axes] * 3] * 2,
             "organ_crops": [[8, 8, 8]] * 2,
+            **model,
         },
         grid=GridSpec.from_dict(unet_card["grid"]),
-        steps=30,
+        steps=steps,
         lr=3e-3,
-        val_every=30,
+        val_every=steps,
         threads=1,
         organs=unet_card["organs"],
         freeze_unet=True,
         augment=NO_AUGMENT,
         loss=MeshLossWeights(normal=0.3, laplacian=0.3, edge=0.0, version=2, target="dense", target_points=500),
     )
-    return train_on_synthetic_cts(config, tmp_path_factory.mktemp("organ_decoders"), unet_folder, unet_card["input"])
+    return train_on_synthetic_cts(config, root, unet_folder, unet_card["input"])
+
+
+@pytest.fixture(scope="module")
+def organ_decoder_model(organ_model, tmp_path_factory):
+    """Voxel2Mesh decoders (one per organ) trained briefly on the frozen two-organ U-Net of ``organ_model``."""
+    return _train_organ_decoders(organ_model, tmp_path_factory.mktemp("organ_decoders"), 30)
+
+
+@pytest.fixture(scope="module")
+def surface_decoder_model(organ_model, tmp_path_factory):
+    """The surface-start variant's decoders, trained a few steps on the same frozen U-Net."""
+    root = tmp_path_factory.mktemp("surface_decoders")
+    return _train_organ_decoders(organ_model, root, 10, start="unet_surface", unpooling="none")
 
 
 def test_organ_decoders_train_on_the_frozen_unet(organ_model, organ_decoder_model):
@@ -272,3 +286,84 @@ def test_segment_meshes_each_organ_with_its_decoder_where_the_unet_found_it(orga
         assert holds_only_its_organ(mesh, organ), organ
         assert np.abs(mesh.vertices.mean(0) - centre).max() < 4.0, organ  # centred within a voxel
     assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(out), "--snap"]) == 2
+
+
+def test_surface_start_configs_are_checked():
+    with pytest.raises(ValueError, match="set unpooling to 'none'"):
+        _organ_config(start="unet_surface")
+    with pytest.raises(ValueError, match="start must be one of"):
+        _organ_config(start="sphere", unpooling="none")
+    assert _organ_config(start="unet_surface", unpooling="none").start == "unet_surface"
+
+
+def _blob_probabilities(shape, centre, radius: float) -> torch.Tensor:
+    """``(3, D, H, W)`` class probabilities: class 1 a soft ball of ``radius`` voxels at ``centre`` (k, j, i)
+    with a stray island of it in a corner (half a probability level: a piece smaller than a tenth of the
+    ball), class 2 nowhere, class 0 the rest."""
+    k, j, i = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    distance = np.sqrt((k - centre[0]) ** 2 + (j - centre[1]) ** 2 + (i - centre[2]) ** 2)
+    ball = 1.0 / (1.0 + np.exp(2.0 * (distance - radius)))
+    ball[:1, :1, :1] = 0.9
+    probabilities = np.stack([1.0 - ball, ball, np.zeros(shape)]).astype(np.float32)
+    return torch.from_numpy(probabilities)
+
+
+def test_a_surface_start_is_the_unets_organ_mesh_in_grid_coordinates():
+    from imagetomesh.core.transforms import GridTransform
+    from imagetomesh.core.volume import Volume
+    from imagetomesh.models.mesh_state import DecoderMesh
+    from imagetomesh.organs import Organ
+    from imagetomesh.scan import organ_masks
+    from imagetomesh.voxel_meshing import voxel_organ_mesh
+
+    shape = (12, 16, 14)
+    probabilities = _blob_probabilities(shape, (6.2, 7.5, 6.8), 3.6)
+    start = DecoderMesh.surface_of(probabilities, 1)
+    # the obvious path: what segment does on a scan of 4 x 4 x 2.5 mm voxels, mapped back to grid coordinates
+    scan = GridTransform.of_volume(Volume(np.zeros(shape, np.uint8), (4.0, 4.0, 2.5), (10.0, -5.0, 3.0)))
+    mask = organ_masks(probabilities, [Organ("ball", 1, 1)])["ball"]
+    assert not mask[0, 0, 0] and mask.sum() > 100  # the stray island is not part of it
+    expected = voxel_organ_mesh(probabilities[1], mask, scan)
+    assert np.array_equal(start.faces.numpy(), expected.faces)
+    assert np.allclose(start.verts.numpy(), scan.to_grid(expected.vertices), atol=1e-4)
+    assert DecoderMesh.surface_of(probabilities, 2) is None  # no voxel of class 2
+
+
+def test_a_surface_start_decoder_moves_its_unets_surface_or_else_its_template():
+    torch.manual_seed(0)
+    model = Voxel2Mesh(_organ_config(start="unet_surface", unpooling="none")).eval()
+    for stages in model.organ_stages:
+        for stage in stages:  # vertices that never move: each stage's output is its input
+            last = stage.delta.layers[-1]
+            for p in (last.lin_root.weight, last.lin_rel.weight, last.lin_rel.bias):
+                torch.nn.init.zeros_(p)
+    image = torch.randn(1, 1, 12, 16, 16)
+    probabilities = _blob_probabilities((12, 16, 16), (6.0, 8.0, 7.5), 3.6)
+    with torch.no_grad():
+        _, features = model.unet(image)
+        logits = probabilities.clamp(min=1e-6).log()[None]
+        start = model.start_meshes(logits, organ=1)[0]
+        meshes = model.decode_mesh(features, image.shape[2:], organ=1, start=start)
+    assert len(meshes) == 2 and len(start.verts) > 100
+    for mesh in meshes:  # no unpooling: the U-Net's surface, vertex for vertex
+        assert torch.equal(mesh.faces, start.faces) and torch.allclose(mesh.verts, start.verts)
+    (absent,) = model.start_meshes(logits, organ=2)  # the U-Net found no organ 2: its template ellipsoid
+    assert absent is None
+    with torch.no_grad():
+        template = model.decode_mesh(features, image.shape[2:], organ=2, start=absent)[-1]
+    assert len(template.verts) == 42  # the level-1 icosphere, not unpooled
+    assert (template.verts.abs().max(0).values - torch.tensor([0.3, 0.4, 0.6])).abs().max() < 1e-5
+
+
+def test_surface_start_decoders_train_and_segment_each_organ(surface_decoder_model, tmp_path):
+    from imagetomesh.geometry.quality import check_mesh
+    from imagetomesh.io.meshes import read_mesh
+
+    folder, card, _ = surface_decoder_model
+    assert card["config"]["start"] == "unet_surface" and card["metrics"]["val_mesh_dice"] > 0.5, card["metrics"]
+    out, _, _ = segment_synthetic_scan(folder, tmp_path)
+    for organ, centre in ORGAN_CENTRES.items():
+        mesh = read_mesh(out / f"scan_007_{organ}.stl")
+        assert check_mesh(mesh, self_intersections=False).watertight
+        assert holds_only_its_organ(mesh, organ), organ
+        assert np.abs(mesh.vertices.mean(0) - centre).max() < 4.0, organ

@@ -8,7 +8,11 @@ import numpy as np
 import torch
 from scipy.spatial import ConvexHull
 
+from imagetomesh.core.transforms import GridTransform
+from imagetomesh.errors import InputError
 from imagetomesh.geometry.topology import edge_index_from_faces, icosphere, subdivide
+from imagetomesh.scan import class_mask
+from imagetomesh.voxel_meshing import voxel_organ_mesh
 
 
 def arc_sphere(sphere: torch.Tensor, angle_deg: float, thickness_y: float, thickness_z: float) -> torch.Tensor:
@@ -68,6 +72,25 @@ class DecoderMesh:
         sphere, faces = sphere.to(device), faces.to(device)
         shape = sphere if arc is None else arc_sphere(sphere, *arc)
         return cls(shape * radius_grid.to(device), faces, sphere)
+
+    @classmethod
+    def surface_of(cls, probabilities: torch.Tensor, index: int) -> DecoderMesh | None:
+        """The surface of class ``index`` in ``probabilities (C, D, H, W)`` (one image's softmax on a model grid),
+        meshed in grid coordinates as ``segment`` meshes a several-organ U-Net's organ
+        (:func:`~imagetomesh.voxel_meshing.voxel_organ_mesh` of the class's most-probable voxels, stray
+        pieces dropped: :func:`~imagetomesh.scan.class_mask`); ``sphere`` is each vertex's direction from the
+        centroid. None where the class has no voxel or too few to mesh. No gradient."""
+        mask = class_mask(probabilities.argmax(0).cpu().numpy(), index)
+        if mask is None:
+            return None
+        identity = GridTransform(np.eye(4), tuple(probabilities.shape[1:]))  # its "LPS" is the grid itself
+        try:
+            mesh = voxel_organ_mesh(probabilities[index], mask, identity)
+        except InputError:
+            return None
+        verts = torch.as_tensor(mesh.vertices, dtype=torch.float32, device=probabilities.device)
+        faces = torch.as_tensor(mesh.faces, dtype=torch.long, device=probabilities.device)
+        return cls(verts, faces, torch.nn.functional.normalize(verts - verts.mean(0), dim=1))
 
     def subdivided(self) -> DecoderMesh:
         """Edge-midpoint subdivision; new vertices inherit the mean of their parents' features."""

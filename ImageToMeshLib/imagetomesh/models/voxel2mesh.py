@@ -14,6 +14,12 @@ Several organs (``organ_templates``): one mesh decoder per organ, as the paper d
 classes, all reading the same U-Net (whose classes are the organs). Each organ is meshed in a crop
 around it (:func:`imagetomesh.scan.crop_padded`; in training :mod:`imagetomesh.training.organ_crops`),
 its decoder starting from an ellipsoid of the organ's typical size there.
+
+Surface start (``start="unet_surface"``, a variant, not the paper's template): each decoder starts from its
+own U-Net's mesh of the object in the image it is given (the organ's class probability there, meshed as
+``segment`` meshes a U-Net's organ: :func:`imagetomesh.voxel_meshing.voxel_organ_mesh`), and its stages
+move that surface without unpooling (``unpooling="none"``): the decoder learns corrections to the U-Net's
+surface rather than the whole shape. Where the U-Net finds no such object, the template is the start.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from imagetomesh.nn.grid import isotropic_scale
 from imagetomesh.nn.unet import UNet3D, UNetConfig
 
 SAMPLING_MODES = ("lns", "hs", "ps")
-UNPOOLING_MODES = ("adaptive", "uniform")
+UNPOOLING_MODES = ("adaptive", "uniform", "none")
+START_MODES = ("template", "unet_surface")
 
 
 @dataclass
@@ -46,6 +53,11 @@ class Voxel2MeshConfig:
     (a new vertex closer than it to its parent edge is dropped). 0.001 (~0.03 voxel) was chosen on the hippocampus
     validation split: with the step-4050 weights 0.003 / 0.001 / 0.0003 kept 414 / 1062 / 1936 of
     2562 vertices at IoU 0.774 / 0.781 / 0.783 (uniform unpooling: 0.783).
+
+    ``unpooling`` ``"none"`` keeps the starting mesh's vertices through every stage (the surface start's).
+    ``start`` ``"template"`` (the paper's) starts each case from the icosphere or organ template;
+    ``"unet_surface"`` from the U-Net's own surface of the object in the image (see the module docstring),
+    with ``unpooling="none"`` (an unpooled marching-cubes mesh would quadruple its vertices per stage).
 
     ``refine_stages`` more stages follow the last one on the finest decoder level, on the same
     vertices (no unpooling; adaptive pruning then comes after the last of them): each gathers the
@@ -73,6 +85,7 @@ class Voxel2MeshConfig:
     organ_templates: Optional[list[list[float]]] = None
     organ_crops: Optional[list[list[int]]] = None
     organ_arcs: Optional[list[Optional[list[float]]]] = None
+    start: str = "template"
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
@@ -81,6 +94,13 @@ class Voxel2MeshConfig:
             raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
         if self.unpooling not in UNPOOLING_MODES:
             raise ValueError(f"unpooling must be one of {UNPOOLING_MODES}, got {self.unpooling!r}")
+        if self.start not in START_MODES:
+            raise ValueError(f"start must be one of {START_MODES}, got {self.start!r}")
+        if self.start == "unet_surface" and self.unpooling != "none":
+            raise ValueError(
+                f"start unet_surface deforms the U-Net's marching-cubes surface without unpooling: set unpooling "
+                f"to 'none' (got {self.unpooling!r})"
+            )
         if not 1 <= self.stages <= self.unet.depth:
             raise ValueError(f"stages must be between 1 and the U-Net depth {self.unet.depth}, got {self.stages}")
         if self.refine_stages < 0:
@@ -230,20 +250,27 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
         return self.organ_stages[index], semi_axes, arc
 
     def decode_mesh(
-        self, decoder_features: list[torch.Tensor], grid_shape, organ: int | None = None
+        self,
+        decoder_features: list[torch.Tensor],
+        grid_shape,
+        organ: int | None = None,
+        start: DecoderMesh | None = None,
     ) -> list[DecoderMesh]:
         """Run the mesh stages for one case (of ``organ``'s decoder: several-organ models); ``decoder_features``
-        each ``(1, C, d, h, w)``. Returns every stage's mesh (``stages + refine_stages`` of them)."""
+        each ``(1, C, d, h, w)``; from ``start`` (the surface start's mesh) or, when None, the template.
+        Returns every stage's mesh (``stages + refine_stages`` of them)."""
         c = self.config
         stages, semi_axes, arc = self._decoder(organ)
         scale = isotropic_scale(grid_shape).to(decoder_features[0].device)
-        radius = c.template_radius / scale if semi_axes is None else semi_axes.to(scale.device)
-        mesh = DecoderMesh.template(c.template_level, radius, device=scale.device, arc=arc)
+        if start is None:
+            radius = c.template_radius / scale if semi_axes is None else semi_axes.to(scale.device)
+            start = DecoderMesh.template(c.template_level, radius, device=scale.device, arc=arc)
+        mesh = start
         levels = c.per_stage(decoder_features)
         last = len(levels) - 1
         meshes = []
         for i, (stage, features) in enumerate(zip(stages, levels)):
-            if 0 < i < c.stages:
+            if 0 < i < c.stages and c.unpooling != "none":
                 mesh = mesh.subdivided()
             mesh = stage(mesh, features)
             # prune each unpooled level once its last stage has moved the new vertices
@@ -252,8 +279,23 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
             meshes.append(mesh)
         return meshes
 
+    def start_meshes(self, logits: torch.Tensor, organ: int | None) -> list[DecoderMesh | None]:
+        """Each case's start: the U-Net's surface of class ``organ`` (1 for a one-object model) in ``logits``
+        ``(B, C, D, H, W)`` with ``start="unet_surface"``
+        (:func:`~imagetomesh.models.mesh_state.DecoderMesh.surface_of`), else (or where it finds none) None: the
+        template."""
+        if self.config.start == "template":
+            return [None] * len(logits)
+        index = 1 if organ is None else organ
+        probabilities = logits.detach().float().softmax(1)
+        return [DecoderMesh.surface_of(p, index) for p in probabilities]
+
     def forward(self, image: torch.Tensor, organ: int | None = None):
         logits, decoder = self.unet(image)
         grid_shape = image.shape[2:]
-        meshes = [self.decode_mesh([f[b : b + 1] for f in decoder], grid_shape, organ) for b in range(image.shape[0])]
+        starts = self.start_meshes(logits, organ)
+        meshes = [
+            self.decode_mesh([f[b : b + 1] for f in decoder], grid_shape, organ, starts[b])
+            for b in range(image.shape[0])
+        ]
         return logits, meshes

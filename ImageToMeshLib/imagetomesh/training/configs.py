@@ -399,4 +399,13 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     v2m["headneck-ct-cpu-frozen-raster"] = replace(
         copy.deepcopy(v2m["headneck-ct-cpu-frozen"]), loss=replace(V2M_LOSS_V2, raster=3.0), steps=2800
     )
+    # a variant (not the paper's template): each decoder starts from the frozen U-Net's own surface of its organ in
+    # the crop and moves it through its three stages without unpooling, learning corrections to the U-Net's mesh
+    # (the template decoders lost most where the ellipsoid is furthest from the organ: cord, oesophagus, mandible)
+    v2m["headneck-ct-cpu-frozen-surface"] = replace(
+        copy.deepcopy(v2m["headneck-ct-cpu-frozen"]),
+        model={**v2m["headneck-ct-cpu-frozen"].model, "unpooling": "none", "start": "unet_surface"},
+        steps=4200,  # 600 steps (1,200 crops) per decoder
+        lr=v2m["cpu-v2"].lr / 2,  # the decoders start at the U-Net's surface: smaller first moves
+    )
     return {"voxel2mesh": v2m, "pixel2mesh3d": p2m, "unet": unet}
