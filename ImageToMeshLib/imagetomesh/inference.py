@@ -15,6 +15,7 @@ from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
 from imagetomesh.geometry.isosurface import DEFAULT_SMOOTHING
 from imagetomesh.geometry.quality import orient_outward
+from imagetomesh.models.organ_decoders import context_shape
 from imagetomesh.models.protocol import DeformedTemplateModel
 from imagetomesh.models.snapping import flip_averaged_probability, snap_vertices
 from imagetomesh.nn.precision import bf16_autocast, bf16_supported, to_channels_last
@@ -219,12 +220,14 @@ class Segmenter:
         self, image: torch.Tensor, mask: np.ndarray, organ: Organ, transform: GridTransform
     ) -> Mesh:
         """Organ ``organ``'s decoder run on its crop (``config.organ_crops``) of the scan-grid ``image (D, H, W)``
-        centred on the box around its ``mask`` (the U-Net's voxels of it), as a finished LPS-mm mesh; the
+        centred on the box around its ``mask`` (the U-Net's voxels of it; the model's input is that crop grown by
+        its ``context_margin``, which its U-Net reads), as a finished LPS-mm mesh; the
         scan grid lies at ``transform``. A model that ``meshes_near_mask`` (NUDF) seeks the surface only near ``mask``."""
         net = self.model.module
         crop = tuple(net.config.organ_crops[organ.index - 1])
         start = crop_start(box_centre(mask), crop)
-        window = crop_padded(image, start, crop, float(image.min()))
+        margin = getattr(net.config, "context_margin", 0)  # the U-Net reads this much image around the crop
+        window = crop_padded(image, tuple(s - margin for s in start), context_shape(crop, margin), float(image.min()))
         near = {"near": crop_padded(torch.as_tensor(mask), start, crop, False)[None]} if net.meshes_near_mask else {}
         grid_mesh = net.predict_meshes(
             window[None, None].to(self.model.device), open_surface=self.open_surface, organ=organ.index, **near

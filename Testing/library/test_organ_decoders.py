@@ -256,9 +256,10 @@ def organ_decoder_model(organ_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def surface_decoder_model(organ_model, tmp_path_factory):
-    """The surface-start variant's decoders, trained a few steps on the same frozen U-Net."""
+    """The surface-start variant's decoders, trained a few steps on the same frozen U-Net reading 2 voxels of
+    context around each crop."""
     root = tmp_path_factory.mktemp("surface_decoders")
-    return _train_organ_decoders(organ_model, root, 10, start="unet_surface", unpooling="none")
+    return _train_organ_decoders(organ_model, root, 10, start="unet_surface", unpooling="none", context_margin=2)
 
 
 def test_organ_decoders_train_on_the_frozen_unet(organ_model, organ_decoder_model):
@@ -360,10 +361,53 @@ def test_surface_start_decoders_train_and_segment_each_organ(surface_decoder_mod
     from imagetomesh.io.meshes import read_mesh
 
     folder, card, _ = surface_decoder_model
-    assert card["config"]["start"] == "unet_surface" and card["metrics"]["val_mesh_dice"] > 0.5, card["metrics"]
+    assert card["config"]["start"] == "unet_surface" and card["config"]["context_margin"] == 2
+    assert card["metrics"]["val_mesh_dice"] > 0.5, card["metrics"]
     out, _, _ = segment_synthetic_scan(folder, tmp_path)
     for organ, centre in ORGAN_CENTRES.items():
         mesh = read_mesh(out / f"scan_007_{organ}.stl")
         assert check_mesh(mesh, self_intersections=False).watertight
         assert holds_only_its_organ(mesh, organ), organ
         assert np.abs(mesh.vertices.mean(0) - centre).max() < 4.0, organ
+
+
+def test_context_margin_configs_are_checked():
+    with pytest.raises(ValueError, match="multiple of 2"):
+        _organ_config(context_margin=3)
+    with pytest.raises(ValueError, match="for a model with organ_crops"):
+        Voxel2MeshConfig(unet=UNET, stages=2, context_margin=2)
+    assert _organ_config(context_margin=4).context_margin == 4
+
+
+def test_a_model_with_context_meshes_the_centre_of_what_its_unet_reads():
+    torch.manual_seed(0)
+    model = Voxel2Mesh(_organ_config(context_margin=2)).eval()
+    image = torch.randn(1, 1, 12, 12, 20)  # organ 2's 8 x 8 x 16 crop grown by 2 voxels per side
+    with torch.no_grad():
+        logits, meshes = model(image, organ=2)
+        full, features = model.unet(image)
+        # the decoder alone on the centre of each level of features (strides 1 and 2: 2 and 1 voxels cut)
+        centre = [features[0][:, :, 1:-1, 1:-1, 1:-1], features[1][:, :, 2:-2, 2:-2, 2:-2]]
+        expected = model.decode_mesh(centre, (8, 8, 16), organ=2)
+    assert torch.equal(logits, full[:, :, 2:-2, 2:-2, 2:-2])
+    assert torch.allclose(meshes[0][-1].verts, expected[-1].verts)
+
+
+def test_context_crops_grow_the_same_crops_around_the_same_organ():
+    cases = {1: [prepared_case(_box_label((20, 18, 22), (6, 12), (5, 11), (8, 15)))]}
+    for seed in range(4):  # one crop per batch: the augmentation's noise draw (of the crop's size) comes last
+        plain = random_organ_crop_batch(
+            cases, [[8, 8, 8]], 1, NO_AUGMENT, torch.Generator().manual_seed(seed), jitter=2.0
+        )
+        grown = random_organ_crop_batch(
+            cases, [[8, 8, 8]], 1, NO_AUGMENT, torch.Generator().manual_seed(seed), jitter=2.0, context=4
+        )
+        assert grown[1].shape == (1, 1, 16, 16, 16) and grown[2].shape == (1, 8, 8, 8)
+        assert torch.allclose(grown[1][:, :, 4:-4, 4:-4, 4:-4], plain[1], atol=1e-5)  # resampled in place
+        assert torch.equal(grown[2], plain[2])
+
+
+def _box_label(shape, ks, js, is_) -> np.ndarray:
+    label = np.zeros(shape, np.uint8)
+    label[ks[0] : ks[1], js[0] : js[1], is_[0] : is_[1]] = 1
+    return label

@@ -6,6 +6,8 @@ its U-Net, ``1..K``) in a crop ``organ_crops[k - 1]`` ``(d, h, w)`` of the model
 
 from __future__ import annotations
 
+import torch
+
 
 def check_organ_crops(crops, organs: int, multiple: int, poolings: str) -> None:
     """``ValueError`` unless ``crops`` gives one ``(d, h, w)`` crop per organ (``organs`` of them), each size a
@@ -15,6 +17,19 @@ def check_organ_crops(crops, organs: int, multiple: int, poolings: str) -> None:
             f"organ_crops must give one (d, h, w) crop per organ class of the U-Net ({organs}), each size a "
             f"multiple of {multiple} ({poolings}), got {crops}"
         )
+
+
+def context_shape(crop, margin: int) -> tuple[int, int, int]:
+    """The ``(d, h, w)`` input of an organ decoder whose U-Net reads ``margin`` voxels of image around its
+    ``crop`` on every side."""
+    return tuple(int(n) + 2 * margin for n in crop)
+
+
+def centre_crop(tensor: torch.Tensor, margin: int) -> torch.Tensor:
+    """``tensor (..., d, h, w)`` without ``margin`` voxels on each side of its last three axes."""
+    if margin == 0:
+        return tensor
+    return tensor[..., margin:-margin, margin:-margin, margin:-margin]
 
 
 def organ_index(organ: int | None, organs: int, model: str) -> int | None:

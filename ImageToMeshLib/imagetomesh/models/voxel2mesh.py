@@ -13,7 +13,10 @@ without unpooling: each gathers features again where the previous stage left the
 Several organs (``organ_templates``): one mesh decoder per organ, as the paper does for several
 classes, all reading the same U-Net (whose classes are the organs). Each organ is meshed in a crop
 around it (:func:`imagetomesh.scan.crop_padded`; in training :mod:`imagetomesh.training.organ_crops`),
-its decoder starting from an ellipsoid of the organ's typical size there.
+its decoder starting from an ellipsoid of the organ's typical size there. With ``context_margin`` m the
+U-Net reads the crop grown by m voxels on every side (the model's input) and the decoder sees the centre:
+a U-Net run on a tight crop alone loses its context (the head-and-neck brainstem's voxel Dice in its
+validation crops: 0.738 alone, 0.807 with 8 voxels around it, 0.83 on the whole scan).
 
 Surface start (``start="unet_surface"``, a variant, not the paper's template): each decoder starts from its
 own U-Net's mesh of the object in the image it is given (the organ's class probability there, meshed as
@@ -31,7 +34,7 @@ import torch
 from torch import nn
 
 from imagetomesh.models.mesh_state import DecoderMesh
-from imagetomesh.models.organ_decoders import check_organ_crops, organ_index
+from imagetomesh.models.organ_decoders import centre_crop, check_organ_crops, organ_index
 from imagetomesh.models.protocol import DeformedTemplateModel
 from imagetomesh.nn.feature_sampling import neighbourhood_offsets, sample_features
 from imagetomesh.nn.graph import DistanceWeightedGraphConv
@@ -58,6 +61,10 @@ class Voxel2MeshConfig:
     ``start`` ``"template"`` (the paper's) starts each case from the icosphere or organ template;
     ``"unet_surface"`` from the U-Net's own surface of the object in the image (see the module docstring),
     with ``unpooling="none"`` (an unpooled marching-cubes mesh would quadruple its vertices per stage).
+
+    ``context_margin`` (several organs): voxels of image around an organ's crop on every side that the U-Net
+    reads; the model's input is then the crop grown by it (:func:`~imagetomesh.models.organ_decoders.context_shape`),
+    its logits and meshes are those of the crop at the centre. A multiple of the U-Net's poolings.
 
     ``refine_stages`` more stages follow the last one on the finest decoder level, on the same
     vertices (no unpooling; adaptive pruning then comes after the last of them): each gathers the
@@ -86,6 +93,7 @@ class Voxel2MeshConfig:
     organ_crops: Optional[list[list[int]]] = None
     organ_arcs: Optional[list[Optional[list[float]]]] = None
     start: str = "template"
+    context_margin: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
@@ -127,6 +135,12 @@ class Voxel2MeshConfig:
                 )
         elif self.organ_crops is not None or self.organ_arcs is not None:
             raise ValueError("organ_crops and organ_arcs need organ_templates (one template per organ)")
+        factor = 2 ** (self.unet.depth - 1)
+        if self.context_margin < 0 or self.context_margin % factor or (self.context_margin and not self.organs):
+            raise ValueError(
+                f"context_margin must be 0 or, for a model with organ_crops, a positive multiple of {factor} "
+                f"(the U-Net's poolings), got {self.context_margin}"
+            )
 
     def per_stage(self, levels: list) -> list:
         """What each mesh stage reads of ``levels`` (one item per decoder level, coarsest first: channel counts
@@ -223,7 +237,9 @@ class MeshStage(nn.Module):
 
 class Voxel2Mesh(nn.Module, DeformedTemplateModel):
     """U-Net + mesh decoder. ``forward(image (B, 1, D, H, W), organ=None)`` -> (logits, per-case list of
-    stage meshes); ``organ`` ``k`` (several-organ models only) runs organ ``k``'s decoder."""
+    stage meshes); ``organ`` ``k`` (several-organ models only) runs organ ``k``'s decoder. With
+    ``context_margin`` m the image is the organ's crop grown by m voxels per side; the logits
+    ``(B, C, D - 2m, H - 2m, W - 2m)`` and the meshes (grid coordinates) are the centre crop's."""
 
     def __init__(self, config: Voxel2MeshConfig) -> None:
         super().__init__()
@@ -292,7 +308,11 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
 
     def forward(self, image: torch.Tensor, organ: int | None = None):
         logits, decoder = self.unet(image)
-        grid_shape = image.shape[2:]
+        margin = self.config.context_margin
+        if margin:
+            decoder = [centre_crop(f, margin * f.shape[-1] // image.shape[-1]) for f in decoder]
+            logits = centre_crop(logits, margin)
+        grid_shape = logits.shape[2:]
         starts = self.start_meshes(logits, organ)
         meshes = [
             self.decode_mesh([f[b : b + 1] for f in decoder], grid_shape, organ, starts[b])

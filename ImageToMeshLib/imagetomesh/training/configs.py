@@ -404,7 +404,9 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # (the template decoders lost most where the ellipsoid is furthest from the organ: cord, oesophagus, mandible)
     v2m["headneck-ct-cpu-frozen-surface"] = replace(
         copy.deepcopy(v2m["headneck-ct-cpu-frozen"]),
-        model={**v2m["headneck-ct-cpu-frozen"].model, "unpooling": "none", "start": "unet_surface"},
+        # context_margin: the U-Net reads 8 voxels around each crop (validation voxel Dice in the crops 0.698 -> 0.722;
+        # 16 voxels 0.724)
+        model={**v2m["headneck-ct-cpu-frozen"].model, "unpooling": "none", "start": "unet_surface", "context_margin": 8},
         steps=4200,  # 600 steps (1,200 crops) per decoder
         lr=v2m["cpu-v2"].lr / 2,  # the decoders start at the U-Net's surface: smaller first moves
     )

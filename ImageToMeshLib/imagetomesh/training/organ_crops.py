@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from imagetomesh.geometry.isosurface import MIN_STRUCTURE_VOXELS
+from imagetomesh.models.organ_decoders import centre_crop, context_shape
 from imagetomesh.scan import box_centre, crop_padded, crop_start
 from imagetomesh.training.augment import AugmentConfig, augment
 from imagetomesh.training.data import UNKNOWN, PreparedCase
@@ -116,23 +117,27 @@ def random_organ_crop_batch(
     config: AugmentConfig,
     generator: torch.Generator,
     jitter: float,
+    context: int = 0,
 ) -> tuple[int, torch.Tensor, torch.Tensor]:
     """One organ drawn uniformly (among those with cases), then ``batch_size`` of its cases with replacement,
     each cropped around the organ (``crops[k - 1]`` ``(d, h, w)`` for class ``k``; centre moved by up to
-    ``jitter`` voxels along each axis) and augmented: ``(k, images (B, 1, d, h, w), labels (B, d, h, w))``,
+    ``jitter`` voxels along each axis) and augmented: ``(k, images (B, 1, d, h, w), labels (B, d, h, w))``;
+    with ``context`` m (a model's ``context_margin``) the images are the crops grown by m voxels on every side
+    (augmented with their labels, which are then cut to the crop),
     labels as prepared (class indices, :data:`~imagetomesh.training.data.UNKNOWN` codes). A crop whose organ
     was left too small to mesh (:data:`~imagetomesh.geometry.isosurface.MIN_STRUCTURE_VOXELS`: an organ cut by
     the scan, moved to the crop's edge and shrunk by the augmentation) is drawn again, up to
     :data:`REDRAWS` times."""
     organ = random_organ(cases_by_organ, generator)
     cases = cases_by_organ[organ]
-    shape = tuple(crops[organ - 1])
+    shape = context_shape(crops[organ - 1], context)
     images, labels = [], []
     while len(images) < batch_size:
         for _ in range(REDRAWS):
             case = cases[int(torch.randint(len(cases), (1,), generator=generator))]
             image, label = organ_crop(case, organ, shape, random_offset(jitter, generator))
             image, label = augment(image, label, config, generator)
+            label = centre_crop(label, context)
             if int((label == organ).sum()) >= MIN_STRUCTURE_VOXELS:
                 break
         else:

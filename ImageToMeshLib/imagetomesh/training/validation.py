@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from imagetomesh.metrics import dice
+from imagetomesh.models.organ_decoders import centre_crop, context_shape
 from imagetomesh.models.protocol import last_stage_meshes
 from imagetomesh.nn.sdf import inside_mask
 from imagetomesh.training.data import PreparedCase, boundary_points
@@ -79,13 +80,14 @@ def organ_metrics(model, cases: list[PreparedCase], device, organs: list[str]) -
 
 @torch.no_grad()
 def organ_mesh_metrics(
-    model, cases: list[PreparedCase], device, organs: list[str], crops: list[list[int]]
+    model, cases: list[PreparedCase], device, organs: list[str], crops: list[list[int]], context: int = 0
 ) -> dict[str, float]:
     """A Voxel2Mesh with one decoder per organ, on the crop of each case around each organ that it can be
     scored on (:func:`~imagetomesh.training.organ_crops.meshable`; ``crops[k - 1]`` ``(d, h, w)`` for class
     ``k``, centred on the labelled organ): the Dice of the mesh ``segment`` returns, rasterised in the
     crop (``val_mesh_dice_<organ>``, mean ``val_mesh_dice``) and of the voxel head in the same crop
-    (``val_dice_<organ>``, mean ``val_dice``). ``organs[k - 1]`` names class ``k``."""
+    (``val_dice_<organ>``, mean ``val_dice``). ``organs[k - 1]`` names class ``k``. The model reads each crop grown
+    by ``context`` voxels per side (its ``context_margin``)."""
     model.eval()
     mesh_dices: dict[str, list[float]] = {name: [] for name in organs}
     voxel_dices: dict[str, list[float]] = {name: [] for name in organs}
@@ -93,8 +95,8 @@ def organ_mesh_metrics(
         for case in cases:
             if not meshable(case, k):
                 continue
-            image, label = organ_crop(case, k, tuple(crops[k - 1]))
-            truth = (label == k).numpy()
+            image, label = organ_crop(case, k, context_shape(crops[k - 1], context))
+            truth = (centre_crop(label, context) == k).numpy()
             logits, meshes = model(image[None, None].to(device), organ=k)
             voxel_dices[name].append(dice(logits.argmax(1)[0].cpu().numpy() == k, truth))
             mesh_dices[name].append(rasterised_dice(meshes[0][-1].verts, meshes[0][-1].faces, truth))

@@ -142,6 +142,8 @@ class ImageToMeshTask(Task):
             self.cases_by_organ = organ_cases(self.train_cases, len(config.organs))
             run.log(describe_organ_cases(self.cases_by_organ, config.organs))
         self.model = build_model(config.kind, config.model).to(run.device)
+        #: voxels of image around each organ crop that the U-Net reads (Voxel2Mesh's ``context_margin``)
+        self.context = self.model.config.context_margin if self.organ_decoders else 0
         if self.init_from:
             init_from_model(self.model, config.kind, self.init_from, run.log, config.organs)
             if config.restart_classes:
@@ -172,7 +174,7 @@ class ImageToMeshTask(Task):
         if self.organ_decoders:
             crops = c.model["organ_crops"]
             return random_organ_crop_batch(
-                self.cases_by_organ, crops, c.batch_size, c.augment, generator, c.crop_jitter
+                self.cases_by_organ, crops, c.batch_size, c.augment, generator, c.crop_jitter, self.context
             )
         if c.patch:
             return random_patch_batch(
@@ -196,7 +198,7 @@ class ImageToMeshTask(Task):
         names = [o["name"] for o in self.config.organs or []]
         if self.organ_decoders:
             return organ_mesh_metrics(
-                self.model, self.val_cases, self.run.device, names, self.config.model["organ_crops"]
+                self.model, self.val_cases, self.run.device, names, self.config.model["organ_crops"], self.context
             )
         if self.config.organs:
             return organ_metrics(self.model, self.val_cases, self.run.device, names)
