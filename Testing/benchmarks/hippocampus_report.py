@@ -2,7 +2,10 @@
 
 Usage:
     python Testing/benchmarks/hippocampus_report.py [--data ../shared/data/hippocampus]
-        [--split test|val] [--models unet-hippocampus voxel2mesh-hippocampus ...] [--out docs/hippocampus-results.md]
+        [--split test|val] [--models unet-hippocampus voxel2mesh-hippocampus ...] [--out PAGE]
+
+``--split test`` writes docs/hippocampus-results.md unless ``--out`` says otherwise; ``--split val`` only prints
+its tables (unless given ``--out``), so tuning never overwrites the held-out page.
 
 Also: paired differences of each method against U-Net+MC (mean and 95 % bootstrap interval over the
 cases) and each model's training image passes (from its card).
@@ -107,9 +110,17 @@ def main() -> None:
             "nudf-hippocampus",
         ],
     )
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "hippocampus-results.md")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="markdown page to write (default: docs/hippocampus-results.md for --split test; a validation run "
+        "only prints its tables, so tuning never overwrites the held-out page)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="first N cases only (quick look)")
     args = parser.parse_args()
+    if args.out is None and args.split == "test":
+        args.out = REPO / "docs" / "hippocampus-results.md"
     torch.set_num_threads(2)
 
     split = json.loads((REPO / "Resources" / "Splits" / "hippocampus.json").read_text(encoding="utf-8"))
@@ -238,6 +249,9 @@ def main() -> None:
         "model's own flip-averaged voxel probabilities: not the method's output.",
         "",
     ]
+    if args.out is None:
+        print("\n".join(lines))
+        return
     if per_model_meshes:
         # the case with the median Dice of the first mesh method: a typical case
         first = next(iter(per_model_meshes))
