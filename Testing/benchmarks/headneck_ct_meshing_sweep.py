@@ -30,11 +30,11 @@ from headneck_ct_report import model_split, scored_organs  # noqa: E402
 from imagetomesh.errors import InputError  # noqa: E402
 from imagetomesh.geometry.isosurface import DEFAULT_SMOOTHING  # noqa: E402
 from imagetomesh.inference import Segmenter  # noqa: E402
-from imagetomesh.voxel_meshing import voxel_organ_mesh  # noqa: E402
 from imagetomesh.io.images import read_image  # noqa: E402
 from imagetomesh.metrics import mesh_dice_iou  # noqa: E402
 from imagetomesh.scan import organ_masks  # noqa: E402
 from imagetomesh.training.msd import read_msd  # noqa: E402
+from imagetomesh.voxel_meshing import voxel_organ_mesh  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
