@@ -406,7 +406,12 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
         copy.deepcopy(v2m["headneck-ct-cpu-frozen"]),
         # context_margin: the U-Net reads 8 voxels around each crop (validation voxel Dice in the crops 0.698 -> 0.722;
         # 16 voxels 0.724)
-        model={**v2m["headneck-ct-cpu-frozen"].model, "unpooling": "none", "start": "unet_surface", "context_margin": 8},
+        model={
+            **v2m["headneck-ct-cpu-frozen"].model,
+            "unpooling": "none",
+            "start": "unet_surface",
+            "context_margin": 8,
+        },
         steps=4200,  # 600 steps (1,200 crops) per decoder
         lr=v2m["cpu-v2"].lr / 2,  # the decoders start at the U-Net's surface: smaller first moves
     )
