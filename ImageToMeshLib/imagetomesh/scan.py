@@ -193,11 +193,12 @@ def crop_start(centre: np.ndarray, shape: tuple[int, int, int]) -> tuple[int, in
 def crop_padded(
     array: torch.Tensor, start: tuple[int, int, int], shape: tuple[int, int, int], fill: float
 ) -> torch.Tensor:
-    """The ``shape`` window of ``array (D, H, W)`` from ``start`` ``(k, j, i)``, ``fill`` where it lies outside."""
-    out = torch.full(tuple(shape), fill, dtype=array.dtype, device=array.device)
-    overlap = window_slices(start, shape, array.shape)
+    """The ``shape`` window of ``array (..., D, H, W)`` from ``start`` ``(k, j, i)``, ``fill`` where it lies outside
+    (leading dimensions, such as classes, are kept whole)."""
+    out = torch.full((*array.shape[:-3], *shape), fill, dtype=array.dtype, device=array.device)
+    overlap = window_slices(start, shape, array.shape[-3:])
     if overlap is not None:
-        out[overlap[1]] = array[overlap[0]]
+        out[(..., *overlap[1])] = array[(..., *overlap[0])]
     return out
 
 

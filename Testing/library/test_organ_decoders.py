@@ -41,6 +41,12 @@ def test_padded_crops_equal_the_voxel_by_voxel_crop(start):
     array = torch.arange(8 * 10 * 12, dtype=torch.float32).reshape(8, 10, 12)
     crop = crop_padded(array, start, (6, 5, 4), -1.0)
     assert np.array_equal(crop.numpy(), slow_crop(array.numpy(), start, (6, 5, 4), -1.0))
+    classes = torch.stack([array, -array, 2 * array])  # (C, D, H, W): each class cropped alike
+    crops = crop_padded(classes, start, (6, 5, 4), -1.0)
+    assert crops.shape == (3, 6, 5, 4)
+    assert all(
+        np.array_equal(crops[c].numpy(), slow_crop(classes[c].numpy(), start, (6, 5, 4), -1.0)) for c in range(3)
+    )
 
 
 def test_a_crop_is_centred_on_the_box_around_the_mask():

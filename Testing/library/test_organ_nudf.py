@@ -232,3 +232,98 @@ def test_segment_meshes_each_organ_with_its_field_where_the_unet_found_it(organ_
         assert check_mesh(mesh, self_intersections=False).watertight
         assert holds_only_its_organ(mesh, organ), organ
         assert np.abs(mesh.vertices.mean(0) - centre).max() < 4.0, organ  # centred within a voxel
+
+
+def test_a_guided_field_reads_the_localisers_probabilities_over_the_whole_scan(organ_nudf_model):
+    """segment gives a guided NUDF (``localiser_input``) the U-Net's probabilities of the whole scan cropped to the
+    organ's crop, not those of the U-Net run on the crop alone (which loses the organ's surroundings)."""
+    from dataclasses import replace
+
+    from synthetic_ct import ct_case
+
+    from imagetomesh.core.mesh import Mesh
+    from imagetomesh.core.volume import Volume
+    from imagetomesh.inference import Segmenter
+    from imagetomesh.scan import box_centre, crop_padded, crop_start, organ_masks
+    from imagetomesh.zoo import load_model
+
+    folder, _, _ = organ_nudf_model
+    loaded = load_model(folder, "cpu")
+    unet = loaded.module.unet
+    guided = NUDF(replace(loaded.module.config, localiser_input=True)).eval()
+    guided.unet.load_state_dict(unet.state_dict())
+    given = {}
+
+    def predict_meshes(images, open_surface=False, organ=None, near=None, probabilities=None):
+        given[organ] = (images, near, probabilities)
+        cube = np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)], np.float32)
+        faces = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
+                          [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])  # fmt: skip
+        return [Mesh(cube, faces)]
+
+    guided.predict_meshes = predict_meshes
+    segmenter = Segmenter(replace(loaded, module=guided))
+    image, _ = ct_case(shape=(32, 24, 40), seed=9)
+    volume = Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0]))
+    meshes = segmenter.segment_organs(volume)
+    assert all(m is not None for m in meshes.values()) and set(given) == {1, 2}
+    _, _, probabilities = segmenter.scan_probabilities(volume)
+    masks = organ_masks(probabilities, segmenter.organs)
+    for organ in segmenter.organs:
+        images, near, guide = given[organ.index]
+        crop = tuple(guided.config.organ_crops[organ.index - 1])
+        start = crop_start(box_centre(masks[organ.name]), crop)
+        assert guide.shape == (1, 3, *crop) and torch.allclose(guide[0], crop_padded(probabilities, start, crop, 0.0))
+        on_the_crop = unet(images)[0].softmax(1)
+        assert not torch.allclose(guide, on_the_crop, atol=1e-3)  # the crop alone would have given another guide
+
+
+def test_surface_offsets_move_each_organs_mesh_along_its_normals():
+    from imagetomesh.core.mesh import Mesh
+    from imagetomesh.core.volume import Volume
+    from imagetomesh.geometry.isosurface import labelmap_to_mesh
+    from imagetomesh.models.nudf import moved_along_normals
+
+    with pytest.raises(ValueError, match="one per organ"):
+        _organ_config(surface_offsets=[0.1])
+    with pytest.raises(ValueError, match="finite"):
+        _organ_config(surface_offsets=[0.1, float("nan")])
+    assert _organ_config(surface_offsets=[-0.4, 1]).surface_offsets == [-0.4, 1.0]
+    # a sphere of radius 10 moved by -1 is the sphere of radius 9 (parallel surface), whichever way its faces wound
+    grid = np.stack(np.meshgrid(*[np.arange(-14, 15)] * 3, indexing="ij"), -1)
+    ball = Volume((np.linalg.norm(grid, axis=-1) <= 10).astype(np.uint8), (1.0, 1.0, 1.0))
+    sphere = labelmap_to_mesh(ball, smoothing=0.0)
+    centre = sphere.vertices.mean(0)
+    radius = np.linalg.norm(sphere.vertices - centre, axis=1)
+    for mesh in (sphere, Mesh(sphere.vertices, sphere.faces[:, ::-1])):
+        shrunk = moved_along_normals(mesh, -1.0)
+        moved = np.linalg.norm(shrunk.vertices - centre, axis=1) - radius
+        assert np.allclose(np.linalg.norm(shrunk.vertices - mesh.vertices, axis=1), 1.0, atol=1e-4)
+        assert np.abs(moved + 1.0).mean() < 0.05 and shrunk.signed_volume() < sphere.signed_volume()
+
+
+def test_segment_moves_each_organs_surface_by_its_offset(organ_nudf_model):
+    from dataclasses import replace
+
+    from synthetic_ct import ct_case
+
+    from imagetomesh.core.volume import Volume
+    from imagetomesh.inference import Segmenter
+    from imagetomesh.metrics import point_to_mesh_distance
+    from imagetomesh.zoo import load_model
+
+    folder, card, _ = organ_nudf_model
+    image, _ = ct_case(shape=(32, 24, 40), seed=9)
+    volume = Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0]))
+    loaded = load_model(folder, "cpu")
+    plain = Segmenter(loaded).segment_organs(volume)
+    moved_model = replace(loaded.module.config, surface_offsets=[0.5, -0.25])
+    loaded.module.config = moved_model
+    moved = Segmenter(loaded).segment_organs(volume)
+    voxel_mm = np.asarray(card["grid"]["spacing"], dtype=np.float64)
+    assert np.allclose(voxel_mm, voxel_mm[0])  # an isotropic grid: the offsets are the same in mm in every direction
+    for organ, offset in zip(ORGAN_CENTRES, (0.5, -0.25)):
+        before, after = plain[organ], moved[organ]
+        shift = point_to_mesh_distance(after.vertices, before)  # a parallel surface |offset| voxels away
+        assert np.median(shift) == pytest.approx(abs(offset) * voxel_mm[0], rel=0.1), organ
+        assert (after.signed_volume() > before.signed_volume()) == (offset > 0), organ

@@ -63,7 +63,12 @@ class NUDFConfig:
     "instance" (a batch holds one organ's crops: measured on synthetic CTs, batch norm's mixed running
     statistics made the validation error grow while the training loss fell); ``localiser_input`` whether the
     encoder also reads that U-Net's probability of the organ on the crop (crop sizes then also a multiple of
-    the U-Net's ``2 ** (depth - 1)``)."""
+    the U-Net's ``2 ** (depth - 1)``). ``surface_offsets``: one per organ (one for a one-object model), grid voxels
+    that :meth:`NUDF.predict_meshes` moves the meshed surface along its outward normals (negative: inward), or None
+    for none: a learned field's zero set can sit off the organ's surface by a fraction of a voxel, by a different
+    amount per organ (the head-and-neck model's brainstem and parotids outwards, its spinal cord inwards: its
+    learned distances, not the meshing, which more projection steps did not change), so these are chosen on
+    validation cases (``Testing/benchmarks/nudf_surface_offsets.py``)."""
 
     in_channels: int = 1
     channels: tuple[int, ...] = (16, 32, 64, 64)
@@ -76,9 +81,17 @@ class NUDFConfig:
     unet: Optional[dict] = None
     organ_crops: Optional[list[list[int]]] = None
     localiser_input: bool = False
+    surface_offsets: Optional[list[float]] = None
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
+        if self.surface_offsets is not None:
+            self.surface_offsets = [float(o) for o in self.surface_offsets]
+            if len(self.surface_offsets) != max(1, self.organs) or not all(np.isfinite(self.surface_offsets)):
+                raise ValueError(
+                    f"surface_offsets must be {max(1, self.organs)} finite number(s) of voxels (one per organ), "
+                    f"got {self.surface_offsets}"
+                )
         if (self.unet is None) != (self.organ_crops is None):
             raise ValueError(
                 "a several-organ NUDF needs both unet (the localiser) and organ_crops; give both or neither"
@@ -246,8 +259,24 @@ class NUDF(nn.Module, SegmentationModel):
                 inside, outward = guide.region(config.region_margin_voxels), guide.outward()
             lo, hi = (-scale).cpu().numpy(), scale.cpu().numpy()
             mesh = mesh_udf(udf, lo, hi, voxel, config, open_surface=open_surface, inside=inside, outward=outward)
+            offset = self.config.surface_offsets[self._output(organ)] if self.config.surface_offsets else 0.0
+            if offset and not open_surface:
+                mesh = moved_along_normals(mesh, offset * voxel)
             meshes.append(mesh.transformed(_diag_affine(1.0 / scale.cpu().numpy())))
         return meshes
+
+
+def moved_along_normals(mesh, distance: float):
+    """The closed ``mesh`` with every vertex moved ``distance`` along its outward (area-weighted) vertex normal:
+    a parallel surface, grown (``distance`` > 0) or shrunk, for distances small against its thickness."""
+    from imagetomesh.core.mesh import Mesh
+    from imagetomesh.geometry.normals import vertex_normals
+    from imagetomesh.geometry.quality import orient_outward
+
+    mesh = orient_outward(mesh)
+    vertices = torch.as_tensor(mesh.vertices, dtype=torch.float64)
+    normals = vertex_normals(vertices, torch.as_tensor(mesh.faces.astype(np.int64))).numpy()
+    return Mesh((mesh.vertices + distance * normals).astype(mesh.vertices.dtype), mesh.faces)
 
 
 class VoxelGuide:

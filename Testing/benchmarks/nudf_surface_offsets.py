@@ -1,0 +1,99 @@
+"""Choose a several-organ NUDF's ``surface_offsets`` on validation scans: per organ, the Dice of its meshes moved
+along their outward normals by each candidate offset (grid voxels; negative: inward).
+
+Usage:
+    python Testing/benchmarks/nudf_surface_offsets.py [--model nudf-headneck-ct] [--split val]
+        [--first 0] [--cases 10] [--offsets -0.6 -0.4 ... 0.4] [--json out.json]
+
+``segment`` meshes each whole scan once with the model's offsets set to zero
+(:meth:`~imagetomesh.inference.Segmenter.segment_organs`); each organ's LPS mesh is then moved by ``d`` grid voxels
+along its normals, ``d * spacing (x) n_grid`` for the unit normal ``n_grid`` in the grid's voxel frame: what
+:func:`~imagetomesh.models.nudf.moved_along_normals` does there before the mesh is mapped to millimetres (the
+mesh is finished before rather than after the move, and the scan's spacing stands for the model grid's). Dice as
+``headneck_ct_report.py`` scores it (the mesh rasterised on the label grid, each organ where contoured). Choose
+on one part of the validation split (``--first``/``--cases``) and confirm the choice with
+``headneck_ct_report.py`` on the rest, the offsets set in a copy of the model's card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from headneck_ct_report import REPO, model_split, scored_organs
+
+from imagetomesh.core.mesh import Mesh
+from imagetomesh.geometry.normals import vertex_normals
+from imagetomesh.inference import Segmenter
+from imagetomesh.io.images import read_image
+from imagetomesh.metrics import mesh_dice_iou
+from imagetomesh.training.msd import read_msd
+from imagetomesh.zoo import load_model
+
+
+def moved_in_voxels(mesh: Mesh, offset: float, spacing_xyz: np.ndarray) -> Mesh:
+    """The LPS-mm ``mesh`` (axis-aligned up to signs) moved ``offset`` voxels of ``spacing_xyz`` along its normals."""
+    normals = vertex_normals(torch.as_tensor(mesh.vertices, dtype=torch.float64), torch.as_tensor(mesh.faces))
+    in_voxels = normals.numpy() * spacing_xyz  # a normal's direction in the voxel frame (a covector)
+    unit = in_voxels / np.linalg.norm(in_voxels, axis=1, keepdims=True).clip(1e-12)
+    return Mesh((mesh.vertices + offset * unit * spacing_xyz).astype(mesh.vertices.dtype), mesh.faces)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "openkbp-ct"))
+    parser.add_argument("--model", default="nudf-headneck-ct")
+    parser.add_argument("--split", default="val", choices=["val"])
+    parser.add_argument("--first", type=int, default=0, help="skip this many cases of the split")
+    parser.add_argument("--cases", type=int, default=10, help="score this many cases from --first")
+    parser.add_argument("--offsets", type=float, nargs="+", default=[-0.6, -0.5, -0.4, -0.3, -0.2, -0.1, 0, 0.1, 0.2])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", default=None, help="also write the per-case numbers here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model = load_model(args.model, "cpu")
+    if model.card["kind"] != "nudf" or not model.module.config.organs:
+        raise SystemExit(f"{args.model} is not a several-organ NUDF")
+    model.module.config.surface_offsets = None  # meshed as the field puts the surface
+    grid = model.card["grid"]  # the model grid's voxel size along L, P, S (its axes are those up to order and sign)
+    direction = np.abs(np.asarray(grid["direction"] or np.eye(3).ravel(), dtype=np.float64).reshape(3, 3))
+    spacing_xyz = direction @ np.asarray(grid["spacing"], dtype=np.float64)
+    segmenter = Segmenter(model)
+    msd = read_msd(args.data)
+    ids = model_split(model.card)[args.split][args.first : args.first + args.cases]
+    dice: dict[str, dict[str, list[float]]] = {}  # organ -> case -> Dice per offset
+    for case_id in ids:
+        case = msd[case_id]
+        image, label = read_image(case.image), read_image(case.label)
+        meshes = segmenter.segment_organs(image)
+        for organ in scored_organs(case, segmenter.organs):
+            truth = label.with_array((label.array == organ.label).astype(np.uint8))
+            mesh = meshes.get(organ.name)
+            scores = (
+                [0.0] * len(args.offsets)
+                if mesh is None
+                else [mesh_dice_iou(moved_in_voxels(mesh, d, spacing_xyz), truth)[0] for d in args.offsets]
+            )
+            dice.setdefault(organ.name, {})[case_id] = scores
+        print(case_id, flush=True)
+    print("| organ | cases | " + " | ".join(f"{d:+.2f}" for d in args.offsets) + " | best |")
+    print("|---|---|" + "---|" * (len(args.offsets) + 1))
+    best = []
+    for organ in segmenter.organs:
+        if organ.name not in dice:
+            continue
+        means = np.mean(list(dice[organ.name].values()), axis=0)
+        best.append(args.offsets[int(np.argmax(means))])
+        cells = " | ".join(f"{m:.3f}" for m in means)
+        print(f"| {organ.title} | {len(dice[organ.name])} | {cells} | {best[-1]:+.2f} |")
+    print("best offsets per organ (voxels):", best)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"offsets": args.offsets, "dice": dice}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
