@@ -23,10 +23,9 @@ from imagetomesh.organs import Organ, organs_of
 from imagetomesh.preprocessing import GridSpec, prepare_image
 from imagetomesh.scan import (
     body_crop,
-    box_centre,
     crop_padded,
-    crop_start,
     crop_to_scan_grid,
+    densest_crop_start,
     organ_masks,
     scan_spec,
     windowed_logits,
@@ -225,7 +224,8 @@ class Segmenter:
         probabilities: torch.Tensor,
     ) -> Mesh:
         """Organ ``organ``'s decoder run on its crop (``config.organ_crops``) of the scan-grid ``image (D, H, W)``
-        centred on the box around its ``mask`` (the U-Net's voxels of it; the model's input is that crop grown by
+        placed to hold the most of its ``mask`` (the U-Net's voxels of it: :func:`~imagetomesh.scan.densest_crop_start`;
+        centred on their box when they fit; the model's input is that crop grown by
         its ``context_margin``, which its U-Net reads), as a finished LPS-mm mesh; the
         scan grid lies at ``transform``. A model that ``meshes_near_mask`` (NUDF) seeks the surface only near ``mask``;
         one whose encoder reads the localiser's probability of the organ (NUDF's ``localiser_input``) gets it
@@ -233,7 +233,7 @@ class Segmenter:
         surroundings (run on the crop alone it loses them: validation mean Dice 0.685 against 0.677)."""
         net = self.model.module
         crop = tuple(net.config.organ_crops[organ.index - 1])
-        start = crop_start(box_centre(mask), crop)
+        start = densest_crop_start(mask, crop)
         margin = getattr(net.config, "context_margin", 0)  # the U-Net reads this much image around the crop
         window = crop_padded(image, tuple(s - margin for s in start), context_shape(crop, margin), float(image.min()))
         extra = {}

@@ -1,6 +1,8 @@
 """Voxel2Mesh with one mesh decoder per organ (issue 16): each organ meshed by its own decoder in a crop
 of the scan around it, found by the model's own U-Net; crops, their geometry, training and ``segment``."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ from imagetomesh import cli
 from imagetomesh.core.transforms import grid_to_index, index_to_grid
 from imagetomesh.models.voxel2mesh import Voxel2Mesh, Voxel2MeshConfig
 from imagetomesh.preprocessing import GridSpec
-from imagetomesh.scan import box_centre, crop_padded, crop_start, crop_to_scan_grid
+from imagetomesh.scan import box_centre, crop_padded, crop_start, crop_to_scan_grid, densest_crop_start
 from imagetomesh.training.augment import AugmentConfig
 from imagetomesh.training.configs import HEADNECK_CT_GRID, HEADNECK_CT_TEMPLATE_MM, image_configs
 from imagetomesh.training.data import UNKNOWN
@@ -58,6 +60,41 @@ def test_a_crop_is_centred_on_the_box_around_the_mask():
     assert [s + (n - 1) / 2 for s, n in zip(start, (8, 6, 5))] == pytest.approx([6.5, 10.5, 3.0])
     with pytest.raises(ValueError, match="empty"):
         box_centre(np.zeros((3, 3, 3), bool))
+
+
+def slow_densest_crop_start(mask: np.ndarray, shape):
+    """Every crop start that overlaps the mask, its voxels counted one crop at a time; the most, then the nearest
+    (sum of index differences) to the crop centred on the mask's box."""
+    centred = np.array(crop_start(box_centre(mask), shape))
+    nonzero = np.nonzero(mask)
+    ranges = [range(int(a.min()) - n + 1, int(a.max()) + 1) for a, n in zip(nonzero, shape)]
+    scored = [
+        (-int(slow_crop(mask.astype(np.int64), start, shape, 0).sum()), int(np.abs(np.array(start) - centred).sum()))
+        for start in itertools.product(*ranges)
+    ]
+    best = min(scored)
+    return [start for start, score in zip(itertools.product(*ranges), scored) if score == best]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_densest_crop_holds_the_most_of_the_mask(seed):
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((14, 12, 10), bool)
+    for _ in range(rng.integers(1, 4)):  # one to three scattered pieces
+        corner = rng.integers(0, (11, 9, 7))
+        mask[tuple(slice(c, c + int(rng.integers(1, 4))) for c in corner)] = True
+    shape = tuple(int(n) for n in rng.integers(2, 7, 3))
+    assert densest_crop_start(mask, shape) in slow_densest_crop_start(mask, shape)
+
+
+def test_a_mask_that_fits_gets_the_centred_crop_and_scattered_pieces_the_crop_around_most():
+    mask = np.zeros((40, 20, 20), bool)
+    mask[4:9, 10:12, 3:5] = True
+    assert densest_crop_start(mask, (8, 6, 5)) == crop_start(box_centre(mask), (8, 6, 5))
+    mask[30:34, 2:4, 15:18] = True  # a second, larger piece far away: the box centre lies between them
+    start = densest_crop_start(mask, (8, 6, 5))
+    assert crop_padded(torch.from_numpy(mask), start, (8, 6, 5), False).sum() == 24
+    assert crop_padded(torch.from_numpy(mask), crop_start(box_centre(mask), (8, 6, 5)), (8, 6, 5), False).sum() == 0
 
 
 def test_crop_grid_coordinates_map_to_the_scan_voxels_they_came_from():
