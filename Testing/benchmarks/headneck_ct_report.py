@@ -149,7 +149,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "openkbp-ct"))
     parser.add_argument("--split", default="val", choices=["val", "test"])
-    parser.add_argument("--models", nargs="+", default=["unet-headneck-ct", "nudf-headneck-ct"])
+    parser.add_argument(
+        "--models", nargs="+", default=["unet-headneck-ct", "voxel2mesh-headneck-ct", "nudf-headneck-ct"]
+    )
     parser.add_argument("--cases", type=int, default=0, help="only the first N cases of the split (0: all)")
     parser.add_argument("--invariance", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
