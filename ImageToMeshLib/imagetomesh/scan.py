@@ -194,7 +194,7 @@ def densest_crop_start(mask: np.ndarray, shape: tuple[int, int, int]) -> tuple[i
     """The first voxel ``(k, j, i)`` of the crop of ``shape`` ``(d, h, w)`` that holds the most voxels of the
     non-empty ``(D, H, W)`` ``mask``; of several such crops, the one nearest the crop centred on the mask's box
     (:func:`crop_start` of :func:`box_centre`), which it is whenever the mask fits in the crop. A localiser's
-    organ found in scattered pieces (a test case's oesophagus: four pieces over 106 slices) then gets the crop
+    organ found in scattered pieces (a validation scan's oesophagus: four pieces over 106 slices) then gets the crop
     around most of it, not one centred between the pieces that may hold none of them."""
     mask = np.asarray(mask, dtype=bool)
     centred = np.array(crop_start(box_centre(mask), shape))

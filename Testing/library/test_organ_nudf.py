@@ -244,7 +244,7 @@ def test_a_guided_field_reads_the_localisers_probabilities_over_the_whole_scan(o
     from imagetomesh.core.mesh import Mesh
     from imagetomesh.core.volume import Volume
     from imagetomesh.inference import Segmenter
-    from imagetomesh.scan import box_centre, crop_padded, crop_start, organ_masks
+    from imagetomesh.scan import crop_padded, densest_crop_start, organ_masks
     from imagetomesh.zoo import load_model
 
     folder, _, _ = organ_nudf_model
@@ -272,7 +272,7 @@ def test_a_guided_field_reads_the_localisers_probabilities_over_the_whole_scan(o
     for organ in segmenter.organs:
         images, near, guide = given[organ.index]
         crop = tuple(guided.config.organ_crops[organ.index - 1])
-        start = crop_start(box_centre(masks[organ.name]), crop)
+        start = densest_crop_start(masks[organ.name], crop)
         assert guide.shape == (1, 3, *crop) and torch.allclose(guide[0], crop_padded(probabilities, start, crop, 0.0))
         on_the_crop = unet(images)[0].softmax(1)
         assert not torch.allclose(guide, on_the_crop, atol=1e-3)  # the crop alone would have given another guide

@@ -25,8 +25,10 @@ as it was trained, that finds each organ in the whole scan (as a Voxel2Mesh with
 does); NUDF then meshes organ ``k`` in the crop ``organ_crops[k - 1]`` around it, its encoder reading
 that crop and output ``k`` of the point decoder (one output per organ) giving that organ's distances.
 With ``localiser_input`` the encoder reads, besides the crop, the U-Net's probability of organ ``k`` on it
-(the U-Net run on the same crop, in training as in use): the field then refines where the U-Net puts the
-organ rather than finding the organ from the image alone.
+(in training the U-Net run on the same crop; ``segment`` crops the U-Net's probabilities over the whole scan,
+which saw the organ's surroundings): the field then refines where the U-Net puts the organ rather than finding
+the organ from the image alone. ``surface_offsets`` move each organ's finished surface along its normals by an
+amount chosen on validation (the field's zero set can sit a fraction of a voxel off the organ).
 The surface is sought only near the U-Net's voxels of the organ (``near`` of :meth:`NUDF.predict_meshes`,
 grown by the meshing config's ``region_margin_voxels``): the field is trained on points concentrated
 around the organ and can fall to near zero far from it, in parts of the crop its training barely sampled.
@@ -64,8 +66,8 @@ class NUDFConfig:
     statistics made the validation error grow while the training loss fell); ``localiser_input`` whether the
     encoder also reads that U-Net's probability of the organ on the crop (crop sizes then also a multiple of
     the U-Net's ``2 ** (depth - 1)``). ``surface_offsets``: one per organ (one for a one-object model), grid voxels
-    that :meth:`NUDF.predict_meshes` moves the meshed surface along its outward normals (negative: inward), or None
-    for none: a learned field's zero set can sit off the organ's surface by a fraction of a voxel, by a different
+    that :meth:`NUDF.predict_meshes` moves the closed meshed surface along its outward normals (negative: inward;
+    an open surface, ``segment --open``, is left where the field puts it), or None for none: a learned field's zero set can sit off the organ's surface by a fraction of a voxel, by a different
     amount per organ (the head-and-neck model's brainstem and parotids outwards, its spinal cord inwards: its
     learned distances, not the meshing, which more projection steps did not change), so these are chosen on
     validation cases (``Testing/benchmarks/nudf_surface_offsets.py``)."""
