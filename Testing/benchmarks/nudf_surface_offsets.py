@@ -6,10 +6,10 @@ Usage:
         [--first 0] [--cases 10] [--offsets -0.6 -0.4 ... 0.4] [--json out.json]
 
 ``segment`` meshes each whole scan once with the model's offsets set to zero
-(:meth:`~imagetomesh.inference.Segmenter.segment_organs`); each organ's LPS mesh is then moved by ``d`` grid voxels
-along its normals, ``d * spacing (x) n_grid`` for the unit normal ``n_grid`` in the grid's voxel frame: what
-:func:`~imagetomesh.models.nudf.moved_along_normals` does there before the mesh is mapped to millimetres (the
-mesh is finished before rather than after the move, and the scan's spacing stands for the model grid's). Dice as
+(:meth:`~imagetomesh.inference.Segmenter.segment_organs`); each organ's LPS mesh is then taken into the model
+grid's voxel frame (divided by its voxel size along L, P, S), moved by ``d`` there with
+:func:`~imagetomesh.models.nudf.moved_along_normals`, as ``predict_meshes`` moves it, and taken back (the mesh is
+finished before rather than after the move). Dice as
 ``headneck_ct_report.py`` scores it (the mesh rasterised on the label grid, each organ where contoured). Choose
 on one part of the validation split (``--first``/``--cases``) and confirm the choice with
 ``headneck_ct_report.py`` on the rest, the offsets set in a copy of the model's card.
@@ -26,20 +26,20 @@ import torch
 from headneck_ct_report import REPO, model_split, scored_organs
 
 from imagetomesh.core.mesh import Mesh
-from imagetomesh.geometry.normals import vertex_normals
 from imagetomesh.inference import Segmenter
 from imagetomesh.io.images import read_image
 from imagetomesh.metrics import mesh_dice_iou
+from imagetomesh.models.nudf import moved_along_normals
 from imagetomesh.training.msd import read_msd
 from imagetomesh.zoo import load_model
 
 
 def moved_in_voxels(mesh: Mesh, offset: float, spacing_xyz: np.ndarray) -> Mesh:
-    """The LPS-mm ``mesh`` (axis-aligned up to signs) moved ``offset`` voxels of ``spacing_xyz`` along its normals."""
-    normals = vertex_normals(torch.as_tensor(mesh.vertices, dtype=torch.float64), torch.as_tensor(mesh.faces))
-    in_voxels = normals.numpy() * spacing_xyz  # a normal's direction in the voxel frame (a covector)
-    unit = in_voxels / np.linalg.norm(in_voxels, axis=1, keepdims=True).clip(1e-12)
-    return Mesh((mesh.vertices + offset * unit * spacing_xyz).astype(mesh.vertices.dtype), mesh.faces)
+    """The LPS-mm ``mesh`` moved ``offset`` voxels along its normals in the frame of voxels of ``spacing_xyz`` (a grid
+    whose axes are L, P, S up to order and sign)."""
+    in_voxels = Mesh(mesh.vertices / spacing_xyz, mesh.faces)
+    moved = moved_along_normals(in_voxels, offset)
+    return Mesh((moved.vertices * spacing_xyz).astype(mesh.vertices.dtype), moved.faces)
 
 
 def main() -> None:

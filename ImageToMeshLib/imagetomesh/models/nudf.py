@@ -67,8 +67,8 @@ class NUDFConfig:
     encoder also reads that U-Net's probability of the organ on the crop (crop sizes then also a multiple of
     the U-Net's ``2 ** (depth - 1)``). ``surface_offsets``: one per organ (one for a one-object model), grid voxels
     that :meth:`NUDF.predict_meshes` moves the closed meshed surface along its outward normals (negative: inward;
-    an open surface, ``segment --open``, is left where the field puts it), or None for none: a learned field's zero set can sit off the organ's surface by a fraction of a voxel, by a different
-    amount per organ (the head-and-neck model's brainstem and parotids outwards, its spinal cord inwards: its
+    an open surface, ``segment --open``, is left where the field puts it), or None for none: a learned field's
+    zero set can sit off the organ's surface by a fraction of a voxel, by a different amount per organ (the head-and-neck model's brainstem and parotids outwards, its spinal cord inwards: its
     learned distances, not the meshing, which more projection steps did not change), so these are chosen on
     validation cases (``Testing/benchmarks/nudf_surface_offsets.py``)."""
 
