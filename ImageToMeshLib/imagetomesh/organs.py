@@ -65,6 +65,23 @@ def organs_of(card: dict) -> list[Organ] | None:
     ]
 
 
+#: Name prefixes of an organ's left and right instances (``left_parotid`` / ``right_parotid``).
+SIDES = ("left_", "right_")
+
+
+def mirrored_classes(names: list[str]) -> list[int]:
+    """The class each class becomes when the body is mirrored left to right, for a model whose organ
+    classes ``k = 1..N`` are ``names[k - 1]``: ``[0, ...]`` (background stays), ``left_X`` and ``right_X``
+    trade classes, every other organ keeps its own (a permutation that is its own inverse)."""
+    index = {name: k for k, name in enumerate(names, start=1)}
+    classes = [0]
+    for name in names:
+        side = next((s for s in SIDES if name.startswith(s)), None)
+        partner = None if side is None else SIDES[1 - SIDES.index(side)] + name[len(side) :]
+        classes.append(index.get(partner, index[name]))
+    return classes
+
+
 def choose_organs(organs: list[Organ], names: str | None, model: str) -> list[Organ]:
     """The organs named in ``names`` (comma-separated, any case, ``-`` or ``_`` or a space between words),
     in the model's order; all of them when ``names`` is None. An unknown name is an :class:`InputError`

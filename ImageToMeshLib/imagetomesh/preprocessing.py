@@ -50,6 +50,15 @@ class GridSpec:
             return volume.direction
         return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
 
+    def array_axis(self, lps_axis: int, volume: Volume | None = None) -> int:
+        """The ``(D, H, W)`` array axis of this grid nearest to the patient's LPS axis ``lps_axis``
+        (0 left-right, 1 posterior-anterior, 2 inferior-superior); ``volume`` gives the direction of a
+        grid that follows each image's own (``direction`` None)."""
+        if self.direction is None and volume is None:
+            raise ValueError("a grid without a direction follows each image's: give the volume")
+        direction = self.direction_matrix(volume)
+        return 2 - int(np.argmax(np.abs(direction[lps_axis])))
+
     def to_dict(self) -> dict:
         d = {"shape": list(self.shape), "spacing": list(self.spacing)}
         if self.direction is not None:

@@ -2,6 +2,7 @@
 whole scans of any size run in bounded blocks, and ``segment`` writes one mesh per organ."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,11 +14,18 @@ from imagetomesh.core.transforms import GridTransform
 from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
 from imagetomesh.io.images import write_image
-from imagetomesh.organs import Organ, choose_organs, organs_of
+from imagetomesh.organs import Organ, choose_organs, mirrored_classes, organs_of
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.scan import body_crop, organ_mask_volume, organ_masks, scan_spec, windowed_logits
 from imagetomesh.training.augment import AugmentConfig
-from imagetomesh.training.data import UNKNOWN, mark_uncontoured_slices, prepare_case, random_patch_batch
+from imagetomesh.training.data import (
+    UNKNOWN,
+    Mirror,
+    mark_uncontoured_slices,
+    mirrored_crop,
+    prepare_case,
+    random_patch_batch,
+)
 from imagetomesh.training.losses import partial_label_loss
 from imagetomesh.training.msd import read_msd
 
@@ -161,6 +169,67 @@ def test_patch_batches_are_inside_the_grid_and_mostly_on_organs(tmp_path):
     # a grid smaller than the patch is padded
     images, labels, _ = random_patch_batch(cases, 2, (32, 8, 8), still, torch.Generator().manual_seed(1), 0.0)
     assert images.shape == (2, 1, 32, 8, 8)
+
+
+def test_left_and_right_organs_trade_classes_in_a_mirror():
+    assert mirrored_classes(["brainstem", "right_parotid", "left_parotid", "mandible"]) == [0, 1, 3, 2, 4]
+    assert mirrored_classes(["left_kidney", "liver"]) == [0, 1, 2]  # no partner: keeps its class
+    assert mirrored_classes([]) == [0]
+
+
+def test_a_mirrored_crop_equals_the_voxel_by_voxel_mirror():
+    mirror = Mirror(axis=2, classes=(0, 1, 3, 2, 4))  # classes 2 and 3 trade
+    g = torch.Generator().manual_seed(0)
+    values = torch.tensor([0, 1, 2, 3, 4, UNKNOWN | 2, UNKNOWN | 4, UNKNOWN | 6, UNKNOWN | 1], dtype=torch.uint8)
+    label = values[torch.randint(len(values), (3, 4, 5), generator=g)]
+    image = torch.randn(3, 4, 5, generator=g)
+    present = torch.tensor([True, True, False, True, True])
+    image_m, label_m, present_m = mirrored_crop(image, label, present, mirror)
+
+    def moved(value: int) -> int:  # class k -> classes[k]; an unknown value's organ bits likewise
+        if value < UNKNOWN:
+            return mirror.classes[value]
+        organs = [k for k in range(1, 8) if value & (1 << (k - 1))]
+        return UNKNOWN | sum(1 << (mirror.classes[k] - 1) for k in organs)
+
+    for z in range(3):
+        for y in range(4):
+            for x in range(5):
+                assert image_m[z, y, 4 - x] == image[z, y, x]
+                assert int(label_m[z, y, 4 - x]) == moved(int(label[z, y, x]))
+    assert present_m.tolist() == [True, True, True, False, True]
+    assert label_m.dtype == torch.uint8
+
+
+def test_patch_batches_mirror_left_and_right_when_asked(tmp_path):
+    msd = read_msd(write_ct_msd(tmp_path / "msd", 1, present_for=lambda n: [1]))
+    spec = GridSpec((24, 24, 32), (4.0, 4.0, 4.0), LPS_RAS, "ct")
+    case = prepare_case(next(iter(msd.values())), spec, organs=(1, 2))
+    lr_axis = spec.array_axis(0)
+    assert lr_axis == 2  # LPS_RAS: the grid's i axis runs along the patient's left-right axis
+    still = AugmentConfig(flip=0, rotate_deg=0, scale=0, intensity_scale=0, intensity_shift=0, noise=0)
+    mirror = Mirror(lr_axis, (0, 2, 1))
+    plain = random_patch_batch([case], 1, (24, 24, 32), still, torch.Generator().manual_seed(1), 1.0)
+    never = random_patch_batch([case], 1, (24, 24, 32), still, torch.Generator().manual_seed(1), 1.0, mirror=mirror)
+    always = random_patch_batch(
+        [case], 1, (24, 24, 32), replace(still, mirror=1.0), torch.Generator().manual_seed(1), 1.0, mirror=mirror
+    )
+    assert all(torch.equal(a, b) for a, b in zip(plain, never))  # augment.mirror 0: no mirror
+    assert torch.equal(always[0], plain[0].flip(-1))
+    assert torch.equal(always[1], torch.tensor([0, 2, 1], dtype=torch.uint8)[plain[1].long()].flip(-1))
+    assert plain[2].tolist() == [[True, True, False]] and always[2].tolist() == [[True, False, True]]
+
+
+def test_mirroring_needs_several_organs_on_a_fixed_grid(tmp_path):
+    from imagetomesh.training.configs import image_configs
+    from imagetomesh.training.tasks.image_to_mesh import ImageToMeshTask
+
+    config = image_configs()["unet"]["cpu"]
+    config.augment = replace(config.augment, mirror=0.5)
+    task = ImageToMeshTask(config, run=None)
+    task.organ_decoders = False
+    with pytest.raises(InputError, match="augment.mirror"):
+        task._mirror()
 
 
 def test_a_partly_contoured_organ_is_unknown_beyond_its_slices_and_crops_centre_on_organs(tmp_path):

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,8 @@ NEW_IMAGE_FIELDS = {
     "crop_jitter": 3.0,  # issue 16
 }
 #: NUDFTrainConfig fields added for several organs (issue 16), and its model's, with the defaults of the old runs
+#: AugmentConfig fields added since (issue 16: left-right mirroring of several-organ crops)
+NEW_AUGMENT_FIELDS = {"mirror": 0.0}
 NEW_NUDF_FIELDS = {
     "organs": None,
     "partly_contoured": None,
@@ -82,6 +85,8 @@ def test_named_configs_are_the_ones_of_the_trainers_before_the_engine():
                 assert {k: got["model"].pop(k) for k in NEW_NUDF_MODEL_FIELDS} == NEW_NUDF_MODEL_FIELDS, (kind, name)
             if kind == "implicitmeshnet":
                 assert {k: got.pop(k) for k in NEW_IMPLICITMESHNET_FIELDS} == NEW_IMPLICITMESHNET_FIELDS, (kind, name)
+            if kind != "dals":  # DALS augments points (WolfConfig), the others images (AugmentConfig)
+                assert {k: got["augment"].pop(k) for k in NEW_AUGMENT_FIELDS} == NEW_AUGMENT_FIELDS, (kind, name)
             if "loss" in got and isinstance(got["loss"], dict) and "version" in got["loss"]:
                 assert {k: got["loss"].pop(k) for k in NEW_LOSS_FIELDS} == NEW_LOSS_FIELDS, (kind, name)
             assert got == expected, (kind, name)
@@ -440,7 +445,8 @@ def test_a_model_option_added_after_a_run_started_resumes_only_while_unset(tmp_p
             check_resumable(tmp_path, Config(changed), "c", 0)
 
 
-def test_a_loss_field_added_after_a_run_started_resumes_only_at_its_default(tmp_path):
+@pytest.mark.parametrize("option", ["loss", "augment"])
+def test_a_loss_or_augment_field_added_after_a_run_started_resumes_only_at_its_default(option, tmp_path):
     import copy
     from dataclasses import asdict
 
@@ -451,11 +457,14 @@ def test_a_loss_field_added_after_a_run_started_resumes_only_at_its_default(tmp_
 
     config = copy.deepcopy(image_configs()["unet"]["headneck-ct-cpu-wide"])
     saved = {"seed": 0, **json.loads(json.dumps(config.to_dict()))}
-    for key in NEW_LOSS_FIELDS:  # a run saved before the loss had these fields
-        saved["loss"].pop(key)
+    for key in NEW_LOSS_FIELDS if option == "loss" else NEW_AUGMENT_FIELDS:  # a run saved before these fields
+        saved[option].pop(key)
     (tmp_path / "config.json").write_text(json.dumps(saved))
     check_resumable(tmp_path, config, "headneck-ct-cpu-wide", 0)
-    raster = copy.deepcopy(config)
-    raster.loss = MeshLossWeights(**{**asdict(config.loss), "version": 2, "raster": 3.0})
-    with pytest.raises(InputError, match="differs in loss"):
-        check_resumable(tmp_path, raster, "headneck-ct-cpu-wide", 0)
+    changed = copy.deepcopy(config)
+    if option == "loss":
+        changed.loss = MeshLossWeights(**{**asdict(config.loss), "version": 2, "raster": 3.0})
+    else:
+        changed.augment = replace(config.augment, mirror=0.5)
+    with pytest.raises(InputError, match=f"differs in {option}"):
+        check_resumable(tmp_path, changed, "headneck-ct-cpu-wide", 0)

@@ -22,6 +22,10 @@ class AugmentConfig:
     intensity_shift: float = 0.1
     noise: float = 0.05
     shift: float = 0.0  # translation, grid units (1 = half the grid extent) per axis
+    #: several organs on a grid with a fixed direction: probability of mirroring a crop across the body's
+    #: left-right axis, its left and right organs trading classes
+    #: (:func:`~imagetomesh.training.data.mirrored_crop`); ``flip`` mirrors an axis and keeps the classes
+    mirror: float = 0.0
 
 
 def _rotation(angles: torch.Tensor) -> torch.Tensor:

@@ -71,6 +71,39 @@ def mark_uncontoured_slices(label: torch.Tensor, classes: list[int], axis: int) 
     return out
 
 
+@dataclass(frozen=True)
+class Mirror:
+    """A left-right mirror of several-organ training crops: ``axis`` is the ``(D, H, W)`` array axis across
+    the body (:meth:`~imagetomesh.preprocessing.GridSpec.array_axis` of LPS axis 0), ``classes`` the class
+    each class becomes (:func:`~imagetomesh.organs.mirrored_classes`: left and right organs trade)."""
+
+    axis: int
+    classes: tuple[int, ...]
+
+    @property
+    def table(self) -> torch.Tensor:
+        """uint8 ``(256,)``: label value -> its value mirrored. Class ``k`` becomes ``classes[k]``; an
+        :data:`UNKNOWN` value keeps its meaning, its organ bits moved to their mirrored classes."""
+
+        def moved(k: int) -> int:
+            return self.classes[k] if k < len(self.classes) else k
+
+        table = torch.tensor([moved(v) for v in range(UNKNOWN)], dtype=torch.uint8)
+        unknown = [
+            UNKNOWN | sum(1 << (moved(k) - 1) for k in range(1, 8) if v & (1 << (k - 1))) for v in range(UNKNOWN)
+        ]
+        return torch.cat([table, torch.tensor(unknown, dtype=torch.uint8)])
+
+
+def mirrored_crop(
+    image: torch.Tensor, label: torch.Tensor, present: torch.Tensor, mirror: Mirror
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``image (D, H, W)``, ``label (D, H, W)`` uint8 and ``present (C,)`` of a crop, mirrored across
+    ``mirror.axis`` with the left and right organs' classes (and contoured flags) traded."""
+    classes = list(mirror.classes)
+    return image.flip(mirror.axis), mirror.table[label.long()].flip(mirror.axis), present[classes]
+
+
 def prepare_case(
     case: Case,
     spec: GridSpec,
@@ -103,7 +136,7 @@ def prepare_case(
     grid_label = resample_to_grid(label.with_array(classes), model_grid_transform(label, spec), "nearest")
     label_grid = grid_label.round().to(torch.uint8)
     if organs is not None and partly_contoured:
-        axial = 2 - int(np.argmax(np.abs(spec.direction_matrix(label)[2])))  # array axis along S (D, H, W order)
+        axial = spec.array_axis(2, label)
         label_grid = mark_uncontoured_slices(label_grid, list(partly_contoured), axial)
     surface = None
     if surface_points > 0:
@@ -196,6 +229,7 @@ def random_patch_batch(
     generator: torch.Generator,
     foreground: float = 0.5,
     balance_classes: bool = False,
+    mirror: Mirror | None = None,
 ):
     """``batch_size`` augmented ``patch`` ``(d, h, w)`` crops of cases drawn with replacement:
     ``(images (B, 1, d, h, w) float32, labels (B, d, h, w) uint8, present (B, C) bool)``.
@@ -204,7 +238,8 @@ def random_patch_batch(
     small in a whole scan) — with ``balance_classes``, a voxel of one of the case's labelled
     classes chosen uniformly, so small organs are centred as often as large ones — else anywhere;
     crops stay inside the grid (a grid smaller than the patch along an axis is padded with its
-    lowest value and label 0)."""
+    lowest value and label 0). With ``mirror``, a crop is mirrored left to right with probability
+    ``config.mirror`` (:func:`mirrored_crop`)."""
     pick = torch.randint(len(cases), (batch_size,), generator=generator)
     images, labels, present = [], [], []
     for i in pick:
@@ -224,9 +259,12 @@ def random_patch_batch(
         start = [min(max(int(c) - p // 2, 0), n - p) for c, p, n in zip(centre, patch, label.shape)]
         window = tuple(slice(s0, s0 + p) for s0, p in zip(start, patch))
         image, label = augment(image[window].float(), label[window], config, generator)
+        contoured = case.present
+        if mirror is not None and config.mirror > 0 and float(torch.rand(1, generator=generator)) < config.mirror:
+            image, label, contoured = mirrored_crop(image, label, contoured, mirror)
         images.append(image)
         labels.append(label)
-        present.append(case.present)
+        present.append(contoured)
     return torch.stack(images)[:, None], torch.stack(labels), torch.stack(present)
 
 

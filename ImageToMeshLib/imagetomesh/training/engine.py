@@ -172,7 +172,7 @@ def check_resumable(out, config, config_name: str, seed: int) -> None:
     if not isinstance(saved, dict):
         raise InputError(f"{path} is not a run config; give a new --out for a new run")
     new = json.loads(json.dumps({"seed": seed, **config.to_dict()}))
-    saved = _with_loss_defaults(saved, config)
+    saved = _with_defaults(saved, config)
     differ = sorted(k for k in saved if k in new and k not in RESUMABLE_CHANGES and _differs(saved[k], new[k]))
     if differ:
         raise InputError(
@@ -182,15 +182,17 @@ def check_resumable(out, config, config_name: str, seed: int) -> None:
         )
 
 
-def _with_loss_defaults(saved: dict, config) -> dict:
-    """``saved`` with the fields of the config's loss (a dataclass, e.g. ``MeshLossWeights``) that it predates at
-    their defaults: a loss field is added with the default that keeps the older loss, so a run saved before it
-    resumes while the field keeps that default, and not once it is changed."""
-    loss = getattr(config, "loss", None)
-    if not (isinstance(saved.get("loss"), dict) and dataclasses.is_dataclass(loss)):
-        return saved
-    defaults = {f.name: f.default for f in dataclasses.fields(loss) if f.default is not dataclasses.MISSING}
-    return {**saved, "loss": {**json.loads(json.dumps(defaults)), **saved["loss"]}}
+def _with_defaults(saved: dict, config) -> dict:
+    """``saved`` with the fields of the config's dataclass options (its ``loss``, e.g. ``MeshLossWeights``, and
+    its ``augment``) that it predates at their defaults: a field is added with the default that keeps the older
+    behaviour, so a run saved before it resumes while the field keeps that default, and not once it is changed."""
+    filled = dict(saved)
+    for name in ("loss", "augment"):
+        option = getattr(config, name, None)
+        if isinstance(saved.get(name), dict) and dataclasses.is_dataclass(option):
+            defaults = {f.name: f.default for f in dataclasses.fields(option) if f.default is not dataclasses.MISSING}
+            filled[name] = {**json.loads(json.dumps(defaults)), **saved[name]}
+    return filled
 
 
 def _differs(saved, new) -> bool:

@@ -20,8 +20,15 @@ import torch
 from imagetomesh.errors import InputError
 from imagetomesh.models.registry import build_model
 from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
+from imagetomesh.organs import mirrored_classes
 from imagetomesh.training.configs import TrainConfig, image_configs
-from imagetomesh.training.data import chamfer_target, prepare_split, random_image_batch, random_patch_batch
+from imagetomesh.training.data import (
+    Mirror,
+    chamfer_target,
+    prepare_split,
+    random_image_batch,
+    random_patch_batch,
+)
 from imagetomesh.training.init_weights import init_from_model, restart_classes
 from imagetomesh.training.losses import mesh_decoder_loss, partial_label_loss, segmentation_loss
 from imagetomesh.training.organ_crops import describe_organ_cases, organ_cases, random_organ_crop_batch
@@ -141,6 +148,7 @@ class ImageToMeshTask(Task):
                 )
             self.cases_by_organ = organ_cases(self.train_cases, len(config.organs))
             run.log(describe_organ_cases(self.cases_by_organ, config.organs))
+        self.mirror = self._mirror()
         self.model = build_model(config.kind, config.model).to(run.device)
         #: voxels of image around each organ crop that the U-Net reads (Voxel2Mesh's ``context_margin``)
         self.context = self.model.config.context_margin if self.organ_decoders else 0
@@ -161,6 +169,19 @@ class ImageToMeshTask(Task):
         self.optimizer = torch.optim.AdamW(learned, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = one_cycle(self.optimizer, config.lr, config.steps)
 
+    def _mirror(self) -> Mirror | None:
+        """The left-right mirror of the training crops (``augment.mirror`` > 0), None without one;
+        :class:`InputError` where the config cannot mirror (one object, organ decoders, no grid direction)."""
+        c = self.config
+        if c.augment.mirror <= 0:
+            return None
+        if not c.organs or not c.patch or self.organ_decoders or c.grid.direction is None:
+            raise InputError(
+                "augment.mirror mirrors several-organ U-Net crops (organs and patch set) on a grid with a fixed "
+                "direction; use augment.flip for one object, and set augment.mirror to 0 for organ decoders"
+            )
+        return Mirror(c.grid.array_axis(0), tuple(mirrored_classes([o["name"] for o in c.organs])))
+
     def on_load(self) -> dict:
         return {**super().on_load(), "scheduler": lambda saved: rescale_one_cycle(saved, self.config.steps)}
 
@@ -178,7 +199,14 @@ class ImageToMeshTask(Task):
             )
         if c.patch:
             return random_patch_batch(
-                self.train_cases, c.batch_size, tuple(c.patch), c.augment, generator, c.foreground, c.balance_classes
+                self.train_cases,
+                c.batch_size,
+                tuple(c.patch),
+                c.augment,
+                generator,
+                c.foreground,
+                c.balance_classes,
+                self.mirror,
             )
         return random_image_batch(self.train_cases, c.batch_size, c.augment, generator, return_surfaces=dense)
 
@@ -212,4 +240,6 @@ class ImageToMeshTask(Task):
         card = run_card(self.run, c.kind, c.model, c.grid, self.split, metrics, state.step)
         if c.organs:
             card["organs"] = c.organs
+        if self.mirror is not None:  # trained on mirrored crops: segment averages a scan with its mirror
+            card["mirror_averaged"] = True
         return card
