@@ -19,7 +19,7 @@ from imagetomesh.models.organ_decoders import context_shape
 from imagetomesh.models.protocol import DeformedTemplateModel
 from imagetomesh.models.snapping import flip_averaged_probability, snap_vertices
 from imagetomesh.nn.precision import bf16_autocast, bf16_supported, to_channels_last
-from imagetomesh.organs import Organ, organs_of
+from imagetomesh.organs import Organ, mirrored_classes, organs_of
 from imagetomesh.preprocessing import GridSpec, prepare_image
 from imagetomesh.scan import (
     body_crop,
@@ -99,6 +99,11 @@ class Segmenter:
         self.bf16 = precision == "auto" and self.organs is not None and bf16_supported(self.model.device)
         if self.bf16:
             to_channels_last(self.model.module)
+        #: ``(array axis, class each class becomes)`` of the left-right mirror that a several-organ model trained
+        #: on mirrored crops (card ``mirror_averaged``) is also run on; None: the scan alone
+        self.mirror = None
+        if self.organs is not None and self.model.card.get("mirror_averaged"):
+            self.mirror = (self.spec.array_axis(0), mirrored_classes([o.name for o in self.organs]))
 
     @property
     def max_batch(self) -> int:
@@ -207,13 +212,20 @@ class Segmenter:
     def scan_probabilities(self, volume: Volume) -> tuple[torch.Tensor, GridTransform, torch.Tensor]:
         """A several-organ model's U-Net over the whole scan ``volume`` (a CT cropped to the body first):
         ``(image (D, H, W), its GridTransform, class probabilities (C, D, H, W))`` on the scan grid
-        (:func:`~imagetomesh.scan.scan_spec`), run in blocks of at most the card's grid shape. Unchecked:
+        (:func:`~imagetomesh.scan.scan_spec`), run in blocks of at most the card's grid shape; with
+        :attr:`mirror`, the mean of the scan's probabilities and its mirror's (mirrored back, left and right
+        organs traded). Unchecked:
         :meth:`segment_organs` checks the image first."""
         body = body_crop(volume) if self.spec.intensity == "ct" else volume
         image, transform = prepare_image(body, scan_spec(body, self.spec), warn=False)
+        net, batch = self.model.module.unet, image[None, None].to(self.model.device)
         with bf16_autocast(self.bf16, self.model.device):
-            logits = windowed_logits(self.model.module.unet, image[None, None].to(self.model.device), self.spec.shape)
-        return image, transform, logits.softmax(0)
+            probabilities = windowed_logits(net, batch, self.spec.shape).softmax(0)
+            if self.mirror is not None:
+                axis, classes = self.mirror
+                mirrored = windowed_logits(net, batch.flip(axis + 2), self.spec.shape).softmax(0)
+                probabilities = (probabilities + mirrored.flip(axis + 1)[classes]) / 2
+        return image, transform, probabilities
 
     def _organ_decoder_mesh(
         self,

@@ -333,6 +333,29 @@ def test_a_several_organ_model_learns_both_organs(organ_model):
     assert metrics["val_dice_brighter"] > 0.8 and metrics.get("val_dice_bright", 1.0) > 0.8, metrics
 
 
+def test_a_mirror_averaged_model_averages_the_scan_with_its_mirror(organ_model):
+    """A card with ``mirror_averaged``: the class probabilities are the mean of the U-Net's on the scan and on
+    its left-right mirror (mirrored back, left and right organs traded)."""
+    from imagetomesh.inference import Segmenter
+    from imagetomesh.zoo import load_model
+
+    best, _ = organ_model
+    plain = load_model(best, "cpu")
+    sided = [dict(o, name=n) for o, n in zip(plain.card["organs"], ["left_organ", "right_organ"])]
+    loaded = replace(plain, card={**plain.card, "organs": sided, "mirror_averaged": True})
+    segmenter = Segmenter(loaded, precision="fp32")
+    assert segmenter.mirror == (2, [0, 2, 1])  # LPS_RAS: the grid's i axis (array axis 2) is left-right
+    image, _ = ct_case(shape=(32, 24, 40), seed=4)
+    volume = Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0]))
+    grid_image, _, probabilities = segmenter.scan_probabilities(volume)
+    net, block = plain.module.unet, segmenter.spec.shape
+    scan = windowed_logits(net, grid_image[None, None], block).softmax(0)
+    mirror = windowed_logits(net, grid_image.flip(-1)[None, None], block).softmax(0).flip(-1)[[0, 2, 1]]
+    assert torch.allclose(probabilities, (scan + mirror) / 2, atol=1e-6)
+    assert not torch.allclose(probabilities, scan, atol=1e-3)
+    assert not Segmenter(plain, precision="fp32").mirror  # a card without it: the scan alone
+
+
 def test_segment_writes_one_mesh_per_organ(organ_model, tmp_path, capsys):
     from imagetomesh.io.meshes import read_mesh
 
