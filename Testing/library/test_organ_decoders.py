@@ -385,18 +385,80 @@ def test_a_surface_start_decoder_moves_its_unets_surface_or_else_its_template():
     probabilities = _blob_probabilities((12, 16, 16), (6.0, 8.0, 7.5), 3.6)
     with torch.no_grad():
         _, features = model.unet(image)
-        logits = probabilities.clamp(min=1e-6).log()[None]
-        start = model.start_meshes(logits, organ=1)[0]
+        start = model.start_meshes(probabilities[None], organ=1)[0]
         meshes = model.decode_mesh(features, image.shape[2:], organ=1, start=start)
     assert len(meshes) == 2 and len(start.verts) > 100
     for mesh in meshes:  # no unpooling: the U-Net's surface, vertex for vertex
         assert torch.equal(mesh.faces, start.faces) and torch.allclose(mesh.verts, start.verts)
-    (absent,) = model.start_meshes(logits, organ=2)  # the U-Net found no organ 2: its template ellipsoid
+    (absent,) = model.start_meshes(probabilities[None], organ=2)  # the U-Net found no organ 2: its template ellipsoid
     assert absent is None
     with torch.no_grad():
         template = model.decode_mesh(features, image.shape[2:], organ=2, start=absent)[-1]
     assert len(template.verts) == 42  # the level-1 icosphere, not unpooled
     assert (template.verts.abs().max(0).values - torch.tensor([0.3, 0.4, 0.6])).abs().max() < 1e-5
+
+
+def test_a_surface_start_decoder_starts_from_given_probabilities_instead_of_its_unets():
+    torch.manual_seed(0)
+    model = Voxel2Mesh(_organ_config(start="unet_surface", unpooling="none")).eval()
+    for stages in model.organ_stages:
+        for stage in stages:  # vertices that never move: the prediction is the start
+            last = stage.delta.layers[-1]
+            for p in (last.lin_root.weight, last.lin_rel.weight, last.lin_rel.bias):
+                torch.nn.init.zeros_(p)
+    assert model.reads_localiser_probabilities
+    image = torch.randn(1, 1, 12, 16, 16)
+    given = _blob_probabilities((12, 16, 16), (6.0, 8.0, 7.5), 3.6)[None]
+    with torch.no_grad():
+        (mesh,) = model.predict_meshes(image, organ=1, probabilities=given)
+        own = model.start_meshes(model.unet(image)[0].softmax(1), organ=1)[0]
+        (plain,) = model.predict_meshes(image, organ=1)
+    expected = model.start_meshes(given, organ=1)[0]
+    assert np.allclose(mesh.vertices, expected.verts.numpy()) and np.array_equal(mesh.faces, expected.faces.numpy())
+    if own is None:  # the untrained U-Net finds no organ: its template
+        assert len(plain.vertices) == 42
+    else:
+        assert np.allclose(plain.vertices, own.verts.numpy())
+    with pytest.raises(ValueError, match="probabilities must be"):
+        model.predict_meshes(image, organ=1, probabilities=given[:, :, :8])
+    template = Voxel2Mesh(_organ_config())
+    assert not template.reads_localiser_probabilities  # a template start has nothing to start from
+
+
+def test_segment_starts_surface_decoders_from_the_whole_scan_probabilities(surface_decoder_model):
+    """segment gives a surface-start decoder the U-Net's probabilities over the whole scan cropped to the organ's
+    crop (what placed the crop), not those of its U-Net run on the crop and its context alone."""
+    from dataclasses import replace
+
+    from synthetic_ct import ct_case
+
+    from imagetomesh.core.volume import Volume
+    from imagetomesh.inference import Segmenter
+    from imagetomesh.scan import crop_padded, densest_crop_start, organ_masks
+    from imagetomesh.zoo import load_model
+
+    folder, _, _ = surface_decoder_model
+    loaded = load_model(folder, "cpu")
+    given = {}
+    predict = loaded.module.predict_meshes
+
+    def recording(images, open_surface=False, organ=None, probabilities=None):
+        given[organ] = probabilities
+        return predict(images, open_surface=open_surface, organ=organ, probabilities=probabilities)
+
+    module = loaded.module
+    module.predict_meshes = recording
+    segmenter = Segmenter(replace(loaded, module=module))
+    image, _ = ct_case(shape=(32, 24, 40), seed=9)
+    volume = Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0]))
+    meshes = segmenter.segment_organs(volume)
+    assert all(m is not None for m in meshes.values()) and set(given) == {1, 2}
+    _, _, probabilities = segmenter.scan_probabilities(volume)
+    masks = organ_masks(probabilities, segmenter.organs)
+    for organ in segmenter.organs:
+        crop = tuple(module.config.organ_crops[organ.index - 1])
+        start = densest_crop_start(masks[organ.name], crop)
+        assert torch.allclose(given[organ.index][0], crop_padded(probabilities, start, crop, 0.0))
 
 
 def test_surface_start_decoders_train_and_segment_each_organ(surface_decoder_model, tmp_path):

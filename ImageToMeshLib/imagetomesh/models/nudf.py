@@ -159,6 +159,10 @@ class NUDF(nn.Module, SegmentationModel):
         if c.unet is not None:
             self.unet = UNet3D(UNetConfig(**c.unet))
 
+    @property
+    def reads_localiser_probabilities(self) -> bool:
+        return self.config.localiser_input
+
     def encode(
         self, image: torch.Tensor, organ: int | None = None, probabilities: torch.Tensor | None = None
     ) -> list[torch.Tensor]:

@@ -15,6 +15,8 @@ observations, not a segmenter, and is not one.
 - NUDF meshes its unsigned distance field, and is the one kind that can also return the open
   surface as it found it (``supports_open_surface``) and that seeks an organ's surface only near
   the localiser's voxels of it (``meshes_near_mask``).
+- A several-organ model may read the localiser's class probabilities over each organ's crop
+  (``reads_localiser_probabilities``): NUDF with ``localiser_input``, a surface-start Voxel2Mesh.
 """
 
 from __future__ import annotations
@@ -34,10 +36,16 @@ class SegmentationModel(abc.ABC):
         supports_open_surface: whether ``predict_meshes(..., open_surface=True)`` is allowed.
         meshes_near_mask: whether ``predict_meshes`` takes ``near`` ``(B, D, H, W)`` bool, the voxels
             (the localiser's, of the organ) near which each image's surface is sought.
+        reads_localiser_probabilities: whether ``predict_meshes`` takes ``probabilities`` ``(B, K + 1, D, H, W)``,
+            the localiser's class probabilities over each crop (``segment``: the whole-scan U-Net's, cropped).
     """
 
     supports_open_surface: ClassVar[bool] = False
     meshes_near_mask: ClassVar[bool] = False
+
+    @property
+    def reads_localiser_probabilities(self) -> bool:
+        return False
 
     @abc.abstractmethod
     def predict_meshes(self, images: torch.Tensor, open_surface: bool = False) -> list[Mesh]:

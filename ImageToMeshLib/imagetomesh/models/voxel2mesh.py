@@ -33,9 +33,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from imagetomesh.core.mesh import Mesh
 from imagetomesh.models.mesh_state import DecoderMesh
 from imagetomesh.models.organ_decoders import centre_crop, check_organ_crops, organ_index
-from imagetomesh.models.protocol import DeformedTemplateModel
+from imagetomesh.models.protocol import DeformedTemplateModel, last_stage_meshes
 from imagetomesh.nn.feature_sampling import neighbourhood_offsets, sample_features
 from imagetomesh.nn.graph import DistanceWeightedGraphConv
 from imagetomesh.nn.grid import isotropic_scale
@@ -295,27 +296,52 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
             meshes.append(mesh)
         return meshes
 
-    def start_meshes(self, logits: torch.Tensor, organ: int | None) -> list[DecoderMesh | None]:
-        """Each case's start: the U-Net's surface of class ``organ`` (1 for a one-object model) in ``logits``
-        ``(B, C, D, H, W)`` with ``start="unet_surface"``
+    @property
+    def reads_localiser_probabilities(self) -> bool:
+        """A several-organ surface-start model: its decoders can start from the localiser's probabilities."""
+        return self.config.start == "unet_surface" and bool(self.config.organs)
+
+    def start_meshes(self, probabilities: torch.Tensor, organ: int | None) -> list[DecoderMesh | None]:
+        """Each case's start: the surface of class ``organ`` (1 for a one-object model) in the class
+        ``probabilities (B, C, D, H, W)`` with ``start="unet_surface"``
         (:func:`~imagetomesh.models.mesh_state.DecoderMesh.surface_of`), else (or where it finds none) None: the
         template."""
         if self.config.start == "template":
-            return [None] * len(logits)
+            return [None] * len(probabilities)
         index = 1 if organ is None else organ
-        probabilities = logits.detach().float().softmax(1)
-        return [DecoderMesh.surface_of(p, index) for p in probabilities]
+        return [DecoderMesh.surface_of(p, index) for p in probabilities.detach().float()]
 
-    def forward(self, image: torch.Tensor, organ: int | None = None):
+    def forward(self, image: torch.Tensor, organ: int | None = None, probabilities: torch.Tensor | None = None):
+        """See the class docstring; a surface-start decoder starts from ``probabilities`` ``(B, C, D - 2m, H - 2m,
+        W - 2m)`` when given (the localiser's over the crop), else from its U-Net's softmax of the crop."""
         logits, decoder = self.unet(image)
         margin = self.config.context_margin
         if margin:
             decoder = [centre_crop(f, margin * f.shape[-1] // image.shape[-1]) for f in decoder]
             logits = centre_crop(logits, margin)
         grid_shape = logits.shape[2:]
-        starts = self.start_meshes(logits, organ)
+        if probabilities is None:
+            probabilities = logits.detach().float().softmax(1)
+        elif probabilities.shape != logits.shape:
+            raise ValueError(
+                f"probabilities must be {tuple(logits.shape)} (the crop's classes), got {tuple(probabilities.shape)}"
+            )
+        starts = self.start_meshes(probabilities, organ)
         meshes = [
             self.decode_mesh([f[b : b + 1] for f in decoder], grid_shape, organ, starts[b])
             for b in range(image.shape[0])
         ]
         return logits, meshes
+
+    def predict_meshes(
+        self,
+        images: torch.Tensor,
+        open_surface: bool = False,
+        organ: int | None = None,
+        probabilities: torch.Tensor | None = None,
+    ) -> list[Mesh]:
+        """As :meth:`DeformedTemplateModel.predict_meshes`; a surface-start decoder starts from ``probabilities``
+        when given (see :meth:`forward`; ``segment`` gives the whole-scan U-Net's, cropped)."""
+        self._check_open_surface(open_surface)
+        _, meshes = self(images, organ=organ, probabilities=probabilities)
+        return last_stage_meshes(meshes)
