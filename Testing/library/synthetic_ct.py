@@ -80,6 +80,27 @@ def segment_synthetic_scan(model_folder: Path, folder: Path) -> tuple[Path, Path
     return out, path, label
 
 
+def whole_scan_volume() -> Volume:
+    """A synthetic scan larger than the test models' grids (:func:`ct_case`, 4 mm voxels, the CT models' direction)."""
+    image, _ = ct_case(shape=(32, 24, 40), seed=9)
+    return Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0]))
+
+
+def whole_scan_crops(segmenter, volume: Volume) -> dict[int, torch.Tensor]:
+    """Organ class -> the U-Net's class probabilities over the whole scan ``volume`` cropped to the organ's crop
+    where ``segment`` places it, ``(K + 1, d, h, w)``: what a model that ``reads_localiser_probabilities`` must get."""
+    from imagetomesh.scan import crop_padded, densest_crop_start, organ_masks
+
+    _, _, probabilities = segmenter.scan_probabilities(volume)
+    masks = organ_masks(probabilities, segmenter.organs)
+    crops = {}
+    for organ in segmenter.organs:
+        crop = tuple(segmenter.model.module.config.organ_crops[organ.index - 1])
+        start = densest_crop_start(masks[organ.name], crop)
+        crops[organ.index] = crop_padded(probabilities, start, crop, 0.0)
+    return crops
+
+
 def holds_only_its_organ(mesh, organ: str) -> bool:
     """Whether ``mesh`` holds the centre of ``organ`` (of :data:`ORGAN_CENTRES`) and not the other organ's."""
     from imagetomesh.geometry.quality import winding_numbers

@@ -428,13 +428,9 @@ def test_a_surface_start_decoder_starts_from_given_probabilities_instead_of_its_
 def test_segment_starts_surface_decoders_from_the_whole_scan_probabilities(surface_decoder_model):
     """segment gives a surface-start decoder the U-Net's probabilities over the whole scan cropped to the organ's
     crop (what placed the crop), not those of its U-Net run on the crop and its context alone."""
-    from dataclasses import replace
+    from synthetic_ct import whole_scan_crops, whole_scan_volume
 
-    from synthetic_ct import ct_case
-
-    from imagetomesh.core.volume import Volume
     from imagetomesh.inference import Segmenter
-    from imagetomesh.scan import crop_padded, densest_crop_start, organ_masks
     from imagetomesh.zoo import load_model
 
     folder, _, _ = surface_decoder_model
@@ -446,19 +442,13 @@ def test_segment_starts_surface_decoders_from_the_whole_scan_probabilities(surfa
         given[organ] = probabilities
         return predict(images, open_surface=open_surface, organ=organ, probabilities=probabilities)
 
-    module = loaded.module
-    module.predict_meshes = recording
-    segmenter = Segmenter(replace(loaded, module=module))
-    image, _ = ct_case(shape=(32, 24, 40), seed=9)
-    volume = Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0]))
+    loaded.module.predict_meshes = recording
+    segmenter = Segmenter(loaded)
+    volume = whole_scan_volume()
     meshes = segmenter.segment_organs(volume)
     assert all(m is not None for m in meshes.values()) and set(given) == {1, 2}
-    _, _, probabilities = segmenter.scan_probabilities(volume)
-    masks = organ_masks(probabilities, segmenter.organs)
-    for organ in segmenter.organs:
-        crop = tuple(module.config.organ_crops[organ.index - 1])
-        start = densest_crop_start(masks[organ.name], crop)
-        assert torch.allclose(given[organ.index][0], crop_padded(probabilities, start, crop, 0.0))
+    for organ, expected in whole_scan_crops(segmenter, volume).items():
+        assert torch.allclose(given[organ][0], expected)
 
 
 def test_surface_start_decoders_train_and_segment_each_organ(surface_decoder_model, tmp_path):

@@ -239,12 +239,10 @@ def test_a_guided_field_reads_the_localisers_probabilities_over_the_whole_scan(o
     organ's crop, not those of the U-Net run on the crop alone (which loses the organ's surroundings)."""
     from dataclasses import replace
 
-    from synthetic_ct import ct_case
+    from synthetic_ct import whole_scan_crops, whole_scan_volume
 
     from imagetomesh.core.mesh import Mesh
-    from imagetomesh.core.volume import Volume
     from imagetomesh.inference import Segmenter
-    from imagetomesh.scan import crop_padded, densest_crop_start, organ_masks
     from imagetomesh.zoo import load_model
 
     folder, _, _ = organ_nudf_model
@@ -263,17 +261,12 @@ def test_a_guided_field_reads_the_localisers_probabilities_over_the_whole_scan(o
 
     guided.predict_meshes = predict_meshes
     segmenter = Segmenter(replace(loaded, module=guided))
-    image, _ = ct_case(shape=(32, 24, 40), seed=9)
-    volume = Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0]))
+    volume = whole_scan_volume()
     meshes = segmenter.segment_organs(volume)
     assert all(m is not None for m in meshes.values()) and set(given) == {1, 2}
-    _, _, probabilities = segmenter.scan_probabilities(volume)
-    masks = organ_masks(probabilities, segmenter.organs)
-    for organ in segmenter.organs:
-        images, near, guide = given[organ.index]
-        crop = tuple(guided.config.organ_crops[organ.index - 1])
-        start = densest_crop_start(masks[organ.name], crop)
-        assert guide.shape == (1, 3, *crop) and torch.allclose(guide[0], crop_padded(probabilities, start, crop, 0.0))
+    for organ, expected in whole_scan_crops(segmenter, volume).items():
+        images, near, guide = given[organ]
+        assert guide.shape == (1, *expected.shape) and torch.allclose(guide[0], expected)
         on_the_crop = unet(images)[0].softmax(1)
         assert not torch.allclose(guide, on_the_crop, atol=1e-3)  # the crop alone would have given another guide
 
