@@ -415,10 +415,7 @@ def test_a_surface_start_decoder_starts_from_given_probabilities_instead_of_its_
         (plain,) = model.predict_meshes(image, organ=1)
     expected = model.start_meshes(given, organ=1)[0]
     assert np.allclose(mesh.vertices, expected.verts.numpy()) and np.array_equal(mesh.faces, expected.faces.numpy())
-    if own is None:  # the untrained U-Net finds no organ: its template
-        assert len(plain.vertices) == 42
-    else:
-        assert np.allclose(plain.vertices, own.verts.numpy())
+    assert own is None and len(plain.vertices) == 42  # without them: its untrained U-Net finds none, the template
     with pytest.raises(ValueError, match="probabilities must be"):
         model.predict_meshes(image, organ=1, probabilities=given[:, :, :8])
     template = Voxel2Mesh(_organ_config())
