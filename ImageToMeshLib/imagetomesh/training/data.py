@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -80,9 +81,9 @@ class Mirror:
     axis: int
     classes: tuple[int, ...]
 
-    @property
+    @cached_property
     def table(self) -> torch.Tensor:
-        """uint8 ``(256,)``: label value -> its value mirrored. Class ``k`` becomes ``classes[k]``; an
+        """uint8 ``(256,)``: label value -> its value mirrored (built once per mirror, used for every crop). Class ``k`` becomes ``classes[k]``; an
         :data:`UNKNOWN` value keeps its meaning, its organ bits moved to their mirrored classes."""
 
         def moved(k: int) -> int:
