@@ -320,13 +320,13 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
             decoder = [centre_crop(f, margin * f.shape[-1] // image.shape[-1]) for f in decoder]
             logits = centre_crop(logits, margin)
         grid_shape = logits.shape[2:]
-        if probabilities is None:
-            probabilities = logits.detach().float().softmax(1)
-        elif probabilities.shape != logits.shape:
+        if probabilities is not None and probabilities.shape != logits.shape:
             raise ValueError(
                 f"probabilities must be {tuple(logits.shape)} (the crop's classes), got {tuple(probabilities.shape)}"
             )
-        starts = self.start_meshes(probabilities, organ)
+        if probabilities is None and self.config.start == "unet_surface":
+            probabilities = logits.detach().float().softmax(1)
+        starts = [None] * len(logits) if probabilities is None else self.start_meshes(probabilities, organ)
         meshes = [
             self.decode_mesh([f[b : b + 1] for f in decoder], grid_shape, organ, starts[b])
             for b in range(image.shape[0])
