@@ -203,3 +203,51 @@ def test_bundling_with_average_with_writes_the_mean_of_each_tensor(tmp_path):
     )
     with pytest.raises(SystemExit, match="cannot be averaged"):
         bundle.averaged(tmp_path / "m0", read_card(tmp_path / "m0"), [tmp_path / "wide"], tmp_path / "x.safetensors")
+
+
+def test_unet_windows_add_each_channel_clipped_and_rescaled():
+    from imagetomesh.nn.unet import UNet3D, UNetConfig, windowed
+
+    x = torch.linspace(-1.0, 2.0, 2 * 3 * 8).reshape(2, 3, 2, 2, 2)
+    windows = ((-0.16, 0.24), (0.2, 1.5))
+    got = windowed(x, windows)
+    assert got.shape == (2, 9, 2, 2, 2)
+    assert torch.equal(got[:, :3], x)
+    for w, (lo, hi) in enumerate(windows):  # element by element, as a window is defined
+        for value, out in zip(x.flatten().tolist(), got[:, 3 * (w + 1) : 3 * (w + 2)].flatten().tolist()):
+            clipped = min(max(value, lo), hi)
+            assert out == pytest.approx(-1.0 + 2.0 * (clipped - lo) / (hi - lo), abs=1e-6)
+    config = UNetConfig(in_channels=1, num_classes=2, base=4, depth=2, windows=[[-0.16, 0.24]])  # as JSON gives it
+    assert config.windows == ((-0.16, 0.24),) and config.first_channels == 2
+    assert UNet3D(config).down[0][0].in_channels == 2
+    with pytest.raises(ValueError, match="lo < hi"):
+        UNetConfig(windows=[(0.2, 0.1)])
+
+
+def test_init_from_model_widens_the_first_convolution_for_new_input_windows(tmp_path):
+    from imagetomesh.errors import InputError
+    from imagetomesh.models.registry import build_model
+    from imagetomesh.training.init_weights import init_from_model
+    from imagetomesh.weights import save_weights
+
+    unet = {"in_channels": 1, "num_classes": 3, "base": 4, "depth": 2, "norm": "batch"}
+    windowed_unet = dict(unet, windows=[(-0.16, 0.24)])
+    torch.manual_seed(0)
+    source = build_model("unet", {"unet": unet}).eval()
+    save_weights(source, tmp_path / "plain", {"kind": "unet", "config": {"unet": unet}})
+    torch.manual_seed(1)
+    target = build_model("unet", {"unet": windowed_unet}).eval()
+    seen = []
+    init_from_model(target, "unet", tmp_path / "plain", seen.append)
+    assert "widened" in seen[0]
+    image = torch.randn(1, 1, 8, 8, 8) * 0.3
+    with torch.no_grad():  # the new channels start at zero: the widened network computes what the saved one did
+        assert torch.allclose(target(image)[0], source(image)[0], atol=1e-6)
+    first = target.state_dict()["unet.down.0.0.weight"]
+    assert torch.equal(first[:, :1], source.state_dict()["unet.down.0.0.weight"]) and not first[:, 1:].any()
+    # a model reading fewer channels than the saved one, or wider elsewhere, is another architecture
+    save_weights(target, tmp_path / "windowed", {"kind": "unet", "config": {"unet": windowed_unet}})
+    with pytest.raises(InputError, match="another architecture"):
+        init_from_model(build_model("unet", {"unet": unet}), "unet", tmp_path / "windowed")
+    with pytest.raises(InputError, match="another architecture"):
+        init_from_model(build_model("unet", {"unet": dict(windowed_unet, base=8)}), "unet", tmp_path / "plain")

@@ -19,7 +19,10 @@ from torch import nn
 class UNetConfig:
     """``in_channels`` image channels; ``num_classes`` logit channels; ``base`` channels at full
     resolution; ``depth`` resolution levels (depth - 1 poolings); ``norm`` "batch" | "instance" | "group";
-    ``block`` "double" (conv-norm-ReLU x 2) | "residual" (:class:`ResidualConv`: LeakyReLU, ``dropout``)."""
+    ``block`` "double" (conv-norm-ReLU x 2) | "residual" (:class:`ResidualConv`: LeakyReLU, ``dropout``);
+    ``windows`` intensity windows ``(lo, hi)`` in the input's units: each adds, per image channel, the channel
+    clipped to ``[lo, hi]`` and rescaled to ``[-1, 1]`` (:func:`windowed`; e.g. a CT's soft-tissue window on its
+    ``HU / 1000`` input), so the first convolution sees the small contrasts inside it at full scale."""
 
     in_channels: int = 1
     num_classes: int = 2
@@ -28,8 +31,12 @@ class UNetConfig:
     norm: str = "batch"
     block: str = "double"
     dropout: float = 0.0
+    windows: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
+        self.windows = tuple((float(lo), float(hi)) for lo, hi in self.windows)  # JSON lists -> tuples
+        if any(lo >= hi for lo, hi in self.windows):
+            raise ValueError(f"UNet windows must be (lo, hi) with lo < hi, got {self.windows}")
         if self.depth < 2:
             raise ValueError(f"UNet depth must be >= 2, got {self.depth}")
         if self.base < 1 or self.in_channels < 1 or self.num_classes < 1:
@@ -43,6 +50,20 @@ class UNetConfig:
 
     def channels(self, level: int) -> int:
         return self.base * 2**level
+
+    @property
+    def first_channels(self) -> int:
+        """Channels the first convolution reads: the image's and, per window, its windowed copy."""
+        return self.in_channels * (1 + len(self.windows))
+
+
+def windowed(x: torch.Tensor, windows: tuple[tuple[float, float], ...]) -> torch.Tensor:
+    """``(B, C, ...)`` -> ``(B, C * (1 + len(windows)), ...)``: ``x`` and, per window ``(lo, hi)``,
+    ``x`` clipped to it and mapped linearly onto ``[-1, 1]``."""
+    if not windows:
+        return x
+    parts = [x] + [(x.clamp(lo, hi) - (lo + hi) / 2) * (2 / (hi - lo)) for lo, hi in windows]
+    return torch.cat(parts, dim=1)
 
 
 def norm3d(kind: str, channels: int) -> nn.Module:
@@ -101,7 +122,7 @@ class UNet3D(nn.Module):
         super().__init__()
         self.config = c = config
         self.down = nn.ModuleList(
-            conv_block(c.in_channels if level == 0 else c.channels(level - 1), c.channels(level), c)
+            conv_block(c.first_channels if level == 0 else c.channels(level - 1), c.channels(level), c)
             for level in range(c.depth)
         )
         self.pool = nn.MaxPool3d(2)
@@ -129,6 +150,7 @@ class UNet3D(nn.Module):
         factor = 2 ** (self.config.depth - 1)
         if any(s % factor for s in x.shape[2:]):
             raise ValueError(f"UNet input size {tuple(x.shape[2:])} must be divisible by {factor}")
+        x = windowed(x, self.config.windows)
         skips = []
         for level, block in enumerate(self.down):
             x = block(x if level == 0 else self.pool(x))

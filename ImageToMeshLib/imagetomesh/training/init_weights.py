@@ -29,21 +29,48 @@ def init_from_model(
     state = load_state(folder, card)
     if card.get("kind") == kind:
         ours = model.state_dict()
-        if any(k not in ours or ours[k].shape != v.shape for k, v in state.items()):
+        if any(k not in ours for k in state):
             raise InputError(
                 f"{folder} is a {kind} model of another architecture than this config's; "
                 f"fine-tune it with the config that trained it ({card.get('train_config', '?')})"
             )
+        widened = [k for k, v in state.items() if ours[k].shape != v.shape]
+        if any(not _is_widened_input(k, state[k], ours[k]) for k in widened):
+            raise InputError(
+                f"{folder} is a {kind} model of another architecture than this config's; "
+                f"fine-tune it with the config that trained it ({card.get('train_config', '?')})"
+            )
+        for k in widened:
+            state[k] = widen_input(state[k], ours[k].shape[1])
         model.load_state_dict(state, strict=False)
         fresh = len(ours) - len(state)
         log(
             f"initialised all {len(state)} tensors from the {kind} model in {folder}"
             + (f" ({fresh} others fresh)" if fresh else "")
+            + (f"; its first convolution widened to the config's input windows, at zero: {widened}" if widened else "")
         )
         return
     unet_state = {k: v for k, v in state.items() if k.startswith("unet.")}
     missing = model.load_state_dict(unet_state, strict=False)
     log(f"initialised {len(unet_state)} U-Net tensors from {folder} ({len(missing.missing_keys)} others fresh)")
+
+
+def _is_widened_input(key: str, theirs: torch.Tensor, ours: torch.Tensor) -> bool:
+    """Whether ``ours`` is the U-Net's first-level convolution ``theirs`` reading more input channels
+    (the config adds input windows, :class:`imagetomesh.nn.unet.UNetConfig`), everything else equal."""
+    return (
+        ".down.0." in f".{key}"
+        and theirs.dim() == ours.dim() == 5
+        and ours.shape[1] > theirs.shape[1]
+        and ours.shape[:1] + ours.shape[2:] == theirs.shape[:1] + theirs.shape[2:]
+    )
+
+
+def widen_input(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """A convolution's ``(O, I, k, k, k)`` weights reading ``channels`` > I inputs: the first I as before, the
+    new ones at zero, so the widened network computes what the saved one did until training moves them."""
+    extra = weight.new_zeros((weight.shape[0], channels - weight.shape[1], *weight.shape[2:]))
+    return torch.cat([weight, extra], dim=1)
 
 
 def check_same_organs(folder: str | Path, organs: list[dict]) -> None:
