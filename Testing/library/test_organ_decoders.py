@@ -503,3 +503,38 @@ def _box_label(shape, ks, js, is_) -> np.ndarray:
     label = np.zeros(shape, np.uint8)
     label[ks[0] : ks[1], js[0] : js[1], is_[0] : is_[1]] = 1
     return label
+
+
+def test_the_decoder_loss_of_a_context_model_is_measured_in_its_crops_frame():
+    from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
+    from imagetomesh.training.losses import mesh_decoder_loss
+    from imagetomesh.training.tasks.image_to_mesh import organ_decoder_loss
+    from imagetomesh.training.udf_points import surface_samples
+
+    torch.manual_seed(0)
+    model = Voxel2Mesh(_organ_config(context_margin=2)).eval()
+    config = image_configs()["voxel2mesh"]["headneck-ct-cpu-frozen-surface"]
+    images = torch.randn(2, 1, 12, 12, 20)  # organ 2's 8 x 8 x 16 crops grown by 2 voxels per side
+    labels = torch.zeros(2, 8, 8, 16, dtype=torch.uint8)
+    labels[0, 2:6, 2:7, 3:12] = 2
+    labels[1, 1:7, 3:6, 5:14] = 2
+    torch.manual_seed(1)
+    loss, _ = organ_decoder_loss(model, config, 2, images, labels, torch.Generator().manual_seed(5), "cpu")
+    # by hand: each case's meshes against its label's surface samples, in the isotropic frame of the 8 x 8 x 16 crop
+    torch.manual_seed(1)
+    with torch.no_grad():
+        _, meshes = model(images, organ=2)
+    generator = torch.Generator().manual_seed(5)
+    targets = [
+        surface_samples(label == 2, config.loss.target_points, generator, config.loss.target_smoothing)
+        for label in labels
+    ]
+    scale, voxel = isotropic_scale((8, 8, 16)), isotropic_voxel_size((8, 8, 16))
+    expected = (
+        sum(
+            mesh_decoder_loss(m, points, normals, scale, config.loss, voxel=voxel)["total"]
+            for m, (points, normals) in zip(meshes, targets)
+        )
+        / 2
+    )
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)

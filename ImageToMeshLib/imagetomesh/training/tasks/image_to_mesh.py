@@ -97,15 +97,17 @@ def logged_terms(terms: dict) -> dict[str, float]:
 def organ_decoder_loss(
     net, config: TrainConfig, organ: int, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, device
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The mesh loss of organ ``organ``'s decoder on a batch of crops around that organ (``images (B, 1, d, h, w)``,
-    ``labels (B, d, h, w)`` class indices): each case's target is ``loss.target_points`` samples of the
-    organ's smoothed surface in the crop (``loss.target_smoothing``), the terms averaged over cases."""
+    """The mesh loss of organ ``organ``'s decoder on a batch of crops around that organ (``images (B, 1, d + 2m,
+    h + 2m, w + 2m)`` with the model's ``context_margin`` m, ``labels (B, d, h, w)`` class indices of the crops):
+    each case's target is ``loss.target_points`` samples of the organ's smoothed surface in the crop
+    (``loss.target_smoothing``), the terms averaged over cases, in the isotropic frame of the crop (whose grid
+    the meshes are in), not of the grown image."""
     _, meshes = net(images.to(device), organ=organ)
     targets = [
         surface_samples(label == organ, config.loss.target_points, generator, config.loss.target_smoothing)
         for label in labels
     ]
-    terms = mean_mesh_terms(meshes, targets, images.shape[2:], config, device, labels == organ)
+    terms = mean_mesh_terms(meshes, targets, labels.shape[1:], config, device, labels == organ)
     terms["loss"] = terms["total"]
     return terms["total"], logged_terms(terms)
 
