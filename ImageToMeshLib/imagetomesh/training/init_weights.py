@@ -20,22 +20,18 @@ def init_from_model(
 ) -> None:
     """Start ``model`` (of ``kind``) from the model saved in ``folder`` (checked weights): all of
     its tensors when that model is of the same kind (a fine-tuning run; ``model`` may have more, e.g.
-    Voxel2Mesh's ``refine_stages``, which keep their fresh initialisation), else only its ``unet.*``
-    tensors, the other parameters keeping their fresh initialisation. A several-organ ``model`` (its
-    config's ``organs``) starts only from a model of the same organs (:func:`check_same_organs`)."""
+    Voxel2Mesh's ``refine_stages``, which keep their fresh initialisation, and its U-Net's first convolution
+    may read more input channels, the config's input windows, which start at zero: :func:`widen_input`),
+    else only its ``unet.*`` tensors, the other parameters keeping their fresh initialisation. A several-organ
+    ``model`` (its config's ``organs``) starts only from a model of the same organs (:func:`check_same_organs`)."""
     if organs:
         check_same_organs(folder, organs)
     card = read_card(folder)
     state = load_state(folder, card)
     if card.get("kind") == kind:
         ours = model.state_dict()
-        if any(k not in ours for k in state):
-            raise InputError(
-                f"{folder} is a {kind} model of another architecture than this config's; "
-                f"fine-tune it with the config that trained it ({card.get('train_config', '?')})"
-            )
-        widened = [k for k, v in state.items() if ours[k].shape != v.shape]
-        if any(not _is_widened_input(k, state[k], ours[k]) for k in widened):
+        widened = [k for k, v in state.items() if k in ours and ours[k].shape != v.shape]
+        if any(k not in ours for k in state) or not all(_is_widened_input(k, state[k], ours[k]) for k in widened):
             raise InputError(
                 f"{folder} is a {kind} model of another architecture than this config's; "
                 f"fine-tune it with the config that trained it ({card.get('train_config', '?')})"
