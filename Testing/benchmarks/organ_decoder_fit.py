@@ -46,18 +46,23 @@ from imagetomesh.training.validation import rasterised_dice  # noqa: E402
 from imagetomesh.zoo import load_model  # noqa: E402
 
 
+def training_crop(net, config, case, organ: int, generator: torch.Generator):
+    """``case``'s unaugmented training crop around ``organ``: ``(image (1, 1, d + 2m, h + 2m, w + 2m), truth (d, h, w)
+    bool, (target points (P, 3), normals (P, 3)), scale (3,), voxel)``, the last two of the crop's isotropic frame."""
+    margin = net.config.context_margin
+    image, label = organ_crop(case, organ, context_shape(net.config.organ_crops[organ - 1], margin))
+    truth = centre_crop(label, margin) == organ
+    target = surface_samples(truth, config.loss.target_points, generator, config.loss.target_smoothing)
+    return image[None, None], truth, target, isotropic_scale(truth.shape), isotropic_voxel_size(truth.shape)
+
+
 @torch.no_grad()
 def fit_scores(net, config, case, organ: int, generator: torch.Generator) -> np.ndarray:
     """``(1 + stages, 2)``: (Dice, Chamfer in voxels squared) of the start and of each stage's mesh of ``organ``
     on ``case``'s training crop."""
-    c = net.config
-    margin = c.context_margin
-    image, label = organ_crop(case, organ, context_shape(c.organ_crops[organ - 1], margin))
-    truth = centre_crop(label, margin) == organ
-    logits, meshes = net(image[None, None], organ=organ)
+    image, truth, (points, normals), scale, voxel = training_crop(net, config, case, organ, generator)
+    logits, meshes = net(image, organ=organ)
     start = net.start_meshes(logits.float().softmax(1), organ)[0]
-    points, normals = surface_samples(truth, config.loss.target_points, generator, config.loss.target_smoothing)
-    scale, voxel = isotropic_scale(truth.shape), isotropic_voxel_size(truth.shape)
     rows = []
     for mesh in [start, *meshes[0]]:
         terms = mesh_decoder_loss([mesh], points, normals, scale, config.loss, generator, voxel=voxel)
@@ -67,18 +72,13 @@ def fit_scores(net, config, case, organ: int, generator: torch.Generator) -> np.
 
 def overfit_one_crop(net, config, case, organ: int, steps: int, lr: float, generator: torch.Generator) -> None:
     """Train ``organ``'s decoder of ``net`` on ``case``'s training crop alone (:func:`fit_scores` says where)."""
-    c = net.config
-    margin = c.context_margin
-    image, label = organ_crop(case, organ, context_shape(c.organ_crops[organ - 1], margin))
-    truth = centre_crop(label, margin) == organ
-    points, normals = surface_samples(truth, config.loss.target_points, generator, config.loss.target_smoothing)
-    scale, voxel = isotropic_scale(truth.shape), isotropic_voxel_size(truth.shape)
+    image, truth, (points, normals), scale, voxel = training_crop(net, config, case, organ, generator)
     net.unet.requires_grad_(False)
     optimizer = torch.optim.Adam(net.organ_stages[organ - 1].parameters(), lr=lr)
     start = fit_scores(net, config, case, organ, generator)[0]
     print(f"start: Dice {start[0]:.3f}, Chamfer {start[1]:.2f} voxels^2")
     for step in range(steps + 1):
-        _, meshes = net(image[None, None], organ=organ)
+        _, meshes = net(image, organ=organ)
         terms = mesh_decoder_loss(meshes[0], points, normals, scale, config.loss, generator, voxel=voxel)
         if step % 10 == 0:
             last = meshes[0][-1]
