@@ -422,6 +422,39 @@ def test_a_surface_start_decoder_starts_from_given_probabilities_instead_of_its_
     assert not template.reads_localiser_probabilities  # a template start has nothing to start from
 
 
+def test_move_scales_shorten_each_organs_moves_from_its_surface_start():
+    torch.manual_seed(0)
+    model = Voxel2Mesh(_organ_config(start="unet_surface", unpooling="none")).eval()
+    for stages in model.organ_stages:
+        for stage in stages:  # large moves, so that their scaling shows
+            torch.nn.init.normal_(stage.delta.layers[-1].lin_rel.bias, std=0.05)
+    image = torch.randn(1, 1, 12, 16, 16)
+    probabilities = _blob_probabilities((12, 16, 16), (6.0, 8.0, 7.5), 3.6)[None]
+    start = model.start_meshes(probabilities, organ=1)[0]
+    with torch.no_grad():
+        (moved,) = model.predict_meshes(image, organ=1, probabilities=probabilities)
+        template = model.predict_meshes(image, organ=2, probabilities=probabilities)[0]  # no organ 2: the template
+        model.config.move_scales = [0.25, 0.0]
+        (shortened,) = model.predict_meshes(image, organ=1, probabilities=probabilities)
+        (template_scaled,) = model.predict_meshes(image, organ=2, probabilities=probabilities)
+    moves = moved.vertices - start.verts.numpy()
+    assert np.abs(moves).max() > 0.01  # the decoder moves its start
+    # vertex by vertex, a quarter of the way from the start to the decoder's mesh
+    assert np.allclose(shortened.vertices, start.verts.numpy() + 0.25 * moves, atol=1e-6)
+    assert np.array_equal(shortened.faces, moved.faces)
+    # a decoder that started from its template is not pulled back towards it
+    assert np.allclose(template_scaled.vertices, template.vertices)
+    model.train()
+    model.unet.eval()  # as a frozen U-Net trains: the same features as above
+    with torch.no_grad():  # training never reads them
+        trained_on = model(image, organ=1, probabilities=probabilities)[1][0][-1].verts
+    assert torch.allclose(trained_on, torch.from_numpy(moved.vertices), atol=1e-6)
+    with pytest.raises(ValueError, match="move_scales"):
+        _organ_config(start="unet_surface", unpooling="none", move_scales=[1.0])
+    with pytest.raises(ValueError, match="move_scales"):
+        _organ_config(move_scales=[1.0, 1.0])
+
+
 def test_segment_starts_surface_decoders_from_the_whole_scan_probabilities(surface_decoder_model):
     """segment gives a surface-start decoder the U-Net's probabilities over the whole scan cropped to the organ's
     crop (what placed the crop), not those of its U-Net run on the crop and its context alone."""

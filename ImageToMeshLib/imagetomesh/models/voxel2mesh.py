@@ -27,7 +27,7 @@ surface rather than the whole shape. Where the U-Net finds no such object, the t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 import torch
@@ -77,6 +77,12 @@ class Voxel2MeshConfig:
     organ (``template_radius`` is then unused); None: one object, one decoder. ``organ_arcs[k - 1]``
     ``[angle_deg, thickness_y, thickness_z]`` bends organ ``k``'s ellipsoid into a horseshoe
     (:func:`~imagetomesh.models.mesh_state.arc_sphere`; the mandible), None keeps it an ellipsoid.
+
+    ``move_scales`` (surface start with several organs; set in the card, chosen on validation scans): organ
+    ``k``'s returned mesh is ``start + move_scales[k - 1] (v - start)`` at inference, with ``v`` its last stage's
+    vertices: 1 the decoder's mesh, 0 its start (the U-Net's surface), between them its moves shortened. None: 1
+    for every organ; a decoder that started from the template (no surface found) is not scaled. Training never
+    reads it.
     """
 
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -95,6 +101,7 @@ class Voxel2MeshConfig:
     organ_arcs: Optional[list[Optional[list[float]]]] = None
     start: str = "template"
     context_margin: int = 0
+    move_scales: Optional[list[float]] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
@@ -136,6 +143,13 @@ class Voxel2MeshConfig:
                 )
         elif self.organ_crops is not None or self.organ_arcs is not None:
             raise ValueError("organ_crops and organ_arcs need organ_templates (one template per organ)")
+        if self.move_scales is not None and (
+            self.start != "unet_surface" or len(self.move_scales) != self.organs or min(self.move_scales) < 0
+        ):
+            raise ValueError(
+                "move_scales scales a surface-start decoder's moves: give one scale >= 0 per organ of a model with "
+                f"start 'unet_surface' and organ_templates, got {self.move_scales}"
+            )
         factor = 2 ** (self.unet.depth - 1)
         if self.context_margin < 0 or self.context_margin % factor or (self.context_margin and not self.organs):
             raise ValueError(
@@ -279,6 +293,7 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
         c = self.config
         stages, semi_axes, arc = self._decoder(organ)
         scale = isotropic_scale(grid_shape).to(decoder_features[0].device)
+        from_surface = start is not None
         if start is None:
             radius = c.template_radius / scale if semi_axes is None else semi_axes.to(scale.device)
             start = DecoderMesh.template(c.template_level, radius, device=scale.device, arc=arc)
@@ -294,6 +309,9 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
             if 0 < i and (i < c.stages - 1 or i == last) and c.unpooling == "adaptive" and not self.training:
                 mesh = mesh.adaptively_pruned(c.amu_threshold, scale)
             meshes.append(mesh)
+        if c.move_scales is not None and from_surface and not self.training:
+            factor = c.move_scales[organ_index(organ, c.organs, "Voxel2Mesh")]
+            meshes[-1] = replace(meshes[-1], verts=start.verts + factor * (meshes[-1].verts - start.verts))
         return meshes
 
     @property

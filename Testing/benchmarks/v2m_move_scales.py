@@ -1,0 +1,85 @@
+"""Choose a surface-start several-organ Voxel2Mesh's ``move_scales`` on validation scans: per organ, the Dice of the
+meshes ``segment`` returns when the decoder's moves from its start (the U-Net's surface of the organ) are scaled by
+each candidate factor (0: the start, 1: the decoder's mesh).
+
+Usage:
+    python Testing/benchmarks/v2m_move_scales.py [--model voxel2mesh-headneck-ct] [--split val]
+        [--first 0] [--cases 10] [--scales 0 0.25 0.5 0.75 1] [--json out.json]
+
+Each whole scan is segmented once per factor, every organ at that factor
+(:meth:`~imagetomesh.inference.Segmenter.segment_organs`, the model's ``move_scales`` set in memory), and scored as
+``headneck_ct_report.py`` scores it (the mesh rasterised on the label grid, each organ where contoured). Choose on one
+part of the validation split (``--first``/``--cases``) and confirm the choice with ``headneck_ct_report.py`` on the
+rest, the scales set in a copy of the model's card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from headneck_ct_report import REPO, model_split, scored_organs
+
+from imagetomesh.inference import Segmenter
+from imagetomesh.io.images import read_image
+from imagetomesh.metrics import mesh_dice_iou
+from imagetomesh.training.msd import read_msd
+from imagetomesh.zoo import load_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "openkbp-ct"))
+    parser.add_argument("--model", default="voxel2mesh-headneck-ct")
+    parser.add_argument("--split", default="val", choices=["val"])
+    parser.add_argument("--first", type=int, default=0, help="skip this many cases of the split")
+    parser.add_argument("--cases", type=int, default=10, help="score this many cases from --first")
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", default=None, help="also write the per-case numbers here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model = load_model(args.model, "cpu")
+    config = model.module.config
+    if model.card["kind"] != "voxel2mesh" or config.start != "unet_surface" or not config.organs:
+        raise SystemExit(f"{args.model} is not a several-organ surface-start Voxel2Mesh")
+    segmenter = Segmenter(model)
+    msd = read_msd(args.data)
+    ids = model_split(model.card)[args.split][args.first : args.first + args.cases]
+    dice: dict[str, dict[str, list[float]]] = {}  # organ -> case -> Dice per factor
+    for case_id in ids:
+        case = msd[case_id]
+        image, label = read_image(case.image), read_image(case.label)
+        organs = scored_organs(case, segmenter.organs)
+        for factor in args.scales:
+            config.move_scales = [factor] * config.organs
+            meshes = segmenter.segment_organs(image)
+            for organ in organs:
+                truth = label.with_array((label.array == organ.label).astype(np.uint8))
+                mesh = meshes.get(organ.name)
+                score = 0.0 if mesh is None else mesh_dice_iou(mesh, truth)[0]
+                dice.setdefault(organ.name, {}).setdefault(case_id, []).append(score)
+        print(case_id, flush=True)
+    print("| organ | cases | " + " | ".join(f"{s:.2f}" for s in args.scales) + " | best |")
+    print("|---|---|" + "---|" * (len(args.scales) + 1))
+    best, columns = [], []
+    for organ in segmenter.organs:
+        if organ.name not in dice:
+            continue
+        means = np.mean(list(dice[organ.name].values()), axis=0)
+        columns.append(means)
+        best.append(args.scales[int(np.argmax(means))])
+        cells = " | ".join(f"{m:.3f}" for m in means)
+        print(f"| {organ.title} | {len(dice[organ.name])} | {cells} | {best[-1]:.2f} |")
+    print("| mean | | " + " | ".join(f"{m:.3f}" for m in np.mean(columns, axis=0)) + " | |")
+    print("best scale per organ:", best)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"scales": args.scales, "dice": dice}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
