@@ -112,9 +112,57 @@ def test_pool_points_keep_their_place_in_the_scan_when_the_crop_moves():
     # a batch is of one organ, its points as many as asked, its distances those of the pool (no augmentation)
     train = get_nudf_config("headneck-ct-cpu")
     train.batch_size, train.points_per_case, train.augment, train.crop_jitter = 3, 100, NO_AUGMENT, 1.0
-    organ, images, points, distances = organ_training_batch(pools, train, generator)
+    organ, images, points, distances, guides = organ_training_batch(pools, train, generator)
     assert images.shape == (3, 1, *pools[organ][0].shape) and points.shape == (3, 100, 3)
     assert set(distances.flatten().tolist()) <= set(pools[organ][0].distances.tolist())
+    assert guides is None  # no scan guides: the encoder's U-Net reads the crop
+
+
+class _ImageLogits(torch.nn.Module):
+    """A stand-in localiser whose logits are an obvious function of each voxel: classes ``(-x - 1/2, 0, x - 1/2)``
+    (on the ramp image of ``prepared_case``, each class wins somewhere)."""
+
+    def forward(self, x):
+        return (torch.cat([-x - 0.5, torch.zeros_like(x), x - 0.5], 1),)
+
+
+def test_scan_guides_are_the_whole_case_probabilities_cropped_and_augmented_with_the_image():
+    from imagetomesh.scan import class_mask, crop_padded
+    from imagetomesh.training.tasks.nudf import add_scan_guides, augmented_points
+
+    label = np.zeros((16, 12, 12), np.uint8)
+    label[4:8, 4:8, 4:8] = 1
+    label[9:12, 2:5, 2:5] = 2
+    case = prepared_case(label)
+    pools = make_organ_pools({1: [case], 2: [case]}, [[8, 8, 8], [8, 8, 16]], UDFPointConfig(count=400), 0, False)
+    add_scan_guides(pools, _ImageLogits(), jitter=2.0, device="cpu")
+    # the slow, obvious path: the whole case's softmax, the organ's channel and voxels cropped where the crop is
+    image = case.image.float()
+    probabilities = torch.stack([-image - 0.5, torch.zeros_like(image), image - 0.5]).softmax(0)
+    winner = probabilities.argmax(0).numpy()
+    for organ in (1, 2):
+        pool = pools[organ][0]
+        voxels = torch.from_numpy(class_mask(winner, organ))
+        for offset in ([0.0, 0.0, 0.0], [2.0, -2.0, 1.5], [-2.0, 1.0, -2.0]):
+            start = pool.crop_start(np.array(offset))
+            guide, near = pool.scan_guide(start)
+            assert torch.allclose(guide, crop_padded(probabilities[organ], start, pool.shape, 0.0), atol=1e-3)
+            assert torch.equal(near, crop_padded(voxels, start, pool.shape, False))
+    with pytest.raises(ValueError, match="leaves the scan guide"):
+        pools[1][0].scan_guide(tuple(a + 5 for a in pools[1][0].start))
+    # augmented with its image: a guide equal to the image (above its lowest value) stays equal to it
+    train = get_nudf_config("headneck-ct-cpu-scan-guided")
+    train.augment = AugmentConfig(flip=0, rotate_deg=20, scale=0.2, intensity_scale=0, intensity_shift=0, noise=0)
+    pool = pools[1][0]
+    crop, crop_label, points = pool.crop()
+    generator = torch.Generator().manual_seed(3)
+    moved, _, _, guide = augmented_points(crop, crop_label, points, pool.distances, train, generator, crop - crop.min())
+    assert not torch.allclose(moved, crop)  # the augmentation moved the image
+    assert torch.allclose(guide, moved - crop.min(), atol=1e-5)
+    # and a batch of scan-guided pools carries their guides, one per crop
+    train.batch_size, train.points_per_case, train.crop_jitter = 2, 50, 2.0
+    organ, images, _, _, guides = organ_training_batch(pools, train, generator)
+    assert guides.shape == (2, *pools[organ][0].shape) and float(guides.max()) <= 1.0
 
 
 def test_pools_are_cached_read_back_as_made_and_remade_when_their_inputs_change(tmp_path):
@@ -207,6 +255,39 @@ def test_mesh_dice_validation_scores_an_organ_the_localiser_misses_as_zero(organ
     assert NUDFTask.score(None, {"val_l1": 0.01}) == 0.01
     selected = get_nudf_config("headneck-ct-cpu-guided-meshsel")
     assert selected.val_mesh_cases == 4 and selected.model["meshing"]["initial_points"] == 1500
+
+
+def test_a_scan_guided_field_trains_on_the_whole_case_probabilities(organ_model, tmp_path):
+    from dataclasses import replace
+
+    from imagetomesh.errors import InputError
+    from imagetomesh.training.tasks.nudf import NUDFTrainConfig
+
+    unet_folder, unet_card = organ_model
+    model = _organ_config(
+        channels=(8, 16), hidden=32, unet=unet_card["config"]["unet"], organ_crops=[[8, 8, 8]] * 2, localiser_input=True
+    )
+    config = NUDFTrainConfig(
+        model.to_dict(),
+        grid=GridSpec.from_dict(unet_card["grid"]),
+        steps=10,
+        val_every=10,
+        points_per_case=200,
+        val_points=200,
+        points=UDFPointConfig(count=1000),
+        augment=AugmentConfig(flip=0, rotate_deg=10, scale=0.1, intensity_scale=0, intensity_shift=0, noise=0),
+        threads=1,
+        organs=unet_card["organs"],
+        crop_jitter=1.0,
+        val_mesh_cases=1,
+        guide="scan",
+    )
+    folder, card, log = train_on_synthetic_cts(config, tmp_path / "guided", unet_folder, unet_card["input"])
+    assert any(line.startswith("scan guides:") for line in log), log
+    assert {"val_l1", "val_mesh_dice"} <= set(card["metrics"]) and card["config"]["localiser_input"]
+    unguided = replace(config, model={**config.model, "localiser_input": False})
+    with pytest.raises(InputError, match="'scan' needs a model with localiser_input"):
+        train_on_synthetic_cts(unguided, tmp_path / "unguided", unet_folder)
 
 
 def test_organ_nudf_needs_a_unet_of_its_organs(organ_model, tmp_path):

@@ -225,8 +225,16 @@ class NUDF(nn.Module, SegmentationModel):
             1,
         )
 
-    def forward(self, image: torch.Tensor, points: torch.Tensor, organ: int | None = None) -> torch.Tensor:
-        return self.query(self.encode(image, organ), points, organ=organ)
+    def forward(
+        self,
+        image: torch.Tensor,
+        points: torch.Tensor,
+        organ: int | None = None,
+        probabilities: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Unsigned distances ``(B, N)`` at ``points (B, N, 3)`` (:meth:`query`) of ``image``'s field (``organ``,
+        ``probabilities``: see :meth:`encode`)."""
+        return self.query(self.encode(image, organ, probabilities), points, organ=organ)
 
     def predict_meshes(
         self,

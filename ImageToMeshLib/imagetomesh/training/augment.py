@@ -37,6 +37,16 @@ def _rotation(angles: torch.Tensor) -> torch.Tensor:
     return rz @ ry @ rx
 
 
+def transformed(
+    volume: torch.Tensor, linear: torch.Tensor, shift: torch.Tensor, mode: str, fill: float = 0.0
+) -> torch.Tensor:
+    """``volume (D, H, W)`` float resampled so that its output at grid point ``g`` shows it at ``linear @ g + shift``
+    (grid coordinates; :func:`augment`'s transform), ``mode`` ``"bilinear"`` or ``"nearest"``, ``fill`` outside."""
+    theta = torch.cat([linear, shift[:, None]], dim=1)[None].to(volume.dtype)
+    grid = F.affine_grid(theta, [1, 1, *volume.shape], align_corners=True)
+    return F.grid_sample((volume - fill)[None, None], grid, mode=mode, align_corners=True)[0, 0] + fill
+
+
 def augment(
     image: torch.Tensor,
     label: torch.Tensor,
@@ -56,18 +66,14 @@ def augment(
     def uniform(lo, hi, n=1):
         return lo + (hi - lo) * torch.rand(n, generator=generator)
 
-    d, h, w = image.shape
     iso = torch.diag(isotropic_scale(image.shape))
     angles = uniform(-1, 1, 3) * math.radians(config.rotate_deg)
     scale = 1.0 + uniform(-config.scale, config.scale)
     flips = torch.where(torch.rand(3, generator=generator) < config.flip, -1.0, 1.0)
     linear = torch.linalg.inv(iso) @ (_rotation(angles) / scale) @ torch.diag(flips) @ iso
     shift = uniform(-config.shift, config.shift, 3) if config.shift > 0 else torch.zeros(3)
-    theta = torch.cat([linear, shift[:, None]], dim=1)[None]
-    grid = F.affine_grid(theta, [1, 1, d, h, w], align_corners=True)
-    fill = float(image.min())
-    img = F.grid_sample((image - fill)[None, None], grid, mode="bilinear", align_corners=True)[0, 0] + fill
-    lab = F.grid_sample(label[None, None].float(), grid, mode="nearest", align_corners=True)[0, 0]
+    img = transformed(image, linear, shift, "bilinear", float(image.min()))
+    lab = transformed(label.float(), linear, shift, "nearest")
     img = img * (1 + uniform(-config.intensity_scale, config.intensity_scale)) + uniform(
         -config.intensity_shift, config.intensity_shift
     )
