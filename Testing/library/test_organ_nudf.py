@@ -119,14 +119,18 @@ def test_pool_points_keep_their_place_in_the_scan_when_the_crop_moves():
 
 
 class _ImageLogits(torch.nn.Module):
-    """A stand-in localiser whose logits are an obvious function of each voxel: classes ``(-x - 1/2, 0, x - 1/2)``
-    (on the ramp image of ``prepared_case``, each class wins somewhere)."""
+    """A stand-in localiser whose logits are an obvious function of each voxel: classes ``(-s x - 1/2, 0, s x - 1/2)``
+    with its one weight ``s`` (on the ramp image of ``prepared_case``, each class wins somewhere)."""
+
+    def __init__(self, s: float = 1.0) -> None:
+        super().__init__()
+        self.s = torch.nn.Parameter(torch.tensor(s))
 
     def forward(self, x):
-        return (torch.cat([-x - 0.5, torch.zeros_like(x), x - 0.5], 1),)
+        return (torch.cat([-self.s * x - 0.5, torch.zeros_like(x), self.s * x - 0.5], 1),)
 
 
-def test_scan_guides_are_the_whole_case_probabilities_cropped_and_augmented_with_the_image():
+def test_scan_guides_are_the_whole_case_probabilities_cropped_and_augmented_with_the_image(tmp_path):
     from imagetomesh.scan import class_mask, crop_padded
     from imagetomesh.training.tasks.nudf import add_scan_guides, augmented_points
 
@@ -135,7 +139,8 @@ def test_scan_guides_are_the_whole_case_probabilities_cropped_and_augmented_with
     label[9:12, 2:5, 2:5] = 2
     case = prepared_case(label)
     pools = make_organ_pools({1: [case], 2: [case]}, [[8, 8, 8], [8, 8, 16]], UDFPointConfig(count=400), 0, False)
-    add_scan_guides(pools, _ImageLogits(), jitter=2.0, device="cpu")
+    cache = tmp_path / "guides.pt"
+    add_scan_guides(pools, _ImageLogits(), jitter=2.0, device="cpu", cache=cache)
     # the slow, obvious path: the whole case's softmax, the organ's channel and voxels cropped where the crop is
     image = case.image.float()
     probabilities = torch.stack([-image - 0.5, torch.zeros_like(image), image - 0.5]).softmax(0)
@@ -150,6 +155,14 @@ def test_scan_guides_are_the_whole_case_probabilities_cropped_and_augmented_with
             assert torch.equal(near, crop_padded(voxels, start, pool.shape, False))
     with pytest.raises(ValueError, match="leaves the scan guide"):
         pools[1][0].scan_guide(tuple(a + 5 for a in pools[1][0].start))
+    # read back from the cache as made; made anew for another U-Net
+    again = make_organ_pools({1: [case], 2: [case]}, [[8, 8, 8], [8, 8, 16]], UDFPointConfig(count=400), 0, False)
+    add_scan_guides(again, _ImageLogits(), jitter=2.0, device="cpu", cache=cache)
+    assert all(
+        torch.equal(a.guide, b.guide) and torch.equal(a.guide_mask, b.guide_mask) for a, b in zip(again[2], pools[2])
+    )
+    add_scan_guides(again, _ImageLogits(2.0), jitter=2.0, device="cpu", cache=cache)
+    assert not torch.equal(again[2][0].guide, pools[2][0].guide)
     # augmented with its image: a guide equal to the image (above its lowest value) stays equal to it
     train = get_nudf_config("headneck-ct-cpu-scan-guided")
     train.augment = AugmentConfig(flip=0, rotate_deg=20, scale=0.2, intensity_scale=0, intensity_shift=0, noise=0)

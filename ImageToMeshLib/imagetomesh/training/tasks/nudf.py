@@ -25,6 +25,7 @@ had a lower L1 than its step 4,200 and a lower whole-scan mesh Dice, 0.605 again
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,23 +290,34 @@ def make_organ_pools(
 
 
 @torch.no_grad()
-def add_scan_guides(pools_by_organ: dict[int, list[OrganPointPool]], unet, jitter: float, device) -> None:
+def add_scan_guides(
+    pools_by_organ: dict[int, list[OrganPointPool]], unet, jitter: float, device, cache: Path | None = None
+) -> None:
     """Give every pool its scan guide (:attr:`OrganPointPool.guide`): the frozen ``unet``'s class probabilities over
     the pool's whole prepared case, as ``segment`` computes them over a scan
     (:func:`~imagetomesh.scan.windowed_logits` in blocks of the case's grid: one pass), the organ's channel and its
     voxels (:func:`~imagetomesh.scan.class_mask`) kept around the pool's crop, grown by the voxels a crop-centre
-    ``jitter`` can move it (plus one for rounding). One U-Net pass per case."""
+    ``jitter`` can move it (plus one for rounding). One U-Net pass per case (the head-and-neck training set: about
+    20 minutes on one thread), so with ``cache`` the guides are saved there (atomically) and read back by a later
+    start or resume made from the same pools, margin and U-Net weights."""
     margin = int(np.ceil(jitter)) + 1
+    pools = [pool for entries in pools_by_organ.values() for pool in entries]
+    key = _guides_key(pools, unet, margin)
+    if cache is not None and cache.exists():
+        saved = torch.load(cache, weights_only=True)
+        if saved.get("key") == key:
+            for pool, (guide, mask) in zip(pools, saved["guides"]):
+                pool.guide, pool.guide_mask, pool.guide_margin = guide, mask, margin
+            return
     by_case: dict[str, list[OrganPointPool]] = {}
-    for pools in pools_by_organ.values():
-        for pool in pools:
-            by_case.setdefault(pool.case.case_id, []).append(pool)
+    for pool in pools:
+        by_case.setdefault(pool.case.case_id, []).append(pool)
     unet.eval()
-    for pools in by_case.values():
-        image = pools[0].case.image.float()
+    for entries in by_case.values():
+        image = entries[0].case.image.float()
         probabilities = windowed_logits(unet, image[None, None].to(device), tuple(image.shape)).softmax(0).cpu()
         winner = probabilities.argmax(0).numpy()
-        for pool in pools:
+        for pool in entries:
             mask = class_mask(winner, pool.organ)
             mask = torch.zeros(image.shape, dtype=torch.bool) if mask is None else torch.from_numpy(mask)
             start = tuple(a - margin for a in pool.start)
@@ -313,6 +325,19 @@ def add_scan_guides(pools_by_organ: dict[int, list[OrganPointPool]], unet, jitte
             pool.guide = crop_padded(probabilities[pool.organ], start, grown, 0.0).half()
             pool.guide_mask = crop_padded(mask, start, grown, False)
             pool.guide_margin = margin
+    if cache is not None:
+        with atomic_write(cache) as tmp:
+            torch.save({"key": key, "guides": [(pool.guide, pool.guide_mask) for pool in pools]}, tmp)
+
+
+def _guides_key(pools: list[OrganPointPool], unet, margin: int) -> str:
+    """What a set of scan guides was made from (the pools' cases, organs and crops, the margin, the U-Net's weights)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(unet.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    crops = [[p.case.case_id, p.organ, list(p.start), list(p.shape)] for p in pools]
+    return json.dumps({"crops": crops, "margin": margin, "unet": digest.hexdigest()})
 
 
 def organ_probabilities(guides: torch.Tensor, organ: int, organs: int) -> torch.Tensor:
@@ -568,8 +593,9 @@ class NUDFTask(Task):
                 val_by_organ, crops, config.points, run.seed + 1, run.writer, cache=run.out / "val_pools.pt"
             )
             if config.guide == "scan":
-                for pools in (self.train_pools, self.val_pools):
-                    add_scan_guides(pools, self.model.unet, config.crop_jitter, run.device)
+                for pools, name in ((self.train_pools, "train"), (self.val_pools, "val")):
+                    cache = run.out / f"{name}_scan_guides.pt"
+                    add_scan_guides(pools, self.model.unet, config.crop_jitter, run.device, cache)
                 run.log("scan guides: the U-Net's probabilities over every prepared case, kept around its crops")
         else:
             self.train_pools = make_pools(train_cases, config.points, run.seed)
