@@ -15,7 +15,9 @@ comes from ``--init-from`` (a trained several-organ ``unet`` model of the same o
 each (case, organ) that can teach the organ's surface (:func:`~imagetomesh.training.organ_crops.meshable`)
 gets a pool of points around that organ's surface in its crop centred on the labelled organ; each step
 draws one organ, crops its cases with the centre jittered by up to ``crop_jitter`` voxels (the pool's
-points moved with the crop), augments them, and trains that organ's decoder output. Validation: clamped
+points moved with the crop), augments them, and trains that organ's decoder output. A guided encoder
+(``localiser_input``) reads the U-Net's probability of the organ: with ``guide="scan"`` the U-Net's over the whole
+case, cropped and augmented with the image (:func:`add_scan_guides`), as ``segment`` gives it. Validation: clamped
 L1 per organ on the validation cases' crops (``val_l1_<organ>``), their mean ``val_l1`` selects -- or, with
 ``val_mesh_cases``, the mean Dice of the meshes ``segment`` would make in the crops of that many validation
 cases per organ (``val_mesh_dice``): the L1 does not rank checkpoints as their meshes do (a run's step 8,400
