@@ -17,13 +17,10 @@ on one part of the validation split (``--first``/``--cases``) and confirm the ch
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
-from headneck_ct_report import REPO, model_split, scored_organs
+from headneck_ct_report import scored_organs
+from organ_sweep import report_sweep, sweep_cases, sweep_parser
 
 from imagetomesh.core.mesh import Mesh
 from imagetomesh.inference import Segmenter
@@ -43,15 +40,8 @@ def moved_in_voxels(mesh: Mesh, offset: float, spacing_xyz: np.ndarray) -> Mesh:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "openkbp-ct"))
-    parser.add_argument("--model", default="nudf-headneck-ct")
-    parser.add_argument("--split", default="val", choices=["val"])
-    parser.add_argument("--first", type=int, default=0, help="skip this many cases of the split")
-    parser.add_argument("--cases", type=int, default=10, help="score this many cases from --first")
+    parser = sweep_parser(__doc__, "nudf-headneck-ct")
     parser.add_argument("--offsets", type=float, nargs="+", default=[-0.6, -0.5, -0.4, -0.3, -0.2, -0.1, 0, 0.1, 0.2])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", default=None, help="also write the per-case numbers here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -64,7 +54,7 @@ def main() -> None:
     spacing_xyz = direction @ np.asarray(grid["spacing"], dtype=np.float64)
     segmenter = Segmenter(model)
     msd = read_msd(args.data)
-    ids = model_split(model.card)[args.split][args.first : args.first + args.cases]
+    ids = sweep_cases(args, model.card)
     dice: dict[str, dict[str, list[float]]] = {}  # organ -> case -> Dice per offset
     for case_id in ids:
         case = msd[case_id]
@@ -80,19 +70,7 @@ def main() -> None:
             )
             dice.setdefault(organ.name, {})[case_id] = scores
         print(case_id, flush=True)
-    print("| organ | cases | " + " | ".join(f"{d:+.2f}" for d in args.offsets) + " | best |")
-    print("|---|---|" + "---|" * (len(args.offsets) + 1))
-    best = []
-    for organ in segmenter.organs:
-        if organ.name not in dice:
-            continue
-        means = np.mean(list(dice[organ.name].values()), axis=0)
-        best.append(args.offsets[int(np.argmax(means))])
-        cells = " | ".join(f"{m:.3f}" for m in means)
-        print(f"| {organ.title} | {len(dice[organ.name])} | {cells} | {best[-1]:+.2f} |")
-    print("best offsets per organ (voxels):", best)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"offsets": args.offsets, "dice": dice}, indent=1))
+    report_sweep(dice, args.offsets, segmenter.organs, "offsets", args)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,10 @@ rest, the scales set in a copy of the model's card.
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
-from headneck_ct_report import REPO, model_split, scored_organs
+from headneck_ct_report import scored_organs
+from organ_sweep import report_sweep, sweep_cases, sweep_parser
 
 from imagetomesh.inference import Segmenter
 from imagetomesh.io.images import read_image
@@ -31,15 +28,8 @@ from imagetomesh.zoo import load_model
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "openkbp-ct"))
-    parser.add_argument("--model", default="voxel2mesh-headneck-ct")
-    parser.add_argument("--split", default="val", choices=["val"])
-    parser.add_argument("--first", type=int, default=0, help="skip this many cases of the split")
-    parser.add_argument("--cases", type=int, default=10, help="score this many cases from --first")
+    parser = sweep_parser(__doc__, "voxel2mesh-headneck-ct")
     parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", default=None, help="also write the per-case numbers here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -49,7 +39,7 @@ def main() -> None:
         raise SystemExit(f"{args.model} is not a several-organ surface-start Voxel2Mesh")
     segmenter = Segmenter(model)
     msd = read_msd(args.data)
-    ids = model_split(model.card)[args.split][args.first : args.first + args.cases]
+    ids = sweep_cases(args, model.card)
     dice: dict[str, dict[str, list[float]]] = {}  # organ -> case -> Dice per factor
     for case_id in ids:
         case = msd[case_id]
@@ -64,21 +54,7 @@ def main() -> None:
                 score = 0.0 if mesh is None else mesh_dice_iou(mesh, truth)[0]
                 dice.setdefault(organ.name, {}).setdefault(case_id, []).append(score)
         print(case_id, flush=True)
-    print("| organ | cases | " + " | ".join(f"{s:.2f}" for s in args.scales) + " | best |")
-    print("|---|---|" + "---|" * (len(args.scales) + 1))
-    best, columns = [], []
-    for organ in segmenter.organs:
-        if organ.name not in dice:
-            continue
-        means = np.mean(list(dice[organ.name].values()), axis=0)
-        columns.append(means)
-        best.append(args.scales[int(np.argmax(means))])
-        cells = " | ".join(f"{m:.3f}" for m in means)
-        print(f"| {organ.title} | {len(dice[organ.name])} | {cells} | {best[-1]:.2f} |")
-    print("| mean | | " + " | ".join(f"{m:.3f}" for m in np.mean(columns, axis=0)) + " | |")
-    print("best scale per organ:", best)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"scales": args.scales, "dice": dice}, indent=1))
+    report_sweep(dice, args.scales, segmenter.organs, "scales", args)
 
 
 if __name__ == "__main__":
