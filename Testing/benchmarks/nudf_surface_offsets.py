@@ -20,14 +20,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 from headneck_ct_report import scored_organs
-from organ_sweep import report_sweep, sweep_cases, sweep_parser
+from organ_sweep import report_sweep, sweep_parser, sweep_scans
 
 from imagetomesh.core.mesh import Mesh
 from imagetomesh.inference import Segmenter
-from imagetomesh.io.images import read_image
 from imagetomesh.metrics import mesh_dice_iou
 from imagetomesh.models.nudf import moved_along_normals
-from imagetomesh.training.msd import read_msd
 from imagetomesh.zoo import load_model
 
 
@@ -53,12 +51,8 @@ def main() -> None:
     direction = np.abs(np.asarray(grid["direction"] or np.eye(3).ravel(), dtype=np.float64).reshape(3, 3))
     spacing_xyz = direction @ np.asarray(grid["spacing"], dtype=np.float64)
     segmenter = Segmenter(model)
-    msd = read_msd(args.data)
-    ids = sweep_cases(args, model.card)
     dice: dict[str, dict[str, list[float]]] = {}  # organ -> case -> Dice per offset
-    for case_id in ids:
-        case = msd[case_id]
-        image, label = read_image(case.image), read_image(case.label)
+    for case, image, label in sweep_scans(args, model.card):
         meshes = segmenter.segment_organs(image)
         for organ in scored_organs(case, segmenter.organs):
             truth = label.with_array((label.array == organ.label).astype(np.uint8))
@@ -68,8 +62,8 @@ def main() -> None:
                 if mesh is None
                 else [mesh_dice_iou(moved_in_voxels(mesh, d, spacing_xyz), truth)[0] for d in args.offsets]
             )
-            dice.setdefault(organ.name, {})[case_id] = scores
-        print(case_id, flush=True)
+            dice.setdefault(organ.name, {})[case.case_id] = scores
+        print(case.case_id, flush=True)
     report_sweep(dice, args.offsets, segmenter.organs, "offsets", args)
 
 

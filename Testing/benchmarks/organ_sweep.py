@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from headneck_ct_report import REPO, model_split
+
+from imagetomesh.core.volume import Volume
+from imagetomesh.io.images import read_image
+from imagetomesh.training.msd import Case, read_msd
 
 
 def sweep_parser(description: str, model: str) -> argparse.ArgumentParser:
@@ -25,9 +30,12 @@ def sweep_parser(description: str, model: str) -> argparse.ArgumentParser:
     return parser
 
 
-def sweep_cases(args: argparse.Namespace, card: dict) -> list[str]:
-    """The case ids of the model's ``args.split`` that ``--first`` and ``--cases`` choose."""
-    return model_split(card)[args.split][args.first : args.first + args.cases]
+def sweep_scans(args: argparse.Namespace, card: dict) -> Iterator[tuple[Case, Volume, Volume]]:
+    """``(case, image, label)`` of each case of the model's ``args.split`` that ``--first`` and ``--cases`` choose."""
+    msd = read_msd(args.data)
+    for case_id in model_split(card)[args.split][args.first : args.first + args.cases]:
+        case = msd[case_id]
+        yield case, read_image(case.image), read_image(case.label)
 
 
 def report_sweep(

@@ -18,12 +18,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 from headneck_ct_report import scored_organs
-from organ_sweep import report_sweep, sweep_cases, sweep_parser
+from organ_sweep import report_sweep, sweep_parser, sweep_scans
 
 from imagetomesh.inference import Segmenter
-from imagetomesh.io.images import read_image
 from imagetomesh.metrics import mesh_dice_iou
-from imagetomesh.training.msd import read_msd
 from imagetomesh.zoo import load_model
 
 
@@ -38,12 +36,8 @@ def main() -> None:
     if model.card["kind"] != "voxel2mesh" or config.start != "unet_surface" or not config.organs:
         raise SystemExit(f"{args.model} is not a several-organ surface-start Voxel2Mesh")
     segmenter = Segmenter(model)
-    msd = read_msd(args.data)
-    ids = sweep_cases(args, model.card)
     dice: dict[str, dict[str, list[float]]] = {}  # organ -> case -> Dice per factor
-    for case_id in ids:
-        case = msd[case_id]
-        image, label = read_image(case.image), read_image(case.label)
+    for case, image, label in sweep_scans(args, model.card):
         organs = scored_organs(case, segmenter.organs)
         for factor in args.scales:
             config.move_scales = [factor] * config.organs
@@ -52,8 +46,8 @@ def main() -> None:
                 truth = label.with_array((label.array == organ.label).astype(np.uint8))
                 mesh = meshes.get(organ.name)
                 score = 0.0 if mesh is None else mesh_dice_iou(mesh, truth)[0]
-                dice.setdefault(organ.name, {}).setdefault(case_id, []).append(score)
-        print(case_id, flush=True)
+                dice.setdefault(organ.name, {}).setdefault(case.case_id, []).append(score)
+        print(case.case_id, flush=True)
     report_sweep(dice, args.scales, segmenter.organs, "scales", args)
 
 
