@@ -47,6 +47,7 @@ NEW_NUDF_FIELDS = {
     "crop_jitter": 3.0,
     "live_clamp": False,
     "val_mesh_cases": 0,
+    "guide": "crop",
 }
 NEW_NUDF_MODEL_FIELDS = {"unet": None, "organ_crops": None, "localiser_input": False, "surface_offsets": None}
 NEW_LOSS_FIELDS = {
