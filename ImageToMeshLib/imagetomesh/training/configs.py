@@ -453,7 +453,8 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # the same decoders trained on with the rasterised-voxel margin term (raster=3, docs/mesh-losses.md): the Chamfer
     # alone let the brainstem's decoder approach its target points while losing voxels (training Dice 0.776 -> 0.730
     # as its Chamfer fell 2.10 -> 1.93); the term counts the voxel centres a mesh puts on the wrong side. 400 steps
-    # per decoder (the term doubles a step's time)
+    # per decoder. Tried (session 23, 2.8 s per step): validation mesh Dice in the crops 0.716 / 0.719 / 0.715 at
+    # steps 300 / 600 / 900 against 0.718 / 0.718 / 0.712 without the term; stopped (docs/headneck-ct-results.md)
     v2m["headneck-ct-cpu-frozen-surface-raster"] = replace(
         copy.deepcopy(v2m["headneck-ct-cpu-frozen-surface-long"]),
         loss=replace(v2m["headneck-ct-cpu-frozen-surface-long"].loss, raster=3.0),
