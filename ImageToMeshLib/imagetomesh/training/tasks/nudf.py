@@ -253,7 +253,10 @@ class OrganPointPool:
     def crop(self, offset: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(image (d, h, w), label (d, h, w), points (N, 3))``: the crop with its centre moved by ``offset``
         ``(k, j, i)`` voxels (none: the pool's own crop), the pool's points in its grid coordinates."""
-        start = self.crop_start(offset)
+        return self.crop_from(self.crop_start(offset))
+
+    def crop_from(self, start: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`crop` of the crop from voxel ``start`` (:meth:`crop_start`)."""
         image, label = case_crop(self.case, start, self.shape)
         if start == self.start:
             return image, label, self.points
@@ -423,9 +426,9 @@ def organ_training_batch(
     cases = []
     for i in torch.randint(len(pools), (config.batch_size,), generator=generator):
         pool = pools[int(i)]
-        offset = random_offset(config.crop_jitter, generator)
-        image, label, points = pool.crop(offset)
-        guide = None if pool.guide is None else pool.scan_guide(pool.crop_start(offset))[0]
+        start = pool.crop_start(random_offset(config.crop_jitter, generator))
+        image, label, points = pool.crop_from(start)
+        guide = None if pool.guide is None else pool.scan_guide(start)[0]
         cases.append(augmented_points(image, label, points, pool.distances, config, generator, guide))
     return (organ, *_stacked(cases))
 
@@ -622,13 +625,8 @@ class NUDFTask(Task):
     def loss(self, batch, generator):
         organ, images, points, distances, guides = batch
         dev = self.run.device
-        probabilities = None if guides is None else organ_probabilities(guides, organ, self.model.config.organs)
-        predicted = self.model(
-            images.to(dev),
-            points.to(dev),
-            organ=organ,
-            probabilities=None if probabilities is None else probabilities.to(dev),
-        )
+        probabilities = None if guides is None else organ_probabilities(guides.to(dev), organ, self.model.config.organs)
+        predicted = self.model(images.to(dev), points.to(dev), organ=organ, probabilities=probabilities)
         loss = clamped_l1(predicted, distances.to(dev), self.model.config.clamp, self.config.live_clamp)
         return loss, {"loss": float(loss.detach())}
 
