@@ -24,7 +24,7 @@ sys.path.insert(0, str(OLD))
 from make_fixtures import tiny_msd  # noqa: E402  (the MSD folder the old runs were made on)
 
 GRID = GridSpec((16, 16, 16), (1.0, 1.0, 1.0))
-NEW_FIELDS = ("accumulate_steps", "bf16_autocast", "channels_last")
+NEW_FIELDS = ("accumulate_steps", "bf16_autocast", "channels_last", "batch_workers")
 #: TrainConfig fields added for several organs (issue 16), with the defaults that keep one object
 NEW_IMAGE_FIELDS = {
     "organs": None,
@@ -92,6 +92,7 @@ def test_named_configs_are_the_ones_of_the_trainers_before_the_engine():
                 assert {k: got["loss"].pop(k) for k in NEW_LOSS_FIELDS} == NEW_LOSS_FIELDS, (kind, name)
             assert got == expected, (kind, name)
             assert config.accumulate_steps == 1 and config.bf16_autocast is False and config.channels_last is False
+            assert config.batch_workers == 0
     assert set(TASKS) == set(old)
 
 

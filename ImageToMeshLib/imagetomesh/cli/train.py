@@ -8,7 +8,15 @@ nothing here is specific to a kind. Resumable: running the same command again co
 
 from __future__ import annotations
 
-from imagetomesh.cli.options import DEVICES, add_threads, checked_type, path_arg, positive_int, seed
+from imagetomesh.cli.options import (
+    DEVICES,
+    add_threads,
+    checked_type,
+    non_negative_int,
+    path_arg,
+    positive_int,
+    seed,
+)
 from imagetomesh.errors import InputError
 
 
@@ -33,6 +41,8 @@ def cmd_train(args) -> int:
         option.apply(getattr(args, option.dest), config, options)
     if args.threads and hasattr(config, "threads"):
         config.threads = args.threads
+    if args.batch_workers is not None:
+        config.batch_workers = args.batch_workers
     if args.steps:
         config.steps = args.steps
         if entry.steps_without_time_limit and getattr(args, "time_limit", None) is None:
@@ -79,6 +89,13 @@ def register(sub) -> None:
             + (" (and run them all: no time limit)" if entry.steps_without_time_limit else ""),
         )
         add_threads(p, "the config's (1 for the CPU configs of mesh-decoder models)")
+        p.add_argument(
+            "--batch-workers",
+            type=non_negative_int("--batch-workers"),
+            default=None,
+            help="processes that draw the training batches ahead of the loop, for a GPU (default: the config's; "
+            "0: drawn in the loop)",
+        )
         for option in entry.options:
             p.add_argument(
                 option.flag,

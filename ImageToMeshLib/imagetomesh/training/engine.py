@@ -10,6 +10,7 @@ model kind happens here, once:
   without a saved generator);
 - the loop: ``accumulate_steps`` mini-batches (losses under optional bf16 autocast, each
   divided by their number; the model optionally in channels-last memory order) -> gradient clipping -> optimiser step -> scheduler step;
+  the mini-batches drawn in the loop, or ahead of it by ``batch_workers`` processes (:mod:`~imagetomesh.training.batch_workers`);
 - validation every ``val_every`` steps and at the last one, the ``best/`` model by the task's
   score, the ``final/`` model, their cards (safetensors + card.json);
 - the checkpoint (:class:`~imagetomesh.training.checkpoint.RunCheckpoint`, resumed by running
@@ -29,7 +30,7 @@ import platform
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -41,6 +42,7 @@ import torch.distributed as dist
 from imagetomesh.errors import InputError
 from imagetomesh.io.atomic import atomic_write, sigterm_raises
 from imagetomesh.nn.precision import bf16_autocast, to_channels_last
+from imagetomesh.training.batch_workers import WorkerBatches, check_batch_workers
 from imagetomesh.training.checkpoint import GeneratorState, RunCheckpoint
 from imagetomesh.training.tasks.base import LoopSettings, RunState, Task
 from imagetomesh.weights import save_weights
@@ -153,8 +155,8 @@ def train(
             dist.destroy_process_group()
 
 
-#: Config fields a resumed run may change: how long it runs and on how many threads.
-RESUMABLE_CHANGES = frozenset({"steps", "time_limit_s", "pretrain_time_limit_s", "threads"})
+#: Config fields a resumed run may change: how long it runs and on how many threads and batch workers.
+RESUMABLE_CHANGES = frozenset({"steps", "time_limit_s", "pretrain_time_limit_s", "threads", "batch_workers"})
 
 
 def check_resumable(out, config, config_name: str, seed: int) -> None:
@@ -226,8 +228,10 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
     validation, every ``checkpoint_every`` steps, every :data:`CHECKPOINT_EVERY_S` seconds and on
     Ctrl-C or SIGTERM (:class:`Stopped`; so an interruption loses at most a few minutes)."""
     s = task.settings()
+    check_batch_workers(task, s.batch_workers)
     setup_phase(task, s)
-    generator = torch.Generator().manual_seed(run.seed + task.seed_offset + 1000 * run.rank)
+    batch_seed = run.seed + task.seed_offset + 1000 * run.rank
+    generator = torch.Generator().manual_seed(batch_seed)
     parts = dict(task.checkpoint_parts())
     saved_generator = GeneratorState(generator)
     if not run.distributed:  # each rank has its own generator; only rank 0 writes
@@ -238,8 +242,14 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
     if resumed:
         state.step, state.best, state.elapsed_s = resumed
         if not saved_generator.loaded:
-            generator.manual_seed(run.seed + task.seed_offset + 1000 * run.rank + state.step)
+            generator.manual_seed(batch_seed + state.step)
         run.log(f"{task.name + ' ' if task.name else ''}resumed from step {state.step}")
+    batches = None
+    if s.batch_workers:
+        per_step = s.accumulate_steps
+        batches = WorkerBatches(
+            task, s.batch_workers, batch_seed, state.step * per_step, s.steps * per_step, run.device.type == "cuda"
+        )
 
     started, window = time.time(), []
     saved_at = started
@@ -267,7 +277,7 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
                     state.stopped_by_time_limit = True
                     break
                 task.before_step(max(state.step / s.steps, now() / s.time_limit_s if s.time_limit_s else 0.0))
-                window.append(optimiser_step(task, s, generator, run.device))
+                window.append(optimiser_step(task, s, generator, run.device, batches))
                 state.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{window[-1].get('loss', float('nan')):.4g}", refresh=False)
@@ -306,6 +316,8 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
             raise
         finally:
             bar.close()
+            if batches is not None:
+                batches.close()
     if not run.writer:
         return None
     state.elapsed_s, started = now(), time.time()
@@ -353,14 +365,21 @@ def setup_phase(task: Task, s: LoopSettings) -> None:
         to_channels_last(task.model)
 
 
-def optimiser_step(task: Task, s: LoopSettings, generator: torch.Generator, device: torch.device) -> dict[str, float]:
+def optimiser_step(
+    task: Task,
+    s: LoopSettings,
+    generator: torch.Generator,
+    device: torch.device,
+    batches: Optional[Iterator] = None,
+) -> dict[str, float]:
     """One optimiser step of ``task``: ``s.accumulate_steps`` mini-batches (losses under the bf16 hook,
     each divided by their number) -> clipping -> optimiser and scheduler steps -> ``task.after_step``.
-    Returns the loss terms (means over the mini-batches)."""
+    The mini-batches come from ``batches`` (drawn ahead by workers), else ``task.batch(generator)``;
+    ``generator`` also serves the loss. Returns the loss terms (means over the mini-batches)."""
     task.optimizer.zero_grad(set_to_none=True)
     micro = []
     for _ in range(s.accumulate_steps):
-        batch = task.batch(generator)
+        batch = next(batches) if batches is not None else task.batch(generator)
         with bf16_autocast(s.bf16_autocast, device):
             loss, terms = task.loss(batch, generator)
         (loss / s.accumulate_steps if s.accumulate_steps > 1 else loss).backward()

@@ -32,11 +32,14 @@ class EngineOptions:
     under bfloat16 autocast (CPU with native bf16, or CUDA); float32 where unsupported.
     ``channels_last``: keep the model's 3D convolution weights (and so their activations) in
     ``torch.channels_last_3d`` memory order, which oneDNN's bf16 kernels run fastest in.
+    ``batch_workers``: processes that draw the training batches ahead of the loop
+    (:mod:`~imagetomesh.training.batch_workers`; for a GPU); 0 = drawn in the loop.
     """
 
     accumulate_steps: int = 1
     bf16_autocast: bool = False
     channels_last: bool = False
+    batch_workers: int = 0
 
     def to_dict(self) -> dict:
         """The config as JSON-ready values (a ``grid`` :class:`GridSpec` by its own ``to_dict``)."""
@@ -56,7 +59,7 @@ class LoopSettings:
     ``checkpoint_every``: checkpoint besides validations (0: only then); the engine also
     checkpoints when the phase ends. ``time_limit_s``: stop after that many seconds of training
     counted over resumptions (None or 0: no limit). ``clip_norm``: gradient norm clipping of
-    :meth:`Task.clip_parameters` (None: none).
+    :meth:`Task.clip_parameters` (None: none). ``batch_workers``: see :class:`EngineOptions`.
     """
 
     steps: int
@@ -68,6 +71,7 @@ class LoopSettings:
     accumulate_steps: int = 1
     bf16_autocast: bool = False
     channels_last: bool = False
+    batch_workers: int = 0
 
 
 @dataclass
@@ -89,7 +93,7 @@ class Task:
     ``log_fields`` (put first in every ``log.jsonl`` entry), ``checkpoint_name`` (file in the
     run folder), ``seed_offset`` (added to the seed of the batch generator), ``final_folder``
     (model folder written at the end, None: none), ``result_folder`` (what :func:`train`
-    returns), ``result_label`` (how the command line names it).
+    returns), ``result_label`` (how the command line names it), ``batches_in_workers``.
     """
 
     name = ""
@@ -99,6 +103,9 @@ class Task:
     final_folder: Optional[str] = "final"
     result_folder: Optional[str] = "best"
     result_label = "best model"
+    #: whether :meth:`batch` reads nothing a training step changes, so that worker processes forked once the
+    #: task is set up may draw its batches ahead (``batch_workers``)
+    batches_in_workers = False
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -124,6 +131,7 @@ class Task:
             accumulate_steps=c.accumulate_steps,
             bf16_autocast=c.bf16_autocast,
             channels_last=c.channels_last,
+            batch_workers=c.batch_workers,
         )
 
     def setup(self) -> None:

@@ -115,6 +115,8 @@ def organ_decoder_loss(
 class ImageToMeshTask(Task):
     """``unet``, ``voxel2mesh`` or ``pixel2mesh3d`` (``config.kind``) on an MSD folder; ``init_from``: a model folder."""
 
+    batches_in_workers = True  # crops of the prepared cases, nothing a step changes
+
     def __init__(self, config: TrainConfig, run, init_from=None) -> None:
         super().__init__(config, run)
         self.init_from = init_from

@@ -338,6 +338,7 @@ class SDFPretraining(Task):
             accumulate_steps=c.accumulate_steps,
             bf16_autocast=c.bf16_autocast,
             channels_last=c.channels_last,
+            batch_workers=c.batch_workers,
         )
 
     def setup(self) -> None:
