@@ -364,6 +364,29 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
         copy.deepcopy(unet["headneck-ct-cpu-contoured"]),
         model={"unet": dict(UNET_HEADNECK_CT, windows=[list(CT_SOFT_TISSUE_WINDOW)])},
     )
+    # the wider U-Net from scratch on one GPU (an H200 lease of 15 minutes, start and data preparation included;
+    # tools/train_from_arrays.py) with the loss the bundled one ended with (the contoured extent): 64 x 96 x 96 crops
+    # in batches of 8, drawn by 14 worker processes; --steps set to what the lease holds. Run (session 24): 44 ms
+    # per step on random tensors, 97 ms on real crops (the workers did not keep up), so --time-limit stopped it at
+    # step 3,996 of 7,400, its rate still at 9.5e-4: validation voxel Dice 0.739 (the bundled U-Net 0.737),
+    # whole-scan 0.750 (0.752); averaging the two's probabilities gave 0.756 (docs/headneck-ct-results.md)
+    unet["headneck-ct-gpu-wide"] = replace(
+        copy.deepcopy(unet["headneck-ct-cpu-contoured"]),
+        model={"unet": copy.deepcopy(UNET_HEADNECK_CT_WIDE)},
+        steps=6000,
+        batch_size=8,
+        patch=[64, 96, 96],
+        lr=2e-3,
+        val_every=500,
+        threads=2,
+        batch_workers=14,
+    )
+    # its annealing (--init-from a headneck-ct-gpu-wide model whose lease ended before its schedule did): a short
+    # one-cycle schedule of a fresh optimiser at half the rate the first run had reached. Run (session 24, the
+    # lease's last 3 minutes): validation voxel Dice 0.738, whole-scan 0.748: no gain
+    unet["headneck-ct-gpu-wide-anneal"] = replace(
+        copy.deepcopy(unet["headneck-ct-gpu-wide"]), steps=800, lr=5e-4, val_every=800
+    )
     for named, loss in ((v2m, V2M_LOSS_V2), (p2m, P2M_LOSS_V2), (unet, None)):
         for name in ("cpu", "gpu"):
             v2 = named[f"{name}-v2"] = copy.deepcopy(named[name])
