@@ -104,6 +104,34 @@ class Segmenter:
         self.mirror = None
         if self.organs is not None and self.model.card.get("mirror_averaged"):
             self.mirror = (self.spec.array_axis(0), mirrored_classes([o.name for o in self.organs]))
+        #: the U-Nets of the models the card names in ``ensemble`` (same organs and grid), whose whole-scan
+        #: probabilities :meth:`scan_probabilities` averages with this model's own U-Net's; empty for none
+        self.ensemble = [self._ensemble_unet(name) for name in self._ensemble_names()]
+
+    def _ensemble_names(self) -> list[str]:
+        """The card's ``ensemble``: names of several-organ models (:class:`InputError` where it is not a list of them)."""
+        names = self.model.card.get("ensemble", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise InputError(f"model {self.model.name}'s card has 'ensemble' {names!r}; restore the model card")
+        if names and self.organs is None:
+            raise InputError(f"model {self.model.name} meshes one object: its card's 'ensemble' is for several organs")
+        return names
+
+    def _ensemble_unet(self, name: str) -> torch.nn.Module:
+        """The U-Net of model ``name`` (on this model's device, channels-last under bf16), checked to find the same
+        organs on the same grid as this model."""
+        member = load_model(name, self.model.device.type)
+        ours = [(o["name"], o["label"]) for o in self.model.card["organs"]]
+        if [(o.get("name"), o.get("label")) for o in member.card.get("organs") or []] != ours or GridSpec.from_dict(
+            member.card["grid"]
+        ) != self.spec:
+            raise InputError(
+                f"model {self.model.name}'s card averages it with {name}, which finds other organs or works on "
+                "another grid; restore the model card"
+            )
+        if self.bf16:
+            to_channels_last(member.module)
+        return member.module.unet
 
     @property
     def max_batch(self) -> int:
@@ -214,18 +242,25 @@ class Segmenter:
         ``(image (D, H, W), its GridTransform, class probabilities (C, D, H, W))`` on the scan grid
         (:func:`~imagetomesh.scan.scan_spec`), run in blocks of at most the card's grid shape; with
         :attr:`mirror`, the mean of the scan's probabilities and its mirror's (mirrored back, left and right
-        organs traded). Unchecked:
+        organs traded); with an :attr:`ensemble`, the mean of its U-Nets' and this model's. Unchecked:
         :meth:`segment_organs` checks the image first."""
         body = body_crop(volume) if self.spec.intensity == "ct" else volume
         image, transform = prepare_image(body, scan_spec(body, self.spec), warn=False)
-        net, batch = self.model.module.unet, image[None, None].to(self.model.device)
+        batch = image[None, None].to(self.model.device)
+        nets = [self.model.module.unet, *self.ensemble]
         with bf16_autocast(self.bf16, self.model.device):
-            probabilities = windowed_logits(net, batch, self.spec.shape).softmax(0)
-            if self.mirror is not None:
-                axis, classes = self.mirror
-                mirrored = windowed_logits(net, batch.flip(axis + 2), self.spec.shape).softmax(0)
-                probabilities = (probabilities + mirrored.flip(axis + 1)[classes]) / 2
+            probabilities = sum(self._unet_probabilities(net, batch) for net in nets) / len(nets)
         return image, transform, probabilities
+
+    def _unet_probabilities(self, net: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        """``net``'s class probabilities ``(C, D, H, W)`` over the scan ``batch (1, 1, D, H, W)``, averaged with its
+        mirror's where :attr:`mirror` is set."""
+        probabilities = windowed_logits(net, batch, self.spec.shape).softmax(0)
+        if self.mirror is not None:
+            axis, classes = self.mirror
+            mirrored = windowed_logits(net, batch.flip(axis + 2), self.spec.shape).softmax(0)
+            probabilities = (probabilities + mirrored.flip(axis + 1)[classes]) / 2
+        return probabilities
 
     def _organ_decoder_mesh(
         self,

@@ -356,6 +356,40 @@ def test_a_mirror_averaged_model_averages_the_scan_with_its_mirror(organ_model):
     assert not Segmenter(plain, precision="fp32").mirror  # a card without it: the scan alone
 
 
+def test_an_ensemble_card_averages_its_u_net_with_its_members(organ_model, tmp_path):
+    """A card with ``ensemble``: the class probabilities are the mean of the model's U-Net's and those of the
+    named models' U-Nets; a member that finds other organs, or an ``ensemble`` that is not a list of names, is
+    refused."""
+    from imagetomesh.inference import Segmenter
+    from imagetomesh.models.registry import build_model
+    from imagetomesh.weights import save_weights
+    from imagetomesh.zoo import load_model
+
+    best, _ = organ_model
+    plain = load_model(best, "cpu")
+    torch.manual_seed(3)
+    partner = build_model("unet", plain.card["config"]).eval()  # same architecture, other weights
+    card = {k: v for k, v in plain.card.items() if k not in ("weights", "sha256")}
+    save_weights(partner, tmp_path / "partner", card)
+    segmenter = Segmenter(replace(plain, card={**plain.card, "ensemble": [str(tmp_path / "partner")]}), precision="fp32")
+    image, _ = ct_case(shape=(32, 24, 40), seed=4)
+    volume = Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0]))
+    grid_image, _, probabilities = segmenter.scan_probabilities(volume)
+    block = segmenter.spec.shape
+    with torch.no_grad():
+        own = windowed_logits(plain.module.unet, grid_image[None, None], block).softmax(0)
+        theirs = windowed_logits(partner.unet, grid_image[None, None], block).softmax(0)
+    assert torch.allclose(probabilities, (own + theirs) / 2, atol=1e-6)
+    assert not torch.allclose(probabilities, own, atol=1e-3)
+    assert Segmenter(plain, precision="fp32").ensemble == []  # a card without it: the model alone
+    renamed = dict(card, organs=[dict(o, name=f"other_{o['name']}") for o in card["organs"]])
+    save_weights(partner, tmp_path / "other-organs", renamed)
+    with pytest.raises(InputError, match="finds other organs or works on another grid; restore the model card"):
+        Segmenter(replace(plain, card={**plain.card, "ensemble": [str(tmp_path / "other-organs")]}))
+    with pytest.raises(InputError, match="has 'ensemble' 'partner'; restore the model card"):
+        Segmenter(replace(plain, card={**plain.card, "ensemble": "partner"}))
+
+
 def test_segment_writes_one_mesh_per_organ(organ_model, tmp_path, capsys):
     from imagetomesh.io.meshes import read_mesh
 
