@@ -84,6 +84,22 @@ def test_augment_keeps_shapes_and_binary_labels():
     assert torch.equal(lab, label) and torch.allclose(img, image, atol=1e-5)
 
 
+def test_augment_resamples_the_image_and_its_label_as_transformed_does_each():
+    """The one sampling grid augment shares between an image and its label gives what resampling each alone with
+    its transform gives."""
+    from imagetomesh.training.augment import transformed
+
+    image = torch.randn(16, 24, 20)
+    label = (torch.rand(16, 24, 20) > 0.7).to(torch.uint8) * 3
+    config = AugmentConfig(flip=0.5, rotate_deg=20, scale=0.2, shift=0.1, intensity_scale=0, intensity_shift=0, noise=0)
+    for seed in range(3):
+        img, lab, linear, shift = augment(
+            image, label, config, torch.Generator().manual_seed(seed), return_transform=True
+        )
+        assert torch.equal(img, transformed(image, linear, shift, "bilinear", float(image.min())))
+        assert torch.equal(lab, transformed(label.float(), linear, shift, "nearest").round().to(torch.uint8))
+
+
 def test_init_from_model_copies_the_unet_of_another_kind_and_all_of_the_same_kind(tmp_path):
     from imagetomesh.errors import InputError
     from imagetomesh.models.registry import build_model

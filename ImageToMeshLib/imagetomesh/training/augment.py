@@ -42,9 +42,18 @@ def transformed(
 ) -> torch.Tensor:
     """``volume (D, H, W)`` float resampled so that its output at grid point ``g`` shows it at ``linear @ g + shift``
     (grid coordinates; :func:`augment`'s transform), ``mode`` ``"bilinear"`` or ``"nearest"``, ``fill`` outside."""
-    theta = torch.cat([linear, shift[:, None]], dim=1)[None].to(volume.dtype)
-    grid = F.affine_grid(theta, [1, 1, *volume.shape], align_corners=True)
-    return F.grid_sample((volume - fill)[None, None], grid, mode=mode, align_corners=True)[0, 0] + fill
+    return sampled(volume, sampling_grid(linear, shift, volume.shape, volume.dtype), mode, fill)
+
+
+def sampling_grid(linear: torch.Tensor, shift: torch.Tensor, shape, dtype=torch.float32) -> torch.Tensor:
+    """The ``(1, D, H, W, 3)`` grid of :func:`transformed` for volumes of ``shape (D, H, W)``, for several of them."""
+    theta = torch.cat([linear, shift[:, None]], dim=1)[None].to(dtype)
+    return F.affine_grid(theta, [1, 1, *shape], align_corners=True)
+
+
+def sampled(volume: torch.Tensor, grid: torch.Tensor, mode: str, fill: float = 0.0) -> torch.Tensor:
+    """``volume (D, H, W)`` float read at a :func:`sampling_grid`, ``fill`` outside it."""
+    return F.grid_sample((volume - fill)[None, None], grid.to(volume.dtype), mode=mode, align_corners=True)[0, 0] + fill
 
 
 def augment(
@@ -72,8 +81,9 @@ def augment(
     flips = torch.where(torch.rand(3, generator=generator) < config.flip, -1.0, 1.0)
     linear = torch.linalg.inv(iso) @ (_rotation(angles) / scale) @ torch.diag(flips) @ iso
     shift = uniform(-config.shift, config.shift, 3) if config.shift > 0 else torch.zeros(3)
-    img = transformed(image, linear, shift, "bilinear", float(image.min()))
-    lab = transformed(label.float(), linear, shift, "nearest")
+    grid = sampling_grid(linear, shift, image.shape, image.dtype)  # once for the image and its label
+    img = sampled(image, grid, "bilinear", float(image.min()))
+    lab = sampled(label.float(), grid, "nearest")
     img = img * (1 + uniform(-config.intensity_scale, config.intensity_scale)) + uniform(
         -config.intensity_shift, config.intensity_shift
     )
