@@ -371,7 +371,9 @@ def test_an_ensemble_card_averages_its_u_net_with_its_members(organ_model, tmp_p
     partner = build_model("unet", plain.card["config"]).eval()  # same architecture, other weights
     card = {k: v for k, v in plain.card.items() if k not in ("weights", "sha256")}
     save_weights(partner, tmp_path / "partner", card)
-    segmenter = Segmenter(replace(plain, card={**plain.card, "ensemble": [str(tmp_path / "partner")]}), precision="fp32")
+    segmenter = Segmenter(
+        replace(plain, card={**plain.card, "ensemble": [str(tmp_path / "partner")]}), precision="fp32"
+    )
     image, _ = ct_case(shape=(32, 24, 40), seed=4)
     volume = Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0]))
     grid_image, _, probabilities = segmenter.scan_probabilities(volume)
