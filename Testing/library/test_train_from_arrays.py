@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -11,19 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-OLD = Path(__file__).parent / "data" / "pre_engine_runs"
-sys.path.insert(0, str(OLD))
+sys.path.insert(0, str(Path(__file__).parent / "data" / "pre_engine_runs"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+import train_from_arrays  # noqa: E402
 from make_fixtures import tiny_msd  # noqa: E402
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "train_from_arrays.py"
 
-
-@pytest.fixture(scope="module")
+@pytest.fixture
 def tool():
-    spec = importlib.util.spec_from_file_location("train_from_arrays", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return train_from_arrays
 
 
 def test_the_arrays_are_the_volumes_read_image_gives(tool, tmp_path):

@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from imagetomesh import cli
+from imagetomesh.errors import InputError
 from imagetomesh.nn.precision import bf16_autocast, bf16_supported
 from imagetomesh.preprocessing import GridSpec
+from imagetomesh.training.batch_workers import WorkerBatches, batch_generator
 from imagetomesh.training.engine import Run, Stopped, run_phase, train
 from imagetomesh.training.tasks import TASKS, get_config
 from imagetomesh.training.tasks.base import LoopSettings, Task
@@ -215,6 +217,61 @@ def test_gradient_accumulation_equals_one_step_on_the_whole_batch(tmp_path):
     for a, b in zip(whole.parameters(), halves.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 1
+
+
+class _DrawnLineTask(_LineTask):
+    """The line task with batches drawn by the generator it is given, two per step, ``workers`` batch workers."""
+
+    batches_in_workers = True
+
+    def __init__(self, steps: int, workers: int) -> None:
+        super().__init__([], 2)
+        self.steps, self.workers = steps, workers
+
+    def settings(self):
+        return LoopSettings(steps=self.steps, clip_norm=None, accumulate_steps=2, batch_workers=self.workers)
+
+    def batch(self, generator):
+        x = torch.randn(4, 3, generator=generator)
+        return x, x.sum(1, keepdim=True) + 0.1 * torch.randn(4, 1, generator=generator)
+
+
+def test_each_batch_index_has_its_own_reproducible_stream():
+    draws = [torch.rand(5, generator=batch_generator(7, i)) for i in range(4)]
+    assert torch.equal(draws[2], torch.rand(5, generator=batch_generator(7, 2)))
+    assert all(not torch.equal(draws[i], draws[j]) for i in range(4) for j in range(i))
+    assert not torch.equal(draws[0], torch.rand(5, generator=batch_generator(8, 0)))
+
+
+def test_workers_give_batches_in_order_as_drawn_in_the_training_process():
+    task = _DrawnLineTask(1, 2)
+    batches = WorkerBatches(task, 2, 5, 3, 11)
+    got = [next(batches) for _ in range(8)]
+    batches.close()
+    assert next(batches, None) is None
+    expected = [task.batch(batch_generator(5, i)) for i in range(3, 11)]
+    assert len(got) == len(expected) == 8
+    for (x, y), (ex, ey) in zip(got, expected):
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+
+
+def test_a_run_with_workers_resumed_half_way_ends_with_the_weights_of_one_run(tmp_path):
+    whole = _run_line_task(tmp_path / "whole", _DrawnLineTask(6, 2))
+    _run_line_task(tmp_path / "halves", _DrawnLineTask(3, 2))
+    assert torch.load(tmp_path / "halves" / "checkpoint.pt", weights_only=True)["step"] == 3
+    resumed = _run_line_task(tmp_path / "halves", _DrawnLineTask(6, 1))  # the number of workers may change
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    in_loop = _run_line_task(tmp_path / "in-loop", _DrawnLineTask(6, 0))  # the engine's one generator: other batches
+    assert not torch.equal(in_loop.weight, whole.weight)
+
+
+def test_a_task_whose_batches_follow_the_training_refuses_workers_before_its_set_up(tmp_path):
+    task = _DrawnLineTask(2, 1)
+    task.batches_in_workers = False
+    with pytest.raises(InputError, match="batch_workers to 0"):
+        _run_line_task(tmp_path, task)
+    assert not hasattr(task, "model")
 
 
 def test_bf16_autocast_is_off_by_default_and_falls_back_to_float32(tmp_path):
