@@ -1,8 +1,7 @@
 """Training batches drawn ahead of the loop in worker processes (``batch_workers`` of a config).
 
 For a device that trains faster than one CPU process augments (a GPU: a 64 x 96 x 96 head-and-neck crop takes
-~40 ms to cut and augment on one core, the wide U-Net's step on an H200 ~5 ms per crop; even with 14 workers
-that run waited on its crops, 97 ms per step of 8 against 44 ms for the step alone). Mini-batch ``i``
+~40 ms to cut and augment on one core, the wide U-Net's step on an H200 ~5 ms per crop). Mini-batch ``i``
 of a phase (``i = step * accumulate_steps + k``) is drawn by :meth:`Task.batch` with a generator of its own,
 seeded from the run's batch seed and ``i`` (:func:`batch_generator`), so a resumed run draws the batches it
 would have drawn without the interruption, whatever the number of workers. Without workers the engine's
