@@ -387,6 +387,7 @@ def test_train_unet_on_the_command_line_resumes(tmp_path, capsys, monkeypatch):
     assert "resumed from step 1" in captured.out and f"best model: {tmp_path / 'run' / 'best'}" in captured.out
     entries = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in entries] == [1, 2] and "val_dice" in entries[0] and "seg" in entries[0]
+    assert all(e["batch_s"] > 0 and e["val_s"] >= 0 for e in entries)  # where the time went
     card = json.loads((tmp_path / "run" / "final" / "card.json").read_text())
     assert card["kind"] == "unet" and card["train_config"] == "cpu" and card["steps"] == 2
     config = json.loads((tmp_path / "run" / "config.json").read_text())

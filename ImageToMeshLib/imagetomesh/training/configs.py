@@ -367,10 +367,10 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # the wider U-Net from scratch on one GPU (an H200 lease of 15 minutes, start and data preparation included;
     # tools/train_from_arrays.py) with the loss the bundled one ended with (the contoured extent): 64 x 96 x 96 crops
     # in batches of 8, drawn by 14 worker processes; --steps set to what the lease holds. Run (session 24): 44 ms
-    # per step on random tensors with a plain cross-entropy, 103 ms on real crops with validations (not profiled), so
-    # --time-limit stopped it at
-    # step 3,996 of 7,400, its rate still at 9.5e-4: validation voxel Dice 0.739 (the bundled U-Net 0.737),
-    # whole-scan 0.750 (0.752); averaging the two's probabilities gave 0.756 (docs/headneck-ct-results.md)
+    # per step on random tensors with a plain cross-entropy, 103 ms on real crops with validations (not profiled),
+    # so --time-limit stopped it at step 3,996 of 7,400, its rate still at 9.5e-4: validation voxel Dice 0.739 (the
+    # bundled U-Net 0.737), whole-scan 0.750 (0.752); averaging the two's probabilities gave 0.756
+    # (docs/headneck-ct-results.md)
     unet["headneck-ct-gpu-wide"] = replace(
         copy.deepcopy(unet["headneck-ct-cpu-contoured"]),
         model={"unet": copy.deepcopy(UNET_HEADNECK_CT_WIDE)},

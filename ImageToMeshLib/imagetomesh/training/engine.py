@@ -14,7 +14,8 @@ model kind happens here, once:
 - validation every ``val_every`` steps and at the last one, the ``best/`` model by the task's
   score, the ``final/`` model, their cards (safetensors + card.json);
 - the checkpoint (:class:`~imagetomesh.training.checkpoint.RunCheckpoint`, resumed by running
-  the same command again), the time limit counted over resumptions, and ``log.jsonl``.
+  the same command again), the time limit counted over resumptions, and ``log.jsonl`` (with ``batch_s``, the mean
+  seconds a step spent drawing or waiting for its batches, and ``val_s``, a validation's seconds).
 
 Under ``torchrun --nproc_per_node N`` a task may wrap its model with :meth:`Run.wrap`
 (DistributedDataParallel: each rank draws its own cases; rank 0 validates and writes).
@@ -286,7 +287,9 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
                 last = state.step >= s.steps or out_of_time()
                 validating = s.val_every and (state.step % s.val_every == 0 or last)
                 if validating or (s.log_every and (state.step % s.log_every == 0 or last)):
+                    validation_started = time.time()
                     metrics = validated(task) if validating else {}
+                    timing = {"val_s": round(time.time() - validation_started, 1)} if validating else {}
                     entry = {
                         **task.log_fields,
                         "step": state.step,
@@ -294,6 +297,7 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
                         "lr": task.optimizer.param_groups[0]["lr"],
                         **mean_terms(window),
                         **metrics,
+                        **timing,
                     }
                     window = []
                     run.append_log(entry)
@@ -375,16 +379,20 @@ def optimiser_step(
     """One optimiser step of ``task``: ``s.accumulate_steps`` mini-batches (losses under the bf16 hook,
     each divided by their number) -> clipping -> optimiser and scheduler steps -> ``task.after_step``.
     The mini-batches come from ``batches`` (drawn ahead by workers), else ``task.batch(generator)``;
-    ``generator`` also serves the loss. Returns the loss terms (means over the mini-batches)."""
+    ``generator`` also serves the loss. Returns the loss terms (means over the mini-batches) and ``batch_s``, the
+    seconds the step spent drawing (or waiting for) its batches."""
     task.optimizer.zero_grad(set_to_none=True)
-    micro = []
+    micro, waited = [], 0.0
     for _ in range(s.accumulate_steps):
+        drawn = time.perf_counter()
         batch = next(batches) if batches is not None else task.batch(generator)
+        waited += time.perf_counter() - drawn
         with bf16_autocast(s.bf16_autocast, device):
             loss, terms = task.loss(batch, generator)
         (loss / s.accumulate_steps if s.accumulate_steps > 1 else loss).backward()
         micro.append(terms)
     terms = mean_terms(micro)
+    terms["batch_s"] = waited
     if s.clip_norm:
         torch.nn.utils.clip_grad_norm_(task.clip_parameters(), s.clip_norm)
     task.optimizer.step()
