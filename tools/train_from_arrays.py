@@ -7,8 +7,8 @@ Two steps:
         it and written as OUT/<imagesTr|labelsTr>/<case>.npz (the array in its own dtype; spacing, origin and
         direction in LPS), with DATA's dataset.json pointing at them (other fields kept).
 
-    python tools/train_from_arrays.py train OUT -- ARGS...
-        there: `imagetomesh train ARGS...` (give --data OUT) reading those arrays. SimpleITK, VTK and pymeshlab,
+    python tools/train_from_arrays.py train -- ARGS...
+        there: `imagetomesh train ARGS...` (ARGS with --data OUT) reading those arrays. SimpleITK, VTK and pymeshlab,
         where missing, are replaced by stand-ins whose names raise when used: training a U-Net reads images and
         nothing else of theirs, so a use of one of them fails at once rather than training on something else.
 

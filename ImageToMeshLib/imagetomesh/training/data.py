@@ -4,7 +4,7 @@ and their boundary targets."""
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -171,24 +171,20 @@ def prepare_cases(
         )
 
     bar = tqdm(total=len(cases), desc="preparing cases", disable=None if progress else True, leave=False)
-    if threads <= 1:
-        prepared = []
-        for case in cases:
-            prepared.append(prepare(case))
-            bar.update(1)
-        bar.close()
-        return prepared
     torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    if pool is not None:
+        torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(threads) as pool:
-            futures = [pool.submit(prepare, case) for case in cases]
-            for future in as_completed(futures):
-                future.result()
-                bar.update(1)
-            return [future.result() for future in futures]
+        prepared = []
+        for case in pool.map(prepare, cases) if pool is not None else map(prepare, cases):
+            prepared.append(case)
+            bar.update(1)
+        return prepared
     finally:
-        torch.set_num_threads(torch_threads)
+        if pool is not None:
+            pool.shutdown()
+            torch.set_num_threads(torch_threads)
         bar.close()
 
 
