@@ -26,7 +26,7 @@ sys.path.insert(0, str(OLD))
 from make_fixtures import tiny_msd  # noqa: E402  (the MSD folder the old runs were made on)
 
 GRID = GridSpec((16, 16, 16), (1.0, 1.0, 1.0))
-NEW_FIELDS = ("accumulate_steps", "bf16_autocast", "channels_last", "batch_workers")
+NEW_FIELDS = ("accumulate_steps", "bf16_autocast", "channels_last", "batch_workers", "fit_steps_to_time")
 #: TrainConfig fields added for several organs (issue 16), with the defaults that keep one object
 NEW_IMAGE_FIELDS = {
     "organs": None,
@@ -245,7 +245,7 @@ def test_each_batch_index_has_its_own_reproducible_stream():
 
 def test_workers_give_batches_in_order_as_drawn_in_the_training_process():
     task = _DrawnLineTask(1, 2)
-    batches = WorkerBatches(task, 2, 5, 3, 11)
+    batches = WorkerBatches(task, 2, 5, 3)
     got = [next(batches) for _ in range(8)]
     batches.close()
     assert next(batches, None) is None

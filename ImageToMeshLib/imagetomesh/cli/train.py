@@ -43,6 +43,8 @@ def cmd_train(args) -> int:
         config.threads = args.threads
     if args.batch_workers is not None:
         config.batch_workers = args.batch_workers
+    if args.fit_steps_to_time:
+        config.fit_steps_to_time = True
     if args.steps:
         config.steps = args.steps
         if entry.steps_without_time_limit and getattr(args, "time_limit", None) is None:
@@ -95,6 +97,12 @@ def register(sub) -> None:
             default=None,
             help="processes that draw the training batches ahead of the loop, for a GPU (default: the config's; "
             "0: drawn in the loop)",
+        )
+        p.add_argument(
+            "--fit-steps-to-time",
+            action="store_true",
+            help="once the run has timed its steps (at its first validation), end it at the number of steps that "
+            "fits in --time-limit, its learning-rate schedule with it (for a machine lent for a fixed time)",
         )
         for option in entry.options:
             p.add_argument(

@@ -14,6 +14,7 @@ pickled), so only tasks whose :meth:`Task.batch` reads nothing that a step chang
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 from collections.abc import Iterator
 
@@ -57,16 +58,17 @@ def check_batch_workers(task, workers: int) -> None:
 
 
 class WorkerBatches:
-    """Mini-batches ``first .. last - 1`` of ``task`` (see the module), drawn ``PREFETCH`` per worker ahead in
-    ``workers`` forked processes and given in order by ``next``; ``pin_memory`` for a copy to a GPU that
-    overlaps the step. The engine has checked the task with :func:`check_batch_workers`. :meth:`close` ends
-    the workers (the loop's end: they would otherwise live until the iterator is collected)."""
+    """Mini-batches ``first, first + 1, ...`` of ``task`` (see the module; no last one: a phase fitted to its
+    time limit learns its length as it runs), drawn ``PREFETCH`` per worker ahead in ``workers`` forked
+    processes and given in order by ``next``; ``pin_memory`` for a copy to a GPU that overlaps the step. The
+    engine has checked the task with :func:`check_batch_workers`. :meth:`close` ends the workers (the loop's
+    end: they would otherwise live until the iterator is collected)."""
 
-    def __init__(self, task, workers: int, seed: int, first: int, last: int, pin_memory: bool = False) -> None:
+    def __init__(self, task, workers: int, seed: int, first: int, pin_memory: bool = False) -> None:
         loader = DataLoader(
             IndexedBatches(task, seed),
             batch_size=None,
-            sampler=range(first, last),
+            sampler=itertools.count(first),
             num_workers=workers,
             prefetch_factor=PREFETCH,
             pin_memory=pin_memory,

@@ -14,8 +14,9 @@ model kind happens here, once:
 - validation every ``val_every`` steps and at the last one, the ``best/`` model by the task's
   score, the ``final/`` model, their cards (safetensors + card.json);
 - the checkpoint (:class:`~imagetomesh.training.checkpoint.RunCheckpoint`, resumed by running
-  the same command again), the time limit counted over resumptions, and ``log.jsonl`` (with ``batch_s``, the mean
-  seconds a step spent drawing or waiting for its batches, and ``val_s``, a validation's seconds).
+  the same command again), the time limit counted over resumptions (optionally with the steps fitted to it:
+  :mod:`~imagetomesh.training.time_budget`), and ``log.jsonl`` (with ``batch_s``, the mean seconds a step spent
+  drawing or waiting for its batches, ``val_s``, a validation's seconds, and ``fitted_steps`` where they were fitted).
 
 Under ``torchrun --nproc_per_node N`` a task may wrap its model with :meth:`Run.wrap`
 (DistributedDataParallel: each rank draws its own cases; rank 0 validates and writes).
@@ -46,6 +47,7 @@ from imagetomesh.nn.precision import bf16_autocast, to_channels_last
 from imagetomesh.training.batch_workers import WorkerBatches, check_batch_workers
 from imagetomesh.training.checkpoint import GeneratorState, RunCheckpoint
 from imagetomesh.training.tasks.base import LoopSettings, RunState, Task
+from imagetomesh.training.time_budget import MIN_TIMED_STEPS, UNTIMED_STEPS, FittedSteps, steps_that_fit
 from imagetomesh.weights import save_weights
 
 
@@ -162,7 +164,9 @@ def train(
 
 
 #: Config fields a resumed run may change: how long it runs and on how many threads and batch workers.
-RESUMABLE_CHANGES = frozenset({"steps", "time_limit_s", "pretrain_time_limit_s", "threads", "batch_workers"})
+RESUMABLE_CHANGES = frozenset(
+    {"steps", "time_limit_s", "pretrain_time_limit_s", "threads", "batch_workers", "fit_steps_to_time"}
+)
 
 
 def check_resumable(out, config, config_name: str, seed: int) -> None:
@@ -235,14 +239,21 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
     Ctrl-C or SIGTERM (:class:`Stopped`; so an interruption loses at most a few minutes)."""
     s = task.settings()
     check_batch_workers(task, s.batch_workers)
+    check_fit_steps_to_time(s, run)
     setup_phase(task, s)
+    fitted = FittedSteps(task, s) if s.fit_steps_to_time else None
+    if fitted is not None:
+        task.set_steps(s.steps)  # refuses, before any step, a phase that cannot end elsewhere
     batch_seed = run.seed + task.seed_offset + 1000 * run.rank
     generator = torch.Generator().manual_seed(batch_seed)
-    parts = dict(task.checkpoint_parts())
+    parts = {"fitted_steps": fitted} if fitted is not None else {}  # first: the scheduler is rescaled to it
+    parts.update(task.checkpoint_parts())
     saved_generator = GeneratorState(generator)
     if not run.distributed:  # each rank has its own generator; only rank 0 writes
         parts["generator"] = saved_generator
-    checkpoint = RunCheckpoint(run.out / task.checkpoint_name, task.on_load(), optional=("generator",), **parts)
+    checkpoint = RunCheckpoint(
+        run.out / task.checkpoint_name, task.on_load(), optional=("generator", "fitted_steps"), **parts
+    )
     state = RunState()
     resumed = checkpoint.load(run.device)
     if resumed:
@@ -253,12 +264,26 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
     batches = None
     if s.batch_workers:
         per_step = s.accumulate_steps
-        batches = WorkerBatches(
-            task, s.batch_workers, batch_seed, state.step * per_step, s.steps * per_step, run.device.type == "cuda"
-        )
+        batches = WorkerBatches(task, s.batch_workers, batch_seed, state.step * per_step, run.device.type == "cuda")
 
     started, window = time.time(), []
     saved_at = started
+    session_first, timed_from, paused = state.step, 0.0, 0.0  # the step time of fit_steps_to_time
+
+    def fit_now(validation_started: float, val_s: float) -> Optional[int]:
+        """The fitted number of steps, once this session has timed enough steps (else None)."""
+        timed = state.step - session_first - UNTIMED_STEPS
+        if fitted is None or fitted.steps or timed < MIN_TIMED_STEPS:
+            return None
+        step_s = (validation_started - timed_from - paused) / timed
+        steps = steps_that_fit(state.step, s.time_limit_s - now(), step_s, val_s, s.val_every)
+        fitted.fit(steps)
+        bar.total = steps
+        run.log(
+            f"{task.name + ' ' if task.name else ''}steps fitted to the time limit: {steps} "
+            f"({step_s * 1000:.0f} ms a step, {val_s:.1f} s a validation, {s.time_limit_s - now():.0f} s left)"
+        )
+        return steps
 
     def now() -> float:
         return state.elapsed_s + time.time() - started
@@ -289,12 +314,18 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
                 bar.set_postfix(loss=f"{window[-1].get('loss', float('nan')):.4g}", refresh=False)
                 if not run.writer:
                     continue
+                if state.step - session_first == UNTIMED_STEPS:
+                    timed_from = time.time()
                 last = state.step >= s.steps or out_of_time()
                 validating = s.val_every and (state.step % s.val_every == 0 or last)
+                validation_started = time.time()
+                if not s.val_every and fit_now(validation_started, 0.0):
+                    last = state.step >= s.steps or out_of_time()
                 if validating or (s.log_every and (state.step % s.log_every == 0 or last)):
-                    validation_started = time.time()
                     metrics = validated(task) if validating else {}
                     timing = {"val_s": round(time.time() - validation_started, 1)} if validating else {}
+                    if validating and (steps := fit_now(validation_started, time.time() - validation_started)):
+                        timing["fitted_steps"] = steps
                     entry = {
                         **task.log_fields,
                         "step": state.step,
@@ -318,6 +349,8 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
                     or time.time() - saved_at >= CHECKPOINT_EVERY_S
                 ):
                     save_checkpoint()
+                if timed_from:
+                    paused += time.time() - validation_started  # validations and checkpoints are not step time
         except KeyboardInterrupt:
             if run.writer and state.step > 0:
                 save_checkpoint()
@@ -347,6 +380,16 @@ class Stopped(KeyboardInterrupt):
 
 #: Seconds of training between checkpoints at most (besides validations and ``checkpoint_every``).
 CHECKPOINT_EVERY_S = 300.0
+
+
+def check_fit_steps_to_time(s: LoopSettings, run: Run) -> None:
+    """:class:`InputError` where a phase cannot fit its steps to a time limit (none given; several processes)."""
+    if not s.fit_steps_to_time:
+        return
+    if not s.time_limit_s:
+        raise InputError("fitting the steps to the time limit needs one: give --time-limit MINUTES")
+    if run.distributed:
+        raise InputError("steps cannot be fitted to the time limit under torchrun: drop --fit-steps-to-time")
 
 
 def progress_bar(done: int, total: int, name: str, shown: bool):

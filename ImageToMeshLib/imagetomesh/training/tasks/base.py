@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 from torch import nn
 
+from imagetomesh.errors import InputError
 from imagetomesh.preprocessing import GridSpec
+from imagetomesh.training.schedules import rescale_one_cycle
 
 if TYPE_CHECKING:
     from imagetomesh.training.engine import Run
@@ -34,12 +36,15 @@ class EngineOptions:
     ``torch.channels_last_3d`` memory order, which oneDNN's bf16 kernels run fastest in.
     ``batch_workers``: processes that draw the training batches ahead of the loop
     (:mod:`~imagetomesh.training.batch_workers`; for a GPU); 0 = drawn in the loop.
+    ``fit_steps_to_time``: once the run has timed its steps, end it at the number of steps that fit in
+    its time limit (:mod:`~imagetomesh.training.time_budget`; for a machine lent for a fixed time).
     """
 
     accumulate_steps: int = 1
     bf16_autocast: bool = False
     channels_last: bool = False
     batch_workers: int = 0
+    fit_steps_to_time: bool = False
 
     def to_dict(self) -> dict:
         """The config as JSON-ready values (a ``grid`` :class:`GridSpec` by its own ``to_dict``)."""
@@ -59,7 +64,8 @@ class LoopSettings:
     ``checkpoint_every``: checkpoint besides validations (0: only then); the engine also
     checkpoints when the phase ends. ``time_limit_s``: stop after that many seconds of training
     counted over resumptions (None or 0: no limit). ``clip_norm``: gradient norm clipping of
-    :meth:`Task.clip_parameters` (None: none). ``batch_workers``: see :class:`EngineOptions`.
+    :meth:`Task.clip_parameters` (None: none). ``batch_workers``, ``fit_steps_to_time``: see
+    :class:`EngineOptions` (the phase's steps are then :meth:`Task.set_steps`'s).
     """
 
     steps: int
@@ -72,6 +78,7 @@ class LoopSettings:
     bf16_autocast: bool = False
     channels_last: bool = False
     batch_workers: int = 0
+    fit_steps_to_time: bool = False
 
 
 @dataclass
@@ -132,7 +139,26 @@ class Task:
             bf16_autocast=c.bf16_autocast,
             channels_last=c.channels_last,
             batch_workers=c.batch_workers,
+            fit_steps_to_time=c.fit_steps_to_time,
         )
+
+    def set_steps(self, steps: int) -> None:
+        """End this phase at ``steps`` (its steps fitted to the time limit): ``config.steps``, and a one-cycle
+        :attr:`scheduler` rescaled as on resuming with another ``--steps``. :class:`InputError` for a phase whose
+        steps are not ``config.steps`` or whose scheduler cannot follow (the engine calls it before the first step
+        with the settings' steps, as that check)."""
+        if self.settings().steps != self.config.steps:
+            raise InputError(
+                f"{type(self).__name__} does not run config.steps: it cannot fit its steps to the time limit"
+            )
+        if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
+            raise InputError(
+                f"{type(self).__name__}'s {type(self.scheduler).__name__} cannot be fitted to the time limit: "
+                "drop --fit-steps-to-time"
+            )
+        self.config.steps = steps
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(rescale_one_cycle(self.scheduler.state_dict(), steps))
 
     def setup(self) -> None:
         """Read the data, build the model(s) and optimiser(s) (the engine has seeded torch)."""

@@ -223,6 +223,7 @@ class DALSTask(Task):
             bf16_autocast=c.bf16_autocast,
             channels_last=c.channels_last,
             batch_workers=c.batch_workers,
+            fit_steps_to_time=c.fit_steps_to_time,
         )
 
     def setup(self) -> None:
