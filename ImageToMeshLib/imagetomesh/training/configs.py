@@ -370,7 +370,9 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # per step on random tensors with a plain cross-entropy, 103 ms on real crops with validations (not profiled),
     # so --time-limit stopped it at step 3,996 of 7,400, its rate still at 9.5e-4: validation voxel Dice 0.739 (the
     # bundled U-Net 0.737), whole-scan 0.750 (0.752); averaging the two's probabilities gave 0.756
-    # (docs/headneck-ct-results.md)
+    # (docs/headneck-ct-results.md). Session 25, seed 1, --time-limit 7.5 --fit-steps-to-time: 81 ms a step (the
+    # workers kept up: 0.1 ms waited a step), so its schedule was fitted to 4,502 steps and ran to its end:
+    # validation voxel Dice 0.649 at half the rate, 0.724 at a tenth, 0.727 at the end (below the unfinished run's)
     unet["headneck-ct-gpu-wide"] = replace(
         copy.deepcopy(unet["headneck-ct-cpu-contoured"]),
         model={"unet": copy.deepcopy(UNET_HEADNECK_CT_WIDE)},
@@ -384,7 +386,9 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     )
     # its annealing (--init-from a headneck-ct-gpu-wide model whose lease ended before its schedule did): a short
     # one-cycle schedule of a fresh optimiser at half the rate the first run had reached. Run (session 24, the
-    # lease's last 3 minutes): validation voxel Dice 0.738, whole-scan 0.748: no gain
+    # lease's last 3 minutes): validation voxel Dice 0.738, whole-scan 0.748: no gain. Session 25, a longer one
+    # (--steps 3000 --time-limit 4.2 --fit-steps-to-time: 2,864 steps, seed 2): 0.743 at step 800 (rate 4.4e-4),
+    # then 0.738, 0.730, 0.731 as the rate fell to 0: the wide U-Net overfits its 147 training scans as it anneals
     unet["headneck-ct-gpu-wide-anneal"] = replace(
         copy.deepcopy(unet["headneck-ct-gpu-wide"]), steps=800, lr=5e-4, val_every=800
     )
