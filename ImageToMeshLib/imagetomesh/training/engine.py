@@ -270,12 +270,13 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
     saved_at = started
     session_first, timed_from, paused = state.step, 0.0, 0.0  # the step time of fit_steps_to_time
 
-    def fit_now(validation_started: float, val_s: float) -> Optional[int]:
-        """The fitted number of steps, once this session has timed enough steps (else None)."""
+    def fit_now(step_ended: float, val_s: float) -> Optional[int]:
+        """The fitted number of steps, once this session has timed enough steps (else None); ``step_ended``: when
+        the last step's training ended, ``val_s``: a validation's seconds."""
         timed = state.step - session_first - UNTIMED_STEPS
         if fitted is None or fitted.steps or timed < MIN_TIMED_STEPS:
             return None
-        step_s = (validation_started - timed_from - paused) / timed
+        step_s = (step_ended - timed_from - paused) / timed
         steps = steps_that_fit(state.step, s.time_limit_s - now(), step_s, val_s, s.val_every)
         fitted.fit(steps)
         bar.total = steps
@@ -318,13 +319,13 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
                     timed_from = time.time()
                 last = state.step >= s.steps or out_of_time()
                 validating = s.val_every and (state.step % s.val_every == 0 or last)
-                validation_started = time.time()
-                if not s.val_every and fit_now(validation_started, 0.0):
+                step_ended = time.time()
+                if not s.val_every and fit_now(step_ended, 0.0):
                     last = state.step >= s.steps or out_of_time()
                 if validating or (s.log_every and (state.step % s.log_every == 0 or last)):
                     metrics = validated(task) if validating else {}
-                    timing = {"val_s": round(time.time() - validation_started, 1)} if validating else {}
-                    if validating and (steps := fit_now(validation_started, time.time() - validation_started)):
+                    timing = {"val_s": round(time.time() - step_ended, 1)} if validating else {}
+                    if validating and (steps := fit_now(step_ended, time.time() - step_ended)):
                         timing["fitted_steps"] = steps
                     entry = {
                         **task.log_fields,
@@ -350,7 +351,7 @@ def run_phase(task: Task, run: Run) -> Optional[Path]:
                 ):
                     save_checkpoint()
                 if timed_from:
-                    paused += time.time() - validation_started  # validations and checkpoints are not step time
+                    paused += time.time() - step_ended  # validations and checkpoints are not step time
         except KeyboardInterrupt:
             if run.writer and state.step > 0:
                 save_checkpoint()
