@@ -94,6 +94,24 @@ def test_partial_label_loss_with_slices_beyond_a_contour_equals_the_voxel_by_vox
         assert torch.allclose(fast.double(), slow_partial_label_loss(logits, marked, present, balanced), atol=1e-5)
 
 
+def test_partial_label_loss_gradient_equals_the_voxel_by_voxel_definitions():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 5, 3, 3, 4, generator=g, dtype=torch.float64)
+    label = torch.randint(0, 5, (3, 3, 3, 4), generator=g)
+    present = torch.tensor([[True] * 5, [True, True, False, True, True], [True, False, False, True, False]])
+    label[1][label[1] == 2] = 0
+    label[2][(label[2] == 1) | (label[2] == 2) | (label[2] == 4)] = 0
+    label[0, 0][label[0, 0] == 3] = 0  # class 3 contoured on slices 1-2 only: slice 0 is beyond its contour
+    label[0] = mark_uncontoured_slices(label[0], [3], axis=0)
+    label[0, 1, 0, 0] = UNKNOWN | 0b1010  # a voxel beyond the contours of classes 2 and 4
+    assert (label[0, 0] >= UNKNOWN).any()
+    for balanced in (False, True):
+        fast_in, slow_in = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        partial_label_loss(fast_in, label, present, balanced).backward()
+        slow_partial_label_loss(slow_in, label, present, balanced).backward()
+        assert torch.allclose(fast_in.grad.double(), slow_in.grad, atol=1e-6), balanced
+
+
 def test_slices_beyond_a_partly_contoured_organ_are_marked_unknown():
     label = torch.zeros(8, 3, 4, dtype=torch.uint8)
     label[2:5, 1, 1] = 5  # class 5 contoured on slices 2-4 only
