@@ -17,10 +17,22 @@ from imagetomesh.training.tasks.base import LoopSettings, Task
 from imagetomesh.training.time_budget import (
     RESERVE,
     UNTIMED_STEPS,
-    _steps_that_fit_by_counting,
     steps_that_fit,
     validations_after,
 )
+
+
+def steps_that_fit_by_counting(step: int, seconds_left: float, step_s: float, val_s: float, val_every: int) -> int:
+    """:func:`steps_that_fit` by simulating the phase one step at a time: the slow, plain reference."""
+    budget, spent, end = (1 - RESERVE) * seconds_left, 0.0, step
+    final = val_s if val_every else 0.0
+    while True:
+        cost = step_s + (val_s if val_every and (end + 1) % val_every == 0 else 0.0)
+        last = val_s if val_every and (end + 1) % val_every != 0 else 0.0  # if the phase ended at end + 1
+        if spent + cost + last + final > budget:
+            return max(end, step + 1)
+        spent += cost
+        end += 1
 
 
 def test_validations_counted_as_the_loop_runs_them():
@@ -38,7 +50,7 @@ def test_the_bisection_finds_the_steps_a_simulated_phase_fits(val_every):
         left = float(torch.rand(1, generator=g)) * 60
         step_s = 0.01 + float(torch.rand(1, generator=g)) * 0.2
         val_s = float(torch.rand(1, generator=g)) * 3
-        expected = _steps_that_fit_by_counting(step, left, step_s, val_s, val_every)
+        expected = steps_that_fit_by_counting(step, left, step_s, val_s, val_every)
         assert steps_that_fit(step, left, step_s, val_s, val_every) == expected
 
 

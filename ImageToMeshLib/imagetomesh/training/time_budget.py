@@ -34,8 +34,7 @@ def steps_that_fit(step: int, seconds_left: float, step_s: float, val_s: float, 
     ``val_s`` seconds (:func:`validations_after`) fit in ``(1 - RESERVE) * seconds_left``; ``step + 1`` when
     not even one does (the time limit then ends the phase).
 
-    The cost grows with ``n``, so a bisection finds it; :func:`_steps_that_fit_by_counting` is the plain count
-    it is tested against.
+    The cost grows with ``n``, so a bisection finds it (tested against a step-by-step simulation of the phase).
     """
     if step_s <= 0:
         raise ValueError(f"step time must be positive, got {step_s}")
@@ -54,19 +53,6 @@ def steps_that_fit(step: int, seconds_left: float, step_s: float, val_s: float, 
         else:
             high = middle - 1
     return low
-
-
-def _steps_that_fit_by_counting(step: int, seconds_left: float, step_s: float, val_s: float, val_every: int) -> int:
-    """:func:`steps_that_fit` by simulating the phase one step at a time (the slow reference of the tests)."""
-    budget, spent, end = (1 - RESERVE) * seconds_left, 0.0, step
-    final = val_s if val_every else 0.0
-    while True:
-        cost = step_s + (val_s if val_every and (end + 1) % val_every == 0 else 0.0)
-        last = val_s if val_every and (end + 1) % val_every != 0 else 0.0  # if the phase ended at end + 1
-        if spent + cost + last + final > budget:
-            return max(end, step + 1)
-        spent += cost
-        end += 1
 
 
 class FittedSteps:

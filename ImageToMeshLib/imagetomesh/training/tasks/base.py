@@ -11,7 +11,7 @@ in several phases (ImplicitMeshNet pretrains ``g_phi`` first) returns them from 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
@@ -45,6 +45,10 @@ class EngineOptions:
     channels_last: bool = False
     batch_workers: int = 0
     fit_steps_to_time: bool = False
+
+    def loop_options(self) -> dict:
+        """These fields by name, as :class:`LoopSettings` takes them (``LoopSettings(steps=..., **c.loop_options())``)."""
+        return {f.name: getattr(self, f.name) for f in fields(EngineOptions)}
 
     def to_dict(self) -> dict:
         """The config as JSON-ready values (a ``grid`` :class:`GridSpec` by its own ``to_dict``)."""
@@ -135,11 +139,7 @@ class Task:
             steps=c.steps,
             val_every=c.val_every,
             time_limit_s=getattr(c, "time_limit_s", None),
-            accumulate_steps=c.accumulate_steps,
-            bf16_autocast=c.bf16_autocast,
-            channels_last=c.channels_last,
-            batch_workers=c.batch_workers,
-            fit_steps_to_time=c.fit_steps_to_time,
+            **c.loop_options(),
         )
 
     def set_steps(self, steps: int) -> None:

@@ -219,11 +219,7 @@ class DALSTask(Task):
             checkpoint_every=c.checkpoint_every,
             time_limit_s=c.time_limit_s,
             clip_norm=None,
-            accumulate_steps=c.accumulate_steps,
-            bf16_autocast=c.bf16_autocast,
-            channels_last=c.channels_last,
-            batch_workers=c.batch_workers,
-            fit_steps_to_time=c.fit_steps_to_time,
+            **c.loop_options(),
         )
 
     def setup(self) -> None:

@@ -335,10 +335,8 @@ class SDFPretraining(Task):
             log_every=50,
             checkpoint_every=50,
             time_limit_s=c.pretrain_time_limit_s,
-            accumulate_steps=c.accumulate_steps,
-            bf16_autocast=c.bf16_autocast,
-            channels_last=c.channels_last,
-            batch_workers=c.batch_workers,
+            # its own pretrain_steps and time limit: only the main phase's steps are fitted to the time limit
+            **{**c.loop_options(), "fit_steps_to_time": False},
         )
 
     def setup(self) -> None:
