@@ -73,7 +73,7 @@ def main() -> None:
 
     fixed = torch.randn(batch, 8, *patch, generator=g).to(device)
 
-    def loss_alone(_) -> None:
+    def loss_alone() -> None:
         logits = fixed.clone().requires_grad_()
         partial_label_loss(logits, labels, present).backward()
 
@@ -82,7 +82,7 @@ def main() -> None:
             lambda lo: F.cross_entropy(lo.float(), labels.long().clamp(max=7))
         ),
         "U-Net + partial-label loss": lambda: network_step(lambda lo: partial_label_loss(lo, labels, present)),
-        "partial-label loss alone": lambda: loss_alone(None),
+        "partial-label loss alone": loss_alone,
     }
     print(f"{args.config} on {device.type}: batch {batch}, crops {'x'.join(map(str, patch))}, {args.threads} thread(s)")
     for name, step in settings.items():
