@@ -73,6 +73,73 @@ def test_voxel2mesh_refine_stages_move_the_finest_mesh_again_before_pruning():
     assert check.watertight and check.outward
 
 
+def test_voxel2mesh_head_probabilities_start_as_the_model_without_them_and_read_the_object_class():
+    torch.manual_seed(0)
+    plain = Voxel2Mesh(Voxel2MeshConfig(unet=SMALL_UNET, hidden=8, unpooling="uniform"))
+    grown = Voxel2Mesh(Voxel2MeshConfig(unet=SMALL_UNET, hidden=8, unpooling="uniform", head_probabilities=True))
+    missing = grown.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(".head_gather." in k for k in missing)
+    image = torch.randn(2, 1, 16, 16, 16)
+    plain.eval(), grown.eval()
+    with torch.no_grad():
+        _, before = plain(image)
+        logits, after = grown(image)
+    # the head-probability features start at zero: the grown model computes what the saved one did
+    assert all(torch.equal(a[-1].verts, b[-1].verts) for a, b in zip(after, before))
+
+    # trained (here: its output layer set), the decoder reads the head's probability of class 1, detached
+    for stage in grown.stages:
+        torch.nn.init.normal_(stage.head_gather.net[2].weight, std=0.1)
+    head = grown.head_probability(logits, None)
+    assert head.shape == (2, 1, 16, 16, 16) and not head.requires_grad
+    assert torch.allclose(head[:, 0], logits.softmax(1)[:, 1])
+    features = [f[:1] for f in grown.unet(image)[1]]
+    with torch.no_grad():
+        inside = grown.decode_mesh(features, (16, 16, 16), head=torch.ones(1, 1, 16, 16, 16))[-1].verts
+        outside = grown.decode_mesh(features, (16, 16, 16), head=torch.zeros(1, 1, 16, 16, 16))[-1].verts
+    assert not torch.allclose(inside, outside)
+    with pytest.raises(ValueError, match="head_probabilities"):
+        grown.decode_mesh(features, (16, 16, 16))
+
+
+def test_head_gather_samples_the_probability_around_each_vertex():
+    from imagetomesh.models.voxel2mesh import HeadGather
+    from imagetomesh.nn.grid import grid_voxel_size
+
+    torch.manual_seed(0)
+    gather = HeadGather(4)
+    gather.net = torch.nn.Identity()  # the sampled 2 p - 1 themselves
+    probability = torch.rand(1, 1, 6, 7, 8)
+    verts = torch.rand(5, 3) * 1.2 - 0.6
+    sampled = gather(probability, verts)
+    assert sampled.shape == (5, 27 * len(HeadGather.RADII))
+
+    def trilinear(x, y, z):  # grid coordinates in [-1, 1] (align_corners) -> the volume's value, by hand
+        p = probability[0, 0]
+        pos = [(c + 1) / 2 * (n - 1) for c, n in zip((z, y, x), p.shape)]
+        lo = [min(int(q), n - 2) for q, n in zip(pos, p.shape)]
+        t = [q - i for q, i in zip(pos, lo)]
+        total = 0.0
+        for dz in (0, 1):
+            for dy in (0, 1):
+                for dx in (0, 1):
+                    w = (t[0] if dz else 1 - t[0]) * (t[1] if dy else 1 - t[1]) * (t[2] if dx else 1 - t[2])
+                    total += w * float(p[lo[0] + dz, lo[1] + dy, lo[2] + dx])
+        return total
+
+    voxel = grid_voxel_size(torch.tensor([8, 7, 6]))
+    steps = (-1.0, 0.0, 1.0)
+    for n, v in enumerate(verts):
+        expected = [
+            2 * trilinear(*(v + torch.tensor([a, b, c]) * voxel * r).tolist()) - 1
+            for r in HeadGather.RADII
+            for a in steps
+            for b in steps
+            for c in steps
+        ]
+        assert torch.allclose(sampled[n], torch.tensor(expected), atol=1e-5)
+
+
 def test_adaptive_pruning_drops_flat_midpoints_and_keeps_bent_ones():
     mesh = DecoderMesh.template(1, torch.ones(3)).subdivided()
     n_old = 42

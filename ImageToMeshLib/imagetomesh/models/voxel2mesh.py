@@ -9,6 +9,9 @@ unpooled uniformly (UMU) or adaptively (AMU: new vertices that stay close to the
 edge are dropped and connectivity is rebuilt from the template sphere). Optional refinement
 stages (``refine_stages``, not in the paper) repeat the last stage's step on the finest level
 without unpooling: each gathers features again where the previous stage left the vertices.
+Head probabilities (``head_probabilities``, not in the paper): every stage also reads the U-Net head's
+probability of its object around each vertex (:class:`HeadGather`), the information ``segment --snap`` moves
+vertices with after the fact, here an input the decoder learns to use.
 
 Several organs (``organ_templates``): one mesh decoder per organ, as the paper does for several
 classes, all reading the same U-Net (whose classes are the organs). Each organ is meshed in a crop
@@ -71,6 +74,10 @@ class Voxel2MeshConfig:
     vertices (no unpooling; adaptive pruning then comes after the last of them): each gathers the
     image features again at the vertices' new positions and moves them once more.
 
+    ``head_probabilities``: each stage adds to the image features it gathers at a vertex those of the U-Net
+    head's probability of the decoder's object (class 1, or organ ``k``) around it (:class:`HeadGather`;
+    the probabilities are read, not trained through: the head learns from the voxel loss only).
+
     ``organ_templates`` (several organs): organ ``k``'s decoder (``organ=k``, class ``k`` of the U-Net)
     starts from an ellipsoid of semi-axes ``organ_templates[k - 1]`` ``(x, y, z)`` in the grid
     coordinates of its crop, ``organ_crops[k - 1]`` ``(d, h, w)`` voxels of the model's grid around the
@@ -96,6 +103,7 @@ class Voxel2MeshConfig:
     amu_threshold: float = 0.001
     graph_layers: int = 4
     refine_stages: int = 0
+    head_probabilities: bool = False
     organ_templates: Optional[list[list[float]]] = None
     organ_crops: Optional[list[list[int]]] = None
     organ_arcs: Optional[list[Optional[list[float]]]] = None
@@ -211,6 +219,31 @@ class FeatureGather(nn.Module):
         return self.combine(torch.cat([pooled, y, verts], dim=1))
 
 
+class HeadGather(nn.Module):
+    """Features of the U-Net head's probability of an object around each vertex: the probability sampled at the
+    27 points of the vertex's 3 x 3 x 3 neighbourhood at each of ``RADII`` voxels (of the head's grid), as
+    ``2 p - 1``, through two linear layers. The second starts at zero, so a model grown by this module (a
+    fine-tuning from one without it) computes what it did until training moves it. Returns ``(N, hidden)``."""
+
+    RADII = (0.5, 1.0)
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(27 * len(self.RADII), hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden)
+        )
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.zeros_(self.net[2].bias)
+
+    def forward(self, probability: torch.Tensor, verts: torch.Tensor) -> torch.Tensor:
+        """``probability`` ``(1, 1, D, H, W)``; ``verts`` ``(N, 3)`` grid coordinates."""
+        size = torch.tensor(probability.shape[2:][::-1], device=verts.device)
+        offsets = torch.cat([neighbourhood_offsets(r, size) for r in self.RADII]).to(verts)
+        points = (verts[:, None, :] + offsets[None]).reshape(1, -1, 3)
+        p = sample_features(probability, points)[0].view(len(verts), len(offsets))
+        return self.net(2 * p - 1)
+
+
 class GraphStack(nn.Module):
     """``n`` distance-weighted graph convolutions with ReLU between them."""
 
@@ -234,6 +267,7 @@ class MeshStage(nn.Module):
         super().__init__()
         h = config.hidden
         self.gather = FeatureGather(channels, h, config.sampling, config.num_offsets)
+        self.head_gather = HeadGather(h) if config.head_probabilities else None
         self.h = GraphStack(h + (0 if first else h) + 3, h, h, config.graph_layers)
         self.delta = GraphStack(h, h, 3, config.graph_layers)
         last = self.delta.layers[-1]
@@ -241,9 +275,15 @@ class MeshStage(nn.Module):
         nn.init.zeros_(last.lin_rel.bias)
         nn.init.normal_(last.lin_rel.weight, std=1e-3)
 
-    def forward(self, mesh: DecoderMesh, features: torch.Tensor) -> DecoderMesh:
+    def forward(self, mesh: DecoderMesh, features: torch.Tensor, head: torch.Tensor | None = None) -> DecoderMesh:
+        """``features`` ``(1, C, d, h, w)`` of the stage's level; ``head`` ``(1, 1, D, H, W)`` the head's probability
+        of the object (read only with ``head_probabilities``)."""
         edge_index = mesh.edge_index
         x = self.gather(features, mesh.verts)
+        if self.head_gather is not None:
+            if head is None:
+                raise ValueError("this decoder reads the head's probabilities (head_probabilities): pass them")
+            x = x + self.head_gather(head, mesh.verts)
         inputs = [x] + ([mesh.features] if mesh.features is not None else []) + [mesh.verts]
         z = torch.relu(self.h(torch.cat(inputs, dim=1), edge_index, mesh.verts))
         verts = mesh.verts + self.delta(z, edge_index, mesh.verts)
@@ -286,10 +326,12 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
         grid_shape,
         organ: int | None = None,
         start: DecoderMesh | None = None,
+        head: torch.Tensor | None = None,
     ) -> list[DecoderMesh]:
         """Run the mesh stages for one case (of ``organ``'s decoder: several-organ models); ``decoder_features``
-        each ``(1, C, d, h, w)``; from ``start`` (the surface start's mesh) or, when None, the template.
-        Returns every stage's mesh (``stages + refine_stages`` of them)."""
+        each ``(1, C, d, h, w)``; from ``start`` (the surface start's mesh) or, when None, the template; ``head``
+        ``(1, 1, D, H, W)`` the head's probability of the object (``head_probabilities`` models: see
+        :meth:`head_probability`). Returns every stage's mesh (``stages + refine_stages`` of them)."""
         c = self.config
         stages, semi_axes, arc = self._decoder(organ)
         scale = isotropic_scale(grid_shape).to(decoder_features[0].device)
@@ -304,7 +346,7 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
         for i, (stage, features) in enumerate(zip(stages, levels)):
             if 0 < i < c.stages and c.unpooling != "none":
                 mesh = mesh.subdivided()
-            mesh = stage(mesh, features)
+            mesh = stage(mesh, features, head)
             # prune each unpooled level once its last stage has moved the new vertices
             if 0 < i and (i < c.stages - 1 or i == last) and c.unpooling == "adaptive" and not self.training:
                 mesh = mesh.adaptively_pruned(c.amu_threshold, scale)
@@ -313,6 +355,14 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
             factor = c.move_scales[organ_index(organ, c.organs, "Voxel2Mesh")]
             meshes[-1] = replace(meshes[-1], verts=start.verts + factor * (meshes[-1].verts - start.verts))
         return meshes
+
+    def head_probability(self, logits: torch.Tensor, organ: int | None) -> torch.Tensor | None:
+        """What a ``head_probabilities`` decoder reads: the head's probability ``(B, 1, D, H, W)`` of class
+        ``organ`` (1 for a one-object model), detached; None for a model without them."""
+        if not self.config.head_probabilities:
+            return None
+        index = 1 if organ is None else organ
+        return logits.detach().float().softmax(1)[:, index : index + 1]
 
     @property
     def reads_localiser_probabilities(self) -> bool:
@@ -345,8 +395,11 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
         if probabilities is None and self.config.start == "unet_surface":
             probabilities = logits.detach().float().softmax(1)
         starts = [None] * len(logits) if probabilities is None else self.start_meshes(probabilities, organ)
+        head = self.head_probability(logits, organ)
         meshes = [
-            self.decode_mesh([f[b : b + 1] for f in decoder], grid_shape, organ, starts[b])
+            self.decode_mesh(
+                [f[b : b + 1] for f in decoder], grid_shape, organ, starts[b], None if head is None else head[b : b + 1]
+            )
             for b in range(image.shape[0])
         ]
         return logits, meshes

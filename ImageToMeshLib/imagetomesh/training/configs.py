@@ -421,6 +421,13 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # a second such cycle at half the peak rate (--init-from the model the first one bundled): the first one's
     # validation mesh Dice fell from 0.900 to 0.82 at its 1e-3 peak and peaked (0.904) as the rate fell to 6e-4
     v2m["cpu-v2-raster-half-rate"] = replace(copy.deepcopy(v2m["cpu-v2-raster"]), lr=v2m["cpu-v2-raster"].lr / 2)
+    # the bundled decoder (--init-from voxel2mesh-hippocampus) grown by the head-probability inputs
+    # (Voxel2MeshConfig.head_probabilities, fresh and starting at zero), fine-tuned on its frozen U-Net with the
+    # raster term: the decoder placed the surface 0.005 Dice short of its own head's voxels (docs/mesh-losses.md)
+    v2m["cpu-v2-frozen-raster-head"] = replace(
+        copy.deepcopy(v2m["cpu-v2-frozen-raster"]),
+        model={**v2m["cpu-v2-frozen-raster"].model, "head_probabilities": True},
+    )
     # one mesh decoder per head-and-neck organ, each in a crop around its organ, on a trained
     # several-organ U-Net (--init-from unet-headneck-ct, kept frozen: it is also the localiser)
     organs = copy.deepcopy(HEADNECK_CT_ORGANS)
