@@ -392,6 +392,14 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     unet["headneck-ct-gpu-wide-anneal"] = replace(
         copy.deepcopy(unet["headneck-ct-gpu-wide"]), steps=800, lr=5e-4, val_every=800
     )
+    # the wide U-Net regularised against that overfitting, from scratch (not run yet: for a GPU lease, with
+    # --fit-steps-to-time): decoupled weight decay 0.05 (every other run: 1e-5) and stronger augmentation
+    # (rotations up to 15 degrees, scale 0.15, intensity scale 0.05 and shift 0.03: the bundled runs' 10, 0.1, 0.03, 0.02)
+    unet["headneck-ct-gpu-wide-regularised"] = replace(
+        copy.deepcopy(unet["headneck-ct-gpu-wide"]),
+        weight_decay=0.05,
+        augment=replace(CT_AUGMENT, rotate_deg=15.0, scale=0.15, intensity_scale=0.05, intensity_shift=0.03),
+    )
     for named, loss in ((v2m, V2M_LOSS_V2), (p2m, P2M_LOSS_V2), (unet, None)):
         for name in ("cpu", "gpu"):
             v2 = named[f"{name}-v2"] = copy.deepcopy(named[name])
