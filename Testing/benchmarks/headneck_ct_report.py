@@ -1,7 +1,7 @@
 """Regenerate docs/headneck-ct-results.md: organ meshes from whole head-and-neck CTs (OpenKBP), per organ and method.
 
 Usage:
-    python Testing/benchmarks/headneck_ct_report.py [--data ../shared/data/openkbp-ct] [--split val|test]
+    python Testing/benchmarks/headneck_ct_report.py [--data ../shared/data/openkbp-ct] [--split val|test|train]
         [--models unet-headneck-ct ...] [--cases N] [--invariance 3] [--out docs/headneck-ct-results.md]
 
 For every case of the split of each model's card (``training.split`` of a run, or a bundled card's
@@ -18,7 +18,8 @@ whole scan, all organs (model loaded, ``--threads`` torch threads).
 a check that the model is not thrown by native-resolution noise), (c) storing the voxels with another
 direction matrix (axes permuted and flipped) and (d) padding with a wider field of view (air), and reports
 the per-organ Dice change against the original scan.
-Tune on ``--split val``; run ``--split test`` once, at the end, for the page.
+Tune on ``--split val``; run ``--split test`` once, at the end, for the page; ``--split train`` shows how well a
+model fits its own training scans (against validation: how much it overfits).
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def summary_rows(per_case: list[dict], organs) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "openkbp-ct"))
-    parser.add_argument("--split", default="val", choices=["val", "test"])
+    parser.add_argument("--split", default="val", choices=["train", "val", "test"])
     parser.add_argument(
         "--models", nargs="+", default=["unet-headneck-ct", "voxel2mesh-headneck-ct", "nudf-headneck-ct"]
     )
