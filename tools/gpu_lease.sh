@@ -57,8 +57,8 @@ train)
             "load $(cut -d' ' -f1 /proc/loadavg)"
     done) >"$OUT/gpu_util.log" 2>&1 &
     monitor=$!
-    python Testing/benchmarks/ct_unet_step.py --device cuda 2>&1 | tail -8 >"$OUT/step_bench.log" || true
-    python tools/train_from_arrays.py train -- unet --config "$CONFIG" --data .gpu/openkbp-ct --out "$run" \
+    python3 tools/train_from_arrays.py script Testing/benchmarks/ct_unet_step.py -- --device cuda 2>&1 | tail -8 >"$OUT/step_bench.log" || true
+    python3 tools/train_from_arrays.py train -- unet --config "$CONFIG" --data .gpu/openkbp-ct --out "$run" \
         --device cuda --seed "${SEED:-0}" --time-limit "${LIMIT_MIN:-7.5}" --fit-steps-to-time \
         ${INIT:+--init-from "$INIT"} 2>&1 | stamp >"$OUT/train.log"
     echo "train done at $(($(date +%s) - start)) s"

@@ -12,6 +12,10 @@ Two steps:
         where missing, are replaced by stand-ins whose names raise when used: training a U-Net reads images and
         nothing else of theirs, so a use of one of them fails at once rather than training on something else.
 
+    python tools/train_from_arrays.py script PATH -- ARGS...
+        there: the Python script PATH run with ARGS and the same stand-ins (e.g. Testing/benchmarks/ct_unet_step.py,
+        whose imports reach VTK without using it).
+
 The trained model is the same as one trained on DATA itself (the arrays are the volumes `read_image` returns).
 """
 
@@ -21,6 +25,7 @@ import argparse
 import importlib.abc
 import importlib.util
 import json
+import runpy
 import sys
 import types
 from pathlib import Path
@@ -108,11 +113,16 @@ class _StandIns(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         pass
 
 
-def train(args: list[str]) -> int:
-    """``imagetomesh train`` with the missing image libraries stood in for and the training data read from arrays."""
+def stand_in_missing() -> None:
+    """Stand in for the :data:`UNUSED_LIBRARIES` that are not installed, and import the package from this tree."""
     missing = {name for name in UNUSED_LIBRARIES if importlib.util.find_spec(name) is None}
     sys.meta_path.insert(0, _StandIns(missing))
     sys.path.insert(0, str(REPO / "ImageToMeshLib"))
+
+
+def train(args: list[str]) -> int:
+    """``imagetomesh train`` with the missing image libraries stood in for and the training data read from arrays."""
+    stand_in_missing()
     import imagetomesh.training.data as data
     from imagetomesh.cli import main
 
@@ -128,8 +138,15 @@ if __name__ == "__main__":
     c.add_argument("out", type=Path)
     t = sub.add_parser("train")
     t.add_argument("args", nargs=argparse.REMAINDER)
+    r = sub.add_parser("script")
+    r.add_argument("path", type=Path)
+    r.add_argument("args", nargs=argparse.REMAINDER)
     parsed = parser.parse_args()
     if parsed.step == "convert":
         convert(parsed.data, parsed.out)
+    elif parsed.step == "script":
+        stand_in_missing()
+        sys.argv = [str(parsed.path), *[a for a in parsed.args if a != "--"]]
+        runpy.run_path(str(parsed.path), run_name="__main__")
     else:
         sys.exit(train([a for a in parsed.args if a != "--"]))

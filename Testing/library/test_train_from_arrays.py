@@ -88,3 +88,24 @@ def test_training_from_the_arrays_reads_them(tool, tmp_path, monkeypatch):
     assert len(read) == 2 * (len(split["train"]) + len(split["val"])) and all(Path(p).suffix == ".npz" for p in read)
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 1
+
+
+def test_a_script_runs_as_main_with_its_arguments_and_the_stand_ins(tmp_path):
+    import subprocess
+
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import json, sys\n"
+        "import imagetomesh.training.configs\n"
+        "if __name__ == '__main__':\n"
+        "    finders = [type(f).__name__ for f in sys.meta_path]\n"
+        "    print(json.dumps({'argv': sys.argv[1:], 'stand_ins': '_StandIns' in finders}))\n"
+    )
+    tool = Path(__file__).resolve().parents[2] / "tools" / "train_from_arrays.py"
+    done = subprocess.run(
+        [sys.executable, str(tool), "script", str(script), "--", "--device", "cuda"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"argv": ["--device", "cuda"], "stand_ins": True}
