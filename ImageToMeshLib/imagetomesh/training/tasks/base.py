@@ -173,10 +173,14 @@ class Task:
 
     def on_load(self) -> dict:
         """Functions applied to saved part states before loading them (by key): the model's
-        parameters saved before the graph layers moved to torch-geometric get their current names."""
+        parameters saved before the graph layers moved to torch-geometric get their current names, and a
+        one-cycle :attr:`scheduler`'s schedule ends at ``config.steps`` (a run resumed with another ``--steps``)."""
         from imagetomesh.weights import upgrade_state
 
-        return {"model": lambda saved: upgrade_state(getattr(self.config, "kind", None), saved)}
+        loaders = {"model": lambda saved: upgrade_state(getattr(self.config, "kind", None), saved)}
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
+            loaders["scheduler"] = lambda saved: rescale_one_cycle(saved, self.config.steps)
+        return loaders
 
     # --- one step --------------------------------------------------------------------------
     def before_step(self, progress: float) -> None:

@@ -32,7 +32,7 @@ from imagetomesh.training.data import (
 from imagetomesh.training.init_weights import init_from_model, restart_classes
 from imagetomesh.training.losses import mesh_decoder_loss, partial_label_loss, segmentation_loss
 from imagetomesh.training.organ_crops import describe_organ_cases, organ_cases, random_organ_crop_batch
-from imagetomesh.training.schedules import one_cycle, rescale_one_cycle
+from imagetomesh.training.schedules import one_cycle
 from imagetomesh.training.tasks.base import RunState, Task, run_card
 from imagetomesh.training.udf_points import surface_samples
 from imagetomesh.training.validation import organ_mesh_metrics, organ_metrics, segmentation_metrics
@@ -187,9 +187,6 @@ class ImageToMeshTask(Task):
                 "direction; use augment.flip for one object, and set augment.mirror to 0 for organ decoders"
             )
         return Mirror(c.grid.array_axis(0), tuple(mirrored_classes([o["name"] for o in c.organs])))
-
-    def on_load(self) -> dict:
-        return {**super().on_load(), "scheduler": lambda saved: rescale_one_cycle(saved, self.config.steps)}
 
     def before_step(self, progress: float) -> None:
         if self.config.freeze_unet:  # the engine sets train mode (after each validation too)

@@ -63,7 +63,7 @@ from imagetomesh.training.organ_crops import (
     random_offset,
     random_organ,
 )
-from imagetomesh.training.schedules import one_cycle, rescale_one_cycle
+from imagetomesh.training.schedules import one_cycle
 from imagetomesh.training.tasks.base import EngineOptions, RunState, Task, run_card
 from imagetomesh.training.udf_points import UDFPointConfig, sample_udf_points
 from imagetomesh.training.validation import organ_means, rasterised_dice
@@ -608,9 +608,6 @@ class NUDFTask(Task):
         learned = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(learned, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = one_cycle(self.optimizer, config.lr, config.steps)
-
-    def on_load(self) -> dict:
-        return {**super().on_load(), "scheduler": lambda saved: rescale_one_cycle(saved, self.config.steps)}
 
     def before_step(self, progress: float) -> None:
         if self.organ_model:  # the localiser keeps its batch-norm statistics (the engine sets train mode)
