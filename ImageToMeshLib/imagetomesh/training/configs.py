@@ -444,6 +444,14 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
         model={**v2m["cpu-v2-raster"].model, "head_probabilities": True},
         steps=2400,
     )
+    # a decoder twice as wide (the gpu config's hidden 128), fresh, on the frozen U-Net of --init-from unet-hippocampus:
+    # the bundled decoder underfits its training set (training IoU 0.827, its head's marching cubes 0.837) while it
+    # can fit one case alone to 0.875 (docs/mesh-losses.md). Started session 26, carried in Resources/RunsInProgress
+    v2m["cpu-v2-frozen-raster-wide"] = replace(
+        copy.deepcopy(v2m["cpu-v2-frozen-raster"]),
+        model={**v2m["cpu-v2-frozen-raster"].model, "hidden": 128},
+        steps=12000,
+    )
     # one mesh decoder per head-and-neck organ, each in a crop around its organ, on a trained
     # several-organ U-Net (--init-from unet-headneck-ct, kept frozen: it is also the localiser)
     organs = copy.deepcopy(HEADNECK_CT_ORGANS)
