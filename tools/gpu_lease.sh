@@ -19,28 +19,10 @@ case "${1:-}" in
 prepare)
     rm -rf .gpu/openkbp-ct
     mkdir -p .gpu
-    python tools/train_from_arrays.py convert ../shared/data/openkbp-ct .gpu/openkbp-ct
-    python - <<'EOF'
-import json
-from pathlib import Path
-
-split = json.loads(Path("Resources/Splits/openkbp-ct.json").read_text(encoding="utf-8"))
-test = set(split["test"])
-root = Path(".gpu/openkbp-ct")
-document = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
-kept = []
-for entry in document["training"]:
-    case = Path(entry["image"]).name.split(".")[0]
-    if case in test:
-        for key in ("image", "label"):
-            (root / entry[key]).unlink()
-    else:
-        kept.append(entry)
-document["training"], document["numTraining"] = kept, len(kept)
-(root / "dataset.json").write_text(json.dumps(document, indent=1), encoding="utf-8")
-Path(".gpu/split-no-test.json").write_text(json.dumps(dict(split, test=[]), indent=1), encoding="utf-8")
-print(f"{len(kept)} cases in .gpu/openkbp-ct ({len(test)} test cases left out)")
-EOF
+    python tools/train_from_arrays.py convert ../shared/data/openkbp-ct .gpu/openkbp-ct \
+        --without-test Resources/Splits/openkbp-ct.json
+    python -c 'import json; s = json.load(open("Resources/Splits/openkbp-ct.json")); s["test"] = []
+json.dump(s, open(".gpu/split-no-test.json", "w"), indent=1)'
     du -sh .gpu
     ;;
 train)

@@ -2,10 +2,11 @@
 
 Two steps:
 
-    python tools/train_from_arrays.py convert DATA OUT
+    python tools/train_from_arrays.py convert DATA OUT [--without-test SPLIT_FILE]
         here, with the package installed: every image and label of the MSD folder DATA read as `segment` reads
         it and written as OUT/<imagesTr|labelsTr>/<case>.npz (the array in its own dtype; spacing, origin and
-        direction in LPS), with DATA's dataset.json pointing at them (other fields kept).
+        direction in LPS), with DATA's dataset.json pointing at them (other fields kept). With --without-test,
+        the test cases of SPLIT_FILE are neither read nor written: a held-out split stays on this machine.
 
     python tools/train_from_arrays.py train -- ARGS...
         there: `imagetomesh train ARGS...` (ARGS with --data OUT) reading those arrays. SimpleITK, VTK and pymeshlab,
@@ -28,6 +29,7 @@ import json
 import runpy
 import sys
 import types
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +37,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def convert(data: Path, out: Path) -> None:
-    """``out``: ``data``'s cases as ``.npz`` volumes and its ``dataset.json`` pointing at them."""
+def convert(data: Path, out: Path, leave_out: Collection[str] = ()) -> None:
+    """``out``: ``data``'s cases as ``.npz`` volumes and its ``dataset.json`` pointing at them; the cases named in
+    ``leave_out`` (ids, e.g. a split's test cases) are not converted nor listed."""
     from imagetomesh.io.images import image_stem, read_image
 
     document = json.loads((data / "dataset.json").read_text(encoding="utf-8"))
+    if leave_out:
+        leave_out = set(leave_out)
+        kept = [e for e in document["training"] if image_stem(Path(e["image"]).name) not in leave_out]
+        document["training"], document["numTraining"] = kept, len(kept)
     for entry in document["training"]:
         for key in ("image", "label"):
             source = Path(entry[key])
@@ -136,6 +143,7 @@ if __name__ == "__main__":
     c = sub.add_parser("convert")
     c.add_argument("data", type=Path)
     c.add_argument("out", type=Path)
+    c.add_argument("--without-test", type=Path, metavar="SPLIT_FILE", help="leave out this split file's test cases")
     t = sub.add_parser("train")
     t.add_argument("args", nargs=argparse.REMAINDER)
     r = sub.add_parser("script")
@@ -143,7 +151,8 @@ if __name__ == "__main__":
     r.add_argument("args", nargs=argparse.REMAINDER)
     parsed = parser.parse_args()
     if parsed.step == "convert":
-        convert(parsed.data, parsed.out)
+        test = json.loads(parsed.without_test.read_text(encoding="utf-8"))["test"] if parsed.without_test else ()
+        convert(parsed.data, parsed.out, test)
     elif parsed.step == "script":
         stand_in_missing()
         sys.argv = [str(parsed.path), *[a for a in parsed.args if a != "--"]]

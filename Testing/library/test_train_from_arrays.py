@@ -109,3 +109,13 @@ def test_a_script_runs_as_main_with_its_arguments_and_the_stand_ins(tmp_path):
         check=True,
     )
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"argv": ["--device", "cuda"], "stand_ins": True}
+
+
+def test_cases_left_out_are_neither_converted_nor_listed(tool, tmp_path):
+    msd = tiny_msd(tmp_path / "msd")
+    tool.convert(msd, tmp_path / "arrays", leave_out=["hippocampus_001", "hippocampus_005"])
+    document = json.loads((tmp_path / "arrays" / "dataset.json").read_text())
+    listed = [Path(e["image"]).stem for e in document["training"]]
+    assert listed == [f"hippocampus_{n:03d}" for n in (0, 2, 3, 4, 6, 7)] and document["numTraining"] == 6
+    written = sorted(p.stem for p in (tmp_path / "arrays").rglob("*.npz"))
+    assert written == sorted(listed * 2)
