@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from headneck_ct_report import model_split  # noqa: E402
+from headneck_ct_report import REPO, model_split, scored_organs  # noqa: E402
 
 from imagetomesh.geometry.raster import rasterize_mesh  # noqa: E402
 from imagetomesh.inference import Segmenter  # noqa: E402
@@ -35,20 +35,21 @@ from imagetomesh.metrics import dice  # noqa: E402
 from imagetomesh.training.msd import read_msd  # noqa: E402
 from imagetomesh.zoo import load_model  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def axial_ends(mask: np.ndarray, label) -> tuple[float, float] | None:
-    """The lowest and highest slice of ``mask`` ``(z, y, x)`` (the label's array) in mm along the patient's
-    superior axis, or None for an empty mask."""
+def slab_ends(first: int, last: int, label) -> tuple[float, float]:
+    """The label's axial slices ``first`` to ``last`` (array axis 0) as their lowest and highest position in mm
+    along the patient's superior axis."""
     affine = label.index_to_lps
     if abs(affine[2, 2]) < abs(affine[2, :3]).max():
         raise SystemExit("the label's slices (array axis 0) are not axial: this script reads axial slices only")
-    slices = np.flatnonzero(mask.any(axis=(1, 2)))
-    if not len(slices):
-        return None
-    superior = affine[2, 2] * slices[[0, -1]] + affine[2, 3]
+    superior = affine[2, 2] * np.array([first, last]) + affine[2, 3]
     return float(superior.min()), float(superior.max())
+
+
+def axial_ends(mask: np.ndarray, label) -> tuple[float, float] | None:
+    """:func:`slab_ends` of the slices that hold ``mask`` ``(z, y, x)`` (the label's array), None for an empty mask."""
+    slices = np.flatnonzero(mask.any(axis=(1, 2)))
+    return slab_ends(slices[0], slices[-1], label) if len(slices) else None
 
 
 def case_row(segmenter: Segmenter, image, label, organ) -> dict:
@@ -56,7 +57,7 @@ def case_row(segmenter: Segmenter, image, label, organ) -> dict:
     mesh = segmenter.segment_organs(image).get(organ.name)
     predicted = rasterize_mesh(mesh, label) > 0 if mesh is not None else np.zeros_like(truth)
     ends, contour = axial_ends(predicted, label), axial_ends(truth, label)
-    scan = axial_ends(np.ones_like(truth), label)
+    scan = slab_ends(0, len(truth) - 1, label)
     return {
         "dice": dice(predicted, truth),
         "lower_mm": None if ends is None else ends[0] - contour[0],
@@ -116,7 +117,7 @@ def main() -> None:
     rows = []
     for case_id in ids:
         case = msd[case_id]
-        if case.labels_present is not None and organ.label not in case.labels_present:
+        if organ not in scored_organs(case, [organ]):
             continue
         row = case_row(segmenter, read_image(case.image), read_image(case.label), organ)
         rows.append(row)
