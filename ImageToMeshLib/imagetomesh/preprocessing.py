@@ -3,7 +3,10 @@
 A model sees a fixed ``(D, H, W)`` grid at a fixed spacing, axis-aligned with the image's
 own index axes and centred on the image centre (or on a given LPS point). The image is
 resampled trilinearly (labels by nearest neighbour) with one ``affine_grid`` /
-``grid_sample`` pass, so any input spacing, size or direction works.
+``grid_sample`` pass, so any input spacing, size or direction works. An image much finer than
+the grid (a 0.5-1 mm CT for a 4 mm model) is first smoothed along the axes it is thinned
+(:func:`antialias_sigmas`), so the grid reads the tissue around each point, not the one voxel's
+noise there.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from imagetomesh.core.transforms import GridTransform, centre_index, grid_to_index_affine, index_to_grid_affine
 from imagetomesh.core.volume import Volume
@@ -106,14 +110,42 @@ def model_grid_transform(volume: Volume, spec: GridSpec, centre_lps: np.ndarray 
     return GridTransform(index_to_lps @ grid_to_index_affine(size_ijk), tuple(spec.shape))
 
 
-def resample_to_grid(volume: Volume, target: GridTransform, mode: str = "bilinear", fill: float = 0.0) -> torch.Tensor:
+#: Gaussian tails kept by :func:`antialias_sigmas`' filter, in standard deviations (scipy's default).
+ANTIALIAS_TRUNCATE = 4.0
+
+
+def antialias_sigmas(volume: Volume, target: GridTransform) -> np.ndarray:
+    """``(3,)`` standard deviations, in ``volume``'s voxels along its array axes ``(k, j, i)``, of the Gaussian that
+    smooths ``volume`` before ``target``'s grid samples it: ``sqrt((f^2 - 1) / 12)`` where the grid steps ``f > 1``
+    image voxels along that axis (the step of the grid axis most nearly along it; exact for grids whose axes are
+    the image's up to order and sign): the spread that, added to a voxel's own (a box one voxel wide, variance
+    1/12), gives the spread of a voxel ``f`` times as wide, as a scan reconstructed at the grid's spacing has. 0
+    where the grid does not thin the image, and where the filter would be one voxel wide (``f`` below about 1.09:
+    a kernel of radius 0 at :data:`ANTIALIAS_TRUNCATE`), so an image near the grid's spacing is read as it is.
+    Trilinear reads of an image thinned by ``f`` see one voxel in about ``f`` per axis: without this the 4 mm
+    grid of a 1 mm CT reads one voxel's noise (about 4x that of a 4 mm reconstruction) and aliases thin
+    structures, where the scans a model was trained on average their voxels' tissue."""
+    target_index_to_lps = target.grid_to_lps @ index_to_grid_affine(np.asarray(target.shape[::-1], dtype=np.float64))
+    step_in_image = volume.lps_to_index[:3, :3] @ target_index_to_lps[:3, :3]  # column c: one grid step along c
+    thinning = np.abs(step_in_image).max(axis=1)  # per image axis (i, j, k)
+    sigma = np.sqrt(np.maximum(thinning**2 - 1.0, 0.0) / 12.0)
+    sigma[np.floor(ANTIALIAS_TRUNCATE * sigma + 0.5) < 1] = 0.0  # scipy's kernel radius 0: the identity
+    return sigma[::-1].copy()
+
+
+def resample_to_grid(
+    volume: Volume, target: GridTransform, mode: str = "bilinear", fill: float = 0.0, antialias: bool = False
+) -> torch.Tensor:
     """Sample ``volume`` on ``target``'s grid; returns float32 ``(D, H, W)``.
 
     ``mode`` is ``"bilinear"`` (trilinear in 3D) or ``"nearest"``; points outside the image get ``fill``.
     Only the part of the image the grid covers is read (:func:`_footprint`): a small grid on a huge
-    image costs the grid's memory, not the image's.
+    image costs the grid's memory, not the image's. ``antialias`` (images, not labels) first smooths that
+    part along the axes the grid thins (:func:`antialias_sigmas`; nothing where the grid's spacing is the
+    image's), equal to smoothing the whole image first: the part is grown by the filter's reach.
     """
-    volume = _footprint(volume, target)
+    sigma = antialias_sigmas(volume, target) if antialias else np.zeros(3)
+    volume = _footprint(volume, target, _reach(sigma))
     if volume is None:  # the grid lies wholly outside the image
         return torch.full(tuple(target.shape), float(fill), dtype=torch.float32)
     # target grid -> LPS -> source index -> source grid, as one affine.
@@ -121,7 +153,10 @@ def resample_to_grid(volume: Volume, target: GridTransform, mode: str = "bilinea
     theta_t = torch.tensor(theta[:3], dtype=torch.float32)[None]
     d, h, w = target.shape
     sample_at = F.affine_grid(theta_t, [1, 1, d, h, w], align_corners=True)
-    source = torch.as_tensor(np.asarray(volume.array, dtype=np.float32))[None, None]
+    array = np.asarray(volume.array, dtype=np.float32)
+    if np.any(sigma > 0):  # never in place on the caller's array: a float32 input is not copied above
+        array = ndimage.gaussian_filter(array, sigma, mode="nearest", truncate=ANTIALIAS_TRUNCATE)
+    source = torch.as_tensor(array)[None, None]
     values = F.grid_sample(source, sample_at, mode=mode, align_corners=True, padding_mode="border")
     return torch.where(_inside(sample_at, source.shape[2:]), values, torch.full_like(values, fill))[0, 0]
 
@@ -155,10 +190,16 @@ def resample_volume(volume: Volume, spacing, size_ijk, mode: str = "bilinear", f
     return Volume(resample_to_grid(volume, grid, mode, fill).numpy(), spacing, origin, volume.direction)
 
 
-def _footprint(volume: Volume, target: GridTransform) -> Volume | None:
+def _reach(sigma: np.ndarray) -> np.ndarray:
+    """``(i, j, k)`` voxels a Gaussian of :func:`antialias_sigmas`' ``sigma (k, j, i)`` reads beyond a voxel."""
+    return np.ceil(ANTIALIAS_TRUNCATE * np.asarray(sigma)[::-1]).astype(np.int64)
+
+
+def _footprint(volume: Volume, target: GridTransform, reach=(0, 0, 0)) -> Volume | None:
     """The part of ``volume`` that ``target``'s grid samples: the box around the grid's corners in the
-    image's index space, grown by two voxels (every trilinear neighbour is inside) and clipped to the
-    image; ``volume`` itself when that box is most of it; None when the grid misses the image."""
+    image's index space, grown by two voxels (every trilinear neighbour is inside) and ``reach`` ``(i, j, k)``
+    more (a filter's half-width) and clipped to the image; ``volume`` itself when that box is most of it;
+    None when the grid misses the image."""
     from imagetomesh.core.cropping import crop_to_box
 
     corners = np.array([[x, y, z, 1.0] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)])
@@ -166,8 +207,9 @@ def _footprint(volume: Volume, target: GridTransform) -> Volume | None:
     size = np.asarray(volume.size_ijk)
     if np.any(ijk.max(0) < -1.0) or np.any(ijk.min(0) > size):
         return None
-    lo = np.clip(np.floor(ijk.min(0)).astype(np.int64) - 2, 0, size - 1)
-    hi = np.clip(np.ceil(ijk.max(0)).astype(np.int64) + 2, 0, size - 1)
+    grow = 2 + np.asarray(reach, dtype=np.int64)
+    lo = np.clip(np.floor(ijk.min(0)).astype(np.int64) - grow, 0, size - 1)
+    hi = np.clip(np.ceil(ijk.max(0)).astype(np.int64) + grow, 0, size - 1)
     if np.prod(hi - lo + 1) > 0.5 * np.prod(size):
         return volume
     return crop_to_box(volume, tuple(slice(int(lo[a]), int(hi[a]) + 1) for a in (2, 1, 0)))
@@ -290,12 +332,14 @@ def prepare_image(volume: Volume, spec: GridSpec, warn: bool = True) -> tuple[to
             stacklevel=2,
         )
     transform = model_grid_transform(volume, spec)
-    part = _footprint(volume, transform)
+    part = _footprint(volume, transform, _reach(antialias_sigmas(volume, transform)))
     if part is None or part is volume:  # the grid covers most of the image (or none of it): normalise it whole
         normalised = volume.with_array(INTENSITY_NORMALISATIONS[spec.intensity](volume.array))
         fill = float(normalised.array.min())
-        return resample_to_grid(normalised, transform, "bilinear", fill), transform
+        return resample_to_grid(normalised, transform, "bilinear", fill, antialias=True), transform
     # a grid much smaller than the image: the whole image's statistics, applied to the grid's footprint only
     mapping = intensity_map(volume.array, spec.intensity)
     fill = float(mapping(np.asarray([volume.array.min()]))[0])
-    return resample_to_grid(part.with_array(mapping(part.array)), transform, "bilinear", fill), transform
+    return resample_to_grid(
+        part.with_array(mapping(part.array)), transform, "bilinear", fill, antialias=True
+    ), transform

@@ -114,7 +114,12 @@ def test_segment_single_and_batch_give_watertight_spheres(tmp_path):
     assert abs(radius.mean() - 6.0) < 0.3 and radius.std() < 0.3
     batch = segmenter.segment_batch([volume, volume])
     assert len(batch) == 2 and batch[0].num_faces == single.num_faces
-    assert np.abs(batch[1].vertices - single.vertices).max() < 0.05  # mm; batched convolutions round differently
+    # the same surface up to rounding (mm; batched convolutions round differently), its vertices maybe listed in
+    # another order (screened Poisson's octree visits them so): nearest vertices both ways
+    from scipy.spatial import cKDTree
+
+    for a, b in ((batch[1], single), (single, batch[1])):
+        assert cKDTree(a.vertices).query(b.vertices)[0].max() < 0.05
     opened = Segmenter(str(folder), "cpu", open_surface=True).segment(volume)
     assert opened.num_faces > 0
 

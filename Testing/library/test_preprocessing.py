@@ -123,3 +123,63 @@ def test_resample_volume_keeps_the_field_of_view():
     corner = lambda v: v.origin - 0.5 * v.direction @ np.asarray(v.spacing)  # noqa: E731
     assert np.allclose(corner(finer), corner(image))
     assert np.allclose(finer.size_ijk * finer.spacing, image.size_ijk * image.spacing)
+
+
+def _thinned_grid(image: Volume, spacing, centre=None) -> "GridTransform":  # noqa: F821
+    spec = GridSpec((10, 12, 14), spacing, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    return model_grid_transform(image, spec, None if centre is None else np.asarray(centre, dtype=float))
+
+
+def test_antialias_sigmas_follow_the_thinning_per_image_axis():
+    from imagetomesh.preprocessing import antialias_sigmas
+
+    image = Volume(np.zeros((30, 40, 50), np.float32), (0.5, 1.0, 2.0))  # (i, j, k) spacing
+    box = lambda f: np.sqrt((f * f - 1.0) / 12.0)  # noqa: E731  a voxel f times as wide, less the voxel's own width
+    # grid 4 mm along x, 1 mm along y, 2 mm along z: thinned 8x along i, not along j or k
+    np.testing.assert_allclose(antialias_sigmas(image, _thinned_grid(image, (4.0, 1.0, 2.0))), [0.0, 0.0, box(8)])
+    np.testing.assert_allclose(antialias_sigmas(image, _thinned_grid(image, (4.0, 4.0, 4.0))), [box(2), box(4), box(8)])
+    # a grid finer than the image, or thinning it by less than ~1.09 (a one-voxel kernel), reads it as it is
+    np.testing.assert_allclose(antialias_sigmas(image, _thinned_grid(image, (0.54, 1.08, 0.5))), [0.0, 0.0, 0.0])
+    # the same image stored with permuted and flipped axes gets the same smoothing along the same physical axes
+    stored = _stored_differently(image, perm=(2, 0, 1), flips=(True, False, True))
+    sigma = antialias_sigmas(stored, _thinned_grid(stored, (4.0, 1.0, 2.0)))
+    np.testing.assert_allclose(sigma[::-1][[1, 2, 0]], [box(8), 0.0, 0.0])  # stored (i, j, k) = original (k, i, j)
+
+
+@pytest.mark.parametrize("centre", [None, (20.0, 15.0, 40.2), (-3.0, 2.0, 1.3)])  # whole image, inside, at a corner
+def test_antialiased_resampling_equals_smoothing_the_whole_image_first(centre):
+    from scipy import ndimage
+
+    from imagetomesh.preprocessing import antialias_sigmas
+
+    rng = np.random.default_rng(3)
+    image = Volume(rng.normal(size=(40, 60, 70)).astype(np.float32), (0.7, 0.9, 1.0), (0.0, 0.0, 0.0))
+    target = _thinned_grid(image, (3.0, 2.5, 1.0), centre)
+    sigma = antialias_sigmas(image, target)
+    assert sigma[2] > 1.0 and sigma[0] == 0.0
+    smoothed = image.with_array(ndimage.gaussian_filter(image.array, sigma, mode="nearest"))
+    slow = _resample_whole(smoothed, target, "bilinear", fill=-5.0)
+    fast = resample_to_grid(image, target, "bilinear", fill=-5.0, antialias=True)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    before = image.array.copy()
+    resample_to_grid(image, target, "bilinear", antialias=True)
+    np.testing.assert_array_equal(image.array, before)  # a float32 input is filtered in a copy, never in place
+
+
+def test_a_fine_noisy_image_reads_like_a_coarse_one_on_the_grid():
+    """White noise of one voxel, read by a grid 4x coarser in-plane: without antialiasing the grid reads two or four
+    voxels' mean (std 0.5 of a voxel's; the grid's points lie half-way between the image's), with it about the noise
+    of 4 x 4 voxels averaged (0.25; the Gaussian of sigma 1.12 gives 0.25 before the trilinear read); an image at
+    the grid's spacing is copied as it is."""
+    rng = np.random.default_rng(0)
+    fine = Volume(rng.normal(size=(20, 160, 160)).astype(np.float32), (1.0, 1.0, 2.5))
+    target = _thinned_grid(fine, (4.0, 4.0, 2.5))
+    plain = resample_to_grid(fine, target, "bilinear").std().item()
+    smoothed = resample_to_grid(fine, target, "bilinear", antialias=True).std().item()
+    assert plain > 0.45 and 0.15 < smoothed < 0.27, (plain, smoothed)
+    coarse = Volume(rng.normal(size=(20, 40, 40)).astype(np.float32), (4.0, 4.0, 2.5))
+    on_lattice = _thinned_grid(coarse, (4.0, 4.0, 2.5))
+    assert torch.equal(
+        resample_to_grid(coarse, on_lattice, "bilinear", antialias=True),
+        resample_to_grid(coarse, on_lattice, "bilinear"),
+    )
