@@ -134,7 +134,12 @@ def antialias_sigmas(volume: Volume, target: GridTransform) -> np.ndarray:
 
 
 def resample_to_grid(
-    volume: Volume, target: GridTransform, mode: str = "bilinear", fill: float = 0.0, antialias: bool = False
+    volume: Volume,
+    target: GridTransform,
+    mode: str = "bilinear",
+    fill: float = 0.0,
+    antialias: bool = False,
+    overwrite: bool = False,
 ) -> torch.Tensor:
     """Sample ``volume`` on ``target``'s grid; returns float32 ``(D, H, W)``.
 
@@ -142,7 +147,9 @@ def resample_to_grid(
     Only the part of the image the grid covers is read (:func:`_footprint`): a small grid on a huge
     image costs the grid's memory, not the image's. ``antialias`` (images, not labels) first smooths that
     part along the axes the grid thins (:func:`antialias_sigmas`; nothing where the grid's spacing is the
-    image's), equal to smoothing the whole image first: the part is grown by the filter's reach.
+    image's), equal to smoothing the whole image first: the part is grown by the filter's reach. That smoothing
+    works on a float32 copy of the part, or (``overwrite``: the caller's own scratch array, e.g. a normalised
+    copy) on ``volume``'s float32 array itself, which it then changes: one image's memory less.
     """
     sigma = antialias_sigmas(volume, target) if antialias else np.zeros(3)
     volume = _footprint(volume, target, _reach(sigma))
@@ -154,8 +161,10 @@ def resample_to_grid(
     d, h, w = target.shape
     sample_at = F.affine_grid(theta_t, [1, 1, d, h, w], align_corners=True)
     array = np.asarray(volume.array, dtype=np.float32)
-    if np.any(sigma > 0):  # never in place on the caller's array: a float32 input is not copied above
-        array = ndimage.gaussian_filter(array, sigma, mode="nearest", truncate=ANTIALIAS_TRUNCATE)
+    if np.any(sigma > 0):
+        if not overwrite and np.shares_memory(array, volume.array):  # a float32 input is not copied above
+            array = array.copy()
+        ndimage.gaussian_filter(array, sigma, output=array, mode="nearest", truncate=ANTIALIAS_TRUNCATE)
     source = torch.as_tensor(array)[None, None]
     values = F.grid_sample(source, sample_at, mode=mode, align_corners=True, padding_mode="border")
     return torch.where(_inside(sample_at, source.shape[2:]), values, torch.full_like(values, fill))[0, 0]
@@ -336,10 +345,10 @@ def prepare_image(volume: Volume, spec: GridSpec, warn: bool = True) -> tuple[to
     if part is None or part is volume:  # the grid covers most of the image (or none of it): normalise it whole
         normalised = volume.with_array(INTENSITY_NORMALISATIONS[spec.intensity](volume.array))
         fill = float(normalised.array.min())
-        return resample_to_grid(normalised, transform, "bilinear", fill, antialias=True), transform
+        return resample_to_grid(normalised, transform, "bilinear", fill, antialias=True, overwrite=True), transform
     # a grid much smaller than the image: the whole image's statistics, applied to the grid's footprint only
     mapping = intensity_map(volume.array, spec.intensity)
     fill = float(mapping(np.asarray([volume.array.min()]))[0])
     return resample_to_grid(
-        part.with_array(mapping(part.array)), transform, "bilinear", fill, antialias=True
+        part.with_array(mapping(part.array)), transform, "bilinear", fill, antialias=True, overwrite=True
     ), transform

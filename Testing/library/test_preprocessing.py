@@ -163,7 +163,10 @@ def test_antialiased_resampling_equals_smoothing_the_whole_image_first(centre):
     assert torch.allclose(fast, slow, atol=1e-5)
     before = image.array.copy()
     resample_to_grid(image, target, "bilinear", antialias=True)
-    np.testing.assert_array_equal(image.array, before)  # a float32 input is filtered in a copy, never in place
+    np.testing.assert_array_equal(image.array, before)  # a float32 input is filtered in a copy unless overwrite
+    scratch = image.with_array(image.array.copy())
+    in_place = resample_to_grid(scratch, target, "bilinear", fill=-5.0, antialias=True, overwrite=True)
+    assert torch.equal(in_place, fast)
 
 
 def test_a_fine_noisy_image_reads_like_a_coarse_one_on_the_grid():
