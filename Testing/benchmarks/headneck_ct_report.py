@@ -202,7 +202,10 @@ def main() -> None:
             f"({args.threads} CPU thread{'s' if args.threads != 1 else ''}, model loaded).\n"
         )
         if args.invariance:
-            lines.append("Invariance (per-organ Dice of the changed scan minus the original's, mean over cases):\n")
+            lines.append(
+                "Invariance (per-organ Dice of the changed scan minus the original's, mean over the first "
+                f"{min(args.invariance, len(ids))} cases):\n"
+            )
             lines.append("| change | " + " | ".join(o.title for o in organs) + " | max abs |")
             lines.append("|---|" + "---|" * (len(organs) + 1))
             changes = {
