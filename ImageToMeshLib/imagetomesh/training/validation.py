@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from imagetomesh.core.mesh import Mesh
 from imagetomesh.metrics import dice
 from imagetomesh.models.organ_decoders import centre_crop, context_shape
 from imagetomesh.models.protocol import last_stage_meshes
 from imagetomesh.nn.sdf import inside_mask
 from imagetomesh.training.data import PreparedCase, boundary_points
 from imagetomesh.training.organ_crops import meshable, organ_crop
+from imagetomesh.voxel_meshing import finish_mesh
 
 
 def rasterised_dice(verts, faces, truth: np.ndarray) -> float:
@@ -18,6 +20,17 @@ def rasterised_dice(verts, faces, truth: np.ndarray) -> float:
     (tensors or arrays), rasterised on that grid, against ``truth (D, H, W)`` bool."""
     inside = inside_mask(torch.as_tensor(verts), torch.as_tensor(faces), truth.shape)
     return dice(inside.numpy(), truth)
+
+
+def segment_dice(mesh: Mesh, truth: np.ndarray) -> float:
+    """Dice of a network's closed ``mesh`` (in the grid coordinates of ``truth``'s grid) as ``segment`` returns it:
+    finished first (:func:`~imagetomesh.voxel_meshing.finish_mesh`: outward, repaired, its folds untangled; each
+    step commutes with the affine map from the grid to LPS millimetres, where ``segment`` does it), then
+    rasterised on the grid (:func:`rasterised_dice`) against ``truth (D, H, W)`` bool. Scored with its folds as
+    they are (scan-line parity), a decoder whose meshes fold (a fresh Voxel2Mesh decoder at its peak learning
+    rate, session 27) scored up to 0.019 Dice above what ``segment`` gave, and chose its best step by it."""
+    finished = finish_mesh(mesh)
+    return rasterised_dice(finished.vertices, finished.faces, truth)
 
 
 def organ_means(scores: dict[str, list[float]], key: str) -> dict[str, float]:
@@ -32,7 +45,8 @@ def organ_means(scores: dict[str, list[float]], key: str) -> dict[str, float]:
 def segmentation_metrics(model, cases: list[PreparedCase], device) -> dict[str, float]:
     """Voxel Dice of the segmentation head (``val_dice``), and for mesh models the Dice of the mesh
     ``segment`` returns (``val_mesh_dice``: the eval-mode forward's last stage, as :meth:`predict_meshes`
-    returns it, pruned and unpooled as at inference, rasterised on the model grid) and the symmetric
+    returns it, pruned and unpooled as at inference, finished and rasterised on the model grid:
+    :func:`segment_dice`) and the symmetric
     Chamfer in mm (``val_chamfer_mm``:
     mean distance, both ways, between the last decoder stage's vertices and the label boundary).
     ``model(image (1, 1, D, H, W)) -> (logits (1, C, D, H, W), meshes or None)``."""
@@ -44,7 +58,7 @@ def segmentation_metrics(model, cases: list[PreparedCase], device) -> dict[str, 
         dices.append(dice(logits.argmax(1)[0].cpu().numpy(), case.label.numpy()))
         if meshes is not None:
             output = last_stage_meshes(meshes)[0]  # what predict_meshes returns, without a second forward
-            mesh_dices.append(rasterised_dice(output.vertices, output.faces, case.label.numpy()))
+            mesh_dices.append(segment_dice(output, case.label.numpy().astype(bool)))
             half_mm = (
                 torch.tensor(case.transform.grid_to_lps[:3, :3]).norm(dim=0).float()
             )  # mm per grid unit, (x, y, z)
@@ -84,8 +98,9 @@ def organ_mesh_metrics(
 ) -> dict[str, float]:
     """A Voxel2Mesh with one decoder per organ, on the crop of each case around each organ that it can be
     scored on (:func:`~imagetomesh.training.organ_crops.meshable`; ``crops[k - 1]`` ``(d, h, w)`` for class
-    ``k``, centred on the labelled organ): the Dice of the mesh ``segment`` returns, rasterised in the
-    crop (``val_mesh_dice_<organ>``, mean ``val_mesh_dice``) and of the voxel head in the same crop
+    ``k``, centred on the labelled organ): the Dice of the mesh ``segment`` returns, finished and rasterised in
+    the crop (:func:`segment_dice`; ``val_mesh_dice_<organ>``, mean ``val_mesh_dice``) and of the voxel head in
+    the same crop
     (``val_dice_<organ>``, mean ``val_dice``). ``organs[k - 1]`` names class ``k``. The model reads each crop grown
     by ``context`` voxels per side (its ``context_margin``)."""
     model.eval()
@@ -99,6 +114,6 @@ def organ_mesh_metrics(
             truth = (centre_crop(label, context) == k).numpy()
             logits, meshes = model(image[None, None].to(device), organ=k)
             voxel_dices[name].append(dice(logits.argmax(1)[0].cpu().numpy() == k, truth))
-            mesh_dices[name].append(rasterised_dice(meshes[0][-1].verts, meshes[0][-1].faces, truth))
+            mesh_dices[name].append(segment_dice(last_stage_meshes(meshes)[0], truth))
     model.train()
     return {**organ_means(voxel_dices, "val_dice"), **organ_means(mesh_dices, "val_mesh_dice")}
