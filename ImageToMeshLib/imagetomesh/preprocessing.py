@@ -162,7 +162,9 @@ def resample_to_grid(
     sample_at = F.affine_grid(theta_t, [1, 1, d, h, w], align_corners=True)
     array = np.asarray(volume.array, dtype=np.float32)
     if np.any(sigma > 0):
-        if not overwrite and np.shares_memory(array, volume.array):  # a float32 input is not copied above
+        # a float32 input is not copied above; the bounds check is constant-time (np.shares_memory's exact one need
+        # not be, on a strided crop) and copies when unsure
+        if not overwrite and np.may_share_memory(array, volume.array):
             array = array.copy()
         ndimage.gaussian_filter(array, sigma, output=array, mode="nearest", truncate=ANTIALIAS_TRUNCATE)
     source = torch.as_tensor(array)[None, None]

@@ -125,7 +125,8 @@ def test_resample_volume_keeps_the_field_of_view():
     assert np.allclose(finer.size_ijk * finer.spacing, image.size_ijk * image.spacing)
 
 
-def _thinned_grid(image: Volume, spacing, centre=None) -> "GridTransform":  # noqa: F821
+def _thinned_grid(image: Volume, spacing, centre=None):
+    """A (10, 12, 14) grid of ``spacing`` (x, y, z) mm on ``image``, centred on its centre or on ``centre`` (LPS)."""
     spec = GridSpec((10, 12, 14), spacing, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
     return model_grid_transform(image, spec, None if centre is None else np.asarray(centre, dtype=float))
 
