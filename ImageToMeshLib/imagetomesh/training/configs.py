@@ -446,7 +446,8 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     )
     # a decoder twice as wide (the gpu config's hidden 128), fresh, on the frozen U-Net of --init-from unet-hippocampus:
     # the bundled decoder underfits its training set (training IoU 0.827, its head's marching cubes 0.837) while it
-    # can fit one case alone to 0.875 (docs/mesh-losses.md). Started session 26, carried in Resources/RunsInProgress
+    # can fit one case alone to 0.875 (docs/mesh-losses.md). Run (sessions 26-28, to its end): its meshes fold (14-23 %
+    # of the network's faces) and validation IoU ended at 0.814-0.817 against the bundled decoder's 0.827: not bundled
     v2m["cpu-v2-frozen-raster-wide"] = replace(
         copy.deepcopy(v2m["cpu-v2-frozen-raster"]),
         model={**v2m["cpu-v2-frozen-raster"].model, "hidden": 128},
