@@ -1,6 +1,6 @@
-"""Meshes from a network's voxels: the finishing every predicted closed mesh gets, and a several-organ
-U-Net's mesh of one organ from its class probability (what ``segment`` makes with a U-Net, and where the
-surface-start Voxel2Mesh variant begins)."""
+"""Meshes from a network's voxels: the finishing every predicted closed mesh gets, a one-object U-Net's
+mesh of its labelmap (U-Net + MC's) and a several-organ U-Net's mesh of one organ from its class probability
+(what ``segment`` makes with a U-Net); the surface-start Voxel2Mesh variant begins from either."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from imagetomesh.core.mesh import Mesh
-from imagetomesh.core.transforms import GridTransform
+from imagetomesh.core.transforms import GridTransform, grid_volume
+from imagetomesh.errors import InputError
 from imagetomesh.geometry.isosurface import DEFAULT_SMOOTHING, labelmap_to_mesh
 from imagetomesh.geometry.quality import check_mesh, orient_outward, repair_mesh
 from imagetomesh.geometry.untangle import untangle
@@ -24,6 +25,18 @@ def finish_mesh(mesh: Mesh, untangle_folds: bool = True) -> Mesh:
     if not check_mesh(mesh, self_intersections=False).watertight:
         mesh = repair_mesh(mesh, remove_self_intersections=False)
     return untangle(mesh) if untangle_folds else mesh
+
+
+def grid_mask_mesh(mask: np.ndarray, smoothing: float = DEFAULT_SMOOTHING) -> Mesh:
+    """U-Net + MC's mesh of a one-object U-Net's labelmap ``mask (D, H, W)`` (bool or 0/1) in grid coordinates
+    (voxel indices): marching cubes with ``smoothing``
+    (:func:`~imagetomesh.geometry.isosurface.labelmap_to_mesh`). :class:`InputError` for an empty mask."""
+    mask = np.asarray(mask).astype(np.uint8)
+    if not mask.any():
+        raise InputError(
+            "the model found no object in the image; check that it shows the organ the model was trained on"
+        )
+    return labelmap_to_mesh(grid_volume(mask, GridTransform(np.eye(4), mask.shape)), smoothing=smoothing)
 
 
 def voxel_organ_mesh(

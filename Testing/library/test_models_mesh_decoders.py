@@ -174,3 +174,44 @@ def test_voxel2mesh_config_validation():
         Voxel2MeshConfig(unet=UNetConfig(depth=2), stages=3)
     with pytest.raises(ValueError, match="refine_stages"):
         Voxel2MeshConfig(refine_stages=-1)
+
+
+class _FixedLogits(torch.nn.Module):
+    """A U-Net whose class logits are given (its decoder features are ``unet``'s): an object the test places."""
+
+    def __init__(self, unet: UNet3D, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.unet, self.logits = unet, logits
+
+    def forward(self, image):
+        return self.logits, self.unet(image)[1]
+
+
+def test_a_one_object_surface_start_voxel2mesh_begins_as_unet_mc_and_learns_moves_from_it():
+    from imagetomesh.models.unet_mc import UNetMC, UNetMCConfig
+
+    torch.manual_seed(0)
+    shape = (16, 16, 16)
+    k, j, i = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in shape), indexing="ij")
+    ellipsoid = ((k - 7.6) / 5.2) ** 2 + ((j - 8.3) / 4.1) ** 2 + ((i - 7.2) / 3.3) ** 2 - 1.0
+    logits = torch.stack([ellipsoid, -ellipsoid])[None]  # class 1 inside the ellipsoid
+    model = Voxel2Mesh(Voxel2MeshConfig(unet=SMALL_UNET, hidden=8, start="unet_surface", unpooling="none")).eval()
+    baseline = UNetMC(UNetMCConfig(unet=SMALL_UNET)).eval()
+    model.unet = _FixedLogits(model.unet, logits)
+    baseline.unet = _FixedLogits(baseline.unet, logits)
+    image = torch.randn(1, 1, *shape)
+    with torch.no_grad():
+        (expected,) = baseline.predict_meshes(image)
+        (moved,) = model.predict_meshes(image)
+        for stage in model.stages:  # vertices that never move: the prediction is the start
+            last = stage.delta.layers[-1]
+            for p in (last.lin_root.weight, last.lin_rel.weight, last.lin_rel.bias):
+                torch.nn.init.zeros_(p)
+        (start,) = model.predict_meshes(image)
+    assert len(expected.vertices) > 200
+    assert torch.allclose(torch.as_tensor(start.vertices), torch.as_tensor(expected.vertices))
+    assert {tuple(sorted(f)) for f in start.faces.tolist()} == {tuple(sorted(f)) for f in expected.faces.tolist()}
+    assert check_mesh(start, self_intersections=False).watertight
+    # the decoder's (small, untrained) moves start from that surface, vertex for vertex
+    offsets = torch.as_tensor(moved.vertices) - torch.as_tensor(start.vertices)
+    assert 0 < offsets.abs().max() < 0.5

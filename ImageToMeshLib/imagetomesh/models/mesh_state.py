@@ -12,7 +12,7 @@ from imagetomesh.core.transforms import GridTransform
 from imagetomesh.errors import InputError
 from imagetomesh.geometry.topology import edge_index_from_faces, icosphere, subdivide
 from imagetomesh.scan import class_mask
-from imagetomesh.voxel_meshing import voxel_organ_mesh
+from imagetomesh.voxel_meshing import finish_mesh, grid_mask_mesh, voxel_organ_mesh
 
 
 def arc_sphere(sphere: torch.Tensor, angle_deg: float, thickness_y: float, thickness_z: float) -> torch.Tensor:
@@ -74,18 +74,23 @@ class DecoderMesh:
         return cls(shape * radius_grid.to(device), faces, sphere)
 
     @classmethod
-    def surface_of(cls, probabilities: torch.Tensor, index: int) -> DecoderMesh | None:
-        """The surface of class ``index`` in ``probabilities (C, D, H, W)`` (one image's softmax on a model grid),
-        meshed in grid coordinates as ``segment`` meshes a several-organ U-Net's organ
-        (:func:`~imagetomesh.voxel_meshing.voxel_organ_mesh` of the class's most-probable voxels, stray
-        pieces dropped: :func:`~imagetomesh.scan.class_mask`); ``sphere`` is each vertex's direction from the
-        centroid. None where the class has no voxel or too few to mesh. No gradient."""
-        mask = class_mask(probabilities.argmax(0).cpu().numpy(), index)
-        if mask is None:
+    def surface_of(cls, probabilities: torch.Tensor, index: int, one_object: bool = False) -> DecoderMesh | None:
+        """The surface of class ``index`` in ``probabilities (C, D, H, W)`` (one image's softmax on a model grid)
+        in grid coordinates, meshed as ``segment`` meshes the U-Net's object: a several-organ U-Net's organ by
+        :func:`~imagetomesh.voxel_meshing.voxel_organ_mesh` of the class's most-probable voxels, stray pieces
+        dropped (:func:`~imagetomesh.scan.class_mask`); with ``one_object`` as U-Net + MC meshes its labelmap
+        (:func:`~imagetomesh.voxel_meshing.grid_mask_mesh` of the argmax, outward faces). ``sphere`` is each
+        vertex's direction from the centroid. None where the class has no voxel or too few to mesh. No gradient."""
+        labels = probabilities.argmax(0).cpu().numpy()
+        mask = (labels == index) if one_object else class_mask(labels, index)
+        if mask is None or not mask.any():
             return None
-        identity = GridTransform(np.eye(4), tuple(probabilities.shape[1:]))  # its "LPS" is the grid itself
         try:
-            mesh = voxel_organ_mesh(probabilities[index], mask, identity)
+            if one_object:
+                mesh = finish_mesh(grid_mask_mesh(mask), untangle_folds=False)
+            else:
+                identity = GridTransform(np.eye(4), tuple(probabilities.shape[1:]))  # its "LPS" is the grid itself
+                mesh = voxel_organ_mesh(probabilities[index], mask, identity)
         except InputError:
             return None
         verts = torch.as_tensor(mesh.vertices, dtype=torch.float32, device=probabilities.device)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
 from imagetomesh.core.mesh import Mesh
-from imagetomesh.core.transforms import GridTransform, grid_volume
-from imagetomesh.errors import InputError
-from imagetomesh.geometry.isosurface import DEFAULT_SMOOTHING, labelmap_to_mesh
+from imagetomesh.geometry.isosurface import DEFAULT_SMOOTHING
 from imagetomesh.models.protocol import SegmentationModel
 from imagetomesh.nn.unet import UNet3D, UNetConfig
+from imagetomesh.voxel_meshing import grid_mask_mesh
 
 
 @dataclass
@@ -46,15 +44,7 @@ class UNetMC(nn.Module, SegmentationModel):
 
     def predict_meshes(self, images: torch.Tensor, open_surface: bool = False) -> list[Mesh]:
         """``images (B, C, D, H, W)`` -> ``B`` closed meshes in grid coordinates: marching cubes of each
-        argmax label (:func:`~imagetomesh.geometry.isosurface.labelmap_to_mesh`, ``config.smoothing``)."""
+        argmax label (:func:`~imagetomesh.voxel_meshing.grid_mask_mesh`, ``config.smoothing``)."""
         self._check_open_surface(open_surface)
         logits, _ = self(images)
-        meshes = []
-        for mask in logits.argmax(1).to(torch.uint8).cpu().numpy():
-            if not mask.any():
-                raise InputError(
-                    "the model found no object in the image; check that it shows the organ the model was trained on"
-                )
-            on_grid = grid_volume(mask, GridTransform(np.eye(4), mask.shape))  # its "LPS" is grid coordinates
-            meshes.append(labelmap_to_mesh(on_grid, smoothing=self.config.smoothing))
-        return meshes
+        return [grid_mask_mesh(mask, self.config.smoothing) for mask in logits.argmax(1).cpu().numpy()]

@@ -23,7 +23,8 @@ validation crops: 0.738 alone, 0.807 with 8 voxels around it, 0.83 on the whole 
 
 Surface start (``start="unet_surface"``, a variant, not the paper's template): each decoder starts from its
 own U-Net's mesh of the object in the image it is given (the organ's class probability there, meshed as
-``segment`` meshes a U-Net's organ: :func:`imagetomesh.voxel_meshing.voxel_organ_mesh`), and its stages
+``segment`` meshes a U-Net's organ: :func:`imagetomesh.voxel_meshing.voxel_organ_mesh`; a one-object model's
+as U-Net + MC meshes its labelmap: :func:`imagetomesh.voxel_meshing.grid_mask_mesh`), and its stages
 move that surface without unpooling (``unpooling="none"``): the decoder learns corrections to the U-Net's
 surface rather than the whole shape. Where the U-Net finds no such object, the template is the start.
 """
@@ -370,14 +371,16 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
         return self.config.start == "unet_surface" and bool(self.config.organs)
 
     def start_meshes(self, probabilities: torch.Tensor, organ: int | None) -> list[DecoderMesh | None]:
-        """Each case's start: the surface of class ``organ`` (1 for a one-object model) in the class
-        ``probabilities (B, C, D, H, W)`` with ``start="unet_surface"``
+        """Each case's start: the surface of class ``organ`` (1 for a one-object model, meshed as U-Net + MC
+        meshes it) in the class ``probabilities (B, C, D, H, W)`` with ``start="unet_surface"``
         (:func:`~imagetomesh.models.mesh_state.DecoderMesh.surface_of`), else (or where it finds none) None: the
         template."""
         if self.config.start == "template":
             return [None] * len(probabilities)
         index = 1 if organ is None else organ
-        return [DecoderMesh.surface_of(p, index) for p in probabilities.detach().float()]
+        return [
+            DecoderMesh.surface_of(p, index, one_object=not self.config.organs) for p in probabilities.detach().float()
+        ]
 
     def forward(self, image: torch.Tensor, organ: int | None = None, probabilities: torch.Tensor | None = None):
         """See the class docstring; a surface-start decoder starts from ``probabilities`` ``(B, C, D - 2m, H - 2m,

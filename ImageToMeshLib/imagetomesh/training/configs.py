@@ -453,6 +453,15 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
         model={**v2m["cpu-v2-frozen-raster"].model, "hidden": 128},
         steps=12000,
     )
+    # a variant (not the paper's template), as the head-and-neck decoders have it: a fresh decoder on the frozen U-Net
+    # of --init-from unet-hippocampus starts from that U-Net's own surface (the mesh U-Net + MC returns, validation IoU
+    # 0.835) and moves it through three stages without unpooling; its moves start near zero, so it starts as U-Net + MC
+    # and learns corrections to it. A quarter of the template decoders' peak rate (the wide decoder folded at 1e-3)
+    v2m["cpu-v2-frozen-raster-surface"] = replace(
+        copy.deepcopy(v2m["cpu-v2-frozen-raster"]),
+        model={**v2m["cpu-v2-frozen-raster"].model, "start": "unet_surface", "unpooling": "none"},
+        lr=v2m["cpu-v2-frozen-raster"].lr / 4,
+    )
     # one mesh decoder per head-and-neck organ, each in a crop around its organ, on a trained
     # several-organ U-Net (--init-from unet-headneck-ct, kept frozen: it is also the localiser)
     organs = copy.deepcopy(HEADNECK_CT_ORGANS)
