@@ -157,7 +157,9 @@ def main() -> None:
     parser.add_argument("--invariance", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="markdown page to write (default: print only)")
-    parser.add_argument("--json", default=None, help="also write the per-case numbers here")
+    parser.add_argument(
+        "--json", default=None, help="also write the per-case numbers here (and each change's per-case Dice changes)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -215,13 +217,15 @@ def main() -> None:
                 "wider field of view (padded)": padded,
             }
             for label_text, change in changes.items():
-                deltas = {o.name: [] for o in organs}
+                deltas, by_case = {o.name: [] for o in organs}, {}
                 for n, case_id in enumerate(ids[: args.invariance]):
                     case = msd[case_id]
                     image, label = read_image(case.image), read_image(case.label)
                     changed, _, _ = evaluate_case(segmenter, change(image), label, scored_organs(case, organs))
-                    for organ_name, s in changed.items():
-                        deltas[organ_name].append(s["dice"] - per_case[n][organ_name]["dice"])
+                    by_case[case_id] = {o: s["dice"] - per_case[n][o]["dice"] for o, s in changed.items()}
+                    for organ_name, delta in by_case[case_id].items():
+                        deltas[organ_name].append(delta)
+                raw[name].setdefault("invariance", {})[label_text] = by_case
                 means = [float(np.mean(v)) if v else float("nan") for v in deltas.values()]
                 lines.append(
                     f"| {label_text} | "
