@@ -100,6 +100,59 @@ def test_augment_resamples_the_image_and_its_label_as_transformed_does_each():
         assert torch.equal(lab, transformed(label.float(), linear, shift, "nearest").round().to(torch.uint8))
 
 
+def _gaussian_blur_slowly(image: np.ndarray, sigmas) -> np.ndarray:
+    """The obvious Gaussian blur: along each axis, every voxel the weighted sum of its neighbours within 4 sigma
+    (weights exp(-x^2 / 2 sigma^2), normalised), indices past the edge read the edge voxel."""
+    out = image.astype(np.float64)
+    for axis, sigma in enumerate(sigmas):
+        if sigma == 0:
+            continue
+        radius = int(4.0 * sigma + 0.5)
+        offsets = np.arange(-radius, radius + 1)
+        weights = np.exp(-(offsets**2) / (2 * sigma**2))
+        weights /= weights.sum()
+        moved = np.moveaxis(out, axis, 0)
+        n = moved.shape[0]
+        result = np.zeros_like(moved)
+        for i in range(n):
+            for offset, weight in zip(offsets, weights):
+                result[i] += weight * moved[min(max(i + offset, 0), n - 1)]
+        out = np.moveaxis(result, 0, axis)
+    return out
+
+
+def test_blur_augmentation_smooths_the_image_by_the_drawn_gaussian_and_leaves_the_label():
+    from imagetomesh.training.augment import blurred_image
+
+    image = torch.randn(12, 16, 14)
+    sigmas = [0.0, 0.6, 1.3]
+    assert np.allclose(blurred_image(image, sigmas).numpy(), _gaussian_blur_slowly(image.numpy(), sigmas), atol=1e-5)
+
+    label = (torch.rand(12, 16, 14) > 0.7).to(torch.uint8)
+    still = dict(flip=0, rotate_deg=0, scale=0, intensity_scale=0, intensity_shift=0, noise=0)
+    drawn = []
+    for seed in range(4):
+        img, lab = augment(
+            image, label, AugmentConfig(**still, blur=1.0, blur_sigma=0.75), torch.Generator().manual_seed(seed)
+        )
+        g = torch.Generator().manual_seed(seed)  # the draws augment makes, in its order
+        torch.rand(3, generator=g), torch.rand(1, generator=g), torch.rand(3, generator=g)  # angles, scale, flips
+        torch.rand(1, generator=g)  # whether to blur
+        sigma = 0.75 * torch.rand(3, generator=g)
+        assert torch.equal(lab, label) and torch.allclose(img, blurred_image(image, sigma.tolist()), atol=1e-5)
+        drawn.append(sigma)
+    assert all(0 <= s.min() and s.max() <= 0.75 for s in drawn) and len({tuple(s.tolist()) for s in drawn}) == 4
+    # never blurred, and without the option the random stream (and so every other config's batches) is as before
+    img, _ = augment(image, label, AugmentConfig(**still, blur=0.0), torch.Generator().manual_seed(0))
+    assert torch.allclose(img, image, atol=1e-5)
+    g_before, g_after = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    augment(image, label, AugmentConfig(), g_after)
+    torch.rand(3, generator=g_before), torch.rand(1, generator=g_before), torch.rand(3, generator=g_before)  # spatial
+    torch.rand(1, generator=g_before), torch.rand(1, generator=g_before)  # intensity scale, shift
+    torch.randn(image.shape, generator=g_before)  # noise
+    assert torch.equal(torch.rand(4, generator=g_after), torch.rand(4, generator=g_before))
+
+
 def test_init_from_model_copies_the_unet_of_another_kind_and_all_of_the_same_kind(tmp_path):
     from imagetomesh.errors import InputError
     from imagetomesh.models.registry import build_model

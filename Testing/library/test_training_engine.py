@@ -41,8 +41,8 @@ NEW_IMAGE_FIELDS = {
     "crop_jitter": 3.0,  # issue 16
 }
 #: NUDFTrainConfig fields added for several organs (issue 16), and its model's, with the defaults of the old runs
-#: AugmentConfig fields added since (issue 16: left-right mirroring of several-organ crops)
-NEW_AUGMENT_FIELDS = {"mirror": 0.0}
+#: AugmentConfig fields added since (issue 16: left-right mirroring of several-organ crops; blur)
+NEW_AUGMENT_FIELDS = {"mirror": 0.0, "blur": 0.0, "blur_sigma": 0.75}
 NEW_NUDF_FIELDS = {
     "organs": None,
     "partly_contoured": None,
