@@ -467,7 +467,7 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # a variant (not the paper's template), as the head-and-neck decoders have it: a fresh decoder on the frozen U-Net
     # of --init-from unet-hippocampus starts from that U-Net's own surface (the mesh U-Net + MC returns, validation IoU
     # 0.835) and moves it through three stages without unpooling; its moves start near zero, so it starts as U-Net + MC
-    # and learns corrections to it. A quarter of the template decoders' peak rate (the wide decoder folded at 1e-3)
+    # and learns corrections to it. A quarter of the template decoders' peak rate (the wide decoder folded at 1e-3).
     # Run (session 28, stopped at step 1,153): best validation IoU 0.835 = U-Net + MC's (step 300), then the Dice fell as
     # the moves grew (docs/mesh-losses.md); not bundled
     v2m["cpu-v2-frozen-raster-surface"] = replace(
