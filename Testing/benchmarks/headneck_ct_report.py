@@ -217,16 +217,15 @@ def main() -> None:
                 "wider field of view (padded)": padded,
             }
             for label_text, change in changes.items():
-                deltas, by_case = {o.name: [] for o in organs}, {}
+                by_case = {}
                 for n, case_id in enumerate(ids[: args.invariance]):
                     case = msd[case_id]
                     image, label = read_image(case.image), read_image(case.label)
                     changed, _, _ = evaluate_case(segmenter, change(image), label, scored_organs(case, organs))
                     by_case[case_id] = {o: s["dice"] - per_case[n][o]["dice"] for o, s in changed.items()}
-                    for organ_name, delta in by_case[case_id].items():
-                        deltas[organ_name].append(delta)
                 raw[name].setdefault("invariance", {})[label_text] = by_case
-                means = [float(np.mean(v)) if v else float("nan") for v in deltas.values()]
+                deltas = [[d[o.name] for d in by_case.values() if o.name in d] for o in organs]
+                means = [float(np.mean(v)) if v else float("nan") for v in deltas]
                 lines.append(
                     f"| {label_text} | "
                     + " | ".join(f"{m:+.3f}" for m in means)

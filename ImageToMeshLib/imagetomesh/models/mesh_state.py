@@ -83,7 +83,7 @@ class DecoderMesh:
         vertex's direction from the centroid. None where the class has no voxel or too few to mesh. No gradient."""
         labels = probabilities.argmax(0).cpu().numpy()
         mask = (labels == index) if one_object else class_mask(labels, index)
-        if mask is None or not mask.any():
+        if mask is None:
             return None
         try:
             if one_object:

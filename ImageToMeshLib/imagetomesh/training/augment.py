@@ -100,8 +100,9 @@ def augment(
     img = sampled(image, grid, "bilinear", float(image.min()))
     lab = sampled(label.float(), grid, "nearest")
     if config.blur > 0:  # drawn only when asked for: the other configs' random streams stay as they were
-        blurred, sigmas = bool(torch.rand(1, generator=generator) < config.blur), uniform(0, config.blur_sigma, 3)
-        if blurred:
+        blur = torch.rand(1, generator=generator) < config.blur
+        sigmas = uniform(0, config.blur_sigma, 3)  # drawn either way: a case's later draws do not depend on it
+        if blur:
             img = blurred_image(img, sigmas.tolist())
     img = img * (1 + uniform(-config.intensity_scale, config.intensity_scale)) + uniform(
         -config.intensity_shift, config.intensity_shift
