@@ -9,7 +9,9 @@ the model was trained on is the largest sample of how the planners contour) wher
 ``segment``'s mesh of it is rasterised on the label grid, as the report scores it, and compared slice by slice
 with the contour: the Dice, the lowest and highest axial slice of each (mm; negative: the model's end lies
 below the contour's), whether the contour reaches the scan's upper or lower end (an organ the scan cuts) and
-how many slices it spans. The summary groups the Dice by the end differences and by the contoured length.
+how many slices it spans. The summary groups the Dice by the end differences and by the contoured length, and
+gives the Dice the mesh would score with its lowest and/or highest 1 or 2 axial slices removed on the label grid
+(does the model run an organ systematically past the planners' ends?).
 
 Why: the brainstem meets the spinal cord where the planner decided, and a scan cut above the skull base shows
 only the brainstem's lowest slices; a case's brainstem Dice can hinge on either. Numbers only; nothing is written.
@@ -52,6 +54,23 @@ def axial_ends(mask: np.ndarray, label) -> tuple[float, float] | None:
     return slab_ends(slices[0], slices[-1], label) if len(slices) else None
 
 
+#: (slices removed at the lower end, at the upper end) of the trimmed Dice in the summary
+TRIMS = [(lower, upper) for lower in range(3) for upper in range(3)]
+
+
+def trimmed(mask: np.ndarray, lower: int, upper: int, label) -> np.ndarray:
+    """``mask (z, y, x)`` (the label's array) without its ``lower`` lowest and ``upper`` highest axial slices that
+    hold it (lowest: inferior, whichever way the label's slices run)."""
+    if label.index_to_lps[2, 2] < 0:
+        lower, upper = upper, lower
+    slices = np.flatnonzero(mask.any(axis=(1, 2)))
+    out = mask.copy()
+    if len(slices):
+        out[slices[0] : slices[0] + lower] = False
+        out[slices[-1] + 1 - upper : slices[-1] + 1] = False
+    return out
+
+
 def case_row(segmenter: Segmenter, image, label, organ) -> dict:
     truth = label.array == organ.label
     mesh = segmenter.segment_organs(image).get(organ.name)
@@ -64,6 +83,7 @@ def case_row(segmenter: Segmenter, image, label, organ) -> dict:
         "upper_mm": None if ends is None else ends[1] - contour[1],
         "cut": contour[0] == scan[0] or contour[1] == scan[1],
         "slices": int(truth.any(axis=(1, 2)).sum()),
+        "trimmed_dice": {f"{lo},{hi}": dice(trimmed(predicted, lo, hi, label), truth) for lo, hi in TRIMS},
     }
 
 
@@ -94,6 +114,8 @@ def summary(rows: list[dict]) -> list[str]:
             lines.append(
                 f"contoured over {lo}-{hi if hi < 10**6 else ''} slices: Dice {dices[sel].mean():.3f} ({sel.sum()} cases)"
             )
+    trims = ", ".join(f"{key} {np.mean([r['trimmed_dice'][key] for r in rows]):.3f}" for key in rows[0]["trimmed_dice"])
+    lines.append(f"Dice with (lowest, highest) slices removed: {trims}")
     return lines
 
 
