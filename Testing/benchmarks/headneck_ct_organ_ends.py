@@ -11,7 +11,8 @@ with the contour: the Dice, the lowest and highest axial slice of each (mm; nega
 below the contour's), whether the contour reaches the scan's upper or lower end (an organ the scan cuts) and
 how many slices it spans. The summary groups the Dice by the end differences and by the contoured length, and
 gives the Dice the mesh would score with its lowest and/or highest 1 or 2 axial slices removed on the label grid
-(does the model run an organ systematically past the planners' ends?).
+(does the model run an organ systematically past the planners' ends?), and the Dice of its voxels within the
+contour's own axial slices (how much of the error is in-plane).
 
 Why: the brainstem meets the spinal cord where the planner decided, and a scan cut above the skull base shows
 only the brainstem's lowest slices; a case's brainstem Dice can hinge on either. Numbers only; nothing is written.
@@ -84,6 +85,7 @@ def case_row(segmenter: Segmenter, image, label, organ) -> dict:
         "cut": contour[0] == scan[0] or contour[1] == scan[1],
         "slices": int(truth.any(axis=(1, 2)).sum()),
         "trimmed_dice": {f"{lo},{hi}": dice(trimmed(predicted, lo, hi, label), truth) for lo, hi in TRIMS},
+        "dice_within_contour_slices": dice(predicted & truth.any(axis=(1, 2))[:, None, None], truth),
     }
 
 
@@ -116,6 +118,8 @@ def summary(rows: list[dict]) -> list[str]:
             )
     trims = ", ".join(f"{key} {np.mean([r['trimmed_dice'][key] for r in rows]):.3f}" for key in rows[0]["trimmed_dice"])
     lines.append(f"Dice with (lowest, highest) slices removed: {trims}")
+    within = np.mean([r["dice_within_contour_slices"] for r in rows])
+    lines.append(f"Dice of the mesh's voxels in the contour's own slices only (the in-plane part): {within:.3f}")
     return lines
 
 
