@@ -33,13 +33,12 @@ import torch
 from scipy import ndimage
 
 from imagetomesh.core.mesh import Mesh
-from imagetomesh.geometry.normals import vertex_normals
 from imagetomesh.inference import Segmenter
-from imagetomesh.io.images import read_image, read_labelmap
+from imagetomesh.io.images import read_labelmap
 from imagetomesh.metrics import evaluate_mesh
-from imagetomesh.nn.feature_sampling import sample_features
-from imagetomesh.nn.grid import grid_to_index, index_to_grid
-from imagetomesh.preprocessing import prepare_image, resample_to_grid
+from imagetomesh.models.snapping import along_normals, outward_voxel_normals
+from imagetomesh.nn.grid import index_to_grid
+from imagetomesh.training.data import prepare_case
 from imagetomesh.training.msd import read_msd
 from imagetomesh.voxel_meshing import grid_mask_mesh
 from imagetomesh.zoo import load_model
@@ -58,37 +57,29 @@ def signed_distance(inside: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def vertex_samples(segmenter: Segmenter, image, label) -> dict:
-    """U-Net + MC's mesh of ``image`` with, per vertex, its features ``X (N, F)`` and residual ``y (N,)`` (voxels)."""
-    x, transform = prepare_image(image, segmenter.spec, warn=False)
-    logits, decoder = segmenter.model.module.unet(x[None, None])
+def vertex_samples(segmenter: Segmenter, case) -> dict:
+    """U-Net + MC's mesh of ``case``'s image with, per vertex, its features ``X (N, F)`` and residual ``y (N,)``
+    (voxels); image and label on the model grid as training prepares them."""
+    prepared = prepare_case(case, segmenter.spec)
+    logits, decoder = segmenter.model.module.unet(prepared.image[None, None])
     probability = logits.softmax(1)[0, 1]
     mesh = grid_mask_mesh(logits.argmax(1)[0].numpy(), segmenter.model.module.config.smoothing)
     size = torch.tensor(probability.shape[::-1], dtype=torch.float32)  # (i, j, k)
-    ijk = grid_to_index(torch.from_numpy(mesh.vertices).float(), size)
-    normals = vertex_normals(ijk, torch.from_numpy(mesh.faces))
-    if Mesh(ijk.numpy(), mesh.faces).signed_volume() < 0:
-        normals = -normals
-
-    def read(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        return sample_features(volume, index_to_grid(points, size).reshape(1, -1, 3))[0]
-
-    profile = read(probability[None, None], ijk[:, None] + PROFILE_OFFSETS[None, :, None] * normals[:, None])
-    features = [profile.reshape(len(ijk), -1)]
+    ijk, normals = outward_voxel_normals(torch.from_numpy(mesh.vertices).float(), torch.from_numpy(mesh.faces), size)
+    features = [along_normals(probability[None], ijk, normals, PROFILE_OFFSETS, size)[..., 0]]
     for level in decoder[-2:]:
-        features += [read(level, ijk + offset * normals) for offset in (-1.0, 0.0, 1.0)]
-    foreground = label.with_array((label.array > 0).astype(np.uint8))
-    on_grid = resample_to_grid(foreground, transform, "nearest").numpy() > 0.5
-    residual = -read(signed_distance(on_grid)[None, None], ijk)[:, 0]
+        features.append(along_normals(level[0], ijk, normals, torch.tensor([-1.0, 0.0, 1.0]), size).flatten(1))
+    distance = signed_distance(prepared.label.numpy() > 0)[None]
+    residual = -along_normals(distance, ijk, normals, torch.zeros(1), size)[:, 0, 0]
     return {
         "X": torch.cat(features, 1),
         "y": residual,
         "ijk": ijk,
         "normals": normals,
         "mesh": mesh,
-        "transform": transform,
+        "transform": prepared.transform,
         "size": size,
-        "label": label,
+        "label": read_labelmap(case.label),
     }
 
 
@@ -117,12 +108,11 @@ def main() -> None:
     if model.kind != "unet" or model.card.get("organs"):
         raise SystemExit(f"{args.model} is not a one-object U-Net + MC model")
     segmenter = Segmenter(model)
-    segmenter.model.module.eval()
     split = json.loads((REPO / "Resources" / "Splits" / "hippocampus.json").read_text(encoding="utf-8"))
     cases = read_msd(args.data)
 
     def samples(ids):
-        return [vertex_samples(segmenter, read_image(cases[c].image), read_labelmap(cases[c].label)) for c in ids]
+        return [vertex_samples(segmenter, cases[c]) for c in ids]
 
     train = samples(split["train"][: args.train_cases or None])
     val = samples(split["val"])

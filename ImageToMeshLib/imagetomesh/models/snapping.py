@@ -58,6 +58,29 @@ def crossing_offsets(profiles: torch.Tensor, offsets: torch.Tensor) -> tuple[tor
     return torch.where(found, offset, torch.zeros_like(offset)), found
 
 
+def outward_voxel_normals(
+    verts: torch.Tensor, faces: torch.Tensor, size: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``verts (N, 3)`` (grid coordinates) of the closed mesh ``faces (F, 3)`` on a grid of ``size`` ``(i, j, k)``
+    voxels -> ``(ijk (N, 3) voxel indices, normals (N, 3))``: unit outward vertex normals computed where lengths are
+    voxels, whichever way the faces are wound."""
+    ijk = grid_to_index(verts, size)
+    normals = vertex_normals(ijk, faces)
+    if Mesh(ijk.detach().cpu().numpy(), faces.cpu().numpy()).signed_volume() < 0:  # wound inward
+        normals = -normals
+    return ijk, normals
+
+
+def along_normals(
+    volume: torch.Tensor, ijk: torch.Tensor, normals: torch.Tensor, offsets: torch.Tensor, size: torch.Tensor
+) -> torch.Tensor:
+    """``volume (C, D, H, W)`` read (trilinear) at ``ijk + t * normals`` (voxel indices, as
+    :func:`outward_voxel_normals` gives them) for each ``t`` of ``offsets (T,)`` voxels -> ``(N, T, C)``."""
+    points = ijk[:, None, :] + offsets[None, :, None] * normals[:, None, :]  # (N, T, 3)
+    samples = sample_features(volume[None].to(ijk.dtype), index_to_grid(points, size).reshape(1, -1, 3))
+    return samples.reshape(len(ijk), len(offsets), volume.shape[0])
+
+
 def snap_vertices(verts: torch.Tensor, faces: torch.Tensor, probability: torch.Tensor) -> torch.Tensor:
     """``verts (N, 3)`` (grid coordinates) of the closed mesh ``faces (F, 3)`` moved along their outward
     normals onto ``probability (D, H, W)``'s 0.5 surface, within :data:`SNAP_RANGE_VOXELS`; a vertex whose
@@ -66,14 +89,9 @@ def snap_vertices(verts: torch.Tensor, faces: torch.Tensor, probability: torch.T
     0.8184), and the folds that independent moves make are untangled as for every segmented mesh.
     Returns ``(N, 3)``."""
     size = torch.tensor(probability.shape[::-1], dtype=verts.dtype, device=verts.device)  # (W, H, D) = (i, j, k)
-    ijk = grid_to_index(verts, size)  # voxel units: the normal is computed where lengths are voxels
-    normals = vertex_normals(ijk, faces)
-    if Mesh(ijk.detach().cpu().numpy(), faces.cpu().numpy()).signed_volume() < 0:  # wound inward
-        normals = -normals
+    ijk, normals = outward_voxel_normals(verts, faces, size)
     offsets = torch.arange(
         -SNAP_RANGE_VOXELS, SNAP_RANGE_VOXELS + SNAP_STEP_VOXELS / 2, SNAP_STEP_VOXELS, dtype=verts.dtype
     ).to(verts.device)
-    points = ijk[:, None, :] + offsets[None, :, None] * normals[:, None, :]  # (N, T, 3)
-    samples = sample_features(probability[None, None].to(verts.dtype), index_to_grid(points, size).reshape(1, -1, 3))
-    distance, _ = crossing_offsets(samples.reshape(len(verts), len(offsets)), offsets)
+    distance, _ = crossing_offsets(along_normals(probability[None], ijk, normals, offsets, size)[..., 0], offsets)
     return index_to_grid(ijk + distance[:, None] * normals, size)
