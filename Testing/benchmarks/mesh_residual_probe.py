@@ -16,7 +16,8 @@ maps at the vertex and a voxel either side along the normal; ``image``, the imag
 split's cases (``--train-cases``: the first N; 0: all) and is scored on the validation split (never ``test``): R^2 of
 its predictions every 5 epochs (0 for predicting zero, negative for worse), then the validation IoU of the meshes
 with each vertex moved by ``alpha`` times the prediction (``alpha`` 0 is U-Net + MC itself), rasterised on the label
-grid as the results report scores them, and the IoU of the oracle that moves each vertex by its true residual (what a decoder could reach by such moves).
+grid as the results report scores them, and the IoU of the oracle that moves each vertex by its true residual (what
+a decoder could reach by such moves).
 
 ``--folds`` (cross-fitting): U-Nets each trained on part of the training split (their cards' ``training.split``)
 replace ``--model``. The probe is fitted twice, on the same training cases: *in-fold*, each case's mesh and features
