@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from headneck_ct_report import model_split, scored_organs
-from mesh_residual_probe import Probe, r_squared
+from mesh_residual_probe import Probe, add_probe_arguments, probe_kinds, r_squared
 from scipy import ndimage
 
 from imagetomesh.core.mesh import Mesh
@@ -134,16 +134,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "openkbp-ct"))
     parser.add_argument("--model", default="unet-headneck-ct")
-    parser.add_argument("--train-cases", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--features", default="probability,image", help=f"comma-separated, of {', '.join(FEATURES)}")
+    add_probe_arguments(parser, FEATURES, "probability,image")
     args = parser.parse_args()
-    kinds = tuple(args.features.split(","))
-    if not kinds or not set(kinds) <= set(FEATURES):
-        raise SystemExit(f"--features takes a comma-separated list of {', '.join(FEATURES)}, not {args.features!r}")
-    torch.set_num_threads(1)
-    torch.manual_seed(args.seed)
+    kinds = probe_kinds(args, FEATURES)
     model = load_model(args.model, "cpu")
     if model.kind != "unet" or not model.card.get("organs"):
         raise SystemExit(f"{args.model} is not a several-organ U-Net + MC model")

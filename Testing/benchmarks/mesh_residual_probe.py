@@ -188,23 +188,34 @@ def one_object_segmenter(name: str) -> Segmenter:
     return Segmenter(model)
 
 
+def add_probe_arguments(parser: argparse.ArgumentParser, features: tuple[str, ...], default: str) -> None:
+    """The options every residual probe takes: ``--train-cases``, ``--epochs``, ``--seed``, ``--features``."""
+    parser.add_argument("--train-cases", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--features", default=default, help=f"comma-separated, of {', '.join(features)}")
+
+
+def probe_kinds(args: argparse.Namespace, features: tuple[str, ...]) -> tuple[str, ...]:
+    """``args.features`` checked against ``features``; torch set to one thread and ``args.seed``."""
+    kinds = tuple(args.features.split(","))
+    if not kinds or not set(kinds) <= set(features):
+        raise SystemExit(f"--features takes a comma-separated list of {', '.join(features)}, not {args.features!r}")
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    return kinds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "hippocampus")
     parser.add_argument("--model", default="unet-hippocampus")
-    parser.add_argument("--train-cases", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--features", default="probability,decoder", help=f"comma-separated, of {', '.join(FEATURES)}")
+    add_probe_arguments(parser, FEATURES, "probability,decoder")
     parser.add_argument(
         "--folds", nargs="+", default=None, help="U-Nets trained on parts of the training split (cross-fitting)"
     )
     args = parser.parse_args()
-    kinds = tuple(args.features.split(","))
-    if not kinds or not set(kinds) <= set(FEATURES):
-        raise SystemExit(f"--features takes a comma-separated list of {', '.join(FEATURES)}, not {args.features!r}")
-    torch.set_num_threads(1)
-    torch.manual_seed(args.seed)
+    kinds = probe_kinds(args, FEATURES)
     split = json.loads((REPO / "Resources" / "Splits" / "hippocampus.json").read_text(encoding="utf-8"))
     cases = read_msd(args.data)
     train_ids = split["train"][: args.train_cases or None]
