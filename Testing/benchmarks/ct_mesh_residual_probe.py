@@ -36,7 +36,7 @@ from mesh_residual_probe import Probe, add_probe_arguments, probe_kinds, r_squar
 from scipy import ndimage
 
 from imagetomesh.core.mesh import Mesh
-from imagetomesh.geometry.normals import vertex_normals
+from imagetomesh.geometry.normals import outward_vertex_normals
 from imagetomesh.inference import Segmenter
 from imagetomesh.io.images import read_image
 from imagetomesh.metrics import mesh_dice_iou
@@ -52,12 +52,6 @@ OFFSETS_MM = np.arange(-8.0, 8.01, 2.0)
 #: Residuals beyond this (mm) are clipped: a vertex that far off is not a local correction.
 CLIP_MM = 8.0
 FEATURES = ("probability", "image")
-
-
-def outward_normals(mesh: Mesh) -> np.ndarray:
-    """``(N, 3)`` unit outward vertex normals of the closed ``mesh``, whichever way its faces are wound."""
-    normals = vertex_normals(torch.from_numpy(mesh.vertices).double(), torch.from_numpy(mesh.faces)).numpy()
-    return normals if mesh.signed_volume() >= 0 else -normals
 
 
 def signed_distance_mm(inside: np.ndarray, spacing_ijk: np.ndarray) -> np.ndarray:
@@ -91,7 +85,7 @@ def case_samples(segmenter: Segmenter, case, kinds: tuple[str, ...]) -> list[dic
         if masks[organ.name] is None or not inside.any():
             continue
         mesh = voxel_organ_mesh(probabilities[organ.index], masks[organ.name], transform, segmenter.voxel_smoothing)
-        normals = outward_normals(mesh)
+        normals = outward_vertex_normals(torch.from_numpy(mesh.vertices).double(), torch.from_numpy(mesh.faces)).numpy()
         points = mesh.vertices[:, None, :] + OFFSETS_MM[None, :, None] * normals[:, None, :]  # (N, T, 3)
         grid = torch.from_numpy(transform.to_grid(points.reshape(-1, 3))).float()[None]
         features = []

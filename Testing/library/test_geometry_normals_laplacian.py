@@ -12,6 +12,7 @@ from imagetomesh.geometry import (
     face_normals,
     icosphere,
     laplacian_coordinates,
+    outward_vertex_normals,
     sym_norm_laplacian,
     uniform_laplacian,
     vertex_normals,
@@ -80,6 +81,15 @@ def test_vertex_normals_match_loop_and_sphere():
     vn = vertex_normals(sv, sf)
     assert vn.dtype == torch.float32
     assert torch.all((vn * sv).sum(1) > 0.999)
+
+
+def test_outward_vertex_normals_point_out_of_a_sphere_wound_either_way():
+    sv, sf = icosphere(2)
+    sv = sv.double() * torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)  # an ellipsoid: normals are not positions
+    for faces in (sf, sf.flip(1)):  # as built, and wound inward
+        normals = outward_vertex_normals(sv, faces)
+        assert torch.all((normals * sv).sum(1) > 0)  # outward from the centre of a convex solid
+        torch.testing.assert_close(normals.abs(), vertex_normals(sv, faces).abs())
 
 
 def test_normals_are_differentiable():

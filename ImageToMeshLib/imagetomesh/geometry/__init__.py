@@ -27,7 +27,7 @@ _HOME = {
         "triangle_qualities",
         "triangle_quality_regulariser",
     ),
-    "normals": ("face_areas", "face_normals", "vertex_normals"),
+    "normals": ("face_areas", "face_normals", "outward_vertex_normals", "vertex_normals"),
     "sampling": ("sample_points_on_mesh",),
     "topology": (
         "edge_index_from_edges",
@@ -65,6 +65,7 @@ __all__ = [
     "face_normals",
     "face_areas",
     "vertex_normals",
+    "outward_vertex_normals",
     # laplacian
     "uniform_laplacian",
     "sym_norm_laplacian",

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["face_normals", "face_areas", "vertex_normals"]
+from imagetomesh.core.mesh import Mesh
+
+__all__ = ["face_normals", "face_areas", "vertex_normals", "outward_vertex_normals"]
 
 
 def _corners(verts: torch.Tensor, faces: torch.Tensor):
@@ -55,3 +57,12 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor, eps: float = 1e-12)
     src = cross.repeat_interleave(3, dim=0)  # (3F, 3): the face's vector for each of its corners
     acc = torch.zeros_like(verts).index_add(0, idx, src)
     return acc / torch.linalg.vector_norm(acc, dim=1, keepdim=True).clamp_min(eps)
+
+
+def outward_vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """``(N, 3)`` unit vertex normals (:func:`vertex_normals`) of the closed mesh ``faces (F, 3)``, pointing out of
+    the solid whichever way its faces are wound (all one way: the sign of the enclosed volume decides)."""
+    normals = vertex_normals(verts, faces)
+    if Mesh(verts.detach().cpu().numpy(), faces.cpu().numpy()).signed_volume() < 0:  # wound inward
+        normals = -normals
+    return normals

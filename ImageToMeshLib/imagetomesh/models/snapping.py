@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from imagetomesh.core.mesh import Mesh
-from imagetomesh.geometry.normals import vertex_normals
+from imagetomesh.geometry.normals import outward_vertex_normals
 from imagetomesh.nn.feature_sampling import sample_features
 from imagetomesh.nn.grid import grid_to_index, index_to_grid
 
@@ -65,10 +64,7 @@ def outward_voxel_normals(
     voxels -> ``(ijk (N, 3) voxel indices, normals (N, 3))``: unit outward vertex normals computed where lengths are
     voxels, whichever way the faces are wound."""
     ijk = grid_to_index(verts, size)
-    normals = vertex_normals(ijk, faces)
-    if Mesh(ijk.detach().cpu().numpy(), faces.cpu().numpy()).signed_volume() < 0:  # wound inward
-        normals = -normals
-    return ijk, normals
+    return ijk, outward_vertex_normals(ijk, faces)
 
 
 def along_normals(
