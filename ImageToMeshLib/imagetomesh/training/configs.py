@@ -50,6 +50,13 @@ class OrganOptions:
     #: models with one decoder per organ (``organ_crops``): each training crop's centre is moved by up to
     #: this many voxels along each axis from the organ's box centre (a localiser's box is off by a few voxels)
     crop_jitter: float = 3.0
+    #: several-organ models (names or folders) whose mean probabilities label, in each training case, the organs
+    #: its planner did not contour (:mod:`~imagetomesh.training.pseudo_labels`); None: those organs stay unknown
+    pseudo_label_teachers: Optional[list] = None
+    #: where an uncontoured organ's teacher probability is at least this without winning, it stays unknown there
+    pseudo_label_band: float = 0.1
+    #: an uncontoured organ is pseudo-labelled only where the teachers find this fraction of its median contoured size
+    pseudo_label_min_fraction: float = 0.25
 
     def organ_classes(self, option: str) -> tuple[int, ...]:
         """Output classes of the organs the config's list ``option`` (e.g. ``"partly_contoured"``) names
@@ -346,6 +353,13 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     unet["headneck-ct-cpu-contoured-long"] = replace(
         copy.deepcopy(unet["headneck-ct-cpu-contoured"]), steps=6000, lr=1e-3
     )
+    # the bundled head-and-neck U-Net (--init-from unet-headneck-ct) fine-tuned with the same schedule on labels
+    # completed by its ensemble: in each training case, the organs its planner did not contour are labelled where
+    # the two bundled U-Nets' mean probabilities find them (training.pseudo_labels; 0.1-probability rims unknown)
+    unet["headneck-ct-cpu-contoured-pseudo"] = replace(
+        copy.deepcopy(unet["headneck-ct-cpu-contoured-long"]),
+        pseudo_label_teachers=["unet-headneck-ct", "unet-headneck-ct-wide-gpu"],
+    )
     # the bundled head-and-neck U-Net (--init-from unet-headneck-ct) fine-tuned on crops mirrored left to right
     # half the time, the parotids trading classes: twice the parotid shapes, and a network that sees a mirrored
     # scan as a scan, so segment can average it with its mirror. Tried (session 21), not bundled: whole-scan
@@ -436,6 +450,14 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
         copy.deepcopy(unet["headneck-ct-cpu-contoured-regularised"]),
         model={"unet": copy.deepcopy(UNET_HEADNECK_CT_WIDE)},
         steps=2500,
+        lr=5e-4,
+        val_every=500,
+    )
+    # the ensemble's wide member (--init-from unet-headneck-ct-wide-gpu) fine-tuned on the same completed labels, at
+    # the CPU crops and batches and half the peak rate (as headneck-ct-cpu-wide-contoured-regularised)
+    unet["headneck-ct-cpu-wide-contoured-pseudo"] = replace(
+        copy.deepcopy(unet["headneck-ct-cpu-contoured-pseudo"]),
+        model={"unet": copy.deepcopy(UNET_HEADNECK_CT_WIDE)},
         lr=5e-4,
         val_every=500,
     )

@@ -32,6 +32,7 @@ from imagetomesh.training.data import (
 from imagetomesh.training.init_weights import init_from_model, restart_classes
 from imagetomesh.training.losses import mesh_decoder_loss, partial_label_loss, segmentation_loss
 from imagetomesh.training.organ_crops import describe_organ_cases, organ_cases, random_organ_crop_batch
+from imagetomesh.training.pseudo_labels import add_pseudo_labels, describe_pseudo_labels
 from imagetomesh.training.schedules import one_cycle
 from imagetomesh.training.tasks.base import RunState, Task, run_card
 from imagetomesh.training.udf_points import surface_samples
@@ -141,6 +142,17 @@ class ImageToMeshTask(Task):
             # the batch workers' cores are free until the loop starts
             threads=max(config.threads, config.batch_workers),
         )
+        if config.pseudo_label_teachers:
+            if not config.organs or config.kind != "unet":
+                raise InputError("pseudo_label_teachers complete several-organ labels: they are for a unet with organs")
+            added = add_pseudo_labels(
+                self.train_cases,
+                config.pseudo_label_teachers,
+                config.pseudo_label_band,
+                config.pseudo_label_min_fraction,
+                run.out / "pseudo-labels.pt",
+            )
+            run.log(describe_pseudo_labels(added, config.organs))
         self.organ_decoders = bool(config.model.get("organ_crops"))
         if config.organs and config.kind != "unet" and not self.organ_decoders:
             raise InputError(
