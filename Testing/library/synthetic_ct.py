@@ -118,6 +118,33 @@ def prepared_case(label: np.ndarray, present=(True, True, True), superior=1.0) -
     return PreparedCase("c", image, label, transform, None, torch.tensor(present))
 
 
+def two_organ_config():
+    """The ``TrainConfig`` of the session's two-organ U-Net (the ``organ_model`` fixture): a small U-Net that a few
+    hundred steps on :func:`write_ct_msd` scans teach (intensity tells the organs apart)."""
+    from imagetomesh.preprocessing import GridSpec
+    from imagetomesh.training.augment import AugmentConfig
+    from imagetomesh.training.configs import TrainConfig
+
+    organs = [
+        {"name": "bright", "label": 1, "colour": [255, 0, 0]},
+        {"name": "brighter", "label": 2, "colour": [0, 0, 255]},
+    ]
+    return TrainConfig(
+        "unet",
+        {"unet": {"in_channels": 1, "num_classes": 3, "base": 8, "depth": 2, "norm": "batch"}},
+        # the whole image and air around it (as the head-and-neck grid holds air beyond a scan's ends)
+        grid=GridSpec((32, 32, 40), (4.0, 4.0, 4.0), LPS_RAS, "ct"),
+        steps=500,
+        lr=3e-2,
+        val_every=500,
+        threads=1,
+        organs=organs,
+        patch=[12, 12, 12],
+        foreground=0.5,  # air and padding too: air must not look like the fat-like organ
+        augment=AugmentConfig(flip=0, rotate_deg=0, scale=0, intensity_scale=0, intensity_shift=0, noise=0),
+    )
+
+
 def train_on_synthetic_cts(config, root: Path, init_from=None, card_input=None) -> tuple[Path, dict, list[str]]:
     """Train ``config`` (from ``init_from``) on a new MSD folder under ``root`` of six :func:`write_ct_msd` scans,
     organ 1 contoured in every other one; the best model's card gets ``card_input`` (its ``input``, as a

@@ -1,5 +1,6 @@
 """Pseudo-labels for uncontoured organs (training.pseudo_labels)."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -124,3 +125,27 @@ def test_pseudo_labels_are_for_a_several_organ_unet(tmp_path):
     msd = write_ct_msd(tmp_path / "msd", 3)
     with pytest.raises(InputError, match="pseudo_label_teachers complete several-organ labels"):
         train(config, msd, tmp_path / "run", log=lambda m: None)
+
+
+def test_a_run_on_pseudo_labels_logs_them_and_names_its_teachers_in_its_card(organ_model, tmp_path):
+    from synthetic_ct import train_on_synthetic_cts, two_organ_config
+
+    best, _ = organ_model
+    config = replace(
+        two_organ_config(),
+        steps=2,
+        val_every=2,
+        pseudo_label_teachers=[str(best)],
+    )
+    _, trained, log = train_on_synthetic_cts(config, tmp_path, init_from=best)
+    train_ids = json.loads((tmp_path / "run" / "split.json").read_text())["train"]
+    uncontoured = sum(int(case_id[-3:]) % 2 == 1 for case_id in train_ids)  # organ 1 in every other case
+    assert uncontoured > 0
+    assert f"pseudo-labelled (cases of {len(train_ids)}): bright {uncontoured}, brighter 0" in log
+    assert trained["training"]["pseudo_labels"] == {
+        "teachers": [str(best)],
+        "teachers_sha256_16": pseudo_labels.teachers_key([str(best)]),
+        "band": 0.1,
+        "min_fraction": 0.25,
+    }
+    assert (tmp_path / "run" / "pseudo-labels.pt").is_file()

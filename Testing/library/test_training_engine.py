@@ -37,6 +37,9 @@ NEW_IMAGE_FIELDS = {
     "balanced_ce": False,
     "restart_classes": None,
     "partly_contoured": None,
+    "pseudo_label_teachers": None,
+    "pseudo_label_band": 0.1,
+    "pseudo_label_min_fraction": 0.25,
     "freeze_unet": False,  # issue 15
     "crop_jitter": 3.0,  # issue 16
 }

@@ -50,13 +50,6 @@ class OrganOptions:
     #: models with one decoder per organ (``organ_crops``): each training crop's centre is moved by up to
     #: this many voxels along each axis from the organ's box centre (a localiser's box is off by a few voxels)
     crop_jitter: float = 3.0
-    #: several-organ models (names or folders) whose mean probabilities label, in each training case, the organs
-    #: its planner did not contour (:mod:`~imagetomesh.training.pseudo_labels`); None: those organs stay unknown
-    pseudo_label_teachers: Optional[list] = None
-    #: where an uncontoured organ's teacher probability is at least this without winning, it stays unknown there
-    pseudo_label_band: float = 0.1
-    #: an uncontoured organ is pseudo-labelled only where the teachers find this fraction of its median contoured size
-    pseudo_label_min_fraction: float = 0.25
 
     def organ_classes(self, option: str) -> tuple[int, ...]:
         """Output classes of the organs the config's list ``option`` (e.g. ``"partly_contoured"``) names
@@ -106,6 +99,13 @@ class TrainConfig(EngineOptions, OrganOptions):
     #: mesh models fine-tuned from ``--init-from``: the U-Net (encoder, decoder, voxel head) keeps its
     #: weights and batch-norm statistics, only the mesh decoder learns (no backward pass through the U-Net)
     freeze_unet: bool = False
+    #: several-organ U-Nets: models (names or folders) whose mean probabilities label, in each training case, the
+    #: organs its planner did not contour (:mod:`~imagetomesh.training.pseudo_labels`); None: they stay unknown
+    pseudo_label_teachers: Optional[list] = None
+    #: where an uncontoured organ's teacher probability is at least this without winning, it stays unknown there
+    pseudo_label_band: float = 0.1
+    #: an uncontoured organ is pseudo-labelled only where the teachers find this fraction of its median contoured size
+    pseudo_label_min_fraction: float = 0.25
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

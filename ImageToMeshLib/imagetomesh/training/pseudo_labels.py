@@ -83,7 +83,8 @@ def pseudo_label(
 
 
 def teachers_key(teacher_names: list[str]) -> str:
-    """A short hash of the named models' weights (their folders' ``model.safetensors``), in order."""
+    """The first 16 hex digits of the SHA-256 of the named models' weights (their folders' ``model.safetensors``,
+    concatenated in order)."""
     from imagetomesh.zoo import find_model
 
     digest = hashlib.sha256()

@@ -32,7 +32,7 @@ from imagetomesh.training.data import (
 from imagetomesh.training.init_weights import init_from_model, restart_classes
 from imagetomesh.training.losses import mesh_decoder_loss, partial_label_loss, segmentation_loss
 from imagetomesh.training.organ_crops import describe_organ_cases, organ_cases, random_organ_crop_batch
-from imagetomesh.training.pseudo_labels import add_pseudo_labels, describe_pseudo_labels
+from imagetomesh.training.pseudo_labels import add_pseudo_labels, describe_pseudo_labels, teachers_key
 from imagetomesh.training.schedules import one_cycle
 from imagetomesh.training.tasks.base import RunState, Task, run_card
 from imagetomesh.training.udf_points import surface_samples
@@ -255,6 +255,13 @@ class ImageToMeshTask(Task):
         card = run_card(self.run, c.kind, c.model, c.grid, self.split, metrics, state.step)
         if c.organs:
             card["organs"] = c.organs
+        if c.pseudo_label_teachers:  # the labels it learned from are partly its teachers' (training.pseudo_labels)
+            card["training"]["pseudo_labels"] = {
+                "teachers": list(c.pseudo_label_teachers),
+                "teachers_sha256_16": teachers_key(c.pseudo_label_teachers),
+                "band": c.pseudo_label_band,
+                "min_fraction": c.pseudo_label_min_fraction,
+            }
         if self.mirror is not None:  # trained on mirrored crops: segment averages a scan with its mirror
             card["mirror_averaged"] = True
         return card
