@@ -355,7 +355,10 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     )
     # the bundled head-and-neck U-Net (--init-from unet-headneck-ct) fine-tuned with the same schedule on labels
     # completed by its ensemble: in each training case, the organs its planner did not contour are labelled where
-    # the two bundled U-Nets' mean probabilities find them (training.pseudo_labels; 0.1-probability rims unknown)
+    # the two bundled U-Nets' mean probabilities find them (training.pseudo_labels; 0.1-probability rims unknown).
+    # Run (session 31, --time-limit 115 --fit-steps-to-time: 5,712 steps on one thread): training-grid validation
+    # voxel Dice 0.742 at step 4,800 (the bundled run 0.737), but whole scans 0.7524 alone (the bundled 0.7521) and
+    # 0.7587 with the wide U-Net (0.7586): not bundled (docs/headneck-ct-results.md)
     unet["headneck-ct-cpu-contoured-pseudo"] = replace(
         copy.deepcopy(unet["headneck-ct-cpu-contoured-long"]),
         pseudo_label_teachers=["unet-headneck-ct", "unet-headneck-ct-wide-gpu"],
@@ -454,7 +457,9 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
         val_every=500,
     )
     # the ensemble's wide member (--init-from unet-headneck-ct-wide-gpu) fine-tuned on the same completed labels, at
-    # the CPU crops and batches and half the peak rate (as headneck-ct-cpu-wide-contoured-regularised)
+    # the CPU crops and batches and half the peak rate (as headneck-ct-cpu-wide-contoured-regularised). Run (session
+    # 31, --time-limit 95 --fit-steps-to-time: 2,840 steps): training-grid validation 0.738 at step 1,000; whole
+    # scans 0.7508 alone (its start 0.7507), 0.7582 with the CPU student, 0.7580 with the bundled CPU U-Net: not bundled
     unet["headneck-ct-cpu-wide-contoured-pseudo"] = replace(
         copy.deepcopy(unet["headneck-ct-cpu-contoured-pseudo"]),
         model={"unet": copy.deepcopy(UNET_HEADNECK_CT_WIDE)},
