@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imagetomesh.io.atomic import atomic_write
 from imagetomesh.nn.precision import bf16_autocast, bf16_supported, to_channels_last
 from imagetomesh.scan import class_mask, windowed_logits
 from imagetomesh.training.data import UNKNOWN, PreparedCase
+from imagetomesh.weights import WEIGHTS_NAME
 
 #: cases pseudo-labelled between two writes of the cache (a run stopped meanwhile labels them again)
 SAVE_EVERY = 16
@@ -89,7 +91,7 @@ def teachers_key(teacher_names: list[str]) -> str:
 
     digest = hashlib.sha256()
     for name in teacher_names:
-        digest.update((Path(find_model(name)) / "model.safetensors").read_bytes())
+        digest.update((Path(find_model(name)) / WEIGHTS_NAME).read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -133,7 +135,8 @@ def add_pseudo_labels(
             }
             unsaved += 1
         if unsaved and (unsaved == SAVE_EVERY or n == len(cases) - 1):
-            _save(stored, cache)
+            with atomic_write(cache) as tmp:
+                torch.save(stored, tmp)
             unsaved = 0
         entry = stored["cases"][case.case_id]
         label = case.label.clone()
@@ -141,13 +144,6 @@ def add_pseudo_labels(
         case.label, case.present = label, entry["present"]
         added[case.case_id] = entry["added"].tolist()
     return added
-
-
-def _save(stored: dict, cache: Path) -> None:
-    """``stored`` written to ``cache`` atomically (a whole file or none)."""
-    tmp = cache.with_suffix(".tmp")
-    torch.save(stored, tmp)
-    tmp.replace(cache)
 
 
 def describe_pseudo_labels(added: dict[str, list[int]], organs: list[dict]) -> str:

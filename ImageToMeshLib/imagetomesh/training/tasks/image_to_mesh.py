@@ -153,6 +153,8 @@ class ImageToMeshTask(Task):
                 run.out / "pseudo-labels.pt",
             )
             run.log(describe_pseudo_labels(added, config.organs))
+            #: the teachers' weights, for the card (read once, not at every checkpoint)
+            self.teachers_sha256_16 = teachers_key(config.pseudo_label_teachers)
         self.organ_decoders = bool(config.model.get("organ_crops"))
         if config.organs and config.kind != "unet" and not self.organ_decoders:
             raise InputError(
@@ -258,7 +260,7 @@ class ImageToMeshTask(Task):
         if c.pseudo_label_teachers:  # the labels it learned from are partly its teachers' (training.pseudo_labels)
             card["training"]["pseudo_labels"] = {
                 "teachers": list(c.pseudo_label_teachers),
-                "teachers_sha256_16": teachers_key(c.pseudo_label_teachers),
+                "teachers_sha256_16": self.teachers_sha256_16,
                 "band": c.pseudo_label_band,
                 "min_fraction": c.pseudo_label_min_fraction,
             }
