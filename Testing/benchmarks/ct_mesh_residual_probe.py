@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from headneck_ct_report import model_split, scored_organs
-from mesh_residual_probe import Probe, add_probe_arguments, probe_kinds, r_squared
+from mesh_residual_probe import Probe, add_probe_arguments, probe_kinds, r_squared, signed_distance
 from scipy import ndimage
 
 from imagetomesh.core.mesh import Mesh
@@ -52,14 +52,6 @@ OFFSETS_MM = np.arange(-8.0, 8.01, 2.0)
 #: Residuals beyond this (mm) are clipped: a vertex that far off is not a local correction.
 CLIP_MM = 8.0
 FEATURES = ("probability", "image")
-
-
-def signed_distance_mm(inside: np.ndarray, spacing_ijk: np.ndarray) -> np.ndarray:
-    """``(D, H, W)`` signed distance (mm; negative inside) between voxel centres of ``inside`` and its outside."""
-    sampling = spacing_ijk[::-1]  # the array is indexed [k, j, i]
-    return ndimage.distance_transform_edt(~inside, sampling=sampling) - ndimage.distance_transform_edt(
-        inside, sampling=sampling
-    )
 
 
 def read_on_label(values: np.ndarray, label, points_lps: np.ndarray) -> np.ndarray:
@@ -96,7 +88,7 @@ def case_samples(segmenter: Segmenter, case, kinds: tuple[str, ...]) -> list[dic
             features.append(sample_features(scan[None, None].float(), grid).reshape(len(points), -1))
         one_hot = torch.zeros(len(points), len(segmenter.organs))
         one_hot[:, organ.index - 1] = 1.0
-        distance = signed_distance_mm(inside, label.spacing)
+        distance = signed_distance(inside, np.asarray(label.spacing)[::-1])  # mm; the array is indexed [k, j, i]
         samples.append(
             {
                 "X": torch.cat([*features, one_hot], 1),

@@ -65,10 +65,11 @@ FEATURES = ("probability", "decoder", "image", "image_context")
 CLIP_VOXELS = 3.0
 
 
-def signed_distance(inside: np.ndarray) -> torch.Tensor:
-    """``(D, H, W)`` signed distance (voxels; negative inside) between voxel centres of ``inside`` and its outside."""
-    outside = ndimage.distance_transform_edt(~inside)
-    return torch.from_numpy((outside - ndimage.distance_transform_edt(inside)).astype(np.float32))
+def signed_distance(inside: np.ndarray, sampling=None) -> np.ndarray:
+    """``(D, H, W)`` float64 signed distance (negative inside) between voxel centres of ``inside`` and its outside:
+    in voxels, or in the units of ``sampling`` (the spacing along the array's axes ``(D, H, W)``)."""
+    outside = ndimage.distance_transform_edt(~inside, sampling=sampling)
+    return outside - ndimage.distance_transform_edt(inside, sampling=sampling)
 
 
 @torch.no_grad()
@@ -92,7 +93,7 @@ def vertex_samples(segmenter: Segmenter, case, kinds: tuple[str, ...] = FEATURES
     if "image_context" in kinds:
         for shift in tangent_shifts(normals, CONTEXT_SHIFT):
             features.append(along_normals(prepared.image[None], ijk + shift, normals, CONTEXT_OFFSETS, size)[..., 0])
-    distance = signed_distance(prepared.label.numpy() > 0)[None]
+    distance = torch.from_numpy(signed_distance(prepared.label.numpy() > 0).astype(np.float32))[None]
     residual = -along_normals(distance, ijk, normals, torch.zeros(1), size)[:, 0, 0]
     return {
         "X": torch.cat(features, 1),
