@@ -125,7 +125,7 @@ def antialias_sigmas(volume: Volume, target: GridTransform) -> np.ndarray:
     Trilinear reads of an image thinned by ``f`` see one voxel in about ``f`` per axis: without this the 4 mm
     grid of a 1 mm CT reads one voxel's noise (about 4x that of a 4 mm reconstruction) and aliases thin
     structures, where the scans a model was trained on average their voxels' tissue."""
-    target_index_to_lps = target.grid_to_lps @ index_to_grid_affine(np.asarray(target.shape[::-1], dtype=np.float64))
+    target_index_to_lps = target.index_to_lps
     step_in_image = volume.lps_to_index[:3, :3] @ target_index_to_lps[:3, :3]  # column c: one grid step along c
     thinning = np.abs(step_in_image).max(axis=1)  # per image axis (i, j, k)
     sigma = np.sqrt(np.maximum(thinning**2 - 1.0, 0.0) / 12.0)

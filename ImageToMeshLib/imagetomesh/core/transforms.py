@@ -73,7 +73,7 @@ def ras_to_lps(points: np.ndarray) -> np.ndarray:
 def grid_volume(array: np.ndarray, transform: GridTransform) -> Volume:
     """A ``(D, H, W)`` array on a model grid as a :class:`Volume` with that grid's LPS geometry
     (with ``GridTransform(np.eye(4), shape)``: a volume whose "LPS" is grid coordinates)."""
-    index_to_lps = transform.grid_to_lps @ index_to_grid_affine(np.array(transform.shape[::-1]))
+    index_to_lps = transform.index_to_lps
     spacing = np.linalg.norm(index_to_lps[:3, :3], axis=0)
     return Volume(array, spacing, index_to_lps[:3, 3], index_to_lps[:3, :3] / spacing[None, :])
 
@@ -111,6 +111,11 @@ class GridTransform:
     def to_grid(self, lps_points: np.ndarray) -> np.ndarray:
         """``(N, 3)`` LPS mm -> ``(N, 3)`` grid (float64)."""
         return transform_points(self.lps_to_grid, lps_points)
+
+    @property
+    def index_to_lps(self) -> np.ndarray:
+        """``(4, 4)`` affine from the grid's voxel indices (i, j, k) = (W, H, D) to LPS mm."""
+        return self.grid_to_lps @ index_to_grid_affine(np.asarray(self.shape[::-1], dtype=np.float64))
 
     @property
     def flips_orientation(self) -> bool:
