@@ -17,7 +17,8 @@ hour, from its log; training image passes, steps x batch x accumulation plus ``-
 The run's split must be the data's split file. ``--average-with`` bundles the mean of the run's weights and
 those of other models of the same architecture (a weight average of models fine-tuned from one another,
 chosen on the validation split); the card names each (``training.averaged_with``: name and SHA-256), and its
-steps and image passes are the largest of the averaged models'.
+steps and image passes are the largest of the averaged models'. A several-organ model's card also gets the organ
+layout of its training labels (``input.organ_layout``, as ``tools/organ_layout.py`` writes it), read from ``--data-dir``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import json
 import shutil
 from pathlib import Path
 
+from imagetomesh.organs import organs_of
 from imagetomesh.training.configs import HIPPOCAMPUS_GRID
+from imagetomesh.training.msd import label_layout, read_msd
 from imagetomesh.weights import CARD_NAME, WEIGHTS_NAME, average_states, load_state, read_card, sha256_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,6 +132,13 @@ def main() -> None:
     parser.add_argument("--into", type=Path, default=REPO / "Resources" / "Models", help="folder of bundled models")
     parser.add_argument("--data", default="hippocampus", choices=sorted(DATA), help="the training data")
     parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="the training data's MSD folder, whose training labels give a several-organ model's organ layout "
+        "(default: ../shared/data/<--data>)",
+    )
+    parser.add_argument(
         "--init-passes",
         type=int,
         default=0,
@@ -213,7 +223,10 @@ def main() -> None:
         card["validation_metrics_note"] = (f"{note}; " if note else "") + (
             f"of the run's {args.which} checkpoint before averaging (the average's own validation is in the history)"
         )
-    card["input"] = input_block
+    card["input"] = dict(input_block)
+    if card.get("organs"):
+        cases = read_msd(args.data_dir or REPO.parent / "shared" / "data" / args.data)
+        card["input"]["organ_layout"] = label_layout([cases[c] for c in split["train"]], organs_of(card)).to_dict()
     (target / CARD_NAME).write_text(json.dumps(card, indent=2))
     print(f"bundled {target}")
 

@@ -1,7 +1,8 @@
 """Medical Segmentation Decathlon layout: ``dataset.json``, ``imagesTr/``, ``labelsTr/``.
 
 A deterministic split (seeded shuffle of the sorted case ids) is saved as JSON so that
-training, validation and reporting all read the same lists.
+training, validation and reporting all read the same lists. :func:`label_layout` places a
+several-organ dataset's organs in its labels (a card's ``input.organ_layout``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from imagetomesh.errors import InputError
 from imagetomesh.io.atomic import atomic_write
-from imagetomesh.io.images import image_stem
+from imagetomesh.io.images import image_stem, read_image
+from imagetomesh.organ_layout import OrganLayout, OrganPlace, layout_of_places
 
 
 @dataclass(frozen=True)
@@ -105,3 +109,21 @@ def load_or_make_split(case_ids, path: str | Path, seed: int = 0) -> dict[str, l
     with atomic_write(path) as tmp:
         Path(tmp).write_text(json.dumps(split, indent=1))
     return split
+
+
+def label_layout(cases: list[Case], organs) -> OrganLayout:
+    """The :class:`~imagetomesh.organ_layout.OrganLayout` of ``cases``' labels: each organ (``organs``:
+    :class:`~imagetomesh.organs.Organ` list) placed where it was contoured (``labels_present``) and has voxels."""
+    places = []
+    for case in cases:
+        label = read_image(case.label)
+        values = np.asarray(label.array)
+        contoured = {}
+        for organ in organs:
+            if case.labels_present is not None and organ.label not in case.labels_present:
+                continue
+            mask = values == organ.label
+            if mask.any():
+                contoured[organ.name] = OrganPlace.of_mask(mask, label.index_to_lps)
+        places.append(contoured)
+    return layout_of_places(places, [o.name for o in organs])
