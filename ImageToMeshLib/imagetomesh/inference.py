@@ -19,6 +19,7 @@ from imagetomesh.models.organ_decoders import context_shape
 from imagetomesh.models.protocol import DeformedTemplateModel
 from imagetomesh.models.snapping import flip_averaged_probability, snap_vertices
 from imagetomesh.nn.precision import bf16_autocast, bf16_supported, to_channels_last
+from imagetomesh.organ_layout import OrganLayout, OrganPlace, layout_mismatch
 from imagetomesh.organs import Organ, mirrored_classes, organs_of
 from imagetomesh.preprocessing import GridSpec, prepare_image
 from imagetomesh.scan import (
@@ -210,14 +211,18 @@ class Segmenter:
         voxels; a mesh model with one decoder per organ (``organ_crops`` in its config: Voxel2Mesh, NUDF)
         runs its U-Net over the scan to find each organ, then that organ's decoder on a crop around it
         (:meth:`_organ_decoder_mesh`). An organ that reaches
-        the edge of the scan is meshed capped there, with a warning naming it and the edge."""
+        the edge of the scan is meshed capped there, with a warning naming it and the edge. With ``check_input``,
+        a scan whose organs (all of the model's, whichever are chosen) do not lie as in the card's training
+        labels is refused (:meth:`_check_layout`) before anything is meshed."""
         if self.organs is None:
             raise InputError(f"model {self.model.name} meshes one structure: use segment")
         self._check(volume)
         image, transform, probabilities = self.scan_probabilities(volume)
         chosen = organs if organs is not None else self.organs
         meshes: dict[str, Mesh | None] = {}
-        masks = organ_masks(probabilities, chosen)
+        masks = organ_masks(probabilities, self.organs)
+        if self.check_input:
+            self._check_layout(masks, transform)
         for organ in chosen:
             mask = masks[organ.name]
             meshes[organ.name] = None
@@ -294,6 +299,20 @@ class Segmenter:
         )[0]
         verts = crop_to_scan_grid(grid_mesh.vertices, start, crop, tuple(image.shape))
         return self._finish(Mesh(verts.astype(np.float32), grid_mesh.faces).transformed(transform.grid_to_lps))
+
+    def _check_layout(self, masks: dict[str, np.ndarray | None], transform: GridTransform) -> None:
+        """:class:`InputError` where the organs found (``masks`` on the scan grid at ``transform``) do not lie as in
+        the training labels of the card's ``input.organ_layout`` (:mod:`imagetomesh.organ_layout`); none without one."""
+        block = self.model.card.get("input", {}).get("organ_layout")
+        if not block:
+            return
+        places = {
+            name: OrganPlace.of_mask(mask, transform.index_to_lps) for name, mask in masks.items() if mask is not None
+        }
+        region = self.model.card["input"].get("body_region") or "body region"
+        reason = layout_mismatch(places, OrganLayout.from_dict(block), self.model.name, region)
+        if reason is not None:
+            raise InputError(f"{reason}; or pass --allow-mismatch to segment it anyway")
 
     def _check(self, volume: Volume) -> None:
         """:class:`InputError` for non-finite voxels, and (``check_input``) for an image the model was not made for."""

@@ -111,3 +111,30 @@ def test_a_bad_roi_is_one_line(whole_head, tmp_path, capsys, box):
         ["segment", path, "--model", "unet-hippocampus", f"--roi={box}", "-o", tmp_path / "m.stl"], capsys
     )
     assert code == 2 and err.count("\n") == 1 and "--roi" in err
+
+
+HEADNECK = SAMPLES / "headneck-ct" / "openkbp_082.nii.gz"
+
+
+def test_an_abdominal_ct_given_to_the_head_and_neck_model(tmp_path, capsys):
+    """A CT like the ones it was made for, of another body region: the organs found do not lie as in its training
+    scans (a "spinal cord" across the pelvis above a "brainstem"), so nothing is written unless asked."""
+    code, _, err = run(["segment", CT, "--model", "unet-headneck-ct", "-o", tmp_path], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "do not lie as in the head and neck CTs" in err and "--allow-mismatch" in err
+    assert list(tmp_path.iterdir()) == []
+    code, _, err = run(["segment", CT, "--model", "unet-headneck-ct", "--allow-mismatch", "-o", tmp_path], capsys)
+    assert code == 0 and any(tmp_path.iterdir())
+
+
+def test_a_head_and_neck_ct_stored_upside_down_is_refused(tmp_path, capsys):
+    scan = read_image(HEADNECK)
+    upside_down = write_image(scan.with_array(np.ascontiguousarray(scan.array[::-1])), tmp_path / "flipped.nii.gz")
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = run(
+        ["segment", upside_down, "--model", "unet-headneck-ct", "--organs", "mandible", "-o", out], capsys
+    )
+    assert code == 2 and "stored with its true orientation" in err and list(out.iterdir()) == []
+    code, _, err = run(["segment", HEADNECK, "--model", "unet-headneck-ct", "--organs", "mandible", "-o", out], capsys)
+    assert code == 0 and [p.name for p in out.iterdir()] == ["openkbp_082_mandible.stl"], err

@@ -251,7 +251,8 @@ def register(sub) -> None:
     p.add_argument(
         "--allow-mismatch",
         action="store_true",
-        help="segment images the model's card says it was not made for (another modality, a far larger field of view)",
+        help="segment images the model's card says it was not made for (another modality, a far larger field of "
+        "view, organs found where the training scans never had them)",
     )
     add_space(p)
     p.set_defaults(func=cmd_segment)
