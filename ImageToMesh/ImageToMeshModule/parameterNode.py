@@ -43,6 +43,7 @@ class ImageToMeshParameterNode:
     method: str = ""
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     outputModel: Optional[vtkMRMLModelNode]
+    allowMismatch: bool = False  # list and run models not made for the volume (the CLI's --allow-mismatch)
     # Annotate and fit (sliders start at the paper's weights for curves)
     prior: str = ""
     logLambdaDir: Annotated[float, WithinRange(*LOG_LAMBDA_DIR_RANGE)] = 2.0

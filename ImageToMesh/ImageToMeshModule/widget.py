@@ -28,6 +28,8 @@ from .sceneAdapters import nodeInScene
 
 #: Slice views that get an annotation curve, in drawing order.
 SLICE_VIEWS = ("Red", "Yellow", "Green")
+#: What the panel says instead of the library's "pass --allow-mismatch" (the check box of that name)
+ALLOW_MISMATCH_IN_PANEL = "tick 'Also offer models not made for this volume'"
 
 #: Markups events that mean a curve's shape changed (VTK names custom events alike in callbacks,
 #: so the first point's placement has its own callback).
@@ -298,7 +300,7 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
         """List only the segmentation methods whose card fits the input volume (and ROI); say why the others are not."""
         p = self._parameterNode
         volume, roi = p.inputVolume, p.roi
-        key = tuple((n.GetID(), n.GetMTime()) if n is not None else None for n in (volume, roi))
+        key = (*((n.GetID(), n.GetMTime()) if n is not None else None for n in (volume, roi)), p.allowMismatch)
         if key == getattr(self, "_methodsListedFor", None):
             return
         self._methodsListedFor = key
@@ -307,7 +309,7 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
         except Exception as err:  # an unreadable volume is reported when the user applies
             self._log(f"could not check which models fit the volume: {err}")
             mismatches = {}
-        allowed = [name for name in self.logic.segmentationMethods() if not mismatches.get(name)]
+        allowed = [name for name in self.logic.segmentationMethods() if p.allowMismatch or not mismatches.get(name)]
         combo = self.ui.methodComboBox
         _setItems(combo, allowed, p.method or combo.currentText)
         self._mismatches = {name: reason for name, reason in mismatches.items() if reason}
@@ -328,7 +330,12 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
         mismatches = getattr(self, "_mismatches", {})
         if mismatches:
             others = "<br>".join(f"{other}: {reason}" for other, reason in sorted(mismatches.items()))
-            text += ("<br>" if text else "") + f"<i>Not listed for this volume:</i><br>{others}"
+            heading = (
+                _("Not made for this volume (listed all the same):")
+                if self._parameterNode is not None and self._parameterNode.allowMismatch
+                else _("Not listed for this volume:")
+            )
+            text += ("<br>" if text else "") + f"<i>{heading}</i><br>{others}"
         self.ui.modelCardLabel.text = text
 
     def _onRefineInputChanged(self, node) -> None:
@@ -535,7 +542,7 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
             "segment",
             self.ui.applyButton,
             lambda: self.logic.prepareSegment(
-                p.inputVolume, self.ui.methodComboBox.currentText, p.outputModel, p.roi, p.device
+                p.inputVolume, self.ui.methodComboBox.currentText, p.outputModel, p.roi, p.device, p.allowMismatch
             ),
         )
 
@@ -731,8 +738,8 @@ class ImageToMeshWidget(ScriptedLoadableModuleWidget, slicer.util.VTKObservation
     # --- messages -----------------------------------------------------------------------------
     def _showError(self, err, what=None) -> None:
         """An error in the status line, the log and a message box (Slicer's ``errorDisplay``)."""
-        if isinstance(err, InputError):
-            message = str(err)
+        if isinstance(err, InputError):  # the library names its CLI's override; the panel has a check box for it
+            message = str(err).replace("pass --allow-mismatch", ALLOW_MISMATCH_IN_PANEL)
         elif isinstance(err, WorkerDied):
             message = f"{err}. Nothing was added to the scene; the worker restarts on the next run."
         elif isinstance(err, BackendError):

@@ -159,6 +159,26 @@ def test_only_the_models_made_for_the_volume_are_listed(itm, scene, h, panel):
     assert widget.ui.applyButton.enabled == bool(listed)
 
 
+def test_allowing_mismatches_lists_every_model_and_runs_with_the_override(itm, scene, h, mesh, panel):
+    from imagetomesh.io.images import read_image
+
+    fake = h.FakeBackend(lambda job: mesh)
+    widget = panel(fake)
+    everything = widget.ui.methodComboBox.count
+    ct = read_image(application.REPO / "Resources" / "SampleData" / "ct-example" / "example_ct.nii.gz")
+    widget._parameterNode.inputVolume = h.volume_to_node(ct, "abdomen CT")
+    assert widget.ui.methodComboBox.count < everything and not widget._parameterNode.allowMismatch
+    widget.ui.allowMismatchCheckBox.click()
+    assert widget._parameterNode.allowMismatch and widget.ui.methodComboBox.count == everything
+    assert "Not made for this volume (listed all the same)" in widget.ui.modelCardLabel.text
+    widget.ui.methodComboBox.currentIndex = widget.ui.methodComboBox.findText("unet-hippocampus")
+    widget.ui.applyButton.click()
+    wait_until(lambda: widget._job is None, what="the job to finish")
+    assert fake.jobs[0].params["model"] == "unet-hippocampus" and fake.jobs[0].params["allow_mismatch"] is True
+    widget.ui.allowMismatchCheckBox.click()  # off again: the CT list again
+    assert widget.ui.methodComboBox.count < everything
+
+
 def test_exit_disconnects_the_panel_and_enter_reconnects_it(itm, scene, panel):
     widget = panel()
     widget.exit()
@@ -257,6 +277,23 @@ def test_bad_input_is_shown_in_a_message_box(itm, scene, h, label, app, panel):
     widget.ui.applyButton.click()
     wait_until(lambda: widget._job is None, what="the error")
     assert errors(app) == ["the image is not a hippocampus MRI; choose another model"]
+
+
+def test_a_refusal_names_the_panels_check_box_not_the_command_line_flag(itm, scene, h, label, app, panel):
+    from imagetomesh.errors import InputError
+
+    def refuse(job):
+        raise InputError(
+            "the organs found do not lie as in its training CTs; or pass --allow-mismatch to segment it anyway"
+        )
+
+    widget = panel(h.FakeBackend(refuse))
+    image_node(h, label)
+    widget.ui.applyButton.click()
+    wait_until(lambda: widget._job is None, what="the error")
+    (shown,) = errors(app)
+    assert "--allow-mismatch" not in shown
+    assert shown.endswith("or tick 'Also offer models not made for this volume' to segment it anyway")
 
 
 # --- annotate and fit -----------------------------------------------------------------------------
