@@ -225,3 +225,8 @@ def test_models_lists_every_bundled_model_with_flat_metrics(capsys):
     for name in available_models():
         assert f"\n{name}\n" in f"\n{out}"
     assert "{" not in out, "nested metric blocks are flattened"
+    # what a whole-scan CT model takes, its organ-layout check included
+    assert (
+        "CT head and neck (brainstem, spinal_cord" in out
+        and "organs found must lie as in its 147 training scans" in out
+    )

@@ -59,6 +59,9 @@ def cmd_models(args) -> int:
                 if spec.max_extent_mm
                 else ""
             )
+            layout = card["input"].get("organ_layout")
+            if layout:
+                field += f"; organs found must lie as in its {layout.get('cases', '?')} training scans"
             print(
                 f"    input     {spec.modality} {spec.body_region} ({', '.join(spec.organs)}); {spec.intensity}{field}"
             )
