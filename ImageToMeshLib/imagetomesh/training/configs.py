@@ -363,6 +363,16 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
         copy.deepcopy(unet["headneck-ct-cpu-contoured-long"]),
         pseudo_label_teachers=["unet-headneck-ct", "unet-headneck-ct-wide-gpu"],
     )
+    # the bundled head-and-neck U-Net (--init-from unet-headneck-ct) fine-tuned with the same schedule on taller
+    # crops: 80 slices (200 mm) of 96 x 96 instead of 48 (120 mm) of 80 x 80, so that a crop holds the skull base,
+    # the brainstem and the top of the cord together, and the larynx with the oesophagus below it: where planners end
+    # the brainstem, larynx and oesophagus is where the model's outlines part from theirs most (session 26). Tried
+    # (session 32, --time-limit 95 --fit-steps-to-time: 2.9 s a step on one thread, 1,760 steps, stopped at 1,600):
+    # training-grid validation voxel Dice 0.730-0.735 (best 0.735 at step 1,200; the bundled run 0.737); whole scans
+    # 0.750 alone (the bundled U-Net 0.752), 0.758 with the wide U-Net (0.759): not bundled (docs/headneck-ct-results.md)
+    unet["headneck-ct-cpu-contoured-tall"] = replace(
+        copy.deepcopy(unet["headneck-ct-cpu-contoured-long"]), patch=[80, 96, 96], lr=5e-4
+    )
     # the bundled head-and-neck U-Net (--init-from unet-headneck-ct) fine-tuned on crops mirrored left to right
     # half the time, the parotids trading classes: twice the parotid shapes, and a network that sees a mirrored
     # scan as a scan, so segment can average it with its mirror. Tried (session 21), not bundled: whole-scan
