@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imagetomesh.core.transforms import GridTransform, grid_to_index_affine
+from imagetomesh.core.transforms import GridTransform
 from imagetomesh.core.volume import Volume
 from imagetomesh.inference import Segmenter
 from imagetomesh.io.images import read_image
@@ -131,14 +131,8 @@ def obliqued(image: Volume, about_s_deg: float = 15.0, about_l_deg: float = 10.0
     corners = np.array([[i, j, k, 1.0] for i in ends[0] for j in ends[1] for k in ends[2]]) @ image.index_to_lps.T
     along = corners[:, :3] @ direction  # the corners' coordinates along the turned axes
     size = np.ceil((along.max(0) - along.min(0)) / spacing).astype(int)
-    origin = direction @ (along.min(0) + spacing / 2)
-    index_to_lps = np.eye(4)
-    index_to_lps[:3, :3] = direction * spacing[None, :]
-    index_to_lps[:3, 3] = origin
-    grid = GridTransform(
-        index_to_lps @ grid_to_index_affine(size.astype(np.float64)), tuple(int(n) for n in size[::-1])
-    )
-    return Volume(resample_to_grid(image, grid, fill=-1000.0).numpy(), spacing, origin, direction)
+    turned = Volume(np.empty(size[::-1], np.float32), spacing, direction @ (along.min(0) + spacing / 2), direction)
+    return turned.with_array(resample_to_grid(image, GridTransform.of_volume(turned), fill=-1000.0).numpy())
 
 
 def padded(image: Volume, pad=((10, 30), (20, 0), (40, 12)), air: float = -1000.0) -> Volume:
