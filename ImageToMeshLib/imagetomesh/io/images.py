@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
 from imagetomesh.io.atomic import atomic_write, check_output_path, format_suffix
+from imagetomesh.io.dicom_series import SeriesSlices, regular_series
 from imagetomesh.io.inputs import SPACING_RANGE_MM, check_coordinates, check_input_path
 from imagetomesh.io.native import native_output_quiet
 
@@ -215,7 +216,9 @@ _NONFINITE_MESSAGE = "image {path} contains NaN/Inf voxels; replace them (e.g. w
 
 
 # --- reading -------------------------------------------------------------------------------
-def _read_dicom_folder(folder: Path) -> sitk.Image:
+def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, SeriesSlices | None]:
+    """The largest series in ``folder`` as ITK stacks it, and where its slices say they lie (None when they do
+    not say: :class:`~imagetomesh.io.dicom_series.SeriesSlices`)."""
     try:
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as err:
@@ -229,10 +232,12 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
             best = tuple(files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(best)
+    reader.MetaDataDictionaryArrayUpdateOn()  # each slice's own position and orientation
     try:
-        return reader.Execute()
+        image = reader.Execute()
     except RuntimeError as err:
         raise InputError(f"could not read the DICOM series in {folder}: {_short_itk_message(err)}") from None
+    return image, SeriesSlices.of_reader(reader, len(best))
 
 
 def _check_header(path: Path, dimension: int, size: tuple[int, ...], components: int, pixel: str) -> None:
@@ -259,10 +264,12 @@ def _check_header(path: Path, dimension: int, size: tuple[int, ...], components:
         raise InputError(f"image {path} is {dimension}D; give a 3D volume")
 
 
-def _read_sitk(path: Path) -> sitk.Image:
-    """The image of a checked input path: a DICOM series folder or a single file (header checked first)."""
+def _read_sitk(path: Path) -> tuple[sitk.Image, SeriesSlices | None]:
+    """The image of a checked input path: a DICOM series folder or a single file (header checked first), and
+    for a series where its slices lie (:func:`_read_dicom_folder`; None for a file)."""
+    slices = None
     if path.is_dir():
-        image = _read_dicom_folder(path)
+        image, slices = _read_dicom_folder(path)
         _check_header(
             path,
             image.GetDimension(),
@@ -295,11 +302,15 @@ def _read_sitk(path: Path) -> sitk.Image:
                 f"could not read {path} as an image (corrupt, truncated or not an image): "
                 f"{_short_itk_message(err)}; {_IMAGE_HINT}"
             ) from None
-    return image
+    return image, slices
 
 
-def read_image(path: str | os.PathLike) -> Volume:
+def read_image(path: str | os.PathLike, labels: bool = False) -> Volume:
     """Read a 3D image file, or the largest DICOM series in a folder, as a :class:`Volume`.
+
+    A DICOM series whose slices ITK would misplace (a gantry tilt, uneven spacing) comes back resampled onto a
+    regular grid, with a warning (:mod:`imagetomesh.io.dicom_series`); ``labels``: the image is a labelmap, so
+    that resampling reads nearest voxels.
 
     Returns:
         Volume with ``array`` ``(D, H, W)`` in the file's pixel type and LPS geometry.
@@ -308,15 +319,18 @@ def read_image(path: str | os.PathLike) -> Volume:
         InputError: missing path, folder without DICOM, unreadable/truncated/non-image file,
             2D, 4D or multi-component image, or NaN/Inf voxels.
     """
-    path, image = _open_image(path)
+    path, image = _open_image(path, labels)
     return _checked_volume(volume_from_sitk(image), path)
 
 
-def _open_image(path: str | os.PathLike) -> tuple[Path, sitk.Image]:
-    """The checked path and its 3D ``sitk.Image`` (the first volume of a 4D one)."""
+def _open_image(path: str | os.PathLike, labels: bool = False) -> tuple[Path, sitk.Image]:
+    """The checked path and its 3D ``sitk.Image`` (the first volume of a 4D one; a DICOM series' slices where
+    they lie, :func:`~imagetomesh.io.dicom_series.regular_series`, by nearest voxels for ``labels``)."""
     path = check_input_path(path, "image", folder_ok=True)
     with native_output_quiet():  # ITK/GDCM/MetaIO print around the one-line error raised here
-        image = _read_sitk(path)
+        image, slices = _read_sitk(path)
+    if slices is not None:  # outside the quiet block: its warning must reach the user
+        image = regular_series(image, slices, str(path), labels)
     if image.GetDimension() > 3:
         size = list(image.GetSize())
         image = sitk.Extract(image, size[:3] + [0] * (len(size) - 3), [0] * len(size))
@@ -377,8 +391,8 @@ def read_labelmap(path: str | os.PathLike, label: int | None = None, crop_margin
             ``label`` not present (the message lists the labels that are).
     """
     if crop_margin is None:
-        return labelmap_mask(read_image(path), label, path)
-    path, image = _open_image(path)
+        return labelmap_mask(read_image(path, labels=True), label, path)
+    path, image = _open_image(path, labels=True)
     # a view of ITK's buffer (no copy); ``image`` stays alive until the crop below is copied out
     whole = _checked_volume(
         Volume(
