@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from dicom_files import write_series
 from scipy import ndimage
 
 from imagetomesh.cli import main
@@ -25,46 +26,12 @@ from imagetomesh.io.meshes import read_mesh
 from imagetomesh.metrics import mesh_dice_iou
 
 HEADNECK = Path(__file__).resolve().parents[2] / "Resources" / "SampleData" / "headneck-ct"
-SERIES_UID = "1.2.826.0.1.3680043.2.1125.8.1"
 GRADIENT = np.array([2.0, 3.0, -1.5])  # HU per mm along L, P, S
 
 
 def field(points: np.ndarray) -> np.ndarray:
     """The phantom's intensity at LPS ``points (..., 3)``."""
     return points @ GRADIENT + 100.0
-
-
-def slice_points(position, row, column, shape, spacing) -> np.ndarray:
-    """``(R, C, 3)`` LPS positions of a slice's pixels."""
-    j, i = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
-    return position + (i * spacing[0])[..., None] * row + (j * spacing[1])[..., None] * column
-
-
-def write_series(folder, positions, orientation, values, shape=(30, 36), spacing=(1.2, 1.0)):
-    """One DICOM file per slice at ``positions (N, 3)``, directions ``orientation`` (row, column), pixels
-    ``values(points (R, C, 3)) -> (R, C)``; files named in reverse order (the reader sorts by position)."""
-    folder.mkdir(parents=True)
-    row, column = (np.asarray(v, dtype=np.float64) for v in orientation)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k, position in enumerate(np.asarray(positions, dtype=np.float64)):
-        pixels = values(slice_points(position, row, column, shape, spacing))
-        image = sitk.GetImageFromArray(np.rint(pixels).astype(np.int16)[None])[:, :, 0]
-        image.SetSpacing(spacing)
-        tags = {
-            "0008|0060": "CT",
-            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
-            "0008|0018": f"{SERIES_UID}.{k + 1}",
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.8",
-            "0020|000e": SERIES_UID,
-            "0020|0013": str(k + 1),
-            "0020|0037": "\\".join(f"{v:.6f}" for v in (*row, *column)),
-            "0020|0032": "\\".join(f"{v:.4f}" for v in position),
-        }
-        for tag, value in tags.items():
-            image.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"s{len(positions) - k:03d}.dcm"))
-        writer.Execute(image)
 
 
 def tilted(angle_deg: float, count: int = 24, step: float = 2.5, in_orientation: bool = False):
@@ -173,6 +140,20 @@ def test_regular_series_is_read_as_itk_stacks_it(tmp_path):
         volume = read_image(folder)
     assert volume.array.shape == (12, 30, 36)
     np.testing.assert_allclose(volume.origin, (5.0, -7.0, 0.0), atol=1e-3)
+
+
+def test_a_folder_of_several_series_says_which_it_read(tmp_path):
+    """A study exported into one folder: the largest series is read, and the warning names each series."""
+    z = np.arange(24) * 2.5
+    positions = np.stack([np.full(24, -20.0), np.full(24, -15.0), z], axis=1)
+    axial = ((1, 0, 0), (0, 1, 0))
+    write_series(tmp_path, positions, axial, field, uid="1.2.826.0.1.3680043.2.1125.8.2", description="CT Head 2.5mm")
+    write_series(tmp_path, positions[:2], axial, lambda p: field(p) + 500, uid="1.2.826.0.1.3680043.2.1125.8.3")
+    write_series(tmp_path, positions[::4], axial, field, uid="1.2.826.0.1.3680043.2.1125.8.4", description="Bone")
+    message = r"holds 3 DICOM series; read the largest, 'CT Head 2\.5mm' \(24 slices\); not read: 2 slices, 'Bone' \(6 slices\)"
+    with pytest.warns(UserWarning, match=message):
+        volume = read_image(tmp_path)
+    assert volume.array.shape == (24, 30, 36)
 
 
 def test_two_slices_at_one_position_are_refused(tmp_path):

@@ -176,7 +176,8 @@ def test_dicom_series_folder_round_trip(tmp_path):
     _write_dicom_series(
         folder, array[:2] + 1000, (0.8, 0.9, 2.5), (10.0, -20.0, 90.0), "1.2.826.0.1.3680043.2.1125.7.2", "t"
     )
-    volume = read_image(folder)
+    with pytest.warns(UserWarning, match=r"holds 2 DICOM series; read the largest, 5 slices; not read: 2 slices"):
+        volume = read_image(folder)
     np.testing.assert_array_equal(volume.array, array)
     np.testing.assert_allclose(volume.spacing, (0.8, 0.9, 2.5), atol=1e-4)
     np.testing.assert_allclose(volume.origin, (10.0, -20.0, 30.0), atol=1e-4)

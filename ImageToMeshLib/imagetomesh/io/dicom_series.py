@@ -10,7 +10,9 @@ slice's own position (ImagePositionPatient) with where ITK's volume puts it and,
 than :data:`LATTICE_TOLERANCE` of a voxel, resamples the slices onto a regular grid along the slice normal:
 linearly between the two slices around each new one and within each slice (nearest for labelmaps), as
 3D Slicer's acquisition-geometry regularisation does, with a warning that says what was found. A series
-whose slices lie in different orientations, or two of whose slices lie at one position, is refused.
+whose slices lie in different orientations, or two of whose slices lie at one position, is refused. A folder
+of several series (a study exported at once: scout, reconstructions) gives its largest, and a warning names
+it and the others (:class:`SeriesRead`).
 """
 
 from __future__ import annotations
@@ -70,6 +72,47 @@ class SeriesSlices:
         row, column = self.orientations[0] / np.linalg.norm(self.orientations[0], axis=1, keepdims=True)
         normal = np.cross(row, column)
         return normal / np.linalg.norm(normal)
+
+
+def series_description(first_file: str, count: int) -> str:
+    """A series in words for a message: its SeriesDescription (0008,103E), read from ``first_file``'s header
+    when it has one, and its ``count`` of files: ``'CT Head 2.5 mm' (150 slices)``."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(first_file)
+    described = ""
+    try:
+        reader.ReadImageInformation()
+        if reader.HasMetaDataKey("0008|103e"):
+            described = reader.GetMetaData("0008|103e").strip()
+    except RuntimeError:
+        pass
+    slices = f"{count} slice{'s' if count != 1 else ''}"
+    return f"'{described}' ({slices})" if described else slices
+
+
+@dataclass(frozen=True)
+class SeriesRead:
+    """The series read from a folder: ``image`` as ITK stacked it, ``slices`` where they say they lie (None when
+    they do not say), ``described`` it in words and ``others`` the folder's series that were not read
+    (:func:`series_description`)."""
+
+    image: sitk.Image
+    slices: SeriesSlices | None
+    described: str
+    others: tuple[str, ...] = ()
+
+    def placed(self, name: str, labels: bool = False) -> sitk.Image:
+        """The series with its slices where they lie (:func:`regular_series`), after a warning naming the
+        series read when folder ``name`` holds others."""
+        if self.others:
+            warnings.warn(
+                f"folder {name} holds {len(self.others) + 1} DICOM series; read the largest, {self.described}; "
+                f"not read: {', '.join(self.others)} (give the folder of one series to choose it)",
+                stacklevel=3,
+            )
+        if self.slices is None:
+            return self.image
+        return regular_series(self.image, self.slices, name, labels)
 
 
 def stack_error(image: sitk.Image, slices: SeriesSlices) -> float:

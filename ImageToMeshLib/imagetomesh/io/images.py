@@ -21,7 +21,7 @@ import SimpleITK as sitk
 from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
 from imagetomesh.io.atomic import atomic_write, check_output_path, format_suffix
-from imagetomesh.io.dicom_series import SeriesSlices, regular_series
+from imagetomesh.io.dicom_series import SeriesRead, SeriesSlices, series_description
 from imagetomesh.io.inputs import SPACING_RANGE_MM, check_coordinates, check_input_path
 from imagetomesh.io.native import native_output_quiet
 
@@ -216,20 +216,18 @@ _NONFINITE_MESSAGE = "image {path} contains NaN/Inf voxels; replace them (e.g. w
 
 
 # --- reading -------------------------------------------------------------------------------
-def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, SeriesSlices | None]:
-    """The largest series in ``folder`` as ITK stacks it, and where its slices say they lie (None when they do
-    not say: :class:`~imagetomesh.io.dicom_series.SeriesSlices`)."""
+def _read_dicom_folder(folder: Path) -> SeriesRead:
+    """The largest series in ``folder`` as ITK stacks it, where its slices say they lie, and the folder's other
+    series (:class:`~imagetomesh.io.dicom_series.SeriesRead`)."""
     try:
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as err:
         raise InputError(f"could not scan folder {folder} for DICOM: {_short_itk_message(err)}") from None
     if not series_ids:
         raise InputError(f"folder {folder} holds no DICOM series; {_IMAGE_HINT}")
-    best: tuple[str, ...] = ()
-    for series_id in series_ids:
-        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id)
-        if len(files) > len(best):
-            best = tuple(files)
+    series = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), i) for i in series_ids]
+    best = max(series, key=len)  # the first of the largest
+    others = tuple(series_description(files[0], len(files)) for files in series if files is not best and files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(best)
     reader.MetaDataDictionaryArrayUpdateOn()  # each slice's own position and orientation
@@ -237,7 +235,8 @@ def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, SeriesSlices | None]:
         image = reader.Execute()
     except RuntimeError as err:
         raise InputError(f"could not read the DICOM series in {folder}: {_short_itk_message(err)}") from None
-    return image, SeriesSlices.of_reader(reader, len(best))
+    slices = SeriesSlices.of_reader(reader, len(best))
+    return SeriesRead(image, slices, series_description(best[0], len(best)), others)
 
 
 def _check_header(path: Path, dimension: int, size: tuple[int, ...], components: int, pixel: str) -> None:
@@ -264,12 +263,13 @@ def _check_header(path: Path, dimension: int, size: tuple[int, ...], components:
         raise InputError(f"image {path} is {dimension}D; give a 3D volume")
 
 
-def _read_sitk(path: Path) -> tuple[sitk.Image, SeriesSlices | None]:
+def _read_sitk(path: Path) -> tuple[sitk.Image, SeriesRead | None]:
     """The image of a checked input path: a DICOM series folder or a single file (header checked first), and
-    for a series where its slices lie (:func:`_read_dicom_folder`; None for a file)."""
-    slices = None
+    for a series what :func:`_read_dicom_folder` found (None for a file)."""
+    series = None
     if path.is_dir():
-        image, slices = _read_dicom_folder(path)
+        series = _read_dicom_folder(path)
+        image = series.image
         _check_header(
             path,
             image.GetDimension(),
@@ -302,7 +302,7 @@ def _read_sitk(path: Path) -> tuple[sitk.Image, SeriesSlices | None]:
                 f"could not read {path} as an image (corrupt, truncated or not an image): "
                 f"{_short_itk_message(err)}; {_IMAGE_HINT}"
             ) from None
-    return image, slices
+    return image, series
 
 
 def read_image(path: str | os.PathLike, labels: bool = False) -> Volume:
@@ -328,9 +328,9 @@ def _open_image(path: str | os.PathLike, labels: bool = False) -> tuple[Path, si
     they lie, :func:`~imagetomesh.io.dicom_series.regular_series`, by nearest voxels for ``labels``)."""
     path = check_input_path(path, "image", folder_ok=True)
     with native_output_quiet():  # ITK/GDCM/MetaIO print around the one-line error raised here
-        image, slices = _read_sitk(path)
-    if slices is not None:  # outside the quiet block: its warning must reach the user
-        image = regular_series(image, slices, str(path), labels)
+        image, series = _read_sitk(path)
+    if series is not None:  # outside the quiet block: its warnings must reach the user
+        image = series.placed(str(path), labels)
     if image.GetDimension() > 3:
         size = list(image.GetSize())
         image = sitk.Extract(image, size[:3] + [0] * (len(size) - 3), [0] * len(size))
