@@ -40,5 +40,5 @@ def write_series(
             tags["0008|103e"] = description
         for tag, value in tags.items():
             image.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"{uid[-6:]}-{len(positions) - k:03d}.dcm"))
+        writer.SetFileName(str(folder / f"im{len(positions) - k:03d}-{uid.rsplit('.', 1)[-1]}.dcm"))
         writer.Execute(image)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from dicom_files import write_series
+from dicom_files import SERIES_UID, write_series
 from scipy import ndimage
 
 from imagetomesh.cli import main
@@ -154,6 +154,22 @@ def test_a_folder_of_several_series_says_which_it_read(tmp_path):
     with pytest.warns(UserWarning, match=message):
         volume = read_image(tmp_path)
     assert volume.array.shape == (24, 30, 36)
+
+
+def test_an_export_folder_is_searched_for_its_series(tmp_path):
+    """A PACS export keeps each series in a folder per patient, study and series: given the export's top folder,
+    the one series below it is read, and the user is told where it was found; with two, both are named."""
+    z = np.arange(8) * 2.5
+    positions = np.stack([np.zeros(8), np.zeros(8), z], axis=1)
+    axial = ((1, 0, 0), (0, 1, 0))
+    (tmp_path / "export" / "DICOMDIR-notes").mkdir(parents=True)
+    write_series(tmp_path / "export" / "PA0" / "ST0" / "SE0", positions, axial, field)
+    with pytest.warns(UserWarning, match=r"holds no DICOM series itself: read the one in PA0/ST0/SE0"):
+        volume = read_image(tmp_path / "export")
+    assert volume.array.shape == (8, 30, 36)
+    write_series(tmp_path / "export" / "PA0" / "ST0" / "SE1", positions[:3], axial, field, uid=SERIES_UID + ".2")
+    with pytest.raises(InputError, match=r"2 folders below it do: PA0/ST0/SE0 \(8 slices\), PA0/ST0/SE1 \(3 slices\)"):
+        read_image(tmp_path / "export")
 
 
 def test_two_slices_at_one_position_are_refused(tmp_path):

@@ -12,13 +12,16 @@ linearly between the two slices around each new one and within each slice (neare
 3D Slicer's acquisition-geometry regularisation does, with a warning that says what was found. A series
 whose slices lie in different orientations, or two of whose slices lie at one position, is refused. A folder
 of several series (a study exported at once: scout, reconstructions) gives its largest, and a warning names
-it and the others (:class:`SeriesRead`).
+it and the others (:class:`SeriesRead`); a folder that holds none itself but one below it that does (an export
+with a folder per patient, study and series) gives that one's (:func:`series_folders`).
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,6 +37,10 @@ ORIENTATION_TOLERANCE = 1e-3
 SAME_POSITION_MM = 1e-3
 #: A gap this many times the usual slice distance is reported as slices missing.
 GAP_FACTOR = 1.9
+#: Folders looked at below a folder that holds no DICOM series itself (:func:`series_folders`).
+MAX_SUBFOLDERS = 2000
+#: Folders named in a message that lists them.
+LISTED_FOLDERS = 5
 
 
 @dataclass(frozen=True)
@@ -93,26 +100,40 @@ def series_description(first_file: str, count: int) -> str:
 @dataclass(frozen=True)
 class SeriesRead:
     """The series read from a folder: ``image`` as ITK stacked it, ``slices`` where they say they lie (None when
-    they do not say), ``described`` it in words and ``others`` the folder's series that were not read
-    (:func:`series_description`)."""
+    they do not say), and ``notes`` for the user about the choice of series (each a warning of :meth:`placed`)."""
 
     image: sitk.Image
     slices: SeriesSlices | None
-    described: str
-    others: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def placed(self, name: str, labels: bool = False) -> sitk.Image:
-        """The series with its slices where they lie (:func:`regular_series`), after a warning naming the
-        series read when folder ``name`` holds others."""
-        if self.others:
-            warnings.warn(
-                f"folder {name} holds {len(self.others) + 1} DICOM series; read the largest, {self.described}; "
-                f"not read: {', '.join(self.others)} (give the folder of one series to choose it)",
-                stacklevel=3,
-            )
+        """The series with its slices where they lie (:func:`regular_series`), after a warning for each note."""
+        for note in self.notes:
+            warnings.warn(note, stacklevel=3)
         if self.slices is None:
             return self.image
         return regular_series(self.image, self.slices, name, labels)
+
+
+def series_folders(folder: Path, limit: int = MAX_SUBFOLDERS) -> list[tuple[Path, int]]:
+    """The folders below ``folder`` (not itself; hidden ones and links skipped; at most ``limit`` looked at, in
+    name order) that hold a DICOM series, each with the slice count of its largest series."""
+    found = []
+    for count, (root, subfolders, files) in enumerate(os.walk(folder)):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        if count >= limit:
+            break
+        if Path(root) == Path(folder) or not files:
+            continue
+        try:
+            ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(root)
+            if ids:
+                found.append(
+                    (Path(root), max(len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(root, i)) for i in ids))
+                )
+        except RuntimeError:
+            continue
+    return found
 
 
 def stack_error(image: sitk.Image, slices: SeriesSlices) -> float:

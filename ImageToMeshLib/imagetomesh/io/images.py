@@ -21,7 +21,13 @@ import SimpleITK as sitk
 from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
 from imagetomesh.io.atomic import atomic_write, check_output_path, format_suffix
-from imagetomesh.io.dicom_series import SeriesRead, SeriesSlices, series_description
+from imagetomesh.io.dicom_series import (
+    LISTED_FOLDERS,
+    SeriesRead,
+    SeriesSlices,
+    series_description,
+    series_folders,
+)
 from imagetomesh.io.inputs import SPACING_RANGE_MM, check_coordinates, check_input_path
 from imagetomesh.io.native import native_output_quiet
 
@@ -217,17 +223,33 @@ _NONFINITE_MESSAGE = "image {path} contains NaN/Inf voxels; replace them (e.g. w
 
 # --- reading -------------------------------------------------------------------------------
 def _read_dicom_folder(folder: Path) -> SeriesRead:
-    """The largest series in ``folder`` as ITK stacks it, where its slices say they lie, and the folder's other
-    series (:class:`~imagetomesh.io.dicom_series.SeriesRead`)."""
-    try:
-        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    except RuntimeError as err:
-        raise InputError(f"could not scan folder {folder} for DICOM: {_short_itk_message(err)}") from None
+    """The largest series in ``folder`` (or, when it holds none itself, in the one folder below it that holds
+    series: :func:`~imagetomesh.io.dicom_series.series_folders`) as ITK stacks it, where its slices say they lie,
+    and what the user should be told about the choice (:class:`~imagetomesh.io.dicom_series.SeriesRead`)."""
+    notes: list[str] = []
+    series_ids = _series_ids(folder)
     if not series_ids:
-        raise InputError(f"folder {folder} holds no DICOM series; {_IMAGE_HINT}")
+        below = series_folders(folder)
+        if not below:
+            raise InputError(f"folder {folder} holds no DICOM series; {_IMAGE_HINT}")
+        if len(below) > 1:
+            listed = ", ".join(f"{p.relative_to(folder)} ({n} slices)" for p, n in below[:LISTED_FOLDERS])
+            more = f" and {len(below) - LISTED_FOLDERS} more" if len(below) > LISTED_FOLDERS else ""
+            raise InputError(
+                f"folder {folder} holds no DICOM series itself, and {len(below)} folders below it do: {listed}{more}; "
+                "give the folder of the series to read"
+            )
+        notes.append(f"folder {folder} holds no DICOM series itself: read the one in {below[0][0].relative_to(folder)}")
+        folder = below[0][0]
+        series_ids = _series_ids(folder)
     series = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), i) for i in series_ids]
     best = max(series, key=len)  # the first of the largest
-    others = tuple(series_description(files[0], len(files)) for files in series if files is not best and files)
+    if len(series) > 1:
+        others = ", ".join(series_description(files[0], len(files)) for files in series if files is not best)
+        notes.append(
+            f"folder {folder} holds {len(series)} DICOM series; read the largest, "
+            f"{series_description(best[0], len(best))}; not read: {others} (give the folder of one series to choose it)"
+        )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(best)
     reader.MetaDataDictionaryArrayUpdateOn()  # each slice's own position and orientation
@@ -235,8 +257,14 @@ def _read_dicom_folder(folder: Path) -> SeriesRead:
         image = reader.Execute()
     except RuntimeError as err:
         raise InputError(f"could not read the DICOM series in {folder}: {_short_itk_message(err)}") from None
-    slices = SeriesSlices.of_reader(reader, len(best))
-    return SeriesRead(image, slices, series_description(best[0], len(best)), others)
+    return SeriesRead(image, SeriesSlices.of_reader(reader, len(best)), tuple(notes))
+
+
+def _series_ids(folder: Path) -> tuple[str, ...]:
+    try:
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError as err:
+        raise InputError(f"could not scan folder {folder} for DICOM: {_short_itk_message(err)}") from None
 
 
 def _check_header(path: Path, dimension: int, size: tuple[int, ...], components: int, pixel: str) -> None:
