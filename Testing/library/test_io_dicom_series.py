@@ -7,8 +7,10 @@ function at that voxel's position, so any misplaced slice or pixel shows as a wr
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -170,6 +172,38 @@ def test_an_export_folder_is_searched_for_its_series(tmp_path):
     write_series(tmp_path / "export" / "PA0" / "ST0" / "SE1", positions[:3], axial, field, uid=SERIES_UID + ".2")
     with pytest.raises(InputError, match=r"2 folders below it do: PA0/ST0/SE0 \(8 slices\), PA0/ST0/SE1 \(3 slices\)"):
         read_image(tmp_path / "export")
+
+
+def test_a_zip_archive_of_an_export_is_read_as_its_folder(tmp_path, monkeypatch):
+    """A DICOM export sent as a zip archive: read as the unpacked folder would be, named as the archive."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    positions, orientation = tilted(20.0)
+    write_series(tmp_path / "export" / "PA0" / "SE0", positions, orientation, field)
+    archive = Path(shutil.make_archive(str(tmp_path / "study"), "zip", tmp_path / "export"))
+    with pytest.warns(UserWarning) as said:
+        volume = read_image(archive)
+    messages = [str(w.message) for w in said]
+    assert f"archive {archive} holds no DICOM series itself: read the one in PA0/SE0" in messages
+    assert any(m.startswith(f"DICOM series in {archive}: ") and "gantry tilt of 20.0" in m for m in messages)
+    with pytest.warns(UserWarning):
+        unpacked = read_image(tmp_path / "export")
+    np.testing.assert_array_equal(volume.array, unpacked.array)
+    np.testing.assert_allclose(volume.index_to_lps, unpacked.index_to_lps)
+    assert not any(scratch.iterdir())  # the unpacked copy is gone
+
+
+def test_a_broken_or_empty_zip_archive_is_refused(tmp_path):
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"PK\x03\x04 not really a zip archive")
+    with pytest.raises(InputError, match=r"archive .*broken.zip cannot be unpacked"):
+        read_image(broken)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no images here")
+    empty = shutil.make_archive(str(tmp_path / "notes"), "zip", tmp_path / "notes")
+    with pytest.raises(InputError, match=r"archive .*notes.zip holds no DICOM series; give a NIfTI"):
+        read_image(empty)
 
 
 def test_two_slices_at_one_position_are_refused(tmp_path):

@@ -13,7 +13,8 @@ linearly between the two slices around each new one and within each slice (neare
 whose slices lie in different orientations, or two of whose slices lie at one position, is refused. A folder
 of several series (a study exported at once: scout, reconstructions) gives its largest, and a warning names
 it and the others (:class:`SeriesRead`); a folder that holds none itself but one below it that does (an export
-with a folder per patient, study and series) gives that one's (:func:`series_folders`).
+with a folder per patient, study and series) gives that one's (:func:`series_folders`); a zip archive of
+such a folder is read as the folder (:func:`read_series_zip`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from imagetomesh.errors import InputError
+from imagetomesh.io.inputs import IMAGE_HINT
+from imagetomesh.io.native import short_itk_message
 
 #: A series is taken as ITK stacks it when no slice lies further than this fraction of the smallest voxel
 #: spacing from where ITK's volume puts it (DICOM positions are written to about 1e-3 mm).
@@ -41,6 +44,8 @@ GAP_FACTOR = 1.9
 MAX_SUBFOLDERS = 2000
 #: Folders named in a message that lists them.
 LISTED_FOLDERS = 5
+#: A zip archive is not unpacked beyond this many bytes (a whole-body CT series is about 1 GB).
+MAX_ZIP_BYTES = 16 * 10**9
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,82 @@ class SeriesRead:
         if self.slices is None:
             return self.image
         return regular_series(self.image, self.slices, name, labels)
+
+
+def read_series_folder(folder: Path, shown: str | None = None) -> SeriesRead:
+    """The largest series in ``folder`` (or, when it holds none itself, in the one folder below it that holds
+    series: :func:`series_folders`) as ITK stacks it, where its slices say they lie, and what the user should be
+    told about the choice. ``shown``: how messages name ``folder`` (default ``folder <path>``).
+
+    Raises:
+        InputError: no series in or below the folder, several folders below it with series, or a series ITK
+            cannot read."""
+    shown = shown or f"folder {folder}"
+    notes: list[str] = []
+    series_ids = _series_ids(folder, shown)
+    if not series_ids:
+        below = series_folders(folder)
+        if not below:
+            raise InputError(f"{shown} holds no DICOM series; {IMAGE_HINT}")
+        if len(below) > 1:
+            listed = ", ".join(f"{p.relative_to(folder)} ({n} slices)" for p, n in below[:LISTED_FOLDERS])
+            more = f" and {len(below) - LISTED_FOLDERS} more" if len(below) > LISTED_FOLDERS else ""
+            raise InputError(
+                f"{shown} holds no DICOM series itself, and {len(below)} folders below it do: {listed}{more}; "
+                "give the folder of the series to read"
+            )
+        notes.append(f"{shown} holds no DICOM series itself: read the one in {below[0][0].relative_to(folder)}")
+        shown = f"{shown}, {below[0][0].relative_to(folder)},"
+        folder = below[0][0]
+        series_ids = _series_ids(folder, shown)
+    series = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), i) for i in series_ids]
+    best = max(series, key=len)  # the first of the largest
+    if len(series) > 1:
+        others = ", ".join(series_description(files[0], len(files)) for files in series if files is not best)
+        notes.append(
+            f"{shown} holds {len(series)} DICOM series; read the largest, {series_description(best[0], len(best))}; "
+            f"not read: {others} (give the folder of one series to choose it)"
+        )
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(best)
+    reader.MetaDataDictionaryArrayUpdateOn()  # each slice's own position and orientation
+    try:
+        image = reader.Execute()
+    except RuntimeError as err:
+        raise InputError(f"could not read the DICOM series in {shown}: {short_itk_message(err)}") from None
+    return SeriesRead(image, SeriesSlices.of_reader(reader, len(best)), tuple(notes))
+
+
+def read_series_zip(path: Path) -> SeriesRead:
+    """:func:`read_series_folder` of a zip archive (a DICOM export as it is often sent), unpacked into a
+    temporary folder that is removed before returning (the series is in memory by then).
+
+    Raises:
+        InputError: not a zip archive, one that unpacks to more than :data:`MAX_ZIP_BYTES`, or what
+            :func:`read_series_folder` raises."""
+    import tempfile
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            size = sum(member.file_size for member in archive.infolist())
+            if size > MAX_ZIP_BYTES:
+                raise InputError(
+                    f"archive {path} unpacks to {size / 1e9:.1f} GB, more than {MAX_ZIP_BYTES / 1e9:.0f} GB; "
+                    "unpack it yourself and give the folder of the series"
+                )
+            with tempfile.TemporaryDirectory(prefix="imagetomesh-zip-") as unpacked:
+                archive.extractall(unpacked)  # member names made safe by zipfile (no absolute paths, no ..)
+                return read_series_folder(Path(unpacked), shown=f"archive {path}")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as err:
+        raise InputError(f"archive {path} cannot be unpacked ({err}); give the folder of the DICOM series") from None
+
+
+def _series_ids(folder: Path, shown: str) -> tuple[str, ...]:
+    try:
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError as err:
+        raise InputError(f"could not scan {shown} for DICOM: {short_itk_message(err)}") from None
 
 
 def series_folders(folder: Path, limit: int = MAX_SUBFOLDERS) -> list[tuple[Path, int]]:

@@ -1,7 +1,8 @@
 """Image and labelmap files <-> :class:`~imagetomesh.core.volume.Volume`, through SimpleITK.
 
 Reads NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``, ``.mhd``),
-single files of any other format SimpleITK knows, and DICOM series (give the folder). Writes
+single files of any other format SimpleITK knows, and DICOM series (give the folder, or a zip archive of it:
+:mod:`imagetomesh.io.dicom_series`). Writes
 NIfTI, NRRD and MHA, atomically. Geometry is kept in LPS millimetres exactly as ITK reports it.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -21,23 +21,15 @@ import SimpleITK as sitk
 from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
 from imagetomesh.io.atomic import atomic_write, check_output_path, format_suffix
-from imagetomesh.io.dicom_series import (
-    LISTED_FOLDERS,
-    SeriesRead,
-    SeriesSlices,
-    series_description,
-    series_folders,
-)
-from imagetomesh.io.inputs import SPACING_RANGE_MM, check_coordinates, check_input_path
-from imagetomesh.io.native import native_output_quiet
+from imagetomesh.io.dicom_series import SeriesRead, read_series_folder, read_series_zip
+from imagetomesh.io.inputs import IMAGE_HINT, SPACING_RANGE_MM, check_coordinates, check_input_path
+from imagetomesh.io.native import native_output_quiet, short_itk_message
 
 #: Extensions :func:`write_image` accepts (one-file formats only, so the write can be atomic).
 WRITE_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 #: Image file endings that :func:`image_stem` takes off (the two-part ``.nii.gz`` first).
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm")
-
-_IMAGE_HINT = "give a NIfTI, NRRD, MHA/MHD file or a folder holding a DICOM series"
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm", ".zip")
 
 
 def image_stem(path: str | os.PathLike) -> str:
@@ -47,25 +39,6 @@ def image_stem(path: str | os.PathLike) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem
-
-
-def _short_itk_message(err: BaseException) -> str:
-    """The informative line of a SimpleITK/ITK exception, on one line."""
-    text = str(err)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    pick = None
-    for ln in lines:
-        if "ERROR" in ln:
-            pick = ln
-            break
-    if pick is None:
-        pick = lines[-1] if lines else type(err).__name__
-    pick = re.sub(r"^.*?ERROR:\s*", "", pick)
-    pick = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", pick)
-    if pick.endswith(":") and lines and lines[-1] not in pick:
-        pick = f"{pick} {lines[-1]}"  # NRRD: the last "[nrrd] ..." line says what went wrong
-    pick = pick.replace("[nrrd] ", "")
-    return pick[:240]
 
 
 # --- sitk <-> Volume ---------------------------------------------------------------------
@@ -222,51 +195,6 @@ _NONFINITE_MESSAGE = "image {path} contains NaN/Inf voxels; replace them (e.g. w
 
 
 # --- reading -------------------------------------------------------------------------------
-def _read_dicom_folder(folder: Path) -> SeriesRead:
-    """The largest series in ``folder`` (or, when it holds none itself, in the one folder below it that holds
-    series: :func:`~imagetomesh.io.dicom_series.series_folders`) as ITK stacks it, where its slices say they lie,
-    and what the user should be told about the choice (:class:`~imagetomesh.io.dicom_series.SeriesRead`)."""
-    notes: list[str] = []
-    series_ids = _series_ids(folder)
-    if not series_ids:
-        below = series_folders(folder)
-        if not below:
-            raise InputError(f"folder {folder} holds no DICOM series; {_IMAGE_HINT}")
-        if len(below) > 1:
-            listed = ", ".join(f"{p.relative_to(folder)} ({n} slices)" for p, n in below[:LISTED_FOLDERS])
-            more = f" and {len(below) - LISTED_FOLDERS} more" if len(below) > LISTED_FOLDERS else ""
-            raise InputError(
-                f"folder {folder} holds no DICOM series itself, and {len(below)} folders below it do: {listed}{more}; "
-                "give the folder of the series to read"
-            )
-        notes.append(f"folder {folder} holds no DICOM series itself: read the one in {below[0][0].relative_to(folder)}")
-        folder = below[0][0]
-        series_ids = _series_ids(folder)
-    series = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), i) for i in series_ids]
-    best = max(series, key=len)  # the first of the largest
-    if len(series) > 1:
-        others = ", ".join(series_description(files[0], len(files)) for files in series if files is not best)
-        notes.append(
-            f"folder {folder} holds {len(series)} DICOM series; read the largest, "
-            f"{series_description(best[0], len(best))}; not read: {others} (give the folder of one series to choose it)"
-        )
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(best)
-    reader.MetaDataDictionaryArrayUpdateOn()  # each slice's own position and orientation
-    try:
-        image = reader.Execute()
-    except RuntimeError as err:
-        raise InputError(f"could not read the DICOM series in {folder}: {_short_itk_message(err)}") from None
-    return SeriesRead(image, SeriesSlices.of_reader(reader, len(best)), tuple(notes))
-
-
-def _series_ids(folder: Path) -> tuple[str, ...]:
-    try:
-        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    except RuntimeError as err:
-        raise InputError(f"could not scan folder {folder} for DICOM: {_short_itk_message(err)}") from None
-
-
 def _check_header(path: Path, dimension: int, size: tuple[int, ...], components: int, pixel: str) -> None:
     if components != 1:
         raise InputError(
@@ -292,11 +220,12 @@ def _check_header(path: Path, dimension: int, size: tuple[int, ...], components:
 
 
 def _read_sitk(path: Path) -> tuple[sitk.Image, SeriesRead | None]:
-    """The image of a checked input path: a DICOM series folder or a single file (header checked first), and
-    for a series what :func:`_read_dicom_folder` found (None for a file)."""
+    """The image of a checked input path: a DICOM series (a folder or a zip archive of one) or a single image file
+    (header checked first), and for a series what was read (:class:`~imagetomesh.io.dicom_series.SeriesRead`;
+    None for a file)."""
     series = None
-    if path.is_dir():
-        series = _read_dicom_folder(path)
+    if path.is_dir() or path.name.lower().endswith(".zip"):
+        series = read_series_folder(path) if path.is_dir() else read_series_zip(path)
         image = series.image
         _check_header(
             path,
@@ -313,7 +242,7 @@ def _read_sitk(path: Path) -> tuple[sitk.Image, SeriesRead | None]:
         except RuntimeError as err:
             raise InputError(
                 f"could not read {path} as an image (corrupt, truncated or not an image): "
-                f"{_short_itk_message(err)}; {_IMAGE_HINT}"
+                f"{short_itk_message(err)}; {IMAGE_HINT}"
             ) from None
         _check_header(
             path,
@@ -328,7 +257,7 @@ def _read_sitk(path: Path) -> tuple[sitk.Image, SeriesRead | None]:
         except RuntimeError as err:
             raise InputError(
                 f"could not read {path} as an image (corrupt, truncated or not an image): "
-                f"{_short_itk_message(err)}; {_IMAGE_HINT}"
+                f"{short_itk_message(err)}; {IMAGE_HINT}"
             ) from None
     return image, series
 
@@ -509,5 +438,5 @@ def write_image(volume: Volume, path: str | os.PathLike) -> Path:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=suffix != ".nii")
         except RuntimeError as err:
-            raise InputError(f"could not write {target}: {_short_itk_message(err)}") from None
+            raise InputError(f"could not write {target}: {short_itk_message(err)}") from None
     return target

@@ -22,6 +22,8 @@ from imagetomesh.errors import InputError
 MAX_COORDINATE_MM = 1e6
 #: The voxel sizes (mm) an image may have: 10 nm .. 100 m.
 SPACING_RANGE_MM = (1e-5, 1e5)
+#: What an image input may be, for messages that refuse one.
+IMAGE_HINT = "give a NIfTI, NRRD, MHA/MHD file, a folder holding a DICOM series or a zip archive of one"
 
 _read_files: dict = {}  # (st_dev, st_ino) -> the path it was read as
 _lock = threading.Lock()

@@ -5,19 +5,21 @@ ITK prints ``WARNING: In .../itkGDCMSeriesFileNames.cxx ...`` and MetaIO writes
 (file descriptor 2, below Python), around the one-line error the library already raises for the
 same problem. :func:`native_output_quiet` silences ITK's warning display and points descriptor 2
 at a temporary file for the duration of a read, then restores it; what was caught is returned
-(for a message that needs it) and otherwise dropped.
+(for a message that needs it) and otherwise dropped. :func:`short_itk_message` keeps the informative line of
+an ITK exception, for the one-line errors raised instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 
-__all__ = ["native_output_quiet"]
+__all__ = ["native_output_quiet", "short_itk_message"]
 
 _lock = threading.RLock()
 
@@ -60,3 +62,22 @@ def native_output_quiet() -> Iterator[list[str]]:
                 caught.append(sink.read().decode("utf-8", "replace"))
                 sink.close()
             sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
+def short_itk_message(err: BaseException) -> str:
+    """The informative line of a SimpleITK/ITK exception, on one line."""
+    text = str(err)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    pick = None
+    for ln in lines:
+        if "ERROR" in ln:
+            pick = ln
+            break
+    if pick is None:
+        pick = lines[-1] if lines else type(err).__name__
+    pick = re.sub(r"^.*?ERROR:\s*", "", pick)
+    pick = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", pick)
+    if pick.endswith(":") and lines and lines[-1] not in pick:
+        pick = f"{pick} {lines[-1]}"  # NRRD: the last "[nrrd] ..." line says what went wrong
+    pick = pick.replace("[nrrd] ", "")
+    return pick[:240]
