@@ -206,7 +206,13 @@ def register(sub) -> None:
         "A model of several organs (e.g. a head-and-neck CT model) takes whole scans and writes "
         "IMAGE_ORGAN.stl per organ into the folder -o.",
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE", type=path_arg)
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        type=path_arg,
+        help="NIfTI, NRRD or MHA/MHD file, folder of a DICOM series (or of an export holding one), or a zip archive of it",
+    )
     p.add_argument("--model", required=True, help="bundled model name (see 'imagetomesh models') or model folder")
     add_output(p, "mesh file (one image) or existing folder (several images)")
     p.add_argument("--device", default="auto", choices=DEVICES)
