@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from imagetomesh.cli import main
 from imagetomesh.errors import InputError
-from imagetomesh.io.dicom_series import SeriesSlices, regular_series, stack_error
+from imagetomesh.io.dicom_geometry import SeriesSlices, regular_series, stack_error
 from imagetomesh.io.images import read_image, read_labelmap
 from imagetomesh.io.meshes import read_mesh
 from imagetomesh.metrics import mesh_dice_iou

@@ -266,7 +266,7 @@ def read_image(path: str | os.PathLike, labels: bool = False) -> Volume:
     """Read a 3D image file, or the largest DICOM series in a folder, as a :class:`Volume`.
 
     A DICOM series whose slices ITK would misplace (a gantry tilt, uneven spacing) comes back resampled onto a
-    regular grid, with a warning (:mod:`imagetomesh.io.dicom_series`); ``labels``: the image is a labelmap, so
+    regular grid, with a warning (:mod:`imagetomesh.io.dicom_geometry`); ``labels``: the image is a labelmap, so
     that resampling reads nearest voxels.
 
     Returns:
@@ -282,7 +282,7 @@ def read_image(path: str | os.PathLike, labels: bool = False) -> Volume:
 
 def _open_image(path: str | os.PathLike, labels: bool = False) -> tuple[Path, sitk.Image]:
     """The checked path and its 3D ``sitk.Image`` (the first volume of a 4D one; a DICOM series' slices where
-    they lie, :func:`~imagetomesh.io.dicom_series.regular_series`, by nearest voxels for ``labels``)."""
+    they lie, :func:`~imagetomesh.io.dicom_geometry.regular_series`, by nearest voxels for ``labels``)."""
     path = check_input_path(path, "image", folder_ok=True)
     with native_output_quiet():  # ITK/GDCM/MetaIO print around the one-line error raised here
         image, series = _read_sitk(path)
