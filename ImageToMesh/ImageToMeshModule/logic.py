@@ -25,6 +25,7 @@ from imagetomesh.errors import InputError  # noqa: E402
 from . import annotation, dependencies
 from .parameterNode import DEVICES, ImageToMeshParameterNode
 from .sceneAdapters import (
+    NON_LINEAR_NOTE,
     ResultTarget,
     addOrganModels,
     addResultModel,
@@ -32,6 +33,7 @@ from .sceneAdapters import (
     meshFromModelNode,
     roiCornersLPS,
     segmentMaskFromNode,
+    underNonLinearTransform,
     volumeFromNode,
 )
 
@@ -154,7 +156,7 @@ class ImageToMeshLogic(ScriptedLoadableModuleLogic):
 
         if inputVolume is None:
             return {}
-        volume = volumeFromNode(inputVolume)
+        volume = volumeFromNode(inputVolume, resampleNonLinear=False)  # on each selection: no resampling
         if roi is not None:
             try:
                 volume = crop_volume(volume, roiCornersLPS(roi))
@@ -227,6 +229,8 @@ class ImageToMeshLogic(ScriptedLoadableModuleLogic):
             outputModel,
             {"Method": str(method), "Input": inputVolume.GetID()},
         )
+        if underNonLinearTransform(inputVolume):
+            target.warnings.append(NON_LINEAR_NOTE.format(name=inputVolume.GetName()))
         return job, target
 
     def segment(self, inputVolume, method, outputModel=None, roi=None, device="auto", progress=None):
@@ -342,7 +346,10 @@ class ImageToMeshLogic(ScriptedLoadableModuleLogic):
         attributes = {"Method": str(prior), "Input": inputNode.GetID()}
         if segmentId:
             attributes["Segment"] = str(segmentId)
-        return job, ResultTarget("refine", f"{base} {prior}", inputNode, outputModel, attributes)
+        target = ResultTarget("refine", f"{base} {prior}", inputNode, outputModel, attributes)
+        if inputNode.IsA("vtkMRMLScalarVolumeNode") and underNonLinearTransform(inputNode):
+            target.warnings.append(NON_LINEAR_NOTE.format(name=inputNode.GetName()))
+        return job, target
 
     def refine(
         self,

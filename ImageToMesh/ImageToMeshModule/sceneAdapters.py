@@ -72,19 +72,66 @@ def check3D(volume: Volume, name: str) -> None:
         raise InputError(f"'{name}' is a 2D image ({w} x {h} x {d} voxels); ImageToMesh needs a 3D volume")
 
 
-def volumeFromNode(volumeNode) -> Volume:
-    """The library's :class:`Volume` (LPS) of a scalar or labelmap volume node (parent transforms applied)."""
+def underNonLinearTransform(node) -> bool:
+    """Whether ``node``'s parent transforms to world include a non-linear one (a grid or B-spline transform:
+    3D Slicer's DICOM acquisition-geometry regularisation of a tilted CT, a deformable registration)."""
+    transformNode = node.GetParentTransformNode() if hasattr(node, "GetParentTransformNode") else None
+    return transformNode is not None and not transformNode.IsTransformToWorldLinear()
+
+
+#: What the panel says when a volume's voxels were resampled through its non-linear transform.
+NON_LINEAR_NOTE = (
+    "'{name}' is under a non-linear transform: it was used as hardening the transform would make it "
+    "(resampled into world space); the volume itself is unchanged"
+)
+
+
+def volumeFromNode(volumeNode, resampleNonLinear: bool = True) -> Volume:
+    """The library's :class:`Volume` (LPS) of a scalar or labelmap volume node in world space: linear parent
+    transforms applied to its geometry; under a non-linear one, its voxels resampled as hardening it would
+    (:func:`_hardened`; seconds for a clinical CT), the node itself untouched. ``resampleNonLinear=False``
+    leaves such a volume in its own space instead (its intensities and extent, for checks that need no more)."""
     if volumeNode is None:
         raise InputError("no input volume selected; choose a volume")
     if not volumeNode.IsA("vtkMRMLScalarVolumeNode"):
         raise InputError(f"'{volumeNode.GetName()}' is not a scalar volume; choose a scalar or labelmap volume")
     if volumeNode.GetImageData() is None:
         raise InputError(f"'{volumeNode.GetName()}' holds no image data; load the image again")
+    nonLinear = underNonLinearTransform(volumeNode)
+    if nonLinear and resampleNonLinear:
+        return _volumeFromArray(*_hardened(volumeNode), volumeNode.GetName())
     array = slicer.util.arrayFromVolume(volumeNode)
     matrix = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(matrix)
-    ijkToRas = nodeToWorld(volumeNode) @ matrixToNumpy(matrix)
+    ijkToRas = (np.eye(4) if nonLinear else nodeToWorld(volumeNode)) @ matrixToNumpy(matrix)
     return _volumeFromArray(array, ijkToRas, volumeNode.GetName())
+
+
+def _hardened(volumeNode) -> tuple:
+    """``(array (K, J, I), IJK->RAS (4, 4))`` of ``volumeNode`` with its transform to world hardened by Slicer's
+    own logic (``vtkSlicerTransformLogic.hardenTransform``: the voxels resampled into world space on a grid grown
+    to hold them, nearest-neighbour for labelmaps, the corners' value outside), done on a copy in a private
+    scene: the user's scene, node and transform are left as they were."""
+    scene = slicer.vtkMRMLScene()
+    copy = scene.AddNewNodeByClass(volumeNode.GetClassName())
+    image = vtk.vtkImageData()
+    image.DeepCopy(volumeNode.GetImageData())
+    copy.SetAndObserveImageData(image)
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    copy.SetIJKToRASMatrix(matrix)
+    toWorld = vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(volumeNode.GetParentTransformNode(), None, toWorld)
+    transformNode = scene.AddNewNodeByClass("vtkMRMLTransformNode")
+    transformNode.SetAndObserveTransformToParent(toWorld)
+    copy.SetAndObserveTransformNodeID(transformNode.GetID())
+    if not slicer.vtkSlicerTransformLogic().hardenTransform(copy):
+        raise InputError(
+            f"'{volumeNode.GetName()}' is under a non-linear transform that could not be applied to it; "
+            "harden the transform first (Data module)"
+        )
+    copy.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVolume(copy).copy(), matrixToNumpy(matrix)
 
 
 def segmentMaskFromNode(segmentationNode, segmentId: Optional[str] = None) -> tuple:
