@@ -93,21 +93,25 @@ def _truncate(src: Path, dst: Path, fraction: float) -> None:
     dst.write_bytes(data[: int(len(data) * fraction)])
 
 
-def _dicom_folder(label, folder: Path) -> None:
+def _dicom_folder(label, folder: Path, shear: float = 0.0, same_position: int | None = None) -> None:
+    """``label`` as a DICOM series in ``folder``: each slice moved ``shear`` mm along P per mm along S (a gantry
+    tilt), and slice ``same_position`` (when given) put where the slice before it is."""
     import SimpleITK as sitk
 
-    folder.mkdir()
+    folder.mkdir(parents=True)
     image = sitk.Cast(label, sitk.sitkInt16)
     uid = "1.2.826.0.1.3680043.2.1125.1.99"
     for k in range(image.GetDepth()):
         slice_ = image[:, :, k]
+        position = list(image.TransformIndexToPhysicalPoint((0, 0, k if k != same_position else k - 1)))
+        position[1] += shear * (position[2] - image.GetOrigin()[2])
         for tag, value in (
             ("0008|0060", "MR"),
             ("0020|000d", uid + ".1"),
             ("0020|000e", uid),
             ("0008|0018", f"{uid}.2.{k + 1}"),
             ("0020|0013", str(k + 1)),
-            ("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k)))),
+            ("0020|0032", "\\".join(str(v) for v in position)),
             ("0020|0037", "1\\0\\0\\0\\1\\0"),
             ("0018|0050", "1"),
         ):
@@ -152,6 +156,14 @@ def make_inputs(folder: Path) -> Path:
         _write(f / "dicom_garbage" / f"{k}.dcm", rng.bytes(2000))
     (f / "dicom_one").mkdir()
     shutil.copy(f / "dicom" / "slice010.dcm", f / "dicom_one" / "slice010.dcm")
+    _dicom_folder(label, f / "dicom_tilted", shear=0.36)
+    _dicom_folder(label, f / "dicom_twice", same_position=12)
+    _dicom_folder(label, f / "dicom_export" / "PAT1" / "STUDY1" / "SERIES1")
+    _dicom_folder(label, f / "dicom_export_two" / "A")
+    _dicom_folder(label, f / "dicom_export_two" / "B")
+    shutil.make_archive(str(f / "dicom_export"), "zip", f / "dicom_export")
+    shutil.make_archive(str(f / "notes"), "zip", f / "dicom_garbage")  # an archive without DICOM
+    _write(f / "broken.zip", b"PK\x03\x04" + rng.bytes(500))
     # broken images
     _truncate(f / "label.nii.gz", f / "trunc.nii.gz", 0.5)
     _truncate(f / "label.nii", f / "trunc.nii", 0.5)
@@ -380,6 +392,8 @@ QUICK = frozenset(
     {
         "mfl-read-label.nrrd",
         "mfl-read-dicom",
+        "mfl-read-dicom_export.zip",
+        "mfl-zip-broken",
         "mfl-bad-trunc.nii.gz",
         "mfl-bad-dicom_garbage",
         "mfl-bad-huge_dims.nii",
@@ -482,6 +496,12 @@ def cases() -> list[Case]:
     add("mfl-two-voxels", [*mfl, "{F}/two_voxels.nii.gz", "-o", "{O}/m.stl"], 2, message="too small")
     add("mfl-full-volume", [*mfl, "{F}/full.nii.gz", "-o", "{O}/m.stl"], 0)
     add("mfl-dicom-one-slice", [*mfl, "{F}/dicom_one", "-o", "{O}/m.stl"], 2)
+    for name in ("dicom_tilted", "dicom_export", "dicom_export.zip"):
+        add(f"mfl-read-{name}", [*mfl, "{F}/" + name, "-o", "{O}/m.stl"], 0)
+    add("mfl-dicom-two-at-one-position", [*mfl, "{F}/dicom_twice", "-o", "{O}/m.stl"], 2, message="one position")
+    add("mfl-dicom-export-of-two", [*mfl, "{F}/dicom_export_two", "-o", "{O}/m.stl"], 2, message="folders below")
+    add("mfl-zip-broken", [*mfl, "{F}/broken.zip", "-o", "{O}/m.stl"], 2, message="cannot be unpacked")
+    add("mfl-zip-without-dicom", [*mfl, "{F}/notes.zip", "-o", "{O}/m.stl"], 2, message="no DICOM series")
     add("mfl-big-label", [*mfl, "{F}/big_label.nrrd", "-o", "{O}/m.stl"], 0)
     add("mfl-big-label-value", [*mfl, "{F}/big_label.nrrd", "--label", str(2**40), "-o", "{O}/m.stl"], 0)
     add("mfl-negative-label", [*mfl, "{F}/negative_label.nii.gz", "--label", "-3", "-o", "{O}/m.stl"], 0)
