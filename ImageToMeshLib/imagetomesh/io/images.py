@@ -273,8 +273,9 @@ def read_image(path: str | os.PathLike, labels: bool = False) -> Volume:
         Volume with ``array`` ``(D, H, W)`` in the file's pixel type and LPS geometry.
 
     Raises:
-        InputError: missing path, folder without DICOM, unreadable/truncated/non-image file,
-            2D, 4D or multi-component image, or NaN/Inf voxels.
+        InputError: missing path, folder without DICOM (in it, or in one folder below it), DICOM slices in two
+            orientations or two at one position, zip archive that cannot be unpacked, unreadable/truncated/
+            non-image file, 2D, 4D or multi-component image, or NaN/Inf voxels.
     """
     path, image = _open_image(path, labels)
     return _checked_volume(volume_from_sitk(image), path)
