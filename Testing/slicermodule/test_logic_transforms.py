@@ -102,3 +102,19 @@ def test_a_linear_transform_moves_the_geometry_only(itm, scene, h):
     moved = sceneAdapters.volumeFromNode(node)
     np.testing.assert_array_equal(moved.array, plain.array)
     np.testing.assert_allclose(moved.origin, plain.origin + [0.0, -7.0, 0.0])  # A = -P
+
+
+def test_a_labelmap_under_a_grid_transform_keeps_its_labels(itm, scene, h):
+    """Hardening resamples a labelmap by nearest voxels: no value between two labels, none lost."""
+    from imagetomesh.core.volume import Volume
+
+    array = np.zeros((12, 30, 24), np.int16)
+    array[3:9, 8:20, 5:15] = 3
+    array[5:7, 10:14, 7:10] = 7
+    node = h.volume_to_node(
+        Volume(array, (1.0, 1.2, 2.5), (0.0, 0.0, 0.0), np.eye(3)), "labels", "vtkMRMLLabelMapVolumeNode"
+    )
+    node.SetAndObserveTransformNodeID(shear_transform_node(scene).GetID())
+    volume = sceneAdapters.volumeFromNode(node)
+    assert set(np.unique(volume.array).tolist()) == {0, 3, 7}
+    assert (volume.array == 3).sum() == (array == 3).sum() and (volume.array == 7).sum() == (array == 7).sum()
