@@ -65,11 +65,16 @@ class SeriesSlices:
         return cls(np.asarray(positions, dtype=np.float64), np.asarray(orientations, dtype=np.float64))
 
     @property
-    def normal(self) -> np.ndarray:
-        """``(3,)`` unit normal of the first slice (row x column direction)."""
+    def axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The first slice's unit row and column directions and its normal (row x column), each ``(3,)``."""
         row, column = self.orientations[0] / np.linalg.norm(self.orientations[0], axis=1, keepdims=True)
         normal = np.cross(row, column)
-        return normal / np.linalg.norm(normal)
+        return row, column, normal / np.linalg.norm(normal)
+
+    @property
+    def normal(self) -> np.ndarray:
+        """``(3,)`` unit normal of the first slice (row x column direction)."""
+        return self.axes[2]
 
 
 def stack_error(image: sitk.Image, slices: SeriesSlices) -> float:
@@ -163,8 +168,7 @@ def resample_slices(
     as its directions."""
     from scipy import ndimage  # here: the Slicer module imports this package's io, never scipy (test_logic_imports)
 
-    row, column = slices.orientations[0] / np.linalg.norm(slices.orientations[0], axis=1, keepdims=True)
-    normal = slices.normal
+    row, column, normal = slices.axes
     order = np.argsort(slices.positions @ normal, kind="stable")
     positions = slices.positions[order]
     depth = positions @ normal

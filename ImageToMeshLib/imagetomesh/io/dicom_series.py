@@ -58,13 +58,15 @@ def read_series_folder(folder: Path, shown: str | None = None) -> SeriesRead:
             cannot read."""
     shown = shown or f"folder {folder}"
     notes: list[str] = []
-    series_ids = _series_ids(folder, shown)
-    if not series_ids:
+    series = _folder_series(folder, shown)
+    if not series:
         below = series_folders(folder)
         if not below:
             raise InputError(f"{shown} holds no DICOM series; {IMAGE_HINT}")
         if len(below) > 1:
-            listed = ", ".join(f"{p.relative_to(folder)} ({n} slices)" for p, n in below[:LISTED_FOLDERS])
+            listed = ", ".join(
+                f"{p.relative_to(folder)} ({max(map(len, found))} slices)" for p, found in below[:LISTED_FOLDERS]
+            )
             more = f" and {len(below) - LISTED_FOLDERS} more" if len(below) > LISTED_FOLDERS else ""
             raise InputError(
                 f"{shown} holds no DICOM series itself, and {len(below)} folders below it do: {listed}{more}; "
@@ -72,9 +74,7 @@ def read_series_folder(folder: Path, shown: str | None = None) -> SeriesRead:
             )
         notes.append(f"{shown} holds no DICOM series itself: read the one in {below[0][0].relative_to(folder)}")
         shown = f"{shown}, {below[0][0].relative_to(folder)},"
-        folder = below[0][0]
-        series_ids = _series_ids(folder, shown)
-    series = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), i) for i in series_ids]
+        series = below[0][1]
     best = max(series, key=len)  # the first of the largest
     if len(series) > 1:
         others = ", ".join(series_description(files[0], len(files)) for files in series if files is not best)
@@ -117,16 +117,20 @@ def read_series_zip(path: Path) -> SeriesRead:
         raise InputError(f"archive {path} cannot be unpacked ({err}); give the folder of the DICOM series") from None
 
 
-def _series_ids(folder: Path, shown: str) -> tuple[str, ...]:
+def _folder_series(folder: Path | str, shown: str) -> list[tuple[str, ...]]:
+    """The files of each DICOM series directly in ``folder`` (GDCM's grouping and slice order), in GDCM's order."""
     try:
-        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+        return [
+            tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), i))
+            for i in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        ]
     except RuntimeError as err:
         raise InputError(f"could not scan {shown} for DICOM: {short_itk_message(err)}") from None
 
 
-def series_folders(folder: Path, limit: int = MAX_SUBFOLDERS) -> list[tuple[Path, int]]:
+def series_folders(folder: Path, limit: int = MAX_SUBFOLDERS) -> list[tuple[Path, list[tuple[str, ...]]]]:
     """The folders below ``folder`` (not itself; hidden ones and links skipped; at most ``limit`` looked at, in
-    name order) that hold a DICOM series, each with the slice count of its largest series."""
+    name order) that hold a DICOM series, each with the files of its series (:func:`_folder_series`)."""
     found = []
     for count, (root, subfolders, files) in enumerate(os.walk(folder)):
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
@@ -135,13 +139,11 @@ def series_folders(folder: Path, limit: int = MAX_SUBFOLDERS) -> list[tuple[Path
         if Path(root) == Path(folder) or not files:
             continue
         try:
-            ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(root)
-            if ids:
-                found.append(
-                    (Path(root), max(len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(root, i)) for i in ids))
-                )
-        except RuntimeError:
+            series = _folder_series(root, root)
+        except InputError:
             continue
+        if series:
+            found.append((Path(root), series))
     return found
 
 
