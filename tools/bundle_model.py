@@ -101,6 +101,18 @@ def steps_per_hour(run: Path) -> float | None:
     return round(3600.0 * entries[-1]["step"] / entries[-1]["time_s"], 1)
 
 
+def same_architecture(kind: str, config: dict | None, other: dict) -> bool:
+    """Whether two model configs of ``kind`` build the same architecture: compared as the kind's config objects,
+    so a field added to the code later, absent from an older card, counts at its default."""
+    from imagetomesh.models.registry import model_kind
+
+    architecture = model_kind(kind).config
+    try:
+        return isinstance(config, dict) and architecture(**config) == architecture(**other)
+    except (TypeError, ValueError):  # a field the code does not know, or a value it refuses
+        return False
+
+
 def averaged(source: Path, card: dict, others: list[Path], out: Path) -> list[dict]:
     """Write to ``out`` the mean of the weights in ``source`` (of ``card``) and in the model folders ``others``
     (each of ``card``'s kind and architecture config); returns ``[{name, sha256}]`` of the others."""
@@ -111,7 +123,10 @@ def averaged(source: Path, card: dict, others: list[Path], out: Path) -> list[di
     states, named = [load_state(source, card)], []
     for folder in others:
         theirs = read_card(folder)
-        if theirs.get("kind") != card["kind"] or theirs.get("config") != card["config"]:
+        same = theirs.get("kind") == card["kind"] and same_architecture(
+            card["kind"], theirs.get("config"), card["config"]
+        )
+        if not same:
             raise SystemExit(f"{folder} is not a {card['kind']} model of the run's architecture: it cannot be averaged")
         states.append(load_state(folder, theirs))
         named.append({"name": theirs.get("name", folder.name), "sha256": theirs["sha256"]})

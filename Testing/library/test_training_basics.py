@@ -272,6 +272,14 @@ def test_bundling_with_average_with_writes_the_mean_of_each_tensor(tmp_path):
     )
     with pytest.raises(SystemExit, match="cannot be averaged"):
         bundle.averaged(tmp_path / "m0", read_card(tmp_path / "m0"), [tmp_path / "wide"], tmp_path / "x.safetensors")
+    # a card written before a field existed (here the U-Net's ``windows``) is the same architecture at its default
+    assert bundle.same_architecture("unet", {"unet": dict(unet, windows=[])}, {"unet": unet})
+    assert not bundle.same_architecture("unet", {"unet": dict(unet, windows=[[0.0, 1.0]])}, {"unet": unet})
+    assert not bundle.same_architecture("unet", {"unet": dict(unet, unknown=1)}, {"unet": unet})
+    assert not bundle.same_architecture("unet", None, {"unet": unet})
+    save_weights(model, tmp_path / "spelled", {"kind": "unet", "config": {"unet": dict(unet, windows=[])}})
+    bundle.averaged(tmp_path / "m0", read_card(tmp_path / "m0"), [tmp_path / "spelled"], tmp_path / "y.safetensors")
+    assert (tmp_path / "y.safetensors").is_file()
 
 
 def test_unet_windows_add_each_channel_clipped_and_rescaled():
