@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def batch_norms(net: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    """Every batch-norm layer of ``net``."""
     return [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
@@ -126,7 +127,7 @@ def main() -> None:
         change = max(float((after[k] - v).abs().max() / v.abs().max().clamp_min(1e-8)) for k, v in before.items())
         history = card.get("training", {}).get("history", "")
         card.setdefault("training", {})["history"] = (
-            f"{history} Batch-norm statistics measured again on {n} batches of its training crops "
+            f"{history} Batch-norm statistics measured again on {n} of its training batches "
             f"(Testing/benchmarks/precise_bn.py, seed {args.seed})."
         ).strip()
         card.pop("sha256", None)
