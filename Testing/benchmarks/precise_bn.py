@@ -130,9 +130,7 @@ def main() -> None:
             f"{history} Batch-norm statistics measured again on {n} of its training batches "
             f"(Testing/benchmarks/precise_bn.py, seed {args.seed})."
         ).strip()
-        card.pop("sha256", None)
-        model.module.eval()
-        save_weights(model.module, out / folder.name, card)
+        save_weights(model.module, out / folder.name, card)  # the checksum of the new weights replaces the card's
         print(
             json.dumps(
                 {
