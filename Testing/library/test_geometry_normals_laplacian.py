@@ -10,8 +10,10 @@ from imagetomesh.geometry import (
     edges_from_faces,
     face_areas,
     face_normals,
+    icosahedron,
     icosphere,
     laplacian_coordinates,
+    offset_along_normals,
     outward_vertex_normals,
     sym_norm_laplacian,
     uniform_laplacian,
@@ -90,6 +92,30 @@ def test_outward_vertex_normals_point_out_of_a_sphere_wound_either_way():
         normals = outward_vertex_normals(sv, faces)
         assert torch.all((normals * sv).sum(1) > 0)  # outward from the centre of a convex solid
         torch.testing.assert_close(normals.abs(), vertex_normals(sv, faces).abs())
+
+
+def test_offset_along_normals_grows_a_regular_solid_by_the_distance_wound_either_way():
+    """On an icosahedron every area-weighted vertex normal is the vertex's direction from the centre, so the
+    moved vertices must lie exactly ``r + d`` from it; against a slow per-vertex sum of face normals on a bumpy
+    sphere otherwise."""
+    verts, faces = icosahedron()
+    verts = 1.5 * verts.double()
+    for wound in (faces, faces.flip(1)):
+        for d in (0.25, -0.4):
+            moved = offset_along_normals(verts, wound, d)
+            torch.testing.assert_close(moved.norm(dim=1), torch.full((len(verts),), 1.5 + d, dtype=torch.float64))
+    sv, sf = icosphere(2)
+    sv = sv.double() * (
+        1 + 0.1 * torch.rand(len(sv), 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    )
+    slow = []
+    for i in range(len(sv)):
+        total = torch.zeros(3, dtype=torch.float64)
+        for a, b, c in sf.tolist():
+            if i in (a, b, c):
+                total += torch.linalg.cross(sv[b] - sv[a], sv[c] - sv[a])  # 2 x area x outward normal
+        slow.append(sv[i] + 0.3 * total / total.norm())
+    torch.testing.assert_close(offset_along_normals(sv, sf, 0.3), torch.stack(slow))
 
 
 def test_normals_are_differentiable():

@@ -27,7 +27,7 @@ _HOME = {
         "triangle_qualities",
         "triangle_quality_regulariser",
     ),
-    "normals": ("face_areas", "face_normals", "outward_vertex_normals", "vertex_normals"),
+    "normals": ("face_areas", "face_normals", "offset_along_normals", "outward_vertex_normals", "vertex_normals"),
     "sampling": ("sample_points_on_mesh",),
     "topology": (
         "edge_index_from_edges",
@@ -66,6 +66,7 @@ __all__ = [
     "face_areas",
     "vertex_normals",
     "outward_vertex_normals",
+    "offset_along_normals",
     # laplacian
     "uniform_laplacian",
     "sym_norm_laplacian",

@@ -11,7 +11,7 @@ import torch
 
 from imagetomesh.core.mesh import Mesh
 
-__all__ = ["face_normals", "face_areas", "vertex_normals", "outward_vertex_normals"]
+__all__ = ["face_normals", "face_areas", "vertex_normals", "outward_vertex_normals", "offset_along_normals"]
 
 
 def _corners(verts: torch.Tensor, faces: torch.Tensor):
@@ -66,3 +66,10 @@ def outward_vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Te
     if Mesh(verts.detach().cpu().numpy(), faces.cpu().numpy()).signed_volume() < 0:  # wound inward
         normals = -normals
     return normals
+
+
+def offset_along_normals(verts: torch.Tensor, faces: torch.Tensor, distance: float) -> torch.Tensor:
+    """``verts (N, 3)`` of the closed mesh ``faces (F, 3)``, each moved ``distance`` along its outward vertex normal
+    (:func:`outward_vertex_normals`): a parallel surface, grown (``distance`` > 0) or shrunk, for distances small
+    against the mesh's thickness."""
+    return verts + distance * outward_vertex_normals(verts, faces)

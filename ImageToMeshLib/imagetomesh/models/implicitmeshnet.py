@@ -29,11 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from imagetomesh.geometry.laplacian import taubin_smooth
+from imagetomesh.geometry.normals import offset_along_normals
 from imagetomesh.models.mesh_state import DecoderMesh
 from imagetomesh.models.protocol import DeformedTemplateModel
 from imagetomesh.nn.feature_sampling import sample_features
 from imagetomesh.nn.graph import ChebConv
-from imagetomesh.nn.grid import isotropic_scale
+from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
 from imagetomesh.nn.precision import float32_region
 from imagetomesh.nn.splat import splat_features
 from imagetomesh.nn.unet import UNet3D, UNetConfig
@@ -44,7 +45,10 @@ class ImplicitMeshNetConfig:
     """Architecture of ``f_theta``. ``stages`` graph stages use ``stages + 1`` finest decoder levels
     (stage s: levels s and s + 1 of them, coarsest first); ``graph_layers`` Chebyshev convolutions
     of order ``cheb_k`` per stage; ``template_level`` 4 = 2562 vertices; ``smooth_iterations`` > 0
-    applies that many Taubin smoothing steps to the final mesh at inference (eval mode) only."""
+    applies that many Taubin smoothing steps to the final mesh at inference (eval mode) only, and
+    ``surface_offset`` then moves it along its outward vertex normals by that many grid voxels (the
+    isotropic frame's voxel; positive: grown), also at inference only: a size calibration chosen on
+    the validation split, for decoders whose meshes come out smaller than their labels."""
 
     unet: UNetConfig = field(default_factory=UNetConfig)
     stages: int = 3
@@ -55,6 +59,7 @@ class ImplicitMeshNetConfig:
     template_radius: float = 0.5
     offset_scale: float = 0.1
     smooth_iterations: int = 0
+    surface_offset: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
@@ -134,6 +139,10 @@ class ImplicitMeshNet(nn.Module, DeformedTemplateModel):
             if s == c.stages - 1 and c.smooth_iterations and not self.training:
                 # uniform Laplacian smoothing acts per coordinate, so grid or isotropic frame alike
                 verts = torch.stack([taubin_smooth(v, edge_index, c.smooth_iterations) for v in verts])
+            if s == c.stages - 1 and c.surface_offset and not self.training:
+                # normals and distances in the isotropic frame, where a grid voxel is one length on every axis
+                distance = c.surface_offset * isotropic_voxel_size(grid_shape)
+                verts = torch.stack([offset_along_normals(v * scale, template.faces, distance) / scale for v in verts])
             for b in range(batch):
                 out[b].append(DecoderMesh(verts[b], template.faces, template.sphere, hidden[b]))
         return out

@@ -284,13 +284,13 @@ def moved_along_normals(mesh, distance: float):
     """The closed ``mesh`` with every vertex moved ``distance`` along its outward (area-weighted) vertex normal:
     a parallel surface, grown (``distance`` > 0) or shrunk, for distances small against its thickness."""
     from imagetomesh.core.mesh import Mesh
-    from imagetomesh.geometry.normals import vertex_normals
+    from imagetomesh.geometry.normals import offset_along_normals
     from imagetomesh.geometry.quality import orient_outward
 
     mesh = orient_outward(mesh)
     vertices = torch.as_tensor(mesh.vertices, dtype=torch.float64)
-    normals = vertex_normals(vertices, torch.as_tensor(mesh.faces.astype(np.int64))).numpy()
-    return Mesh((mesh.vertices + distance * normals).astype(mesh.vertices.dtype), mesh.faces)
+    moved = offset_along_normals(vertices, torch.as_tensor(mesh.faces.astype(np.int64)), distance).numpy()
+    return Mesh(moved.astype(mesh.vertices.dtype), mesh.faces)
 
 
 class VoxelGuide:
