@@ -305,11 +305,11 @@ def test_inference_smoothing_changes_only_the_eval_output_and_keeps_the_volume()
     assert smoothed.shape == unsmoothed.shape == trained.shape
 
 
-def test_surface_offset_grows_the_inferred_mesh_only():
-    """``surface_offset`` moves the final mesh at inference by that many grid voxels along its outward normals, in
-    the isotropic frame (each vertex's move, taken there, is that length); training forward passes are untouched."""
+def test_surface_offsets_grow_the_inferred_mesh_only():
+    """``surface_offsets`` ``[d]`` moves the final mesh at inference by ``d`` grid voxels along its outward normals,
+    in the isotropic frame (each vertex's move, taken there, is that length); training forward passes are untouched."""
     torch.manual_seed(5)
-    model = build_model("implicitmeshnet", dict(SMALL, surface_offset=0.5))
+    model = build_model("implicitmeshnet", dict(SMALL, surface_offsets=[0.5]))
     plain = build_model("implicitmeshnet", SMALL)
     plain.load_state_dict(model.state_dict())
     image = torch.randn(1, 1, *SHAPE)
@@ -319,12 +319,15 @@ def test_surface_offset_grows_the_inferred_mesh_only():
         torch.testing.assert_close(model(image)[1][0][-1].verts, plain(image)[1][0][-1].verts)  # training mode
         model.eval()
         plain.eval()
-        grown, start = model(image)[1][0][-1], plain(image)[1][0][-1]
-    moves = (grown.verts - start.verts) * scale
+        grown, start = model(image)[1][0], plain(image)[1][0]
+    torch.testing.assert_close(grown[0].verts, start[0].verts)  # earlier stages as they were
+    moves = (grown[-1].verts - start[-1].verts) * scale
     torch.testing.assert_close(moves.norm(dim=1), torch.full((len(moves),), 0.5 * voxel))
-    grown_mesh = Mesh((grown.verts * scale).numpy(), grown.faces.numpy())
-    start_mesh = Mesh((start.verts * scale).numpy(), start.faces.numpy())
+    grown_mesh = Mesh((grown[-1].verts * scale).numpy(), grown[-1].faces.numpy())
+    start_mesh = Mesh((start[-1].verts * scale).numpy(), start[-1].faces.numpy())
     assert abs(grown_mesh.signed_volume()) > abs(start_mesh.signed_volume())  # outward, whichever the winding
+    with pytest.raises(ValueError, match="one offset"):
+        build_model("implicitmeshnet", dict(SMALL, surface_offsets=[0.1, 0.2]))
 
 
 def test_bundled_model_segments_the_sample_hippocampus(samples):

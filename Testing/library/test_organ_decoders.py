@@ -15,8 +15,10 @@ from synthetic_ct import (
 )
 
 from imagetomesh import cli
+from imagetomesh.core.mesh import Mesh
 from imagetomesh.core.transforms import grid_to_index, index_to_grid
 from imagetomesh.models.voxel2mesh import Voxel2Mesh, Voxel2MeshConfig
+from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.scan import box_centre, crop_padded, crop_start, crop_to_scan_grid, densest_crop_start
 from imagetomesh.training.augment import AugmentConfig
@@ -453,6 +455,34 @@ def test_move_scales_shorten_each_organs_moves_from_its_surface_start():
         _organ_config(start="unet_surface", unpooling="none", move_scales=[1.0])
     with pytest.raises(ValueError, match="move_scales"):
         _organ_config(move_scales=[1.0, 1.0])
+
+
+def test_surface_offsets_grow_each_organs_mesh_at_inference_only():
+    """Organ k's returned mesh moves ``surface_offsets[k - 1]`` voxels along its outward normals (each vertex's move
+    that long in the isotropic frame of the decoder's grid), after ``move_scales``; training never reads them."""
+    torch.manual_seed(0)
+    model = Voxel2Mesh(_organ_config(start="unet_surface", unpooling="none")).eval()
+    image = torch.randn(1, 1, 12, 16, 16)
+    probabilities = _blob_probabilities((12, 16, 16), (6.0, 8.0, 7.5), 3.6)[None]
+    with torch.no_grad():
+        (plain,) = model.predict_meshes(image, organ=1, probabilities=probabilities)
+        (template,) = model.predict_meshes(image, organ=2, probabilities=probabilities)
+        model.config.surface_offsets = [0.5, -0.25]
+        (grown,) = model.predict_meshes(image, organ=1, probabilities=probabilities)
+        (shrunk,) = model.predict_meshes(image, organ=2, probabilities=probabilities)
+        model.train()
+        model.unet.eval()  # as a frozen U-Net trains: the same features as above
+        trained_on = model(image, organ=1, probabilities=probabilities)[1][0][-1].verts
+    scale = isotropic_scale((12, 16, 16)).numpy()
+    voxel = isotropic_voxel_size((12, 16, 16))
+    for before, after, offset in ((plain, grown, 0.5), (template, shrunk, -0.25)):
+        moves = np.linalg.norm((after.vertices - before.vertices) * scale, axis=1)
+        assert np.allclose(moves, abs(offset) * voxel, rtol=1e-4)
+        volumes = [abs(Mesh(m.vertices * scale, m.faces).signed_volume()) for m in (before, after)]
+        assert (volumes[1] > volumes[0]) == (offset > 0)
+    assert torch.allclose(trained_on, torch.from_numpy(plain.vertices), atol=1e-6)
+    with pytest.raises(ValueError, match="surface_offsets"):
+        _organ_config(surface_offsets=[0.1])
 
 
 def test_segment_starts_surface_decoders_from_the_whole_scan_probabilities(surface_decoder_model):

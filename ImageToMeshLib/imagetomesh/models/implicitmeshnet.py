@@ -23,18 +23,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from imagetomesh.geometry.laplacian import taubin_smooth
-from imagetomesh.geometry.normals import offset_along_normals
 from imagetomesh.models.mesh_state import DecoderMesh
 from imagetomesh.models.protocol import DeformedTemplateModel
 from imagetomesh.nn.feature_sampling import sample_features
 from imagetomesh.nn.graph import ChebConv
-from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
+from imagetomesh.nn.grid import isotropic_scale
 from imagetomesh.nn.precision import float32_region
 from imagetomesh.nn.splat import splat_features
 from imagetomesh.nn.unet import UNet3D, UNetConfig
@@ -46,9 +46,9 @@ class ImplicitMeshNetConfig:
     (stage s: levels s and s + 1 of them, coarsest first); ``graph_layers`` Chebyshev convolutions
     of order ``cheb_k`` per stage; ``template_level`` 4 = 2562 vertices; ``smooth_iterations`` > 0
     applies that many Taubin smoothing steps to the final mesh at inference (eval mode) only, and
-    ``surface_offset`` then moves it along its outward vertex normals by that many grid voxels (the
-    isotropic frame's voxel; positive: grown), also at inference only: a size calibration chosen on
-    the validation split, for decoders whose meshes come out smaller than their labels."""
+    ``surface_offsets`` ``[d]`` then moves it ``d`` grid voxels along its outward vertex normals
+    (:meth:`~imagetomesh.models.mesh_state.DecoderMesh.grown`), also at inference only: a size calibration
+    chosen on the validation split (one value: one object; the list form is every mesh model's)."""
 
     unet: UNetConfig = field(default_factory=UNetConfig)
     stages: int = 3
@@ -59,7 +59,7 @@ class ImplicitMeshNetConfig:
     template_radius: float = 0.5
     offset_scale: float = 0.1
     smooth_iterations: int = 0
-    surface_offset: float = 0.0
+    surface_offsets: Optional[list[float]] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
@@ -70,6 +70,10 @@ class ImplicitMeshNetConfig:
             )
         if self.graph_layers < 2:
             raise ValueError(f"graph_layers must be >= 2, got {self.graph_layers}")
+        if self.surface_offsets is not None and len(self.surface_offsets) != 1:
+            raise ValueError(
+                f"surface_offsets holds one offset (grid voxels) for the one object, got {self.surface_offsets}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,12 +143,11 @@ class ImplicitMeshNet(nn.Module, DeformedTemplateModel):
             if s == c.stages - 1 and c.smooth_iterations and not self.training:
                 # uniform Laplacian smoothing acts per coordinate, so grid or isotropic frame alike
                 verts = torch.stack([taubin_smooth(v, edge_index, c.smooth_iterations) for v in verts])
-            if s == c.stages - 1 and c.surface_offset and not self.training:
-                # normals and distances in the isotropic frame, where a grid voxel is one length on every axis
-                distance = c.surface_offset * isotropic_voxel_size(grid_shape)
-                verts = torch.stack([offset_along_normals(v * scale, template.faces, distance) / scale for v in verts])
             for b in range(batch):
                 out[b].append(DecoderMesh(verts[b], template.faces, template.sphere, hidden[b]))
+        if c.surface_offsets and not self.training:
+            for stages in out:
+                stages[-1] = stages[-1].grown(c.surface_offsets[0], grid_shape)
         return out
 
     def forward(self, image: torch.Tensor):

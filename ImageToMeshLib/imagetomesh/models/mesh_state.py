@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -10,7 +10,9 @@ from scipy.spatial import ConvexHull
 
 from imagetomesh.core.transforms import GridTransform
 from imagetomesh.errors import InputError
+from imagetomesh.geometry.normals import offset_along_normals
 from imagetomesh.geometry.topology import edge_index_from_faces, icosphere, subdivide
+from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
 from imagetomesh.scan import class_mask
 from imagetomesh.voxel_meshing import finish_mesh, grid_mask_mesh, voxel_organ_mesh
 
@@ -61,6 +63,15 @@ class DecoderMesh:
     @property
     def edge_index(self) -> torch.Tensor:
         return edge_index_from_faces(self.faces)
+
+    def grown(self, voxels: float, grid_shape) -> DecoderMesh:
+        """This closed mesh with every vertex moved ``voxels`` grid voxels along its outward vertex normal (negative:
+        inward), taken in the isotropic frame of the ``(D, H, W)`` grid ``grid_shape``
+        (:func:`~imagetomesh.nn.grid.isotropic_scale`), where a voxel is one length along every axis. What a model
+        config's ``surface_offsets`` does to its meshes at inference."""
+        scale = isotropic_scale(grid_shape).to(self.verts.device, self.verts.dtype)
+        distance = voxels * isotropic_voxel_size(grid_shape)
+        return replace(self, verts=offset_along_normals(self.verts * scale, self.faces, distance) / scale)
 
     @classmethod
     def template(

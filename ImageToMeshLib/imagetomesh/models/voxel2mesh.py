@@ -91,6 +91,11 @@ class Voxel2MeshConfig:
     vertices: 1 the decoder's mesh, 0 its start (the U-Net's surface), between them its moves shortened. None: 1
     for every organ; a decoder that started from the template (no surface found) is not scaled. Training never
     reads it.
+
+    ``surface_offsets`` (set in the card, chosen on validation): organ ``k``'s returned mesh (the one object's: a
+    single value) is moved ``surface_offsets[k - 1]`` voxels of its grid along its outward vertex normals at
+    inference, after ``move_scales`` (:meth:`~imagetomesh.models.mesh_state.DecoderMesh.grown`; negative: inward).
+    None: not moved. Training never reads it.
     """
 
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -111,6 +116,7 @@ class Voxel2MeshConfig:
     start: str = "template"
     context_margin: int = 0
     move_scales: Optional[list[float]] = None
+    surface_offsets: Optional[list[float]] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
@@ -158,6 +164,11 @@ class Voxel2MeshConfig:
             raise ValueError(
                 "move_scales scales a surface-start decoder's moves: give one scale >= 0 per organ of a model with "
                 f"start 'unet_surface' and organ_templates, got {self.move_scales}"
+            )
+        if self.surface_offsets is not None and len(self.surface_offsets) != max(self.organs, 1):
+            raise ValueError(
+                f"surface_offsets gives {len(self.surface_offsets)} offsets for {max(self.organs, 1)} decoder(s): "
+                "give one offset (grid voxels) per organ, or one for a one-object model"
             )
         factor = 2 ** (self.unet.depth - 1)
         if self.context_margin < 0 or self.context_margin % factor or (self.context_margin and not self.organs):
@@ -355,6 +366,9 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
         if c.move_scales is not None and from_surface and not self.training:
             factor = c.move_scales[organ_index(organ, c.organs, "Voxel2Mesh")]
             meshes[-1] = replace(meshes[-1], verts=start.verts + factor * (meshes[-1].verts - start.verts))
+        if c.surface_offsets is not None and not self.training:
+            index = organ_index(organ, c.organs, "Voxel2Mesh")
+            meshes[-1] = meshes[-1].grown(c.surface_offsets[index or 0], grid_shape)
         return meshes
 
     def head_probability(self, logits: torch.Tensor, organ: int | None) -> torch.Tensor | None:
