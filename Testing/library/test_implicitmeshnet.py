@@ -18,7 +18,7 @@ from imagetomesh.models.implicitmeshnet import (
     level_shapes,
 )
 from imagetomesh.models.registry import build_model
-from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
+from imagetomesh.nn.grid import isotropic_scale
 from imagetomesh.nn.unet import UNet3D, UNetConfig
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.implicitmeshnet_losses import beta_at, lr_factor, sdf_step, sdf_targets, surface_terms
@@ -303,31 +303,6 @@ def test_inference_smoothing_changes_only_the_eval_output_and_keeps_the_volume()
         smoothed, unsmoothed = model(image)[1][0][-1].verts, plain(image)[1][0][-1].verts
     assert not torch.allclose(smoothed, unsmoothed)
     assert smoothed.shape == unsmoothed.shape == trained.shape
-
-
-def test_surface_offsets_grow_the_inferred_mesh_only():
-    """``surface_offsets`` ``[d]`` moves the final mesh at inference by ``d`` grid voxels along its outward normals,
-    in the isotropic frame (each vertex's move, taken there, is that length); training forward passes are untouched."""
-    torch.manual_seed(5)
-    model = build_model("implicitmeshnet", dict(SMALL, surface_offsets=[0.5]))
-    plain = build_model("implicitmeshnet", SMALL)
-    plain.load_state_dict(model.state_dict())
-    image = torch.randn(1, 1, *SHAPE)
-    scale = isotropic_scale(SHAPE)
-    voxel = isotropic_voxel_size(SHAPE)
-    with torch.no_grad():
-        torch.testing.assert_close(model(image)[1][0][-1].verts, plain(image)[1][0][-1].verts)  # training mode
-        model.eval()
-        plain.eval()
-        grown, start = model(image)[1][0], plain(image)[1][0]
-    torch.testing.assert_close(grown[0].verts, start[0].verts)  # earlier stages as they were
-    moves = (grown[-1].verts - start[-1].verts) * scale
-    torch.testing.assert_close(moves.norm(dim=1), torch.full((len(moves),), 0.5 * voxel))
-    grown_mesh = Mesh((grown[-1].verts * scale).numpy(), grown[-1].faces.numpy())
-    start_mesh = Mesh((start[-1].verts * scale).numpy(), start[-1].faces.numpy())
-    assert abs(grown_mesh.signed_volume()) > abs(start_mesh.signed_volume())  # outward, whichever the winding
-    with pytest.raises(ValueError, match="one offset"):
-        build_model("implicitmeshnet", dict(SMALL, surface_offsets=[0.1, 0.2]))
 
 
 def test_bundled_model_segments_the_sample_hippocampus(samples):

@@ -1,4 +1,5 @@
-"""Voxel2Mesh and Pixel2Mesh-3D: shapes, template sizes, adaptive unpooling keeps meshes closed and outward."""
+"""Voxel2Mesh and Pixel2Mesh-3D: shapes, template sizes, adaptive unpooling keeps meshes closed and outward; the
+template-deforming models' inference-time ``surface_offsets``."""
 
 import pytest
 import torch
@@ -7,7 +8,9 @@ from imagetomesh.core.mesh import Mesh
 from imagetomesh.geometry.quality import check_mesh
 from imagetomesh.models.mesh_state import DecoderMesh, sphere_hull_faces
 from imagetomesh.models.pixel2mesh3d import Pixel2Mesh3D, Pixel2Mesh3DConfig
+from imagetomesh.models.registry import build_model
 from imagetomesh.models.voxel2mesh import Voxel2Mesh, Voxel2MeshConfig
+from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
 from imagetomesh.nn.unet import UNet3D, UNetConfig
 
 SMALL_UNET = UNetConfig(base=4, depth=3)
@@ -215,3 +218,36 @@ def test_a_one_object_surface_start_voxel2mesh_begins_as_unet_mc_and_learns_move
     # the decoder's (small, untrained) moves start from that surface, vertex for vertex
     offsets = torch.as_tensor(moved.vertices) - torch.as_tensor(start.vertices)
     assert 0 < offsets.abs().max() < 0.5
+
+
+ONE_OBJECT_TEMPLATE_MODELS = {
+    "implicitmeshnet": {"unet": {"base": 4, "depth": 3}, "stages": 2, "hidden": 8, "template_level": 2},
+    "pixel2mesh3d": {"unet": {"base": 4, "depth": 3}, "hidden": 8, "residual_blocks": 1},
+    "voxel2mesh": {"unet": {"base": 4, "depth": 3}, "hidden": 8, "unpooling": "uniform"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ONE_OBJECT_TEMPLATE_MODELS))
+def test_surface_offsets_grow_the_inferred_mesh_only(kind):
+    """``surface_offsets`` ``[d]`` moves the final mesh at inference by ``d`` grid voxels along its outward normals,
+    in the isotropic frame (each vertex's move, taken there, is that long); earlier stages and training forward
+    passes are untouched; a list of another length is refused."""
+    torch.manual_seed(5)
+    shape = (16, 16, 8)
+    model = build_model(kind, dict(ONE_OBJECT_TEMPLATE_MODELS[kind], surface_offsets=[0.5]))
+    plain = build_model(kind, ONE_OBJECT_TEMPLATE_MODELS[kind])
+    plain.load_state_dict(model.state_dict())
+    image = torch.randn(1, 1, *shape)
+    with torch.no_grad():
+        torch.testing.assert_close(model(image)[1][0][-1].verts, plain(image)[1][0][-1].verts)  # training mode
+        model.eval()
+        plain.eval()
+        grown, start = model(image)[1][0], plain(image)[1][0]
+    torch.testing.assert_close(grown[0].verts, start[0].verts)
+    scale = isotropic_scale(shape)
+    moves = (grown[-1].verts - start[-1].verts) * scale
+    torch.testing.assert_close(moves.norm(dim=1), torch.full((len(moves),), 0.5 * isotropic_voxel_size(shape)))
+    volumes = [abs(Mesh((m.verts * scale).numpy(), m.faces.numpy()).signed_volume()) for m in (start[-1], grown[-1])]
+    assert volumes[1] > volumes[0]  # outward, whichever way the faces are wound
+    with pytest.raises(ValueError, match="surface_offsets"):
+        build_model(kind, dict(ONE_OBJECT_TEMPLATE_MODELS[kind], surface_offsets=[0.1, 0.2]))

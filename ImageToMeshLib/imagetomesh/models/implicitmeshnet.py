@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imagetomesh.geometry.laplacian import taubin_smooth
-from imagetomesh.models.mesh_state import DecoderMesh
+from imagetomesh.models.mesh_state import DecoderMesh, check_surface_offsets
 from imagetomesh.models.protocol import DeformedTemplateModel
 from imagetomesh.nn.feature_sampling import sample_features
 from imagetomesh.nn.graph import ChebConv
@@ -70,10 +70,7 @@ class ImplicitMeshNetConfig:
             )
         if self.graph_layers < 2:
             raise ValueError(f"graph_layers must be >= 2, got {self.graph_layers}")
-        if self.surface_offsets is not None and len(self.surface_offsets) != 1:
-            raise ValueError(
-                f"surface_offsets holds one offset (grid voxels) for the one object, got {self.surface_offsets}"
-            )
+        check_surface_offsets(self.surface_offsets, 1)
 
     def to_dict(self) -> dict:
         return asdict(self)

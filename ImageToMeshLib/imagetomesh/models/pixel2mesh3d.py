@@ -8,11 +8,12 @@ icosphere, with uniform edge-midpoint unpooling between blocks (162 -> 642 -> 25
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Optional
 
 import torch
 from torch import nn
 
-from imagetomesh.models.mesh_state import DecoderMesh
+from imagetomesh.models.mesh_state import DecoderMesh, check_surface_offsets
 from imagetomesh.models.protocol import DeformedTemplateModel
 from imagetomesh.nn.feature_sampling import sample_features
 from imagetomesh.nn.graph import GraphConv
@@ -22,7 +23,10 @@ from imagetomesh.nn.unet import UNet3D, UNetConfig
 
 @dataclass
 class Pixel2Mesh3DConfig:
-    """``blocks`` G-ResNet blocks of ``residual_blocks`` residual pairs, ``hidden`` wide."""
+    """``blocks`` G-ResNet blocks of ``residual_blocks`` residual pairs, ``hidden`` wide. ``surface_offsets``
+    ``[d]`` (set in the card, chosen on validation) moves the last block's mesh ``d`` grid voxels along its
+    outward vertex normals at inference (:meth:`~imagetomesh.models.mesh_state.DecoderMesh.grown`); training
+    never reads it."""
 
     unet: UNetConfig = field(default_factory=UNetConfig)
     blocks: int = 3
@@ -30,12 +34,14 @@ class Pixel2Mesh3DConfig:
     hidden: int = 128
     template_level: int = 2
     template_radius: float = 0.35
+    surface_offsets: Optional[list[float]] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
             self.unet = UNetConfig(**self.unet)
         if self.blocks < 1 or self.residual_blocks < 1:
             raise ValueError("Pixel2Mesh3D needs at least one block and one residual pair")
+        check_surface_offsets(self.surface_offsets, 1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,6 +104,8 @@ class Pixel2Mesh3D(nn.Module, DeformedTemplateModel):
             hidden, offsets = block(torch.cat(inputs, dim=1), mesh.edge_index)
             mesh = DecoderMesh(mesh.verts + offsets, mesh.faces, mesh.sphere, hidden, None, start=mesh.verts)
             meshes.append(mesh)
+        if c.surface_offsets is not None and not self.training:
+            meshes[-1] = meshes[-1].grown(c.surface_offsets[0], grid_shape)
         return meshes
 
     def forward(self, image: torch.Tensor):
