@@ -11,8 +11,9 @@ Also: paired differences of each method against U-Net+MC (mean and 95 % bootstra
 cases) and each model's training image passes (from its card).
 
 Rows: U-Net (voxels), U-Net+MC, each mesh model (and its uniform/adaptive unpooling variants
-when asked for with NAME@uniform / NAME@adaptive, and ``segment --snap``'s optional refinement with
-NAME@snap; NAME may be a model folder, as for the
+when asked for with NAME@uniform / NAME@adaptive, ``segment --snap``'s optional refinement with
+NAME@snap, and the model with its card's ``surface_offsets`` replaced by ``[D]`` grid voxels with
+NAME@offset=D, 0 for none: how a card's offset is chosen, on ``--split val``); NAME may be a model folder, as for the
 Voxel2Mesh ablation models in Resources/Ablations, trained alike for the ablation rows). Columns: IoU, Dice, Chamfer (mm), HD95
 (mm), NUDF's accuracy (90th percentile of mesh -> label distances, mm) and completion (fraction of
 the label surface within 2 mm of the mesh), vertices, watertight %, self-intersection % of the
@@ -65,8 +66,11 @@ def _load(spec: str):
     model = load_model(name, "cpu")
     if variant in ("uniform", "adaptive"):
         model.module.config.unpooling = variant
+    elif variant.startswith("offset="):  # the card's surface_offsets replaced: choosing it on validation
+        offset = float(variant.removeprefix("offset="))
+        model.module.config.surface_offsets = [offset] if offset else None
     elif variant and variant != "snap":
-        raise SystemExit(f"unknown variant @{variant} (known: @uniform, @adaptive, @snap)")
+        raise SystemExit(f"unknown variant @{variant} (known: @uniform, @adaptive, @snap, @offset=D)")
     # untangled (and timed) by main, as segment does
     return spec, Segmenter(model, untangle=False, snap=variant == "snap")
 
