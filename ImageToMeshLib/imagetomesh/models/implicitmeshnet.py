@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from imagetomesh.geometry.laplacian import taubin_smooth
-from imagetomesh.models.mesh_state import DecoderMesh, check_surface_offsets
+from imagetomesh.models.mesh_state import DecoderMesh
+from imagetomesh.models.organ_decoders import checked_surface_offsets
 from imagetomesh.models.protocol import DeformedTemplateModel
 from imagetomesh.nn.feature_sampling import sample_features
 from imagetomesh.nn.graph import ChebConv
@@ -70,7 +71,7 @@ class ImplicitMeshNetConfig:
             )
         if self.graph_layers < 2:
             raise ValueError(f"graph_layers must be >= 2, got {self.graph_layers}")
-        check_surface_offsets(self.surface_offsets, 1)
+        self.surface_offsets = checked_surface_offsets(self.surface_offsets, 1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,7 +143,7 @@ class ImplicitMeshNet(nn.Module, DeformedTemplateModel):
                 verts = torch.stack([taubin_smooth(v, edge_index, c.smooth_iterations) for v in verts])
             for b in range(batch):
                 out[b].append(DecoderMesh(verts[b], template.faces, template.sphere, hidden[b]))
-        if c.surface_offsets and not self.training:
+        if c.surface_offsets is not None and not self.training:
             for stages in out:
                 stages[-1] = stages[-1].grown(c.surface_offsets[0], grid_shape)
         return out

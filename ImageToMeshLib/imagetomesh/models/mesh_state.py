@@ -38,16 +38,6 @@ def arc_sphere(sphere: torch.Tensor, angle_deg: float, thickness_y: float, thick
     )
 
 
-def check_surface_offsets(offsets: list[float] | None, decoders: int) -> None:
-    """``ValueError`` unless a model config's ``surface_offsets`` is None or one offset (grid voxels along the
-    outward normals, :meth:`DecoderMesh.grown`) per mesh decoder: ``decoders`` (1 for a one-object model)."""
-    if offsets is not None and len(offsets) != decoders:
-        raise ValueError(
-            f"surface_offsets gives {len(offsets)} offsets for {decoders} mesh decoder(s): give one offset (grid "
-            "voxels) per organ, or one for a one-object model"
-        )
-
-
 @dataclass
 class DecoderMesh:
     """One mesh inside a decoder.

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from imagetomesh.models.organ_decoders import check_organ_crops, organ_index
+from imagetomesh.models.organ_decoders import check_organ_crops, checked_surface_offsets, organ_index
 from imagetomesh.models.protocol import SegmentationModel
 from imagetomesh.nn.feature_sampling import sample_features
 from imagetomesh.nn.grid import grid_to_index, grid_voxel_size, isotropic_scale, isotropic_voxel_size
@@ -87,13 +87,7 @@ class NUDFConfig:
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
-        if self.surface_offsets is not None:
-            self.surface_offsets = [float(o) for o in self.surface_offsets]
-            if len(self.surface_offsets) != max(1, self.organs) or not all(np.isfinite(self.surface_offsets)):
-                raise ValueError(
-                    f"surface_offsets must be {max(1, self.organs)} finite number(s) of voxels (one per organ), "
-                    f"got {self.surface_offsets}"
-                )
+        self.surface_offsets = checked_surface_offsets(self.surface_offsets, max(1, self.organs))
         if (self.unet is None) != (self.organ_crops is None):
             raise ValueError(
                 "a several-organ NUDF needs both unet (the localiser) and organ_crops; give both or neither"

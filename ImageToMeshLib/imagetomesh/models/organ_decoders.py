@@ -1,10 +1,13 @@
-"""What every model with one decoder (or decoder output) per organ checks: its crops and the organ asked for.
+"""What every model with one decoder (or decoder output) per organ checks: its crops, the organ asked for, and its
+``surface_offsets`` (which one-object mesh models take too).
 
 Such a model (Voxel2Mesh with ``organ_templates``, NUDF with ``unet``) meshes organ ``k`` (class ``k`` of
 its U-Net, ``1..K``) in a crop ``organ_crops[k - 1]`` ``(d, h, w)`` of the model's grid around it.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -17,6 +20,22 @@ def check_organ_crops(crops, organs: int, multiple: int, poolings: str) -> None:
             f"organ_crops must give one (d, h, w) crop per organ class of the U-Net ({organs}), each size a "
             f"multiple of {multiple} ({poolings}), got {crops}"
         )
+
+
+def checked_surface_offsets(offsets, decoders: int) -> list[float] | None:
+    """A mesh model config's ``surface_offsets`` as floats (None stays None): one finite offset per organ decoder or
+    output, ``decoders`` of them (1 for a one-object model), in grid voxels along the mesh's outward normals, applied
+    at inference (Voxel2Mesh, Pixel2Mesh-3D and ImplicitMeshNet: :meth:`~imagetomesh.models.mesh_state.DecoderMesh.grown`;
+    NUDF: :func:`~imagetomesh.models.nudf.moved_along_normals`); ``ValueError`` otherwise."""
+    if offsets is None:
+        return None
+    values = [float(o) for o in offsets]
+    if len(values) != decoders or not all(math.isfinite(v) for v in values):
+        raise ValueError(
+            f"surface_offsets must be {decoders} finite number(s) of grid voxels (one per organ, or one for a "
+            f"one-object model), got {offsets}"
+        )
+    return values
 
 
 def context_shape(crop, margin: int) -> tuple[int, int, int]:

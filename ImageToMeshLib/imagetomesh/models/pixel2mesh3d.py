@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from imagetomesh.models.mesh_state import DecoderMesh, check_surface_offsets
+from imagetomesh.models.mesh_state import DecoderMesh
+from imagetomesh.models.organ_decoders import checked_surface_offsets
 from imagetomesh.models.protocol import DeformedTemplateModel
 from imagetomesh.nn.feature_sampling import sample_features
 from imagetomesh.nn.graph import GraphConv
@@ -41,7 +42,7 @@ class Pixel2Mesh3DConfig:
             self.unet = UNetConfig(**self.unet)
         if self.blocks < 1 or self.residual_blocks < 1:
             raise ValueError("Pixel2Mesh3D needs at least one block and one residual pair")
-        check_surface_offsets(self.surface_offsets, 1)
+        self.surface_offsets = checked_surface_offsets(self.surface_offsets, 1)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 from imagetomesh.core.mesh import Mesh
-from imagetomesh.models.mesh_state import DecoderMesh, check_surface_offsets
-from imagetomesh.models.organ_decoders import centre_crop, check_organ_crops, organ_index
+from imagetomesh.models.mesh_state import DecoderMesh
+from imagetomesh.models.organ_decoders import centre_crop, check_organ_crops, checked_surface_offsets, organ_index
 from imagetomesh.models.protocol import DeformedTemplateModel, last_stage_meshes
 from imagetomesh.nn.feature_sampling import neighbourhood_offsets, sample_features
 from imagetomesh.nn.graph import DistanceWeightedGraphConv
@@ -165,7 +165,7 @@ class Voxel2MeshConfig:
                 "move_scales scales a surface-start decoder's moves: give one scale >= 0 per organ of a model with "
                 f"start 'unet_surface' and organ_templates, got {self.move_scales}"
             )
-        check_surface_offsets(self.surface_offsets, max(self.organs, 1))
+        self.surface_offsets = checked_surface_offsets(self.surface_offsets, max(self.organs, 1))
         factor = 2 ** (self.unet.depth - 1)
         if self.context_margin < 0 or self.context_margin % factor or (self.context_margin and not self.organs):
             raise ValueError(
