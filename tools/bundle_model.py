@@ -103,12 +103,16 @@ def steps_per_hour(run: Path) -> float | None:
 
 def same_architecture(kind: str, config: dict | None, other: dict) -> bool:
     """Whether two model configs of ``kind`` build the same architecture: compared as the kind's config objects,
-    so a field added to the code later, absent from an older card, counts at its default."""
+    so a field added to the code later, absent from an older card, counts at its default, and without the settings
+    training never reads (``surface_offsets`` and the like: :func:`~imagetomesh.models.protocol.weights_config`)."""
+    from imagetomesh.models.protocol import weights_config
     from imagetomesh.models.registry import model_kind
 
     architecture = model_kind(kind).config
     try:
-        return isinstance(config, dict) and architecture(**config) == architecture(**other)
+        return isinstance(config, dict) and weights_config(architecture(**config)) == weights_config(
+            architecture(**other)
+        )
     except (TypeError, ValueError):  # a field the code does not know, or a value it refuses
         return False
 

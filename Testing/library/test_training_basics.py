@@ -277,6 +277,13 @@ def test_bundling_with_average_with_writes_the_mean_of_each_tensor(tmp_path):
     assert not bundle.same_architecture("unet", {"unet": dict(unet, windows=[[0.0, 1.0]])}, {"unet": unet})
     assert not bundle.same_architecture("unet", {"unet": dict(unet, unknown=1)}, {"unet": unet})
     assert not bundle.same_architecture("unet", None, {"unet": unet})
+    # a calibration set in the card after training (surface_offsets) does not change the weights' architecture
+    v2m = {"unet": {"base": 4, "depth": 3}, "hidden": 8}
+    imn = {"unet": {"base": 4, "depth": 3}, "stages": 2}
+    assert bundle.same_architecture("voxel2mesh", v2m, v2m)
+    assert bundle.same_architecture("voxel2mesh", dict(v2m, surface_offsets=[0.05]), v2m)
+    assert bundle.same_architecture("implicitmeshnet", dict(imn, smooth_iterations=3, surface_offsets=[0.1]), imn)
+    assert not bundle.same_architecture("voxel2mesh", dict(v2m, surface_offsets=[0.05], hidden=16), v2m)
     save_weights(model, tmp_path / "spelled", {"kind": "unet", "config": {"unet": dict(unet, windows=[])}})
     bundle.averaged(tmp_path / "m0", read_card(tmp_path / "m0"), [tmp_path / "spelled"], tmp_path / "y.safetensors")
     assert (tmp_path / "y.safetensors").is_file()

@@ -32,7 +32,7 @@ from torch import nn
 from imagetomesh.geometry.laplacian import taubin_smooth
 from imagetomesh.models.mesh_state import DecoderMesh
 from imagetomesh.models.organ_decoders import checked_surface_offsets
-from imagetomesh.models.protocol import DeformedTemplateModel
+from imagetomesh.models.protocol import INFERENCE_ONLY, DeformedTemplateModel
 from imagetomesh.nn.feature_sampling import sample_features
 from imagetomesh.nn.graph import ChebConv
 from imagetomesh.nn.grid import isotropic_scale
@@ -59,8 +59,8 @@ class ImplicitMeshNetConfig:
     template_level: int = 4
     template_radius: float = 0.5
     offset_scale: float = 0.1
-    smooth_iterations: int = 0
-    surface_offsets: Optional[list[float]] = None
+    smooth_iterations: int = field(default=0, metadata=INFERENCE_ONLY)
+    surface_offsets: Optional[list[float]] = field(default=None, metadata=INFERENCE_ONLY)
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from imagetomesh.models.organ_decoders import check_organ_crops, checked_surface_offsets, organ_index
-from imagetomesh.models.protocol import SegmentationModel
+from imagetomesh.models.protocol import INFERENCE_ONLY, SegmentationModel
 from imagetomesh.nn.feature_sampling import sample_features
 from imagetomesh.nn.grid import grid_to_index, grid_voxel_size, isotropic_scale, isotropic_voxel_size
 from imagetomesh.nn.unet import DoubleConv, UNet3D, UNetConfig
@@ -83,7 +83,7 @@ class NUDFConfig:
     unet: Optional[dict] = None
     organ_crops: Optional[list[list[int]]] = None
     localiser_input: bool = False
-    surface_offsets: Optional[list[float]] = None
+    surface_offsets: Optional[list[float]] = field(default=None, metadata=INFERENCE_ONLY)
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)

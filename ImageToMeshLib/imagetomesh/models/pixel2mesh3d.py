@@ -15,7 +15,7 @@ from torch import nn
 
 from imagetomesh.models.mesh_state import DecoderMesh
 from imagetomesh.models.organ_decoders import checked_surface_offsets
-from imagetomesh.models.protocol import DeformedTemplateModel
+from imagetomesh.models.protocol import INFERENCE_ONLY, DeformedTemplateModel
 from imagetomesh.nn.feature_sampling import sample_features
 from imagetomesh.nn.graph import GraphConv
 from imagetomesh.nn.grid import isotropic_scale
@@ -35,7 +35,7 @@ class Pixel2Mesh3DConfig:
     hidden: int = 128
     template_level: int = 2
     template_radius: float = 0.35
-    surface_offsets: Optional[list[float]] = None
+    surface_offsets: Optional[list[float]] = field(default=None, metadata=INFERENCE_ONLY)
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):

@@ -22,11 +22,24 @@ observations, not a segmenter, and is not one.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import ClassVar
 
 import torch
 
 from imagetomesh.core.mesh import Mesh
+
+#: ``field(metadata=INFERENCE_ONLY)`` marks a model config field that training never reads (a setting made in the card
+#: after training and chosen on validation, such as ``surface_offsets``): configs that differ only there describe the
+#: same weights (:func:`weights_config`).
+INFERENCE_ONLY = {"inference_only": True}
+
+
+def weights_config(config):
+    """The model config dataclass ``config`` with its :data:`INFERENCE_ONLY` fields at their defaults: what its
+    weights' shapes and meaning depend on (two models with equal ones can be averaged, whatever their calibration)."""
+    resets = {f.name: f.default for f in dataclasses.fields(config) if f.metadata.get("inference_only")}
+    return dataclasses.replace(config, **resets) if resets else config
 
 
 class SegmentationModel(abc.ABC):

@@ -40,7 +40,7 @@ from torch import nn
 from imagetomesh.core.mesh import Mesh
 from imagetomesh.models.mesh_state import DecoderMesh
 from imagetomesh.models.organ_decoders import centre_crop, check_organ_crops, checked_surface_offsets, organ_index
-from imagetomesh.models.protocol import DeformedTemplateModel, last_stage_meshes
+from imagetomesh.models.protocol import INFERENCE_ONLY, DeformedTemplateModel, last_stage_meshes
 from imagetomesh.nn.feature_sampling import neighbourhood_offsets, sample_features
 from imagetomesh.nn.graph import DistanceWeightedGraphConv
 from imagetomesh.nn.grid import isotropic_scale
@@ -115,8 +115,8 @@ class Voxel2MeshConfig:
     organ_arcs: Optional[list[Optional[list[float]]]] = None
     start: str = "template"
     context_margin: int = 0
-    move_scales: Optional[list[float]] = None
-    surface_offsets: Optional[list[float]] = None
+    move_scales: Optional[list[float]] = field(default=None, metadata=INFERENCE_ONLY)
+    surface_offsets: Optional[list[float]] = field(default=None, metadata=INFERENCE_ONLY)
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
