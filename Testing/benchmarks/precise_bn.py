@@ -37,7 +37,8 @@ import torch
 
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.configs import image_configs, named_config
-from imagetomesh.training.data import prepare_split, random_image_batch, random_patch_batch
+from imagetomesh.training.data import prepare_split
+from imagetomesh.training.tasks.image_to_mesh import image_batch
 from imagetomesh.weights import read_card, save_weights
 from imagetomesh.zoo import find_model, load_model
 
@@ -78,19 +79,7 @@ def training_batches(config, cases, count: int, seed: int):
         raise SystemExit(f"{config.kind} config mirrors its crops or crops organs: not drawn here")
     generator = torch.Generator().manual_seed(seed)
     for _ in range(count):
-        if config.patch:
-            images = random_patch_batch(
-                cases,
-                config.batch_size,
-                tuple(config.patch),
-                config.augment,
-                generator,
-                config.foreground,
-                config.balance_classes,
-            )[0]
-        else:
-            images = random_image_batch(cases, config.batch_size, config.augment, generator)[0]
-        yield images
+        yield image_batch(config, cases, generator)[0]
 
 
 def main() -> None:

@@ -113,6 +113,25 @@ def organ_decoder_loss(
     return terms["total"], logged_terms(terms)
 
 
+def image_batch(config: TrainConfig, cases, generator, mirror: Mirror | None = None, surfaces: bool = False):
+    """A training batch of the prepared ``cases`` as ``config`` draws it, organ crops aside: ``config.patch`` crops
+    (:func:`~imagetomesh.training.data.random_patch_batch`: foreground-centred, class-balanced, mirrored by
+    ``mirror``) or whole augmented images (:func:`~imagetomesh.training.data.random_image_batch`, with their
+    surface samples when ``surfaces``). The batch's images come first."""
+    if config.patch:
+        return random_patch_batch(
+            cases,
+            config.batch_size,
+            tuple(config.patch),
+            config.augment,
+            generator,
+            config.foreground,
+            config.balance_classes,
+            mirror,
+        )
+    return random_image_batch(cases, config.batch_size, config.augment, generator, return_surfaces=surfaces)
+
+
 class ImageToMeshTask(Task):
     """``unet``, ``voxel2mesh`` or ``pixel2mesh3d`` (``config.kind``) on an MSD folder; ``init_from``: a model folder."""
 
@@ -214,18 +233,7 @@ class ImageToMeshTask(Task):
             return random_organ_crop_batch(
                 self.cases_by_organ, crops, c.batch_size, c.augment, generator, c.crop_jitter, self.context
             )
-        if c.patch:
-            return random_patch_batch(
-                self.train_cases,
-                c.batch_size,
-                tuple(c.patch),
-                c.augment,
-                generator,
-                c.foreground,
-                c.balance_classes,
-                self.mirror,
-            )
-        return random_image_batch(self.train_cases, c.batch_size, c.augment, generator, return_surfaces=dense)
+        return image_batch(c, self.train_cases, generator, self.mirror, dense)
 
     def loss(self, batch, generator):
         if self.organ_decoders:
