@@ -41,6 +41,7 @@ NEW_IMAGE_FIELDS = {
     "pseudo_label_band": 0.1,
     "pseudo_label_min_fraction": 0.25,
     "freeze_unet": False,  # issue 15
+    "deep_supervision": 0,  # issue 16
     "crop_jitter": 3.0,  # issue 16
 }
 #: NUDFTrainConfig fields added for several organs (issue 16), and its model's, with the defaults of the old runs

@@ -91,6 +91,10 @@ class TrainConfig(EngineOptions, OrganOptions):
     balance_classes: bool = False
     #: average the cross-entropy per class (:func:`~imagetomesh.training.losses.partial_label_loss`)
     balanced_ce: bool = False
+    #: U-Nets: this many coarser decoder levels also predict the label, each through its own 1x1x1 head, their
+    #: losses added with weights 1/2, 1/4, ... (:mod:`~imagetomesh.training.deep_supervision`; training only: the
+    #: saved model is the plain U-Net); 0: the full resolution alone
+    deep_supervision: int = 0
     #: stop after this many seconds of training, counted over resumptions (None: no limit)
     time_limit_s: Optional[float] = None
     #: organ names whose output channel restarts at a small prior when the run starts from
@@ -475,6 +479,13 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
         model={"unet": copy.deepcopy(UNET_HEADNECK_CT_WIDE)},
         lr=5e-4,
         val_every=500,
+    )
+    # the bundled head-and-neck U-Net (--init-from unet-headneck-ct) fine-tuned with the contoured-extent schedule and
+    # deep supervision of its two coarser decoder levels (1/2 and 1/4 of the grid; nnU-Net trains so; every run above
+    # supervised the full resolution alone): the coarse levels, which see an organ's whole neighbourhood, are taught
+    # to tell the organs apart themselves
+    unet["headneck-ct-cpu-contoured-deepsup"] = replace(
+        copy.deepcopy(unet["headneck-ct-cpu-contoured-long"]), deep_supervision=2, val_every=600
     )
     for named, loss in ((v2m, V2M_LOSS_V2), (p2m, P2M_LOSS_V2), (unet, None)):
         for name in ("cpu", "gpu"):

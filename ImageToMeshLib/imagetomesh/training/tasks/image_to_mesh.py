@@ -29,6 +29,7 @@ from imagetomesh.training.data import (
     random_image_batch,
     random_patch_batch,
 )
+from imagetomesh.training.deep_supervision import DeeplySupervisedUNet, DeepSupervisionHeads, deep_supervised_loss
 from imagetomesh.training.init_weights import init_from_model, restart_classes
 from imagetomesh.training.losses import mesh_decoder_loss, partial_label_loss, segmentation_loss
 from imagetomesh.training.organ_crops import describe_organ_cases, organ_cases, random_organ_crop_batch
@@ -147,6 +148,8 @@ class ImageToMeshTask(Task):
 
     def setup(self) -> None:
         run, config = self.run, self.config
+        if config.deep_supervision and config.kind != "unet":
+            raise InputError(f"deep_supervision trains the levels of a unet; set it to 0 for {config.kind}")
         dense = config.kind != "unet" and config.loss.target == "dense"
         self.split, self.train_cases, self.val_cases = prepare_split(
             run.data_dir,
@@ -203,10 +206,41 @@ class ImageToMeshTask(Task):
                     "U-Net: give --init-from a trained model (and a mesh-model kind)"
                 )
             self.model.unet.requires_grad_(False)
-        self.net = run.wrap(self.model)
+        #: the coarse decoder levels' logit heads (``config.deep_supervision``), None without
+        self.supervision_heads = self._supervision_heads()
+        if self.supervision_heads is None:
+            self.net = run.wrap(self.model)
+        else:
+            self.net = run.wrap(DeeplySupervisedUNet(self.model, self.supervision_heads))
         learned = [p for p in self.model.parameters() if p.requires_grad]
+        if self.supervision_heads is not None:
+            learned += list(self.supervision_heads.parameters())
         self.optimizer = torch.optim.AdamW(learned, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = one_cycle(self.optimizer, config.lr, config.steps)
+
+    def _supervision_heads(self) -> DeepSupervisionHeads | None:
+        """The heads of ``config.deep_supervision`` coarser levels of the U-Net, on the run's device; None for 0;
+        :class:`InputError` for a U-Net with fewer levels."""
+        levels = self.config.deep_supervision
+        if not levels:
+            return None
+        unet = self.model.unet
+        try:
+            heads = DeepSupervisionHeads(unet.decoder_channels, unet.config.num_classes, levels)
+        except ValueError as e:
+            raise InputError(f"deep_supervision: {e}") from None
+        return heads.to(self.run.device)
+
+    def checkpoint_parts(self) -> dict:
+        parts = super().checkpoint_parts()
+        if self.supervision_heads is not None:
+            parts["supervision_heads"] = self.supervision_heads
+        return parts
+
+    def clip_parameters(self):
+        if self.supervision_heads is None:
+            return self.model.parameters()
+        return [*self.model.parameters(), *self.supervision_heads.parameters()]
 
     def _mirror(self) -> Mirror | None:
         """The left-right mirror of the training crops (``augment.mirror`` > 0), None without one;
@@ -238,6 +272,8 @@ class ImageToMeshTask(Task):
     def loss(self, batch, generator):
         if self.organ_decoders:
             return organ_decoder_loss(self.net, self.config, *batch, generator, self.run.device)
+        if self.supervision_heads is not None:
+            return self._deep_supervised_loss(batch)
         if self.config.organs:
             images, labels, present = batch
             logits, _ = self.net(images.to(self.run.device))
@@ -246,6 +282,21 @@ class ImageToMeshTask(Task):
             )
             return loss, {"seg": float(loss.detach()), "loss": float(loss.detach())}
         return image_to_mesh_loss(self.net, self.config, batch[0], batch[1], generator, self.run.device, *batch[2:])
+
+    def _deep_supervised_loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The U-Net's loss at the full resolution and its supervised coarser levels
+        (:func:`~imagetomesh.training.deep_supervision.deep_supervised_loss`): the several-organ
+        :func:`~imagetomesh.training.losses.partial_label_loss`, or ``loss.ce`` times the one-object
+        :func:`~imagetomesh.training.losses.segmentation_loss`."""
+        device = self.run.device
+        logits, coarse = self.net(batch[0].to(device))
+        labels = batch[1].to(device)
+        if self.config.organs:
+            present = batch[2].to(device)
+            loss = deep_supervised_loss(partial_label_loss, logits, coarse, labels, present, self.config.balanced_ce)
+        else:
+            loss = self.config.loss.ce * deep_supervised_loss(segmentation_loss, logits, coarse, labels)
+        return loss, {"seg": float(loss.detach()), "loss": float(loss.detach())}
 
     def validate(self) -> dict[str, float]:
         names = [o["name"] for o in self.config.organs or []]
