@@ -111,3 +111,25 @@ def test_deep_supervision_is_for_u_nets_deep_enough(tmp_path):
     msd = write_ct_msd(tmp_path / "msd", 2)
     with pytest.raises(InputError, match="more than 2 decoder levels"):
         train(replace(config, deep_supervision=2, steps=1), msd, tmp_path / "b", log=lambda m: None)
+
+
+def test_a_one_object_u_net_learns_with_deep_supervision(tmp_path):
+    """The one-object branch (a hippocampus-like U-Net, ``loss.ce`` times the segmentation loss at each level)."""
+    import sys
+    from pathlib import Path
+
+    from imagetomesh.preprocessing import GridSpec
+    from imagetomesh.training.configs import TrainConfig
+    from imagetomesh.training.engine import train
+
+    sys.path.insert(0, str(Path(__file__).parent / "data" / "pre_engine_runs"))
+    from make_fixtures import tiny_msd
+
+    unet = {"in_channels": 1, "num_classes": 2, "base": 4, "depth": 3, "norm": "batch"}
+    config = TrainConfig(
+        "unet", {"unet": unet}, GridSpec((16, 16, 16), (1.0, 1.0, 1.0)), 30, lr=1e-2, val_every=30, threads=1
+    )
+    train(replace(config, deep_supervision=2), tiny_msd(tmp_path / "msd"), tmp_path / "run", log=lambda m: None)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert logged[-1]["val_dice"] > 0.5  # noisy balls: the deep-supervised U-Net finds them
+    assert "supervision_heads" in torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)

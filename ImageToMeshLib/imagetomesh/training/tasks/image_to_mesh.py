@@ -10,7 +10,8 @@ the ``--init-from`` model is kept as it is (eval mode, no gradient), only the me
 Voxel2Mesh with one decoder per organ (``organ_crops`` in the model config, ``headneck-ct-cpu-frozen``)
 trains its decoders on a trained several-organ U-Net kept frozen, each step on crops around one organ
 (:mod:`imagetomesh.training.organ_crops`), and is selected by the mean over organs of the mesh Dice in
-those crops. Configs: :func:`imagetomesh.training.configs.image_configs`.
+those crops. A U-Net with ``deep_supervision`` levels adds the same loss at its coarser decoder levels
+(:mod:`imagetomesh.training.deep_supervision`). Configs: :func:`imagetomesh.training.configs.image_configs`.
 """
 
 from __future__ import annotations
