@@ -483,9 +483,21 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # the bundled head-and-neck U-Net (--init-from unet-headneck-ct) fine-tuned with the contoured-extent schedule and
     # deep supervision of its two coarser decoder levels (1/2 and 1/4 of the grid; nnU-Net trains so; every run above
     # supervised the full resolution alone): the coarse levels, which see an organ's whole neighbourhood, are taught
-    # to tell the organs apart themselves
+    # to tell the organs apart themselves. Tried (session 36, --time-limit 120 --fit-steps-to-time: 6,502 steps on one
+    # thread): training-grid validation voxel Dice 0.742 at step 5,400 (the bundled run 0.737); whole scans 0.754 alone
+    # (the bundled U-Net 0.752), 0.7575 with the wide U-Net (0.7586): not bundled (docs/headneck-ct-results.md)
     unet["headneck-ct-cpu-contoured-deepsup"] = replace(
         copy.deepcopy(unet["headneck-ct-cpu-contoured-long"]), deep_supervision=2, val_every=600
+    )
+    # the ensemble's wide member (--init-from unet-headneck-ct-wide-gpu) fine-tuned with the same deep supervision, at
+    # the CPU crops and batches and half the peak rate (as headneck-ct-cpu-wide-contoured-regularised). Tried (session
+    # 36, --time-limit 85 --fit-steps-to-time: 2,245 steps): training-grid validation 0.734 at step 1,000 (its start
+    # 0.739); whole scans 0.7552 with the bundled CPU U-Net (the bundled ensemble 0.7586): not bundled
+    unet["headneck-ct-cpu-wide-contoured-deepsup"] = replace(
+        copy.deepcopy(unet["headneck-ct-cpu-contoured-deepsup"]),
+        model={"unet": copy.deepcopy(UNET_HEADNECK_CT_WIDE)},
+        lr=5e-4,
+        val_every=500,
     )
     for named, loss in ((v2m, V2M_LOSS_V2), (p2m, P2M_LOSS_V2), (unet, None)):
         for name in ("cpu", "gpu"):
