@@ -47,7 +47,6 @@ class DeepSupervisionHeads(nn.Module):
                 f"deep supervision of {levels} levels needs a U-Net with more than {levels} decoder levels "
                 f"(this one has {len(decoder_channels)}, the bottleneck included)"
             )
-        self.levels = levels
         # level k (1 = half the grid) reads decoder[-1 - k]
         self.heads = nn.ModuleList(nn.Conv3d(decoder_channels[-1 - k], num_classes, 1) for k in range(1, levels + 1))
 

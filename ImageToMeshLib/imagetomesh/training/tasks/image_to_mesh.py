@@ -209,13 +209,12 @@ class ImageToMeshTask(Task):
             self.model.unet.requires_grad_(False)
         #: the coarse decoder levels' logit heads (``config.deep_supervision``), None without
         self.supervision_heads = self._supervision_heads()
-        if self.supervision_heads is None:
-            self.net = run.wrap(self.model)
-        else:
-            self.net = run.wrap(DeeplySupervisedUNet(self.model, self.supervision_heads))
-        learned = [p for p in self.model.parameters() if p.requires_grad]
-        if self.supervision_heads is not None:
-            learned += list(self.supervision_heads.parameters())
+        #: what trains: the model, with its supervision heads where there are some
+        self.trained = (
+            self.model if self.supervision_heads is None else DeeplySupervisedUNet(self.model, self.supervision_heads)
+        )
+        self.net = run.wrap(self.trained)
+        learned = [p for p in self.trained.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(learned, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = one_cycle(self.optimizer, config.lr, config.steps)
 
@@ -239,9 +238,7 @@ class ImageToMeshTask(Task):
         return parts
 
     def clip_parameters(self):
-        if self.supervision_heads is None:
-            return self.model.parameters()
-        return [*self.model.parameters(), *self.supervision_heads.parameters()]
+        return self.trained.parameters()
 
     def _mirror(self) -> Mirror | None:
         """The left-right mirror of the training crops (``augment.mirror`` > 0), None without one;
