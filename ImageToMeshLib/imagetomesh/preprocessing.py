@@ -114,14 +114,46 @@ def model_grid_transform(volume: Volume, spec: GridSpec, centre_lps: np.ndarray 
 ANTIALIAS_TRUNCATE = 4.0
 
 
+#: Voxels of the strided sample :func:`resolved_scale` measures an axis on (bounds its time and memory).
+RESOLVED_SAMPLE_VOXELS = 1 << 22
+
+
+def resolved_scale(array: np.ndarray, axis: int, lag: int) -> float:
+    """The scale, in voxels along ``axis`` of ``array (D, H, W)``, at which the image varies: ``sqrt(S(lag) / S(1))``,
+    ``S(n)`` the mean squared difference of voxels ``n`` apart along ``axis``, clipped to ``[1, lag]``.
+
+    Voxels that vary independently (a scan reconstructed at its spacing: its noise and edges reach from one voxel to
+    the next) give about 1; an image interpolated from one ``g`` voxels coarser (a 3.9 mm scan resampled to 1 mm:
+    straight ramps between the coarse samples, ``S(n)`` about ``n^2`` times ``S(1)``) about ``0.9 g`` up to
+    ``lag``; a constant image ``lag``. Measured on every ``s``-th line across the other two axes, ``s`` chosen so
+    that about :data:`RESOLVED_SAMPLE_VOXELS` voxels are read."""
+    stride = max(1, int(np.sqrt(array.size / RESOLVED_SAMPLE_VOXELS)))
+    lines = np.moveaxis(np.asarray(array), axis, -1)[::stride, ::stride]
+    if lag < 1 or lines.shape[-1] <= lag:
+        return 1.0
+    lines = lines.astype(np.float32)
+
+    def mean_square_step(n: int) -> float:
+        step = lines[..., n:] - lines[..., :-n]
+        return float(np.mean(np.square(step, dtype=np.float64)))
+
+    one = mean_square_step(1)
+    if one == 0.0:
+        return float(lag)
+    return float(np.clip(np.sqrt(mean_square_step(lag) / one), 1.0, lag))
+
+
 def antialias_sigmas(volume: Volume, target: GridTransform) -> np.ndarray:
     """``(3,)`` standard deviations, in ``volume``'s voxels along its array axes ``(k, j, i)``, of the Gaussian that
-    smooths ``volume`` before ``target``'s grid samples it: ``sqrt((f^2 - 1) / 12)`` where the grid steps ``f > 1``
+    smooths ``volume`` before ``target``'s grid samples it: ``sqrt((f^2 - r^2) / 12)`` where the grid steps ``f > 1``
     image voxels along that axis (the step of the grid axis most nearly along it; exact for grids whose axes are
-    the image's up to order and sign): the spread that, added to a voxel's own (a box one voxel wide, variance
-    1/12), gives the spread of a voxel ``f`` times as wide, as a scan reconstructed at the grid's spacing has. 0
-    where the grid does not thin the image, and where the filter would be one voxel wide (``f`` below about 1.09:
-    a kernel of radius 0 at :data:`ANTIALIAS_TRUNCATE`), so an image near the grid's spacing is read as it is.
+    the image's up to order and sign) and the image varies at a scale of ``r`` voxels
+    (:func:`resolved_scale` at the lag ``round(f)``): the spread that, added to what the image already has (a box
+    ``r`` voxels wide, variance ``r^2 / 12``; ``r = 1`` for a scan reconstructed at its spacing), gives the spread
+    of a voxel ``f`` times as wide, as a scan reconstructed at the grid's spacing has. An image that is already as
+    smooth as the grid (one resampled from a scan at about the grid's spacing) is thus not smoothed again. 0
+    where the grid does not thin the image, and where the filter would be one voxel wide (a spread below 1/8 voxel: a
+    kernel of radius 0 at :data:`ANTIALIAS_TRUNCATE`), so an image near the grid's spacing is read as it is.
     Trilinear reads of an image thinned by ``f`` see one voxel in about ``f`` per axis: without this the 4 mm
     grid of a 1 mm CT reads one voxel's noise (about 4x that of a 4 mm reconstruction) and aliases thin
     structures, where the scans a model was trained on average their voxels' tissue."""
@@ -129,8 +161,16 @@ def antialias_sigmas(volume: Volume, target: GridTransform) -> np.ndarray:
     step_in_image = volume.lps_to_index[:3, :3] @ target_index_to_lps[:3, :3]  # column c: one grid step along c
     thinning = np.abs(step_in_image).max(axis=1)  # per image axis (i, j, k)
     sigma = np.sqrt(np.maximum(thinning**2 - 1.0, 0.0) / 12.0)
-    sigma[np.floor(ANTIALIAS_TRUNCATE * sigma + 0.5) < 1] = 0.0  # scipy's kernel radius 0: the identity
+    for a in np.flatnonzero(_filter_radius(sigma) >= 1):  # image axes (i, j, k) the grid thins
+        resolved = resolved_scale(volume.array, 2 - a, int(round(thinning[a])))
+        sigma[a] = np.sqrt(max(thinning[a] ** 2 - resolved**2, 0.0) / 12.0)
+    sigma[_filter_radius(sigma) < 1] = 0.0  # scipy's kernel radius 0: the identity
     return sigma[::-1].copy()
+
+
+def _filter_radius(sigma: np.ndarray) -> np.ndarray:
+    """The radius, in voxels, of scipy's Gaussian kernel of standard deviation ``sigma`` at :data:`ANTIALIAS_TRUNCATE`."""
+    return np.floor(ANTIALIAS_TRUNCATE * np.asarray(sigma) + 0.5)
 
 
 def resample_to_grid(
@@ -138,7 +178,7 @@ def resample_to_grid(
     target: GridTransform,
     mode: str = "bilinear",
     fill: float = 0.0,
-    antialias: bool = False,
+    antialias: bool | np.ndarray = False,
     overwrite: bool = False,
 ) -> torch.Tensor:
     """Sample ``volume`` on ``target``'s grid; returns float32 ``(D, H, W)``.
@@ -146,12 +186,16 @@ def resample_to_grid(
     ``mode`` is ``"bilinear"`` (trilinear in 3D) or ``"nearest"``; points outside the image get ``fill``.
     Only the part of the image the grid covers is read (:func:`_footprint`): a small grid on a huge
     image costs the grid's memory, not the image's. ``antialias`` (images, not labels) first smooths that
-    part along the axes the grid thins (:func:`antialias_sigmas`; nothing where the grid's spacing is the
+    part along the axes the grid thins (True: by :func:`antialias_sigmas` of ``volume``; or by the given ``(k, j,
+    i)`` spreads, those of the image ``volume`` was normalised or cut from; nothing where the grid's spacing is the
     image's), equal to smoothing the whole image first: the part is grown by the filter's reach. That smoothing
     works on a float32 copy of the part, or (``overwrite``: the caller's own scratch array, e.g. a normalised
     copy) on ``volume``'s float32 array itself, which it then changes: one image's memory less.
     """
-    sigma = antialias_sigmas(volume, target) if antialias else np.zeros(3)
+    if isinstance(antialias, np.ndarray):
+        sigma = antialias
+    else:
+        sigma = antialias_sigmas(volume, target) if antialias else np.zeros(3)
     volume = _footprint(volume, target, _reach(sigma))
     if volume is None:  # the grid lies wholly outside the image
         return torch.full(tuple(target.shape), float(fill), dtype=torch.float32)
@@ -343,14 +387,15 @@ def prepare_image(volume: Volume, spec: GridSpec, warn: bool = True) -> tuple[to
             stacklevel=2,
         )
     transform = model_grid_transform(volume, spec)
-    part = _footprint(volume, transform, _reach(antialias_sigmas(volume, transform)))
+    sigma = antialias_sigmas(volume, transform)  # measured on the whole image as stored
+    part = _footprint(volume, transform, _reach(sigma))
     if part is None or part is volume:  # the grid covers most of the image (or none of it): normalise it whole
         normalised = volume.with_array(INTENSITY_NORMALISATIONS[spec.intensity](volume.array))
         fill = float(normalised.array.min())
-        return resample_to_grid(normalised, transform, "bilinear", fill, antialias=True, overwrite=True), transform
+        return resample_to_grid(normalised, transform, "bilinear", fill, antialias=sigma, overwrite=True), transform
     # a grid much smaller than the image: the whole image's statistics, applied to the grid's footprint only
     mapping = intensity_map(volume.array, spec.intensity)
     fill = float(mapping(np.asarray([volume.array.min()]))[0])
     return resample_to_grid(
-        part.with_array(mapping(part.array)), transform, "bilinear", fill, antialias=True, overwrite=True
+        part.with_array(mapping(part.array)), transform, "bilinear", fill, antialias=sigma, overwrite=True
     ), transform
