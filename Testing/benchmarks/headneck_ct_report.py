@@ -2,7 +2,8 @@
 
 Usage:
     python Testing/benchmarks/headneck_ct_report.py [--data ../shared/data/openkbp-ct] [--split val|test|train]
-        [--models unet-headneck-ct ...] [--cases N] [--invariance 3] [--out docs/headneck-ct-results.md]
+        [--models unet-headneck-ct ...] [--cases N] [--invariance 8] [--changes in-plane,noisy,...]
+        [--out docs/headneck-ct-results.md]
 
 For every case of the split of each model's card (``training.split`` of a run, or a bundled card's
 ``data.split_file``), ``segment`` runs on the
@@ -18,7 +19,7 @@ whole scan, all organs (model loaded, ``--threads`` torch threads).
 a check that the model is not thrown by native-resolution noise), (c) storing the voxels with another
 direction matrix (axes permuted and flipped), (d) resampling onto an oblique grid (:func:`obliqued`: 15 degrees
 about the body axis, 10 about the left-right axis) and (e) padding with a wider field of view (air), and reports
-the per-organ Dice change against the original scan.
+the per-organ Dice change against the original scan (``--changes`` picks some of them: :data:`CHANGES`).
 Tune on ``--split val``; run ``--split test`` once, at the end, for the page; ``--split train`` shows how well a
 model fits its own training scans (against validation: how much it overfits).
 """
@@ -143,6 +144,16 @@ def padded(image: Volume, pad=((10, 30), (20, 0), (40, 12)), air: float = -1000.
     return Volume(array, image.spacing, origin, image.direction)
 
 
+#: The invariance changes of the report: ``{key: (row label, change)}``.
+CHANGES = {
+    "in-plane": ("resampled to 1 mm in-plane", resampled_in_plane),
+    "noisy": (f"1 mm in-plane with {NOISE_HU:.0f} HU noise", noisy_in_plane),
+    "reoriented": ("another direction matrix", reoriented),
+    "oblique": ("oblique: turned 15 and 10 degrees", obliqued),
+    "padded": ("wider field of view (padded)", padded),
+}
+
+
 def summary_rows(per_case: list[dict], organs) -> list[dict]:
     rows = []
     for organ in organs:
@@ -174,13 +185,21 @@ def main() -> None:
         "--models", nargs="+", default=["unet-headneck-ct", "voxel2mesh-headneck-ct", "nudf-headneck-ct"]
     )
     parser.add_argument("--cases", type=int, default=0, help="only the first N cases of the split (0: all)")
-    parser.add_argument("--invariance", type=int, default=3)
+    parser.add_argument("--invariance", type=int, default=8, help="cases to change (0: none)")
+    parser.add_argument(
+        "--changes",
+        default=",".join(CHANGES),
+        help=f"comma-separated invariance changes to run (default: all of {', '.join(CHANGES)})",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="markdown page to write (default: print only)")
     parser.add_argument(
         "--json", default=None, help="also write the per-case numbers here (and each change's per-case Dice changes)"
     )
     args = parser.parse_args()
+    unknown = sorted(set(args.changes.split(",")) - set(CHANGES))
+    if unknown:
+        parser.error(f"unknown --changes {', '.join(unknown)} (known: {', '.join(CHANGES)})")
     torch.set_num_threads(args.threads)
 
     msd = read_msd(args.data)
@@ -230,14 +249,8 @@ def main() -> None:
             )
             lines.append("| change | " + " | ".join(o.title for o in organs) + " | max abs |")
             lines.append("|---|" + "---|" * (len(organs) + 1))
-            changes = {
-                "resampled to 1 mm in-plane": resampled_in_plane,
-                f"1 mm in-plane with {NOISE_HU:.0f} HU noise": noisy_in_plane,
-                "another direction matrix": reoriented,
-                "oblique: turned 15 and 10 degrees": obliqued,
-                "wider field of view (padded)": padded,
-            }
-            for label_text, change in changes.items():
+            for key in args.changes.split(","):
+                label_text, change = CHANGES[key]
                 by_case = {}
                 for n, case_id in enumerate(ids[: args.invariance]):
                     case = msd[case_id]
