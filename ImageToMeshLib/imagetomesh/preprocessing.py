@@ -118,40 +118,60 @@ ANTIALIAS_TRUNCATE = 4.0
 RESOLVED_SAMPLE_VOXELS = 1 << 22
 
 
-def resolved_scale(array: np.ndarray, axis: int, lag: int) -> float:
-    """The scale, in voxels along ``axis`` of ``array (D, H, W)``, at which the image varies: ``sqrt(S(lag) / S(1))``,
-    ``S(n)`` the mean squared difference of voxels ``n`` apart along ``axis``, clipped to ``[1, lag]``.
+def ramp_step_ratio(width: float, lag: int) -> float:
+    """``S(lag) / S(1)`` of an edge that rises in ``width`` equal steps of one voxel (a straight ramp; a sharp edge is
+    one step), ``S(n)`` the sum of the squared differences of voxels ``n`` apart across it: with ``m`` and ``M`` the
+    smaller and larger of ``width`` and ``lag``, ``((m - 1) m (2m - 1) / 3 + (M - m + 1) m^2) / width``. It grows
+    from ``lag`` (a sharp edge) to ``lag^2`` (a ramp much wider than the lag), and is taken for any real width."""
+    m, big = min(width, lag), max(width, lag)
+    return ((m - 1.0) * m * (2.0 * m - 1.0) / 3.0 + (big - m + 1.0) * m * m) / width
 
-    Voxels that vary independently (a scan reconstructed at its spacing: its noise and edges reach from one voxel to
-    the next) give about 1; an image interpolated from one ``g`` voxels coarser (a 3.9 mm scan resampled to 1 mm:
-    straight ramps between the coarse samples, ``S(n)`` about ``n^2`` times ``S(1)``) about ``0.9 g`` up to
-    ``lag``; a constant image ``lag``. Measured on every ``s``-th line across the other two axes, ``s`` chosen so
-    that about :data:`RESOLVED_SAMPLE_VOXELS` voxels are read."""
+
+def resolved_scale(array: np.ndarray, axis: int, lag: int) -> float:
+    """The width, in voxels along ``axis`` of ``array (D, H, W)``, over which the image's edges rise: the ramp width
+    whose :func:`ramp_step_ratio` is the image's ``S(lag) / S(1)``, ``S(n)`` the sum of the squared differences of
+    voxels ``n`` apart along ``axis``, clipped to ``[1, lag]``.
+
+    A scan reconstructed at its spacing gives 1: its edges rise from one voxel to the next (ratio about ``lag``)
+    and its noise is independent from voxel to voxel (ratio 1). An image interpolated from one ``g`` voxels coarser
+    (a 3.9 mm scan resampled to 1 mm) rises in straight ramps ``g`` voxels wide between the coarse samples: about
+    ``g``, up to ``lag``. A constant image gives ``lag``. Measured on every ``s``-th line across the other two axes,
+    ``s`` chosen so that about :data:`RESOLVED_SAMPLE_VOXELS` voxels are read."""
     stride = max(1, int(np.sqrt(array.size / RESOLVED_SAMPLE_VOXELS)))
     lines = np.moveaxis(np.asarray(array), axis, -1)[::stride, ::stride]
-    if lag < 1 or lines.shape[-1] <= lag:
+    if lag <= 1 or lines.shape[-1] <= lag:
         return 1.0
     lines = lines.astype(np.float32)
 
-    def mean_square_step(n: int) -> float:
+    def squared_steps(n: int) -> float:
         step = lines[..., n:] - lines[..., :-n]
-        return float(np.mean(np.square(step, dtype=np.float64)))
+        return float(np.sum(np.square(step, dtype=np.float64)))
 
-    one = mean_square_step(1)
+    one = squared_steps(1)
     if one == 0.0:
         return float(lag)
-    return float(np.clip(np.sqrt(mean_square_step(lag) / one), 1.0, lag))
+    ratio = squared_steps(lag) / one
+    if ratio <= ramp_step_ratio(1.0, lag):
+        return 1.0
+    if ratio >= ramp_step_ratio(float(lag), lag):
+        return float(lag)
+    low, high = 1.0, float(lag)  # the ratio grows with the width: bisection
+    for _ in range(40):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if ramp_step_ratio(middle, lag) < ratio else (low, middle)
+    return 0.5 * (low + high)
 
 
 def antialias_sigmas(volume: Volume, target: GridTransform) -> np.ndarray:
     """``(3,)`` standard deviations, in ``volume``'s voxels along its array axes ``(k, j, i)``, of the Gaussian that
     smooths ``volume`` before ``target``'s grid samples it: ``sqrt((f^2 - r^2) / 12)`` where the grid steps ``f > 1``
     image voxels along that axis (the step of the grid axis most nearly along it; exact for grids whose axes are
-    the image's up to order and sign) and the image varies at a scale of ``r`` voxels
-    (:func:`resolved_scale` at the lag ``round(f)``): the spread that, added to what the image already has (a box
-    ``r`` voxels wide, variance ``r^2 / 12``; ``r = 1`` for a scan reconstructed at its spacing), gives the spread
-    of a voxel ``f`` times as wide, as a scan reconstructed at the grid's spacing has. An image that is already as
-    smooth as the grid (one resampled from a scan at about the grid's spacing) is thus not smoothed again. 0
+    the image's up to order and sign) and the image's edges rise over ``r`` voxels (:func:`resolved_scale` at the
+    lag ``round(f)``): the spread that, added to what the image already has (a box ``r`` voxels wide, variance
+    ``r^2 / 12``; ``r = 1`` for a scan reconstructed at its spacing, and for any image whose voxels carry their own
+    noise), gives the spread of a voxel ``f`` times as wide, as a scan reconstructed at the grid's spacing has. An
+    image already as smooth as the grid (one resampled from a scan at about the grid's spacing) is thus not smoothed
+    again. 0
     where the grid does not thin the image, and where the filter would be one voxel wide (a spread below 1/8 voxel: a
     kernel of radius 0 at :data:`ANTIALIAS_TRUNCATE`), so an image near the grid's spacing is read as it is.
     Trilinear reads of an image thinned by ``f`` see one voxel in about ``f`` per axis: without this the 4 mm
