@@ -30,7 +30,7 @@ class AugmentConfig:
     mirror: float = 0.0
     #: probability of blurring the image by a Gaussian whose standard deviation along each grid axis is drawn
     #: from ``[0, blur_sigma]`` grid voxels: the spread a scan finer or smoother than the grid brings (a 1 mm CT
-    #: interpolated from a 3.9 mm one and smoothed before the 4 mm grid reads it: about 0.5 voxel in-plane)
+    #: interpolated from a 3.9 mm one, read by the 4 mm grid: about 0.4 voxel in-plane)
     blur: float = 0.0
     blur_sigma: float = 0.75
 
