@@ -171,9 +171,9 @@ def antialias_sigmas(volume: Volume, target: GridTransform) -> np.ndarray:
     ``r^2 / 12``; ``r = 1`` for a scan reconstructed at its spacing, and for any image whose voxels carry their own
     noise), gives the spread of a voxel ``f`` times as wide, as a scan reconstructed at the grid's spacing has. An
     image already as smooth as the grid (one resampled from a scan at about the grid's spacing) is thus not smoothed
-    again. 0
-    where the grid does not thin the image, and where the filter would be one voxel wide (a spread below 1/8 voxel: a
-    kernel of radius 0 at :data:`ANTIALIAS_TRUNCATE`), so an image near the grid's spacing is read as it is.
+    again. 0 where the grid does not thin the image, and where the filter would be one voxel wide (a spread below
+    1/8 voxel: a kernel of radius 0 at :data:`ANTIALIAS_TRUNCATE`), so an image near the grid's spacing is read as
+    it is.
     Trilinear reads of an image thinned by ``f`` see one voxel in about ``f`` per axis: without this the 4 mm
     grid of a 1 mm CT reads one voxel's noise (about 4x that of a 4 mm reconstruction) and aliases thin
     structures, where the scans a model was trained on average their voxels' tissue."""
