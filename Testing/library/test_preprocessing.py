@@ -138,18 +138,16 @@ def test_antialias_sigmas_follow_the_thinning_per_image_axis():
     image = Volume(noise, (0.5, 1.0, 2.0))  # (i, j, k) spacing
     box = lambda f: np.sqrt((f * f - 1.0) / 12.0)  # noqa: E731  a voxel f times as wide, less the voxel's own width
     # grid 4 mm along x, 1 mm along y, 2 mm along z: thinned 8x along i, not along j or k
-    close = {}  # noise varies from voxel to voxel: the full spread of a voxel f times as wide
-    np.testing.assert_allclose(antialias_sigmas(image, _thinned_grid(image, (4.0, 1.0, 2.0))), [0, 0, box(8)], **close)
-    np.testing.assert_allclose(
-        antialias_sigmas(image, _thinned_grid(image, (4.0, 4.0, 4.0))), [box(2), box(4), box(8)], **close
-    )
+    # noise, whose edges rise from one voxel to the next (resolved_scale 1), gets the full spread
+    np.testing.assert_allclose(antialias_sigmas(image, _thinned_grid(image, (4.0, 1.0, 2.0))), [0.0, 0.0, box(8)])
+    np.testing.assert_allclose(antialias_sigmas(image, _thinned_grid(image, (4.0, 4.0, 4.0))), [box(2), box(4), box(8)])
     # a grid finer than the image, or thinning it by less than ~1.09 (a one-voxel kernel), reads it as it is
     np.testing.assert_allclose(antialias_sigmas(image, _thinned_grid(image, (0.54, 1.08, 0.5))), [0.0, 0.0, 0.0])
     # the same image stored with permuted and flipped axes gets the same smoothing along the same physical axes
     stored = _stored_differently(image, perm=(2, 0, 1), flips=(True, False, True))
     sigma = antialias_sigmas(stored, _thinned_grid(stored, (4.0, 1.0, 2.0)))
     # stored (i, j, k) = original (k, i, j)
-    np.testing.assert_allclose(sigma[::-1][[1, 2, 0]], [box(8), 0.0, 0.0], **close)
+    np.testing.assert_allclose(sigma[::-1][[1, 2, 0]], [box(8), 0.0, 0.0])
     # an image without detail (here: none at all) is not smoothed
     flat = Volume(np.zeros((30, 40, 50), np.float32), (0.5, 1.0, 2.0))
     np.testing.assert_array_equal(antialias_sigmas(flat, _thinned_grid(flat, (4.0, 4.0, 4.0))), [0.0, 0.0, 0.0])
@@ -171,9 +169,8 @@ def test_ramp_step_ratio_is_that_of_straight_ramps():
 
     for lag in (2, 3, 4, 6):
         for width in range(1, 8):
-            edge = np.concatenate(
-                [np.zeros(20), np.arange(1, width + 1) / width, np.ones(20)]
-            )  # rises in `width` steps
+            # 0 to 1 in `width` equal steps
+            edge = np.concatenate([np.zeros(20), np.arange(1, width + 1) / width, np.ones(20)])
             ratio = _squared_steps(edge, lag) / _squared_steps(edge, 1)
             assert ramp_step_ratio(width, lag) == pytest.approx(ratio, rel=1e-12), (lag, width)
 
