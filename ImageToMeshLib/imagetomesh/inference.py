@@ -28,7 +28,7 @@ from imagetomesh.scan import (
     crop_to_scan_grid,
     densest_crop_start,
     organ_masks,
-    scan_spec,
+    scan_grid,
     windowed_logits,
 )
 from imagetomesh.voxel_meshing import finish_mesh, voxel_organ_mesh
@@ -245,12 +245,12 @@ class Segmenter:
     def scan_probabilities(self, volume: Volume) -> tuple[torch.Tensor, GridTransform, torch.Tensor]:
         """A several-organ model's U-Net over the whole scan ``volume`` (a CT cropped to the body first):
         ``(image (D, H, W), its GridTransform, class probabilities (C, D, H, W))`` on the scan grid
-        (:func:`~imagetomesh.scan.scan_spec`), run in blocks of at most the card's grid shape; with
+        (:func:`~imagetomesh.scan.scan_grid`), run in blocks of at most the card's grid shape; with
         :attr:`mirror`, the mean of the scan's probabilities and its mirror's (mirrored back, left and right
         organs traded); with an :attr:`ensemble`, the mean of its U-Nets' and this model's. Unchecked:
         :meth:`segment_organs` checks the image first."""
         body = body_crop(volume) if self.spec.intensity == "ct" else volume
-        image, transform = prepare_image(body, scan_spec(body, self.spec), warn=False)
+        image, transform = prepare_image(body, self.spec, warn=False, transform=scan_grid(body, self.spec))
         batch = image[None, None].to(self.model.device)
         nets = [self.model.module.unet, *self.ensemble]
         with bf16_autocast(self.bf16, self.model.device):

@@ -378,8 +378,12 @@ def intensity_map(array: np.ndarray, intensity: str) -> IntensityMap:
     return IntensityMap(lo, hi, lo + mean, std if std > 1e-8 else 1.0)
 
 
-def prepare_image(volume: Volume, spec: GridSpec, warn: bool = True) -> tuple[torch.Tensor, GridTransform]:
+def prepare_image(
+    volume: Volume, spec: GridSpec, warn: bool = True, transform: GridTransform | None = None
+) -> tuple[torch.Tensor, GridTransform]:
     """Normalise ``volume`` and resample it onto ``spec``; returns ``((D, H, W) float32, GridTransform)``.
+    The grid is ``spec``'s centred on the image (:func:`model_grid_transform`), or ``transform`` (its own shape:
+    a whole-scan grid, :func:`imagetomesh.scan.scan_grid`).
 
     Warns (does not fail) when the image's spacing differs from the model's or the image
     does not fit in the model's field of view, since the result may then be less accurate.
@@ -406,7 +410,8 @@ def prepare_image(volume: Volume, spec: GridSpec, warn: bool = True) -> tuple[to
             f"{fov.tolist()} mm; the centre is used (crop the image around the organ for best results)",
             stacklevel=2,
         )
-    transform = model_grid_transform(volume, spec)
+    if transform is None:
+        transform = model_grid_transform(volume, spec)
     sigma = antialias_sigmas(volume, transform)  # measured on the whole image as stored
     part = _footprint(volume, transform, _reach(sigma))
     if part is None or part is volume:  # the grid covers most of the image (or none of it): normalise it whole

@@ -4,7 +4,8 @@ bounded memory, and one mask (then one mesh) per organ.
 A several-organ model (a card with ``organs``) is fully convolutional: its card's grid gives the
 spacing, orientation and intensity window it was trained at and, as ``shape``, the largest block it
 is run on at once. A CT is first cropped to the body (:func:`body_crop`); :func:`scan_grid` lays
-the model's spacing over the whole image (however large, any direction matrix); :func:`windowed_logits` runs the network over it in overlapping blocks of at most
+the model's spacing over the whole image (however large, any direction matrix) on a lattice fixed in patient
+space; :func:`windowed_logits` runs the network over it in overlapping blocks of at most
 the card's shape, so memory is bounded by the block, not the scan; :func:`organ_masks` turns the
 class probabilities into one mask per organ, and :func:`organ_mask_volume` resamples an organ's
 probability around it at a finer spacing so its surface is not the scan grid's staircase.
@@ -15,20 +16,19 @@ crops around the labelled organ.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
 from imagetomesh.core.cropping import crop_to_box, window_slices
-from imagetomesh.core.transforms import GridTransform, grid_to_index, grid_volume, index_to_grid
+from imagetomesh.core.transforms import GridTransform, grid_to_index, grid_to_index_affine, grid_volume, index_to_grid
 from imagetomesh.core.volume import Volume
 from imagetomesh.organs import Organ
-from imagetomesh.preprocessing import CT_WINDOW_HU, GridSpec, model_grid_transform
+from imagetomesh.preprocessing import CT_WINDOW_HU, GridSpec
 
-#: Scan-grid sizes are rounded up to a multiple of this (the U-Net's 3 poolings).
+#: Scan grids start on a multiple of this many grid steps from LPS (0, 0, 0) and their sizes are multiples of it
+#: (the U-Net's 3 poolings).
 GRID_MULTIPLE = 8
 #: Overlap of neighbouring blocks in :func:`windowed_logits`, as a fraction of the block.
 WINDOW_OVERLAP = 0.25
@@ -44,19 +44,20 @@ BODY_MARGIN_MM = 16.0
 
 def body_crop(volume: Volume) -> Volume:
     """A CT cropped to the box around the body (voxels above :data:`BODY_HU`), grown by :data:`BODY_MARGIN_MM`
-    on every side, with air (the CT window's lowest value) where that leaves the image: the air around the
-    patient costs time and holds no organ, and the same body gives the same crop whatever the field of view
-    (a body cut by the scan's edge as well: the scan's end gets the air margin that a wider scan's has).
-    The whole volume when nothing is above."""
+    on every side (in whole voxels of each axis: about as many millimetres whatever the image's spacing), with air
+    (the CT window's lowest value) where that leaves the image: the air around the patient costs time and holds no
+    organ, and the same body gives the same crop whatever the field of view (a body cut by the scan's edge as
+    well: the scan's end gets the air margin that a wider scan's has). The whole volume when nothing is above."""
     box = _box_above(np.asarray(volume.array), BODY_HU)
     if box is None:
         return volume
-    margin = int(np.ceil(BODY_MARGIN_MM / float(np.min(volume.spacing))))
+    margins = np.ceil(BODY_MARGIN_MM / np.asarray(volume.spacing, dtype=np.float64)[::-1]).astype(int)  # (k, j, i)
+    box = tuple(slice(s.start - int(m), s.stop + int(m)) for s, m in zip(box, margins))
     dtype = volume.array.dtype
     air = CT_WINDOW_HU[0]
     if dtype.kind in "iu" and np.iinfo(dtype).min > air:  # an unsigned array cannot hold HU air: its lowest value
         air = float(np.min(volume.array))
-    return crop_to_box(volume, box, margin, fill=air)
+    return crop_to_box(volume, box, fill=air)
 
 
 def _box_above(array: np.ndarray, threshold: float, chunk_voxels: int = 1 << 24):
@@ -74,18 +75,27 @@ def _box_above(array: np.ndarray, threshold: float, chunk_voxels: int = 1 << 24)
     return slice(k_hit[0], k_hit[-1] + 1), slice(int(j[0]), int(j[-1]) + 1), slice(int(i[0]), int(i[-1]) + 1)
 
 
-def scan_spec(volume: Volume, spec: GridSpec, multiple: int = GRID_MULTIPLE) -> GridSpec:
-    """``spec`` with its shape grown or shrunk to cover ``volume``'s whole extent along the grid's axes
-    at ``spec.spacing``, each size rounded up to a multiple of ``multiple``."""
-    to_grid_axes = np.abs(spec.direction_matrix(volume).T @ volume.direction)
-    extent = to_grid_axes @ (np.asarray(volume.size_ijk, dtype=np.float64) * volume.spacing)  # (x, y, z) mm
-    size = np.maximum(np.ceil(extent / np.asarray(spec.spacing) / multiple), 1) * multiple
-    return replace(spec, shape=tuple(int(s) for s in size[::-1]))
-
-
 def scan_grid(volume: Volume, spec: GridSpec, multiple: int = GRID_MULTIPLE) -> GridTransform:
-    """Where the whole-scan grid of :func:`scan_spec` lies: centred on the image centre."""
-    return model_grid_transform(volume, scan_spec(volume, spec, multiple))
+    """The whole-scan grid over ``volume``: ``spec``'s spacing and orientation, its voxel centres on a lattice fixed
+    in patient space, ``A n`` for integer ``n (3,)`` (``A`` the grid's axes times its spacing: one point every grid
+    step from LPS (0, 0, 0)), from the last ``n`` that is a multiple of ``multiple`` below ``volume``'s extent to
+    the first above it along each grid axis (so sizes are multiples of ``multiple``, the U-Net's 3 poolings).
+
+    The grid thus depends on where the body is, not on how its image samples it: a scan, a copy resampled to 1 mm,
+    a wider field of view and the same voxels stored in another axis order are read at the same points in patient
+    space, with the same pooling cells. A grid centred on each image fell on each at its own sub-voxel placement,
+    and the U-Net's organ ends moved with it (docs/headneck-ct-results.md, session 38)."""
+    direction = spec.direction_matrix(volume)
+    axes = direction * np.asarray(spec.spacing, dtype=np.float64)[None, :]  # columns: LPS step of one grid step
+    ends = [(-0.5, n - 0.5) for n in volume.size_ijk]  # the image's extent: its voxels' outer faces
+    corners = np.array([[i, j, k, 1.0] for i in ends[0] for j in ends[1] for k in ends[2]]) @ volume.index_to_lps.T
+    steps = np.linalg.solve(axes, corners[:, :3].T).T  # (8, 3) the corners in grid steps from LPS (0, 0, 0)
+    first = np.floor(steps.min(0) / multiple) * multiple
+    size_ijk = np.maximum(np.ceil((steps.max(0) - first) / multiple), 1) * multiple
+    index_to_lps = np.eye(4)
+    index_to_lps[:3, :3] = axes
+    index_to_lps[:3, 3] = axes @ first
+    return GridTransform(index_to_lps @ grid_to_index_affine(size_ijk), tuple(int(n) for n in size_ijk[::-1]))
 
 
 def _starts(size: int, block: int, overlap: float) -> list[int]:

@@ -33,7 +33,7 @@ from imagetomesh import inference
 from imagetomesh.core.transforms import GridTransform
 from imagetomesh.nn.precision import bf16_autocast
 from imagetomesh.preprocessing import INTENSITY_NORMALISATIONS, antialias_sigmas, prepare_image, resample_to_grid
-from imagetomesh.scan import body_crop, scan_spec
+from imagetomesh.scan import body_crop, scan_grid
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,7 +49,7 @@ def moved_by_half_a_voxel(transform: GridTransform) -> GridTransform:
 def phase_averaged_scan_probabilities(self, volume):
     """``Segmenter.scan_probabilities`` averaged over the scan grid and :func:`moved_by_half_a_voxel` of it."""
     body = body_crop(volume) if self.spec.intensity == "ct" else volume
-    image, transform = prepare_image(body, scan_spec(body, self.spec), warn=False)
+    image, transform = prepare_image(body, self.spec, warn=False, transform=scan_grid(body, self.spec))
     moved = moved_by_half_a_voxel(transform)
     normalised = body.with_array(INTENSITY_NORMALISATIONS[self.spec.intensity](body.array))
     fill = float(normalised.array.min())

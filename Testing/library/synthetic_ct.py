@@ -119,8 +119,8 @@ def prepared_case(label: np.ndarray, present=(True, True, True), superior=1.0) -
 
 
 def two_organ_config():
-    """The ``TrainConfig`` of the session's two-organ U-Net (the ``organ_model`` fixture): a small U-Net that a few
-    hundred steps on :func:`write_ct_msd` scans teach (intensity tells the organs apart)."""
+    """The ``TrainConfig`` of the session's two-organ U-Net (the ``organ_model`` fixture): a small U-Net that a thousand
+    steps on :func:`write_ct_msd` scans teach (intensity tells the organs apart)."""
     from imagetomesh.preprocessing import GridSpec
     from imagetomesh.training.augment import AugmentConfig
     from imagetomesh.training.configs import TrainConfig
@@ -134,7 +134,7 @@ def two_organ_config():
         {"unet": {"in_channels": 1, "num_classes": 3, "base": 8, "depth": 2, "norm": "batch"}},
         # the whole image and air around it (as the head-and-neck grid holds air beyond a scan's ends)
         grid=GridSpec((32, 32, 40), (4.0, 4.0, 4.0), LPS_RAS, "ct"),
-        steps=500,
+        steps=1000,  # after 500 its fat-like organ came and went (and air became it) as the grid moved by a voxel
         lr=3e-2,
         val_every=500,
         threads=1,

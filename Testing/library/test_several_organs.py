@@ -15,8 +15,8 @@ from imagetomesh.core.volume import Volume
 from imagetomesh.errors import InputError
 from imagetomesh.io.images import write_image
 from imagetomesh.organs import Organ, choose_organs, mirrored_classes, organs_of
-from imagetomesh.preprocessing import GridSpec
-from imagetomesh.scan import body_crop, organ_mask_volume, organ_masks, scan_spec, windowed_logits
+from imagetomesh.preprocessing import GridSpec, resample_volume
+from imagetomesh.scan import body_crop, organ_mask_volume, organ_masks, scan_grid, windowed_logits
 from imagetomesh.training.augment import AugmentConfig
 from imagetomesh.training.data import (
     UNKNOWN,
@@ -301,16 +301,73 @@ def test_windowed_logits_equal_one_pass():
     assert torch.allclose(blocked, whole, atol=1e-5)
 
 
-def test_the_scan_grid_covers_any_field_of_view_and_orientation():
+def _grid_points(transform: GridTransform) -> np.ndarray:
+    """``(N, 3)`` LPS mm of every voxel centre ``(i, j, k)`` of ``transform``'s grid."""
+    ijk = np.indices(transform.shape[::-1]).reshape(3, -1).T
+    return ijk @ transform.index_to_lps[:3, :3].T + transform.index_to_lps[:3, 3]
+
+
+def _extent_corners(volume: Volume) -> np.ndarray:
+    """``(8, 3)`` LPS mm of the corners of ``volume``'s extent (its voxels' outer faces)."""
+    ends = [(-0.5, n - 0.5) for n in volume.size_ijk]
+    return np.array(
+        [volume.index_to_lps[:3, :3] @ [i, j, k] + volume.origin for i in ends[0] for j in ends[1] for k in ends[2]]
+    )
+
+
+def test_the_scan_grid_covers_any_field_of_view_and_orientation_on_a_fixed_lattice():
+    """Every voxel centre of a scan grid is ``A n`` for an integer ``n`` (``A``: the grid's axes times its spacing),
+    its first voxel a multiple of 8 lattice steps from LPS (0, 0, 0), its sizes multiples of 8, and it holds the
+    whole image within one grid step; checked point by point."""
     spec = GridSpec((160, 128, 128), (4.0, 4.0, 2.5), LPS_RAS, "ct")
-    small = Volume(np.zeros((40, 100, 120), np.float32), (1.0, 1.0, 2.0), direction=np.diag([-1.0, -1.0, 1.0]))
-    assert scan_spec(small, spec).shape == (32, 32, 32)  # 80 mm / 2.5 -> 32; 100 mm / 4 -> 25 -> 32; 120/4 -> 32
-    # the same scan stored with its axes permuted (x <-> z) covers the same grid
+    axes = np.asarray(LPS_RAS, dtype=float).reshape(3, 3) * np.array([4.0, 4.0, 2.5])
     permuted = np.array([[0.0, 0.0, -1.0], [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]])
-    stored = Volume(np.zeros((120, 100, 40), np.float32), (2.0, 1.0, 1.0), direction=permuted)
-    assert scan_spec(stored, spec).shape == (32, 32, 32)
+    volumes = [
+        Volume(np.zeros((40, 100, 120), np.float32), (1.0, 1.0, 2.0), direction=np.diag([-1.0, -1.0, 1.0])),
+        Volume(np.zeros((120, 100, 40), np.float32), (2.0, 1.0, 1.0), (3.3, -17.9, 41.2), permuted),
+        Volume(np.zeros((37, 29, 33), np.float32), (3.9, 3.9, 2.5), (-101.7, 55.1, -12.4), np.diag([-1.0, -1.0, 1.0])),
+    ]
+    for volume in volumes:
+        transform = scan_grid(volume, spec)
+        assert all(n % 8 == 0 for n in transform.shape)
+        steps = np.linalg.solve(axes, _grid_points(transform).T).T
+        assert np.allclose(steps, np.round(steps), atol=1e-6)
+        assert np.allclose(steps.min(0) % 8, 0) or np.allclose(steps.min(0) % 8, 8)
+        corners = np.linalg.solve(axes, _extent_corners(volume).T).T
+        assert np.all(corners.min(0) >= steps.min(0) - 1e-6) and np.all(corners.max(0) <= steps.max(0) + 1 + 1e-6)
+        # no more than it needs: from the last multiple of 8 at or below the image to the first at or above it
+        assert np.all(steps.min(0) > corners.min(0) - 8) and np.all(steps.max(0) + 1 < corners.max(0) + 8)
     wide = Volume(np.zeros((600, 512, 512), np.float32), (0.9, 0.9, 1.0), direction=np.diag([-1.0, -1.0, 1.0]))
-    assert scan_spec(wide, spec).shape == (240, 120, 120)  # larger than the block: run in windows
+    assert scan_grid(wide, spec).shape == (248, 128, 128)  # 240 x 115.2 x 115.2 steps, larger than the block: windows
+
+
+def test_resampled_padded_and_restored_copies_of_a_scan_get_the_same_scan_grid():
+    """A CT, its copy resampled to 1 mm in-plane, the same voxels stored with another axis order and a wider field
+    of view, each cropped to its body as ``segment`` does, are read at the same points in patient space with the
+    same pooling cells: one scan grid (their body crops' boxes differ by parts of a voxel)."""
+    spec = GridSpec((160, 128, 128), (4.0, 4.0, 2.5), LPS_RAS, "ct")
+    k, j, i = np.indices((30, 50, 60))
+    array = np.where(((j - 24.3) / 17.2) ** 2 + ((i - 31.1) / 23.7) ** 2 < 1, 40.0, -1000.0).astype(np.float32)
+    scan = Volume(array, (3.906, 3.906, 2.5), (-101.7, 55.1, -12.4), np.diag([-1.0, -1.0, 1.0]))
+    size = np.round(scan.size_ijk * scan.spacing / np.array([1.0, 1.0, 2.5])).astype(int)
+    fine = resample_volume(scan, (1.0, 1.0, 2.5), size, fill=-1000.0)
+    restored = Volume(
+        np.ascontiguousarray(np.flip(np.swapaxes(array, 1, 2), axis=0)),
+        (3.906, 3.906, 2.5),
+        scan.index_to_lps[:3, :3] @ [0.0, 0.0, 29.0] + scan.origin,
+        np.stack([scan.direction[:, 1], scan.direction[:, 0], -scan.direction[:, 2]], axis=1),
+    )
+    pad = np.array([7, 3, 11])  # voxels (i, j, k) of wider field of view before the scan's first
+    wider = Volume(
+        np.pad(array, ((11, 4), (3, 9), (7, 2)), constant_values=-1000.0),
+        scan.spacing,
+        scan.origin - scan.direction @ (pad * scan.spacing),
+        scan.direction,
+    )
+    grid = scan_grid(body_crop(scan), spec)
+    for copy in (fine, restored, wider):
+        other = scan_grid(body_crop(copy), spec)
+        assert other.shape == grid.shape and np.allclose(other.grid_to_lps, grid.grid_to_lps)
 
 
 def test_the_body_crop_does_not_depend_on_the_field_of_view():
