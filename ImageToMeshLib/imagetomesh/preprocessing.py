@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from imagetomesh.core.transforms import GridTransform, centre_index, grid_to_index_affine, index_to_grid_affine
+from imagetomesh.core.transforms import GridTransform, centre_index, index_to_grid_affine
 from imagetomesh.core.volume import Volume
 from imagetomesh.nn.grid import grid_sample_index
 
@@ -104,10 +104,7 @@ def model_grid_transform(volume: Volume, spec: GridSpec, centre_lps: np.ndarray 
     ):
         origin_ijk = volume.lps_to_index[:3, :3] @ origin + volume.lps_to_index[:3, 3]
         origin = volume.index_to_lps[:3, :3] @ np.round(origin_ijk) + volume.origin
-    index_to_lps = np.eye(4)
-    index_to_lps[:3, :3] = axes
-    index_to_lps[:3, 3] = origin
-    return GridTransform(index_to_lps @ grid_to_index_affine(size_ijk), tuple(spec.shape))
+    return GridTransform.of_lattice(axes, origin, size_ijk)
 
 
 #: Gaussian tails kept by :func:`antialias_sigmas`' filter, in standard deviations (scipy's default).
@@ -256,12 +253,7 @@ def resample_volume(volume: Volume, spacing, size_ijk, mode: str = "bilinear", f
     spacing = np.asarray(spacing, dtype=np.float64)
     size = np.asarray(size_ijk, dtype=np.int64)
     origin = volume.origin - 0.5 * volume.direction @ (volume.spacing - spacing)
-    index_to_lps = np.eye(4)
-    index_to_lps[:3, :3] = volume.direction * spacing[None, :]
-    index_to_lps[:3, 3] = origin
-    grid = GridTransform(
-        index_to_lps @ grid_to_index_affine(size.astype(np.float64)), tuple(int(s) for s in size[::-1])
-    )
+    grid = GridTransform.of_lattice(volume.direction * spacing[None, :], origin, size)
     return Volume(resample_to_grid(volume, grid, mode, fill).numpy(), spacing, origin, volume.direction)
 
 

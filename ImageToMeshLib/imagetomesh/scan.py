@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from imagetomesh.core.cropping import crop_to_box, window_slices
-from imagetomesh.core.transforms import GridTransform, grid_to_index, grid_to_index_affine, grid_volume, index_to_grid
+from imagetomesh.core.transforms import GridTransform, grid_to_index, grid_volume, index_to_grid
 from imagetomesh.core.volume import Volume
 from imagetomesh.organs import Organ
 from imagetomesh.preprocessing import CT_WINDOW_HU, GridSpec
@@ -92,10 +92,7 @@ def scan_grid(volume: Volume, spec: GridSpec, multiple: int = GRID_MULTIPLE) -> 
     steps = np.linalg.solve(axes, corners[:, :3].T).T  # (8, 3) the corners in grid steps from LPS (0, 0, 0)
     first = np.floor(steps.min(0) / multiple) * multiple
     size_ijk = np.maximum(np.ceil((steps.max(0) - first) / multiple), 1) * multiple
-    index_to_lps = np.eye(4)
-    index_to_lps[:3, :3] = axes
-    index_to_lps[:3, 3] = axes @ first
-    return GridTransform(index_to_lps @ grid_to_index_affine(size_ijk), tuple(int(n) for n in size_ijk[::-1]))
+    return GridTransform.of_lattice(axes, axes @ first, size_ijk)
 
 
 def _starts(size: int, block: int, overlap: float) -> list[int]:

@@ -69,6 +69,24 @@ def test_grid_corners_are_voxel_centres():
     np.testing.assert_allclose(gt.to_lps([[1, 1, 1]])[0], [10 + 5 * 2, 20 + 4 * 3, 30 + 3 * 4])
 
 
+def test_a_grid_of_lattice_puts_each_voxel_where_its_axes_say():
+    """``GridTransform.of_lattice``'s voxel (i, j, k) is ``origin + i a + j b + k c``, written out per voxel, and the
+    grid of a volume's own lattice is :meth:`GridTransform.of_volume`."""
+    axes = np.array([[-3.9, 0.0, 0.1], [0.0, -3.9, 0.0], [0.2, 0.0, 2.5]])
+    origin = np.array([-101.7, 55.1, -12.4])
+    gt = GridTransform.of_lattice(axes, origin, (5, 4, 3))
+    assert gt.shape == (3, 4, 5)
+    for i, j, k in [(0, 0, 0), (4, 3, 2), (1, 2, 0), (3, 0, 1)]:
+        expected = origin + i * axes[:, 0] + j * axes[:, 1] + k * axes[:, 2]
+        np.testing.assert_allclose(transform_points(gt.index_to_lps, [[i, j, k]])[0], expected, atol=1e-9)
+    volume = list(_volumes())[1]
+    own = GridTransform.of_lattice(
+        volume.direction * np.asarray(volume.spacing)[None, :], volume.origin, volume.size_ijk
+    )
+    expected = GridTransform.of_volume(volume)
+    assert own.shape == expected.shape and np.allclose(own.grid_to_lps, expected.grid_to_lps)
+
+
 def test_reflection_keeps_faces_outward():
     tetra = Mesh(
         np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]]), np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])

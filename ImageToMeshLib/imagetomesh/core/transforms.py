@@ -99,6 +99,16 @@ class GridTransform:
         affine = volume.index_to_lps @ grid_to_index_affine(volume.size_ijk)
         return cls(affine, volume.shape)
 
+    @classmethod
+    def of_lattice(cls, axes: np.ndarray, origin: np.ndarray, size_ijk) -> GridTransform:
+        """The grid of ``size_ijk`` (W, H, D) voxels whose voxel ``(i, j, k)`` lies at ``origin + axes @ (i, j, k)``
+        LPS mm: ``axes (3, 3)`` columns the LPS step of one voxel along i, j, k; ``origin (3,)`` voxel (0, 0, 0)."""
+        size_ijk = np.asarray(size_ijk, dtype=np.float64)
+        index_to_lps = np.eye(4)
+        index_to_lps[:3, :3] = axes
+        index_to_lps[:3, 3] = origin
+        return cls(index_to_lps @ grid_to_index_affine(size_ijk), tuple(int(n) for n in size_ijk[::-1]))
+
     @property
     def lps_to_grid(self) -> np.ndarray:
         """``(4, 4)`` inverse affine, LPS mm -> grid."""
