@@ -3,7 +3,7 @@ along their outward normals by each candidate offset (grid voxels; negative: inw
 
 Usage:
     python Testing/benchmarks/nudf_surface_offsets.py [--model nudf-headneck-ct] [--split val]
-        [--first 0] [--cases 10] [--offsets -0.6 -0.4 ... 0.4] [--json out.json]
+        [--first 0] [--cases 10] [--offsets -0.6 -0.4 ... 0.4] [--meshing poisson_depth=7 ...] [--json out.json]
 
 ``segment`` meshes each whole scan once with the model's offsets set to zero
 (:meth:`~imagetomesh.inference.Segmenter.segment_organs`); each organ's LPS mesh is then taken into the model
@@ -12,7 +12,9 @@ grid's voxel frame (divided by its voxel size along L, P, S), moved by ``d`` the
 finished before rather than after the move). Dice as
 ``headneck_ct_report.py`` scores it (the mesh rasterised on the label grid, each organ where contoured). Choose
 on one part of the validation split (``--first``/``--cases``) and confirm the choice with
-``headneck_ct_report.py`` on the rest, the offsets set in a copy of the model's card.
+``headneck_ct_report.py`` on the rest, the offsets set in a copy of the model's card. ``--meshing`` overrides
+entries of the card's meshing config (:class:`~imagetomesh.geometry.udf_meshing.UDFMeshingConfig`) for the sweep, so
+that meshing parameters are chosen on validation with the offsets that go with them.
 """
 
 from __future__ import annotations
@@ -37,15 +39,37 @@ def moved_in_voxels(mesh: Mesh, offset: float, spacing_xyz: np.ndarray) -> Mesh:
     return Mesh((moved.vertices * spacing_xyz).astype(mesh.vertices.dtype), moved.faces)
 
 
+def meshing_overrides(entries: list[str]) -> dict[str, int | float]:
+    """``["poisson_depth=7", "dense_points=6000"]`` -> ``{"poisson_depth": 7, "dense_points": 6000}``, each key a field
+    of :class:`~imagetomesh.geometry.udf_meshing.UDFMeshingConfig` (an unknown one is refused)."""
+    from dataclasses import fields
+
+    from imagetomesh.geometry.udf_meshing import UDFMeshingConfig
+
+    known = {f.name: f.type for f in fields(UDFMeshingConfig)}
+    overrides = {}
+    for entry in entries:
+        key, _, value = entry.partition("=")
+        if key not in known or not value:
+            raise SystemExit(f"--meshing {entry}: expected KEY=VALUE with KEY one of {', '.join(known)}")
+        overrides[key] = int(value) if known[key] in (int, "int") else float(value)
+    return overrides
+
+
 def main() -> None:
     parser = sweep_parser(__doc__, "nudf-headneck-ct")
     parser.add_argument("--offsets", type=float, nargs="+", default=[-0.6, -0.5, -0.4, -0.3, -0.2, -0.1, 0, 0.1, 0.2])
+    parser.add_argument(
+        "--meshing", nargs="+", default=[], metavar="KEY=VALUE", help="meshing config entries to override (numbers)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     model = load_model(args.model, "cpu")
     if model.card["kind"] != "nudf" or not model.module.config.organs:
         raise SystemExit(f"{args.model} is not a several-organ NUDF")
+    model.module.config.meshing = {**model.module.config.meshing, **meshing_overrides(args.meshing)}
+    print("meshing:", model.module.config.meshing)
     model.module.config.surface_offsets = None  # meshed as the field puts the surface
     grid = model.card["grid"]  # the model grid's voxel size along L, P, S (its axes are those up to order and sign)
     direction = np.abs(np.asarray(grid["direction"] or np.eye(3).ravel(), dtype=np.float64).reshape(3, 3))

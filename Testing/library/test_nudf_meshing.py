@@ -1,5 +1,7 @@
 """UDF meshing on analytic fields: projection, normals, closed sphere, open hemisphere."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -265,3 +267,61 @@ def test_voxel_guide_outward_points_out_of_a_voxel_ball():
     cos = np.einsum("ij,ij->i", got, radial) / np.linalg.norm(got, axis=1)
     assert np.median(cos) > 0.95 and cos.min() > 0.5
     assert VoxelGuide(torch.zeros(shape, dtype=torch.bool), scale).outward() is None
+
+
+def test_poisson_depth_is_the_least_depth_whose_cells_are_fine_enough():
+    from imagetomesh.geometry.udf_meshing import POISSON_CUBE_SCALE, poisson_depth
+
+    rng = np.random.default_rng(0)
+    for extent in [0.5, 3.0, 47.0, 120.0, 131.0, 500.0]:
+        for cell in [0.5, 1.0, 1.5]:
+            samples = rng.random((200, 3)) * np.array([extent / 3, extent, extent / 2])
+            config = UDFMeshingConfig(poisson_depth=6, poisson_cell_voxels=cell)
+            cube = POISSON_CUBE_SCALE * np.ptp(samples, axis=0).max()
+            slow = 6  # deepen one level at a time until a cell is no longer than `cell` voxels of 0.5
+            while cube / 2**slow > cell * 0.5:
+                slow += 1
+            assert poisson_depth(samples, 0.5, config) == slow
+    assert poisson_depth(rng.random((10, 3)) * 1000, 0.5, UDFMeshingConfig(poisson_depth=6)) == 6
+
+
+def test_finer_poisson_cells_keep_a_thin_long_tube_round():
+    """A tube 3 voxels across and 40 long in a box 47 voxels wide: at depth 5 its octree cells are about 1.5 voxels;
+    cells of at most 1 voxel (depth 6 here) put its surface nearer the true radius."""
+    radius, half_length = 1.5 * VOXEL, 0.85
+
+    def tube_udf(p):
+        axial = (p[:, 2].abs() - half_length).clamp(min=0)
+        radial = p[:, :2].norm(dim=1) - radius
+        inside = torch.minimum(radial.clamp(max=0).abs(), (half_length - p[:, 2].abs()).clamp(min=0))
+        outside = torch.stack([radial.clamp(min=0), axial], 1).norm(dim=1)
+        return torch.where((radial < 0) & (axial == 0), inside, outside)
+
+    errors = {}
+    for cell in [None, 1.0]:
+        config = replace(FAST, poisson_depth=5, poisson_cell_voxels=cell)
+        mesh = mesh_udf(tube_udf, *BOX, VOXEL, config)
+        v = mesh.vertices
+        middle = np.abs(v[:, 2]) < half_length - 4 * VOXEL
+        errors[cell] = np.abs(np.linalg.norm(v[middle, :2], axis=1) - radius).mean() / VOXEL
+    assert errors[1.0] < 0.5 * errors[None], errors
+
+
+def test_an_octree_complete_only_to_depth_3_reconstructs_the_same_sphere():
+    from imagetomesh.geometry.distances import near_surface_distance
+    from imagetomesh.geometry.udf_meshing import screened_poisson
+
+    rng = np.random.default_rng(1)
+    normals = rng.normal(size=(2500, 3))
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    points = 20.0 * normals
+    full, partial = (screened_poisson(points, normals, depth=6, full_depth=d) for d in (5, 3))
+    assert partial.num_faces > 1000 and check_mesh(partial).watertight
+    radius = np.linalg.norm(partial.vertices, axis=1)
+    assert np.abs(radius - 20.0).max() < 0.5  # cells are 44 / 64 = 0.69 long
+    gap, _ = near_surface_distance(
+        torch.as_tensor(partial.vertices, dtype=torch.float64),
+        torch.as_tensor(full.vertices, dtype=torch.float64),
+        torch.as_tensor(full.faces, dtype=torch.int64),
+    )
+    assert gap.max() < 0.05  # the same surface: 0.007 here, a hundredth of a cell

@@ -22,7 +22,8 @@ after NDF):
    each normal is instead flipped to agree with it: along a thin plate (a mandible 2-3 voxels thick)
    the spanning tree can cross from one face to the other and turn a whole region inside out, and
    screened Poisson then leaves the surface open there;
-6. screened Poisson reconstruction (pymeshlab ``generate_surface_reconstruction_screened_poisson``);
+6. screened Poisson reconstruction (pymeshlab ``generate_surface_reconstruction_screened_poisson``; its octree
+   ``poisson_depth`` deep, or deeper where ``poisson_cell_voxels`` asks for finer cells);
 7. triangles whose centroid has no dense point within ``support_voxels`` are removed (they bridge
    regions the field never reached); holes up to ``max_hole_edges`` (closed: ``closed_hole_edges``)
    are closed; the largest connected component is kept.
@@ -78,6 +79,14 @@ class UDFMeshingConfig:
     #: normals from the dense points within this many voxels (None: from the ``normal_neighbours`` nearest)
     normal_radius_voxels: float | None = None
     poisson_depth: int = 6
+    #: when set, the octree goes deeper where the samples' reconstruction cube needs it for cells of at most this
+    #: many voxels (:func:`poisson_depth`); at ``poisson_depth`` alone a long, thin organ's cells are coarse (a spinal
+    #: cord 120 voxels long: cells of 2 voxels, across an organ 3 voxels wide)
+    poisson_cell_voxels: float | None = None
+    #: the depth down to which the octree is complete, samples or none (pymeshlab's ``fulldepth``, default 5): the
+    #: levels below it are refined only around the samples; a complete level 5 (32 768 cells) takes most of the
+    #: time of a reconstruction from a few thousand samples
+    poisson_full_depth: int = 5
     support_voxels: float = 1.0
     trim_closed: bool = True
     max_hole_edges: int = 30
@@ -263,10 +272,26 @@ def _ball_covariance(points: np.ndarray, reference: np.ndarray, balls, nearest: 
     return covariance
 
 
-def screened_poisson(points: np.ndarray, normals: np.ndarray, depth: int) -> Mesh:
-    """Screened Poisson surface (pymeshlab) through oriented ``points`` / ``normals`` ``(N, 3)``, on as many
-    threads as torch has been given (:mod:`imagetomesh.threads`; two threads: 1.6x faster than one, the same
-    surface to the last bit or so)."""
+#: pymeshlab's screened Poisson reconstructs in a cube this many times the samples' bounding cube (its ``scale``)
+POISSON_CUBE_SCALE = 1.1
+
+
+def poisson_depth(samples: np.ndarray, voxel: float, config: UDFMeshingConfig) -> int:
+    """The screened Poisson octree depth for ``samples (N, 3)``: ``config.poisson_depth``, or more where cells of
+    ``config.poisson_cell_voxels`` voxels (``voxel`` long each) need it: the least depth ``d`` whose cells, the
+    reconstruction cube's side (:data:`POISSON_CUBE_SCALE` times the samples' largest extent) over ``2**d``, are
+    no longer than that."""
+    if config.poisson_cell_voxels is None or len(samples) == 0:
+        return config.poisson_depth
+    cube = POISSON_CUBE_SCALE * float(np.ptp(samples, axis=0).max())
+    cells = cube / (config.poisson_cell_voxels * voxel)
+    return max(config.poisson_depth, int(np.ceil(np.log2(max(cells, 1.0)))))
+
+
+def screened_poisson(points: np.ndarray, normals: np.ndarray, depth: int, full_depth: int = 5) -> Mesh:
+    """Screened Poisson surface (pymeshlab) through oriented ``points`` / ``normals`` ``(N, 3)``, its octree ``depth``
+    deep and complete down to ``full_depth``, on as many threads as torch has been given (:mod:`imagetomesh.threads`;
+    two threads: 1.6x faster than one, the same surface to the last bit or so)."""
     import pymeshlab
 
     meshset = pymeshlab.MeshSet()
@@ -276,7 +301,11 @@ def screened_poisson(points: np.ndarray, normals: np.ndarray, depth: int) -> Mes
         )
     )
     meshset.generate_surface_reconstruction_screened_poisson(
-        depth=int(depth), preclean=True, threads=max(1, torch.get_num_threads())
+        depth=int(depth),
+        fulldepth=int(full_depth),
+        scale=POISSON_CUBE_SCALE,
+        preclean=True,
+        threads=max(1, torch.get_num_threads()),
     )
     current = meshset.current_mesh()
     return Mesh(current.vertex_matrix(), current.face_matrix())
@@ -352,7 +381,7 @@ def mesh_udf(
     normals = oriented_normals(samples, config.normal_neighbours, reference=dense, radius=radius)
     if outward is not None:
         normals = agree_with(normals, outward(samples))
-    poisson = screened_poisson(samples, normals, config.poisson_depth)
+    poisson = screened_poisson(samples, normals, poisson_depth(samples, voxel, config), config.poisson_full_depth)
     if not (open_surface or config.trim_closed):
         return closed_largest_component(poisson, config.closed_hole_edges)
     mesh = trim_unsupported(poisson, dense, config.support_voxels * voxel)
