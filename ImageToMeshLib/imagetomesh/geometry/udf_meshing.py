@@ -288,7 +288,7 @@ def poisson_depth(samples: np.ndarray, voxel: float, config: UDFMeshingConfig) -
     return max(config.poisson_depth, int(np.ceil(np.log2(max(cells, 1.0)))))
 
 
-def screened_poisson(points: np.ndarray, normals: np.ndarray, depth: int, full_depth: int = 5) -> Mesh:
+def screened_poisson(points: np.ndarray, normals: np.ndarray, depth: int, full_depth: int) -> Mesh:
     """Screened Poisson surface (pymeshlab) through oriented ``points`` / ``normals`` ``(N, 3)``, its octree ``depth``
     deep and complete down to ``full_depth``, on as many threads as torch has been given (:mod:`imagetomesh.threads`;
     two threads: 1.6x faster than one, the same surface to the last bit or so)."""
