@@ -325,3 +325,34 @@ def test_an_octree_complete_only_to_depth_3_reconstructs_the_same_sphere():
         torch.as_tensor(full.faces, dtype=torch.int64),
     )
     assert gap.max() < 0.05  # the same surface: 0.007 here, a hundredth of a cell
+
+
+def test_holes_touching_at_a_vertex_are_closed_without_hanging():
+    """A NUDF organ surface as ``mesh_udf`` trims it (screened Poisson, unsupported triangles removed), saved from a
+    validation run in session 41: 1,012 boundary edges whose loops touch at 56 vertices. pymeshlab's hole filler
+    never returned on it (stopped after 20 minutes); with its non-manifold vertices split first it closes the surface
+    at once. Run in a child process, so that a regression fails here instead of stopping the suite."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "data" / "trimmed_poisson_surface_touching_holes.npz"
+    code = (
+        "import sys, numpy as np\n"
+        "from imagetomesh.core.mesh import Mesh\n"
+        "from imagetomesh.geometry.quality import check_mesh\n"
+        "from imagetomesh.geometry.udf_meshing import close_holes\n"
+        "d = np.load(sys.argv[1])\n"
+        "mesh = Mesh(d['vertices'].astype(np.float64), d['faces'].astype(np.int64))\n"
+        "closed = close_holes(mesh, 100000)\n"
+        "check = check_mesh(closed, self_intersections=False)\n"
+        "before = check_mesh(mesh, self_intersections=False)\n"
+        "print(before.watertight, check.watertight, check.manifold, check.components)\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(fixture)], capture_output=True, text=True, timeout=120, check=True
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("close_holes did not return within 120 s on a surface whose holes touch at vertices")
+    assert done.stdout.split() == ["False", "True", "True", "1"]  # open before; one closed manifold surface after

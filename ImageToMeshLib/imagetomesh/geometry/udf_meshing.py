@@ -346,14 +346,21 @@ def largest_component(mesh: Mesh) -> Mesh:
 
 
 def close_holes(mesh: Mesh, max_hole_edges: int) -> Mesh:
-    """Holes with at most ``max_hole_edges`` boundary edges closed (pymeshlab); unchanged when it fails."""
-    from imagetomesh.geometry.quality import _from_meshset, _to_meshset
+    """Holes with at most ``max_hole_edges`` boundary edges closed (pymeshlab); unchanged when it fails.
+
+    Non-manifold edges are removed first and, where the surface then has non-manifold vertices (boundaries that
+    touch at a vertex, as trimming a Poisson surface leaves them), those vertices are split: pymeshlab's ear-cutting
+    hole filler never returned on such a trimmed NUDF surface (session 41; the regression test holds it)."""
+    from imagetomesh.geometry.quality import _from_meshset, _non_manifold_vertex_count, _to_meshset
 
     if mesh.num_faces == 0:
         return mesh
     meshset = _to_meshset(mesh)
     try:
         meshset.meshing_repair_non_manifold_edges(method="Remove Faces")
+        repaired = meshset.current_mesh()
+        if _non_manifold_vertex_count(repaired.face_matrix(), repaired.vertex_number()):
+            meshset.meshing_repair_non_manifold_vertices()
         meshset.meshing_close_holes(maxholesize=int(max_hole_edges), selfintersection=False)
     except Exception:  # pymeshlab refuses some non-manifold input; keep the surface as it is
         return mesh
