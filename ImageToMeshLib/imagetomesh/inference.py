@@ -32,7 +32,7 @@ from imagetomesh.scan import (
     windowed_logits,
 )
 from imagetomesh.voxel_meshing import finish_mesh, voxel_organ_mesh
-from imagetomesh.zoo import LoadedModel, load_model
+from imagetomesh.zoo import LoadedModel, ensemble_unet, load_model
 
 #: Grid voxels run through a one-object model at once: a batch of more images is split (``segment
 #: --batch-size`` is capped at this), since a batch's memory grows with its images (about 350 bytes per
@@ -120,19 +120,13 @@ class Segmenter:
 
     def _ensemble_unet(self, name: str) -> torch.nn.Module:
         """The U-Net of model ``name`` (on this model's device, channels-last under bf16), checked to find the same
-        organs on the same grid as this model."""
-        member = load_model(name, self.model.device.type)
-        ours = [(o["name"], o["label"]) for o in self.model.card["organs"]]
-        if [(o.get("name"), o.get("label")) for o in member.card.get("organs") or []] != ours or GridSpec.from_dict(
-            member.card["grid"]
-        ) != self.spec:
-            raise InputError(
-                f"model {self.model.name}'s card averages it with {name}, which finds other organs or works on "
-                "another grid; restore the model card"
-            )
-        if self.bf16:
-            to_channels_last(member.module)
-        return member.module.unet
+        organs on the same grid as this model (:func:`~imagetomesh.zoo.ensemble_unet`)."""
+        card = self.model.card
+        owner = f"model {self.model.name}'s card"
+        unet = ensemble_unet(
+            name, owner, card["organs"], card["grid"], self.model.device.type, "restore the model card"
+        )
+        return to_channels_last(unet) if self.bf16 else unet
 
     @property
     def max_batch(self) -> int:

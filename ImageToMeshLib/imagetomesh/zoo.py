@@ -28,6 +28,7 @@ __all__ = [
     "find_model",
     "LoadedModel",
     "load_model",
+    "ensemble_unet",
     "resolve_device",
 ]
 
@@ -107,3 +108,20 @@ def load_model(name: str, device: str = "auto") -> LoadedModel:
     module = build_from_card(folder, card, lambda c: build_model(c["kind"], c["config"]), required=("kind", "config"))
     dev = resolve_device(device)
     return LoadedModel(folder.name, card, module.to(dev).eval(), dev)
+
+
+def ensemble_unet(name: str, owner: str, organs: list[dict], grid: dict, device: str, remedy: str) -> torch.nn.Module:
+    """The U-Net of several-organ model ``name`` (eval mode, on ``device``), for averaging its class probabilities
+    with those of ``owner``'s (a model or training run finding ``organs`` ``[{name, label}]`` on the grid ``grid``,
+    a card's grid dict): :class:`InputError` unless ``name`` finds the same organs, with the same labels, on the
+    same grid (the error ends with ``remedy``, what to do)."""
+    from imagetomesh.preprocessing import GridSpec
+
+    member = load_model(name, device)
+    ours = [(o["name"], o["label"]) for o in organs]
+    theirs = [(o.get("name"), o.get("label")) for o in member.card.get("organs") or []]
+    if theirs != ours or GridSpec.from_dict(member.card["grid"]) != GridSpec.from_dict(grid):
+        raise InputError(
+            f"{owner} averages its U-Net with {name}'s, which finds other organs or works on another grid; {remedy}"
+        )
+    return member.module.unet

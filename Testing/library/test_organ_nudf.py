@@ -140,7 +140,7 @@ def test_scan_guides_are_the_whole_case_probabilities_cropped_and_augmented_with
     case = prepared_case(label)
     pools = make_organ_pools({1: [case], 2: [case]}, [[8, 8, 8], [8, 8, 16]], UDFPointConfig(count=400), 0, False)
     cache = tmp_path / "guides.pt"
-    add_scan_guides(pools, _ImageLogits(), jitter=2.0, device="cpu", cache=cache)
+    add_scan_guides(pools, [_ImageLogits()], jitter=2.0, device="cpu", cache=cache)
     # the slow, obvious path: the whole case's softmax, the organ's channel and voxels cropped where the crop is
     image = case.image.float()
     probabilities = torch.stack([-image - 0.5, torch.zeros_like(image), image - 0.5]).softmax(0)
@@ -157,11 +157,11 @@ def test_scan_guides_are_the_whole_case_probabilities_cropped_and_augmented_with
         pools[1][0].scan_guide(tuple(a + 5 for a in pools[1][0].start))
     # read back from the cache as made; made anew for another U-Net
     again = make_organ_pools({1: [case], 2: [case]}, [[8, 8, 8], [8, 8, 16]], UDFPointConfig(count=400), 0, False)
-    add_scan_guides(again, _ImageLogits(), jitter=2.0, device="cpu", cache=cache)
+    add_scan_guides(again, [_ImageLogits()], jitter=2.0, device="cpu", cache=cache)
     assert all(
         torch.equal(a.guide, b.guide) and torch.equal(a.guide_mask, b.guide_mask) for a, b in zip(again[2], pools[2])
     )
-    add_scan_guides(again, _ImageLogits(2.0), jitter=2.0, device="cpu", cache=cache)
+    add_scan_guides(again, [_ImageLogits(2.0)], jitter=2.0, device="cpu", cache=cache)
     assert not torch.equal(again[2][0].guide, pools[2][0].guide)
     # augmented with its image: a guide equal to the image (above its lowest value) stays equal to it
     train = get_nudf_config("headneck-ct-cpu-scan-guided")
@@ -176,6 +176,41 @@ def test_scan_guides_are_the_whole_case_probabilities_cropped_and_augmented_with
     train.batch_size, train.points_per_case, train.crop_jitter = 2, 50, 2.0
     organ, images, _, _, guides = organ_training_batch(pools, train, generator)
     assert guides.shape == (2, *pools[organ][0].shape) and float(guides.max()) <= 1.0
+
+
+def test_scan_guides_of_several_unets_are_their_mean_probabilities_as_segment_averages_an_ensemble(tmp_path):
+    from imagetomesh.scan import class_mask, crop_padded
+    from imagetomesh.training.tasks.nudf import add_scan_guides
+
+    label = np.zeros((16, 12, 12), np.uint8)
+    label[4:8, 4:8, 4:8] = 1
+    label[9:12, 2:5, 2:5] = 2
+    case = prepared_case(label)
+    crops, points = [[8, 8, 8], [8, 8, 16]], UDFPointConfig(count=400)
+    pools = make_organ_pools({1: [case], 2: [case]}, crops, points, 0, False)
+    cache = tmp_path / "guides.pt"
+    add_scan_guides(pools, [_ImageLogits(0.5), _ImageLogits(4.0)], jitter=1.0, device="cpu", cache=cache)
+    image = case.image.float()
+    mean = sum(torch.stack([-s * image - 0.5, torch.zeros_like(image), s * image - 0.5]).softmax(0) for s in (0.5, 4.0))
+    mean = mean / 2
+    winner = mean.argmax(0).numpy()
+    for organ in (1, 2):
+        pool = pools[organ][0]
+        guide, near = pool.scan_guide(pool.crop_start())
+        assert torch.allclose(guide, crop_padded(mean[organ], pool.crop_start(), pool.shape, 0.0), atol=1e-3)
+        assert torch.equal(
+            near, crop_padded(torch.from_numpy(class_mask(winner, organ)), pool.crop_start(), pool.shape, False)
+        )
+    # under bf16 autocast (as segment runs where the CPU has bf16): close to float32, and cached apart from it
+    bf16 = make_organ_pools({1: [case], 2: [case]}, crops, points, 0, False)
+    add_scan_guides(bf16, [_ImageLogits(0.5), _ImageLogits(4.0)], jitter=1.0, device="cpu", cache=cache, bf16=True)
+    assert torch.load(cache, weights_only=True)["key"].endswith('"bf16": true}')
+    for organ in (1, 2):
+        assert (bf16[organ][0].guide.float() - pools[organ][0].guide.float()).abs().max() < 0.02
+    # one member fewer: another set of guides
+    single = make_organ_pools({1: [case], 2: [case]}, crops, points, 0, False)
+    add_scan_guides(single, [_ImageLogits(0.5)], jitter=1.0, device="cpu", cache=cache)
+    assert not torch.equal(single[1][0].guide, pools[1][0].guide)
 
 
 def test_pools_are_cached_read_back_as_made_and_remade_when_their_inputs_change(tmp_path):
@@ -298,6 +333,14 @@ def test_a_scan_guided_field_trains_on_the_whole_case_probabilities(organ_model,
     folder, card, log = train_on_synthetic_cts(config, tmp_path / "guided", unet_folder, unet_card["input"])
     assert any(line.startswith("scan guides:") for line in log), log
     assert {"val_l1", "val_mesh_dice"} <= set(card["metrics"]) and card["config"]["localiser_input"]
+    assert "ensemble" not in card
+    # with the U-Net averaged with another's (here the same model's, named by its folder): guides and card name it
+    ensembled = replace(config, guide_ensemble=[str(unet_folder)])
+    folder, card, log = train_on_synthetic_cts(ensembled, tmp_path / "ensembled", unet_folder, unet_card["input"])
+    assert any(line.startswith("scan guides: the mean probabilities of 2 U-Net(s)") for line in log), log
+    assert card["ensemble"] == [str(unet_folder)]
+    with pytest.raises(InputError, match="guide_ensemble averages the scan guides: it needs guide 'scan'"):
+        train_on_synthetic_cts(replace(ensembled, guide="crop"), tmp_path / "crop", unet_folder)
     unguided = replace(config, model={**config.model, "localiser_input": False})
     with pytest.raises(InputError, match="'scan' needs a model with localiser_input"):
         train_on_synthetic_cts(unguided, tmp_path / "unguided", unet_folder)

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from imagetomesh.errors import InputError
 from imagetomesh.io.atomic import atomic_write
 from imagetomesh.models.nudf import NUDF, NUDFConfig
+from imagetomesh.nn.precision import bf16_autocast, bf16_supported, to_channels_last
 from imagetomesh.organs import Organ
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.scan import class_mask, crop_padded, crop_to_scan_grid, organ_masks, windowed_logits
@@ -67,6 +68,7 @@ from imagetomesh.training.schedules import one_cycle
 from imagetomesh.training.tasks.base import EngineOptions, RunState, Task, run_card
 from imagetomesh.training.udf_points import UDFPointConfig, sample_udf_points
 from imagetomesh.training.validation import organ_means, rasterised_dice
+from imagetomesh.zoo import ensemble_unet
 
 
 @dataclass
@@ -94,6 +96,9 @@ class NUDFTrainConfig(EngineOptions, OrganOptions):
     #: over the whole prepared case, cropped and augmented with the image -- what ``segment`` gives it (the U-Net
     #: over the whole scan, cropped), which saw the organ's surroundings (:func:`add_scan_guides`)
     guide: str = "crop"
+    #: with ``guide="scan"``: models (bundled names) whose U-Nets' probabilities the scan guides average with the
+    #: carried U-Net's, as ``segment`` averages them when the card names them in ``ensemble`` (the run's card does)
+    guide_ensemble: list[str] = field(default_factory=list)
     points: UDFPointConfig = field(default_factory=UDFPointConfig)
     augment: AugmentConfig = field(
         default_factory=lambda: AugmentConfig(
@@ -110,7 +115,9 @@ def nudf_configs() -> dict[str, NUDFTrainConfig]:
     U-Net's probability of the organ as a second encoder input; ``headneck-ct-cpu-guided-meshsel``: that, with
     :data:`HEADNECK_CT_MESHING` and the checkpoint selected by the validation mesh Dice (``val_mesh_cases``);
     ``headneck-ct-cpu-scan-guided``: that, the encoder reading the U-Net's probabilities over the whole case
-    (``guide="scan"``), as ``segment`` gives them."""
+    (``guide="scan"``), as ``segment`` gives them; ``headneck-ct-cpu-ensemble-guided``: that, those probabilities
+    averaged with ``unet-headneck-ct-wide-gpu``'s, as ``segment`` averages them (``guide_ensemble``);
+    ``...-finetune``: that at a third of the rate for 2,100 steps, for ``--init-from`` a trained field."""
     cpu_model = NUDFConfig(channels=(16, 32, 64, 64), hidden=256).to_dict()
     gpu_model = NUDFConfig(channels=(32, 64, 128, 128), hidden=256).to_dict()
     organs = copy.deepcopy(HEADNECK_CT_ORGANS)
@@ -165,11 +172,21 @@ def nudf_configs() -> dict[str, NUDFTrainConfig]:
     # probabilities raised its validation Dice without retraining, 0.677 -> 0.685 on 8 scans)
     scan_guided = copy.deepcopy(selected)
     scan_guided.guide = "scan"
+    # the same, its guides the mean of the carried U-Net's and the wide GPU U-Net's probabilities: segment averages
+    # them since session 24 (card 'ensemble'), while the bundled field trained on the carried U-Net's alone
+    ensemble_guided = copy.deepcopy(scan_guided)
+    ensemble_guided.guide_ensemble = ["unet-headneck-ct-wide-gpu"]
+    # that, fine-tuning a field trained on the carried U-Net's guides (--init-from nudf-headneck-ct): a third of the
+    # peak rate for half the steps
+    ensemble_finetune = copy.deepcopy(ensemble_guided)
+    ensemble_finetune.lr, ensemble_finetune.steps = 3e-4, 2100
     return {
         **configs,
         "headneck-ct-cpu-guided": guided,
         "headneck-ct-cpu-guided-meshsel": selected,
         "headneck-ct-cpu-scan-guided": scan_guided,
+        "headneck-ct-cpu-ensemble-guided": ensemble_guided,
+        "headneck-ct-cpu-ensemble-guided-finetune": ensemble_finetune,
     }
 
 
@@ -300,18 +317,25 @@ def make_organ_pools(
 
 @torch.no_grad()
 def add_scan_guides(
-    pools_by_organ: dict[int, list[OrganPointPool]], unet, jitter: float, device, cache: Path | None = None
+    pools_by_organ: dict[int, list[OrganPointPool]],
+    unets: list[torch.nn.Module],
+    jitter: float,
+    device,
+    cache: Path | None = None,
+    bf16: bool = False,
 ) -> None:
-    """Give every pool its scan guide (:attr:`OrganPointPool.guide`): the frozen ``unet``'s class probabilities over
-    the pool's whole prepared case, as ``segment`` computes them over a scan
-    (:func:`~imagetomesh.scan.windowed_logits` in blocks of the case's grid: one pass), the organ's channel and its
-    voxels (:func:`~imagetomesh.scan.class_mask`) kept around the pool's crop, grown by the voxels a crop-centre
-    ``jitter`` can move it (plus one for rounding). One U-Net pass per case (the head-and-neck training set: about
-    20 minutes on one thread), so with ``cache`` the guides are saved there (atomically) and read back by a later
-    start or resume made from the same pools, margin and U-Net weights."""
+    """Give every pool its scan guide (:attr:`OrganPointPool.guide`): the mean of the frozen ``unets``' class
+    probabilities over the pool's whole prepared case, as ``segment`` computes them over a scan with its ensemble
+    (:func:`~imagetomesh.scan.windowed_logits` in blocks of the case's grid: one pass per network; under bf16
+    autocast with channels-last convolutions where ``bf16``, as ``segment`` runs them where the device has bf16),
+    the organ's channel and its voxels (:func:`~imagetomesh.scan.class_mask` of the mean) kept around the pool's
+    crop, grown by the voxels a crop-centre ``jitter`` can move it (plus one for rounding). One pass of each
+    network per case (the head-and-neck training set: about 20 minutes on one thread for ``unet-headneck-ct`` in
+    float32), so with ``cache`` the guides are saved there (atomically) and read back by a later start or resume
+    made from the same pools, margin, networks and precision."""
     margin = int(np.ceil(jitter)) + 1
     pools = [pool for entries in pools_by_organ.values() for pool in entries]
-    key = _guides_key(pools, unet, margin)
+    key = _guides_key(pools, unets, margin, bf16)
     if cache is not None and cache.exists():
         saved = torch.load(cache, weights_only=True)
         if saved.get("key") == key:
@@ -321,14 +345,19 @@ def add_scan_guides(
     by_case: dict[str, list[OrganPointPool]] = {}
     for pool in pools:
         by_case.setdefault(pool.case.case_id, []).append(pool)
-    unet.eval()
+    # copies, so that channels-last never reaches a network that is trained or saved
+    nets = [to_channels_last(copy.deepcopy(net)) if bf16 else net for net in unets]
+    for net in nets:
+        net.eval()
     for entries in by_case.values():
-        image = entries[0].case.image.float()
-        probabilities = windowed_logits(unet, image[None, None].to(device), tuple(image.shape)).softmax(0).cpu()
+        image = entries[0].case.image.float()[None, None].to(device)
+        with bf16_autocast(bf16, torch.device(device)):
+            probabilities = sum(windowed_logits(net, image, tuple(image.shape[2:])).softmax(0) for net in nets)
+        probabilities = (probabilities / len(nets)).float().cpu()
         winner = probabilities.argmax(0).numpy()
         for pool in entries:
             mask = class_mask(winner, pool.organ)
-            mask = torch.zeros(image.shape, dtype=torch.bool) if mask is None else torch.from_numpy(mask)
+            mask = torch.zeros(winner.shape, dtype=torch.bool) if mask is None else torch.from_numpy(mask)
             start = tuple(a - margin for a in pool.start)
             grown = tuple(n + 2 * margin for n in pool.shape)
             pool.guide = crop_padded(probabilities[pool.organ], start, grown, 0.0).half()
@@ -339,14 +368,18 @@ def add_scan_guides(
             torch.save({"key": key, "guides": [(pool.guide, pool.guide_mask) for pool in pools]}, tmp)
 
 
-def _guides_key(pools: list[OrganPointPool], unet, margin: int) -> str:
-    """What a set of scan guides was made from (the pools' cases, organs and crops, the margin, the U-Net's weights)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(unet.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+def _guides_key(pools: list[OrganPointPool], unets: list[torch.nn.Module], margin: int, bf16: bool) -> str:
+    """What a set of scan guides was made from (the pools' cases, organs and crops, the margin, the U-Nets' weights,
+    the precision)."""
+    digests = []
+    for unet in unets:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(unet.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digests.append(digest.hexdigest())
     crops = [[p.case.case_id, p.organ, list(p.start), list(p.shape)] for p in pools]
-    return json.dumps({"crops": crops, "margin": margin, "unet": digest.hexdigest()})
+    return json.dumps({"crops": crops, "margin": margin, "unets": digests, "bf16": bf16})
 
 
 def organ_probabilities(guides: torch.Tensor, organ: int, organs: int) -> torch.Tensor:
@@ -563,6 +596,8 @@ class NUDFTask(Task):
                 "a several-organ NUDF finds its organs with a trained several-organ U-Net: give --init-from a unet "
                 "model of the same organs (e.g. Resources/Models/unet-headneck-ct)"
             )
+        if config.guide_ensemble and config.guide != "scan":
+            raise InputError("guide_ensemble averages the scan guides: it needs guide 'scan'")
         if config.guide not in ("crop", "scan") or (config.guide == "scan" and not config.model.get("localiser_input")):
             raise InputError(
                 f"guide must be 'crop' or 'scan', and 'scan' needs a model with localiser_input; got {config.guide!r}"
@@ -602,10 +637,21 @@ class NUDFTask(Task):
                 val_by_organ, crops, config.points, run.seed + 1, run.writer, cache=run.out / "val_pools.pt"
             )
             if config.guide == "scan":
+                owner = "this training config's guide_ensemble"
+                grid, device = config.grid.to_dict(), run.device
+                remedy = "name bundled models of the config's organs and grid"
+                members = [
+                    ensemble_unet(n, owner, config.organs, grid, device.type, remedy) for n in config.guide_ensemble
+                ]
+                bf16 = bf16_supported(device)
                 for pools, name in ((self.train_pools, "train"), (self.val_pools, "val")):
                     cache = run.out / f"{name}_scan_guides.pt"
-                    add_scan_guides(pools, self.model.unet, config.crop_jitter, run.device, cache)
-                run.log("scan guides: the U-Net's probabilities over every prepared case, kept around its crops")
+                    add_scan_guides(pools, [self.model.unet, *members], config.crop_jitter, device, cache, bf16)
+                run.log(
+                    f"scan guides: the mean probabilities of {1 + len(members)} U-Net(s) over every prepared case"
+                    f"{' (bf16)' if bf16 else ''}, kept around its crops"
+                    + (f"; the carried U-Net's averaged with {', '.join(config.guide_ensemble)}'s" if members else "")
+                )
         else:
             self.train_pools = make_pools(train_cases, config.points, run.seed)
             self.val_pools = make_pools(val_cases, config.points, run.seed + 1)
@@ -648,6 +694,8 @@ class NUDFTask(Task):
         card = run_card(self.run, "nudf", self.config.model, self.config.grid, self.split, metrics, state.step)
         if self.config.organs:
             card["organs"] = self.config.organs
+        if self.config.guide_ensemble:  # segment then gives the field the guides it trained on
+            card["ensemble"] = list(self.config.guide_ensemble)
         return card
 
 
