@@ -54,6 +54,7 @@ NEW_NUDF_FIELDS = {
     "live_clamp": False,
     "val_mesh_cases": 0,
     "guide": "crop",
+    "guide_ensemble": [],
 }
 NEW_NUDF_MODEL_FIELDS = {"unet": None, "organ_crops": None, "localiser_input": False, "surface_offsets": None}
 NEW_LOSS_FIELDS = {
