@@ -3,6 +3,7 @@ polynomial, and the project's earlier hand-written layers (kept below as test co
 weights; the bundled weights load into them and compute what the earlier layers computed."""
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -340,6 +341,27 @@ def test_only_the_graph_models_import_torch_geometric():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True"]
+
+
+def test_graph_layers_leave_no_files_in_the_temporary_folder(tmp_path):
+    """torch-geometric writes each layer class's generated ``propagate`` to a temporary file and
+    keeps it; a fresh process that builds every layer (and the bundled Voxel2Mesh and Pixel2Mesh)
+    and runs them leaves the temporary folder as it found it."""
+    code = (
+        "import torch\n"
+        "from imagetomesh.nn.graph import ChebConv, DistanceWeightedGraphConv, GraphConv\n"
+        "from imagetomesh.zoo import load_model\n"
+        "x, pos = torch.randn(4, 3), torch.randn(4, 3)\n"
+        "edges = torch.tensor([[0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]])\n"
+        "for layer in (GraphConv(3, 2), GraphConv(3, 5), ChebConv(3, 2)):\n"
+        "    assert layer(x, edges).isfinite().all()\n"
+        "assert DistanceWeightedGraphConv(3, 2)(x, edges, pos).isfinite().all()\n"
+        "load_model('voxel2mesh-hippocampus', 'cpu'); load_model('pixel2mesh3d-hippocampus', 'cpu')\n"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_sample_features_reads_voxels_in_xyz_order():

@@ -22,6 +22,9 @@ applies torch-geometric's scaled Laplacian as one sparse matrix product. Paramet
 from __future__ import annotations
 
 import math
+import os
+import sys
+import tempfile
 
 import torch
 import torch_geometric.nn as pyg_nn
@@ -38,6 +41,28 @@ def _torch_linear_init(weight: torch.Tensor, bias: torch.Tensor | None = None) -
     if bias is not None:
         bound = 1 / math.sqrt(weight.shape[1]) if weight.shape[1] > 0 else 0.0
         nn.init.uniform_(bias, -bound, bound)
+
+
+def _remove_generated_sources(layer: pyg_nn.MessagePassing) -> None:
+    """Delete the temporary ``.py`` files torch-geometric wrote for ``layer``'s class.
+
+    On a class's first instance in a process, torch-geometric renders ``propagate`` (and
+    ``edge_updater``) from a jinja template into a file in the temporary folder, imports it and
+    never deletes it: two files per ``segment`` call and per Slicer worker, forever. The imported
+    module no longer needs its file (only a traceback through it would show its lines)."""
+    temp = os.path.realpath(tempfile.gettempdir())
+    for method in ("propagate", "edge_updater"):
+        module = sys.modules.get(getattr(type(layer), method).__module__)
+        path = getattr(module, "__file__", None)
+        if (
+            path
+            and module.__name__.startswith(f"{layer.__module__}_{type(layer).__name__}_")
+            and os.path.dirname(os.path.realpath(path)) == temp
+        ):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
 
 
 class GraphConv(pyg_nn.GraphConv):
@@ -59,6 +84,7 @@ class GraphConv(pyg_nn.GraphConv):
     def __init__(self, cin: int, cout: int) -> None:
         with torch.random.fork_rng(devices=[]):  # torch-geometric's own initialisation is redone below
             super().__init__(cin, cout, aggr="mean")
+        _remove_generated_sources(self)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -121,6 +147,7 @@ class ChebConv(pyg_nn.ChebConv):
             raise ValueError(f"ChebConv order must be >= 1, got {k}")
         with torch.random.fork_rng(devices=[]):  # torch-geometric's own initialisation is redone below
             super().__init__(cin, cout, K=k, normalization="sym")
+        _remove_generated_sources(self)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
