@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import types
@@ -54,6 +56,7 @@ class FakeApplication:
         self.applicationName = "Slicer"
         self.testing = False
         self.temporaryPath = tempfile.mkdtemp(prefix="slicer-temp-")
+        atexit.register(shutil.rmtree, self.temporaryPath, ignore_errors=True)  # one per test process
         self.dialogs: list = []  # (text, keyword arguments) of every message box shown
         self.answers: list = []  # what the next message boxes return (qt.QMessageBox.Ok when empty)
         self.connections: list = []  # (signal signature, slot) connected to the application
