@@ -2,7 +2,7 @@
 
 Usage:
     python Testing/benchmarks/hippocampus_report.py [--data ../shared/data/hippocampus]
-        [--split test|val] [--models unet-hippocampus voxel2mesh-hippocampus ...] [--out PAGE]
+        [--split test|val] [--models unet-hippocampus voxel2mesh-hippocampus ...] [--out PAGE] [--threads N]
 
 ``--split test`` writes docs/hippocampus-results.md unless ``--out`` says otherwise; ``--split val`` only prints
 its tables (unless given ``--out``), so tuning never overwrites the held-out page.
@@ -122,10 +122,16 @@ def main() -> None:
         "only prints its tables, so tuning never overwrites the held-out page)",
     )
     parser.add_argument("--limit", type=int, default=None, help="first N cases only (quick look)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads (default 2, both cores; 1 leaves the other core to a training run)",
+    )
     args = parser.parse_args()
     if args.out is None and args.split == "test":
         args.out = REPO / "docs" / "hippocampus-results.md"
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     split = json.loads((REPO / "Resources" / "Splits" / "hippocampus.json").read_text(encoding="utf-8"))
     cases = read_msd(args.data)
@@ -172,13 +178,15 @@ def main() -> None:
     lines = [
         "# Hippocampus results (MSD Task04, labels 1+2 merged)",
         "",
-        f"Regenerate with `python Testing/benchmarks/hippocampus_report.py --split {args.split}`.",
+        f"Regenerate with `python Testing/benchmarks/hippocampus_report.py --split {args.split}"
+        f"{'' if args.threads == 2 else f' --threads {args.threads}'}`.",
         f"Held-out `{args.split}` split of `Resources/Splits/hippocampus.json`: {len(ids)} cases never used for "
         "training or model selection. Surface metrics compare each mesh with marching cubes of the label; "
         "Dice/IoU rasterise the mesh on the label grid. CPU seconds per case: batches of 8, model loaded, "
-        f"2 threads (process time, so both cores count), untangling included; machine load (1-min average) "
-        f"{load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (above 2, other jobs shared the 2 "
-        "cores and the time columns are inflated; `Testing/benchmarks/segment_benchmark.py` times on its own). "
+        f"{args.threads} thread{'s' if args.threads > 1 else ''} (process time, so every core counts), untangling "
+        f"included; machine load (1-min average) {load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
+        f"end (above {args.threads}, other jobs ran alongside and the time columns are inflated; "
+        "`Testing/benchmarks/segment_benchmark.py` times on its own). "
         "Self-intersecting faces: *network* = "
         "the mesh as the network made it; *segment* = what `imagetomesh segment` returns, after local folds are "
         "smoothed away (`geometry/untangle.py`); every other column is measured on the latter.",
