@@ -364,6 +364,32 @@ def test_graph_layers_leave_no_files_in_the_temporary_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_graph_models_run_without_importing_torch_dynamo_which_still_works_when_used():
+    """torch-geometric's import would import ``torch._dynamo`` (most of a graph model's start-up); a fresh
+    process builds and runs Voxel2Mesh without it, and ``torch.compile`` and torch-geometric's
+    ``is_torch_instance`` (the reason it imports it) still work afterwards, on the real module."""
+    code = (
+        "import sys, types, torch\n"
+        "from imagetomesh.inference import Segmenter\n"
+        "from imagetomesh.io.images import read_image\n"
+        "mesh = Segmenter('voxel2mesh-hippocampus', 'cpu').segment(read_image(sys.argv[1]))\n"
+        "assert mesh.num_faces > 0\n"
+        "print('dynamo imported:', 'torch._dynamo' in sys.modules, 'torch._dynamo.convert_frame' in sys.modules)\n"
+        "import torch_geometric\n"
+        "compiled = torch.compile(torch.nn.Linear(2, 2))\n"
+        "print('is_torch_instance:', torch_geometric.is_torch_instance(compiled, torch.nn.Linear))\n"
+        "print('real module:', type(sys.modules['torch._dynamo']) is types.ModuleType, torch._dynamo.OptimizedModule is type(compiled))\n"
+    )
+    sample = RESOURCES / "SampleData" / "hippocampus" / "hippocampus_024.nii.gz"
+    result = subprocess.run([sys.executable, "-c", code, str(sample)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "dynamo imported: False False",
+        "is_torch_instance: True",
+        "real module: True True",
+    ]
+
+
 def test_sample_features_reads_voxels_in_xyz_order():
     features = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(1, 2, 3, 4, 5)  # (B, C, D, H, W)
     # voxel (i, j, k) = (4, 1, 2) in grid coordinates
