@@ -52,20 +52,16 @@ def _import_torch_geometric():
     ``torch._dynamo`` then imports on first use, as torch itself imports it lazily (``torch.compile``,
     ``torch._dynamo``, ``is_torch_instance`` all work), and a stand-in that is used imports the real module."""
     name = "torch._dynamo"
-    if name in sys.modules or "torch_geometric" in sys.modules:
-        import torch_geometric.nn
-
-        return torch_geometric.nn
-    stand_in = _DynamoUntilUsed(name)
-    stand_in.__spec__ = importlib.util.find_spec(name)
-    sys.modules[name] = stand_in
+    stand_in = None
+    if name not in sys.modules and "torch_geometric" not in sys.modules:
+        stand_in = _DynamoUntilUsed(name)
+        stand_in.__spec__ = importlib.util.find_spec(name)
+        sys.modules[name] = stand_in
     try:
         import torch_geometric.nn
     finally:
-        if sys.modules.get(name) is stand_in:
+        if stand_in is not None and sys.modules.get(name) is stand_in:
             del sys.modules[name]
-        if torch.__dict__.get("_dynamo") is stand_in:
-            del torch._dynamo
     return torch_geometric.nn
 
 
