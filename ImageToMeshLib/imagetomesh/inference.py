@@ -27,9 +27,9 @@ from imagetomesh.scan import (
     crop_padded,
     crop_to_scan_grid,
     densest_crop_start,
+    mean_probabilities,
     organ_masks,
     scan_grid,
-    windowed_logits,
 )
 from imagetomesh.voxel_meshing import finish_mesh, voxel_organ_mesh
 from imagetomesh.zoo import LoadedModel, ensemble_unet, load_model
@@ -248,18 +248,8 @@ class Segmenter:
         batch = image[None, None].to(self.model.device)
         nets = [self.model.module.unet, *self.ensemble]
         with bf16_autocast(self.bf16, self.model.device):
-            probabilities = sum(self._unet_probabilities(net, batch) for net in nets) / len(nets)
+            probabilities = mean_probabilities(nets, batch, self.spec.shape, self.mirror)
         return image, transform, probabilities
-
-    def _unet_probabilities(self, net: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-        """``net``'s class probabilities ``(C, D, H, W)`` over the scan ``batch (1, 1, D, H, W)``, averaged with its
-        mirror's where :attr:`mirror` is set."""
-        probabilities = windowed_logits(net, batch, self.spec.shape).softmax(0)
-        if self.mirror is not None:
-            axis, classes = self.mirror
-            mirrored = windowed_logits(net, batch.flip(axis + 2), self.spec.shape).softmax(0)
-            probabilities = (probabilities + mirrored.flip(axis + 1)[classes]) / 2
-        return probabilities
 
     def _organ_decoder_mesh(
         self,

@@ -129,6 +129,31 @@ def windowed_logits(
     return total / count
 
 
+@torch.no_grad()
+def net_probabilities(
+    net, image: torch.Tensor, block: tuple[int, int, int], mirror: tuple[int, list[int]] | None = None
+) -> torch.Tensor:
+    """``net``'s class probabilities ``(C, D, H, W)`` over ``image (1, 1, D, H, W)``: the softmax of its
+    :func:`windowed_logits` in blocks of at most ``block``. With ``mirror`` ``(array axis, class order)``, the mean
+    of the image's and its mirror's, mirrored back with the classes put in ``class order`` (left and right organs
+    traded: :func:`~imagetomesh.organs.mirrored_classes`)."""
+    probabilities = windowed_logits(net, image, block).softmax(0)
+    if mirror is not None:
+        axis, classes = mirror
+        mirrored = windowed_logits(net, image.flip(axis + 2), block).softmax(0)
+        probabilities = (probabilities + mirrored.flip(axis + 1)[classes]) / 2
+    return probabilities
+
+
+@torch.no_grad()
+def mean_probabilities(
+    nets: list, image: torch.Tensor, block: tuple[int, int, int], mirror: tuple[int, list[int]] | None = None
+) -> torch.Tensor:
+    """The mean of the networks' :func:`net_probabilities` ``(C, D, H, W)`` over ``image (1, 1, D, H, W)``: how
+    ``segment`` averages an ensemble's U-Nets, and what the trainings that read its probabilities average."""
+    return sum(net_probabilities(net, image, block, mirror) for net in nets) / len(nets)
+
+
 def organ_masks(probabilities: torch.Tensor, organs: list[Organ]) -> dict[str, np.ndarray | None]:
     """``{organ name: (D, H, W) bool mask or None when the organ was not found}`` from class
     ``probabilities (C, D, H, W)``: the voxels whose most probable class is the organ's, without pieces

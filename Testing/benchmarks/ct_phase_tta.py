@@ -33,7 +33,7 @@ from imagetomesh import inference
 from imagetomesh.core.transforms import GridTransform
 from imagetomesh.nn.precision import bf16_autocast
 from imagetomesh.preprocessing import INTENSITY_NORMALISATIONS, antialias_sigmas, prepare_image, resample_to_grid
-from imagetomesh.scan import body_crop, scan_grid
+from imagetomesh.scan import body_crop, mean_probabilities, scan_grid
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,7 +59,7 @@ def phase_averaged_scan_probabilities(self, volume):
     for grid_image in (image, moved_image):
         batch = grid_image[None, None].to(self.model.device)
         with bf16_autocast(self.bf16, self.model.device):
-            probabilities.append(sum(self._unet_probabilities(net, batch) for net in nets).float() / len(nets))
+            probabilities.append(mean_probabilities(nets, batch, self.spec.shape, self.mirror).float())
     # the moved grid's voxel v - 0.5 .. v + 0.5 around each of the scan grid's voxels: the mean of its voxels v - 1, v
     back = F.avg_pool3d(F.pad(probabilities[1][None], (1, 0, 1, 0, 1, 0), mode="replicate"), 2, stride=1)[0]
     return image, transform, (probabilities[0] + back) / 2

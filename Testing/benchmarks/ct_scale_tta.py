@@ -4,7 +4,8 @@ Usage:
     python Testing/benchmarks/ct_scale_tta.py --scales 1x1x1,1x0.9x0.9,1x1.1x1.1 [headneck_ct_report.py options]
 
 Runs ``headneck_ct_report.py`` (its options after ``--scales``; tune with ``--split val``) with every U-Net of
-:meth:`~imagetomesh.inference.Segmenter.scan_probabilities` (the model's and its ensemble's) run on the prepared
+:meth:`~imagetomesh.inference.Segmenter.scan_probabilities` (the model's and its ensemble's, through
+:func:`~imagetomesh.scan.net_probabilities`) run on the prepared
 scan resampled (trilinear) by each ``z x y x x`` factor of ``--scales``, its logits resampled back onto the scan's
 grid, and the class probabilities averaged over the factors (``1x1x1`` is the scan itself, as ``segment`` runs it).
 The resampled scan is padded with air to the U-Net's multiple of 8 and its logits cropped back. A factor below 1
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from imagetomesh import inference
+from imagetomesh import scan
 from imagetomesh.scan import windowed_logits
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,22 +36,25 @@ SIZE_MULTIPLE = 8
 
 
 def scale_averaged(scales: list[tuple[float, float, float]]):
-    """A replacement for ``Segmenter._unet_probabilities`` that averages the class probabilities ``(C, D, H, W)``
-    of the scan ``batch (1, 1, D, H, W)`` resampled by each of ``scales``, each resampled back to the scan grid."""
-    plain = inference.Segmenter._unet_probabilities
+    """A replacement for :func:`~imagetomesh.scan.net_probabilities` that averages the class probabilities
+    ``(C, D, H, W)`` of the scan ``batch (1, 1, D, H, W)`` resampled by each of ``scales``, each resampled back to
+    the scan grid."""
+    plain = scan.net_probabilities
 
-    def probabilities(self, net, batch: torch.Tensor) -> torch.Tensor:
+    def probabilities(net, batch: torch.Tensor, block, mirror=None) -> torch.Tensor:
+        if mirror is not None:
+            raise SystemExit("ct_scale_tta.py does not rescale a mirror-averaged model's mirror")
         total = torch.zeros(())
         for factors in scales:
             if factors == (1.0, 1.0, 1.0):
-                total = total + plain(self, net, batch)
+                total = total + plain(net, batch, block)
                 continue
             size = [max(SIZE_MULTIPLE, round(n * f)) for n, f in zip(batch.shape[2:], factors)]
             # sizes, not factors, on both ways: the two resamplings then map the same points onto each other
             scaled = F.interpolate(batch, size=size, mode="trilinear", align_corners=False)
             pad = [(-n) % SIZE_MULTIPLE for n in size]
             scaled = F.pad(scaled, (0, pad[2], 0, pad[1], 0, pad[0]), value=float(batch.min()))
-            logits = windowed_logits(net, scaled, self.spec.shape)[:, : size[0], : size[1], : size[2]]
+            logits = windowed_logits(net, scaled, block)[:, : size[0], : size[1], : size[2]]
             back = F.interpolate(logits[None].float(), size=batch.shape[2:], mode="trilinear", align_corners=False)
             total = total + back[0].softmax(0)
         return total / len(scales)
@@ -68,7 +72,7 @@ def main() -> None:
         raise SystemExit(f"--scales takes factors like 1x0.9x0.9, comma-separated, not {args.scales!r}") from None
     if any(len(s) != 3 or min(s) <= 0 for s in scales):
         raise SystemExit(f"--scales takes three positive factors per item (z x y x x), not {args.scales!r}")
-    inference.Segmenter._unet_probabilities = scale_averaged(scales)
+    scan.net_probabilities = scale_averaged(scales)
     sys.argv = ["headneck_ct_report.py", *report_args]
     runpy.run_path(str(REPO / "Testing" / "benchmarks" / "headneck_ct_report.py"), run_name="__main__")
 

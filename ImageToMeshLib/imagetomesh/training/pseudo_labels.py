@@ -19,7 +19,7 @@ import torch
 
 from imagetomesh.io.atomic import atomic_write
 from imagetomesh.nn.precision import bf16_autocast, bf16_supported, to_channels_last
-from imagetomesh.scan import class_mask, windowed_logits
+from imagetomesh.scan import class_mask, mean_probabilities
 from imagetomesh.training.data import UNKNOWN, PreparedCase
 from imagetomesh.weights import WEIGHTS_NAME
 
@@ -32,12 +32,12 @@ def teacher_probabilities(
     nets: list[torch.nn.Module], image: torch.Tensor, block: tuple[int, int, int]
 ) -> torch.Tensor:
     """The mean class probabilities ``(C, D, H, W)`` of the U-Nets ``nets`` (eval mode) over ``image (D, H, W)``,
-    each run in blocks of at most ``block`` voxels (:func:`~imagetomesh.scan.windowed_logits`), as ``segment``
-    averages an ensemble's."""
+    each run in blocks of at most ``block`` voxels (:func:`~imagetomesh.scan.mean_probabilities`, as ``segment``
+    averages an ensemble's)."""
     batch = image[None, None]
     bf16 = bf16_supported(batch.device)
     with bf16_autocast(bf16, batch.device):
-        return sum(windowed_logits(net, batch, block).softmax(0) for net in nets) / len(nets)
+        return mean_probabilities(nets, batch, block)
 
 
 def contoured_sizes(cases: list[PreparedCase], n_classes: int) -> np.ndarray:

@@ -42,7 +42,7 @@ from imagetomesh.models.nudf import NUDF, NUDFConfig
 from imagetomesh.nn.precision import bf16_autocast, bf16_supported, to_channels_last
 from imagetomesh.organs import Organ
 from imagetomesh.preprocessing import GridSpec
-from imagetomesh.scan import class_mask, crop_padded, crop_to_scan_grid, organ_masks, windowed_logits
+from imagetomesh.scan import class_mask, crop_padded, crop_to_scan_grid, mean_probabilities, organ_masks
 from imagetomesh.training.augment import AugmentConfig, augment, transformed
 from imagetomesh.training.configs import (
     CT_AUGMENT,
@@ -326,7 +326,7 @@ def add_scan_guides(
 ) -> None:
     """Give every pool its scan guide (:attr:`OrganPointPool.guide`): the mean of the frozen ``unets``' class
     probabilities over the pool's whole prepared case, as ``segment`` computes them over a scan with its ensemble
-    (:func:`~imagetomesh.scan.windowed_logits` in blocks of the case's grid: one pass per network; under bf16
+    (:func:`~imagetomesh.scan.mean_probabilities` in blocks of the case's grid: one pass per network; under bf16
     autocast with channels-last convolutions where ``bf16``, as ``segment`` runs them where the device has bf16),
     the organ's channel and its voxels (:func:`~imagetomesh.scan.class_mask` of the mean) kept around the pool's
     crop, grown by the voxels a crop-centre ``jitter`` can move it (plus one for rounding). One pass of each
@@ -352,8 +352,8 @@ def add_scan_guides(
     for entries in by_case.values():
         image = entries[0].case.image.float()[None, None].to(device)
         with bf16_autocast(bf16, torch.device(device)):
-            probabilities = sum(windowed_logits(net, image, tuple(image.shape[2:])).softmax(0) for net in nets)
-        probabilities = (probabilities / len(nets)).float().cpu()
+            probabilities = mean_probabilities(nets, image, tuple(image.shape[2:]))
+        probabilities = probabilities.float().cpu()
         winner = probabilities.argmax(0).numpy()
         for pool in entries:
             mask = class_mask(winner, pool.organ)
