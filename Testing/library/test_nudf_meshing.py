@@ -12,6 +12,7 @@ from imagetomesh.geometry.quality import check_mesh
 from imagetomesh.geometry.udf_meshing import (
     UDFMeshingConfig,
     evaluate_udf,
+    field_outward,
     largest_component,
     mesh_udf,
     oriented_normals,
@@ -219,9 +220,9 @@ def test_agree_with_flips_normals_against_the_direction_only():
 
 def test_an_outward_direction_meshes_a_thin_ring_closed_and_outward():
     config = UDFMeshingConfig(**{**FAST.to_dict(), "normal_radius_voxels": 1.5, "drop_voxels": 1.0})
-    # without it, orientation propagated along the spanning tree crosses the wall and turns the inner face
-    # inside out: Poisson then fills the ring's hole (about 5x its volume)
-    unguided = mesh_udf(lambda p: ring_sdf(p).abs(), *BOX, VOXEL, config)
+    # without it (nor the field's own outside), orientation propagated along the spanning tree crosses the wall and
+    # turns the inner face inside out: Poisson then fills the ring's hole (about 5x its volume)
+    unguided = mesh_udf(lambda p: ring_sdf(p).abs(), *BOX, VOXEL, replace(config, field_grid_voxels=None))
     assert abs(abs(unguided.signed_volume()) / RING_VOLUME - 1) > 0.5
     mesh = mesh_udf(lambda p: ring_sdf(p).abs(), *BOX, VOXEL, config, outward=ring_outward)
     check = check_mesh(mesh, self_intersections=False)
@@ -231,6 +232,33 @@ def test_an_outward_direction_meshes_a_thin_ring_closed_and_outward():
     a, b, c = (v[mesh.faces[:, n]] for n in range(3))
     facing = np.einsum("ij,ij->i", np.cross(b - a, c - a), ring_outward((a + b + c) / 3))
     assert np.mean(facing > 0) > 0.95  # faces point out of the wall on both of its sides
+
+
+def test_the_fields_own_outside_meshes_a_thin_ring_closed_and_outward():
+    """No outward direction given: the ring's field says which way is out (the hole reaches the box's faces)."""
+    config = UDFMeshingConfig(**{**FAST.to_dict(), "normal_radius_voxels": 1.5, "drop_voxels": 1.0})
+    mesh = mesh_udf(lambda p: ring_sdf(p).abs(), *BOX, VOXEL, config)
+    check = check_mesh(mesh, self_intersections=False)
+    assert check.watertight and check.components == 1
+    assert 0.9 < abs(mesh.signed_volume()) / RING_VOLUME < 1.1
+    outward = field_outward(lambda p: ring_sdf(p).abs(), *BOX, VOXEL, config)
+    v = mesh.vertices.astype(np.float64)
+    a, b, c = (v[mesh.faces[:, n]] for n in range(3))
+    centres = (a + b + c) / 3
+    assert np.mean(np.einsum("ij,ij->i", outward(centres), ring_outward(centres)) > 0) > 0.95
+
+
+def test_field_outward_points_out_of_a_sphere_and_needs_an_inside_and_an_outside():
+    outward = field_outward(sphere_udf, *BOX, VOXEL, FAST)
+    directions = np.random.default_rng(2).normal(size=(500, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    for radius in (0.6 * R, R, 1.3 * R):  # inside, on and outside the surface
+        cosine = np.einsum("ij,ij->i", outward(radius * directions), directions)
+        assert cosine.min() > 0.5, radius
+    assert field_outward(lambda p: torch.zeros(len(p)), *BOX, VOXEL, FAST) is None  # no point beyond the surface
+    assert field_outward(lambda p: torch.ones(len(p)), *BOX, VOXEL, FAST) is None  # no surface: all outside
+    with pytest.raises(ValueError, match="at least half"):
+        field_outward(sphere_udf, *BOX, VOXEL, replace(FAST, field_grid_voxels=3.0, field_far_voxels=1.0))
 
 
 def test_an_open_poisson_surface_is_closed_as_the_fallback():

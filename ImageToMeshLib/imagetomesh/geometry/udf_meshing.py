@@ -21,7 +21,9 @@ after NDF):
    Given ``outward`` (a rough outward direction at any point: NUDF's localiser's voxels of the organ),
    each normal is instead flipped to agree with it: along a thin plate (a mandible 2-3 voxels thick)
    the spanning tree can cross from one face to the other and turn a whole region inside out, and
-   screened Poisson then leaves the surface open there;
+   screened Poisson then leaves the surface open there. A closed surface sought without one takes it
+   from the field itself (:func:`field_outward`, ``field_grid_voxels``): what lies beyond the surface
+   band and reaches the box's faces is outside;
 6. screened Poisson reconstruction (pymeshlab ``generate_surface_reconstruction_screened_poisson``; its octree
    ``poisson_depth`` deep, or deeper where ``poisson_cell_voxels`` asks for finer cells);
 7. triangles whose centroid has no dense point within ``support_voxels`` are removed (they bridge
@@ -63,18 +65,20 @@ class UDFMeshingConfig:
     """Meshing parameters; lengths in voxels of the field's grid (``voxel`` of :func:`mesh_udf`).
 
     The defaults were chosen on the hippocampus validation cases (Testing/benchmarks/
-    nudf_meshing_benchmark.py): one resampling round of 20 000 points and 4 projection steps
-    keep meshing under 10 CPU seconds; more rounds or points did not lower the Chamfer distance.
+    nudf_meshing_benchmark.py): one resampling round and 4 projection steps; more rounds or points did not
+    lower the Chamfer distance. With the normals oriented by the field's own outside (``field_grid_voxels``),
+    15 000 initial, 10 000 dense and 5 000 Poisson points mesh as well as 30 000, 20 000 and 10 000 (Dice 0.8997
+    and 0.8997, Chamfer 0.380 and 0.380 mm, HD95 1.31 and 1.30 mm) in 57 % of the time (session 43).
     """
 
-    initial_points: int = 30000
+    initial_points: int = 15000
     keep_voxels: float = 2.5
     iterations: int = 4
     drop_voxels: float = 0.3
     rounds: int = 1
-    dense_points: int = 20000
+    dense_points: int = 10000
     resample_sigma_voxels: float = 1.0
-    poisson_points: int = 10000
+    poisson_points: int = 5000
     normal_neighbours: int = 12
     #: normals from the dense points within this many voxels (None: from the ``normal_neighbours`` nearest)
     normal_radius_voxels: float | None = None
@@ -95,6 +99,14 @@ class UDFMeshingConfig:
     seed: int = 0
     #: a region given as voxels (NUDF's localiser's voxels of an organ) is grown by this many voxels
     region_margin_voxels: float = 3.0
+    #: a closed surface sought without an ``outward`` guide: its normals oriented by the field's own outside
+    #: (:func:`field_outward`), the field read on a grid of points this many voxels apart; None: by the spanning
+    #: tree alone. On the 21 hippocampus validation cases the tree turned a region inside out in 3 (Dice 0.835-0.884
+    #: where the field's outside gives 0.887-0.927; mean Dice 0.893 -> 0.900, Chamfer 0.404 -> 0.380 mm)
+    field_grid_voxels: float | None = 2.0
+    #: :func:`field_outward`'s grid points farther than this many voxels from the surface can be outside; at least
+    #: half of ``field_grid_voxels``, so that the outside cannot pass between two grid points across the surface
+    field_far_voxels: float = 1.25
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -248,6 +260,46 @@ def oriented_normals(
     return normals
 
 
+def field_outward(udf: UDF, lo, hi, voxel: float, config: UDFMeshingConfig) -> Direction | None:
+    """Which way is out of the closed surface ``udf`` places in the box ``[lo, hi]`` (``(3,)`` each, the field's
+    frame; ``voxel``: the field's resolution), from the field alone.
+
+    The field is read on a grid of points ``config.field_grid_voxels`` voxels apart over the box. The points
+    farther than ``config.field_far_voxels`` voxels from the surface that connect (face to face) to a point on the
+    box's faces are outside; the rest are inside (the surface band and what it encloses). A surface that passes
+    between two neighbouring grid points passes within half their spacing of one of them, so the outside does not
+    leak through it where the far distance is at least that.
+
+    Returns:
+        ``outward(points (N, 3) array) -> (N, 3)``: the gradient of the signed distance (grid steps, positive
+        outside) to the boundary between the two, trilinear at each point; None where no grid point is outside,
+        or every one is.
+    """
+    from scipy import ndimage
+
+    if config.field_far_voxels < config.field_grid_voxels / 2:
+        raise ValueError("field_far_voxels must be at least half of field_grid_voxels")
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    step = config.field_grid_voxels * voxel
+    axes = [np.arange(a, b + 1e-9 * step, step) for a, b in zip(lo, hi)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)  # (X, Y, Z, 3), the frame's axes in order
+    points = torch.as_tensor(grid.reshape(-1, 3), dtype=torch.float32)
+    distance = evaluate_udf(udf, points, config.chunk).numpy().reshape(grid.shape[:3])
+    pieces, _ = ndimage.label(distance > config.field_far_voxels * voxel)  # face-connected
+    faces = np.concatenate([pieces[[0, -1]].ravel(), pieces[:, [0, -1]].ravel(), pieces[:, :, [0, -1]].ravel()])
+    outside = np.isin(pieces, faces[faces > 0])
+    if outside.all() or not outside.any():
+        return None
+    signed = ndimage.distance_transform_edt(outside) - ndimage.distance_transform_edt(~outside)
+    gradient = np.gradient(signed)
+
+    def outward(at: np.ndarray) -> np.ndarray:
+        index = ((np.asarray(at, dtype=np.float64) - lo) / step).T
+        return np.stack([ndimage.map_coordinates(g, index, order=1, mode="nearest") for g in gradient], 1)
+
+    return outward
+
+
 def agree_with(normals: np.ndarray, directions: np.ndarray) -> np.ndarray:
     """``normals (N, 3)``, each flipped where it points against ``directions (N, 3)`` (kept where the
     direction is zero or perpendicular)."""
@@ -386,6 +438,8 @@ def mesh_udf(
     samples = poisson_disk_subsample(dense, config.poisson_points)
     radius = None if config.normal_radius_voxels is None else config.normal_radius_voxels * voxel
     normals = oriented_normals(samples, config.normal_neighbours, reference=dense, radius=radius)
+    if outward is None and not open_surface and config.field_grid_voxels is not None:
+        outward = field_outward(udf, lo, hi, voxel, config)
     if outward is not None:
         normals = agree_with(normals, outward(samples))
     poisson = screened_poisson(samples, normals, poisson_depth(samples, voxel, config), config.poisson_full_depth)
