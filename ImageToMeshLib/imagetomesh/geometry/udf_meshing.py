@@ -271,9 +271,8 @@ def field_outward(udf: UDF, lo, hi, voxel: float, config: UDFMeshingConfig) -> D
     leak through it where the far distance is at least that.
 
     Returns:
-        ``outward(points (N, 3) array) -> (N, 3)``: the gradient of the signed distance (grid steps, positive
-        outside) to the boundary between the two, trilinear at each point; None where no grid point is outside,
-        or every one is.
+        :func:`mask_outward` of the inside (in the field's frame: the grid's axes are its axes); None where no grid
+        point is outside, or every one is.
     """
     from scipy import ndimage
 
@@ -290,11 +289,20 @@ def field_outward(udf: UDF, lo, hi, voxel: float, config: UDFMeshingConfig) -> D
     outside = np.isin(pieces, faces[faces > 0])
     if outside.all() or not outside.any():
         return None
-    signed = ndimage.distance_transform_edt(outside) - ndimage.distance_transform_edt(~outside)
+    return mask_outward(~outside, lambda at: (np.asarray(at, dtype=np.float64) - lo) / step)
+
+
+def mask_outward(inside: np.ndarray, to_index: Callable[[np.ndarray], np.ndarray]) -> Direction:
+    """``outward(points (N, 3) array) -> (N, 3)``: the gradient of the signed distance (voxels, positive outside) to
+    the boundary of the True voxels of ``inside`` (a 3-D bool array with some of each), along the array's axes in
+    order, trilinear at each point's array index ``to_index(points) -> (N, 3)`` (the same order)."""
+    from scipy import ndimage
+
+    signed = ndimage.distance_transform_edt(~inside) - ndimage.distance_transform_edt(inside)
     gradient = np.gradient(signed)
 
-    def outward(at: np.ndarray) -> np.ndarray:
-        index = ((np.asarray(at, dtype=np.float64) - lo) / step).T
+    def outward(points: np.ndarray) -> np.ndarray:
+        index = to_index(points).T
         return np.stack([ndimage.map_coordinates(g, index, order=1, mode="nearest") for g in gradient], 1)
 
     return outward

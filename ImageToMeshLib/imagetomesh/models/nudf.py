@@ -323,20 +323,17 @@ class VoxelGuide:
         outside) to the boundary of the True voxels, trilinear at each point (the frame is a voxel-index frame
         up to one factor, so the index gradient is the frame's direction); None when there is no boundary
         (all or none True)."""
-        from scipy.ndimage import distance_transform_edt, map_coordinates
+        from imagetomesh.geometry.udf_meshing import mask_outward
 
         if self.mask.all() or not self.mask.any():
             return None
-        signed = self.outside - distance_transform_edt(self.mask)
-        gradient_xyz = np.gradient(signed)[::-1]  # d/di, d/dj, d/dk: along x, y, z
         scale = self.scale.double()
 
-        def outward(points: np.ndarray) -> np.ndarray:
-            index = grid_to_index(torch.as_tensor(points, dtype=torch.float64) / scale, self.size_ijk).numpy()
-            at = index[:, ::-1].T  # (k, j, i) rows, as the arrays are indexed
-            return np.stack([map_coordinates(g, at, order=1, mode="nearest") for g in gradient_xyz], 1)
+        def kji(points: np.ndarray) -> np.ndarray:  # (k, j, i) indices, as the mask is indexed
+            return grid_to_index(torch.as_tensor(points, dtype=torch.float64) / scale, self.size_ijk).numpy()[:, ::-1]
 
-        return outward
+        along_kji = mask_outward(self.mask, kji)
+        return lambda points: along_kji(points)[:, ::-1]  # along x, y, z
 
 
 def _diag_affine(diag) -> np.ndarray:
