@@ -12,6 +12,7 @@ from imagetomesh.geometry.quality import check_mesh
 from imagetomesh.geometry.udf_meshing import (
     UDFMeshingConfig,
     evaluate_udf,
+    field_directions,
     field_outward,
     largest_component,
     mesh_udf,
@@ -255,10 +256,32 @@ def test_field_outward_points_out_of_a_sphere_and_needs_an_inside_and_an_outside
     for radius in (0.6 * R, R, 1.3 * R):  # inside, on and outside the surface
         cosine = np.einsum("ij,ij->i", outward(radius * directions), directions)
         assert cosine.min() > 0.5, radius
+    on_sphere = R * directions
+    assert field_directions(sphere_udf, *BOX, VOXEL, FAST, on_sphere) is not None
     assert field_outward(lambda p: torch.zeros(len(p)), *BOX, VOXEL, FAST) is None  # no point beyond the surface
     assert field_outward(lambda p: torch.ones(len(p)), *BOX, VOXEL, FAST) is None  # no surface: all outside
     with pytest.raises(ValueError, match="at least half"):
         field_outward(sphere_udf, *BOX, VOXEL, replace(FAST, field_grid_voxels=3.0, field_far_voxels=1.0))
+
+
+def test_a_field_that_encloses_nothing_gives_no_directions():
+    """An open sheet, and a sphere with a wide hole that lets the outside in: the field's outside surrounds their
+    samples on both sides, and its directions there are unclear (they would flip the normals at random)."""
+    rng = np.random.default_rng(3)
+    on_plane = np.c_[rng.uniform(-0.8, 0.8, size=(2000, 2)), np.full(2000, 0.1)]
+    assert field_outward(lambda p: (p[:, 2] - 0.1).abs(), *BOX, VOXEL, FAST) is not None
+    assert field_directions(lambda p: (p[:, 2] - 0.1).abs(), *BOX, VOXEL, FAST, on_plane) is None
+    below = R * rng.normal(size=(4000, 3))
+    below = R * below / np.linalg.norm(below, axis=1, keepdims=True)
+    below = below[below[:, 2] < 0.3]
+    assert field_directions(capless_sphere_udf, *BOX, VOXEL, FAST, below) is None
+
+
+def capless_sphere_udf(p):
+    """Distance to the sphere of radius R without its cap above z = 0.8 R (a hole 0.6 R across)."""
+    r = p.norm(dim=1).clamp(min=1e-9)
+    rim = ((p[:, :2].norm(dim=1) - 0.6 * R) ** 2 + (p[:, 2] - 0.8 * R) ** 2).sqrt()
+    return torch.where(p[:, 2] / r < 0.8, (r - R).abs(), rim)
 
 
 def test_an_open_poisson_surface_is_closed_as_the_fallback():

@@ -22,8 +22,8 @@ after NDF):
    each normal is instead flipped to agree with it: along a thin plate (a mandible 2-3 voxels thick)
    the spanning tree can cross from one face to the other and turn a whole region inside out, and
    screened Poisson then leaves the surface open there. A closed surface sought without one takes it
-   from the field itself (:func:`field_outward`, ``field_grid_voxels``): what lies beyond the surface
-   band and reaches the box's faces is outside;
+   from the field itself (:func:`field_directions`, ``field_grid_voxels``): what lies beyond the surface
+   band and reaches the box's faces is outside (unless that leaves the samples' side unclear);
 6. screened Poisson reconstruction (pymeshlab ``generate_surface_reconstruction_screened_poisson``; its octree
    ``poisson_depth`` deep, or deeper where ``poisson_cell_voxels`` asks for finer cells);
 7. triangles whose centroid has no dense point within ``support_voxels`` are removed (they bridge
@@ -292,6 +292,26 @@ def field_outward(udf: UDF, lo, hi, voxel: float, config: UDFMeshingConfig) -> D
     return mask_outward(~outside, lambda at: (np.asarray(at, dtype=np.float64) - lo) / step)
 
 
+#: :func:`field_directions` are used only where their median length at the samples is at least this (the signed
+#: distance's gradient is about 1 near the inside's boundary, where a closed surface's samples lie, and about 0 along
+#: its middle, where they lie when the field encloses nothing: an open sheet, or a surface with a hole the outside
+#: came in through). Hippocampus validation fields: 1.2; a closed ring wall 1.4 voxels thick: 0.87; a plane: 0.11;
+#: a sphere without a cap: 0.30.
+CLEAR_DIRECTIONS = 0.5
+
+
+def field_directions(
+    udf: UDF, lo, hi, voxel: float, config: UDFMeshingConfig, samples: np.ndarray
+) -> np.ndarray | None:
+    """:func:`field_outward` at ``samples (N, 3)``: ``(N, 3)``, or None where it gives none or its directions are
+    not clear there (median length below :data:`CLEAR_DIRECTIONS`)."""
+    outward = field_outward(udf, lo, hi, voxel, config)
+    if outward is None:
+        return None
+    directions = outward(samples)
+    return directions if np.median(np.linalg.norm(directions, axis=1)) >= CLEAR_DIRECTIONS else None
+
+
 def mask_outward(inside: np.ndarray, to_index: Callable[[np.ndarray], np.ndarray]) -> Direction:
     """``outward(points (N, 3) array) -> (N, 3)``: the gradient of the signed distance (voxels, positive outside) to
     the boundary of the True voxels of ``inside`` (a 3-D bool array with some of each), along the array's axes in
@@ -446,10 +466,11 @@ def mesh_udf(
     samples = poisson_disk_subsample(dense, config.poisson_points)
     radius = None if config.normal_radius_voxels is None else config.normal_radius_voxels * voxel
     normals = oriented_normals(samples, config.normal_neighbours, reference=dense, radius=radius)
-    if outward is None and not open_surface and config.field_grid_voxels is not None:
-        outward = field_outward(udf, lo, hi, voxel, config)
-    if outward is not None:
-        normals = agree_with(normals, outward(samples))
+    directions = None if outward is None else outward(samples)
+    if directions is None and not open_surface and config.field_grid_voxels is not None:
+        directions = field_directions(udf, lo, hi, voxel, config, samples)
+    if directions is not None:
+        normals = agree_with(normals, directions)
     poisson = screened_poisson(samples, normals, poisson_depth(samples, voxel, config), config.poisson_full_depth)
     if not (open_surface or config.trim_closed):
         return closed_largest_component(poisson, config.closed_hole_edges)
