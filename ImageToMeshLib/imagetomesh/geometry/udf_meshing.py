@@ -284,12 +284,11 @@ def field_outward(udf: UDF, lo, hi, voxel: float, config: UDFMeshingConfig) -> D
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)  # (X, Y, Z, 3), the frame's axes in order
     points = torch.as_tensor(grid.reshape(-1, 3), dtype=torch.float32)
     distance = evaluate_udf(udf, points, config.chunk).numpy().reshape(grid.shape[:3])
-    pieces, _ = ndimage.label(distance > config.field_far_voxels * voxel)  # face-connected
-    faces = np.concatenate([pieces[[0, -1]].ravel(), pieces[:, [0, -1]].ravel(), pieces[:, :, [0, -1]].ravel()])
-    outside = np.isin(pieces, faces[faces > 0])
-    if outside.all() or not outside.any():
+    # the far points that do not reach the box's faces (face to face) join the band
+    inside = ndimage.binary_fill_holes(distance <= config.field_far_voxels * voxel)
+    if inside.all() or not inside.any():
         return None
-    return mask_outward(~outside, lambda at: (np.asarray(at, dtype=np.float64) - lo) / step)
+    return mask_outward(inside, lambda at: (np.asarray(at, dtype=np.float64) - lo) / step)
 
 
 #: :func:`field_directions` are used only where their median length at the samples is at least this (the signed
@@ -312,13 +311,18 @@ def field_directions(
     return directions if np.median(np.linalg.norm(directions, axis=1)) >= CLEAR_DIRECTIONS else None
 
 
-def mask_outward(inside: np.ndarray, to_index: Callable[[np.ndarray], np.ndarray]) -> Direction:
+def mask_outward(
+    inside: np.ndarray, to_index: Callable[[np.ndarray], np.ndarray], outside: np.ndarray | None = None
+) -> Direction:
     """``outward(points (N, 3) array) -> (N, 3)``: the gradient of the signed distance (voxels, positive outside) to
     the boundary of the True voxels of ``inside`` (a 3-D bool array with some of each), along the array's axes in
-    order, trilinear at each point's array index ``to_index(points) -> (N, 3)`` (the same order)."""
+    order, trilinear at each point's array index ``to_index(points) -> (N, 3)`` (the same order). ``outside``: each
+    voxel's distance to the nearest True voxel, where the caller has it (computed here otherwise)."""
     from scipy import ndimage
 
-    signed = ndimage.distance_transform_edt(~inside) - ndimage.distance_transform_edt(inside)
+    if outside is None:
+        outside = ndimage.distance_transform_edt(~inside)
+    signed = outside - ndimage.distance_transform_edt(inside)
     gradient = np.gradient(signed)
 
     def outward(points: np.ndarray) -> np.ndarray:

@@ -332,7 +332,7 @@ class VoxelGuide:
         def kji(points: np.ndarray) -> np.ndarray:  # (k, j, i) indices, as the mask is indexed
             return grid_to_index(torch.as_tensor(points, dtype=torch.float64) / scale, self.size_ijk).numpy()[:, ::-1]
 
-        along_kji = mask_outward(self.mask, kji)
+        along_kji = mask_outward(self.mask, kji, self.outside)
         return lambda points: along_kji(points)[:, ::-1]  # along x, y, z
 
 
