@@ -84,7 +84,7 @@ def scan_grid(volume: Volume, spec: GridSpec, multiple: int = GRID_MULTIPLE) -> 
     The grid thus depends on where the body is, not on how its image samples it: a scan, a copy resampled to 1 mm,
     a wider field of view and the same voxels stored in another axis order are read at the same points in patient
     space, with the same pooling cells. A grid centred on each image fell on each at its own sub-voxel placement,
-    and the U-Net's organ ends moved with it (docs/headneck-ct-results.md, session 38)."""
+    and the U-Net's organ ends moved with it (docs/headneck-ct-experiments.md, session 38)."""
     direction = spec.direction_matrix(volume)
     axes = direction * np.asarray(spec.spacing, dtype=np.float64)[None, :]  # columns: LPS step of one grid step
     ends = [(-0.5, n - 0.5) for n in volume.size_ijk]  # the image's extent: its voxels' outer faces
@@ -188,7 +188,7 @@ def organ_mask_volume(
     ``margin`` voxels) is resampled trilinearly ``upsample`` times finer and kept where the probability
     is at least ``level`` and within one scan voxel of ``mask`` (the mask's pieces only, not a neighbour's).
     At 0.5 and 2x the head-and-neck U-Net's validation meshes score as well as at any level from 0.35 to 0.6 with
-    2x or 3x (``Testing/benchmarks/headneck_ct_meshing_sweep.py``; docs/headneck-ct-results.md)."""
+    2x or 3x (``Testing/benchmarks/headneck_ct_meshing_sweep.py``; docs/headneck-ct-experiments.md)."""
     nonzero = np.nonzero(mask)
     lo = [max(int(a.min()) - margin, 0) for a in nonzero]
     hi = [min(int(a.max()) + margin + 1, n) for a, n in zip(nonzero, mask.shape)]

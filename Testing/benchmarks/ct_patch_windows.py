@@ -13,7 +13,7 @@ U-Net of :meth:`~imagetomesh.inference.Segmenter.scan_probabilities` run that wa
 report's own ``--json``.
 
 Session 33 (validation, all 20 whole scans, the bundled ensemble: 0.759): windows of 48 x 80 x 80 (the CPU U-Net's
-crops) 0.758, of 64 x 96 x 96 (the wide U-Net's) 0.758; every organ within 0.002 (docs/headneck-ct-results.md).
+crops) 0.758, of 64 x 96 x 96 (the wide U-Net's) 0.758; every organ within 0.002 (docs/headneck-ct-experiments.md).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ but the report's own ``--json``.
 Session 37 (validation, all 20 whole scans, the bundled ensemble, U-Net + MC): Dice per scan -0.0005 on average;
 each (case, organ) change on the 1 mm in-plane copy mean |change| 0.0072 -> 0.0058 but largest 0.036 -> 0.066, on the
 oblique reformat 0.0219 -> 0.0180, largest 0.163 -> 0.106; organ means within 0.003 and 0.015 -> 0.010. Not kept:
-a fifth less movement per case, for twice the U-Nets' time (docs/headneck-ct-results.md).
+a fifth less movement per case, for twice the U-Nets' time (docs/headneck-ct-experiments.md).
 """
 
 from __future__ import annotations

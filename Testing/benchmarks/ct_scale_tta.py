@@ -14,7 +14,7 @@ the report's own ``--json``.
 
 Session 30 (validation, all 20 whole scans, the bundled ensemble: 0.7586): in-plane 0.9 / 1 / 1.1 0.756, the same
 on all three axes 0.756, in-plane 0.85 / 0.93 / 1 / 1.07 / 1.15 0.752; the larynx gains 0.01-0.02 and every
-other organ loses (docs/headneck-ct-results.md).
+other organ loses (docs/headneck-ct-experiments.md).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ Session 34 (validation only; tried, not kept): ``unet-headneck-ct`` alone, 400 b
 0.7520 against 0.7521, every organ within 0.003. ``voxel2mesh-hippocampus`` (400 batches of two whole training
 images; up to 5.5 %): validation IoU 0.828 against 0.827 (Chamfer 0.352 against 0.353 mm), ``unet-hippocampus``
 (not an average) 0.833 against 0.835 (``hippocampus_report.py --split val``): the averaged statistics were as good
-as measured ones (docs/headneck-ct-results.md, docs/mesh-losses.md).
+as measured ones (docs/headneck-ct-experiments.md, docs/mesh-losses.md).
 """
 
 from __future__ import annotations

@@ -347,7 +347,7 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # the bundled head-and-neck U-Net (--init-from unet-headneck-ct) fine-tuned to the contoured extent: every
     # voxel the label calls background is background again, the slices beyond the oesophagus's and the spinal
     # cord's contours included (there the held-out labels are background too: removing the predicted voxels
-    # beyond each contour would raise validation voxel Dice from 0.721 to 0.761; docs/headneck-ct-results.md)
+    # beyond each contour would raise validation voxel Dice from 0.721 to 0.761; docs/headneck-ct-experiments.md)
     unet["headneck-ct-cpu-contoured"] = replace(
         copy.deepcopy(unet["headneck-ct-cpu-long"]), steps=1500, lr=3e-4, partly_contoured=None
     )
@@ -362,7 +362,7 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # the two bundled U-Nets' mean probabilities find them (training.pseudo_labels; 0.1-probability rims unknown).
     # Run (session 31, --time-limit 115 --fit-steps-to-time: 5,712 steps on one thread): training-grid validation
     # voxel Dice 0.742 at step 4,800 (the bundled run 0.737), but whole scans 0.7524 alone (the bundled 0.7521) and
-    # 0.7587 with the wide U-Net (0.7586): not bundled (docs/headneck-ct-results.md)
+    # 0.7587 with the wide U-Net (0.7586): not bundled (docs/headneck-ct-experiments.md)
     unet["headneck-ct-cpu-contoured-pseudo"] = replace(
         copy.deepcopy(unet["headneck-ct-cpu-contoured-long"]),
         pseudo_label_teachers=["unet-headneck-ct", "unet-headneck-ct-wide-gpu"],
@@ -373,7 +373,7 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # the brainstem, larynx and oesophagus is where the model's outlines part from theirs most (session 26). Tried
     # (session 32, --time-limit 95 --fit-steps-to-time: 2.9 s a step on one thread, 1,760 steps, stopped at 1,600):
     # training-grid validation voxel Dice 0.730-0.735 (best 0.735 at step 1,200; the bundled run 0.737); whole scans
-    # 0.750 alone (the bundled U-Net 0.752), 0.758 with the wide U-Net (0.759): not bundled (docs/headneck-ct-results.md)
+    # 0.750 alone (the bundled U-Net 0.752), 0.758 with the wide U-Net (0.759): not bundled (docs/headneck-ct-experiments.md)
     unet["headneck-ct-cpu-contoured-tall"] = replace(
         copy.deepcopy(unet["headneck-ct-cpu-contoured-long"]), patch=[80, 96, 96], lr=5e-4
     )
@@ -401,7 +401,7 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # at each end on the copy), which reaches the grid about 0.5 voxel blurrier in-plane (its linear interpolation and
     # the antialiasing: sqrt(3.9^2 / 6 + 1.25) mm). Tried (session 28, --steps 1200), not kept: alone on the 20
     # validation scans 0.746 against the bundled U-Net's 0.752 alone, and the per-case Dice changes of the 1 mm copy
-    # wider, not narrower (mean |change| 0.012 against 0.0096; its larynx +0.031 on average: docs/headneck-ct-results.md)
+    # wider, not narrower (mean |change| 0.012 against 0.0096; its larynx +0.031 on average: docs/headneck-ct-experiments.md)
     unet["headneck-ct-cpu-contoured-blur"] = replace(
         copy.deepcopy(unet["headneck-ct-cpu-contoured"]),
         augment=replace(copy.deepcopy(CT_AUGMENT), blur=0.3, blur_sigma=0.75),
@@ -412,7 +412,7 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # per step on random tensors with a plain cross-entropy, 103 ms on real crops with validations (not profiled),
     # so --time-limit stopped it at step 3,996 of 7,400, its rate still at 9.5e-4: validation voxel Dice 0.739 (the
     # bundled U-Net 0.737), whole-scan 0.750 (0.752); averaging the two's probabilities gave 0.756
-    # (docs/headneck-ct-results.md). Session 25, seed 1, --time-limit 7.5 --fit-steps-to-time: 81 ms a step (the
+    # (docs/headneck-ct-experiments.md). Session 25, seed 1, --time-limit 7.5 --fit-steps-to-time: 81 ms a step (the
     # workers kept up: 0.1 ms waited a step), so its schedule was fitted to 4,502 steps and ran to its end:
     # validation voxel Dice 0.649 at half the rate, 0.724 at a tenth, 0.727 at the end (below the unfinished run's)
     unet["headneck-ct-gpu-wide"] = replace(
@@ -485,7 +485,7 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # supervised the full resolution alone): the coarse levels, which see an organ's whole neighbourhood, are taught
     # to tell the organs apart themselves. Tried (session 36, --time-limit 120 --fit-steps-to-time: 6,502 steps on one
     # thread): training-grid validation voxel Dice 0.742 at step 5,400 (the bundled run 0.737); whole scans 0.754 alone
-    # (the bundled U-Net 0.752), 0.7575 with the wide U-Net (0.7586): not bundled (docs/headneck-ct-results.md)
+    # (the bundled U-Net 0.752), 0.7575 with the wide U-Net (0.7586): not bundled (docs/headneck-ct-experiments.md)
     unet["headneck-ct-cpu-contoured-deepsup"] = replace(
         copy.deepcopy(unet["headneck-ct-cpu-contoured-long"]), deep_supervision=2, val_every=600
     )
@@ -624,7 +624,7 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # alone let the brainstem's decoder approach its target points while losing voxels (training Dice 0.776 -> 0.730
     # as its Chamfer fell 2.10 -> 1.93); the term counts the voxel centres a mesh puts on the wrong side. 400 steps
     # per decoder. Tried (session 23, 2.8 s per step): validation mesh Dice in the crops 0.716 / 0.719 / 0.715 at
-    # steps 300 / 600 / 900 against 0.718 / 0.718 / 0.712 without the term; stopped (docs/headneck-ct-results.md)
+    # steps 300 / 600 / 900 against 0.718 / 0.718 / 0.712 without the term; stopped (docs/headneck-ct-experiments.md)
     v2m["headneck-ct-cpu-frozen-surface-raster"] = replace(
         copy.deepcopy(v2m["headneck-ct-cpu-frozen-surface-long"]),
         loss=replace(v2m["headneck-ct-cpu-frozen-surface-long"].loss, raster=3.0),

@@ -163,7 +163,7 @@ def nudf_configs() -> dict[str, NUDFTrainConfig]:
     guided = copy.deepcopy(configs["headneck-ct-cpu"])
     guided.model["localiser_input"] = True
     # the same, selected by the validation mesh Dice (4 cases per organ), meshed as nudf-headneck-ct is (settings
-    # chosen on validation cases: docs/headneck-ct-results.md)
+    # chosen on validation cases: docs/headneck-ct-experiments.md)
     selected = copy.deepcopy(guided)
     selected.model["meshing"] = dict(HEADNECK_CT_MESHING)
     selected.val_mesh_cases = 4
