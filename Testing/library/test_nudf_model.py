@@ -37,7 +37,8 @@ def test_decoder_input_is_the_seven_point_samples_of_every_level():
     model = NUDF(NUDFConfig(**TINY, offset_voxels=0.7)).eval()
     image = torch.randn(1, 1, 8, 12, 10)
     features = model.encode(image)
-    p = torch.tensor([0.1, -0.3, 0.25])
+    # several points in one query, so that each point's decoder input must be its own samples
+    points = torch.tensor([[0.1, -0.3, 0.25], [-0.8, 0.5, 0.0], [0.45, 0.9, -0.6], [0.0, 0.0, 0.0]])
     # one grid voxel along x is 2 / (W - 1) = 2 / 9, along y 2 / 11, along z 2 / 7
     step = 0.7 * torch.tensor([2 / 9, 2 / 11, 2 / 7])
     moves = (
@@ -45,13 +46,14 @@ def test_decoder_input_is_the_seven_point_samples_of_every_level():
         + [torch.eye(3)[a] * step[a] for a in range(3)]
         + [-torch.eye(3)[a] * step[a] for a in range(3)]
     )
-    parts = []
-    for move in moves:
-        for f in features:
-            parts.append(sample_features(f, (p + move).view(1, 1, 3))[0, 0])
-    expected = model.decoder(torch.cat(parts))[0].abs()
-    got = model.query(features, p.view(1, 1, 3))[0, 0]
-    assert torch.allclose(got, expected, atol=1e-6)
+    got = model.query(features, points[None])[0]
+    for p, distance in zip(points, got):
+        parts = []
+        for move in moves:
+            for f in features:
+                parts.append(sample_features(f, (p + move).view(1, 1, 3))[0, 0])
+        expected = model.decoder(torch.cat(parts))[0].abs()
+        assert torch.allclose(distance, expected, atol=1e-6)
 
 
 def test_chunked_query_equals_unchunked():

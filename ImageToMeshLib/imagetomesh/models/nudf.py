@@ -196,11 +196,12 @@ class NUDF(nn.Module, SegmentationModel):
 
     def _query_block(self, features: list[torch.Tensor], points: torch.Tensor, output: int) -> torch.Tensor:
         b, n, _ = points.shape
-        moved = points[:, None, :, :] + self.offsets(features[0].shape[2:], points.device)[None, :, None, :]
-        moved = moved.reshape(b, 7 * n, 3)
-        sampled = torch.cat([sample_features(f, moved) for f in features], dim=2)  # (B, 7N, C)
-        sampled = sampled.view(b, 7, n, -1).permute(0, 2, 1, 3).reshape(b, n, -1)
-        return self.decoder(sampled)[..., output].abs()
+        # point-major (each point's 7 samples adjacent): the samples of a point come out as its decoder input,
+        # offset by offset, with no copy to reorder them, and neighbouring reads hit the same voxels
+        moved = points[:, :, None, :] + self.offsets(features[0].shape[2:], points.device)[None, None, :, :]
+        moved = moved.reshape(b, n * 7, 3)
+        sampled = torch.cat([sample_features(f, moved) for f in features], dim=2)  # (B, N * 7, C)
+        return self.decoder(sampled.view(b, n, -1))[..., output].abs()
 
     def query(
         self, features: list[torch.Tensor], points: torch.Tensor, chunk: int | None = None, organ: int | None = None
