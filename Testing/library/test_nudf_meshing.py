@@ -150,6 +150,30 @@ def test_voxel_guide_region_is_the_grown_mask_at_the_nearest_voxel():
     assert got.any() and not got.all()
 
 
+@pytest.mark.parametrize("margin, margin_slices", [(2.5, 1.2), (1.5, 3.0)])
+def test_voxel_guide_region_with_a_slice_margin_is_the_ellipsoid_around_each_voxel(margin, margin_slices):
+    from imagetomesh.models.nudf import VoxelGuide
+    from imagetomesh.nn.grid import isotropic_scale
+
+    shape = (9, 9, 11)
+    voxels = torch.zeros(shape, dtype=torch.bool)
+    voxels[4, 4, 2] = voxels[6, 1, 8] = True
+    scale = isotropic_scale(shape)
+    inside = VoxelGuide(voxels, scale).region(margin, margin_slices)
+    points = (torch.rand(3000, 3, generator=torch.Generator().manual_seed(1)) * 2.2 - 1.1) * scale
+    got = inside(points)
+    # slow: the voxel nearest the point (clamped into the grid), inside the ellipsoid around some True voxel
+    true = torch.nonzero(voxels).float()  # (k, j, i)
+    semi = torch.tensor([margin_slices, margin, margin])
+    for p, g in zip(points, got):
+        ijk = [min(max(round(float((p[a] / scale[a] + 1) / 2 * (n - 1))), 0), n - 1) for a, n in enumerate(shape[::-1])]
+        kji = torch.tensor(ijk[::-1], dtype=torch.float32)
+        assert bool(g) == bool((((true - kji) / semi) ** 2).sum(dim=1).le(1.0).any())
+    assert got.any() and not got.all()
+    with pytest.raises(ValueError, match="positive margins"):
+        VoxelGuide(voxels, scale).region(margin, 0.0)
+
+
 def test_radius_normals_see_through_a_dense_thick_band():
     # 20,000 points within +-0.02 of a sphere of radius R: their 12 nearest neighbours span the band's
     # thickness as much as the surface, the points within 0.1 span the surface

@@ -99,6 +99,10 @@ class UDFMeshingConfig:
     seed: int = 0
     #: a region given as voxels (NUDF's localiser's voxels of an organ) is grown by this many voxels
     region_margin_voxels: float = 3.0
+    #: ... and by this many along the grid's slice axis (D: a scan grid's body axis), the growth an ellipsoid with
+    #: these semi-axes (None: ``region_margin_voxels`` there too). Where the localiser learned where organs end and
+    #: the field did not (a planner's last slice), the surface then ends near the localiser's end
+    region_margin_slices: float | None = None
     #: a closed surface sought without an ``outward`` guide: its normals oriented by the field's own outside
     #: (:func:`field_outward`), the field read on a grid of points this many voxels apart; None: by the spanning
     #: tree alone. On the 21 hippocampus validation cases the tree turned a region inside out in 3 (Dice 0.835-0.884

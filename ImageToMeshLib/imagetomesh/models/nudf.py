@@ -30,7 +30,7 @@ which saw the organ's surroundings): the field then refines where the U-Net puts
 the organ from the image alone. ``surface_offsets`` move each organ's finished surface along its normals by an
 amount chosen on validation (the field's zero set can sit a fraction of a voxel off the organ).
 The surface is sought only near the U-Net's voxels of the organ (``near`` of :meth:`NUDF.predict_meshes`,
-grown by the meshing config's ``region_margin_voxels``): the field is trained on points concentrated
+grown by the meshing config's ``region_margin_voxels``, and ``region_margin_slices`` along the body axis): the field is trained on points concentrated
 around the organ and can fall to near zero far from it, in parts of the crop its training barely sampled.
 Those voxels also orient the surface's normals (:meth:`VoxelGuide.outward`): a UDF has no inside, and
 orienting its point cloud by propagation alone turned part of thin organs (the mandible) inside out.
@@ -265,7 +265,8 @@ class NUDF(nn.Module, SegmentationModel):
             inside = outward = None
             if near is not None:
                 guide = VoxelGuide(near[b], scale)
-                inside, outward = guide.region(config.region_margin_voxels), guide.outward()
+                inside = guide.region(config.region_margin_voxels, config.region_margin_slices)
+                outward = guide.outward()
             lo, hi = (-scale).cpu().numpy(), scale.cpu().numpy()
             mesh = mesh_udf(udf, lo, hi, voxel, config, open_surface=open_surface, inside=inside, outward=outward)
             offset = self.config.surface_offsets[self._output(organ)] if self.config.surface_offsets else 0.0
@@ -306,10 +307,22 @@ class VoxelGuide:
 
         return distance_transform_edt(~self.mask)
 
-    def region(self, margin: float):
+    def region(self, margin: float, margin_slices: float | None = None):
         """``inside(points (N, 3)) -> (N,) bool``: whether the voxel nearest each point lies within ``margin``
-        voxels (Euclidean, centre to centre) of a True voxel."""
-        grown = torch.as_tensor(self.outside <= margin if self.mask.any() else self.mask)
+        voxels (Euclidean, centre to centre) of a True voxel; with ``margin_slices``, within the ellipsoid of
+        semi-axes ``margin_slices`` along the slice axis (D) and ``margin`` across it, centred on a True voxel."""
+        if margin_slices is not None and not (margin > 0 and margin_slices > 0):
+            raise ValueError(f"an ellipsoidal region needs positive margins, got {margin} and {margin_slices}")
+        if not self.mask.any():
+            grown = torch.as_tensor(self.mask)
+        elif margin_slices is None or margin_slices == margin:
+            grown = torch.as_tensor(self.outside <= margin)
+        else:
+            from scipy.ndimage import distance_transform_edt
+
+            # a slice counts margin / margin_slices voxels: margin_slices slices away is margin away
+            stretched = distance_transform_edt(~self.mask, sampling=(margin / margin_slices, 1.0, 1.0))
+            grown = torch.as_tensor(stretched <= margin)
         upper = torch.tensor(self.size_ijk) - 1
 
         def inside(points: torch.Tensor) -> torch.Tensor:
