@@ -630,4 +630,14 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
         loss=replace(v2m["headneck-ct-cpu-frozen-surface-long"].loss, raster=3.0),
         steps=2800,
     )
+    # the bundled voxel2mesh-headneck-ct's decoders (--init-from it) taught the contoured extent, as the U-Net's sixth
+    # training was: every case that contoured the spinal cord or the oesophagus teaches its surface where the planner
+    # ended it (the partly contoured configs leave out each case whose contour stops short of the scan's lower end, so
+    # the oesophagus decoder learned from 18 training cases, now 46, and the spinal cord's from 104, now 145). The
+    # long fine-tune's rate and precision; 600 steps per decoder. Tried (session 44, --time-limit 90 --fit-steps-to-time,
+    # stopped at step 1,908 of 2,314): crop validation best at step 300 (0.721), then 0.711-0.718; step 300 on the 20
+    # validation scans 0.750 against the bundled decoders' 0.749: not kept (docs/headneck-ct-experiments.md)
+    v2m["headneck-ct-cpu-frozen-surface-contoured"] = replace(
+        copy.deepcopy(v2m["headneck-ct-cpu-frozen-surface-long"]), steps=4200, partly_contoured=None
+    )
     return {"voxel2mesh": v2m, "pixel2mesh3d": p2m, "unet": unet}
