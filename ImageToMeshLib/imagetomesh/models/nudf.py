@@ -29,11 +29,11 @@ With ``localiser_input`` the encoder reads, besides the crop, the U-Net's probab
 which saw the organ's surroundings): the field then refines where the U-Net puts the organ rather than finding
 the organ from the image alone. ``surface_offsets`` move each organ's finished surface along its normals by an
 amount chosen on validation (the field's zero set can sit a fraction of a voxel off the organ).
-The surface is sought only near the U-Net's voxels of the organ (``near`` of :meth:`NUDF.predict_meshes`,
-grown by the meshing config's ``region_margin_voxels``, and ``region_margin_slices`` along the body axis): the field is trained on points concentrated
-around the organ and can fall to near zero far from it, in parts of the crop its training barely sampled.
-Those voxels also orient the surface's normals (:meth:`VoxelGuide.outward`): a UDF has no inside, and
-orienting its point cloud by propagation alone turned part of thin organs (the mandible) inside out.
+The surface is sought only near the U-Net's voxels of the organ (``near`` of :meth:`NUDF.predict_meshes`, grown by
+the meshing config's ``region_margin_voxels``, and ``region_margin_slices`` along the body axis): the field is
+trained on points concentrated around the organ and can fall to near zero far from it, in parts of the crop its
+training barely sampled. Those voxels also orient the surface's normals (:meth:`VoxelGuide.outward`): a UDF has no
+inside, and orienting its point cloud by propagation alone turned part of thin organs (the mandible) inside out.
 """
 
 from __future__ import annotations

@@ -183,8 +183,8 @@ def nudf_configs() -> dict[str, NUDFTrainConfig]:
     # that, teaching the contoured extent (--init-from nudf-headneck-ct): every case that contoured the spinal cord or
     # the oesophagus teaches its surface where the planner ended it, as the held-out labels end it. The partly
     # contoured configs leave out every case whose contour stops short of the scan's lower end (meshable), so the
-    # field learned organs that run on, and its oesophagus ran about 6 mm past the U-Net's at each end, which learned
-    # the contoured extent in its sixth training (validation oesophagus Dice 0.547 -> 0.576). Tried (session 44, 2,100
+    # field learned organs that run on, and its oesophagus ran about 6 mm past the U-Net's at each end (the U-Net
+    # learned the contoured extent in its sixth training: validation oesophagus Dice 0.547 -> 0.576). Tried (session 44, 2,100
     # steps, 30 min on one thread; the oesophagus taught by 46 training cases instead of 18, the spinal cord by 145
     # instead of 104): offsets chosen again on the 20 validation scans, 0.754 (oesophagus 0.585 -> 0.595, left parotid
     # 0.768 -> 0.751), its weight mean with its start 0.756, the bundled field 0.756: not kept
