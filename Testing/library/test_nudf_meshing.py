@@ -130,6 +130,13 @@ def test_a_region_without_surface_is_an_input_error():
         mesh_udf(two_spheres_udf, *BOX, VOXEL, FAST, inside=lambda p: p[:, 1] > 0.6)
 
 
+def _nearest_voxel_kji(point: torch.Tensor, scale: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Slow reference: the ``(k, j, i)`` index of the voxel of a ``shape (D, H, W)`` grid nearest ``point`` (isotropic
+    frame of ``scale``), clamped into the grid."""
+    ijk = [min(max(round(float((point[a] / scale[a] + 1) / 2 * (n - 1))), 0), n - 1) for a, n in enumerate(shape[::-1])]
+    return torch.tensor(ijk[::-1], dtype=torch.float32)
+
+
 def test_voxel_guide_region_is_the_grown_mask_at_the_nearest_voxel():
     from imagetomesh.models.nudf import VoxelGuide
     from imagetomesh.nn.grid import isotropic_scale
@@ -144,8 +151,7 @@ def test_voxel_guide_region_is_the_grown_mask_at_the_nearest_voxel():
     # slow: the voxel nearest the point (clamped into the grid), its distance to each True voxel
     true = torch.nonzero(voxels).float()  # (k, j, i)
     for p, g in zip(points, got):
-        ijk = [min(max(round(float((p[a] / scale[a] + 1) / 2 * (n - 1))), 0), n - 1) for a, n in enumerate(shape[::-1])]
-        kji = torch.tensor(ijk[::-1], dtype=torch.float32)
+        kji = _nearest_voxel_kji(p, scale, shape)
         assert bool(g) == bool(((true - kji).norm(dim=1) <= 2.0).any())
     assert got.any() and not got.all()
 
@@ -166,8 +172,7 @@ def test_voxel_guide_region_with_a_slice_margin_is_the_ellipsoid_around_each_vox
     true = torch.nonzero(voxels).float()  # (k, j, i)
     semi = torch.tensor([margin_slices, margin, margin])
     for p, g in zip(points, got):
-        ijk = [min(max(round(float((p[a] / scale[a] + 1) / 2 * (n - 1))), 0), n - 1) for a, n in enumerate(shape[::-1])]
-        kji = torch.tensor(ijk[::-1], dtype=torch.float32)
+        kji = _nearest_voxel_kji(p, scale, shape)
         assert bool(g) == bool((((true - kji) / semi) ** 2).sum(dim=1).le(1.0).any())
     assert got.any() and not got.all()
     with pytest.raises(ValueError, match="positive margins"):
