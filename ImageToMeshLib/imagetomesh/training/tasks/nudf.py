@@ -27,7 +27,6 @@ had a lower L1 than its step 4,200 and a lower whole-scan mesh Dice, 0.605 again
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +38,10 @@ from tqdm import tqdm
 from imagetomesh.errors import InputError
 from imagetomesh.io.atomic import atomic_write
 from imagetomesh.models.nudf import NUDF, NUDFConfig
-from imagetomesh.nn.precision import bf16_autocast, bf16_supported, to_channels_last
+from imagetomesh.nn.precision import bf16_supported
 from imagetomesh.organs import Organ
 from imagetomesh.preprocessing import GridSpec
-from imagetomesh.scan import class_mask, crop_padded, crop_to_scan_grid, mean_probabilities, organ_masks
+from imagetomesh.scan import crop_padded, crop_to_scan_grid, organ_masks
 from imagetomesh.training.augment import AugmentConfig, augment, transformed
 from imagetomesh.training.configs import (
     CT_AUGMENT,
@@ -64,6 +63,7 @@ from imagetomesh.training.organ_crops import (
     random_offset,
     random_organ,
 )
+from imagetomesh.training.scan_guides import GuideWindow, cached_scan_guides
 from imagetomesh.training.schedules import one_cycle
 from imagetomesh.training.tasks.base import EngineOptions, RunState, Task, run_card
 from imagetomesh.training.udf_points import UDFPointConfig, sample_udf_points
@@ -339,61 +339,20 @@ def add_scan_guides(
     bf16: bool = False,
 ) -> None:
     """Give every pool its scan guide (:attr:`OrganPointPool.guide`): the mean of the frozen ``unets``' class
-    probabilities over the pool's whole prepared case, as ``segment`` computes them over a scan with its ensemble
-    (:func:`~imagetomesh.scan.mean_probabilities` in blocks of the case's grid: one pass per network; under bf16
-    autocast with channels-last convolutions where ``bf16``, as ``segment`` runs them where the device has bf16),
-    the organ's channel and its voxels (:func:`~imagetomesh.scan.class_mask` of the mean) kept around the pool's
-    crop, grown by the voxels a crop-centre ``jitter`` can move it (plus one for rounding). One pass of each
-    network per case (the head-and-neck training set: about 20 minutes on one thread for ``unet-headneck-ct`` in
-    float32), so with ``cache`` the guides are saved there (atomically) and read back by a later start or resume
-    made from the same pools, margin, networks and precision."""
+    probabilities over the pool's whole prepared case, the organ's channel and its voxels
+    (:func:`~imagetomesh.scan.class_mask` of the mean) kept around the pool's crop, grown by the voxels a crop-centre
+    ``jitter`` can move it (plus one for rounding): :func:`~imagetomesh.training.scan_guides.cached_scan_guides`,
+    saved at ``cache`` where given."""
     margin = int(np.ceil(jitter)) + 1
     pools = [pool for entries in pools_by_organ.values() for pool in entries]
-    key = _guides_key(pools, unets, margin, bf16)
-    if cache is not None and cache.exists():
-        saved = torch.load(cache, weights_only=True)
-        if saved.get("key") == key:
-            for pool, (guide, mask) in zip(pools, saved["guides"]):
-                pool.guide, pool.guide_mask, pool.guide_margin = guide, mask, margin
-            return
-    by_case: dict[str, list[OrganPointPool]] = {}
-    for pool in pools:
-        by_case.setdefault(pool.case.case_id, []).append(pool)
-    # copies, so that channels-last never reaches a network that is trained or saved
-    nets = [to_channels_last(copy.deepcopy(net)) if bf16 else net for net in unets]
-    for net in nets:
-        net.eval()
-    for entries in by_case.values():
-        image = entries[0].case.image.float()[None, None].to(device)
-        with bf16_autocast(bf16, torch.device(device)):
-            probabilities = mean_probabilities(nets, image, tuple(image.shape[2:]))
-        probabilities = probabilities.float().cpu()
-        winner = probabilities.argmax(0).numpy()
-        for pool in entries:
-            mask = class_mask(winner, pool.organ)
-            mask = torch.zeros(winner.shape, dtype=torch.bool) if mask is None else torch.from_numpy(mask)
-            start = tuple(a - margin for a in pool.start)
-            grown = tuple(n + 2 * margin for n in pool.shape)
-            pool.guide = crop_padded(probabilities[pool.organ], start, grown, 0.0).half()
-            pool.guide_mask = crop_padded(mask, start, grown, False)
-            pool.guide_margin = margin
-    if cache is not None:
-        with atomic_write(cache) as tmp:
-            torch.save({"key": key, "guides": [(pool.guide, pool.guide_mask) for pool in pools]}, tmp)
-
-
-def _guides_key(pools: list[OrganPointPool], unets: list[torch.nn.Module], margin: int, bf16: bool) -> str:
-    """What a set of scan guides was made from (the pools' cases, organs and crops, the margin, the U-Nets' weights,
-    the precision)."""
-    digests = []
-    for unet in unets:
-        digest = hashlib.sha256()
-        for name, tensor in sorted(unet.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        digests.append(digest.hexdigest())
-    crops = [[p.case.case_id, p.organ, list(p.start), list(p.shape)] for p in pools]
-    return json.dumps({"crops": crops, "margin": margin, "unets": digests, "bf16": bf16})
+    windows = [
+        GuideWindow(
+            pool.case, pool.organ, tuple(a - margin for a in pool.start), tuple(n + 2 * margin for n in pool.shape)
+        )
+        for pool in pools
+    ]
+    for pool, (guide, mask) in zip(pools, cached_scan_guides(windows, unets, device, cache, bf16)):
+        pool.guide, pool.guide_mask, pool.guide_margin = guide, mask, margin
 
 
 def organ_probabilities(guides: torch.Tensor, organ: int, organs: int) -> torch.Tensor:
