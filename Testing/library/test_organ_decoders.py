@@ -236,10 +236,11 @@ def test_organ_crops_hold_the_organ_and_batches_one_organ():
     generator = torch.Generator().manual_seed(0)
     seen = set()
     for _ in range(12):
-        organ, images, labels = random_organ_crop_batch(
+        organ, images, labels, starts = random_organ_crop_batch(
             {1: [case], 2: [case]}, [[8, 8, 8], [8, 8, 16]], 3, NO_AUGMENT, generator, jitter=1.0
         )
         seen.add(organ)
+        assert starts is None  # no scan guides: each decoder starts from its U-Net's softmax of the crop
         assert images.shape == (3, 1, *([8, 8, 8] if organ == 1 else [8, 8, 16]))
         assert all((lab == organ).sum() == (label == organ).sum() for lab in labels)  # jitter keeps it inside
     assert seen == {1, 2}
@@ -254,10 +255,74 @@ def test_a_crop_left_too_little_of_its_organ_is_drawn_again():
     cases = {1: [prepared_case(tiny), prepared_case(whole)]}
     generator = torch.Generator().manual_seed(0)
     for _ in range(10):
-        _, _, labels = random_organ_crop_batch(cases, [[8, 8, 8]], 4, NO_AUGMENT, generator, jitter=1.0)
+        _, _, labels, _ = random_organ_crop_batch(cases, [[8, 8, 8]], 4, NO_AUGMENT, generator, jitter=1.0)
         assert all(int((lab == 1).sum()) >= MIN_STRUCTURE_VOXELS for lab in labels)
     with pytest.raises(ValueError, match="too little of it to mesh"):
         random_organ_crop_batch({1: cases[1][:1]}, [[8, 8, 8]], 1, NO_AUGMENT, generator, jitter=1.0)
+
+
+class _LinearProbabilities(torch.nn.Module):
+    """A stand-in localiser of the ramp image of ``prepared_case`` (-1 .. 1) whose class probabilities are linear in
+    it, ``u = (x + 1) / 2``: organ 1 ``0.6 u``, organ 2 ``0.3 u``, background the rest (logits their logs). Linear,
+    so resampling a probability equals the probability of the resampled image; zero at the image's padding (-1)."""
+
+    def forward(self, x):
+        u = ((x + 1) / 2).clamp(0, 1)
+        return (torch.cat([(1 - 0.9 * u).log(), (0.6 * u).clamp_min(1e-12).log(), (0.3 * u).clamp_min(1e-12).log()], 1),)
+
+
+def test_scan_starts_are_the_whole_case_probabilities_cropped_as_segment_crops_them_and_moved_with_the_image(tmp_path):
+    from imagetomesh.models.mesh_state import DecoderMesh
+    from imagetomesh.models.organ_decoders import centre_crop
+    from imagetomesh.training.organ_crops import organ_crop_guides, organ_crop_start, start_probabilities
+
+    label = np.zeros((16, 12, 12), np.uint8)
+    label[12:16, 8:12, 8:12] = 1  # at the grid's far corner (where organ 1 wins), label[0:4, 0:4, 0:4] at the near
+    label[0:4, 0:4, 0:4] = 2  # one: every crop of them leaves the grid, so it holds the image's padding (-1)
+    case = prepared_case(label)
+    crops, context, net = [[8, 8, 8], [8, 8, 16]], 2, _LinearProbabilities()
+    guides = organ_crop_guides({1: [case], 2: [case]}, crops, context, 2.0, [net], "cpu", tmp_path / "g.pt")
+    # the slow, obvious path: the whole case's probabilities, the organ's channel and most probable voxels cropped
+    probabilities = net(case.image.float()[None, None])[0][0].softmax(0)
+    winner = probabilities.argmax(0)
+    for organ in (1, 2):
+        shape = tuple(n + 2 * context for n in crops[organ - 1])
+        for offset in ([0.0, 0.0, 0.0], [2.0, -2.0, 1.5], [-2.0, 2.0, -2.0]):
+            start = organ_crop_start(case, organ, shape, np.array(offset))
+            guide, voxels = guides.crop(case, organ, start, shape)
+            assert torch.allclose(guide, crop_padded(probabilities[organ], start, shape, 0.0), atol=1e-3)
+            assert torch.equal(voxels, crop_padded(winner == organ, start, shape, False))
+    with pytest.raises(ValueError, match="leaves the scan guide"):
+        guides.crop(case, 1, tuple(a + 4 for a in start), shape)
+    # a decoder started from the stored guide starts from the mesh segment's cropped probabilities give it
+    shape = tuple(n + 2 * context for n in crops[0])
+    start = organ_crop_start(case, 1, shape)
+    guide, voxels = (centre_crop(t, context)[None] for t in guides.crop(case, 1, start, shape))
+    inner = tuple(a + context for a in start)
+    full = DecoderMesh.surface_of(crop_padded(probabilities, inner, tuple(crops[0]), 0.0), 1)
+    stored = DecoderMesh.surface_of(start_probabilities(guide, voxels, 1, 3)[0], 1)
+    assert torch.equal(stored.faces, full.faces) and torch.allclose(stored.verts, full.verts, atol=1e-2)
+    # in a batch, each crop's guide moves with its augmented image (as the probability of the moved image)
+    moving = AugmentConfig(flip=0, rotate_deg=20, scale=0.2, intensity_scale=0, intensity_shift=0, noise=0)
+    generator = torch.Generator().manual_seed(4)
+    for _ in range(6):
+        organ, images, _, (guide, voxels) = random_organ_crop_batch(
+            {1: [case], 2: [case]}, crops, 2, moving, generator, 2.0, context, guides
+        )
+        u = (centre_crop(images[:, 0], context) + 1) / 2
+        assert guide.shape == voxels.shape == u.shape
+        assert torch.allclose(guide, (0.6 if organ == 1 else 0.3) * u, atol=2e-3)
+        # organ 1 wins where 0.6 u > 1 - 0.9 u, u > 2 / 3. The voxels are moved by nearest sampling, the image
+        # bilinearly (and blended with the padding, u 0, at the grid's edge): a voxel is the organ's where its
+        # neighbourhood is, and not where none of it is (u changes by 144 / 2303 per voxel along axis 0)
+        lowest = -torch.nn.functional.max_pool3d(-u[:, None], 3, stride=1, padding=1)[:, 0]
+        highest = torch.nn.functional.max_pool3d(u[:, None], 3, stride=1, padding=1)[:, 0]
+        slack = 1.2 * 144 / 2303
+        assert bool(voxels.any()) == (organ == 1)
+        assert bool(voxels[lowest > 2 / 3 + slack].all()) and not bool(voxels[highest < 2 / 3 - slack].any())
+    # read back from the run folder as made
+    again = organ_crop_guides({1: [case], 2: [case]}, crops, context, 2.0, [net], "cpu", tmp_path / "g.pt")
+    assert torch.equal(again.crop(case, 1, start, shape)[0], guides.crop(case, 1, start, shape)[0])
 
 
 def _train_organ_decoders(organ_model, root, steps: int, **model):

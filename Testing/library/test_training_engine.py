@@ -43,6 +43,7 @@ NEW_IMAGE_FIELDS = {
     "freeze_unet": False,  # issue 15
     "deep_supervision": 0,  # issue 16
     "crop_jitter": 3.0,  # issue 16
+    "scan_starts": None,  # issue 16
 }
 #: NUDFTrainConfig fields added for several organs (issue 16), and its model's, with the defaults of the old runs
 #: AugmentConfig fields added since (issue 16: left-right mirroring of several-organ crops; blur)

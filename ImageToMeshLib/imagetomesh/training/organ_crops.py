@@ -11,8 +11,9 @@ import torch
 from imagetomesh.geometry.isosurface import MIN_STRUCTURE_VOXELS
 from imagetomesh.models.organ_decoders import centre_crop, context_shape
 from imagetomesh.scan import box_centre, crop_padded, crop_start
-from imagetomesh.training.augment import AugmentConfig, augment
+from imagetomesh.training.augment import AugmentConfig, augment, transformed
 from imagetomesh.training.data import UNKNOWN, PreparedCase
+from imagetomesh.training.scan_guides import GuideWindow, cached_scan_guides, most_probable
 
 #: Scanned slices below an organ's contour that :func:`meshable` forgives (a contour ending a slice or two
 #: short of the scan's end is whole)
@@ -110,6 +111,67 @@ def random_offset(jitter: float, generator: torch.Generator) -> np.ndarray:
     return ((torch.rand(3, generator=generator, dtype=torch.float64) * 2 - 1) * jitter).numpy()
 
 
+class OrganCropGuides:
+    """The scan guides of a surface-start Voxel2Mesh's training crops (:mod:`~imagetomesh.training.scan_guides`): for
+    each (case, organ) a batch can draw, the organ's probability (float16) and its most probable voxels
+    (:func:`~imagetomesh.training.scan_guides.most_probable`) over the organ's input window (its crop grown by the
+    model's context, centred on the labelled organ), grown by ``margin`` voxels, the most a jittered crop moves.
+    Made by :func:`organ_crop_guides`."""
+
+    def __init__(self, windows: list[GuideWindow], guides: list[tuple[torch.Tensor, torch.Tensor]], margin: int):
+        self.margin = margin
+        self._stored = {(w.case.case_id, w.organ): (w.start, g, v) for w, (g, v) in zip(windows, guides)}
+
+    def crop(
+        self, case: PreparedCase, organ: int, start: tuple[int, int, int], shape: tuple[int, int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(probability (d, h, w) float32, voxels (d, h, w) bool)`` in the ``shape`` window from voxel ``start``;
+        ``ValueError`` where the window leaves what was stored around the organ."""
+        stored_at, guide, voxels = self._stored[(case.case_id, organ)]
+        at = [a - b for a, b in zip(start, stored_at)]
+        if min(at) < 0 or any(a + n > m for a, n, m in zip(at, shape, guide.shape)):
+            raise ValueError(f"a crop from {start} leaves the scan guide stored from {stored_at}")
+        window = tuple(slice(a, a + n) for a, n in zip(at, shape))
+        return guide[window].float(), voxels[window]
+
+
+def organ_crop_guides(
+    cases_by_organ: dict[int, list[PreparedCase]],
+    crops: list[list[int]],
+    context: int,
+    jitter: float,
+    unets: list[torch.nn.Module],
+    device,
+    cache=None,
+    bf16: bool = False,
+) -> OrganCropGuides:
+    """The :class:`OrganCropGuides` of every (case, organ) of ``cases_by_organ`` for crops ``crops[k - 1]`` of class
+    ``k`` grown by ``context`` voxels (the model's ``context_margin``) and centres moved by up to ``jitter`` voxels:
+    the mean probabilities of the frozen ``unets`` over each whole case
+    (:func:`~imagetomesh.training.scan_guides.cached_scan_guides`, saved at ``cache`` where given)."""
+    margin = int(np.ceil(jitter)) + 1
+    windows = []
+    for organ, cases in cases_by_organ.items():
+        shape = context_shape(crops[organ - 1], context)
+        for case in cases:
+            start = organ_crop_start(case, organ, shape)
+            grown = tuple(n + 2 * margin for n in shape)
+            windows.append(GuideWindow(case, organ, tuple(a - margin for a in start), grown))
+    guides = cached_scan_guides(windows, unets, device, cache, bf16, most_probable)
+    return OrganCropGuides(windows, guides, margin)
+
+
+def start_probabilities(guides: torch.Tensor, voxels: torch.Tensor, organ: int, classes: int) -> torch.Tensor:
+    """``(B, classes, d, h, w)`` class probabilities whose most probable class is ``organ`` exactly at ``voxels (B, d,
+    h, w)`` bool and background elsewhere, the organ's channel ``guides (B, d, h, w)``: all that a surface-start
+    decoder's start (:meth:`~imagetomesh.models.mesh_state.DecoderMesh.surface_of`: the most probable class's voxels
+    and the organ's probability) reads of the whole-scan probabilities, from a stored scan guide."""
+    out = torch.zeros((guides.shape[0], classes, *guides.shape[1:]), dtype=torch.float32, device=guides.device)
+    out[:, 0] = (~voxels).float()
+    out[:, organ] = torch.where(voxels, guides.float().clamp_min(1e-3), guides.float())
+    return out
+
+
 def random_organ_crop_batch(
     cases_by_organ: dict[int, list[PreparedCase]],
     crops: list[list[int]],
@@ -118,25 +180,30 @@ def random_organ_crop_batch(
     generator: torch.Generator,
     jitter: float,
     context: int = 0,
-) -> tuple[int, torch.Tensor, torch.Tensor]:
+    guides: OrganCropGuides | None = None,
+) -> tuple[int, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """One organ drawn uniformly (among those with cases), then ``batch_size`` of its cases with replacement,
     each cropped around the organ (``crops[k - 1]`` ``(d, h, w)`` for class ``k``; centre moved by up to
-    ``jitter`` voxels along each axis) and augmented: ``(k, images (B, 1, d, h, w), labels (B, d, h, w))``;
+    ``jitter`` voxels along each axis) and augmented: ``(k, images (B, 1, d, h, w), labels (B, d, h, w), starts)``;
     with ``context`` m (a model's ``context_margin``) the images are the crops grown by m voxels on every side
     (augmented with their labels, which are then cut to the crop),
-    labels as prepared (class indices, :data:`~imagetomesh.training.data.UNKNOWN` codes). A crop whose organ
+    labels as prepared (class indices, :data:`~imagetomesh.training.data.UNKNOWN` codes). ``starts``: with
+    ``guides``, the crops' scan guides ``(probabilities (B, d, h, w), voxels (B, d, h, w) bool)``, moved by each
+    crop's augmentation (bilinear, nearest) and cut to the crop as its label (:func:`start_probabilities` makes a
+    decoder's start of them); None without. A crop whose organ
     was left too small to mesh (:data:`~imagetomesh.geometry.isosurface.MIN_STRUCTURE_VOXELS`: an organ cut by
     the scan, moved to the crop's edge and shrunk by the augmentation) is drawn again, up to
     :data:`REDRAWS` times."""
     organ = random_organ(cases_by_organ, generator)
     cases = cases_by_organ[organ]
     shape = context_shape(crops[organ - 1], context)
-    images, labels = [], []
+    images, labels, probabilities, voxels = [], [], [], []
     while len(images) < batch_size:
         for _ in range(REDRAWS):
             case = cases[int(torch.randint(len(cases), (1,), generator=generator))]
-            image, label = organ_crop(case, organ, shape, random_offset(jitter, generator))
-            image, label = augment(image, label, config, generator)
+            start = organ_crop_start(case, organ, shape, random_offset(jitter, generator))
+            image, label = case_crop(case, start, shape)
+            image, label, linear, shift = augment(image, label, config, generator, return_transform=True)
             label = centre_crop(label, context)
             if int((label == organ).sum()) >= MIN_STRUCTURE_VOXELS:
                 break
@@ -144,7 +211,12 @@ def random_organ_crop_batch(
             raise ValueError(f"{REDRAWS} crops of organ {organ} in a row held too little of it to mesh")
         images.append(image)
         labels.append(label)
-    return organ, torch.stack(images)[:, None], torch.stack(labels)
+        if guides is not None:
+            guide, near = guides.crop(case, organ, start, shape)
+            probabilities.append(centre_crop(transformed(guide, linear, shift, "bilinear"), context))
+            voxels.append(centre_crop(transformed(near.float(), linear, shift, "nearest"), context) > 0.5)
+    starts = (torch.stack(probabilities), torch.stack(voxels)) if guides is not None else None
+    return organ, torch.stack(images)[:, None], torch.stack(labels), starts
 
 
 #: Crops :func:`random_organ_crop_batch` draws at most for one batch entry.

@@ -11,7 +11,13 @@ from imagetomesh.models.organ_decoders import centre_crop, context_shape
 from imagetomesh.models.protocol import last_stage_meshes
 from imagetomesh.nn.sdf import inside_mask
 from imagetomesh.training.data import PreparedCase, boundary_points
-from imagetomesh.training.organ_crops import meshable, organ_crop
+from imagetomesh.training.organ_crops import (
+    OrganCropGuides,
+    case_crop,
+    meshable,
+    organ_crop_start,
+    start_probabilities,
+)
 from imagetomesh.voxel_meshing import finish_mesh
 
 
@@ -94,7 +100,13 @@ def organ_metrics(model, cases: list[PreparedCase], device, organs: list[str]) -
 
 @torch.no_grad()
 def organ_mesh_metrics(
-    model, cases: list[PreparedCase], device, organs: list[str], crops: list[list[int]], context: int = 0
+    model,
+    cases: list[PreparedCase],
+    device,
+    organs: list[str],
+    crops: list[list[int]],
+    context: int = 0,
+    guides: OrganCropGuides | None = None,
 ) -> dict[str, float]:
     """A Voxel2Mesh with one decoder per organ, on the crop of each case around each organ that it can be
     scored on (:func:`~imagetomesh.training.organ_crops.meshable`; ``crops[k - 1]`` ``(d, h, w)`` for class
@@ -102,7 +114,8 @@ def organ_mesh_metrics(
     the crop (:func:`segment_dice`; ``val_mesh_dice_<organ>``, mean ``val_mesh_dice``) and of the voxel head in
     the same crop
     (``val_dice_<organ>``, mean ``val_dice``). ``organs[k - 1]`` names class ``k``. The model reads each crop grown
-    by ``context`` voxels per side (its ``context_margin``)."""
+    by ``context`` voxels per side (its ``context_margin``); with ``guides`` (of these cases) each decoder starts
+    from the crop's scan guide (:func:`~imagetomesh.training.organ_crops.start_probabilities`), as in ``segment``."""
     model.eval()
     mesh_dices: dict[str, list[float]] = {name: [] for name in organs}
     voxel_dices: dict[str, list[float]] = {name: [] for name in organs}
@@ -110,9 +123,15 @@ def organ_mesh_metrics(
         for case in cases:
             if not meshable(case, k):
                 continue
-            image, label = organ_crop(case, k, context_shape(crops[k - 1], context))
+            shape = context_shape(crops[k - 1], context)
+            start = organ_crop_start(case, k, shape)
+            image, label = case_crop(case, start, shape)
             truth = (centre_crop(label, context) == k).numpy()
-            logits, meshes = model(image[None, None].to(device), organ=k)
+            probabilities = None
+            if guides is not None:
+                guide, voxels = (centre_crop(t, context)[None] for t in guides.crop(case, k, start, shape))
+                probabilities = start_probabilities(guide, voxels, k, len(organs) + 1).to(device)
+            logits, meshes = model(image[None, None].to(device), organ=k, probabilities=probabilities)
             voxel_dices[name].append(dice(logits.argmax(1)[0].cpu().numpy() == k, truth))
             mesh_dices[name].append(segment_dice(last_stage_meshes(meshes)[0], truth))
     model.train()

@@ -10,7 +10,9 @@ the ``--init-from`` model is kept as it is (eval mode, no gradient), only the me
 Voxel2Mesh with one decoder per organ (``organ_crops`` in the model config, ``headneck-ct-cpu-frozen``)
 trains its decoders on a trained several-organ U-Net kept frozen, each step on crops around one organ
 (:mod:`imagetomesh.training.organ_crops`), and is selected by the mean over organs of the mesh Dice in
-those crops. A U-Net with ``deep_supervision`` levels adds the same loss at its coarser decoder levels
+those crops; with ``scan_starts`` its surface-start decoders start, in training and validation, from the
+probabilities of the U-Net and its ensemble over the whole case, as ``segment`` starts them
+(:mod:`imagetomesh.training.scan_guides`). A U-Net with ``deep_supervision`` levels adds the same loss at its coarser decoder levels
 (:mod:`imagetomesh.training.deep_supervision`). Configs: :func:`imagetomesh.training.configs.image_configs`.
 """
 
@@ -21,6 +23,7 @@ import torch
 from imagetomesh.errors import InputError
 from imagetomesh.models.registry import build_model
 from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
+from imagetomesh.nn.precision import bf16_supported
 from imagetomesh.organs import mirrored_classes
 from imagetomesh.training.configs import TrainConfig, image_configs
 from imagetomesh.training.data import (
@@ -33,12 +36,20 @@ from imagetomesh.training.data import (
 from imagetomesh.training.deep_supervision import DeeplySupervisedUNet, DeepSupervisionHeads, deep_supervised_loss
 from imagetomesh.training.init_weights import init_from_model, restart_classes
 from imagetomesh.training.losses import mesh_decoder_loss, partial_label_loss, segmentation_loss
-from imagetomesh.training.organ_crops import describe_organ_cases, organ_cases, random_organ_crop_batch
+from imagetomesh.training.organ_crops import (
+    OrganCropGuides,
+    describe_organ_cases,
+    organ_cases,
+    organ_crop_guides,
+    random_organ_crop_batch,
+    start_probabilities,
+)
 from imagetomesh.training.pseudo_labels import add_pseudo_labels, describe_pseudo_labels, teachers_key
 from imagetomesh.training.schedules import one_cycle
 from imagetomesh.training.tasks.base import RunState, Task, run_card
 from imagetomesh.training.udf_points import surface_samples
 from imagetomesh.training.validation import organ_mesh_metrics, organ_metrics, segmentation_metrics
+from imagetomesh.zoo import ensemble_unet
 
 
 def image_to_mesh_loss(
@@ -98,14 +109,26 @@ def logged_terms(terms: dict) -> dict[str, float]:
 
 
 def organ_decoder_loss(
-    net, config: TrainConfig, organ: int, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, device
+    net,
+    config: TrainConfig,
+    organ: int,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    device,
+    starts: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The mesh loss of organ ``organ``'s decoder on a batch of crops around that organ (``images (B, 1, d + 2m,
     h + 2m, w + 2m)`` with the model's ``context_margin`` m, ``labels (B, d, h, w)`` class indices of the crops):
     each case's target is ``loss.target_points`` samples of the organ's smoothed surface in the crop
     (``loss.target_smoothing``), the terms averaged over cases, in the isotropic frame of the crop (whose grid
-    the meshes are in), not of the grown image."""
-    _, meshes = net(images.to(device), organ=organ)
+    the meshes are in), not of the grown image. ``starts``: the crops' scan guides ``(probabilities (B, d, h, w),
+    voxels (B, d, h, w))`` the decoders start from (:func:`~imagetomesh.training.organ_crops.start_probabilities`);
+    None: each starts from its U-Net's softmax of the crop."""
+    probabilities = None
+    if starts is not None:
+        probabilities = start_probabilities(*starts, organ, len(config.organs) + 1).to(device)
+    _, meshes = net(images.to(device), organ=organ, probabilities=probabilities)
     targets = [
         surface_samples(label == organ, config.loss.target_points, generator, config.loss.target_smoothing)
         for label in labels
@@ -191,6 +214,8 @@ class ImageToMeshTask(Task):
                 )
             self.cases_by_organ = organ_cases(self.train_cases, len(config.organs))
             run.log(describe_organ_cases(self.cases_by_organ, config.organs))
+        elif config.scan_starts is not None:
+            raise InputError("scan_starts start the decoders of a voxel2mesh with organ_crops: set it to None")
         self.mirror = self._mirror()
         self.model = build_model(config.kind, config.model).to(run.device)
         #: voxels of image around each organ crop that the U-Net reads (Voxel2Mesh's ``context_margin``)
@@ -207,6 +232,8 @@ class ImageToMeshTask(Task):
                     "U-Net: give --init-from a trained model (and a mesh-model kind)"
                 )
             self.model.unet.requires_grad_(False)
+        #: the training and validation crops' scan guides (``config.scan_starts``), None without
+        self.train_guides, self.val_guides = self._scan_starts()
         #: the coarse decoder levels' logit heads (``config.deep_supervision``), None without
         self.supervision_heads = self._supervision_heads()
         #: what trains: the model, with its supervision heads where there are some
@@ -217,6 +244,36 @@ class ImageToMeshTask(Task):
         learned = [p for p in self.trained.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(learned, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = one_cycle(self.optimizer, config.lr, config.steps)
+
+    def _scan_starts(self) -> tuple[OrganCropGuides | None, OrganCropGuides | None]:
+        """The scan guides of the training crops (jittered by ``crop_jitter``) and of the validation crops that
+        ``config.scan_starts`` asks for (made once and kept in the run folder), or ``(None, None)``."""
+        c, run = self.config, self.run
+        if c.scan_starts is None:
+            return None, None
+        if not self.model.reads_localiser_probabilities:
+            raise InputError(
+                'scan_starts are the starts of surface-start decoders: set the model\'s start "unet_surface"'
+            )
+        remedy = "name bundled models of the config's organs and grid"
+        members = [
+            ensemble_unet(n, "this training config's scan_starts", c.organs, c.grid.to_dict(), run.device.type, remedy)
+            for n in c.scan_starts
+        ]
+        nets, bf16 = [self.model.unet, *members], bf16_supported(run.device)
+        crops, val_by_organ = c.model["organ_crops"], organ_cases(self.val_cases, len(c.organs))
+        guides = [
+            organ_crop_guides(
+                by_organ, crops, self.context, jitter, nets, run.device, run.out / f"{name}_scan_starts.pt", bf16
+            )
+            for by_organ, jitter, name in ((self.cases_by_organ, c.crop_jitter, "train"), (val_by_organ, 0.0, "val"))
+        ]
+        run.log(
+            f"scan starts: the mean probabilities of {len(nets)} U-Net(s) over every prepared case"
+            f"{' (bf16)' if bf16 else ''}, kept around its organ crops"
+            + (f"; the carried U-Net's averaged with {', '.join(c.scan_starts)}'s" if members else "")
+        )
+        return guides[0], guides[1]
 
     def _supervision_heads(self) -> DeepSupervisionHeads | None:
         """The heads of ``config.deep_supervision`` coarser levels of the U-Net, on the run's device; None for 0;
@@ -263,13 +320,21 @@ class ImageToMeshTask(Task):
         if self.organ_decoders:
             crops = c.model["organ_crops"]
             return random_organ_crop_batch(
-                self.cases_by_organ, crops, c.batch_size, c.augment, generator, c.crop_jitter, self.context
+                self.cases_by_organ,
+                crops,
+                c.batch_size,
+                c.augment,
+                generator,
+                c.crop_jitter,
+                self.context,
+                self.train_guides,
             )
         return image_batch(c, self.train_cases, generator, self.mirror, dense)
 
     def loss(self, batch, generator):
         if self.organ_decoders:
-            return organ_decoder_loss(self.net, self.config, *batch, generator, self.run.device)
+            organ, images, labels, starts = batch
+            return organ_decoder_loss(self.net, self.config, organ, images, labels, generator, self.run.device, starts)
         if self.supervision_heads is not None:
             return self._deep_supervised_loss(batch)
         if self.config.organs:
@@ -299,8 +364,9 @@ class ImageToMeshTask(Task):
     def validate(self) -> dict[str, float]:
         names = [o["name"] for o in self.config.organs or []]
         if self.organ_decoders:
+            crops = self.config.model["organ_crops"]
             return organ_mesh_metrics(
-                self.model, self.val_cases, self.run.device, names, self.config.model["organ_crops"], self.context
+                self.model, self.val_cases, self.run.device, names, crops, self.context, self.val_guides
             )
         if self.config.organs:
             return organ_metrics(self.model, self.val_cases, self.run.device, names)
@@ -321,6 +387,8 @@ class ImageToMeshTask(Task):
                 "band": c.pseudo_label_band,
                 "min_fraction": c.pseudo_label_min_fraction,
             }
+        if c.scan_starts:  # segment then starts the decoders from the probabilities they trained on
+            card["ensemble"] = list(c.scan_starts)
         if self.mirror is not None:  # trained on mirrored crops: segment averages a scan with its mirror
             card["mirror_averaged"] = True
         return card
