@@ -650,7 +650,10 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # card's ensemble), not the carried U-Net's softmax of the crop alone. With these decoders segment lost 0.010 on
     # the 20 validation scans against their unmoved starts (0.749 against 0.759, which is U-Net + MC's; the
     # oesophagus 0.564 against 0.600, HD95 median 21.5 against 8.5 mm): they learned corrections of a start they
-    # never get. The contoured extent, as the config above
+    # never get. The contoured extent, as the config above. Bundled (session 45, --time-limit 60 --fit-steps-to-time,
+    # stopped by hand after step 900): crop validation 0.741 / 0.736 / 0.735 at steps 300 / 600 / 900 against 0.736
+    # for the bundled decoders and 0.745 for their unmoved starts; step 300 on the 20 validation scans 0.752 against
+    # 0.749 (test 0.738 against 0.739; docs/headneck-ct-experiments.md)
     v2m["headneck-ct-cpu-frozen-surface-scan-starts"] = replace(
         copy.deepcopy(v2m["headneck-ct-cpu-frozen-surface-contoured"]), scan_starts=["unet-headneck-ct-wide-gpu"]
     )
