@@ -268,7 +268,9 @@ class _LinearProbabilities(torch.nn.Module):
 
     def forward(self, x):
         u = ((x + 1) / 2).clamp(0, 1)
-        return (torch.cat([(1 - 0.9 * u).log(), (0.6 * u).clamp_min(1e-12).log(), (0.3 * u).clamp_min(1e-12).log()], 1),)
+        return (
+            torch.cat([(1 - 0.9 * u).log(), (0.6 * u).clamp_min(1e-12).log(), (0.3 * u).clamp_min(1e-12).log()], 1),
+        )
 
 
 def test_scan_starts_are_the_whole_case_probabilities_cropped_as_segment_crops_them_and_moved_with_the_image(tmp_path):

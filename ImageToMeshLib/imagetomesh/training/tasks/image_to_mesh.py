@@ -12,8 +12,8 @@ trains its decoders on a trained several-organ U-Net kept frozen, each step on c
 (:mod:`imagetomesh.training.organ_crops`), and is selected by the mean over organs of the mesh Dice in
 those crops; with ``scan_starts`` its surface-start decoders start, in training and validation, from the
 probabilities of the U-Net and its ensemble over the whole case, as ``segment`` starts them
-(:mod:`imagetomesh.training.scan_guides`). A U-Net with ``deep_supervision`` levels adds the same loss at its coarser decoder levels
-(:mod:`imagetomesh.training.deep_supervision`). Configs: :func:`imagetomesh.training.configs.image_configs`.
+(:mod:`imagetomesh.training.scan_guides`). A U-Net with ``deep_supervision`` levels adds the same loss at its
+coarser decoder levels (:mod:`imagetomesh.training.deep_supervision`). Configs: :func:`imagetomesh.training.configs.image_configs`.
 """
 
 from __future__ import annotations
