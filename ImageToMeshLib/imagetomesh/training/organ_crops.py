@@ -13,7 +13,13 @@ from imagetomesh.models.organ_decoders import centre_crop, context_shape
 from imagetomesh.scan import box_centre, crop_padded, crop_start
 from imagetomesh.training.augment import AugmentConfig, augment, transformed
 from imagetomesh.training.data import UNKNOWN, PreparedCase
-from imagetomesh.training.scan_guides import GuideWindow, cached_scan_guides, most_probable
+from imagetomesh.training.scan_guides import (
+    GuideWindow,
+    cached_scan_guides,
+    guide_in_window,
+    jitter_margin,
+    most_probable,
+)
 
 #: Scanned slices below an organ's contour that :func:`meshable` forgives (a contour ending a slice or two
 #: short of the scan's end is whole)
@@ -115,11 +121,10 @@ class OrganCropGuides:
     """The scan guides of a surface-start Voxel2Mesh's training crops (:mod:`~imagetomesh.training.scan_guides`): for
     each (case, organ) a batch can draw, the organ's probability (float16) and its most probable voxels
     (:func:`~imagetomesh.training.scan_guides.most_probable`) over the organ's input window (its crop grown by the
-    model's context, centred on the labelled organ), grown by ``margin`` voxels, the most a jittered crop moves.
-    Made by :func:`organ_crop_guides`."""
+    model's context, centred on the labelled organ), grown by the most a jittered crop moves
+    (:func:`~imagetomesh.training.scan_guides.jitter_margin`). Made by :func:`organ_crop_guides`."""
 
-    def __init__(self, windows: list[GuideWindow], guides: list[tuple[torch.Tensor, torch.Tensor]], margin: int):
-        self.margin = margin
+    def __init__(self, windows: list[GuideWindow], guides: list[tuple[torch.Tensor, torch.Tensor]]):
         self._stored = {(w.case.case_id, w.organ): (w.start, g, v) for w, (g, v) in zip(windows, guides)}
 
     def crop(
@@ -128,11 +133,7 @@ class OrganCropGuides:
         """``(probability (d, h, w) float32, voxels (d, h, w) bool)`` in the ``shape`` window from voxel ``start``;
         ``ValueError`` where the window leaves what was stored around the organ."""
         stored_at, guide, voxels = self._stored[(case.case_id, organ)]
-        at = [a - b for a, b in zip(start, stored_at)]
-        if min(at) < 0 or any(a + n > m for a, n, m in zip(at, shape, guide.shape)):
-            raise ValueError(f"a crop from {start} leaves the scan guide stored from {stored_at}")
-        window = tuple(slice(a, a + n) for a, n in zip(at, shape))
-        return guide[window].float(), voxels[window]
+        return guide_in_window((guide, voxels), stored_at, start, shape)
 
 
 def organ_crop_guides(
@@ -149,7 +150,7 @@ def organ_crop_guides(
     ``k`` grown by ``context`` voxels (the model's ``context_margin``) and centres moved by up to ``jitter`` voxels:
     the mean probabilities of the frozen ``unets`` over each whole case
     (:func:`~imagetomesh.training.scan_guides.cached_scan_guides`, saved at ``cache`` where given)."""
-    margin = int(np.ceil(jitter)) + 1
+    margin = jitter_margin(jitter)
     windows = []
     for organ, cases in cases_by_organ.items():
         shape = context_shape(crops[organ - 1], context)
@@ -158,7 +159,7 @@ def organ_crop_guides(
             grown = tuple(n + 2 * margin for n in shape)
             windows.append(GuideWindow(case, organ, tuple(a - margin for a in start), grown))
     guides = cached_scan_guides(windows, unets, device, cache, bf16, most_probable)
-    return OrganCropGuides(windows, guides, margin)
+    return OrganCropGuides(windows, guides)
 
 
 def start_probabilities(guides: torch.Tensor, voxels: torch.Tensor, organ: int, classes: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Scan guides: the whole-scan localiser probabilities a mesh decoder reads, made for training as ``segment`` makes them.
+"""Scan guides: the whole-scan localiser probabilities a mesh decoder reads, made for training as ``segment``
+makes them.
 
 ``segment`` runs a card's U-Nets (its ensemble) once over the whole scan and gives each decoder that reads their
 probabilities (NUDF's guided encoder; a surface-start Voxel2Mesh's decoders, as their start) the probabilities
@@ -22,9 +23,10 @@ import numpy as np
 import torch
 
 from imagetomesh.io.atomic import atomic_write
-from imagetomesh.nn.precision import bf16_autocast, to_channels_last
+from imagetomesh.nn.precision import bf16_autocast, bf16_supported, to_channels_last
 from imagetomesh.scan import class_mask, crop_padded, mean_probabilities
 from imagetomesh.training.data import PreparedCase
+from imagetomesh.zoo import ensemble_unet
 
 #: ``(winner (D, H, W) int array of most probable classes, class k) -> (D, H, W) bool or None``: which voxels of the
 #: whole scan a guide marks as the organ's
@@ -36,6 +38,49 @@ def most_probable(winner: np.ndarray, organ: int) -> np.ndarray:
     start (:meth:`~imagetomesh.models.mesh_state.DecoderMesh.surface_of`) reads of its crop, before it drops the
     stray pieces there itself."""
     return winner == organ
+
+
+def jitter_margin(jitter: float) -> int:
+    """Voxels a guide is stored beyond its crop on every side so that a crop whose centre moves by up to ``jitter``
+    voxels along each axis stays inside it (plus one for rounding)."""
+    return int(np.ceil(jitter)) + 1
+
+
+def guide_networks(
+    carried: torch.nn.Module, ensemble: list[str], owner: str, organs: list[dict], grid: dict, device: torch.device
+) -> tuple[list[torch.nn.Module], bool]:
+    """``(networks, bf16)``: the ``carried`` U-Net and those of the bundled models ``ensemble`` whose probabilities
+    the guides average (:func:`~imagetomesh.zoo.ensemble_unet` checks they find ``organs`` on ``grid``; ``owner``
+    names who asks), and whether ``device`` runs them in bf16, as ``segment`` does."""
+    remedy = "name bundled models of the config's organs and grid"
+    members = [ensemble_unet(n, owner, organs, grid, device.type, remedy) for n in ensemble]
+    return [carried, *members], bf16_supported(device)
+
+
+def describe_guides(what: str, ensemble: list[str], bf16: bool) -> str:
+    """A log line: ``what`` guides were made, from how many U-Nets (the carried one and ``ensemble``'s)."""
+    return (
+        f"{what}: the mean probabilities of {1 + len(ensemble)} U-Net(s) over every prepared case"
+        f"{' (bf16)' if bf16 else ''}, kept around its crops"
+        + (f"; the carried U-Net's averaged with {', '.join(ensemble)}'s" if ensemble else "")
+    )
+
+
+def guide_in_window(
+    stored: tuple[torch.Tensor, torch.Tensor],
+    stored_at: tuple[int, int, int],
+    start: tuple[int, int, int],
+    shape: tuple[int, int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(probability (d, h, w) float32, voxels (d, h, w) bool)``: the ``shape`` window from voxel ``start`` of a
+    ``stored`` guide ``(probability, voxels)`` that starts at voxel ``stored_at``; ``ValueError`` where the window
+    leaves it."""
+    guide, voxels = stored
+    at = [a - b for a, b in zip(start, stored_at)]
+    if min(at) < 0 or any(a + n > m for a, n, m in zip(at, shape, guide.shape)):
+        raise ValueError(f"a crop from {start} leaves the scan guide stored from {stored_at}")
+    window = tuple(slice(a, a + n) for a, n in zip(at, shape))
+    return guide[window].float(), voxels[window]
 
 
 @dataclass(frozen=True)

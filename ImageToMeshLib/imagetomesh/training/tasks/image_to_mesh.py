@@ -13,7 +13,8 @@ trains its decoders on a trained several-organ U-Net kept frozen, each step on c
 those crops; with ``scan_starts`` its surface-start decoders start, in training and validation, from the
 probabilities of the U-Net and its ensemble over the whole case, as ``segment`` starts them
 (:mod:`imagetomesh.training.scan_guides`). A U-Net with ``deep_supervision`` levels adds the same loss at its
-coarser decoder levels (:mod:`imagetomesh.training.deep_supervision`). Configs: :func:`imagetomesh.training.configs.image_configs`.
+coarser decoder levels (:mod:`imagetomesh.training.deep_supervision`).
+Configs: :func:`imagetomesh.training.configs.image_configs`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import torch
 from imagetomesh.errors import InputError
 from imagetomesh.models.registry import build_model
 from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
-from imagetomesh.nn.precision import bf16_supported
 from imagetomesh.organs import mirrored_classes
 from imagetomesh.training.configs import TrainConfig, image_configs
 from imagetomesh.training.data import (
@@ -45,11 +45,11 @@ from imagetomesh.training.organ_crops import (
     start_probabilities,
 )
 from imagetomesh.training.pseudo_labels import add_pseudo_labels, describe_pseudo_labels, teachers_key
+from imagetomesh.training.scan_guides import describe_guides, guide_networks
 from imagetomesh.training.schedules import one_cycle
 from imagetomesh.training.tasks.base import RunState, Task, run_card
 from imagetomesh.training.udf_points import surface_samples
 from imagetomesh.training.validation import organ_mesh_metrics, organ_metrics, segmentation_metrics
-from imagetomesh.zoo import ensemble_unet
 
 
 def image_to_mesh_loss(
@@ -255,12 +255,8 @@ class ImageToMeshTask(Task):
             raise InputError(
                 'scan_starts are the starts of surface-start decoders: set the model\'s start "unet_surface"'
             )
-        remedy = "name bundled models of the config's organs and grid"
-        members = [
-            ensemble_unet(n, "this training config's scan_starts", c.organs, c.grid.to_dict(), run.device.type, remedy)
-            for n in c.scan_starts
-        ]
-        nets, bf16 = [self.model.unet, *members], bf16_supported(run.device)
+        owner = "this training config's scan_starts"
+        nets, bf16 = guide_networks(self.model.unet, c.scan_starts, owner, c.organs, c.grid.to_dict(), run.device)
         crops, val_by_organ = c.model["organ_crops"], organ_cases(self.val_cases, len(c.organs))
         guides = [
             organ_crop_guides(
@@ -268,11 +264,7 @@ class ImageToMeshTask(Task):
             )
             for by_organ, jitter, name in ((self.cases_by_organ, c.crop_jitter, "train"), (val_by_organ, 0.0, "val"))
         ]
-        run.log(
-            f"scan starts: the mean probabilities of {len(nets)} U-Net(s) over every prepared case"
-            f"{' (bf16)' if bf16 else ''}, kept around its organ crops"
-            + (f"; the carried U-Net's averaged with {', '.join(c.scan_starts)}'s" if members else "")
-        )
+        run.log(describe_guides("scan starts", c.scan_starts, bf16))
         return guides[0], guides[1]
 
     def _supervision_heads(self) -> DeepSupervisionHeads | None:

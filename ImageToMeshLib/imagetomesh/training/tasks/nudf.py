@@ -38,7 +38,6 @@ from tqdm import tqdm
 from imagetomesh.errors import InputError
 from imagetomesh.io.atomic import atomic_write
 from imagetomesh.models.nudf import NUDF, NUDFConfig
-from imagetomesh.nn.precision import bf16_supported
 from imagetomesh.organs import Organ
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.scan import crop_padded, crop_to_scan_grid, organ_masks
@@ -63,12 +62,18 @@ from imagetomesh.training.organ_crops import (
     random_offset,
     random_organ,
 )
-from imagetomesh.training.scan_guides import GuideWindow, cached_scan_guides
+from imagetomesh.training.scan_guides import (
+    GuideWindow,
+    cached_scan_guides,
+    describe_guides,
+    guide_in_window,
+    guide_networks,
+    jitter_margin,
+)
 from imagetomesh.training.schedules import one_cycle
 from imagetomesh.training.tasks.base import EngineOptions, RunState, Task, run_card
 from imagetomesh.training.udf_points import UDFPointConfig, sample_udf_points
 from imagetomesh.training.validation import organ_means, rasterised_dice
-from imagetomesh.zoo import ensemble_unet
 
 
 @dataclass
@@ -279,11 +284,8 @@ class OrganPointPool:
         ``start`` (:meth:`crop_start`)."""
         if self.guide is None:
             raise ValueError("this pool has no scan guide: add_scan_guides makes them")
-        at = [a - b + self.guide_margin for a, b in zip(start, self.start)]
-        if min(at) < 0 or max(at) > 2 * self.guide_margin:
-            raise ValueError(f"a crop from {start} leaves the scan guide stored around {self.start}")
-        window = tuple(slice(a, a + n) for a, n in zip(at, self.shape))
-        return self.guide[window].float(), self.guide_mask[window]
+        stored_at = tuple(a - self.guide_margin for a in self.start)
+        return guide_in_window((self.guide, self.guide_mask), stored_at, start, self.shape)
 
     def crop(self, offset: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(image (d, h, w), label (d, h, w), points (N, 3))``: the crop with its centre moved by ``offset``
@@ -343,7 +345,7 @@ def add_scan_guides(
     (:func:`~imagetomesh.scan.class_mask` of the mean) kept around the pool's crop, grown by the voxels a crop-centre
     ``jitter`` can move it (plus one for rounding): :func:`~imagetomesh.training.scan_guides.cached_scan_guides`,
     saved at ``cache`` where given."""
-    margin = int(np.ceil(jitter)) + 1
+    margin = jitter_margin(jitter)
     pools = [pool for entries in pools_by_organ.values() for pool in entries]
     windows = [
         GuideWindow(
@@ -610,21 +612,14 @@ class NUDFTask(Task):
                 val_by_organ, crops, config.points, run.seed + 1, run.writer, cache=run.out / "val_pools.pt"
             )
             if config.guide == "scan":
-                owner = "this training config's guide_ensemble"
-                grid, device = config.grid.to_dict(), run.device
-                remedy = "name bundled models of the config's organs and grid"
-                members = [
-                    ensemble_unet(n, owner, config.organs, grid, device.type, remedy) for n in config.guide_ensemble
-                ]
-                bf16 = bf16_supported(device)
+                owner, grid = "this training config's guide_ensemble", config.grid.to_dict()
+                nets, bf16 = guide_networks(
+                    self.model.unet, config.guide_ensemble, owner, config.organs, grid, run.device
+                )
                 for pools, name in ((self.train_pools, "train"), (self.val_pools, "val")):
                     cache = run.out / f"{name}_scan_guides.pt"
-                    add_scan_guides(pools, [self.model.unet, *members], config.crop_jitter, device, cache, bf16)
-                run.log(
-                    f"scan guides: the mean probabilities of {1 + len(members)} U-Net(s) over every prepared case"
-                    f"{' (bf16)' if bf16 else ''}, kept around its crops"
-                    + (f"; the carried U-Net's averaged with {', '.join(config.guide_ensemble)}'s" if members else "")
-                )
+                    add_scan_guides(pools, nets, config.crop_jitter, run.device, cache, bf16)
+                run.log(describe_guides("scan guides", config.guide_ensemble, bf16))
         else:
             self.train_pools = make_pools(train_cases, config.points, run.seed)
             self.val_pools = make_pools(val_cases, config.points, run.seed + 1)
