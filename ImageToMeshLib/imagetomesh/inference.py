@@ -201,7 +201,7 @@ class Segmenter:
     def segment_organs(self, volume: Volume, organs: list[Organ] | None = None) -> dict[str, Mesh | None]:
         """``{organ name: LPS-mm mesh, or None where the model found no such organ}`` for ``organs`` (default:
         all) of a several-organ model, from the whole scan (:mod:`imagetomesh.scan`: any field of view
-        at the model's spacing, in blocks of at most the card's grid shape). A U-Net meshes each organ's
+        at the model's spacing, in windows of at most the card's grid shape's voxels). A U-Net meshes each organ's
         voxels; a mesh model with one decoder per organ (``organ_crops`` in its config: Voxel2Mesh, NUDF)
         runs its U-Net over the scan to find each organ, then that organ's decoder on a crop around it
         (:meth:`_organ_decoder_mesh`). An organ that reaches
@@ -239,7 +239,7 @@ class Segmenter:
     def scan_probabilities(self, volume: Volume) -> tuple[torch.Tensor, GridTransform, torch.Tensor]:
         """A several-organ model's U-Net over the whole scan ``volume`` (a CT cropped to the body first):
         ``(image (D, H, W), its GridTransform, class probabilities (C, D, H, W))`` on the scan grid
-        (:func:`~imagetomesh.scan.scan_grid`), run in blocks of at most the card's grid shape; with
+        (:func:`~imagetomesh.scan.scan_grid`), run in windows of at most the card's grid shape's voxels; with
         :attr:`mirror`, the mean of the scan's probabilities and its mirror's (mirrored back, left and right
         organs traded); with an :attr:`ensemble`, the mean of its U-Nets' and this model's. Unchecked:
         :meth:`segment_organs` checks the image first."""

@@ -5,8 +5,8 @@ A several-organ model (a card with ``organs``) is fully convolutional: its card'
 spacing, orientation and intensity window it was trained at and, as ``shape``, the largest block it
 is run on at once. A CT is first cropped to the body (:func:`body_crop`); :func:`scan_grid` lays
 the model's spacing over the whole image (however large, any direction matrix) on a lattice fixed in patient
-space; :func:`windowed_logits` runs the network over it in overlapping blocks of at most
-the card's shape, so memory is bounded by the block, not the scan; :func:`organ_masks` turns the
+space; :func:`windowed_logits` runs the network over it in overlapping windows of at most as many voxels as
+the card's shape (:func:`window_plan`), so memory is bounded by the block, not the scan; :func:`organ_masks` turns the
 class probabilities into one mask per organ, and :func:`organ_mask_volume` resamples an organ's
 probability around it at a finer spacing so its surface is not the scan grid's staircase.
 A model with one mesh decoder per organ meshes each organ in a crop of the scan grid centred on its
@@ -30,8 +30,12 @@ from imagetomesh.preprocessing import CT_WINDOW_HU, GridSpec
 #: Scan grids start on a multiple of this many grid steps from LPS (0, 0, 0) and their sizes are multiples of it
 #: (the U-Net's 3 poolings).
 GRID_MULTIPLE = 8
-#: Overlap of neighbouring blocks in :func:`windowed_logits`, as a fraction of the block.
+#: Overlap of neighbouring windows in :func:`windowed_logits`, as a fraction of a window.
 WINDOW_OVERLAP = 0.25
+#: The smallest window :func:`window_plan` cuts, as a fraction of the block along each axis. Context is not lost
+#: there: the head-and-neck U-Nets trained on 48 x 80 x 80 crops, and run in windows of that crop they scored 0.758
+#: against one pass's 0.759 (docs/headneck-ct-experiments.md, session 33).
+WINDOW_MIN_FRACTION = 0.5
 #: Connected pieces of an organ's mask smaller than this fraction of its largest piece are dropped.
 MIN_PIECE_FRACTION = 0.1
 
@@ -95,30 +99,73 @@ def scan_grid(volume: Volume, spec: GridSpec, multiple: int = GRID_MULTIPLE) -> 
     return GridTransform.of_lattice(axes, axes @ first, size_ijk)
 
 
-def _starts(size: int, block: int, overlap: float) -> list[int]:
-    """Block starts along one axis: from 0, stepping ``block (1 - overlap)``, the last ending at ``size``."""
-    if size <= block:
-        return [0]
-    step = max(1, int(block * (1.0 - overlap)))
-    starts = list(range(0, size - block, step))
-    return starts + [size - block]
+def axis_windows(size: int, window: int, overlap: float, multiple: int) -> tuple[int, ...] | None:
+    """The starts of the fewest windows of ``window`` voxels that cover ``size`` along one axis: spread evenly on
+    multiples of ``multiple`` (the scan grid's pooling cells stay whole), the last ending at ``size``, neighbours
+    sharing at least ``overlap`` of a window; None where aligned starts cannot give that overlap."""
+    if window >= size:
+        return (0,)
+    step = window - int(np.ceil(overlap * window))  # the largest gap between neighbouring starts
+    for count in range(2, size // max(step, 1) + 3):
+        starts = [int(round((size - window) * j / (count - 1) / multiple)) * multiple for j in range(count - 1)]
+        starts.append(size - window)
+        if all(b - a <= step for a, b in zip(starts, starts[1:])):
+            return tuple(starts)
+    return None
+
+
+def window_plan(
+    shape: tuple[int, int, int], block: tuple[int, int, int], overlap: float = WINDOW_OVERLAP
+) -> tuple[tuple[int, int, int], list[tuple[int, ...]]]:
+    """How :func:`windowed_logits` tiles an image of ``shape`` ``(D, H, W)``: ``(window shape, starts per axis)``.
+
+    Each window holds at most as many voxels as ``block`` (the memory bound; one window when the image does) and is
+    at least :data:`WINDOW_MIN_FRACTION` of the block along each axis (its context); its sizes and starts (but
+    the last) are multiples of :data:`GRID_MULTIPLE`, or of the block's largest common divisor below it. Of such
+    tilings (:func:`axis_windows`) the plan keeps whole slices where it can (it cuts only the first axis, the body
+    axis of a CT grid), then computes the fewest voxels, then uses the fewest windows (where none fits the bound,
+    as with a block of a few pooling cells, the cheapest). Windows that cut the slices cost Dice: the 20 validation
+    scans, each cut into two windows along one axis, scored 0.758 cut along the body axis, 0.754 left from right
+    and 0.743 front from back (U-Net + MC; one pass 0.759): an organ that spans the cut, or whose neighbours lie
+    across it, is seen in part. The widest scan grid of the
+    head-and-neck data, 152 x 104 x 176 (the shoulders), thus runs in 2 windows of 88 x 104 x 176 (3.2 M voxels
+    computed), where windows of the block's size along each axis that exceeds it computed 2 of 152 x 104 x 128
+    (4.0 M) and cut left from right; a taller scan of 200 x 112 x 176 in 2 windows (4.7 M), not 4 (9.0 M)."""
+    limit = int(np.prod(block))
+    multiple = int(np.gcd.reduce([GRID_MULTIPLE, *block]))  # a block's sizes pass the network's poolings
+    axes = []
+    for n, b in zip(shape, block):
+        least = min(n, -(-int(np.ceil(WINDOW_MIN_FRACTION * b)) // multiple) * multiple)
+        options = {(w, axis_windows(n, w, overlap, multiple)) for w in [*range(least, n, multiple), n]}
+        axes.append([(w, starts) for w, starts in options if starts is not None])
+    best = None
+    for z in axes[0]:
+        for y in axes[1]:
+            for x in axes[2]:
+                window = (z[0], y[0], x[0])
+                count = len(z[1]) * len(y[1]) * len(x[1])
+                cut_in_plane = (len(y[1]) > 1) + (len(x[1]) > 1)
+                cost = (int(np.prod(window)) > limit, cut_in_plane, count * int(np.prod(window)), count)
+                if best is None or cost < best[0]:
+                    best = (cost, window, [z[1], y[1], x[1]])
+    return best[1], best[2]
 
 
 @torch.no_grad()
 def windowed_logits(
     net, image: torch.Tensor, block: tuple[int, int, int], overlap: float = WINDOW_OVERLAP
 ) -> torch.Tensor:
-    """``net``'s logits ``(C, D, H, W)`` over ``image (1, 1, D, H, W)``, computed in blocks of at most
-    ``block`` ``(d, h, w)`` voxels that overlap by ``overlap`` and are averaged where they do (one pass
-    when the image has no more voxels than a block). ``net(x) -> (logits (1, C, ...), ...)``."""
-    shape = image.shape[2:]
-    if np.prod(shape) <= np.prod(block):  # as much memory as one block at most: one pass
+    """``net``'s logits ``(C, D, H, W)`` over ``image (1, 1, D, H, W)``, computed in windows of at most as many
+    voxels as ``block`` ``(d, h, w)`` (:func:`window_plan`) that overlap by ``overlap`` and are averaged where they
+    do (one pass when the image has no more voxels than a block). ``net(x) -> (logits (1, C, ...), ...)``."""
+    shape = tuple(image.shape[2:])
+    sizes, starts = window_plan(shape, block, overlap)
+    if sizes == shape:
         return net(image)[0][0].float()
-    sizes = [min(n, b) for n, b in zip(shape, block)]
     total = count = None
-    for z in _starts(shape[0], sizes[0], overlap):
-        for y in _starts(shape[1], sizes[1], overlap):
-            for x in _starts(shape[2], sizes[2], overlap):
+    for z in starts[0]:
+        for y in starts[1]:
+            for x in starts[2]:
                 window = (slice(z, z + sizes[0]), slice(y, y + sizes[1]), slice(x, x + sizes[2]))
                 logits = net(image[(slice(None), slice(None), *window)])[0][0].float()
                 if total is None:

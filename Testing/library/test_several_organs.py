@@ -16,7 +16,15 @@ from imagetomesh.errors import InputError
 from imagetomesh.io.images import write_image
 from imagetomesh.organs import Organ, choose_organs, mirrored_classes, organs_of
 from imagetomesh.preprocessing import GridSpec, resample_volume
-from imagetomesh.scan import body_crop, organ_mask_volume, organ_masks, scan_grid, windowed_logits
+from imagetomesh.scan import (
+    WINDOW_OVERLAP,
+    body_crop,
+    organ_mask_volume,
+    organ_masks,
+    scan_grid,
+    window_plan,
+    windowed_logits,
+)
 from imagetomesh.training.augment import AugmentConfig
 from imagetomesh.training.data import (
     UNKNOWN,
@@ -287,18 +295,75 @@ def test_a_partly_contoured_organ_is_unknown_beyond_its_slices_and_crops_centre_
 
 
 def test_windowed_logits_equal_one_pass():
-    """A pointwise network gives the same logits in blocks as in one pass; blocks overlap and cover the scan."""
+    """A pointwise network gives the same logits in windows as in one pass; windows overlap and cover the scan."""
     torch.manual_seed(0)
     conv = torch.nn.Conv3d(1, 3, 1)
 
     def net(x):
         return conv(x), None
 
-    image = torch.randn(1, 1, 19, 24, 40)
+    image = torch.randn(1, 1, 40, 24, 56)
     with torch.no_grad():
         whole = net(image)[0][0]
-    blocked = windowed_logits(net, image, (8, 16, 16))
+    block = (16, 16, 16)
+    _, starts = window_plan(tuple(image.shape[2:]), block)
+    assert np.prod([len(s) for s in starts]) > 1  # windows, not one pass
+    blocked = windowed_logits(net, image, block)
     assert torch.allclose(blocked, whole, atol=1e-5)
+
+
+def _block_sized_plan(shape, block, overlap=WINDOW_OVERLAP):
+    """The slow reference tiling: each axis longer than the block cut into windows of the block's size, stepping
+    ``block (1 - overlap)`` from 0, the last ending at the axis's end (one window when the scan holds no more
+    voxels than the block): ``(window shape, starts per axis)``."""
+    if np.prod(shape) <= np.prod(block):
+        return tuple(shape), [(0,)] * 3
+    sizes = tuple(min(n, b) for n, b in zip(shape, block))
+    starts = []
+    for n, s in zip(shape, sizes):
+        step = int(s * (1 - overlap))
+        starts.append((0,) if n <= s else (*range(0, n - s, step), n - s))
+    return sizes, starts
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_window_plan_covers_the_scan_within_the_block_in_fewer_voxels(seed):
+    """On scan grids of any size (multiples of 8) and the head-and-neck card's block: every voxel is in a window,
+    each window holds at most the block's voxels and is at least half the block along each axis, neighbours share a
+    quarter of a window, sizes and starts lie on the grid's pooling cells (but the last start), the slices stay
+    whole wherever windows of whole slices fit, and the plan computes no more voxels than cutting windows of the
+    block's size (:func:`_block_sized_plan`) where that keeps the slices whole too or the plan cuts them as well;
+    fewer on the scans of the dataset that need two windows (152 x 104 x 176, 160 x 96 x 176), which that cut left
+    from right."""
+    block = (160, 128, 128)
+    rng = np.random.default_rng(seed)
+    shapes = [tuple(int(n) for n in rng.integers(1, 40, 3) * 8) for _ in range(40)]
+    for shape in [*shapes, (152, 104, 176), (160, 96, 176), (200, 112, 176)]:
+        sizes, starts = window_plan(shape, block)
+        covered = np.zeros(shape, dtype=int)
+        for z in starts[0]:
+            for y in starts[1]:
+                for x in starts[2]:
+                    assert min(z, y, x) >= 0
+                    covered[z : z + sizes[0], y : y + sizes[1], x : x + sizes[2]] += 1
+        assert covered.min() >= 1, shape
+        assert np.prod(sizes) <= np.prod(block), shape
+        for n, b, size, axis in zip(shape, block, sizes, starts):
+            assert size >= min(n, b // 2) and size % 8 == 0 and all(s % 8 == 0 for s in axis[:-1])
+            assert axis[-1] + size == n and all(b - a <= size - size // 4 for a, b in zip(axis, axis[1:]))
+        if shape[1] * shape[2] * min(shape[0], block[0] // 2) <= np.prod(block):  # whole slices fit
+            assert len(starts[1]) == len(starts[2]) == 1, shape
+        computed = np.prod([len(a) for a in starts]) * np.prod(sizes)
+        slow_sizes, slow_starts = _block_sized_plan(shape, block)
+        if len(starts[1]) * len(starts[2]) > 1 or len(slow_starts[1]) * len(slow_starts[2]) == 1:
+            assert computed <= np.prod([len(a) for a in slow_starts]) * np.prod(slow_sizes), shape
+    for shape in [(152, 104, 176), (160, 96, 176)]:
+        sizes, starts = window_plan(shape, block)
+        slow_sizes, slow_starts = _block_sized_plan(shape, block)
+        assert len(slow_starts[2]) == 2 and len(starts[0]) == 2 and len(starts[1]) == len(starts[2]) == 1
+        assert np.prod([len(a) for a in starts]) * np.prod(sizes) < 0.85 * np.prod(
+            [len(a) for a in slow_starts]
+        ) * np.prod(slow_sizes)
 
 
 def _grid_points(transform: GridTransform) -> np.ndarray:
