@@ -127,10 +127,10 @@ def window_plan(
     as with a block of a few pooling cells, the cheapest). Windows that cut the slices cost Dice: the 20 validation
     scans, each cut into two windows along one axis, scored 0.758 cut along the body axis, 0.754 left from right
     and 0.743 front from back (U-Net + MC; one pass 0.759): an organ that spans the cut, or whose neighbours lie
-    across it, is seen in part. The widest scan grid of the
-    head-and-neck data, 152 x 104 x 176 (the shoulders), thus runs in 2 windows of 88 x 104 x 176 (3.2 M voxels
-    computed), where windows of the block's size along each axis that exceeds it computed 2 of 152 x 104 x 128
-    (4.0 M) and cut left from right; a taller scan of 200 x 112 x 176 in 2 windows (4.7 M), not 4 (9.0 M)."""
+    across it, is seen in part. The widest scan grid of the head-and-neck data, 152 x 104 x 176 (the shoulders),
+    thus runs in 2 windows of 88 x 104 x 176 (3.2 M voxels computed), where windows of the block's size along each
+    axis that exceeds it computed 2 of 152 x 104 x 128 (4.0 M) and cut left from right; a taller scan of 200 x 112
+    x 176 runs in 2 windows (4.7 M), not 4 (9.0 M)."""
     limit = int(np.prod(block))
     multiple = int(np.gcd.reduce([GRID_MULTIPLE, *block]))  # a block's sizes pass the network's poolings
     axes = []
