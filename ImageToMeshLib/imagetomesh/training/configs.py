@@ -382,6 +382,17 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     unet["headneck-ct-cpu-contoured-tall"] = replace(
         copy.deepcopy(unet["headneck-ct-cpu-contoured-long"]), patch=[80, 96, 96], lr=5e-4
     )
+    # the bundled head-and-neck U-Net (--init-from unet-headneck-ct) fine-tuned with the same schedule on crops as wide
+    # as the scans: 48 slices of 96 x 144 (front to back, left to right; most scan grids are 80 x 128, at most
+    # 104 x 176) instead of 80 x 80, so that training sees both sides of the neck as segment does. Every training crop
+    # so far cut the scan from left to right, and run on windows that do so, the bundled U-Net loses 0.005 on the
+    # validation scans (0.754 against one pass's 0.759; front to back 0.743: session 46). Tried (session 46,
+    # --time-limit 68 --fit-steps-to-time: 3.9 s a step on one thread, 900 steps): training-grid validation voxel Dice
+    # 0.734 at step 600 (best; its own wider crops); whole scans 0.752 alone (the bundled U-Net alone, today's code:
+    # 0.756; larynx 0.729 -> 0.709), 0.756 with the wide U-Net (the bundled ensemble 0.759): not bundled
+    unet["headneck-ct-cpu-contoured-wide-crops"] = replace(
+        copy.deepcopy(unet["headneck-ct-cpu-contoured-long"]), patch=[48, 96, 144], lr=5e-4
+    )
     # the bundled head-and-neck U-Net (--init-from unet-headneck-ct) fine-tuned on crops mirrored left to right
     # half the time, the parotids trading classes: twice the parotid shapes, and a network that sees a mirrored
     # scan as a scan, so segment can average it with its mirror. Tried (session 21), not bundled: whole-scan
