@@ -16,6 +16,8 @@ crops around the labelled organ.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -139,15 +141,13 @@ def window_plan(
         options = {(w, axis_windows(n, w, overlap, multiple)) for w in [*range(least, n, multiple), n]}
         axes.append([(w, starts) for w, starts in options if starts is not None])
     best = None
-    for z in axes[0]:
-        for y in axes[1]:
-            for x in axes[2]:
-                window = (z[0], y[0], x[0])
-                count = len(z[1]) * len(y[1]) * len(x[1])
-                cut_in_plane = (len(y[1]) > 1) + (len(x[1]) > 1)
-                cost = (int(np.prod(window)) > limit, cut_in_plane, count * int(np.prod(window)), count)
-                if best is None or cost < best[0]:
-                    best = (cost, window, [z[1], y[1], x[1]])
+    for tiling in itertools.product(*axes):
+        window = tuple(w for w, _ in tiling)
+        count = int(np.prod([len(starts) for _, starts in tiling]))
+        cut_in_plane = sum(len(starts) > 1 for _, starts in tiling[1:])
+        cost = (int(np.prod(window)) > limit, cut_in_plane, count * int(np.prod(window)), count)
+        if best is None or cost < best[0]:
+            best = (cost, window, [starts for _, starts in tiling])
     return best[1], best[2]
 
 
@@ -163,16 +163,14 @@ def windowed_logits(
     if sizes == shape:
         return net(image)[0][0].float()
     total = count = None
-    for z in starts[0]:
-        for y in starts[1]:
-            for x in starts[2]:
-                window = (slice(z, z + sizes[0]), slice(y, y + sizes[1]), slice(x, x + sizes[2]))
-                logits = net(image[(slice(None), slice(None), *window)])[0][0].float()
-                if total is None:
-                    total = torch.zeros((logits.shape[0], *shape), dtype=torch.float32, device=logits.device)
-                    count = torch.zeros(shape, dtype=torch.float32, device=logits.device)
-                total[(slice(None), *window)] += logits
-                count[window] += 1
+    for corner in itertools.product(*starts):
+        window = tuple(slice(a, a + n) for a, n in zip(corner, sizes))
+        logits = net(image[(slice(None), slice(None), *window)])[0][0].float()
+        if total is None:
+            total = torch.zeros((logits.shape[0], *shape), dtype=torch.float32, device=logits.device)
+            count = torch.zeros(shape, dtype=torch.float32, device=logits.device)
+        total[(slice(None), *window)] += logits
+        count[window] += 1
     return total / count
 
 

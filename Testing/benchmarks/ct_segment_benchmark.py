@@ -4,9 +4,9 @@ Usage: python Testing/benchmarks/ct_segment_benchmark.py [--model unet-headneck-
 
 Inputs: the bundled held-out case as stored (128 x 128 x 128 at 3.9 x 3.9 x 2.5 mm; ``--case`` another CT, e.g.
 ../shared/data/openkbp-ct/imagesTr/openkbp_116.nii.gz, whose shoulders make the widest scan grid of the dataset,
-run in two windows) and the same scan as a clinician's CT would be: resampled to a 512 x 512 grid at 0.98 mm in-plane (the 500 mm field of
-view) with 1.25 mm slices (about 33 million voxels, int16). Each is one whole command in a fresh
-process (start-up and model loading included), as a user runs it. Target (issue 16): <= 15 s wall and
+run in two windows) and the same scan as a clinician's CT would be: resampled to a 512 x 512 grid at 0.98 mm
+in-plane (the 500 mm field of view) with 1.25 mm slices (about 33 million voxels, int16). Each is one whole command
+in a fresh process (start-up and model loading included), as a user runs it. Target (issue 16): <= 15 s wall and
 <= 3 GB peak for all seven organs on the 2-core reference machine.
 """
 
@@ -51,11 +51,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--case", type=Path, default=CASE, help="the CT to segment (default: the bundled case)")
     args = parser.parse_args()
+    from imagetomesh.io.images import read_image
+
+    stored = " x ".join(str(n) for n in read_image(args.case).size_ijk)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        from imagetomesh.io.images import read_image
-
-        stored = " x ".join(str(n) for n in read_image(args.case).size_ijk)
         inputs = {
             f"as stored ({stored})": args.case,
             "clinical (512 x 512, 0.98 mm)": clinical_copy(args.case, tmp / "big.nii.gz"),
