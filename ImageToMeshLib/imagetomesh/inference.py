@@ -235,6 +235,12 @@ class Segmenter:
                 warnings.warn(warning, stacklevel=2)
         return meshes
 
+    def scan_image(self, volume: Volume) -> tuple[torch.Tensor, GridTransform]:
+        """The whole scan ``volume`` (a CT cropped to the body first) as the U-Nets read it: ``(image (D, H, W), its
+        GridTransform)`` on the scan grid (:func:`~imagetomesh.scan.scan_grid`). Unchecked."""
+        body = body_crop(volume) if self.spec.intensity == "ct" else volume
+        return prepare_image(body, self.spec, warn=False, transform=scan_grid(body, self.spec))
+
     @torch.no_grad()
     def scan_probabilities(self, volume: Volume) -> tuple[torch.Tensor, GridTransform, torch.Tensor]:
         """A several-organ model's U-Net over the whole scan ``volume`` (a CT cropped to the body first):
@@ -243,8 +249,7 @@ class Segmenter:
         :attr:`mirror`, the mean of the scan's probabilities and its mirror's (mirrored back, left and right
         organs traded); with an :attr:`ensemble`, the mean of its U-Nets' and this model's. Unchecked:
         :meth:`segment_organs` checks the image first."""
-        body = body_crop(volume) if self.spec.intensity == "ct" else volume
-        image, transform = prepare_image(body, self.spec, warn=False, transform=scan_grid(body, self.spec))
+        image, transform = self.scan_image(volume)
         batch = image[None, None].to(self.model.device)
         nets = [self.model.module.unet, *self.ensemble]
         with bf16_autocast(self.bf16, self.model.device):
