@@ -436,3 +436,33 @@ def test_holes_touching_at_a_vertex_are_closed_without_hanging():
     except subprocess.TimeoutExpired:
         pytest.fail("close_holes did not return within 120 s on a surface whose holes touch at vertices")
     assert done.stdout.split() == ["False", "True", "True", "1"]  # open before; one closed manifold surface after
+
+
+def fan(triangles: int, at: float) -> Mesh:
+    """A connected fan of ``triangles`` triangles around one vertex, centred at x = ``at``."""
+    angles = np.linspace(0, np.pi, triangles + 1)
+    rim = np.stack([at + np.cos(angles), np.sin(angles), np.zeros_like(angles)], axis=1)
+    vertices = np.vstack([[at, 0.0, 0.0], rim]).astype(np.float32)
+    return Mesh(vertices, np.array([[0, i, i + 1] for i in range(1, triangles + 1)]))
+
+
+def test_pieces_kept_by_their_share_of_the_largest():
+    """``min_fraction`` keeps every piece with at least that share of the largest's triangles, None the largest
+    alone (reference: the pieces' own triangle counts)."""
+    counts = [40, 40, 10, 3]
+    pieces = [fan(n, 3.0 * k) for k, n in enumerate(counts)]
+    offsets = np.cumsum([0] + [p.num_vertices for p in pieces[:-1]])
+    joined = Mesh(np.vstack([p.vertices for p in pieces]), np.vstack([p.faces + o for p, o in zip(pieces, offsets)]))
+    assert largest_component(joined).num_faces == 40
+    for fraction in (0.05, 0.2, 0.3, 1.0):
+        kept = largest_component(joined, fraction)
+        assert kept.num_faces == sum(n for n in counts if n >= fraction * max(counts))
+        assert kept.num_vertices == sum(n + 2 for n in counts if n >= fraction * max(counts))  # unused ones dropped
+
+
+def test_meshing_keeps_both_spheres_with_a_piece_fraction():
+    mesh = mesh_udf(two_spheres_udf, *BOX, VOXEL, replace(FAST, min_piece_fraction=0.5))
+    check = check_mesh(mesh, self_intersections=False)
+    assert check.watertight and check.components == 2
+    assert (mesh.vertices[:, 0] < -0.25).any() and (mesh.vertices[:, 0] > 0.25).any()
+    assert check_mesh(mesh_udf(two_spheres_udf, *BOX, VOXEL, FAST), self_intersections=False).components == 1

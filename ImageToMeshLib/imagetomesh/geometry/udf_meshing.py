@@ -28,7 +28,8 @@ after NDF):
    ``poisson_depth`` deep, or deeper where ``poisson_cell_voxels`` asks for finer cells);
 7. triangles whose centroid has no dense point within ``support_voxels`` are removed (they bridge
    regions the field never reached); holes up to ``max_hole_edges`` (closed: ``closed_hole_edges``)
-   are closed; the largest connected component is kept.
+   are closed; the largest connected component is kept (with ``min_piece_fraction``, every piece at least that
+   fraction of its size).
 
 With ``open_surface`` the trimmed surface is returned as it is (open boundaries kept); otherwise
 large holes are closed too, so a closed organ gives a closed mesh; where hole closing fails to
@@ -93,6 +94,10 @@ class UDFMeshingConfig:
     poisson_full_depth: int = 5
     support_voxels: float = 1.0
     trim_closed: bool = True
+    #: the trimmed surface keeps every connected piece with at least this fraction of the largest piece's triangles
+    #: (None: the largest alone). Trimming where the samples thin out can cut an organ in two: an exact field's
+    #: mandible lost its rami (a piece of a third of its triangles) on a validation scan (Dice 0.784; 0.888 with them)
+    min_piece_fraction: float | None = None
     max_hole_edges: int = 30
     closed_hole_edges: int = 100000
     chunk: int = 8192
@@ -416,8 +421,9 @@ def _compact(mesh: Mesh) -> Mesh:
     return Mesh(mesh.vertices[used], remap[mesh.faces])
 
 
-def largest_component(mesh: Mesh) -> Mesh:
-    """The connected component (through shared vertices) with the most triangles."""
+def largest_component(mesh: Mesh, min_fraction: float | None = None) -> Mesh:
+    """The connected component (through shared vertices) with the most triangles; with ``min_fraction``, every
+    component with at least that fraction of its triangles."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -429,8 +435,10 @@ def largest_component(mesh: Mesh) -> Mesh:
     graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(mesh.num_vertices,) * 2)
     _, labels = connected_components(graph, directed=False)
     face_label = labels[f[:, 0]]
-    biggest = np.bincount(face_label).argmax()
-    return _compact(Mesh(mesh.vertices, f[face_label == biggest]))
+    counts = np.bincount(face_label)
+    if min_fraction is None:
+        return _compact(Mesh(mesh.vertices, f[face_label == counts.argmax()]))
+    return _compact(Mesh(mesh.vertices, f[counts[face_label] >= min_fraction * counts.max()]))
 
 
 def close_holes(mesh: Mesh, max_hole_edges: int) -> Mesh:
@@ -487,8 +495,11 @@ def mesh_udf(
         raise InputError(
             "the model found no surface in the image; check that it shows the organ the model was trained on"
         )
-    mesh = largest_component(mesh)
-    mesh = largest_component(close_holes(mesh, config.max_hole_edges if open_surface else config.closed_hole_edges))
+    mesh = largest_component(mesh, config.min_piece_fraction)
+    mesh = largest_component(
+        close_holes(mesh, config.max_hole_edges if open_surface else config.closed_hole_edges),
+        config.min_piece_fraction,
+    )
     if not open_surface and not is_watertight(mesh):
         # a hole the closing could not fill: the untrimmed Poisson surface
         return closed_largest_component(poisson, config.closed_hole_edges)
