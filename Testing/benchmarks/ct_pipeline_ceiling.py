@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from headneck_ct_report import REPO, evaluate_case, model_split, scored_organs
+from nudf_surface_offsets import meshing_overrides
 from scipy.spatial import cKDTree
 
 from imagetomesh.core.transforms import grid_to_index_affine
@@ -103,13 +104,6 @@ class ExactField(Segmenter):
             del net.query
 
 
-def parsed_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "openkbp-ct"))
@@ -118,7 +112,9 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=0, help="only the first N cases of the split (0: all)")
     parser.add_argument("--ids", default=None, help="comma-separated case ids instead of the split")
     parser.add_argument("--no-region", action="store_true", help="nudf: no localiser region or guide")
-    parser.add_argument("--meshing", nargs="*", default=[], help="nudf: meshing overrides, key=value")
+    parser.add_argument(
+        "--meshing", nargs="*", default=[], metavar="KEY=VALUE", help="nudf: meshing config entries to override"
+    )
     parser.add_argument("--offsets", action="store_true", help="nudf: keep the card's surface offsets")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None, help="write the per-case Dice here")
@@ -128,9 +124,7 @@ def main() -> None:
     model = load_model("unet-headneck-ct" if args.method == "unet" else "nudf-headneck-ct", "cpu")
     if args.method == "nudf":
         config = model.module.config
-        config.meshing = dict(
-            config.meshing, **{k: parsed_value(v) for k, v in (m.split("=", 1) for m in args.meshing)}
-        )
+        config.meshing = {**config.meshing, **meshing_overrides(args.meshing)}
         if not args.offsets:
             config.surface_offsets = None
         if args.no_region:

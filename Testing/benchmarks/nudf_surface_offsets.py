@@ -39,9 +39,10 @@ def moved_in_voxels(mesh: Mesh, offset: float, spacing_xyz: np.ndarray) -> Mesh:
     return Mesh((moved.vertices * spacing_xyz).astype(mesh.vertices.dtype), moved.faces)
 
 
-def meshing_overrides(entries: list[str]) -> dict[str, int | float]:
-    """``["poisson_depth=7", "dense_points=6000"]`` -> ``{"poisson_depth": 7, "dense_points": 6000}``, each key a field
-    of :class:`~imagetomesh.geometry.udf_meshing.UDFMeshingConfig` (an unknown one is refused)."""
+def meshing_overrides(entries: list[str]) -> dict[str, bool | int | float]:
+    """``["poisson_depth=7", "trim_closed=false"]`` -> ``{"poisson_depth": 7, "trim_closed": False}``, each key a field
+    of :class:`~imagetomesh.geometry.udf_meshing.UDFMeshingConfig` (an unknown one, or a flag that is not true or
+    false, is refused)."""
     from dataclasses import fields
 
     from imagetomesh.geometry.udf_meshing import UDFMeshingConfig
@@ -52,7 +53,12 @@ def meshing_overrides(entries: list[str]) -> dict[str, int | float]:
         key, _, value = entry.partition("=")
         if key not in known or not value:
             raise SystemExit(f"--meshing {entry}: expected KEY=VALUE with KEY one of {', '.join(known)}")
-        overrides[key] = int(value) if known[key] in (int, "int") else float(value)
+        if known[key] in (bool, "bool"):
+            if value.lower() not in ("true", "false"):
+                raise SystemExit(f"--meshing {entry}: {key} is true or false")
+            overrides[key] = value.lower() == "true"
+        else:
+            overrides[key] = int(value) if known[key] in (int, "int") else float(value)
     return overrides
 
 
