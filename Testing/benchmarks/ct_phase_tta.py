@@ -54,7 +54,7 @@ def phase_averaged_scan_probabilities(self, volume):
     normalised = body.with_array(INTENSITY_NORMALISATIONS[self.spec.intensity](body.array))
     fill = float(normalised.array.min())
     moved_image = resample_to_grid(normalised, moved, "bilinear", fill, antialias=antialias_sigmas(body, moved))
-    nets = [self.model.module.unet, *self.ensemble]
+    nets = self.scan_unets
     probabilities = []
     for grid_image in (image, moved_image):
         batch = grid_image[None, None].to(self.model.device)

@@ -541,6 +541,10 @@ def test_an_ensemble_card_averages_its_u_net_with_its_members(organ_model, tmp_p
         theirs = windowed_logits(partner.unet, grid_image[None, None], block).softmax(0)
     assert torch.allclose(probabilities, (own + theirs) / 2, atol=1e-6)
     assert not torch.allclose(probabilities, own, atol=1e-3)
+    # the scan runs copies of both U-Nets with their batch norms folded; the model's own U-Net keeps its norms
+    assert len(segmenter.scan_unets) == 2
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for net in segmenter.scan_unets for m in net.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in segmenter.model.module.unet.modules())
     assert Segmenter(plain, precision="fp32").ensemble == []  # a card without it: the model alone
     renamed = dict(card, organs=[dict(o, name=f"other_{o['name']}") for o in card["organs"]])
     save_weights(partner, tmp_path / "other-organs", renamed)
