@@ -47,13 +47,16 @@ def test_folded_conv_is_the_conv_then_the_norm(stride, padding, bias, groups):
 
 @pytest.mark.parametrize("stride, padding, bias, groups", CONV_CASES)
 def test_onednn_conv_is_the_conv(stride, padding, bias, groups):
-    """Also on the inputs PyTorch would run with its own loops (one image, ``C * D * H`` small), with gradients
-    (through ``nn.Conv3d``) and channels-last."""
+    """Also on the inputs PyTorch would run with its own loops (one image, ``C * D * H`` small), on a window cut
+    from a larger image (not contiguous, as ``scan.windowed_logits`` cuts them), channels-last, and with gradients
+    (through ``nn.Conv3d``)."""
     torch.manual_seed(1)
     conv = nn.Conv3d(4, 8, 3, stride=stride, padding=padding, bias=bias, groups=groups)
     fast = onednn_conv(conv)
     assert isinstance(fast, OneDNNConv3d) and (fast.bias is not None) == bias
-    for x in (torch.randn(1, 4, 5, 6, 30), torch.randn(3, 4, 6, 5, 7).contiguous(memory_format=torch.channels_last_3d)):
+    window = torch.randn(1, 4, 9, 10, 12)[:, :, 1:8, 2:9, 3:11]
+    channels_last = torch.randn(3, 4, 6, 5, 7).contiguous(memory_format=torch.channels_last_3d)
+    for x in (torch.randn(1, 4, 5, 6, 30), window, channels_last):
         with torch.no_grad():
             torch.testing.assert_close(fast(x), conv(x), rtol=1e-5, atol=1e-5)
     x = torch.randn(1, 4, 5, 6, 7, requires_grad=True)
