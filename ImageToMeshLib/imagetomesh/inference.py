@@ -114,10 +114,7 @@ class Segmenter:
         #: :func:`~imagetomesh.nn.fast_inference.fast_inference_copy` of this model's U-Net (the same probabilities
         #: up to float rounding; on a CPU without bf16, the ensemble's forward over a scan 40-50 % faster), then
         #: :attr:`ensemble`; empty for a one-object model
-        self.scan_unets = []
-        if self.organs is not None:
-            own = fast_inference_copy(self.model.module.unet)
-            self.scan_unets = [to_channels_last(own) if self.bf16 else own, *self.ensemble]
+        self.scan_unets = [self._scan_unet(self.model.module.unet), *self.ensemble] if self.organs is not None else []
 
     def _ensemble_names(self) -> list[str]:
         """The card's ``ensemble``: names of several-organ models (:class:`InputError` where it is not a list of them)."""
@@ -134,10 +131,15 @@ class Segmenter:
         (:func:`~imagetomesh.zoo.ensemble_unet`)."""
         card = self.model.card
         owner = f"model {self.model.name}'s card"
-        unet = fast_inference_copy(
+        return self._scan_unet(
             ensemble_unet(name, owner, card["organs"], card["grid"], self.model.device.type, "restore the model card")
         )
-        return to_channels_last(unet) if self.bf16 else unet
+
+    def _scan_unet(self, unet: torch.nn.Module) -> torch.nn.Module:
+        """The :func:`~imagetomesh.nn.fast_inference.fast_inference_copy` of ``unet`` that :meth:`scan_probabilities`
+        runs, channels-last under bf16 (as the copy already is on a CPU)."""
+        fast = fast_inference_copy(unet)
+        return to_channels_last(fast) if self.bf16 else fast
 
     @property
     def max_batch(self) -> int:

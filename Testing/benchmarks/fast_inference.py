@@ -19,7 +19,7 @@ import time
 import torch
 
 
-def best_seconds(net, image: torch.Tensor) -> float:
+def seconds(net, image: torch.Tensor) -> float:
     """Wall seconds of one ``net(image)`` without gradients."""
     start = time.perf_counter()
     with torch.no_grad():
@@ -51,8 +51,8 @@ def main() -> None:
             difference = (net(image)[0] - fast(image)[0]).abs().max().item()  # also warms both up
         loaded = fast_time = float("inf")
         for _ in range(args.repeats):
-            loaded = min(loaded, best_seconds(net, image))
-            fast_time = min(fast_time, best_seconds(fast, image))
+            loaded = min(loaded, seconds(net, image))
+            fast_time = min(fast_time, seconds(fast, image))
         print(f"{name:<28} {loaded:>12.2f} {fast_time:>10.2f} {1 - fast_time / loaded:>7.0%} {difference:>17.1e}")
 
 

@@ -90,13 +90,7 @@ def onednn_conv(conv: nn.Conv3d, norm: nn.BatchNorm3d | None = None) -> OneDNNCo
 
 def _foldable(norm: nn.Module) -> bool:
     """Whether ``norm`` is a batch norm that normalises with running statistics in eval mode."""
-    return (
-        isinstance(norm, nn.BatchNorm3d)
-        and norm.affine
-        and norm.track_running_stats
-        and norm.running_mean is not None
-        and norm.running_var is not None
-    )
+    return isinstance(norm, nn.BatchNorm3d) and norm.affine and norm.track_running_stats
 
 
 def _fold_block(block: nn.Module) -> None:
