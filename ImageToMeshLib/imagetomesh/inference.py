@@ -110,11 +110,15 @@ class Segmenter:
         #: probabilities :meth:`scan_probabilities` averages with this model's own U-Net's; empty for none.
         #: Each is a :func:`~imagetomesh.nn.fast_inference.fast_inference_copy` (batch norms folded)
         self.ensemble = [self._ensemble_unet(name) for name in self._ensemble_names()]
+        #: what :meth:`_organ_decoder_mesh` runs on each organ's crop (a model with :attr:`organ_decoders`:
+        #: Voxel2Mesh, NUDF): a :func:`~imagetomesh.nn.fast_inference.fast_inference_copy` of the model (its U-Net's
+        #: batch norms folded, every convolution on oneDNN); None for other models
+        self.decoder_module = fast_inference_copy(self.model.module) if self.organ_decoders else None
         #: what :meth:`scan_probabilities` runs over the whole scan: a
         #: :func:`~imagetomesh.nn.fast_inference.fast_inference_copy` of this model's U-Net (the same probabilities
         #: up to float rounding; on a CPU without bf16, the ensemble's forward over a scan 40-50 % faster), then
         #: :attr:`ensemble`; empty for a one-object model
-        self.scan_unets = [self._scan_unet(self.model.module.unet), *self.ensemble] if self.organs is not None else []
+        self.scan_unets = [self._scan_unet(self._fast_own_unet()), *self.ensemble] if self.organs is not None else []
 
     def _ensemble_names(self) -> list[str]:
         """The card's ``ensemble``: names of several-organ models (:class:`InputError` where it is not a list of them)."""
@@ -131,14 +135,21 @@ class Segmenter:
         (:func:`~imagetomesh.zoo.ensemble_unet`)."""
         card = self.model.card
         owner = f"model {self.model.name}'s card"
-        return self._scan_unet(
-            ensemble_unet(name, owner, card["organs"], card["grid"], self.model.device.type, "restore the model card")
+        unet = ensemble_unet(
+            name, owner, card["organs"], card["grid"], self.model.device.type, "restore the model card"
         )
+        return self._scan_unet(fast_inference_copy(unet))
 
-    def _scan_unet(self, unet: torch.nn.Module) -> torch.nn.Module:
-        """The :func:`~imagetomesh.nn.fast_inference.fast_inference_copy` of ``unet`` that :meth:`scan_probabilities`
-        runs, channels-last under bf16 (as the copy already is on a CPU)."""
-        fast = fast_inference_copy(unet)
+    def _fast_own_unet(self) -> torch.nn.Module:
+        """A :func:`~imagetomesh.nn.fast_inference.fast_inference_copy` of the model's own U-Net: the one in
+        :attr:`decoder_module` where there is one (the crops and the scan then share it), else a new one."""
+        if self.decoder_module is not None:
+            return self.decoder_module.unet
+        return fast_inference_copy(self.model.module.unet)
+
+    def _scan_unet(self, fast: torch.nn.Module) -> torch.nn.Module:
+        """The :func:`~imagetomesh.nn.fast_inference.fast_inference_copy` ``fast`` as :meth:`scan_probabilities`
+        runs it: channels-last under bf16 (as the copy already is on a CPU)."""
         return to_channels_last(fast) if self.bf16 else fast
 
     @property
@@ -285,7 +296,7 @@ class Segmenter:
         Voxel2Mesh's decoders as their start) gets them cropped from the U-Net's ``probabilities (C, D, H, W)``
         over the whole scan, which saw the organ's surroundings (the U-Net run on the crop alone loses them:
         validation mean Dice 0.685 against 0.677 for NUDF, 0.743 against 0.739 for Voxel2Mesh)."""
-        net = self.model.module
+        net = self.decoder_module
         crop = tuple(net.config.organ_crops[organ.index - 1])
         start = densest_crop_start(mask, crop)
         margin = getattr(net.config, "context_margin", 0)  # the U-Net reads this much image around the crop

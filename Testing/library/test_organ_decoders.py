@@ -401,6 +401,32 @@ def test_segment_meshes_each_organ_with_its_decoder_where_the_unet_found_it(orga
     assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(out), "--snap"]) == 2
 
 
+def test_segment_runs_each_organs_decoder_on_a_fast_copy_that_meshes_as_the_model_does(surface_decoder_model):
+    """The decoders run on a fast inference copy of the model (batch norms folded, convolutions on oneDNN) whose
+    U-Net also scans the whole image; its meshes are the model's own up to float rounding."""
+    from synthetic_ct import whole_scan_volume
+
+    from imagetomesh.inference import Segmenter
+    from imagetomesh.nn.fast_inference import OneDNNConv3d
+    from imagetomesh.zoo import load_model
+
+    folder, _, _ = surface_decoder_model
+    segmenter = Segmenter(load_model(folder, "cpu"))
+    fast = segmenter.decoder_module
+    assert fast is not segmenter.model.module and segmenter.scan_unets[0] is fast.unet
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fast.modules())
+    assert all(type(m) is OneDNNConv3d for m in fast.modules() if isinstance(m, torch.nn.Conv3d))
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in segmenter.model.module.modules()), "the model changed"
+    volume = whole_scan_volume()
+    meshes = segmenter.segment_organs(volume)
+    segmenter.decoder_module = segmenter.model.module
+    plain = segmenter.segment_organs(volume)
+    assert set(meshes) == set(plain) and all(m is not None for m in meshes.values())
+    for name, mesh in meshes.items():
+        assert np.array_equal(mesh.faces, plain[name].faces), name
+        assert np.abs(mesh.vertices - plain[name].vertices).max() < 1e-3, name  # mm
+
+
 def test_surface_start_configs_are_checked():
     with pytest.raises(ValueError, match="set unpooling to 'none'"):
         _organ_config(start="unet_surface")
