@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 
 from imagetomesh.core.mesh import Mesh
+from imagetomesh.geometry.meshlab_calls import one_at_a_time
 from imagetomesh.geometry.quality import count_self_intersecting_faces, is_watertight, orient_outward, repair_mesh
 from imagetomesh.geometry.untangle import untangle
 
@@ -31,6 +32,7 @@ def mean_edge_length(mesh: Mesh) -> float:
     return float(np.linalg.norm(v[edges[:, 0]] - v[edges[:, 1]], axis=1).mean())
 
 
+@one_at_a_time
 def isotropic_remesh(mesh: Mesh, target_length: float | None = None, iterations: int = REMESH_ITERATIONS) -> Mesh:
     """Botsch-Kobbelt isotropic remeshing (pymeshlab) to ``target_length`` mm (default: mean edge length)."""
     import pymeshlab

@@ -26,6 +26,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from imagetomesh.core.mesh import Mesh
+from imagetomesh.geometry.meshlab_calls import one_at_a_time
 
 __all__ = [
     "MeshCheck",
@@ -249,6 +250,7 @@ def orient_outward(mesh: Mesh) -> Mesh:
 
 
 # --- pymeshlab bridges -------------------------------------------------------------------
+@one_at_a_time
 def _to_meshset(mesh: Mesh):
     import pymeshlab
 
@@ -264,6 +266,7 @@ def _from_meshset(meshset) -> Mesh:
     return Mesh(current.vertex_matrix(), current.face_matrix())
 
 
+@one_at_a_time
 def _reorient_coherently(mesh: Mesh) -> Mesh:
     meshset = _to_meshset(mesh)
     try:
@@ -274,6 +277,7 @@ def _reorient_coherently(mesh: Mesh) -> Mesh:
     return result if result.num_vertices == mesh.num_vertices else mesh
 
 
+@one_at_a_time
 def self_intersecting_faces(mesh: Mesh) -> np.ndarray:
     """``(F,)`` bool: the faces that intersect a face they share no vertex or edge with (pymeshlab)."""
     if mesh.num_faces == 0:
@@ -334,6 +338,7 @@ def check_mesh(mesh: Mesh, self_intersections: bool = True) -> MeshCheck:
     )
 
 
+@one_at_a_time
 def repair_mesh(mesh: Mesh, max_hole_edges: int = 1000, remove_self_intersections: bool = True) -> Mesh:
     """Clean a mesh towards a watertight, manifold, outward surface (pymeshlab).
 

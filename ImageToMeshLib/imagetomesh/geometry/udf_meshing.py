@@ -51,6 +51,7 @@ import torch
 
 from imagetomesh.core.mesh import Mesh
 from imagetomesh.errors import InputError
+from imagetomesh.geometry.meshlab_calls import one_at_a_time
 from imagetomesh.geometry.quality import is_watertight
 
 UDF = Callable[[torch.Tensor], torch.Tensor]
@@ -209,6 +210,7 @@ def _uniform_points(
 MAX_DRAW_ROUNDS = 50
 
 
+@one_at_a_time
 def poisson_disk_subsample(points: np.ndarray, count: int) -> np.ndarray:
     """About ``count`` of ``points (N, 3)``, evenly spread (pymeshlab Poisson-disk subsampling)."""
     import pymeshlab
@@ -381,6 +383,7 @@ def poisson_depth(samples: np.ndarray, voxel: float, config: UDFMeshingConfig) -
     return max(config.poisson_depth, int(np.ceil(np.log2(max(cells, 1.0)))))
 
 
+@one_at_a_time
 def screened_poisson(points: np.ndarray, normals: np.ndarray, depth: int, full_depth: int) -> Mesh:
     """Screened Poisson surface (pymeshlab) through oriented ``points`` / ``normals`` ``(N, 3)``, its octree ``depth``
     deep and complete down to ``full_depth``, on as many threads as torch has been given (:mod:`imagetomesh.threads`;
@@ -441,6 +444,7 @@ def largest_component(mesh: Mesh, min_fraction: float | None = None) -> Mesh:
     return _compact(Mesh(mesh.vertices, f[counts[face_label] >= min_fraction * counts.max()]))
 
 
+@one_at_a_time
 def close_holes(mesh: Mesh, max_hole_edges: int) -> Mesh:
     """Holes with at most ``max_hole_edges`` boundary edges closed (pymeshlab); unchanged when it fails.
 
