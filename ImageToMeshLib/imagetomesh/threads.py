@@ -24,8 +24,14 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from imagetomesh.errors import InputError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: Environment variable that sets the thread count of every kind of work (an integer >= 1).
 ENV = "IMAGETOMESH_THREADS"
@@ -121,3 +127,35 @@ def configure(work: str, requested: int | None = None) -> int:
     if torch is not None:
         torch.set_num_threads(count)
     return count
+
+
+def side_by_side(function: Callable[[T], R], items: Sequence[T], sizes: Sequence[float] | None = None) -> list[R]:
+    """``[function(item) for item in items]``, the items run side by side in as many Python threads as torch has
+    threads (at most one per item), each with one torch thread; torch's thread count is restored after. Work made
+    of small operations (a mesh decoder per organ) keeps two cores busier this way than one item after another on
+    two threads. ``sizes`` (one per item): the larger are taken first, so the threads end about together.
+    Autograd's on/off, which is per thread, is the caller's in every thread. An item's exception is raised once
+    all have ended. pymeshlab runs one call at a time (:mod:`imagetomesh.geometry.meshlab_calls`) and is imported
+    here first, in the calling thread (first imported in another thread, it corrupts the heap: glibc aborts at
+    exit)."""
+    import pymeshlab  # noqa: F401  (see the docstring)
+    import torch
+
+    threads = torch.get_num_threads()
+    workers = min(threads, len(items))
+    if workers <= 1:
+        return [function(item) for item in items]
+    grad = torch.is_grad_enabled()
+
+    def run(item: T) -> R:
+        with torch.set_grad_enabled(grad):
+            return function(item)
+
+    order = sorted(range(len(items)), key=lambda i: -sizes[i]) if sizes is not None else range(len(items))
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="imagetomesh") as pool:
+            futures = {i: pool.submit(run, items[i]) for i in order}
+        return [futures[i].result() for i in range(len(items))]
+    finally:
+        torch.set_num_threads(threads)

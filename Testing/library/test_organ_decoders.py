@@ -403,7 +403,8 @@ def test_segment_meshes_each_organ_with_its_decoder_where_the_unet_found_it(orga
 
 def test_segment_runs_each_organs_decoder_on_a_fast_copy_that_meshes_as_the_model_does(surface_decoder_model):
     """The decoders run on a fast inference copy of the model (batch norms folded, convolutions on oneDNN) whose
-    U-Net also scans the whole image; its meshes are the model's own up to float rounding."""
+    U-Net also scans the whole image, the organs side by side on two threads; the meshes are the model's own, one
+    organ after another, up to float rounding."""
     from synthetic_ct import whole_scan_volume
 
     from imagetomesh.inference import Segmenter
@@ -418,10 +419,18 @@ def test_segment_runs_each_organs_decoder_on_a_fast_copy_that_meshes_as_the_mode
     assert all(type(m) is OneDNNConv3d for m in fast.modules() if isinstance(m, torch.nn.Conv3d))
     assert any(isinstance(m, torch.nn.BatchNorm3d) for m in segmenter.model.module.modules()), "the model changed"
     volume = whole_scan_volume()
-    meshes = segmenter.segment_organs(volume)
-    segmenter.decoder_module = segmenter.model.module
-    plain = segmenter.segment_organs(volume)
-    assert set(meshes) == set(plain) and all(m is not None for m in meshes.values())
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # the organs side by side (threads.side_by_side)
+        meshes = segmenter.segment_organs(volume)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)  # one organ after another
+        segmenter.decoder_module = segmenter.model.module
+        plain = segmenter.segment_organs(volume)
+    finally:
+        torch.set_num_threads(threads)
+    assert list(meshes) == list(plain) == [o.name for o in segmenter.organs]
+    assert all(m is not None for m in meshes.values())
     for name, mesh in meshes.items():
         assert np.array_equal(mesh.faces, plain[name].faces), name
         assert np.abs(mesh.vertices - plain[name].vertices).max() < 1e-3, name  # mm

@@ -71,3 +71,49 @@ def test_configure_sets_torch_and_the_runtimes_the_user_did_not_set(monkeypatch)
         assert os.environ["MKL_NUM_THREADS"] == "1" and os.environ["OMP_NUM_THREADS"] == "7"
     finally:
         torch.set_num_threads(before)
+
+
+def test_side_by_side_returns_each_items_result_in_order_with_one_torch_thread_each():
+    seen = []
+
+    def work(item):
+        seen.append((item, torch.get_num_threads(), torch.is_grad_enabled()))
+        return item * item
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            assert threads.side_by_side(work, [1, 2, 3, 4, 5], sizes=[1, 2, 3, 5, 4]) == [1, 4, 9, 16, 25]
+        assert torch.get_num_threads() == 2, "the caller's thread count is restored"
+        assert sorted(seen) == [(i, 1, False) for i in range(1, 6)]  # one thread each, autograd as the caller's
+        assert seen[0][0] in (4, 5)  # the two largest are taken first (either may begin first)
+        torch.set_num_threads(1)  # one thread: one item after another, in order, in the caller's thread
+        seen.clear()
+        assert threads.side_by_side(work, [3, 1, 2], sizes=[1, 3, 2]) == [9, 1, 4]
+        assert [item for item, _, _ in seen] == [3, 1, 2]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_side_by_side_really_runs_items_at_once_and_raises_an_items_error():
+    import threading
+
+    barrier = threading.Barrier(2, timeout=20)  # broken (an error) unless two items wait at the same time
+
+    def meet(item):
+        barrier.wait()
+        if item == "bad":
+            raise ValueError("bad item")
+        return item
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert threads.side_by_side(meet, ["a", "b"]) == ["a", "b"]
+        barrier.reset()
+        with pytest.raises(ValueError, match="bad item"):
+            threads.side_by_side(meet, ["a", "bad"])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
