@@ -114,7 +114,9 @@ class Segmenter:
         #: what :meth:`_organ_decoder_mesh` runs on each organ's crop (a model with :attr:`organ_decoders`:
         #: Voxel2Mesh, NUDF): a :func:`~imagetomesh.nn.fast_inference.fast_inference_copy` of the model (its U-Net's
         #: batch norms folded, every convolution on oneDNN); None for other models
-        self.decoder_module = fast_inference_copy(self.model.module) if self.organ_decoders else None
+        self.decoder_module = (
+            fast_inference_copy(self.model.module) if self.organs is not None and self.organ_decoders else None
+        )
         #: what :meth:`scan_probabilities` runs over the whole scan: a
         #: :func:`~imagetomesh.nn.fast_inference.fast_inference_copy` of this model's U-Net (the same probabilities
         #: up to float rounding; on a CPU without bf16, the ensemble's forward over a scan 40-50 % faster), then

@@ -18,7 +18,7 @@ def _functions_making_meshsets() -> dict[str, bool]:
     """``{"module.py:function": decorated with one_at_a_time}`` for every function whose own body makes a MeshSet."""
     found = {}
     for path in sorted(LIBRARY.rglob("*.py")):
-        source = path.read_text()
+        source = path.read_text(encoding="utf-8")
         for node in ast.walk(ast.parse(source)):
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
