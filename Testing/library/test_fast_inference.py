@@ -123,3 +123,28 @@ def test_a_scan_sized_input_takes_onednn_where_pytorch_would_not():
     names = {event.name for event in profile.events()}
     assert "aten::mkldnn_convolution" in names and "aten::slow_conv3d_forward" not in names
     torch.testing.assert_close(fast, F.conv3d(x, conv.weight, padding=1), rtol=1e-5, atol=1e-5)
+
+
+class _UNetWithHead(nn.Module):
+    """A U-Net beside a part with no convolution (as a mesh model's graph decoders are) and one in training mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unet = _randomise_norms(UNet3D(UNetConfig(in_channels=1, num_classes=2, base=4, depth=2)))
+        self.head = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 1))
+        self.training_part = nn.Linear(2, 2)
+
+
+def test_parts_without_convolutions_are_shared_not_copied():
+    torch.manual_seed(4)
+    model = _UNetWithHead().eval()
+    model.training_part.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = fast_inference_copy(model)
+    assert fast.head is model.head  # in eval mode, nothing to fold: shared
+    assert fast.training_part is not model.training_part and not fast.training_part.training
+    assert model.training_part.training  # eval() on the copy did not reach the original
+    assert fast.unet is not model.unet
+    assert not any(isinstance(m, OneDNNConv3d) for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.is_contiguous() for p in model.parameters())  # the originals' weights were not made channels-last

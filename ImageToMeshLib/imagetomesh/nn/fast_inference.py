@@ -108,14 +108,24 @@ def _fold_block(block: nn.Module) -> None:
                 setattr(block, norm, nn.Identity())
 
 
+def _unchanged_by_folding(module: nn.Module) -> bool:
+    """Whether :func:`fast_inference_copy` leaves ``module`` as it is: no convolution in it (nothing to fold), no 5-D
+    tensor (nothing to make channels-last: a transposed convolution's weights) and all of it in eval mode already."""
+    if any(isinstance(m, nn.Conv3d) or m.training for m in module.modules()):
+        return False
+    return not any(t.dim() == 5 for t in [*module.parameters(), *module.buffers()])
+
+
 def fast_inference_copy(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (a U-Net, or any module holding U-Net blocks) in eval mode for inference: every U-Net
     block's batch norms folded into the convolutions before them, every ``nn.Conv3d`` a :class:`OneDNNConv3d`, and
     on a CPU its weights channels-last. Its ``forward`` returns what ``model``'s does in eval mode, up to float
     rounding (outputs may come channels-last); instance and group norms, which normalise by each input's own
     statistics, stay. Not a checkpoint of ``model`` (its state dict has no batch-norm entries), and not for
-    training. ``model`` itself is not changed."""
-    fast = copy.deepcopy(model).eval()
+    training. ``model`` itself is not changed; its parts that hold no convolution and are already in eval mode (a
+    mesh model's graph decoders) are shared, not copied: copying Voxel2Mesh's took longer than folding its U-Net."""
+    shared = {id(m): m for m in model.modules() if _unchanged_by_folding(m)}
+    fast = copy.deepcopy(model, memo=shared).eval()
     for block in list(fast.modules()):
         _fold_block(block)
     for parent in list(fast.modules()):
