@@ -56,6 +56,20 @@ def test_decoder_input_is_the_seven_point_samples_of_every_level():
         assert torch.allclose(distance, expected, atol=1e-6)
 
 
+def test_field_gradient_at_the_points_is_the_one_through_the_concatenated_samples():
+    """Meshing moves points along the field's gradient: the query's (the first layer applied level by level) is the
+    gradient of the decoder applied to every level's seven samples concatenated, the plain reading of the model."""
+    torch.manual_seed(3)
+    model = NUDF(NUDFConfig(**TINY)).eval()
+    features = model.encode(torch.randn(1, 1, 8, 12, 10))
+    points = (torch.rand(1, 40, 3) * 1.8 - 0.9).requires_grad_()
+    (got,) = torch.autograd.grad(model.query(features, points).sum(), points)
+    moved = (points[:, :, None, :] + model.offsets(features[0].shape[2:])[None, None]).reshape(1, 40 * 7, 3)
+    samples = torch.cat([sample_features(f, moved) for f in features], dim=2).view(1, 40, -1)
+    (expected,) = torch.autograd.grad(model.decoder(samples)[..., 0].abs().sum(), points)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_chunked_query_equals_unchunked():
     torch.manual_seed(2)
     model = NUDF(NUDFConfig(**TINY)).eval()
