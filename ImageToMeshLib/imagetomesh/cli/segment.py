@@ -216,7 +216,7 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="bundled model name (see 'imagetomesh models') or model folder")
     add_output(p, "mesh file (one image) or existing folder (several images)")
     p.add_argument("--device", default="auto", choices=DEVICES)
-    add_threads(p, "1 for the mesh-decoder models, the cores (at most 4) for U-Net and NUDF")
+    add_threads(p, "the cores idle at the start, at most 2 for the mesh-decoder models and 4 for U-Net and NUDF")
     p.add_argument(
         "--batch-size",
         type=positive_int("--batch-size"),
