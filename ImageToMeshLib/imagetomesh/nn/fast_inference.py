@@ -123,7 +123,8 @@ def fast_inference_copy(model: nn.Module) -> nn.Module:
     rounding (outputs may come channels-last); instance and group norms, which normalise by each input's own
     statistics, stay. Not a checkpoint of ``model`` (its state dict has no batch-norm entries), and not for
     training. ``model`` itself is not changed; its parts that hold no convolution and are already in eval mode (a
-    mesh model's graph decoders) are shared, not copied: copying Voxel2Mesh's took longer than folding its U-Net."""
+    mesh model's graph decoders) are shared, not copied (copying Voxel2Mesh's took longer than folding its U-Net), so
+    a later change to those parts of ``model`` shows in the copy too."""
     shared = {id(m): m for m in model.modules() if _unchanged_by_folding(m)}
     fast = copy.deepcopy(model, memo=shared).eval()
     for block in list(fast.modules()):
