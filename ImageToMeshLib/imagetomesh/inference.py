@@ -283,7 +283,8 @@ class Segmenter:
         ``(image (D, H, W), its GridTransform, class probabilities (C, D, H, W))`` on the scan grid
         (:func:`~imagetomesh.scan.scan_grid`), run in windows of at most the card's grid shape's voxels; with
         :attr:`mirror`, the mean of the scan's probabilities and its mirror's (mirrored back, left and right
-        organs traded); with an :attr:`ensemble`, the mean of its U-Nets' and this model's. Unchecked:
+        organs traded); with an :attr:`ensemble`, the mean of its U-Nets' and this model's, the ensemble's read
+        only around the organs this model's U-Net finds (:func:`~imagetomesh.scan.mean_probabilities`). Unchecked:
         :meth:`segment_organs` checks the image first."""
         image, transform = self.scan_image(volume)
         batch = image[None, None].to(self.model.device)

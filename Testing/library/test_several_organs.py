@@ -17,8 +17,13 @@ from imagetomesh.io.images import write_image
 from imagetomesh.organs import Organ, choose_organs, mirrored_classes, organs_of
 from imagetomesh.preprocessing import GridSpec, resample_volume
 from imagetomesh.scan import (
+    GRID_MULTIPLE,
+    ORGAN_BOX_MARGIN,
     WINDOW_OVERLAP,
     body_crop,
+    class_mask,
+    mean_probabilities,
+    organ_box,
     organ_mask_volume,
     organ_masks,
     scan_grid,
@@ -312,6 +317,92 @@ def test_windowed_logits_equal_one_pass():
     assert torch.allclose(blocked, whole, atol=1e-5)
 
 
+def _slow_organ_box(probabilities, margin, multiple=GRID_MULTIPLE):
+    """The reference box: along each axis, the last multiple of ``multiple`` at or before the first organ voxel
+    less ``margin`` and the first one at or after the last organ voxel plus ``margin`` plus one, clipped to the
+    grid, found by stepping through the slices; None without organ voxels."""
+    winner = probabilities.argmax(0).numpy()
+    organ = np.zeros(winner.shape, bool)
+    for c in range(1, probabilities.shape[0]):
+        mask = class_mask(winner, c)
+        if mask is not None:
+            organ |= mask
+    if not organ.any():
+        return None
+    box = []
+    for axis, n in enumerate(organ.shape):
+        slices = [organ.take(k, axis=axis).any() for k in range(n)]
+        first, last = slices.index(True), n - 1 - slices[::-1].index(True)
+        lo = 0
+        while lo + multiple <= first - margin:
+            lo += multiple
+        hi = 0
+        while hi < last + margin + 1:
+            hi += multiple
+        box.append(slice(lo, min(hi, n)))
+    return tuple(box)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_organ_box_is_the_aligned_box_around_every_organ_kept(seed):
+    """:func:`organ_box` against stepping through the slices: organ voxels (stray pieces dropped), the margin, the
+    faces on multiples of the pooling cells, clipped to the grid."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(3, 9, 3) * 8)
+    logits = torch.zeros((3, *shape))
+    for c in (1, 2):  # an organ as a block, and a stray voxel of it a tenth its size or less
+        lo = [int(rng.integers(0, n - 6)) for n in shape]
+        size = [int(rng.integers(3, 7)) for _ in shape]
+        logits[(c, *(slice(a, a + b) for a, b in zip(lo, size)))] = 5.0
+        logits[(c, *(int(rng.integers(0, n)) for n in shape))] = 5.0 if rng.random() < 0.5 else 0.0
+    probabilities = logits.softmax(0)
+    margin = int(rng.integers(0, 20))
+    assert organ_box(probabilities, margin) == _slow_organ_box(probabilities, margin)
+    assert organ_box(torch.zeros((3, *shape)).index_fill(0, torch.tensor([0]), 1.0), margin) is None  # none found
+
+
+def _pointwise_net(scale, seen=None):
+    """A network whose logits at a voxel depend on that voxel's value ``x`` alone (so a crop's are the whole image's,
+    cropped): ``(0, -5, scale x - 1)``, the background winning where ``x`` is low; records the shape of each input
+    in ``seen``."""
+
+    def net(x):
+        if seen is not None:
+            seen.append(tuple(x.shape[2:]))
+        return torch.cat([torch.zeros_like(x), torch.full_like(x, -5.0), scale * x - 1.0], 1), None
+
+    return net
+
+
+def test_an_ensembles_later_nets_read_the_organ_box_of_the_first_alone():
+    """:func:`mean_probabilities`: the first network over the whole image, the others over :func:`organ_box` of its
+    probabilities (their mean there, its own outside); every network over the whole image without a margin or
+    where the first finds no organ."""
+    image = torch.zeros(1, 1, 48, 40, 64)
+    image[..., 20:26, 14:20, 30:40] = 3.0  # an organ (class 2 of these nets wins where the image is bright)
+    seen = []
+    first, later = _pointwise_net(1.0), _pointwise_net(2.0, seen)
+    block = (48, 40, 64)
+    with torch.no_grad():
+        p1 = first(image)[0][0].softmax(0)
+        p2 = later(image)[0][0].softmax(0)
+    box = organ_box(p1, 8)
+    assert box is not None and tuple(b.stop - b.start for b in box) < image.shape[2:]
+    expected = p1.clone()
+    expected[(slice(None), *box)] = (p1 + p2)[(slice(None), *box)] / 2
+    seen.clear()
+    boxed = mean_probabilities([first, later], image, block, box_margin=8)
+    assert torch.allclose(boxed, expected, atol=1e-6)
+    assert seen == [tuple(b.stop - b.start for b in box)]
+    assert torch.allclose(mean_probabilities([first, later], image, block, box_margin=None), (p1 + p2) / 2, atol=1e-6)
+    assert seen[-1] == tuple(image.shape[2:])
+    dark = torch.full_like(image, -3.0)  # no organ anywhere: every network over the whole image
+    with torch.no_grad():
+        q1, q2 = (net(dark)[0][0].softmax(0) for net in (first, later))
+    assert organ_box(q1, 8) is None
+    assert torch.allclose(mean_probabilities([first, later], dark, block, box_margin=8), (q1 + q2) / 2, atol=1e-6)
+
+
 def _block_sized_plan(shape, block, overlap=WINDOW_OVERLAP):
     """The slow reference tiling: each axis longer than the block cut into windows of the block's size, stepping
     ``block (1 - overlap)`` from 0, the last ending at the axis's end (one window when the scan holds no more
@@ -538,8 +629,12 @@ def test_an_ensemble_card_averages_its_u_net_with_its_members(organ_model, tmp_p
     block = segmenter.spec.shape
     with torch.no_grad():
         own = windowed_logits(plain.module.unet, grid_image[None, None], block).softmax(0)
-        theirs = windowed_logits(partner.unet, grid_image[None, None], block).softmax(0)
-    assert torch.allclose(probabilities, (own + theirs) / 2, atol=1e-6)
+        box = _slow_organ_box(own, ORGAN_BOX_MARGIN)  # the member reads the organ box of the model's own U-Net
+        assert tuple(b.stop - b.start for b in box) < tuple(grid_image.shape)  # not the whole scan
+        theirs = windowed_logits(partner.unet, grid_image[(None, None, *box)], block).softmax(0)
+    expected = own.clone()
+    expected[(slice(None), *box)] = (own[(slice(None), *box)] + theirs) / 2
+    assert torch.allclose(probabilities, expected, atol=1e-6)
     assert not torch.allclose(probabilities, own, atol=1e-3)
     # the scan runs copies of both U-Nets with their batch norms folded; the model's own U-Net keeps its norms
     assert len(segmenter.scan_unets) == 2

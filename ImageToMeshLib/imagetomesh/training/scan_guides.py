@@ -24,7 +24,7 @@ import torch
 
 from imagetomesh.io.atomic import atomic_write
 from imagetomesh.nn.precision import bf16_autocast, bf16_supported, to_channels_last
-from imagetomesh.scan import class_mask, crop_padded, mean_probabilities
+from imagetomesh.scan import ORGAN_BOX_MARGIN, class_mask, crop_padded, mean_probabilities
 from imagetomesh.training.data import PreparedCase
 from imagetomesh.zoo import ensemble_unet
 
@@ -160,7 +160,7 @@ def guides_key(
     windows: list[GuideWindow], unets: list[torch.nn.Module], bf16: bool, organ_voxels: OrganVoxels = class_mask
 ) -> str:
     """What a set of scan guides was made from (the windows' cases, organs, starts and shapes, the organ voxels, the
-    U-Nets' weights, the precision), as a string to compare."""
+    U-Nets' weights, the organ box the later U-Nets read, the precision), as a string to compare."""
     digests = []
     for unet in unets:
         digest = hashlib.sha256()
@@ -169,4 +169,5 @@ def guides_key(
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         digests.append(digest.hexdigest())
     crops = [[w.case.case_id, w.organ, list(w.start), list(w.shape)] for w in windows]
-    return json.dumps({"crops": crops, "voxels": organ_voxels.__name__, "unets": digests, "bf16": bf16})
+    made = {"crops": crops, "voxels": organ_voxels.__name__, "unets": digests, "box": ORGAN_BOX_MARGIN, "bf16": bf16}
+    return json.dumps(made)
