@@ -228,7 +228,7 @@ def organ_box(probabilities: torch.Tensor, margin: int, multiple: int = GRID_MUL
     (class 0 the background; each class's voxels as :func:`class_mask` keeps them), grown by ``margin`` voxels
     along each axis, its faces on multiples of ``multiple`` (the scan grid's pooling cells stay whole) and clipped
     to the grid; None where no organ has a voxel."""
-    winner = probabilities.argmax(0).cpu().numpy()
+    winner = most_probable_class(probabilities)
     organs = [mask for c in range(1, probabilities.shape[0]) if (mask := class_mask(winner, c)) is not None]
     if not organs:
         return None
@@ -239,11 +239,18 @@ def organ_box(probabilities: torch.Tensor, margin: int, multiple: int = GRID_MUL
     return tuple(slice(a, b) for a, b in zip(lo, hi))
 
 
+def most_probable_class(probabilities: torch.Tensor) -> np.ndarray:
+    """``(D, H, W)`` int64: the index of the most probable class at each voxel of ``probabilities (C, D, H, W)`` (the
+    first where several tie), as ``argmax(0)`` gives it. ``max(0)``'s indices: on a CPU 4-7x faster than
+    ``argmax(0)``, which took 0.3 s for one head-and-neck scan grid of 8 classes (two threads)."""
+    return probabilities.max(0).indices.cpu().numpy()
+
+
 def organ_masks(probabilities: torch.Tensor, organs: list[Organ]) -> dict[str, np.ndarray | None]:
     """``{organ name: (D, H, W) bool mask or None when the organ was not found}`` from class
     ``probabilities (C, D, H, W)``: the voxels whose most probable class is the organ's, without pieces
     smaller than :data:`MIN_PIECE_FRACTION` of its largest (stray islands elsewhere in the scan)."""
-    winner = probabilities.argmax(0).cpu().numpy()
+    winner = most_probable_class(probabilities)
     return {organ.name: class_mask(winner, organ.index) for organ in organs}
 
 

@@ -23,6 +23,7 @@ from imagetomesh.scan import (
     body_crop,
     class_mask,
     mean_probabilities,
+    most_probable_class,
     organ_box,
     organ_mask_volume,
     organ_masks,
@@ -315,6 +316,16 @@ def test_windowed_logits_equal_one_pass():
     assert np.prod([len(s) for s in starts]) > 1  # windows, not one pass
     blocked = windowed_logits(net, image, block)
     assert torch.allclose(blocked, whole, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_most_probable_class_is_numpys_argmax_ties_to_the_first(dtype):
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 4, (8, 6, 10, 12)).astype(np.float32)  # few levels: many ties
+    probabilities = torch.from_numpy(values).to(dtype)
+    assert np.array_equal(most_probable_class(probabilities), np.argmax(values, axis=0))
+    channels_last = torch.from_numpy(values)[None].to(memory_format=torch.channels_last_3d)[0]
+    assert np.array_equal(most_probable_class(channels_last), np.argmax(values, axis=0))
 
 
 def _slow_organ_box(probabilities, margin, multiple=GRID_MULTIPLE):

@@ -13,7 +13,7 @@ from imagetomesh.errors import InputError
 from imagetomesh.geometry.normals import offset_along_normals
 from imagetomesh.geometry.topology import edge_index_from_faces, icosphere, subdivide
 from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
-from imagetomesh.scan import class_mask
+from imagetomesh.scan import class_mask, most_probable_class
 from imagetomesh.voxel_meshing import finish_mesh, grid_mask_mesh, voxel_organ_mesh
 
 
@@ -92,7 +92,7 @@ class DecoderMesh:
         dropped (:func:`~imagetomesh.scan.class_mask`); with ``one_object`` as U-Net + MC meshes its labelmap
         (:func:`~imagetomesh.voxel_meshing.grid_mask_mesh` of the argmax, outward faces). ``sphere`` is each
         vertex's direction from the centroid. None where the class has no voxel or too few to mesh. No gradient."""
-        labels = probabilities.argmax(0).cpu().numpy()
+        labels = most_probable_class(probabilities)
         mask = (labels == index) if one_object else class_mask(labels, index)
         if mask is None:
             return None

@@ -19,7 +19,7 @@ import torch
 
 from imagetomesh.io.atomic import atomic_write
 from imagetomesh.nn.precision import bf16_autocast, bf16_supported, to_channels_last
-from imagetomesh.scan import class_mask, mean_probabilities
+from imagetomesh.scan import class_mask, mean_probabilities, most_probable_class
 from imagetomesh.training.data import UNKNOWN, PreparedCase
 from imagetomesh.weights import WEIGHTS_NAME
 
@@ -66,7 +66,7 @@ def pseudo_label(
     on such voxels where its probability is at least ``band`` without winning; ``present[k]`` then set. A class
     found in fewer than ``min_voxels[k]`` voxels (``(C,)``; infinite: never) is left as it was. The inputs are not modified."""
     out, now = label.clone(), present.clone()
-    winner = probabilities.argmax(0).cpu().numpy()
+    winner = most_probable_class(probabilities)
     added = []
     for k in range(1, probabilities.shape[0]):
         if bool(present[k]):

@@ -24,7 +24,7 @@ import torch
 
 from imagetomesh.io.atomic import atomic_write
 from imagetomesh.nn.precision import bf16_autocast, bf16_supported, to_channels_last
-from imagetomesh.scan import ORGAN_BOX_MARGIN, class_mask, crop_padded, mean_probabilities
+from imagetomesh.scan import ORGAN_BOX_MARGIN, class_mask, crop_padded, mean_probabilities, most_probable_class
 from imagetomesh.training.data import PreparedCase
 from imagetomesh.zoo import ensemble_unet
 
@@ -121,7 +121,7 @@ def scan_guides(
         with bf16_autocast(bf16, torch.device(device)):
             probabilities = mean_probabilities(nets, image, tuple(image.shape[2:]))
         probabilities = probabilities.float().cpu()
-        winner = probabilities.argmax(0).numpy()
+        winner = most_probable_class(probabilities)
         for i in indices:
             w = windows[i]
             voxels = organ_voxels(winner, w.organ)
