@@ -129,6 +129,19 @@ def configure(work: str, requested: int | None = None) -> int:
     return count
 
 
+def import_in_this_thread(*modules: str) -> None:
+    """Import ``modules`` (dotted names) in the calling thread, before work that may first need them runs in
+    another: torch and pymeshlab first imported in a secondary thread corrupt the heap, and glibc aborts the
+    interpreter at exit ("malloc_consolidate"). A module that is not installed is skipped, for its user to report."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
 def side_by_side(function: Callable[[T], R], items: Sequence[T], sizes: Sequence[float] | None = None) -> list[R]:
     """``[function(item) for item in items]``, the items run side by side in as many Python threads as torch has
     threads (at most one per item), each with one torch thread; torch's thread count is restored after. Work made
@@ -136,9 +149,8 @@ def side_by_side(function: Callable[[T], R], items: Sequence[T], sizes: Sequence
     two threads. ``sizes`` (one per item): the larger are taken first, so the threads end about together.
     Autograd's on/off, which is per thread, is the caller's in every thread. An item's exception is raised once
     all have ended. pymeshlab runs one call at a time (:mod:`imagetomesh.geometry.meshlab_calls`) and is imported
-    here first, in the calling thread (first imported in another thread, it corrupts the heap: glibc aborts at
-    exit)."""
-    import pymeshlab  # noqa: F401  (see the docstring)
+    here first (:func:`import_in_this_thread`)."""
+    import_in_this_thread("pymeshlab")
     import torch
 
     threads = torch.get_num_threads()

@@ -117,3 +117,33 @@ def test_side_by_side_really_runs_items_at_once_and_raises_an_items_error():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_tasks_heavy_modules_are_imported_in_the_calling_thread_missing_ones_skipped(monkeypatch):
+    """``preload`` (the Slicer worker) and ``side_by_side`` import torch / pymeshlab through
+    ``import_in_this_thread``: in the thread that calls them (first imported in another, they abort the interpreter
+    at exit), each module asked for, one that is not installed skipped."""
+    import importlib
+    import threading
+
+    from imagetomesh.backend.tasks import TASK_TABLE, preload
+
+    real = importlib.import_module
+    imported = []
+
+    def recording(name, *args):
+        imported.append((name, threading.get_ident()))
+        if name == "imagetomesh_no_such_module":
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", recording)
+    threads.import_in_this_thread("json", "imagetomesh_no_such_module")
+    assert imported == [("json", threading.get_ident()), ("imagetomesh_no_such_module", threading.get_ident())]
+    imported.clear()
+    preload("segment")
+    assert imported == [(name, threading.get_ident()) for name in TASK_TABLE["segment"].modules]
+    assert {"torch", "pymeshlab"} <= {name for name, _ in imported}
+    imported.clear()
+    assert threads.side_by_side(lambda item: item * 2, [1, 2]) == [2, 4]
+    assert ("pymeshlab", threading.get_ident()) in imported

@@ -20,6 +20,7 @@ import numpy as np
 from imagetomesh.backend.jobs import TASKS, Event, Job, LogCallback, ProgressCallback, _error_event
 from imagetomesh.errors import InputError
 from imagetomesh.threads import configure as configure_threads
+from imagetomesh.threads import import_in_this_thread
 
 __all__ = ["TASK_TABLE", "Task", "execute", "run_captured", "preload"]
 
@@ -137,8 +138,7 @@ class Task:
     Attributes:
         run: ``run(job, progress, log, cache) -> result``.
         modules: imported by :func:`preload` in the caller's thread before a job of this task
-            runs in another thread: torch and pymeshlab both first imported in secondary
-            threads abort the interpreter at exit (glibc "malloc_consolidate").
+            runs in another thread (:func:`~imagetomesh.threads.import_in_this_thread`).
     """
 
     run: Callable[[Job, ProgressCallback, LogCallback, dict], Any]
@@ -194,10 +194,4 @@ def run_captured(job: Job, progress: ProgressCallback, log: LogCallback, cache: 
 
 def preload(task: str) -> None:
     """Import ``task``'s heavy modules (see :attr:`Task.modules`); a missing one is left for the job to report."""
-    import importlib
-
-    for name in TASK_TABLE[task].modules:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass
+    import_in_this_thread(*TASK_TABLE[task].modules)
