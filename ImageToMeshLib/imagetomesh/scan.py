@@ -216,8 +216,8 @@ def mean_probabilities(
     if len(nets) == 1:
         return first
     box = None if box_margin is None else organ_box(first, box_margin)
-    if box is None:
-        return (first + sum(net_probabilities(net, image, block, mirror) for net in nets[1:])) / len(nets)
+    if box is None:  # the whole image
+        box = (slice(None),) * 3
     inside = (slice(None), *box)
     crop = image[(slice(None), slice(None), *box)]
     mean = first.clone()

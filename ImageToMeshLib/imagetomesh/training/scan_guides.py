@@ -119,7 +119,7 @@ def scan_guides(
     for indices in by_case.values():
         image = windows[indices[0]].case.image.float()[None, None].to(device)
         with bf16_autocast(bf16, torch.device(device)):
-            probabilities = mean_probabilities(nets, image, tuple(image.shape[2:]))
+            probabilities = mean_probabilities(nets, image, tuple(image.shape[2:]), box_margin=ORGAN_BOX_MARGIN)
         probabilities = probabilities.float().cpu()
         winner = most_probable_class(probabilities)
         for i in indices:
