@@ -1,11 +1,13 @@
 """Trilinear sampling of feature maps at points (``nn.feature_sampling.sample_features``): against a slow
-voxel-by-voxel interpolation, and one image's points split across threads against one call."""
+voxel-by-voxel interpolation, and its two computations (``grid_sample``; the voxels' feature rows summed) against
+each other, samples and gradients."""
 
 import itertools
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import imagetomesh.nn.feature_sampling as sampling
 from imagetomesh.nn.feature_sampling import sample_features
@@ -25,60 +27,75 @@ def slow_sample(features: np.ndarray, point: np.ndarray) -> np.ndarray:
     return value
 
 
-@pytest.fixture
-def split_small(monkeypatch):
-    """Split one image's points across 2 threads from 8 points per thread."""
-    monkeypatch.setattr(sampling, "MIN_POINTS_PER_THREAD", 8)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _case(seed: int, n: int, batch: int = 1):
+def _case(seed: int, n: int, batch: int = 1, shape=(3, 5, 6, 7)):
     generator = torch.Generator().manual_seed(seed)
-    features = torch.randn(batch, 3, 5, 6, 7, generator=generator)
+    features = torch.randn(batch, *shape, generator=generator)
     points = torch.rand(batch, n, 3, generator=generator) * 2.4 - 1.2  # some outside: the border's value
     return features, points
 
 
-@pytest.mark.parametrize("split", [False, True])
-def test_samples_are_the_trilinear_interpolation_of_the_voxels_around_each_point(split, monkeypatch):
-    if split:
-        monkeypatch.setattr(sampling, "MIN_POINTS_PER_THREAD", 8)
-        monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+def _grid_sampled(features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """PyTorch's ``grid_sample`` as :func:`sample_features` calls it: ``(B, N, C)``."""
+    b, n, _ = points.shape
+    grid = points.view(b, n, 1, 1, 3).to(features.dtype)
+    sampled = F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return sampled.view(b, features.shape[1], n).transpose(1, 2)
+
+
+@pytest.mark.parametrize("gathered", [False, True])
+def test_samples_are_the_trilinear_interpolation_of_the_voxels_around_each_point(gathered):
     features, points = _case(0, 41)
-    assert sampling._thread_pieces(features, 41) == (3 if split else 1)
-    sampled = sample_features(features, points)
+    with torch.no_grad() if gathered else torch.enable_grad():
+        features.requires_grad_(not gathered)
+        assert sampling._gathers(features, points) == gathered
+        sampled = sample_features(features, points).detach()
     assert sampled.shape == (1, 41, 3)
     for n in range(41):
-        expected = slow_sample(features[0].numpy().astype(np.float64), points[0, n].numpy().astype(np.float64))
+        expected = slow_sample(features[0].detach().numpy().astype(np.float64), points[0, n].numpy().astype(np.float64))
         assert np.allclose(sampled[0, n].numpy(), expected, atol=1e-5), n
 
 
-@pytest.mark.parametrize("n", [16, 17, 37, 64])
-def test_points_split_across_threads_give_the_same_samples_and_gradients(n, split_small):
-    features, points = _case(n, n)
-    features = features[..., 1:, :, 1:]  # a crop: not contiguous, as the decoders read their crops' levels
-    split = points.clone().requires_grad_(True)
-    one = points.clone().requires_grad_(True)
-    assert sampling._thread_pieces(features, n) == 2
-    out_split = sample_features(features, split)
-    (grad_split,) = torch.autograd.grad((out_split**2).sum(), split)
-    sampling.MIN_POINTS_PER_THREAD = 10**9
-    assert sampling._thread_pieces(features, n) == 1
-    out_one = sample_features(features, one)
-    (grad_one,) = torch.autograd.grad((out_one**2).sum(), one)
-    assert torch.equal(out_split, out_one)
-    assert torch.allclose(grad_split, grad_one, atol=1e-6)
+# batches; one-voxel axes; a crop (not contiguous, as the decoders read their crops' levels); channels-last
+@pytest.mark.parametrize(
+    "batch, shape, layout",
+    [(1, (3, 5, 6, 7), "crop"), (2, (4, 1, 6, 7), None), (1, (2, 5, 1, 1), None), (3, (16, 6, 4, 5), "channels_last")],
+)
+def test_summed_voxel_rows_give_grid_samples_samples_and_gradient_with_respect_to_the_points(batch, shape, layout):
+    features, points = _case(len(shape) + batch, 300, batch, shape)
+    if layout == "crop":
+        features = torch.randn(batch, shape[0], shape[1] + 2, shape[2] + 2, shape[3] + 2)[..., 1:-1, 1:-1, 1:-1]
+    elif layout == "channels_last":
+        features = features.contiguous(memory_format=torch.channels_last_3d)
+    # on the border and outside it: clipped, with no gradient there
+    points[0, :4] = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0], [1.0, -1.0, 0.3], [1.3, 1.0, -3.0]])
+    points[0, 4] = torch.tensor([0.0, 0.0, 0.0])  # a voxel centre where the axis is odd: a cell's corner
+    if batch > 1:  # the images' points interleaved (a transposed view): elementwise results keep that layout
+        points = points.transpose(0, 1).contiguous().transpose(0, 1)
+    gathered, reference = points.clone().requires_grad_(True), points.clone().requires_grad_(True)
+    assert sampling._gathers(features, gathered)
+    out = sample_features(features, gathered)
+    expected = _grid_sampled(features, reference)
+    assert torch.allclose(out, expected, atol=1e-6)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (grad,) = torch.autograd.grad((out * weights).sum(), gathered)
+    (grad_expected,) = torch.autograd.grad((expected * weights).sum(), reference)
+    assert torch.allclose(grad, grad_expected, atol=1e-5)
+    assert torch.equal(grad[0, :2], torch.zeros(2, 3))
 
 
-def test_batches_and_features_that_need_gradients_are_not_split(split_small):
-    features, points = _case(1, 64, batch=2)
-    assert sampling._thread_pieces(features, 64) == 1  # a batch: grid_sample runs its images in parallel
-    one = features[:1].clone().requires_grad_(True)
-    assert sampling._thread_pieces(one, 64) == 1  # training: the features' gradient is not summed over pieces
+def test_features_that_need_gradients_and_non_finite_points_go_to_grid_sample():
+    features, points = _case(1, 64)
+    trained = features.clone().requires_grad_(True)
+    assert not sampling._gathers(trained, points)  # training: the features' gradient
     with torch.no_grad():
-        assert sampling._thread_pieces(one, 64) == 2
-    assert sampling._thread_pieces(features[:1], 7) == 1  # too few points to share
-    assert sample_features(features, points).shape == (2, 64, 3)
+        assert sampling._gathers(trained, points)
+    points[0, 3, 1] = float("nan")
+    assert not sampling._gathers(features, points)
+    assert torch.equal(sample_features(features, points), _grid_sampled(features, points))
+
+
+def test_bfloat16_features_are_sampled_in_their_dtype():
+    features, points = _case(2, 100, shape=(8, 5, 6, 7))
+    sampled = sample_features(features.bfloat16(), points)
+    assert sampled.dtype == torch.bfloat16
+    assert torch.allclose(sampled.float(), _grid_sampled(features, points), atol=0.05)
