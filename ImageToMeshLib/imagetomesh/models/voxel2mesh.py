@@ -44,6 +44,7 @@ from imagetomesh.models.protocol import INFERENCE_ONLY, DeformedTemplateModel, l
 from imagetomesh.nn.feature_sampling import neighbourhood_offsets, sample_features
 from imagetomesh.nn.graph import DistanceWeightedGraphConv
 from imagetomesh.nn.grid import isotropic_scale
+from imagetomesh.nn.linear import relu_linear_of_concat
 from imagetomesh.nn.unet import UNet3D, UNetConfig
 
 SAMPLING_MODES = ("lns", "hs", "ps")
@@ -222,8 +223,10 @@ class FeatureGather(nn.Module):
             size = torch.tensor(features.shape[2:][::-1], device=verts.device)
             offsets = neighbourhood_offsets(1.0, size).to(verts)[None].expand(len(verts), -1, -1)
         points = (verts[:, None, :] + offsets).reshape(1, -1, 3)
-        samples = sample_features(features, points)[0].view(len(verts), offsets.shape[1], -1)
-        pooled = self.per_offset(torch.cat([samples, offsets], dim=2)).mean(dim=1)
+        samples = sample_features(features, points)[0]  # (N * K, C)
+        # self.per_offset is Linear + ReLU
+        per_offset = relu_linear_of_concat(self.per_offset[0], samples, offsets.reshape(-1, 3))
+        pooled = per_offset.view(len(verts), offsets.shape[1], -1).mean(dim=1)
         return self.combine(torch.cat([pooled, y, verts], dim=1))
 
 
