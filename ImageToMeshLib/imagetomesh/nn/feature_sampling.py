@@ -2,7 +2,7 @@
 
 Two computations of one function: PyTorch's ``grid_sample``, and on a CPU, where no gradient reaches the features
 (inference, and the points' own gradient, as NUDF's projection takes it), each sample as the weighted sum of its
-eight voxels' feature rows (``embedding_bag``), 3-4x faster at the mesh decoders' sizes on one thread or two:
+eight voxels' feature rows (``embedding_bag``), 2-2.7x faster at the mesh decoders' sizes on one thread, 3-7x on two:
 ``grid_sample`` reads a sample's channels one voxel plane apart, the rows are contiguous.
 ``Testing/benchmarks/feature_sampling.py`` times the two."""
 
