@@ -59,7 +59,7 @@ def _gathered(features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     frac = index - low
     low = low.long()
     row = ((torch.arange(b, device=points.device)[:, None] * d + low[..., 2]) * h + low[..., 1]) * w + low[..., 0]
-    step = torch.tensor([1, w, h * w], device=points.device) * (torch.tensor([w, h, d], device=points.device) > 1)
+    step = torch.tensor([1, w, h * w], device=points.device) * (size > 1)  # a one-voxel axis: no step
     rows = row[..., None] + (_CORNERS.to(points.device) * step).sum(1)  # (B, N, 8)
     near = torch.stack([1 - frac, frac], dim=-1)  # (B, N, 3 axes, 2: the low voxel's weight, the high one's)
     x, y, z = near.unbind(-2)
