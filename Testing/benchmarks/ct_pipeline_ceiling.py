@@ -75,7 +75,7 @@ class ExactField(Segmenter):
     label = None
 
     def _organ_decoder_mesh(self, image, mask, organ, transform, probabilities):
-        net = self.model.module
+        net = self.decoder_module  # what the parent runs on each crop (an inference copy of the model)
         surface = labelmap_to_mesh(self.label.with_array((self.label.array == organ.label).astype(np.uint8)))
         points = sample_points_on_mesh(
             torch.as_tensor(surface.vertices, dtype=torch.float64),
@@ -90,8 +90,11 @@ class ExactField(Segmenter):
         start = torch.as_tensor(densest_crop_start(mask, crop)[::-1], dtype=torch.float64)  # as the parent places it
         voxel = isotropic_voxel_size(crop)
 
+        calls = []
+
         def exact_distance(features, crop_grid, chunk=None, organ=None):  # NUDF.query's signature
             """``crop_grid (1, N, 3)`` crop grid coordinates -> ``(1, N)`` distances, differentiable in the points."""
+            calls.append(len(crop_grid[0]))
             index = grid_to_index(crop_grid[0].double().cpu(), crop[::-1]) + start
             _, nearest = tree.query(index.detach().numpy())
             gap = index - torch.as_tensor(tree.data[nearest])
@@ -99,9 +102,12 @@ class ExactField(Segmenter):
 
         net.query = exact_distance
         try:
-            return super()._organ_decoder_mesh(image, mask, organ, transform, probabilities)
+            mesh = super()._organ_decoder_mesh(image, mask, organ, transform, probabilities)
         finally:
             del net.query
+        if not calls:  # the network's field was meshed, not the exact one: the patch missed the decoder `segment` runs
+            raise RuntimeError("ExactField: the parent did not read the exact field; patch the module it runs")
+        return mesh
 
 
 def main() -> None:
