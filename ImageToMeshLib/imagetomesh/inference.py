@@ -32,6 +32,7 @@ from imagetomesh.scan import (
     organ_masks,
     scan_grid,
 )
+from imagetomesh.scan_features import ScanFeatures, constant_image_features
 from imagetomesh.threads import side_by_side
 from imagetomesh.voxel_meshing import finish_mesh, voxel_organ_mesh
 from imagetomesh.zoo import LoadedModel, ensemble_unet, load_model
@@ -239,7 +240,11 @@ class Segmenter:
         if self.organs is None:
             raise InputError(f"model {self.model.name} meshes one structure: use segment")
         self._check(volume)
-        image, transform, probabilities = self.scan_probabilities(volume)
+        levels = [] if self.reads_scan_features else None
+        image, transform, probabilities = self.scan_probabilities(volume, levels)
+        features = None
+        if levels:  # Voxel2Mesh's decoders read their U-Net's pass over the scan instead of one over each crop
+            features = ScanFeatures(levels, constant_image_features(self.decoder_module.unet, float(image.min())))
         chosen = organs if organs is not None else self.organs
         masks = organ_masks(probabilities, self.organs)
         if self.check_input:
@@ -250,7 +255,7 @@ class Segmenter:
             mask = masks[organ.name]
             try:
                 if self.organ_decoders:
-                    return self._organ_decoder_mesh(image, mask, organ, transform, probabilities)
+                    return self._organ_decoder_mesh(image, mask, organ, transform, probabilities, features)
                 return voxel_organ_mesh(probabilities[organ.index], mask, transform, self.voxel_smoothing)
             except InputError:  # too small to mesh: as good as not found
                 return None
@@ -277,19 +282,29 @@ class Segmenter:
         body = body_crop(volume) if self.spec.intensity == "ct" else volume
         return prepare_image(body, self.spec, warn=False, transform=scan_grid(body, self.spec))
 
+    @property
+    def reads_scan_features(self) -> bool:
+        """The organ decoders read their U-Net's decoder features of each crop from :meth:`scan_probabilities`' pass
+        of that U-Net over the whole scan (:mod:`imagetomesh.scan_features`; Voxel2Mesh), not from a pass over the
+        crop: :attr:`decoder_module`'s U-Net is the first of :attr:`scan_unets`."""
+        return self.decoder_module is not None and getattr(self.decoder_module, "decodes_unet_features", False)
+
     @torch.no_grad()
-    def scan_probabilities(self, volume: Volume) -> tuple[torch.Tensor, GridTransform, torch.Tensor]:
+    def scan_probabilities(
+        self, volume: Volume, features: list | None = None
+    ) -> tuple[torch.Tensor, GridTransform, torch.Tensor]:
         """A several-organ model's U-Net over the whole scan ``volume`` (a CT cropped to the body first):
         ``(image (D, H, W), its GridTransform, class probabilities (C, D, H, W))`` on the scan grid
         (:func:`~imagetomesh.scan.scan_grid`), run in windows of at most the card's grid shape's voxels; with
         :attr:`mirror`, the mean of the scan's probabilities and its mirror's (mirrored back, left and right
         organs traded); with an :attr:`ensemble`, the mean of its U-Nets' and this model's, the ensemble's read
         only around the organs this model's U-Net finds (:func:`~imagetomesh.scan.mean_probabilities`). Unchecked:
-        :meth:`segment_organs` checks the image first."""
+        :meth:`segment_organs` checks the image first. ``features``: a list that receives this model's U-Net's
+        decoder features over the scan (:func:`~imagetomesh.scan.windowed_logits`; empty with :attr:`mirror`)."""
         image, transform = self.scan_image(volume)
         batch = image[None, None].to(self.model.device)
         with bf16_autocast(self.bf16, self.model.device):
-            probabilities = mean_probabilities(self.scan_unets, batch, self.spec.shape, self.mirror)
+            probabilities = mean_probabilities(self.scan_unets, batch, self.spec.shape, self.mirror, features=features)
         return image, transform, probabilities
 
     def _organ_decoder_mesh(
@@ -299,6 +314,7 @@ class Segmenter:
         organ: Organ,
         transform: GridTransform,
         probabilities: torch.Tensor,
+        features: ScanFeatures | None = None,
     ) -> Mesh:
         """Organ ``organ``'s decoder run on its crop (``config.organ_crops``) of the scan-grid ``image (D, H, W)``
         placed to hold the most of its ``mask`` (the U-Net's voxels of it: :func:`~imagetomesh.scan.densest_crop_start`;
@@ -308,20 +324,28 @@ class Segmenter:
         one that ``reads_localiser_probabilities`` (NUDF's encoder with ``localiser_input``, a surface-start
         Voxel2Mesh's decoders as their start) gets them cropped from the U-Net's ``probabilities (C, D, H, W)``
         over the whole scan, which saw the organ's surroundings (the U-Net run on the crop alone loses them:
-        validation mean Dice 0.685 against 0.677 for NUDF, 0.743 against 0.739 for Voxel2Mesh)."""
+        validation mean Dice 0.685 against 0.677 for NUDF, 0.743 against 0.739 for Voxel2Mesh). With the U-Net's
+        ``features`` over the scan (:attr:`reads_scan_features`), the decoders read the crop's from them instead of
+        running the U-Net on the crop."""
         net = self.decoder_module
         crop = tuple(net.config.organ_crops[organ.index - 1])
         start = densest_crop_start(mask, crop)
-        margin = getattr(net.config, "context_margin", 0)  # the U-Net reads this much image around the crop
-        window = crop_padded(image, tuple(s - margin for s in start), context_shape(crop, margin), float(image.min()))
         extra = {}
         if net.meshes_near_mask:
             extra["near"] = crop_padded(torch.as_tensor(mask), start, crop, False)[None]
         if net.reads_localiser_probabilities:
             extra["probabilities"] = crop_padded(probabilities, start, crop, 0.0)[None].to(self.model.device)
-        grid_mesh = net.predict_meshes(
-            window[None, None].to(self.model.device), open_surface=self.open_surface, organ=organ.index, **extra
-        )[0]
+        if features is not None:
+            grid_mesh = net.predict_meshes_from_features(
+                features.crop(start, crop), open_surface=self.open_surface, organ=organ.index, **extra
+            )[0]
+        else:
+            margin = getattr(net.config, "context_margin", 0)  # the U-Net reads this much image around the crop
+            shape = context_shape(crop, margin)
+            window = crop_padded(image, tuple(s - margin for s in start), shape, float(image.min()))
+            grid_mesh = net.predict_meshes(
+                window[None, None].to(self.model.device), open_surface=self.open_surface, organ=organ.index, **extra
+            )[0]
         verts = crop_to_scan_grid(grid_mesh.vertices, start, crop, tuple(image.shape))
         return self._finish(Mesh(verts.astype(np.float32), grid_mesh.faces).transformed(transform.grid_to_lps))
 

@@ -157,36 +157,72 @@ def window_plan(
 
 @torch.no_grad()
 def windowed_logits(
-    net, image: torch.Tensor, block: tuple[int, int, int], overlap: float = WINDOW_OVERLAP
+    net,
+    image: torch.Tensor,
+    block: tuple[int, int, int],
+    overlap: float = WINDOW_OVERLAP,
+    features: list | None = None,
 ) -> torch.Tensor:
     """``net``'s logits ``(C, D, H, W)`` over ``image (1, 1, D, H, W)``, computed in windows of at most as many
     voxels as ``block`` ``(d, h, w)`` (:func:`window_plan`) that overlap by ``overlap`` and are averaged where they
-    do (one pass when the image has no more voxels than a block). ``net(x) -> (logits (1, C, ...), ...)``."""
+    do (one pass when the image has no more voxels than a block). ``net(x) -> (logits (1, C, ...), ...)``.
+
+    ``features``: a list that receives the decoder's feature maps over the whole image (``net``'s second output,
+    its levels ``(1, C_l, ...)`` coarsest first, as a U-Net's), coarsest first, each
+    float32 ``(C_l, D / f, H / f, W / f)`` (``f`` the level's pooling factor), averaged where windows overlap as the
+    logits are; left empty where the windows do not start on the coarsest level's cells."""
     shape = tuple(image.shape[2:])
     sizes, starts = window_plan(shape, block, overlap)
     if sizes == shape:
-        return net(image)[0][0].float()
+        out = net(image)
+        if features is not None:
+            features.extend(level[0].float() for level in out[1])
+        return out[0][0].float()
     total = count = None
+    levels = level_counts = None
     for corner in itertools.product(*starts):
         window = tuple(slice(a, a + n) for a, n in zip(corner, sizes))
-        logits = net(image[(slice(None), slice(None), *window)])[0][0].float()
+        out = net(image[(slice(None), slice(None), *window)])
+        logits = out[0][0].float()
         if total is None:
             total = torch.zeros((logits.shape[0], *shape), dtype=torch.float32, device=logits.device)
             count = torch.zeros(shape, dtype=torch.float32, device=logits.device)
+            decoder = out[1] if features is not None else []
+            factors = [sizes[0] // level.shape[2] for level in decoder]
+            if decoder and all(a % max(factors) == 0 for a in itertools.chain(*starts)):
+                levels = [
+                    torch.zeros((level.shape[1], *(n // f for n in shape)), dtype=torch.float32, device=level.device)
+                    for level, f in zip(decoder, factors)
+                ]
+                level_counts = [
+                    torch.zeros(level.shape[1:], dtype=torch.float32, device=level.device) for level in levels
+                ]
         total[(slice(None), *window)] += logits
         count[window] += 1
+        if levels is not None:
+            for level, level_count, part, f in zip(levels, level_counts, out[1], factors):
+                cells = tuple(slice(a // f, (a + n) // f) for a, n in zip(corner, sizes))
+                level[(slice(None), *cells)] += part[0].float()
+                level_count[cells] += 1
+    if levels is not None:
+        features.extend(level / level_count for level, level_count in zip(levels, level_counts))
     return total / count
 
 
 @torch.no_grad()
 def net_probabilities(
-    net, image: torch.Tensor, block: tuple[int, int, int], mirror: tuple[int, list[int]] | None = None
+    net,
+    image: torch.Tensor,
+    block: tuple[int, int, int],
+    mirror: tuple[int, list[int]] | None = None,
+    features: list | None = None,
 ) -> torch.Tensor:
     """``net``'s class probabilities ``(C, D, H, W)`` over ``image (1, 1, D, H, W)``: the softmax of its
     :func:`windowed_logits` in blocks of at most ``block``. With ``mirror`` ``(array axis, class order)``, the mean
     of the image's and its mirror's, mirrored back with the classes put in ``class order`` (left and right organs
-    traded: :func:`~imagetomesh.organs.mirrored_classes`)."""
-    probabilities = windowed_logits(net, image, block).softmax(0)
+    traded: :func:`~imagetomesh.organs.mirrored_classes`). ``features``: see :func:`windowed_logits` (the image's
+    own, not the mirror's: left empty with ``mirror``)."""
+    probabilities = windowed_logits(net, image, block, features=None if mirror else features).softmax(0)
     if mirror is not None:
         axis, classes = mirror
         mirrored = windowed_logits(net, image.flip(axis + 2), block).softmax(0)
@@ -201,6 +237,7 @@ def mean_probabilities(
     block: tuple[int, int, int],
     mirror: tuple[int, list[int]] | None = None,
     box_margin: int | None = ORGAN_BOX_MARGIN,
+    features: list | None = None,
 ) -> torch.Tensor:
     """The mean of the networks' :func:`net_probabilities` ``(C, D, H, W)`` over ``image (1, 1, D, H, W)``: how
     ``segment`` averages an ensemble's U-Nets, and what the trainings that read its probabilities average.
@@ -211,8 +248,11 @@ def mean_probabilities(
     reads the whole image. The head-and-neck box holds 40-60 % of a scan grid (the table, the shoulders and the air
     around the neck left out), so the wide U-Net of the bundled ensemble runs in about half its time (it trained on
     crops of 64 x 96 x 96 voxels, not on whole scans; validation Dice of all three CT methods within 0.0003 of
-    every network over the whole scan: docs/headneck-ct-experiments.md, session 51)."""
-    first = net_probabilities(nets[0], image, block, mirror)
+    every network over the whole scan: docs/headneck-ct-experiments.md, session 51).
+
+    ``features``: a list that receives the first network's decoder features over the whole image
+    (:func:`net_probabilities`)."""
+    first = net_probabilities(nets[0], image, block, mirror, features)
     if len(nets) == 1:
         return first
     box = None if box_margin is None else organ_box(first, box_margin)

@@ -46,8 +46,9 @@ def moved_by_half_a_voxel(transform: GridTransform) -> GridTransform:
 
 
 @torch.no_grad()
-def phase_averaged_scan_probabilities(self, volume):
-    """``Segmenter.scan_probabilities`` averaged over the scan grid and :func:`moved_by_half_a_voxel` of it."""
+def phase_averaged_scan_probabilities(self, volume, features=None):
+    """``Segmenter.scan_probabilities`` averaged over the scan grid and :func:`moved_by_half_a_voxel` of it (no
+    decoder features: ``features`` stays empty, and Voxel2Mesh's decoders run their U-Net on each crop)."""
     body = body_crop(volume) if self.spec.intensity == "ct" else volume
     image, transform = prepare_image(body, self.spec, warn=False, transform=scan_grid(body, self.spec))
     moved = moved_by_half_a_voxel(transform)

@@ -56,7 +56,7 @@ class LabelProbabilities(Segmenter):
 
     label = None
 
-    def scan_probabilities(self, volume):
+    def scan_probabilities(self, volume, features=None):  # no U-Net ran: ``features`` stays empty
         image, transform = self.scan_image(volume)
         classes = len(self.organs) + 1
         probabilities = torch.stack(

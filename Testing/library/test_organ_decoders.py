@@ -20,7 +20,14 @@ from imagetomesh.core.transforms import grid_to_index, index_to_grid
 from imagetomesh.models.voxel2mesh import Voxel2Mesh, Voxel2MeshConfig
 from imagetomesh.nn.grid import isotropic_scale, isotropic_voxel_size
 from imagetomesh.preprocessing import GridSpec
-from imagetomesh.scan import box_centre, crop_padded, crop_start, crop_to_scan_grid, densest_crop_start
+from imagetomesh.scan import (
+    box_centre,
+    crop_padded,
+    crop_start,
+    crop_to_scan_grid,
+    densest_crop_start,
+    window_plan,
+)
 from imagetomesh.training.augment import AugmentConfig
 from imagetomesh.training.configs import HEADNECK_CT_GRID, HEADNECK_CT_TEMPLATE_MM, image_configs
 from imagetomesh.training.data import UNKNOWN
@@ -598,19 +605,72 @@ def test_segment_starts_surface_decoders_from_the_whole_scan_probabilities(surfa
     folder, _, _ = surface_decoder_model
     loaded = load_model(folder, "cpu")
     given = {}
-    predict = loaded.module.predict_meshes
-
-    def recording(images, open_surface=False, organ=None, probabilities=None):
-        given[organ] = probabilities
-        return predict(images, open_surface=open_surface, organ=organ, probabilities=probabilities)
-
-    loaded.module.predict_meshes = recording
     segmenter = Segmenter(loaded)
+    predict = segmenter.decoder_module.predict_meshes_from_features
+
+    def recording(features, open_surface=False, organ=None, probabilities=None):
+        given[organ] = probabilities
+        return predict(features, open_surface=open_surface, organ=organ, probabilities=probabilities)
+
+    segmenter.decoder_module.predict_meshes_from_features = recording
     volume = whole_scan_volume()
     meshes = segmenter.segment_organs(volume)
     assert all(m is not None for m in meshes.values()) and set(given) == {1, 2}
     for organ, expected in whole_scan_crops(segmenter, volume).items():
         assert torch.allclose(given[organ][0], expected)
+
+
+def test_segment_reads_the_decoders_features_from_the_unets_pass_over_the_scan(surface_decoder_model):
+    """The decoders' U-Net runs once, over the whole scan (as the ensemble's first network): each organ's decoder
+    reads its crop's features from that pass (imagetomesh.scan_features), not from a pass over the crop. Without them
+    (a scan pass that keeps none) each crop gets its own pass, as before; the meshes of the two ways differ only
+    where the crop's context does, and both lie on their organ."""
+    from synthetic_ct import whole_scan_volume
+
+    from imagetomesh.inference import Segmenter
+    from imagetomesh.zoo import load_model
+
+    folder, _, _ = surface_decoder_model
+    segmenter = Segmenter(load_model(folder, "cpu"))
+    assert segmenter.reads_scan_features
+    unet = segmenter.decoder_module.unet
+    shapes = []
+    forward = unet.forward
+    unet.forward = lambda x, *args, **kwargs: shapes.append(tuple(x.shape[2:])) or forward(x, *args, **kwargs)
+    volume = whole_scan_volume()
+    with_features = segmenter.segment_organs(volume)
+    window, starts = window_plan(tuple(segmenter.scan_image(volume)[0].shape), segmenter.spec.shape)
+    scan_pass = [window] * int(np.prod([len(s) for s in starts]))
+    assert len(scan_pass) > 1  # the scan in windows: their features stitched
+    assert shapes == [*scan_pass, (32, 32, 32)], shapes  # the scan pass, then the padding's features once
+    shapes.clear()
+    scan_probabilities = segmenter.scan_probabilities
+    segmenter.scan_probabilities = lambda volume, features=None: scan_probabilities(volume)  # keeps no features
+    per_crop = segmenter.segment_organs(volume)
+    assert shapes[: len(scan_pass)] == scan_pass and len(shapes) == len(scan_pass) + len(segmenter.organs), shapes
+    for organ, centre in ORGAN_CENTRES.items():
+        for meshes in (with_features, per_crop):
+            assert holds_only_its_organ(meshes[organ], organ), organ
+            assert np.abs(meshes[organ].vertices.mean(0) - centre).max() < 4.0, organ
+
+
+def test_a_crops_unet_features_mesh_as_its_image_does():
+    """``predict_meshes_from_features`` given the U-Net's features of the crop (the centre of its pass over the crop
+    and its context) meshes as ``predict_meshes`` given the image."""
+    torch.manual_seed(0)
+    model = Voxel2Mesh(_organ_config(context_margin=2, start="unet_surface", unpooling="none")).eval()
+    assert model.decodes_unet_features
+    image = torch.randn(1, 1, 12, 12, 12)  # organ 1's 8 x 8 x 8 crop grown by 2 voxels per side
+    probabilities = _blob_probabilities((8, 8, 8), (4.0, 4.0, 4.0), 2.5)[None]
+    with torch.no_grad():
+        expected = model.predict_meshes(image, organ=1, probabilities=probabilities)[0]
+        features = model.unet(image)[1]
+        centre = [features[0][:, :, 1:-1, 1:-1, 1:-1], features[1][:, :, 2:-2, 2:-2, 2:-2]]
+        got = model.predict_meshes_from_features(centre, organ=1, probabilities=probabilities)[0]
+        with pytest.raises(ValueError, match="needs the localiser's probabilities"):
+            model.predict_meshes_from_features(centre, organ=1)
+    assert np.array_equal(got.faces, expected.faces)
+    assert np.allclose(got.vertices, expected.vertices, atol=1e-6)
 
 
 def test_surface_start_decoders_train_and_segment_each_organ(surface_decoder_model, tmp_path):

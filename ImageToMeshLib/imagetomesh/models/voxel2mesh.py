@@ -403,22 +403,62 @@ class Voxel2Mesh(nn.Module, DeformedTemplateModel):
         if margin:
             decoder = [centre_crop(f, margin * f.shape[-1] // image.shape[-1]) for f in decoder]
             logits = centre_crop(logits, margin)
-        grid_shape = logits.shape[2:]
         if probabilities is not None and probabilities.shape != logits.shape:
             raise ValueError(
                 f"probabilities must be {tuple(logits.shape)} (the crop's classes), got {tuple(probabilities.shape)}"
             )
         if probabilities is None and self.config.start == "unet_surface":
             probabilities = logits.detach().float().softmax(1)
-        starts = [None] * len(logits) if probabilities is None else self.start_meshes(probabilities, organ)
-        head = self.head_probability(logits, organ)
-        meshes = [
+        return logits, self._decoded(decoder, organ, probabilities, self.head_probability(logits, organ))
+
+    def _decoded(
+        self,
+        decoder: list[torch.Tensor],
+        organ: int | None,
+        probabilities: torch.Tensor | None,
+        head: torch.Tensor | None,
+    ) -> list[list[DecoderMesh]]:
+        """Each case's stage meshes (:meth:`decode_mesh`) from the U-Net's ``decoder`` features of the crop (coarsest
+        first, each ``(B, C_l, d / f, h / f, w / f)``), starting from ``probabilities (B, C, d, h, w)`` where given
+        (:meth:`start_meshes`), the template otherwise; ``head (B, 1, d, h, w)`` or None (:meth:`head_probability`)."""
+        grid_shape = decoder[-1].shape[2:]
+        cases = decoder[0].shape[0]
+        starts = [None] * cases if probabilities is None else self.start_meshes(probabilities, organ)
+        return [
             self.decode_mesh(
                 [f[b : b + 1] for f in decoder], grid_shape, organ, starts[b], None if head is None else head[b : b + 1]
             )
-            for b in range(image.shape[0])
+            for b in range(cases)
         ]
-        return logits, meshes
+
+    @property
+    def decodes_unet_features(self) -> bool:
+        """Its organ decoders read nothing of the crop but its U-Net's decoder features (and a start from the
+        localiser's probabilities), so a pass of that U-Net over the whole scan can give them
+        (:meth:`predict_meshes_from_features`): several organs, no ``head_probabilities`` (the U-Net's logits)."""
+        return bool(self.config.organs) and not self.config.head_probabilities
+
+    def predict_meshes_from_features(
+        self,
+        decoder: list[torch.Tensor],
+        open_surface: bool = False,
+        organ: int | None = None,
+        probabilities: torch.Tensor | None = None,
+    ) -> list[Mesh]:
+        """As :meth:`predict_meshes`, from the U-Net's ``decoder`` features of the crop (coarsest first, each
+        ``(B, C_l, d / f, h / f, w / f)``; ``segment`` reads them from its pass over the whole scan:
+        :mod:`imagetomesh.scan_features`) instead of an image. A surface-start decoder needs ``probabilities (B, C,
+        d, h, w)``; a model that is not :attr:`decodes_unet_features` raises ``ValueError``."""
+        self._check_open_surface(open_surface)
+        if not self.decodes_unet_features:
+            raise ValueError("this Voxel2Mesh reads more than its U-Net's decoder features: give it the image")
+        if probabilities is None and self.config.start == "unet_surface":
+            raise ValueError("a surface-start Voxel2Mesh meshed from features needs the localiser's probabilities")
+        if probabilities is not None and probabilities.shape[2:] != decoder[-1].shape[2:]:
+            raise ValueError(
+                f"probabilities must cover the crop {tuple(decoder[-1].shape[2:])}, got {tuple(probabilities.shape)}"
+            )
+        return last_stage_meshes(self._decoded(decoder, organ, probabilities, None))
 
     def predict_meshes(
         self,
