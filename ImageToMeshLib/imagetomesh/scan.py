@@ -190,8 +190,8 @@ def windowed_logits(
             decoder = out[1] if features is not None else []
             factors = [sizes[0] // level.shape[2] for level in decoder]
             if decoder and all(a % max(factors) == 0 for a in itertools.chain(*starts)):
-                levels = [
-                    torch.zeros((level.shape[1], *(n // f for n in shape)), dtype=torch.float32, device=level.device)
+                levels = [  # channels innermost, as the fast U-Net's own levels are
+                    torch.zeros((*(n // f for n in shape), level.shape[1]), device=level.device).permute(3, 0, 1, 2)
                     for level, f in zip(decoder, factors)
                 ]
                 level_counts = [

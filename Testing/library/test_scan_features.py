@@ -102,6 +102,7 @@ def test_the_windows_features_are_stitched_into_the_whole_images():
     assert len(features) == 3
     for got, level in zip(features, expected):
         assert got.dtype == torch.float32 and torch.allclose(got, level[0], atol=1e-6)
+        assert got.permute(1, 2, 3, 0).is_contiguous()  # channels innermost, as the fast U-Net's own levels
     one_pass = []
     windowed_logits(PoolingNet(), image, (32, 16, 16), features=one_pass)
     assert all(torch.equal(got, level[0]) for got, level in zip(one_pass, expected))
