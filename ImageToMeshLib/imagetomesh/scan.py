@@ -178,8 +178,7 @@ def windowed_logits(
         if features is not None:
             features.extend(level[0].float() for level in out[1])
         return out[0][0].float()
-    total = count = None
-    levels = level_counts = None
+    total = count = levels = None
     for corner in itertools.product(*starts):
         window = tuple(slice(a, a + n) for a, n in zip(corner, sizes))
         out = net(image[(slice(None), slice(None), *window)])
@@ -194,18 +193,14 @@ def windowed_logits(
                     torch.zeros((*(n // f for n in shape), level.shape[1]), device=level.device).permute(3, 0, 1, 2)
                     for level, f in zip(decoder, factors)
                 ]
-                level_counts = [
-                    torch.zeros(level.shape[1:], dtype=torch.float32, device=level.device) for level in levels
-                ]
         total[(slice(None), *window)] += logits
         count[window] += 1
         if levels is not None:
-            for level, level_count, part, f in zip(levels, level_counts, out[1], factors):
+            for level, part, f in zip(levels, out[1], factors):
                 cells = tuple(slice(a // f, (a + n) // f) for a, n in zip(corner, sizes))
                 level[(slice(None), *cells)] += part[0].float()
-                level_count[cells] += 1
-    if levels is not None:
-        features.extend(level / level_count for level, level_count in zip(levels, level_counts))
+    if levels is not None:  # windows on whole cells: every voxel of a cell counts the cell's windows
+        features.extend(level / count[::f, ::f, ::f] for level, f in zip(levels, factors))
     return total / count
 
 
