@@ -74,7 +74,7 @@ class ExactField(Segmenter):
 
     label = None
 
-    def _organ_decoder_mesh(self, image, mask, organ, transform, probabilities):
+    def _organ_decoder_mesh(self, image, mask, organ, transform, probabilities, features=None):
         net = self.decoder_module  # what the parent runs on each crop (an inference copy of the model)
         surface = labelmap_to_mesh(self.label.with_array((self.label.array == organ.label).astype(np.uint8)))
         points = sample_points_on_mesh(
@@ -102,7 +102,7 @@ class ExactField(Segmenter):
 
         net.query = exact_distance
         try:
-            mesh = super()._organ_decoder_mesh(image, mask, organ, transform, probabilities)
+            mesh = super()._organ_decoder_mesh(image, mask, organ, transform, probabilities, features)
         finally:
             del net.query
         if not calls:  # the network's field was meshed, not the exact one: the patch missed the decoder `segment` runs
