@@ -11,6 +11,7 @@ from imagetomesh.errors import InputError
 from imagetomesh.geometry.quality import check_mesh
 from imagetomesh.geometry.udf_meshing import (
     UDFMeshingConfig,
+    agree_with,
     evaluate_udf,
     field_directions,
     field_outward,
@@ -63,6 +64,22 @@ def test_normals_are_consistent_on_a_sphere():
     radial = np.einsum("ij,ij->i", n, p / R)
     assert np.all(np.abs(radial) > 0.95)
     assert np.all(radial > 0) or np.all(radial < 0)  # one sign everywhere
+
+
+def test_directions_orient_normals_as_the_tree_then_agreeing_does():
+    """Given directions, the normals equal the tree-oriented ones each flipped against its direction (the tree is
+    skipped only where the directions decide every sign; a zero direction keeps the tree's sign there)."""
+    g = np.random.default_rng(2)
+    p = g.normal(size=(1500, 3))
+    p = R * p / np.linalg.norm(p, axis=1, keepdims=True)
+    directions = p * np.where(g.random(1500) < 0.5, 1.0, 1.0e-3)[:, None] + 0.3 * g.normal(size=(1500, 3))
+    tree = oriented_normals(p, 12)
+    fast = oriented_normals(p, 12, directions=directions)
+    assert np.array_equal(fast, agree_with(tree, directions))
+    assert np.all(np.einsum("ij,ij->i", fast, directions) > 0)
+    directions[:10] = 0.0  # no direction there: those keep the sign the tree gives them
+    assert np.array_equal(oriented_normals(p, 12, directions=directions), agree_with(tree, directions))
+    assert np.array_equal(oriented_normals(p, 12, directions=directions)[:10], tree[:10])
 
 
 def test_closed_sphere_is_watertight_and_close():
@@ -241,8 +258,6 @@ def ring_outward(points: np.ndarray) -> np.ndarray:
 
 
 def test_agree_with_flips_normals_against_the_direction_only():
-    from imagetomesh.geometry.udf_meshing import agree_with
-
     normals = np.array([[0.0, 0, 1], [0, 0, 1], [1, 0, 0], [0, 1, 0]])
     directions = np.array([[0.0, 0, 2], [0, 0.1, -3], [0, 0, 0], [1, 0, 0]])
     assert np.array_equal(agree_with(normals, directions), [[0, 0, 1], [0, 0, -1], [1, 0, 0], [0, 1, 0]])

@@ -224,12 +224,19 @@ def poisson_disk_subsample(points: np.ndarray, count: int) -> np.ndarray:
 
 
 def oriented_normals(
-    points: np.ndarray, neighbours: int = 12, reference: np.ndarray | None = None, radius: float | None = None
+    points: np.ndarray,
+    neighbours: int = 12,
+    reference: np.ndarray | None = None,
+    radius: float | None = None,
+    directions: np.ndarray | None = None,
 ) -> np.ndarray:
     """Unit normals ``(N, 3)`` of ``points (N, 3)``: least-spread direction of the ``neighbours``
     nearest ``reference`` points (default: ``points``) -- or, given ``radius``, of the reference points
     within that distance (at least the ``neighbours`` nearest) --, made consistent along a minimum
-    spanning tree of the ``neighbours``-nearest graph of ``points`` (one arbitrary sign per connected part).
+    spanning tree of the ``neighbours``-nearest graph of ``points`` (one arbitrary sign per connected part),
+    then, given ``directions (N, 3)``, each flipped where it points against its direction (:func:`agree_with`).
+    Where no direction is zero or perpendicular to its normal they decide every sign, and the tree is not grown
+    (NUDF's localiser guide: about 0.1 s of a CT scan's seven organs on one thread).
 
     A radius matters where the reference cloud is dense across the thickness of the band it was
     projected into: there the nearest points lie as much across the surface as along it."""
@@ -249,6 +256,8 @@ def oriented_normals(
         covariance = _ball_covariance(points, reference, tree.query_ball_point(points, radius), idx)
     _, vectors = np.linalg.eigh(covariance)
     normals = vectors[:, :, 0]
+    if directions is not None and np.all(np.einsum("ij,ij->i", normals, directions) != 0):
+        return agree_with(normals, directions)
 
     k_graph = min(neighbours, len(points))
     dist, nbr = cKDTree(points).query(points, k=k_graph)
@@ -268,7 +277,7 @@ def oriented_normals(
         for node in order[1:]:
             if normals[node] @ normals[parents[node]] < 0:
                 normals[node] = -normals[node]
-    return normals
+    return normals if directions is None else agree_with(normals, directions)
 
 
 def field_outward(udf: UDF, lo, hi, voxel: float, config: UDFMeshingConfig) -> Direction | None:
@@ -485,12 +494,10 @@ def mesh_udf(
     dense = dense_surface_points(udf, lo, hi, voxel, config, inside).cpu().numpy().astype(np.float64)
     samples = poisson_disk_subsample(dense, config.poisson_points)
     radius = None if config.normal_radius_voxels is None else config.normal_radius_voxels * voxel
-    normals = oriented_normals(samples, config.normal_neighbours, reference=dense, radius=radius)
     directions = None if outward is None else outward(samples)
     if directions is None and not open_surface and config.field_grid_voxels is not None:
         directions = field_directions(udf, lo, hi, voxel, config, samples)
-    if directions is not None:
-        normals = agree_with(normals, directions)
+    normals = oriented_normals(samples, config.normal_neighbours, reference=dense, radius=radius, directions=directions)
     poisson = screened_poisson(samples, normals, poisson_depth(samples, voxel, config), config.poisson_full_depth)
     if not (open_surface or config.trim_closed):
         return closed_largest_component(poisson, config.closed_hole_edges)
