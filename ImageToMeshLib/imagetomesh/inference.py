@@ -31,6 +31,7 @@ from imagetomesh.scan import (
     mean_probabilities,
     organ_masks,
     scan_grid,
+    within_slices,
 )
 from imagetomesh.scan_features import ScanFeatures, constant_image_features
 from imagetomesh.threads import side_by_side
@@ -326,7 +327,8 @@ class Segmenter:
         over the whole scan, which saw the organ's surroundings (the U-Net run on the crop alone loses them:
         validation mean Dice 0.685 against 0.677 for NUDF, 0.743 against 0.739 for Voxel2Mesh). With the U-Net's
         ``features`` over the scan (:attr:`reads_scan_features`), the decoders read the crop's from them instead of
-        running the U-Net on the crop."""
+        running the U-Net on the crop. A model whose config has ``extent_margin_slices`` (Voxel2Mesh) keeps the mesh
+        within that many slices of ``mask``'s along the scan grid's slice axis (:func:`~imagetomesh.scan.within_slices`)."""
         net = self.decoder_module
         crop = tuple(net.config.organ_crops[organ.index - 1])
         start = densest_crop_start(mask, crop)
@@ -347,6 +349,9 @@ class Segmenter:
                 window[None, None].to(self.model.device), open_surface=self.open_surface, organ=organ.index, **extra
             )[0]
         verts = crop_to_scan_grid(grid_mesh.vertices, start, crop, tuple(image.shape))
+        margin = getattr(net.config, "extent_margin_slices", None)
+        if margin is not None:
+            verts = within_slices(verts, mask, margin)
         return self._finish(Mesh(verts.astype(np.float32), grid_mesh.faces).transformed(transform.grid_to_lps))
 
     def _check_layout(self, masks: dict[str, np.ndarray | None], transform: GridTransform) -> None:

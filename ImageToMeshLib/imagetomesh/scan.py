@@ -401,3 +401,19 @@ def crop_to_scan_grid(
     ``start`` ``(k, j, i)`` of the scan grid of ``scan_shape`` -> ``(N, 3)`` grid coordinates of the scan grid."""
     index = grid_to_index(np.asarray(points, dtype=np.float64), tuple(crop_shape)[::-1]) + np.asarray(start[::-1])
     return index_to_grid(index, tuple(scan_shape)[::-1])
+
+
+def within_slices(points: np.ndarray, mask: np.ndarray, margin: float) -> np.ndarray:
+    """``points (N, 3)``, grid coordinates (x, y, z) of the scan grid of the non-empty ``mask (D, H, W)``, with each
+    point that lies more than ``margin`` slices beyond the first or the last slice holding the mask's voxels (along
+    the slice axis, z: a scan grid's body axis) moved along that axis onto that plane; the rest unchanged."""
+    size = tuple(mask.shape)[::-1]
+    slices = np.flatnonzero(np.asarray(mask).any((1, 2)))
+    index = grid_to_index(np.asarray(points, dtype=np.float64), size)
+    low, high = slices[0] - margin, slices[-1] + margin
+    beyond = (index[:, 2] < low) | (index[:, 2] > high)
+    out = np.array(points, copy=True)
+    if beyond.any():
+        index[:, 2] = np.clip(index[:, 2], low, high)
+        out[beyond, 2] = index_to_grid(index[beyond], size)[:, 2]  # each axis maps on its own: x and y untouched
+    return out

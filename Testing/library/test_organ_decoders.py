@@ -27,6 +27,7 @@ from imagetomesh.scan import (
     crop_to_scan_grid,
     densest_crop_start,
     window_plan,
+    within_slices,
 )
 from imagetomesh.training.augment import AugmentConfig
 from imagetomesh.training.configs import HEADNECK_CT_GRID, HEADNECK_CT_TEMPLATE_MM, image_configs
@@ -116,6 +117,27 @@ def test_crop_grid_coordinates_map_to_the_scan_voxels_they_came_from():
     assert np.allclose(grid_to_index(crop_to_scan_grid(points, start, crop, scan), scan[::-1]) - start[::-1], index)
 
 
+@pytest.mark.parametrize("margin", [0.0, 1.0, 2.5])
+def test_points_beyond_a_masks_slices_move_onto_the_planes_at_the_margin(margin):
+    """Each point more than ``margin`` slices beyond the mask's first or last slice moves along the slice axis (z)
+    onto that plane; x, y and every other point stay as they were, bit for bit (a point at a time: the reference)."""
+    rng = np.random.default_rng(1)
+    mask = np.zeros((20, 6, 7), bool)
+    mask[5, 2, 3] = mask[9, 1, 1] = mask[12, 4, 5] = True  # slices 5..12
+    size = mask.shape[::-1]
+    points = index_to_grid(rng.uniform(-3.0, 22.0, (300, 3)) * [0.3, 0.3, 1.0], size)
+    moved = within_slices(points, mask, margin)
+    for point, got in zip(points, moved):
+        k = grid_to_index(point[None], size)[0, 2]
+        if 5 - margin <= k <= 12 + margin:
+            assert np.array_equal(got, point)
+        else:
+            plane = 5 - margin if k < 5 - margin else 12 + margin
+            assert np.array_equal(got[:2], point[:2])
+            assert np.isclose(grid_to_index(got[None], size)[0, 2], plane)
+    assert (moved != points).any(axis=1).sum() > 50  # both ends were crossed
+
+
 def _organ_config(**change) -> Voxel2MeshConfig:
     fields = {
         "unet": UNET,
@@ -142,6 +164,10 @@ def test_organ_decoder_configs_are_checked():
     with pytest.raises(ValueError, match="organ_arcs must give, per organ"):
         _organ_config(organ_arcs=[None, [190.0, 0.3, 0.8]])
     assert _organ_config(organ_arcs=[None, [95.0, 0.3, 0.8]]).organ_arcs[1] == [95.0, 0.3, 0.8]
+    with pytest.raises(ValueError, match="extent_margin_slices"):
+        _organ_config(extent_margin_slices=-1.0)
+    with pytest.raises(ValueError, match="extent_margin_slices"):
+        Voxel2MeshConfig(unet=UNET, stages=2, extent_margin_slices=1.0)  # one object: no localiser's voxels
 
 
 def test_a_horseshoe_template_is_the_sphere_swept_along_its_arc():
@@ -618,6 +644,39 @@ def test_segment_starts_surface_decoders_from_the_whole_scan_probabilities(surfa
     assert all(m is not None for m in meshes.values()) and set(given) == {1, 2}
     for organ, expected in whole_scan_crops(segmenter, volume).items():
         assert torch.allclose(given[organ][0], expected)
+
+
+def test_segment_keeps_each_organs_mesh_within_the_margin_of_its_localisers_slices(surface_decoder_model):
+    """With ``extent_margin_slices`` m, every vertex of an organ's mesh lies within m slices of the first and last
+    scan-grid slices that hold the localiser's voxels of the organ; without it the surfaces reach past them (a
+    marching-cubes start ends about half a voxel beyond the last voxel's centre)."""
+    from synthetic_ct import whole_scan_volume
+
+    from imagetomesh.inference import Segmenter
+    from imagetomesh.scan import organ_masks
+    from imagetomesh.zoo import load_model
+
+    folder, _, _ = surface_decoder_model
+    segmenter = Segmenter(load_model(folder, "cpu"))
+    volume = whole_scan_volume()
+    _, transform, probabilities = segmenter.scan_probabilities(volume)
+    masks = organ_masks(probabilities, segmenter.organs)
+    lps_to_index = np.linalg.inv(transform.grid_to_lps)
+
+    def slices_beyond(meshes, margin):
+        beyond = {}
+        for name, mesh in meshes.items():
+            grid = mesh.vertices @ lps_to_index[:3, :3].T + lps_to_index[:3, 3]
+            k = grid_to_index(grid, transform.shape[::-1])[:, 2]
+            slices = np.flatnonzero(masks[name].any((1, 2)))
+            beyond[name] = max(slices[0] - margin - k.min(), k.max() - slices[-1] - margin)
+        return beyond
+
+    plain = slices_beyond(segmenter.segment_organs(volume), 0.0)
+    assert max(plain.values()) > 0.2, plain
+    segmenter.decoder_module.config.extent_margin_slices = 0.0
+    kept = slices_beyond(segmenter.segment_organs(volume), 0.0)
+    assert max(kept.values()) < 0.02, kept  # the finished mesh (untangled) within rounding of the planes
 
 
 def test_segment_reads_the_decoders_features_from_the_unets_pass_over_the_scan(surface_decoder_model):

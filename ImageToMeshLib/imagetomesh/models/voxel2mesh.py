@@ -97,6 +97,13 @@ class Voxel2MeshConfig:
     single value) is moved ``surface_offsets[k - 1]`` voxels of its grid along its outward vertex normals at
     inference, after ``move_scales`` (:meth:`~imagetomesh.models.mesh_state.DecoderMesh.grown`; negative: inward).
     None: not moved. Training never reads it.
+
+    ``extent_margin_slices`` (several organs; set in the card, chosen on validation): ``segment`` keeps each organ's
+    mesh within this many slices of the first and last slices that hold the localiser's voxels of the organ along the
+    scan grid's slice (body) axis, moving the vertices beyond onto those planes
+    (:func:`~imagetomesh.scan.within_slices`; NUDF's meshing region has the same margin along that axis). Where
+    planners end a tube, a decoder that carried its end further lost it (the oesophagus). None: not kept. Training
+    never reads it.
     """
 
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -118,6 +125,7 @@ class Voxel2MeshConfig:
     context_margin: int = 0
     move_scales: Optional[list[float]] = field(default=None, metadata=INFERENCE_ONLY)
     surface_offsets: Optional[list[float]] = field(default=None, metadata=INFERENCE_ONLY)
+    extent_margin_slices: Optional[float] = field(default=None, metadata=INFERENCE_ONLY)
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
@@ -172,6 +180,11 @@ class Voxel2MeshConfig:
             raise ValueError(
                 f"context_margin must be 0 or, for a model with organ_crops, a positive multiple of {factor} "
                 f"(the U-Net's poolings), got {self.context_margin}"
+            )
+        if self.extent_margin_slices is not None and (not self.organs or not self.extent_margin_slices >= 0):
+            raise ValueError(
+                "extent_margin_slices keeps each organ's mesh near its localiser's voxels: give a number of slices "
+                f">= 0 for a model with organ_templates, got {self.extent_margin_slices}"
             )
 
     def per_stage(self, levels: list) -> list:
