@@ -328,7 +328,8 @@ class Segmenter:
         validation mean Dice 0.685 against 0.677 for NUDF, 0.743 against 0.739 for Voxel2Mesh). With the U-Net's
         ``features`` over the scan (:attr:`reads_scan_features`), the decoders read the crop's from them instead of
         running the U-Net on the crop. A model whose config has ``extent_margin_slices`` (Voxel2Mesh) keeps the mesh
-        within that many slices of ``mask``'s along the scan grid's slice axis (:func:`~imagetomesh.scan.within_slices`)."""
+        within that many slices of ``mask``'s first and last slices along the scan grid's slice axis
+        (:func:`~imagetomesh.scan.within_slices`)."""
         net = self.decoder_module
         crop = tuple(net.config.organ_crops[organ.index - 1])
         start = densest_crop_start(mask, crop)
