@@ -350,9 +350,9 @@ class Segmenter:
                 window[None, None].to(self.model.device), open_surface=self.open_surface, organ=organ.index, **extra
             )[0]
         verts = crop_to_scan_grid(grid_mesh.vertices, start, crop, tuple(image.shape))
-        margin = getattr(net.config, "extent_margin_slices", None)
-        if margin is not None:
-            verts = within_slices(verts, mask, margin)
+        extent_margin = getattr(net.config, "extent_margin_slices", None)
+        if extent_margin is not None:
+            verts = within_slices(verts, mask, extent_margin)
         return self._finish(Mesh(verts.astype(np.float32), grid_mesh.faces).transformed(transform.grid_to_lps))
 
     def _check_layout(self, masks: dict[str, np.ndarray | None], transform: GridTransform) -> None:
