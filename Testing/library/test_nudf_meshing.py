@@ -196,6 +196,36 @@ def test_voxel_guide_region_with_a_slice_margin_is_the_ellipsoid_around_each_vox
         VoxelGuide(voxels, scale).region(margin, 0.0)
 
 
+def test_voxel_guide_surface_area_counts_every_face_a_true_voxel_shows():
+    from imagetomesh.models.nudf import VoxelGuide
+
+    g = torch.Generator().manual_seed(2)
+    shape = (6, 7, 5)
+    voxels = torch.rand(shape, generator=g) < 0.4
+    voxels[0, 3, 2] = voxels[5, 6, 4] = True  # on the grid's edge: those faces count too
+    # slow: each True voxel's six neighbours, a face wherever the neighbour is False or beyond the grid
+    expected = 0
+    for k, j, i in torch.nonzero(voxels).tolist():
+        for dk, dj, di in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)):
+            n = (k + dk, j + dj, i + di)
+            inside = all(0 <= c < size for c, size in zip(n, shape))
+            expected += not (inside and bool(voxels[n]))
+    assert VoxelGuide(voxels, torch.ones(3)).surface_area() == expected
+    cube = torch.zeros(5, 5, 5, dtype=torch.bool)
+    cube[1:4, 1:4, 1:4] = True
+    assert VoxelGuide(cube, torch.ones(3)).surface_area() == 6 * 9
+
+
+def test_point_counts_grow_with_the_surface_beyond_the_reference_area():
+    config = UDFMeshingConfig(initial_points=1500, dense_points=3000, poisson_points=2500, reference_area_voxels=600.0)
+    assert config.for_area(600.0) is config and config.for_area(100.0) is config
+    larger = config.for_area(1500.0)  # 2.5 times the reference: as densely spread, 2.5 times the points
+    assert (larger.initial_points, larger.dense_points, larger.poisson_points) == (3750, 7500, 6250)
+    assert replace(larger, initial_points=1500, dense_points=3000, poisson_points=2500) == config  # nothing else
+    unreferenced = replace(config, reference_area_voxels=None)
+    assert unreferenced.for_area(1e6) is unreferenced
+
+
 def test_radius_normals_see_through_a_dense_thick_band():
     # 20,000 points within +-0.02 of a sphere of radius R: their 12 nearest neighbours span the band's
     # thickness as much as the surface, the points within 0.1 span the surface

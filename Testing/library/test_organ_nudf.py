@@ -457,3 +457,41 @@ def test_segment_moves_each_organs_surface_by_its_offset(organ_nudf_model):
         shift = point_to_mesh_distance(after.vertices, before)  # a parallel surface |offset| voxels away
         assert np.median(shift) == pytest.approx(abs(offset) * voxel_mm[0], rel=0.1), organ
         assert (after.signed_volume() > before.signed_volume()) == (offset > 0), organ
+
+
+def test_segment_gives_each_organ_points_for_the_surface_its_localiser_voxels_show(organ_nudf_model, monkeypatch):
+    from synthetic_ct import ct_case
+
+    import imagetomesh.geometry.udf_meshing as udf_meshing
+    from imagetomesh.core.volume import Volume
+    from imagetomesh.inference import Segmenter
+    from imagetomesh.models.nudf import VoxelGuide
+    from imagetomesh.zoo import load_model
+
+    folder, _, _ = organ_nudf_model
+    loaded = load_model(folder, "cpu")
+    loaded.module.config.meshing["reference_area_voxels"] = 20.0  # below both organs' areas: every count grows
+    base = udf_meshing.UDFMeshingConfig(**loaded.module.config.meshing)
+    areas, configs = [], []
+    area_of, mesh_udf = VoxelGuide.surface_area, udf_meshing.mesh_udf
+    monkeypatch.setattr(VoxelGuide, "surface_area", lambda guide: areas.append(area_of(guide)) or areas[-1])
+    monkeypatch.setattr(udf_meshing, "mesh_udf", lambda *a, **kw: configs.append(a[4]) or mesh_udf(*a, **kw))
+    image, _ = ct_case(shape=(32, 24, 40), seed=9)
+    Segmenter(loaded).segment_organs(Volume(image, (4.0, 4.0, 4.0), direction=np.diag([-1.0, -1.0, 1.0])))
+    assert len(configs) == len(areas) == len(ORGAN_CENTRES) and min(areas) > 20
+    for area, config in zip(areas, configs):
+        assert config == base.for_area(area)
+        assert config.dense_points == round(base.dense_points * area / 20.0)
+
+
+def test_a_new_ct_field_is_meshed_as_the_bundled_one():
+    """The meshing a head-and-neck NUDF training run writes into its card is the bundled card's, every choice made
+    on validation since included (a rerun of the training command must not mesh with older settings)."""
+    import json
+    from pathlib import Path
+
+    from imagetomesh.training.tasks.nudf import HEADNECK_CT_MESHING
+
+    repo = Path(__file__).resolve().parents[2]
+    card = json.loads((repo / "Resources" / "Models" / "nudf-headneck-ct" / "card.json").read_text())
+    assert card["config"]["meshing"] == HEADNECK_CT_MESHING

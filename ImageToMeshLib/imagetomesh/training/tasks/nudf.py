@@ -206,14 +206,16 @@ def nudf_configs() -> dict[str, NUDFTrainConfig]:
     }
 
 
-#: NUDF meshing of head-and-neck organ crops (:class:`~imagetomesh.geometry.udf_meshing.UDFMeshingConfig` fields),
-#: chosen on validation scans: the surface within 3 voxels of the localiser's voxels of the organ (1 slice along the
-#: body axis: the localiser learned where planners end an organ, the field did not; oesophagus Dice 0.585 -> 0.595,
-#: HD95 median 14.5 -> 10.2 mm, both halves of the validation scans alike), normals from
-#: the points within 1.5 voxels, projected points kept within 1 voxel of the surface, point counts that mesh
-#: a whole scan in about 10 s at the Dice of counts 3-5 times larger, and screened Poisson cells of at most one voxel
-#: (the spinal cord's 120-voxel crop needs depth 7-8: validation cord Dice 0.776 -> 0.786; the other organs stay at 6)
-#: in an octree complete only to depth 3 (pymeshlab's 5 took half the reconstruction time; validation Dice within 0.004).
+#: NUDF meshing of head-and-neck organ crops (:class:`~imagetomesh.geometry.udf_meshing.UDFMeshingConfig` fields), as
+#: the bundled ``nudf-headneck-ct`` card has it, each chosen on the validation scans (docs/headneck-ct-experiments.md):
+#: the surface within 3 voxels of the localiser's voxels of the organ (1 slice along the body axis: the localiser
+#: learned where planners end an organ, the field did not; oesophagus Dice 0.585 -> 0.595, HD95 median 14.5 -> 10.2
+#: mm); normals from the points within 1.5 voxels; projected points kept within 1 voxel of the surface after one
+#: projection step; point counts that mesh a whole scan in about 10 s at the Dice of counts 3-5 times larger, grown in
+#: proportion for a surface larger than 600 square voxels (the mandible's, 3-5 times the others': Dice 0.839 -> 0.850,
+#: session 55); screened Poisson at least 5 deep with cells of at most one voxel (the spinal cord's 120-voxel crop
+#: needs depth 7-8: cord Dice 0.776 -> 0.786) in an octree complete only to depth 3 (pymeshlab's 5 took half the
+#: reconstruction time); every trimmed piece of at least a fifth of the largest's triangles kept.
 HEADNECK_CT_MESHING = {
     "region_margin_voxels": 3.0,
     "region_margin_slices": 1.0,
@@ -222,9 +224,12 @@ HEADNECK_CT_MESHING = {
     "initial_points": 1500,
     "dense_points": 3000,
     "poisson_points": 2500,
-    "iterations": 2,
+    "iterations": 1,
     "poisson_cell_voxels": 1.0,
     "poisson_full_depth": 3,
+    "min_piece_fraction": 0.2,
+    "poisson_depth": 5,
+    "reference_area_voxels": 600.0,
 }
 
 
