@@ -7,11 +7,11 @@
 #       machine) and .gpu/split-no-test.json (the split with its test list emptied). .gpu/ is git-ignored: carry it.
 #
 #   CONFIG=headneck-ct-gpu-wide-regularised SEED=3 LIMIT_MIN=7.5 [INIT=.gpu/init] bash tools/gpu_lease.sh train
-#       there: first Testing/benchmarks/ct_unet_step.py --device cuda ($OUT/step_bench.log), then
+#       there: first Testing/benchmarks/ct_unet_step.py on CONFIG's step, then
 #       `imagetomesh train unet --config $CONFIG` with its one-cycle schedule fitted to LIMIT_MIN minutes at its
 #       first validation (--fit-steps-to-time), from INIT (a model folder carried in .gpu/) when given. The run
 #       folder is $OUT/run, so whatever it wrote comes back even if the call is cut; the resumable checkpoint is
-#       removed at the end (the best and final models stay). Logs: $OUT/train.log, $OUT/gpu_util.log.
+#       removed at the end (the best and final models stay). Log: $OUT/lease.log.
 #
 #   bash tools/gpu_lease.sh slim    (here, before the lease's first call)
 #   bash tools/gpu_lease.sh back    (here, after its last)
@@ -85,24 +85,28 @@ train)
     : "${CONFIG:?set CONFIG to a unet config (e.g. headneck-ct-gpu-wide-regularised)}"
     : "${OUT:?run this on the lent machine, where \$OUT is the folder that comes back}"
     export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+    device=${DEVICE:-cuda} # DEVICE=cpu: a dry run on a machine without a GPU (nvidia-smi there or a stand-in)
     start=$(date +%s)
     stamp() { while IFS= read -r line; do echo "$(($(date +%s) - start)) $line"; done; }
-    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+    # what comes back is at most 8 files: the run folder's best/ and final/ (model and card each), config.json and
+    # log.jsonl, and one log of the lease ($OUT/lease.log: the step benchmark, the GPU's use every 20 s, training)
+    log=$OUT/lease.log
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$log"
     run=$OUT/run
     mkdir -p "$run" && cp .gpu/split-no-test.json "$run/split.json"
     (while sleep 20; do
-        echo "$(($(date +%s) - start)) s $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)" \
+        echo "$(($(date +%s) - start)) s gpu $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)" \
             "load $(cut -d' ' -f1 /proc/loadavg)"
-    done) >"$OUT/gpu_util.log" 2>&1 &
+    done) >>"$log" 2>&1 &
     monitor=$!
-    python3 tools/train_from_arrays.py script Testing/benchmarks/ct_unet_step.py -- --device cuda 2>&1 | tail -8 >"$OUT/step_bench.log" || true
+    trap 'kill "$monitor" 2>/dev/null || true' EXIT
+    python3 tools/train_from_arrays.py script Testing/benchmarks/ct_unet_step.py -- --config "$CONFIG" --device "$device" 2>&1 | tail -8 >>"$log" || true
     python3 tools/train_from_arrays.py train -- unet --config "$CONFIG" --data .gpu/openkbp-ct --out "$run" \
-        --device cuda --seed "${SEED:-0}" --time-limit "${LIMIT_MIN:-7.5}" --fit-steps-to-time \
-        ${INIT:+--init-from "$INIT"} 2>&1 | stamp >"$OUT/train.log"
+        --device "$device" --seed "${SEED:-0}" --time-limit "${LIMIT_MIN:-7.5}" --fit-steps-to-time \
+        ${INIT:+--init-from "$INIT"} 2>&1 | stamp >>"$log"
     echo "train done at $(($(date +%s) - start)) s"
-    tail -4 "$OUT/train.log" | cut -c1-400
-    kill "$monitor" 2>/dev/null || true
-    rm -f "$run/checkpoint.pt"
+    grep -v " gpu " "$log" | tail -4 | cut -c1-400
+    rm -f "$run/checkpoint.pt" "$run/split.json" # the checkpoint is over a returned file's 16 MiB; the split is .gpu's
     ls -la "$run"
     ;;
 *)
