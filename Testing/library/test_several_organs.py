@@ -680,6 +680,12 @@ def test_segment_writes_one_mesh_per_organ(organ_model, tmp_path, capsys):
     again.mkdir()
     assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(again), "--organs", "brighter"]) == 0
     assert [p.name for p in again.iterdir()] == ["scan_007_brighter.stl"]
+    # one organ of one image may go to a mesh file of its own name and format
+    single = tmp_path / "single" / "brighter.vtk"
+    single.parent.mkdir()
+    assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(single), "--organs", "brighter"]) == 0
+    assert [p.name for p in single.parent.iterdir()] == ["brighter.vtk"]
+    assert np.allclose(read_mesh(single).vertices, read_mesh(again / "scan_007_brighter.stl").vertices, atol=1e-4)
 
 
 def test_segment_reports_an_organ_it_cannot_find(organ_model, tmp_path, capsys):
@@ -703,6 +709,13 @@ def test_segment_with_a_several_organ_model_needs_a_folder_and_known_organs(orga
     write_image(Volume(image, (4.0, 4.0, 4.0)), path)
     assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(tmp_path / "x.stl")]) == 2
     assert "one mesh per organ, so -o must be an existing folder" in capsys.readouterr().err
+    both = ["--organs", "bright,brighter"]  # a file holds one organ's mesh; nor is a file without a mesh format one
+    assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(tmp_path / "x.stl"), *both]) == 2
+    assert (
+        cli.main(["segment", str(path), "--model", str(folder), "-o", str(tmp_path / "x.nii"), "--organs", "bright"])
+        == 2
+    )
+    assert "for one image and one organ chosen with --organs, -o may name the mesh file" in capsys.readouterr().err
     assert cli.main(["segment", str(path), "--model", str(folder), "-o", str(tmp_path), "--organs", "liver"]) == 2
     assert "has no organ liver" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz"]

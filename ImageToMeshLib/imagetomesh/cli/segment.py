@@ -79,14 +79,19 @@ def _predict_batch(segmenter, batch: list) -> list:
 
 
 def _organ_targets(images: list[Path], output: Path, organs, model: str) -> dict[Path, dict[str, Path]]:
-    """``{image: {organ name: output path}}`` (``<image name>_<organ>.stl`` in the folder ``output``),
-    every one checked before any work starts."""
+    """``{image: {organ name: output path}}`` (``<image name>_<organ>.stl`` in the folder ``output``; for one
+    image and one organ, ``output`` itself where it is a mesh file's name), every one checked before any work
+    starts."""
+    from imagetomesh.io.atomic import check_output_path, format_suffix
     from imagetomesh.io.images import image_stem
+    from imagetomesh.io.meshes import MESH_SUFFIXES
 
+    if len(images) == 1 and len(organs) == 1 and not output.is_dir() and format_suffix(output) in MESH_SUFFIXES:
+        return {images[0]: {organs[0].name: check_output_path(output)}}
     if not output.is_dir():
         raise InputError(
             f"model {model} writes one mesh per organ, so -o must be an existing folder; {output} is not "
-            "(create it first)"
+            "(create it first; for one image and one organ chosen with --organs, -o may name the mesh file)"
         )
     targets = {p: {o.name: output / f"{image_stem(p)}_{o.name}.stl" for o in organs} for p in images}
     _checked_distinct([t for per_image in targets.values() for t in per_image.values()])
@@ -214,7 +219,11 @@ def register(sub) -> None:
         help="NIfTI, NRRD or MHA/MHD file, folder of a DICOM series (or of an export holding one), or a zip archive of it",
     )
     p.add_argument("--model", required=True, help="bundled model name (see 'imagetomesh models') or model folder")
-    add_output(p, "mesh file (one image) or existing folder (several images)")
+    add_output(
+        p,
+        "mesh file (one image; with a several-organ model, one organ chosen with --organs) or existing folder "
+        "(several images, or several organs: <image>_<organ>.stl each)",
+    )
     p.add_argument("--device", default="auto", choices=DEVICES)
     add_threads(p, "the cores idle at the start, at most 2 for the mesh-decoder models and 4 for U-Net and NUDF")
     p.add_argument(
