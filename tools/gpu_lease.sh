@@ -6,13 +6,6 @@
 #       Resources/Splits/openkbp-ct.json as arrays, tools/train_from_arrays.py; the test split never leaves this
 #       machine) and .gpu/split-no-test.json (the split with its test list emptied). .gpu/ is git-ignored: carry it.
 #
-#   CONFIG=headneck-ct-gpu-wide-regularised SEED=3 LIMIT_MIN=7.5 [INIT=.gpu/init] bash tools/gpu_lease.sh train
-#       there: first Testing/benchmarks/ct_unet_step.py on CONFIG's step, then
-#       `imagetomesh train unet --config $CONFIG` with its one-cycle schedule fitted to LIMIT_MIN minutes at its
-#       first validation (--fit-steps-to-time), from INIT (a model folder carried in .gpu/) when given. The run
-#       folder is $OUT/run, so whatever it wrote comes back even if the call is cut; the resumable checkpoint is
-#       removed at the end (the best and final models stay). Log: $OUT/lease.log.
-#
 #   bash tools/gpu_lease.sh slim    (here, before the lease's first call)
 #   bash tools/gpu_lease.sh back    (here, after its last)
 #       A device call takes the checkout's tracked files and the carried paths, 64 MiB in all. main's tracked files
@@ -20,6 +13,13 @@
 #       branch `gpu-lease` whose one commit, on top of HEAD, holds LEASE_PATHS alone (what `train` reads), after
 #       checking that it and .gpu/ fit; `back` returns to the branch `slim` left. The ignored .venv/, runs/ and .gpu/
 #       stay as they are; main is not changed.
+#
+#   CONFIG=headneck-ct-gpu-wide-regularised SEED=3 LIMIT_MIN=7.5 [INIT=.gpu/init] bash tools/gpu_lease.sh train
+#       there (run on gpu-lease, .gpu carried): first Testing/benchmarks/ct_unet_step.py on CONFIG's step, then
+#       `imagetomesh train unet --config $CONFIG` with its one-cycle schedule fitted to LIMIT_MIN minutes at its
+#       first validation (--fit-steps-to-time), from INIT (a model folder carried in .gpu/) when given. The run
+#       folder is $OUT/run, so whatever it wrote comes back even if the call is cut; the resumable checkpoint is
+#       removed at the end (the best and final models stay). Log: $OUT/lease.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
