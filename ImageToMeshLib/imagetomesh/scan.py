@@ -358,13 +358,10 @@ def densest_crop_start(mask: np.ndarray, shape: tuple[int, int, int]) -> tuple[i
     organ found in scattered pieces (a validation scan's oesophagus: four pieces over 106 slices) then gets the crop
     around most of it, not one centred between the pieces that may hold none of them."""
     mask = np.asarray(mask, dtype=bool)
+    centred = np.array(crop_start(box_centre(mask), shape))
     nonzero = np.nonzero(mask)
-    if len(nonzero[0]) == 0:
-        raise ValueError("densest_crop_start of an empty mask")
     lo = np.array([int(a.min()) for a in nonzero])
-    last = np.array([int(a.max()) for a in nonzero])
-    centred = np.array(crop_start((lo + last) / 2.0, shape))  # box_centre(mask), from the box already found
-    hi = last + 1
+    hi = np.array([int(a.max()) + 1 for a in nonzero])
     size = np.asarray(shape)
     if np.all(lo >= centred) and np.all(hi <= centred + size):  # the centred crop holds every voxel: no count needed
         return tuple(int(v) for v in centred)
