@@ -335,3 +335,26 @@ def test_init_from_model_widens_the_first_convolution_for_new_input_windows(tmp_
         init_from_model(build_model("unet", {"unet": unet}), "unet", tmp_path / "windowed")
     with pytest.raises(InputError, match="another architecture"):
         init_from_model(build_model("unet", {"unet": dict(windowed_unet, base=8)}), "unet", tmp_path / "plain")
+
+
+def test_the_config_help_of_each_kind_names_only_its_configs_and_those_of_the_bundled_models():
+    """``imagetomesh train KIND --help`` names configs by example: each must exist, and the one each bundled model's
+    card says it was trained with must be among them (a help written once went stale as configs were added)."""
+    import json
+    import re
+
+    from imagetomesh.kinds import KINDS
+
+    repo = Path(__file__).resolve().parents[2]
+    named = {}
+    for kind, entry in KINDS.items():
+        known = entry.training.load().configs(kind)
+        words = set(re.findall(r"(?<![-\w])(?:cpu|gpu|headneck-ct|ps|hs|lns)(?:-[a-z0-9]+)*\b", entry.training.configs))
+        assert words, kind
+        assert words <= set(known), (kind, words - set(known))
+        named[kind] = words
+    for card_path in sorted((repo / "Resources" / "Models").glob("*/card.json")):
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        config = re.search(r"--config (\S+)", card.get("training", {}).get("command", ""))
+        if config is not None and card["kind"] in named:
+            assert config.group(1) in named[card["kind"]], (card_path.parent.name, config.group(1))
