@@ -80,7 +80,9 @@ def register(sub) -> None:
         p.add_argument(
             "--out", required=True, type=path_arg, help="run folder: split, config, log, checkpoints, models"
         )
-        p.add_argument("--config", default=entry.default_config, help=entry.configs)
+        p.add_argument(
+            "--config", default=entry.default_config, help=f"{entry.configs}; an unknown name lists every one"
+        )
         p.add_argument("--device", default="cpu", choices=DEVICES)
         p.add_argument("--seed", type=seed("--seed"), default=0)
         p.add_argument(
