@@ -8,12 +8,12 @@ Usage:
 own and its ``ensemble``'s, equal weights). Here each member (a bundled name or a model folder: a run's ``best/``
 or ``final/``) runs once over each scan of the split (the scan grid ``segment`` builds, every member over the whole
 grid, bf16 where ``segment`` uses it), and for each weighting (one weight per member, normalised to sum 1) the
-weighted mean is meshed and scored as ``headneck_ct_report.py`` scores U-Net + MC: the mesh rasterised on the label
-grid, each organ where it was contoured. The meshing is ``unet-headneck-ct``'s (its card's smoothing and organs);
+weighted mean is meshed and scored by ``headneck_ct_report.py``'s own ``evaluate_case`` (its Dice: the mesh rasterised on the
+label grid, each organ where it was contoured). The meshing is ``unet-headneck-ct``'s (its card's smoothing and organs);
 every member must find the same organs on the same grid.
 
 Why: to tell whether a weighting or an added member raises the ensemble before a card is changed, in one pass over
-the scans (about 2 s a scan and weighting on one thread). Tune on ``--split val``; never ``test``. Results are in
+the scans (about 4 s a scan and weighting on one thread). Tune on ``--split val``; never ``test``. Results are in
 docs/headneck-ct-experiments.md (session 57).
 """
 
@@ -26,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from headneck_ct_report import REPO, model_split, scored_organs
+from headneck_ct_report import REPO, evaluate_case, model_split, scored_organs
 
 from imagetomesh.inference import Segmenter
 from imagetomesh.io.images import read_image
-from imagetomesh.metrics import mesh_dice_iou
 from imagetomesh.nn.precision import bf16_autocast
 from imagetomesh.scan import net_probabilities
 from imagetomesh.training.msd import read_msd
@@ -87,14 +86,8 @@ def main() -> None:
         segmenter.members = (grid_image, transform, probabilities)
         for weights in weightings:
             segmenter.weights = weights
-            meshes = segmenter.segment_organs(image)
-            scores = {}
-            for organ in scored_organs(case, segmenter.organs):
-                mask = label.with_array((label.array == organ.label).astype(np.uint8))
-                if mask.array.any():
-                    mesh = meshes.get(organ.name)
-                    scores[organ.name] = 0.0 if mesh is None else mesh_dice_iou(mesh, mask)[0]
-            per_case[weights][case_id] = scores
+            scores, _, _ = evaluate_case(segmenter, image, label, scored_organs(case, segmenter.organs))
+            per_case[weights][case_id] = {name: s["dice"] for name, s in scores.items()}
         shown = " ".join(f"{np.mean(list(per_case[w][case_id].values())):.3f}" for w in weightings)
         print(f"{case_id}: {shown} ({time.perf_counter() - start:.0f} s)", flush=True)
     organs = [o.name for o in segmenter.organs]
