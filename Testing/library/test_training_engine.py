@@ -1,6 +1,7 @@
 """The training engine: named configs unchanged, run folders of the pre-engine trainers resume,
 the loop's options (gradient accumulation, bf16 autocast), and ``imagetomesh train`` end to end."""
 
+import io
 import json
 import os
 import shutil
@@ -14,7 +15,8 @@ import torch
 
 from imagetomesh import cli
 from imagetomesh.errors import InputError
-from imagetomesh.nn.precision import bf16_autocast, bf16_supported
+from imagetomesh.nn import precision
+from imagetomesh.nn.precision import bf16_autocast, bf16_supported, cpu_has_bf16
 from imagetomesh.preprocessing import GridSpec
 from imagetomesh.training.batch_workers import WorkerBatches, batch_generator
 from imagetomesh.training.engine import Run, Stopped, run_phase, train
@@ -293,6 +295,34 @@ def test_bf16_autocast_is_off_by_default_and_falls_back_to_float32(tmp_path):
         tmp_path, _LineTask([(torch.randn(8, 3, generator=g), torch.randn(8, 1, generator=g))], 1, bf16=True)
     )
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("variable", ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"])
+def test_bf16_is_off_when_onednn_is_capped_below_native_bf16(monkeypatch, variable):
+    """Under an AVX2 cap oneDNN has no bf16 kernels (its reference code is many times slower than float32), so
+    autocast must stay float32 there even on a CPU with AMX; an AMX or unset cap leaves the CPU's own answer."""
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(precision, "open", _cpuinfo("flags : avx2 avx512f avx512_bf16 amx_bf16"), raising=False)
+    assert cpu_has_bf16()
+    for cap, native in [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_AMX", True), ("ALL", True)]:
+        monkeypatch.setenv(variable, cap)
+        assert cpu_has_bf16() is native and bf16_supported(torch.device("cpu")) is native, cap
+        with bf16_autocast(True, torch.device("cpu")):
+            assert torch.nn.Linear(3, 2)(torch.randn(4, 3)).dtype == (torch.bfloat16 if native else torch.float32)
+    monkeypatch.delenv(variable)
+    monkeypatch.setattr(precision, "open", _cpuinfo("flags : avx2 fma"), raising=False)
+    assert not cpu_has_bf16()
+
+
+def _cpuinfo(text: str):
+    """A stand-in for ``open`` in :mod:`imagetomesh.nn.precision` that reads ``text`` as ``/proc/cpuinfo``."""
+
+    def fake_open(path, *args, **kwargs):
+        assert str(path) == "/proc/cpuinfo"
+        return io.StringIO(text)
+
+    return fake_open
 
 
 def test_train_options_come_from_the_task_registry(tmp_path, monkeypatch, capsys):

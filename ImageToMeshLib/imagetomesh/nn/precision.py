@@ -4,13 +4,32 @@ switch, and channels-last 3D convolutions."""
 from __future__ import annotations
 
 import contextlib
+import os
 from contextlib import AbstractContextManager
 
 import torch
 
+#: oneDNN's instruction-set caps (``ONEDNN_MAX_CPU_ISA``) under which it still has native bfloat16 kernels: a lower
+#: cap (AVX2, AVX512_CORE, ...) leaves bf16 convolutions to reference code, many times slower than float32.
+BF16_ISA_CAPS = frozenset(
+    {"ALL", "DEFAULT", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16"}
+    | {"AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2"}
+)
+
+
+def onednn_isa_allows_bf16() -> bool:
+    """False when ``ONEDNN_MAX_CPU_ISA`` (or its old name ``DNNL_MAX_CPU_ISA``) caps oneDNN below native
+    bfloat16, as when emulating an AVX2-only machine on a newer one (``Testing/benchmarks/ct_segment_benchmark.py
+    --isa avx2``); True when unset."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return cap is None or cap.strip().upper() in BF16_ISA_CAPS
+
 
 def cpu_has_bf16() -> bool:
-    """True when this CPU has native bfloat16 instructions (AVX512-BF16 or AMX-BF16; Linux ``/proc/cpuinfo``)."""
+    """True when this CPU has native bfloat16 instructions (AVX512-BF16 or AMX-BF16; Linux ``/proc/cpuinfo``)
+    and oneDNN is allowed to use them (:func:`onednn_isa_allows_bf16`)."""
+    if not onednn_isa_allows_bf16():
+        return False
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
