@@ -255,3 +255,22 @@ def test_subdivide_is_differentiable():
     torch.autograd.gradcheck(lambda v, x: tuple(subdivide(v, faces, x)[i] for i in (0, 2)), (verts, feats))
     with pytest.raises(ValueError):
         subdivide(verts, faces, torch.zeros(3, 2))
+
+
+def test_the_geometry_package_lists_each_module_s_names_and_loads_torch_only_when_they_are_used():
+    """``imagetomesh.geometry``'s lazily loaded names are exactly its torch modules' ``__all__``, each reachable as
+    an attribute, and importing a numpy/VTK-only module of the package does not import torch."""
+    import importlib
+    import subprocess
+    import sys
+
+    import imagetomesh.geometry as geometry
+
+    for module, names in geometry._HOME.items():
+        assert set(importlib.import_module(f"imagetomesh.geometry.{module}").__all__) == set(names), module
+        assert all(
+            getattr(geometry, name) is getattr(sys.modules[f"imagetomesh.geometry.{module}"], name) for name in names
+        )
+    assert geometry.__all__ == sorted(name for names in geometry._HOME.values() for name in names)
+    check = "import sys, imagetomesh.geometry.quality, imagetomesh.geometry.raster; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout == "False\n"
