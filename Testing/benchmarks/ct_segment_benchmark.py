@@ -1,6 +1,7 @@
 """Print wall time and peak memory of one `segment` call that meshes every organ of a whole head-and-neck CT.
 
 Usage: python Testing/benchmarks/ct_segment_benchmark.py [--model unet-headneck-ct] [--repeats 3] [--case CT] [--isa avx2]
+    [--stages]
 
 Inputs: the bundled held-out case as stored (128 x 128 x 128 at 3.9 x 3.9 x 2.5 mm; ``--case`` another CT, e.g.
 ../shared/data/openkbp-ct/imagesTr/openkbp_116.nii.gz, whose shoulders make the widest scan grid of the dataset,
@@ -13,6 +14,9 @@ in a fresh process (start-up and model loading included), as a user runs it. Tar
 in their slow hours): PyTorch's own kernels (``ATEN_CPU_CAPABILITY``) and oneDNN's (``ONEDNN_MAX_CPU_ISA``) are capped
 to AVX2, so the U-Nets run in float32 as they do there. The clock and caches stay this machine's: a like-for-like
 comparison of two versions of the code on one machine, not those machines' times.
+
+``--stages`` then runs each input once more through ``segment_stages.py`` and prints where that call's wall time
+went (start-up, imports, model, reading, the scan grid, the U-Nets, the organs, writing).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--case", type=Path, default=CASE, help="the CT to segment (default: the bundled case)")
     parser.add_argument("--isa", choices=["native", "avx2"], default="native", help="instruction sets (see above)")
+    parser.add_argument("--stages", action="store_true", help="also print each input's stages (see above)")
     args = parser.parse_args()
     env = dict(os.environ)
     if args.isa == "avx2":
@@ -94,6 +99,38 @@ def main() -> None:
                 walls.append(time.perf_counter() - start)
                 peak = max(peak, int(done.stdout.strip().splitlines()[-1]) / 1024**2)
             print(f"{label:<34}{min(walls):>12.1f}{peak:>10.2f}", flush=True)
+        if args.stages:
+            print_stages(
+                {label: stages(path, args.model, tmp / label.split()[0], env) for label, path in inputs.items()}
+            )
+
+
+def stages(path: Path, model: str, out: Path, env: dict) -> dict[str, float]:
+    """``{stage: seconds}`` of one ``segment`` call on ``path`` (``segment_stages.py``), ``python`` the
+    interpreter's start: the call's wall time less the stages its script measured."""
+    script = Path(__file__).with_name("segment_stages.py")
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, str(script), str(path), "--model", model, "-o", str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    wall = time.perf_counter() - start
+    measured = dict(
+        (name, float(seconds))
+        for name, seconds in (line.split("\t") for line in done.stdout.splitlines() if "\t" in line)
+    )
+    return {"python": wall - sum(measured.values()), **measured, "whole call": wall}
+
+
+def print_stages(by_input: dict[str, dict[str, float]]) -> None:
+    """One row per stage, one column of seconds per input."""
+    labels = list(by_input)
+    print(f"\n{'stage (s)':<16}" + "".join(f"{label.split()[0]:>12}" for label in labels))
+    for stage in by_input[labels[0]]:
+        print(f"{stage:<16}" + "".join(f"{by_input[label][stage]:>12.2f}" for label in labels))
 
 
 if __name__ == "__main__":
