@@ -73,12 +73,11 @@ def run(argv: list[str]) -> dict[str, float]:
     if code:
         raise SystemExit(f"segment exited {code}")
     command = time.perf_counter() - before
-    organs = SPENT.pop("segment_organs") - SPENT["scan image"] - SPENT["U-Nets"]
-    stages = {"import torch": TORCH - START, "import library": LIBRARY - TORCH}
-    stages.update({key: SPENT.get(key, 0.0) for key in ("load model", "read image", "scan image", "U-Nets")})
-    stages.update({"organs": organs, "write meshes": SPENT.get("write meshes", 0.0)})
-    stages["other"] = command - sum(SPENT.values()) - organs
-    return stages
+    inside = {key: SPENT.get(key, 0.0) for key in ("load model", "read image", "scan image", "U-Nets")}
+    inside["organs"] = SPENT["segment_organs"] - inside["scan image"] - inside["U-Nets"]
+    inside["write meshes"] = SPENT.get("write meshes", 0.0)
+    imports = {"import torch": TORCH - START, "import library": LIBRARY - TORCH}
+    return {**imports, **inside, "other": command - sum(inside.values())}
 
 
 if __name__ == "__main__":
