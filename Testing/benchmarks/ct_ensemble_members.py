@@ -59,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     weightings = [[float(w) for w in text.split(",")] for text in (args.weights or [])] or [[1.0] * len(args.members)]
-    if any(len(w) != len(args.members) or sum(w) <= 0 for w in weightings):
+    if any(len(w) != len(args.members) or min(w) < 0 or sum(w) <= 0 for w in weightings):
         parser.error("each --weights needs one non-negative weight per member, not all zero")
     weightings = [tuple(x / sum(w) for x in w) for w in weightings]
 
