@@ -518,7 +518,7 @@ def image_configs() -> dict[str, dict[str, TrainConfig]]:
     # a third member for the ensemble, trained apart from the other two: the base-16 U-Net from scratch (no
     # --init-from) with the contoured-extent loss from its first step, one one-cycle schedule at the first run's peak
     # rate. Every third member tried so far (session 25: a wide U-Net cut at 4,502 steps; the fine-tunes) started
-    # from a member or stopped early; the wide U-Net, trained apart, is the one network that moved the ensemble
+    # from a member or stopped early; the wide U-Net, trained apart, is the one network that moved the ensemble.
     # Tried (session 57, --seed 7 --threads 2 --time-limit 120 --fit-steps-to-time: 8,456 steps, 95 min):
     # training-grid validation voxel Dice 0.725 at its best step (8,100; the bundled run 0.737); whole scans 0.738
     # alone, and as a third member 0.7579 at equal weights, 0.7587 at a fifth (the two members 0.7586): not bundled
